@@ -1,0 +1,1 @@
+//! Calibration: sampling windows from a dataset and collecting per-linear-layer input statistics.

@@ -1,0 +1,1 @@
+//! Compression kernels: pure functions of weight matrices (and calibration statistics).

@@ -1,0 +1,1 @@
+//! The scheduler: runs a plan over a device pool.

@@ -1,0 +1,29 @@
+//! whittle: declarative LLM-compression experiments.
+//!
+//! A YAML pipeline describes a DAG of stages (load → calibrate → prune / quantize → evaluate →
+//! report) with sweeps over named axes. The engine validates the file ([`pipeline`]), expands it
+//! into a graph of stage instances keyed by content ([`plan`]), and runs what is not already in the
+//! content-addressed [`cache`] on the devices it has ([`exec`]).
+//!
+//! The layers, from the outside in:
+//! - [`pipeline`]: YAML with positions, sweeps, validation into typed [`pipeline::spec`] values.
+//! - [`plan`]: the DAG and each node's cache key; why a node must run.
+//! - [`cache`]: atomic entries with manifests, file-hash memo, run records, gc.
+//! - [`exec`]: the scheduler (what runs when, on which device) and progress.
+//! - [`stages`]: one module per stage kind; each a function of its inputs.
+//! - [`model`], [`calibrate`], [`compress`], [`eval`], [`report`]: the numerical work.
+
+pub mod cache;
+pub mod calibrate;
+pub mod cli;
+pub mod compress;
+pub mod eval;
+pub mod exec;
+pub mod model;
+pub mod pipeline;
+pub mod plan;
+pub mod report;
+pub mod stages;
+
+/// The engine version recorded in manifests and run records.
+pub const ENGINE_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,1 @@
+//! The LLaMA-family model runtime.

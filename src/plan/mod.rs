@@ -1,0 +1,1 @@
+//! The plan: a DAG of stage instances with their cache keys.

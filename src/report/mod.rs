@@ -1,0 +1,1 @@
+//! Reports: tables of sweep points × metrics.

@@ -1,0 +1,1 @@
+//! Stage kinds: each a function from its inputs to a cache entry.
