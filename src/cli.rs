@@ -1,1 +1,431 @@
-//! Command-line interface.
+//! Command-line interface: parses arguments, calls the library, prints, and picks the exit code.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use crate::cache::{Cache, FileHasher, GcOptions, RunRecord, StageStatus};
+use crate::exec::{DeviceKind, RunOptions};
+use crate::pipeline::spec::StageSpec;
+use crate::plan::{self, Format, History, Plan, Status};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "whittle",
+    version,
+    about = "Declarative LLM-compression experiments: YAML pipelines, a DAG scheduler, a content-addressed cache"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Cache directory (default: `cache/` at the root of the repository holding the pipeline).
+    #[arg(long, global = true, env = "WHITTLE_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Log to stderr too (-v info, -vv debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// No progress bars.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a pipeline: every stage not already in the cache.
+    Run {
+        file: PathBuf,
+        /// Stages running at once.
+        #[arg(short, long, default_value_t = 1)]
+        jobs: usize,
+        /// Devices to run on, e.g. `cpu` or `cpu,cuda:0,cuda:1` (CUDA needs `--features cuda`).
+        #[arg(long, value_delimiter = ',', default_value = "cpu")]
+        devices: Vec<String>,
+        /// After a failure, keep running the stages that do not depend on it.
+        #[arg(long)]
+        keep_going: bool,
+    },
+    /// Show each stage instance, its key, and whether it is cached or will run (and why).
+    Plan {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Summarize, per stage, how many instances are cached.
+    Status { file: PathBuf },
+    /// Explain why a stage (name or instance label) would run: what changed in its key.
+    Why { file: PathBuf, stage: String },
+    /// Remove cache entries that no given pipeline reaches, or older than a date.
+    Gc {
+        /// Pipelines whose current results are kept.
+        files: Vec<PathBuf>,
+        /// Also remove entries created before this date (`2026-11-01`) or this long ago (`7d`).
+        #[arg(long)]
+        older_than: Option<String>,
+        /// Show what would be removed without removing it.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// What the process reports to its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// The run finished but some stage failed.
+    StageFailed,
+    /// The pipeline or the arguments are wrong; nothing ran.
+    Usage,
+    Interrupted,
+}
+
+impl From<Outcome> for ExitCode {
+    fn from(o: Outcome) -> ExitCode {
+        ExitCode::from(match o {
+            Outcome::Success => 0,
+            Outcome::StageFailed => 1,
+            Outcome::Usage => 2,
+            Outcome::Interrupted => 130,
+        })
+    }
+}
+
+/// A pipeline that failed validation: already printed, exit 2.
+#[derive(Debug, thiserror::Error)]
+#[error("the pipeline has errors")]
+struct Invalid;
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(o) => o.into(),
+        Err(e) if e.is::<Invalid>() => Outcome::Usage.into(),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            Outcome::Usage.into()
+        }
+    }
+}
+
+pub fn run(cli: Cli) -> Result<Outcome> {
+    match &cli.command {
+        Command::Run {
+            file,
+            jobs,
+            devices,
+            keep_going,
+        } => {
+            let devices = devices
+                .iter()
+                .map(|d| DeviceKind::parse(d))
+                .collect::<Result<Vec<_>, _>>()?;
+            let opts = RunOptions {
+                jobs: *jobs,
+                devices,
+                keep_going: *keep_going,
+                progress: !cli.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            };
+            cmd_run(&cli, file, &opts)
+        }
+        Command::Plan { file, format } => {
+            let (cache, plan) = open(&cli, file)?;
+            let history = History::load(&cache, &plan.pipeline.path.display().to_string());
+            let statuses = plan::resolve(&plan, &cache, &history)?;
+            print!("{}", plan::render(&plan, &statuses, *format));
+            Ok(Outcome::Success)
+        }
+        Command::Status { file } => cmd_status(&cli, file),
+        Command::Why { file, stage } => cmd_why(&cli, file, stage),
+        Command::Gc {
+            files,
+            older_than,
+            dry_run,
+        } => cmd_gc(&cli, files, older_than.as_deref(), *dry_run),
+    }
+}
+
+/// `cache/` at the root of the git repository holding `start`, or in the current directory.
+fn default_cache_dir(start: &Path) -> PathBuf {
+    let start = start.canonicalize().unwrap_or_else(|_| start.to_path_buf());
+    for dir in start.ancestors() {
+        if dir.join(".git").exists() {
+            return dir.join("cache");
+        }
+    }
+    PathBuf::from("cache")
+}
+
+fn cache_dir(cli: &Cli, near: &Path) -> PathBuf {
+    cli.cache_dir.clone().unwrap_or_else(|| {
+        let dir = near.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        default_cache_dir(dir)
+    })
+}
+
+fn load_pipeline(file: &Path) -> Result<crate::pipeline::spec::Pipeline> {
+    crate::pipeline::load(file).map_err(|diags| {
+        eprint!("{diags}");
+        anyhow::Error::new(Invalid)
+    })
+}
+
+fn open(cli: &Cli, file: &Path) -> Result<(Cache, Plan)> {
+    let pipeline = load_pipeline(file)?;
+    let dir = cache_dir(cli, file);
+    let cache = Cache::open(&dir).with_context(|| format!("opening the cache at {}", dir.display()))?;
+    let hasher = FileHasher::load(&cache)?;
+    let plan = plan::build(pipeline, &hasher)?;
+    hasher.save()?;
+    Ok((cache, plan))
+}
+
+fn init_tracing(cli: &Cli, log_file: &Path) -> Result<()> {
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{filter::LevelFilter, fmt};
+    let file = std::fs::File::create(log_file)
+        .with_context(|| format!("creating the run log {}", log_file.display()))?;
+    let file_layer = fmt::layer()
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(file))
+        .with_filter(LevelFilter::DEBUG);
+    let stderr_layer = (cli.verbose > 0).then(|| {
+        fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(if cli.verbose > 1 {
+                LevelFilter::DEBUG
+            } else {
+                LevelFilter::INFO
+            })
+    });
+    // Logs from the libraries underneath stay out unless asked for.
+    let only_us = tracing_subscriber::filter::filter_fn(|m| m.target().starts_with("whittle"));
+    tracing_subscriber::registry()
+        .with(file_layer.with_filter(only_us.clone()))
+        .with(stderr_layer.map(|l| l.with_filter(only_us)))
+        .try_init()
+        .ok();
+    Ok(())
+}
+
+fn cmd_run(cli: &Cli, file: &Path, opts: &RunOptions) -> Result<Outcome> {
+    let started = std::time::Instant::now();
+    let (cache, plan) = open(cli, file)?;
+    let record = RunRecord::start(
+        plan.pipeline.path.display().to_string(),
+        plan.pipeline.source_digest,
+    );
+    let log_dir = cache.log_dir(&record.run_id)?;
+    init_tracing(cli, &log_dir.join("run.log"))?;
+    tracing::info!(pipeline = %plan.pipeline.path.display(), nodes = plan.nodes.len(), "run {}", record.run_id);
+
+    let cancel = Arc::new(AtomicBool::new(false));
+    {
+        let cancel = cancel.clone();
+        // First Ctrl-C: schedule nothing new and stop running stages at their next check.
+        // Second: leave at once (entries are atomic, so nothing is left half-written).
+        let _ = ctrlc::set_handler(move || {
+            if cancel.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+        });
+    }
+    let summary = crate::exec::run(&plan, &cache, opts, &cancel, record)?;
+
+    let ran = summary.count(StageStatus::Ran);
+    let cached = summary.count(StageStatus::Cached);
+    let failed = summary.count(StageStatus::Failed);
+    let skipped = summary.count(StageStatus::Skipped);
+    let cancelled = summary.count(StageStatus::Cancelled);
+
+    // Reports, in plan order.
+    for (i, node) in plan.nodes.iter().enumerate() {
+        if !matches!(node.spec, StageSpec::Report(_)) {
+            continue;
+        }
+        let rec = &summary.record.stages[i];
+        let Some(key) = rec.key else { continue };
+        if let crate::cache::Lookup::Hit(entry) = cache.lookup(&key)? {
+            let out_dir = report_dir(&cache, &plan, &node.stage);
+            let text = std::fs::read_to_string(entry.path(crate::stages::REPORT_TEXT_FILE))
+                .unwrap_or_default();
+            println!("\n{}  ({})\n{text}", node.label, out_dir.display());
+            copy_reports(&entry, &out_dir)?;
+        }
+    }
+    println!(
+        "{} stages: {ran} ran, {cached} cached, {failed} failed, {skipped} skipped{} in {:.1}s (run {})",
+        plan.nodes.len(),
+        if cancelled > 0 { format!(", {cancelled} cancelled") } else { String::new() },
+        started.elapsed().as_secs_f64(),
+        summary.record.run_id,
+    );
+    for f in &summary.failures {
+        println!("  failed: {}: {}\n          log: {}", f.label, f.error, f.log.display());
+    }
+    Ok(if summary.interrupted {
+        Outcome::Interrupted
+    } else if failed > 0 {
+        Outcome::StageFailed
+    } else {
+        Outcome::Success
+    })
+}
+
+/// Reports are copied out of the cache to `reports/<pipeline>/` beside the cache directory.
+fn report_dir(cache: &Cache, plan: &Plan, stage: &str) -> PathBuf {
+    let root = cache.root().parent().map(Path::to_path_buf).unwrap_or_default();
+    root.join("reports").join(&plan.pipeline.name).join(stage)
+}
+
+fn copy_reports(entry: &crate::cache::Entry, out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    for f in &entry.manifest().files {
+        let dest = out.join(&f.path);
+        std::fs::copy(entry.path(&f.path), &dest)
+            .with_context(|| format!("writing {}", dest.display()))?;
+    }
+    Ok(())
+}
+
+fn cmd_status(cli: &Cli, file: &Path) -> Result<Outcome> {
+    let (cache, plan) = open(cli, file)?;
+    let pipeline = plan.pipeline.path.display().to_string();
+    let history = History::load(&cache, &pipeline);
+    let statuses = plan::resolve(&plan, &cache, &history)?;
+    let mut table = crate::report::Table::new(
+        ["stage", "kind", "instances", "cached", "to run"]
+            .map(String::from)
+            .to_vec(),
+    );
+    for stage in &plan.pipeline.stages {
+        let ids: Vec<usize> = plan.find(&stage.name);
+        let cached = ids.iter().filter(|&&i| statuses[i].is_cached()).count();
+        use crate::report::Cell;
+        table.push(vec![
+            Cell::Text(stage.name.clone()),
+            Cell::Text(stage.kind.as_str().into()),
+            Cell::Int(ids.len() as i64),
+            Cell::Int(cached as i64),
+            Cell::Int((ids.len() - cached) as i64),
+        ]);
+    }
+    println!("{}", plan.pipeline.path.display());
+    print!("{}", table.to_text());
+    match cache.last_run_for(&pipeline) {
+        Some(run) => {
+            let failed = run.stages.iter().filter(|s| s.status == StageStatus::Failed).count();
+            println!(
+                "last run {} started {}{}",
+                run.run_id,
+                run.started,
+                if failed > 0 { format!(", {failed} failed") } else { String::new() }
+            );
+        }
+        None => println!("never run with this cache ({})", cache.root().display()),
+    }
+    Ok(Outcome::Success)
+}
+
+fn cmd_why(cli: &Cli, file: &Path, stage: &str) -> Result<Outcome> {
+    let (cache, plan) = open(cli, file)?;
+    let ids = plan.find(stage);
+    if ids.is_empty() {
+        let names: Vec<&str> = plan.pipeline.stages.iter().map(|s| s.name.as_str()).collect();
+        let hint = names
+            .iter()
+            .min_by_key(|n| strsim::levenshtein(n, stage))
+            .map(|n| format!("; did you mean `{n}`?"))
+            .unwrap_or_default();
+        anyhow::bail!("no stage or instance `{stage}` in {}{hint}", file.display());
+    }
+    let pipeline = plan.pipeline.path.display().to_string();
+    let history = History::load(&cache, &pipeline);
+    let statuses = plan::resolve(&plan, &cache, &history)?;
+    for i in ids {
+        let node = &plan.nodes[i];
+        match &statuses[i] {
+            Status::Cached { entry, .. } => println!(
+                "{}: cached (key {}, computed {} in {:.1}s)",
+                node.label,
+                entry.manifest().key.short(),
+                entry.manifest().created,
+                entry.manifest().duration_s
+            ),
+            Status::Run { key_inputs, reason } => {
+                let key = key_inputs
+                    .as_ref()
+                    .map_or("pending".to_string(), |k| k.digest().short());
+                println!("{}: will run (key {key}): {reason}", node.label);
+                if let plan::Reason::Upstream(_) = reason {
+                    // Say what changed at the root of it.
+                    for a in plan::ancestors(&plan, &[i]) {
+                        if let Status::Run { reason, key_inputs: Some(_) } = &statuses[a] {
+                            println!("  because {}: {reason}", plan.nodes[a].label);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(Outcome::Success)
+}
+
+fn parse_older_than(s: &str) -> Result<jiff::Timestamp> {
+    if let Ok(ts) = s.parse::<jiff::Timestamp>() {
+        return Ok(ts);
+    }
+    if let Ok(date) = s.parse::<jiff::civil::Date>() {
+        return Ok(date.to_zoned(jiff::tz::TimeZone::UTC)?.timestamp());
+    }
+    if let Ok(span) = s.parse::<jiff::Span>() {
+        return Ok(jiff::Zoned::now().checked_sub(span)?.timestamp());
+    }
+    anyhow::bail!("--older-than `{s}`: expected a date (2026-11-01), a timestamp, or a span (7d, 12h)")
+}
+
+fn cmd_gc(cli: &Cli, files: &[PathBuf], older_than: Option<&str>, dry_run: bool) -> Result<Outcome> {
+    let older_than = older_than.map(parse_older_than).transpose()?;
+    let dir = match (&cli.cache_dir, files.first()) {
+        (Some(d), _) => d.clone(),
+        (None, Some(f)) => cache_dir(cli, f),
+        (None, None) => default_cache_dir(Path::new(".")),
+    };
+    let cache = Cache::open(&dir).with_context(|| format!("opening the cache at {}", dir.display()))?;
+    let keep = if files.is_empty() {
+        None
+    } else {
+        let hasher = FileHasher::load(&cache)?;
+        let mut keep = std::collections::HashSet::new();
+        for f in files {
+            let plan = plan::build(load_pipeline(f)?, &hasher)?;
+            let history = History::load(&cache, &plan.pipeline.path.display().to_string());
+            for s in plan::resolve(&plan, &cache, &history)? {
+                if let Status::Cached { entry, .. } = s {
+                    keep.insert(entry.manifest().key);
+                }
+            }
+        }
+        hasher.save()?;
+        Some(keep)
+    };
+    if keep.is_none() && older_than.is_none() {
+        println!("no pipeline and no --older-than given: only cleaning unfinished writes");
+    }
+    let report = cache.gc(GcOptions {
+        keep,
+        older_than,
+        dry_run,
+    })?;
+    let verb = if dry_run { "would remove" } else { "removed" };
+    println!(
+        "{verb} {} entries ({:.1} MB), kept {}; cleaned {} unfinished writes",
+        report.removed.len(),
+        report.freed_bytes as f64 / 1e6,
+        report.kept,
+        report.tmp_cleaned
+    );
+    Ok(Outcome::Success)
+}

@@ -17,6 +17,7 @@ pub mod cache;
 pub mod calibrate;
 pub mod cli;
 pub mod compress;
+pub mod data;
 pub mod eval;
 pub mod exec;
 pub mod model;

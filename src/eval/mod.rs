@@ -1,1 +1,3 @@
 //! Evaluation tasks.
+
+pub mod perplexity;

@@ -1,1 +1,141 @@
-//! The scheduler: runs a plan over a device pool.
+//! Execution: runs a plan's nodes on a device pool, records the run, reports failures.
+
+pub mod device;
+mod progress;
+mod scheduler;
+
+use std::sync::atomic::AtomicBool;
+
+pub use device::{DeviceKind, DevicePool, Need};
+pub use scheduler::Failure;
+
+use crate::cache::{Cache, CacheError, RunRecord, StageStatus};
+use crate::model::ModelConfig;
+use crate::pipeline::spec::{EvalTask, StageKind, StageSpec};
+use crate::plan::{History, Plan};
+
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Stages running at once.
+    pub jobs: usize,
+    pub devices: Vec<DeviceKind>,
+    /// Keep running what does not depend on a failed stage.
+    pub keep_going: bool,
+    /// Draw progress bars.
+    pub progress: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            jobs: 1,
+            devices: vec![DeviceKind::Cpu],
+            keep_going: false,
+            progress: false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error(transparent)]
+    Device(#[from] device::DeviceError),
+}
+
+#[derive(Debug)]
+pub struct RunSummary {
+    pub record: RunRecord,
+    pub failures: Vec<Failure>,
+    pub interrupted: bool,
+}
+
+impl RunSummary {
+    pub fn count(&self, status: StageStatus) -> usize {
+        self.record
+            .stages
+            .iter()
+            .filter(|s| s.status == status)
+            .count()
+    }
+}
+
+/// Runs `plan`: every node not in the cache, in dependency order, `opts.jobs` at a time.
+/// `record` (from [`RunRecord::start`]) is filled in and written to the cache.
+pub fn run(
+    plan: &Plan,
+    cache: &Cache,
+    opts: &RunOptions,
+    cancel: &AtomicBool,
+    mut record: RunRecord,
+) -> Result<RunSummary, ExecError> {
+    let history = History::load(cache, &record.pipeline);
+    let mut pool = DevicePool::new(&opts.devices)?;
+    record.devices = pool.kinds().iter().map(|k| k.to_string()).collect();
+    let log_dir = cache.log_dir(&record.run_id)?;
+    let needs = estimate_needs(plan);
+    let ui = progress::Ui::new(plan.nodes.len() as u64, opts.progress);
+    let sched = scheduler::Scheduler::new(plan, cache, &history, opts, cancel, log_dir, needs);
+    let result = sched.run(&mut pool, &ui, &mut record);
+    ui.finish();
+    let failures = result?;
+    record.finish();
+    cache.write_run(&record)?;
+    Ok(RunSummary {
+        interrupted: cancel.load(std::sync::atomic::Ordering::Relaxed),
+        record,
+        failures,
+    })
+}
+
+/// Rough peak memory per node, from the size of the model it works on: enough to keep the
+/// scheduler from packing two large stages onto one device.
+fn estimate_needs(plan: &Plan) -> Vec<Need> {
+    // (f32 bytes of the model, vocabulary size) of the model each node works on.
+    let mut model = vec![(0u64, 0u64); plan.nodes.len()];
+    for (i, node) in plan.nodes.iter().enumerate() {
+        model[i] = match &node.spec {
+            StageSpec::Load(l) => ModelConfig::from_file(
+                plan.pipeline.models[&l.model].dir.join("config.json"),
+            )
+            .map(|c| (parameter_count(&c) * 4, c.vocab_size as u64))
+            .unwrap_or((1 << 30, 32_000)),
+            _ => node.input("model").map(|m| model[m]).unwrap_or((64 << 20, 0)),
+        };
+    }
+    plan.nodes
+        .iter()
+        .zip(&model)
+        .map(|(node, &(bytes, vocab))| {
+            let activations = match &node.spec {
+                StageSpec::Evaluate(e) => match &e.task {
+                    EvalTask::Perplexity { seqlen, .. } => {
+                        // Logits and their log-softmax for one batch, f32.
+                        (e.batch_size * seqlen) as u64 * vocab * 8
+                    }
+                },
+                _ => 0,
+            };
+            let factor = match node.kind() {
+                StageKind::Report => 0,
+                StageKind::Load | StageKind::Calibrate | StageKind::Evaluate => 2,
+                StageKind::Prune | StageKind::Quantize => 3,
+            };
+            Need {
+                accelerated: crate::stages::uses_accelerator(node.kind()),
+                memory: bytes * factor + activations + (64 << 20),
+            }
+        })
+        .collect()
+}
+
+fn parameter_count(c: &ModelConfig) -> u64 {
+    let h = c.hidden_size as u64;
+    let q = c.q_dim() as u64;
+    let kv = c.kv_dim() as u64;
+    let ff = c.intermediate_size as u64;
+    let per_layer = h * q * 2 + h * kv * 2 + 3 * h * ff + 2 * h;
+    let embed = c.vocab_size as u64 * h * if c.tie_word_embeddings { 1 } else { 2 };
+    per_layer * c.num_layers as u64 + embed + h
+}

@@ -1,0 +1,454 @@
+//! The scheduler: walks the plan in dependency order, asks the rebuilder whether each node is
+//! cached, and runs the rest on the device pool, `jobs` at a time.
+//!
+//! It decides only *what runs when and where*; whether a node must run is `plan::lookup`'s call
+//! and what it does is `stages::execute`'s. Stopping (a failure without `--keep-going`, or Ctrl-C)
+//! means scheduling nothing new: running stages finish, or stop at their next cancellation check.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::device::{DevicePool, Need};
+use super::progress::Ui;
+use super::RunOptions;
+use crate::cache::key::KeyInputs;
+use crate::cache::{Cache, Entry, EntryMeta, RunRecord, StageRecord, StageStatus};
+use crate::plan::{self, ancestors, History, NodeId, Plan, Reason, Status};
+use crate::stages::{self, Progress, StageCtx, StageError};
+
+#[derive(Debug)]
+enum State {
+    /// Waiting for these inputs.
+    Waiting(BTreeSet<NodeId>),
+    /// Ready to run with this key.
+    Queued(KeyInputs, Reason),
+    Running,
+    Done { entry: Entry, ran: bool },
+    Failed(String),
+    Skipped(String),
+    Cancelled,
+}
+
+struct Finished {
+    node: NodeId,
+    result: Result<Entry, StageError>,
+    duration: Duration,
+    slot: usize,
+    reserved: u64,
+}
+
+/// One stage that failed, for the summary.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub label: String,
+    pub error: String,
+    pub log: PathBuf,
+}
+
+pub(super) struct Scheduler<'a> {
+    plan: &'a Plan,
+    cache: &'a Cache,
+    history: &'a History,
+    opts: &'a RunOptions,
+    cancel: &'a AtomicBool,
+    states: Vec<State>,
+    queue: VecDeque<NodeId>,
+    records: Vec<Option<StageRecord>>,
+    keys: Vec<Option<KeyInputs>>,
+    durations: Vec<f64>,
+    failures: Vec<Failure>,
+    /// Entries already re-hashed this run.
+    verified: BTreeSet<NodeId>,
+    log_dir: PathBuf,
+    stopping: bool,
+    needs: Vec<Need>,
+}
+
+impl<'a> Scheduler<'a> {
+    pub(super) fn new(
+        plan: &'a Plan,
+        cache: &'a Cache,
+        history: &'a History,
+        opts: &'a RunOptions,
+        cancel: &'a AtomicBool,
+        log_dir: PathBuf,
+        needs: Vec<Need>,
+    ) -> Self {
+        let n = plan.nodes.len();
+        let states = plan
+            .nodes
+            .iter()
+            .map(|node| State::Waiting(node.inputs.iter().map(|(_, i)| *i).collect()))
+            .collect();
+        Scheduler {
+            plan,
+            cache,
+            history,
+            opts,
+            cancel,
+            states,
+            queue: VecDeque::new(),
+            records: vec![None; n],
+            keys: vec![None; n],
+            durations: vec![0.0; n],
+            failures: Vec::new(),
+            verified: BTreeSet::new(),
+            log_dir,
+            stopping: false,
+            needs,
+        }
+    }
+
+    fn log_path(&self, node: NodeId) -> PathBuf {
+        let safe: String = self.plan.nodes[node]
+            .label
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || "-_.=,".contains(c) { c } else { '_' })
+            .collect();
+        self.log_dir.join(format!("{node:03}-{safe}.log"))
+    }
+
+    /// A node whose inputs are all done: cached, or queued to run.
+    fn activate(&mut self, ui: &Ui, node: NodeId) -> Result<(), crate::cache::CacheError> {
+        let n = &self.plan.nodes[node];
+        let mut content = BTreeMap::new();
+        for (role, i) in &n.inputs {
+            let State::Done { entry, .. } = &self.states[*i] else {
+                unreachable!("activated before its inputs were done")
+            };
+            content.insert(role.clone(), entry.manifest().content);
+        }
+        let k = plan::key_inputs(n, &content);
+        self.keys[node] = Some(k.clone());
+        match plan::lookup(self.cache, &k, self.history.last(&n.label))? {
+            Status::Cached { entry, .. } => {
+                self.states[node] = State::Done { entry, ran: false };
+                ui.done(1);
+                self.complete(ui, node)?;
+            }
+            Status::Run { reason, .. } => {
+                if let Reason::Corrupt(r) = &reason {
+                    ui.println(&format!("warning: {}: {r}; recomputing", n.label));
+                    tracing::warn!(stage = %n.label, "corrupt cache entry: {r}");
+                }
+                self.states[node] = State::Queued(k, reason);
+                self.queue.push_back(node);
+            }
+        }
+        Ok(())
+    }
+
+    /// `node` is done: dependents waiting only on it become active.
+    fn complete(&mut self, ui: &Ui, node: NodeId) -> Result<(), crate::cache::CacheError> {
+        for d in self.plan.dependents(node) {
+            let ready = match &mut self.states[d] {
+                State::Waiting(pending) => {
+                    pending.remove(&node);
+                    pending.is_empty()
+                }
+                _ => false,
+            };
+            if ready {
+                self.activate(ui, d)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn skip_dependents(&mut self, ui: &Ui, node: NodeId, why: &str) {
+        let mut stack = self.plan.dependents(node);
+        while let Some(d) = stack.pop() {
+            if matches!(self.states[d], State::Waiting(_) | State::Queued(..)) {
+                self.states[d] = State::Skipped(why.to_string());
+                self.queue.retain(|q| *q != d);
+                ui.done(1);
+                stack.extend(self.plan.dependents(d));
+            }
+        }
+    }
+
+    /// Re-hashes the entries `node` will read. A corrupt one is quarantined and recomputed first.
+    fn verify_inputs(&mut self, ui: &Ui, node: NodeId) -> Result<bool, crate::cache::CacheError> {
+        let mut ok = true;
+        for a in ancestors(self.plan, &[node]) {
+            if a == node || self.verified.contains(&a) {
+                continue;
+            }
+            let State::Done { entry, .. } = &self.states[a] else {
+                continue;
+            };
+            match entry.verify() {
+                Ok(()) => {
+                    self.verified.insert(a);
+                }
+                Err(e) => {
+                    let label = &self.plan.nodes[a].label;
+                    ui.println(&format!("warning: cache entry of {label} is corrupt ({e}); recomputing it"));
+                    tracing::warn!(stage = %label, "corrupt cache entry: {e}");
+                    self.cache.quarantine(entry)?;
+                    let k = self.keys[a].clone().expect("done nodes have keys");
+                    self.states[a] = State::Queued(k, Reason::Corrupt(e.to_string()));
+                    self.queue.push_front(a);
+                    ok = false;
+                    // Everything below it that has not started waits for it again.
+                    let mut stack = self.plan.dependents(a);
+                    while let Some(d) = stack.pop() {
+                        match &mut self.states[d] {
+                            State::Waiting(p) => {
+                                p.insert(a);
+                            }
+                            State::Queued(..) => {
+                                self.queue.retain(|q| *q != d);
+                                self.states[d] = State::Waiting(BTreeSet::from([a]));
+                            }
+                            _ => {}
+                        }
+                        stack.extend(self.plan.dependents(d));
+                    }
+                }
+            }
+        }
+        Ok(ok)
+    }
+
+    pub(super) fn run(
+        mut self,
+        pool: &mut DevicePool,
+        ui: &Ui,
+        record: &mut RunRecord,
+    ) -> Result<Vec<Failure>, crate::cache::CacheError> {
+        for i in 0..self.plan.nodes.len() {
+            if self.plan.nodes[i].inputs.is_empty() {
+                self.activate(ui, i)?;
+            }
+        }
+        let (tx, rx) = mpsc::channel::<Finished>();
+        let devices: Vec<candle_core::Device> = pool
+            .kinds()
+            .iter()
+            .map(|k| k.open())
+            .collect::<Result<_, _>>()
+            .map_err(|e| crate::cache::CacheError::Other(e.to_string()))?;
+        let mut running = 0usize;
+        std::thread::scope(|scope| -> Result<(), crate::cache::CacheError> {
+            loop {
+                if self.cancel.load(Ordering::Relaxed) && !self.stopping {
+                    self.stopping = true;
+                    ui.println("interrupted: finishing the stages that run, starting no new one (Ctrl-C again to abort)");
+                }
+                // Dispatch what fits.
+                while !self.stopping && running < self.opts.jobs.max(1) {
+                    let Some(pos) = self
+                        .queue
+                        .iter()
+                        .position(|&n| pool.acquire(&self.needs[n]).map(|(s, m)| pool.release(s, m)).is_some())
+                    else {
+                        break;
+                    };
+                    let node = self.queue[pos];
+                    if !self.verify_inputs(ui, node)? {
+                        continue;
+                    }
+                    let node = self.queue.remove(pos).expect("position is in range");
+                    let Some((slot, reserved)) = pool.acquire(&self.needs[node]) else {
+                        self.queue.push_front(node);
+                        break;
+                    };
+                    let State::Queued(k, reason) = std::mem::replace(&mut self.states[node], State::Running) else {
+                        unreachable!("only queued nodes are in the queue")
+                    };
+                    let label = self.plan.nodes[node].label.clone();
+                    tracing::info!(stage = %label, device = %pool.kind(slot), "run: {reason}");
+                    let entries: HashMap<NodeId, Entry> = ancestors(self.plan, &[node])
+                        .into_iter()
+                        .filter_map(|a| match &self.states[a] {
+                            State::Done { entry, .. } => Some((a, entry.clone())),
+                            _ => None,
+                        })
+                        .collect();
+                    let job = Job {
+                        plan: self.plan,
+                        cache: self.cache,
+                        node,
+                        key: k,
+                        device: devices[slot].clone(),
+                        device_name: pool.kind(slot).to_string(),
+                        bar: ui.stage_bar(&label),
+                        cancel: self.cancel,
+                        log: self.log_path(node),
+                        entries,
+                    };
+                    let tx = tx.clone();
+                    running += 1;
+                    scope.spawn(move || {
+                        let start = Instant::now();
+                        let result = job.run();
+                        let _ = tx.send(Finished {
+                            node,
+                            result,
+                            duration: start.elapsed(),
+                            slot,
+                            reserved,
+                        });
+                    });
+                }
+                if running == 0 {
+                    break;
+                }
+                let Ok(done) = rx.recv_timeout(Duration::from_millis(100)) else {
+                    continue;
+                };
+                running -= 1;
+                pool.release(done.slot, done.reserved);
+                self.durations[done.node] = done.duration.as_secs_f64();
+                let label = self.plan.nodes[done.node].label.clone();
+                ui.done(1);
+                match done.result {
+                    Ok(entry) => {
+                        ui.println(&format!("  ran  {label}  ({:.1}s)", done.duration.as_secs_f64()));
+                        self.states[done.node] = State::Done { entry, ran: true };
+                        self.complete(ui, done.node)?;
+                    }
+                    Err(StageError::Cancelled) => {
+                        self.states[done.node] = State::Cancelled;
+                    }
+                    Err(e) => {
+                        let log = self.log_path(done.node);
+                        ui.println(&format!("  FAILED {label}: {e}"));
+                        self.failures.push(Failure {
+                            label: label.clone(),
+                            error: e.to_string(),
+                            log,
+                        });
+                        self.states[done.node] = State::Failed(e.to_string());
+                        self.skip_dependents(ui, done.node, &format!("input {label} failed"));
+                        if !self.opts.keep_going {
+                            self.stopping = true;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })?;
+
+        // Whatever never started.
+        let interrupted = self.cancel.load(Ordering::Relaxed);
+        for s in &mut self.states {
+            if matches!(s, State::Waiting(_) | State::Queued(..)) {
+                *s = if interrupted {
+                    State::Cancelled
+                } else {
+                    State::Skipped("not started: the run stopped after a failure (use --keep-going)".into())
+                };
+            }
+        }
+        for (i, s) in self.states.iter().enumerate() {
+            let n = &self.plan.nodes[i];
+            let (status, error) = match s {
+                State::Done { ran: true, .. } => (StageStatus::Ran, None),
+                State::Done { ran: false, .. } => (StageStatus::Cached, None),
+                State::Failed(e) => (StageStatus::Failed, Some(e.clone())),
+                State::Skipped(why) => (StageStatus::Skipped, Some(why.clone())),
+                _ => (StageStatus::Cancelled, None),
+            };
+            let key_inputs = match s {
+                State::Done { .. } => self.keys[i].clone(),
+                _ => None,
+            };
+            let ran = matches!(status, StageStatus::Ran | StageStatus::Failed);
+            self.records[i] = Some(StageRecord {
+                instance: n.label.clone(),
+                stage: n.stage.clone(),
+                kind: n.kind().as_str().to_string(),
+                key: key_inputs.as_ref().map(KeyInputs::digest),
+                status,
+                duration_s: self.durations[i],
+                key_inputs,
+                error,
+                log: ran.then(|| self.log_path(i).display().to_string()),
+            });
+        }
+        record.stages = self.records.into_iter().flatten().collect();
+        Ok(self.failures)
+    }
+}
+
+/// One stage's execution, on a worker thread.
+struct Job<'a> {
+    plan: &'a Plan,
+    cache: &'a Cache,
+    node: NodeId,
+    key: KeyInputs,
+    device: candle_core::Device,
+    device_name: String,
+    bar: indicatif::ProgressBar,
+    cancel: &'a AtomicBool,
+    log: PathBuf,
+    entries: HashMap<NodeId, Entry>,
+}
+
+impl Job<'_> {
+    fn run(self) -> Result<Entry, StageError> {
+        let node = &self.plan.nodes[self.node];
+        let log_file = std::fs::File::create(&self.log)
+            .map_err(StageError::io(format!("creating log {}", self.log.display())))?;
+        let log_file = Mutex::new(log_file);
+        let log = |line: &str| {
+            if let Ok(mut f) = log_file.lock() {
+                let _ = writeln!(f, "{} {line}", jiff::Timestamp::now());
+            }
+        };
+        log(&format!(
+            "{} ({}) on {}, key {}",
+            node.label,
+            node.kind(),
+            self.device_name,
+            self.key.digest()
+        ));
+        let start = Instant::now();
+        let result = (|| {
+            let writer = self.cache.writer(self.key.digest())?;
+            let progress = Progress(self.bar.clone());
+            let entries = |id: NodeId| self.entries.get(&id).cloned();
+            let ctx = StageCtx {
+                plan: self.plan,
+                node: self.node,
+                entries: &entries,
+                out: writer.dir(),
+                device: &self.device,
+                progress: &progress,
+                cancel: self.cancel,
+                log: &log,
+            };
+            let out = stages::execute(&ctx)?;
+            let mut meta = EntryMeta::new(self.key.clone(), node.label.clone());
+            meta.pipeline = Some(self.plan.pipeline.path.display().to_string());
+            meta.device = self.device_name.clone();
+            meta.duration_s = start.elapsed().as_secs_f64();
+            meta.meta = out.meta;
+            meta.content = out.content;
+            Ok(writer.finish(meta)?)
+        })();
+        self.bar.finish_and_clear();
+        match &result {
+            Ok(e) => log(&format!(
+                "done in {:.2}s: entry {}",
+                start.elapsed().as_secs_f64(),
+                e.manifest().key
+            )),
+            Err(e) => {
+                log(&format!("failed: {e}"));
+                let mut src = std::error::Error::source(e);
+                while let Some(s) = src {
+                    log(&format!("  caused by: {s}"));
+                    src = s.source();
+                }
+            }
+        }
+        result
+    }
+}

@@ -1,0 +1,226 @@
+//! From a validated pipeline to a plan: nodes, merged duplicates, hashed input files.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use petgraph::graph::DiGraph;
+use rayon::prelude::*;
+
+use super::{instance_label, Node, NodeId, Plan};
+use crate::cache::filehash::FileHasher;
+use crate::cache::key::{Digest, KeyInputs, ParamValue};
+use crate::model::Checkpoint;
+use crate::pipeline::spec::{DatasetFormat, InstanceRef, Pipeline, StageSpec, TextDocuments};
+use crate::stages;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("stage `{stage}`: {source}")]
+    Checkpoint {
+        stage: String,
+        source: crate::model::ModelError,
+    },
+    #[error("cannot hash {path}: {source}")]
+    Hash {
+        path: PathBuf,
+        source: crate::cache::CacheError,
+    },
+    #[error("the stages form a cycle through `{0}`")]
+    Cycle(String),
+}
+
+/// Builds the plan of a validated pipeline, hashing the files it reads (memoized by `hasher`).
+pub fn build(pipeline: Pipeline, hasher: &FileHasher) -> Result<Plan, PlanError> {
+    // Instances in a topological order.
+    let mut g = DiGraph::<InstanceRef, ()>::new();
+    let mut idx = HashMap::new();
+    for (s, stage) in pipeline.stages.iter().enumerate() {
+        for i in 0..stage.instances.len() {
+            let r = InstanceRef {
+                stage: s,
+                instance: i,
+            };
+            idx.insert(r, g.add_node(r));
+        }
+    }
+    for (s, stage) in pipeline.stages.iter().enumerate() {
+        for (i, inst) in stage.instances.iter().enumerate() {
+            let me = idx[&InstanceRef {
+                stage: s,
+                instance: i,
+            }];
+            for (_, r) in inst.spec.inputs() {
+                g.add_edge(idx[&r], me, ());
+            }
+        }
+    }
+    let order = petgraph::algo::toposort(&g, None).map_err(|c| {
+        let r = g[c.node_id()];
+        PlanError::Cycle(pipeline.stages[r.stage].name.clone())
+    })?;
+
+    let files = stage_files(&pipeline)?;
+    let all_paths: Vec<PathBuf> = {
+        let mut v: Vec<PathBuf> = files.values().flatten().map(|(_, p)| p.clone()).collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let digests: HashMap<PathBuf, Digest> = all_paths
+        .par_iter()
+        .map(|p| {
+            hasher
+                .hash_file(p)
+                .map(|d| (p.clone(), d))
+                .map_err(|source| PlanError::Hash {
+                    path: p.clone(),
+                    source,
+                })
+        })
+        .collect::<Result<_, _>>()?;
+
+    let mut nodes: Vec<Node> = Vec::new();
+    let mut node_of: HashMap<InstanceRef, NodeId> = HashMap::new();
+    let mut by_structure: HashMap<Digest, NodeId> = HashMap::new();
+    for gi in order {
+        let r = g[gi];
+        let stage = &pipeline.stages[r.stage];
+        let inst = &stage.instances[r.instance];
+        let inputs: Vec<(String, NodeId)> = inst
+            .spec
+            .inputs()
+            .into_iter()
+            .map(|(role, ir)| (role, node_of[&ir]))
+            .collect();
+        let mut params = inst.spec.key_params();
+        if let StageSpec::Report(rep) = &inst.spec {
+            // Row labels are part of what a report shows, so they belong to its key.
+            let rows = rep
+                .inputs
+                .iter()
+                .map(|ir| {
+                    let s = &pipeline.stages[ir.stage];
+                    ParamValue::Str(instance_label(
+                        &s.name,
+                        &s.instances[ir.instance].point,
+                        &pipeline.axes,
+                    ))
+                })
+                .collect();
+            params.insert("rows".into(), ParamValue::List(rows));
+        }
+        for (role, name) in inst.spec.datasets() {
+            // How a file is cut into documents changes what a stage reads.
+            let format = dataset_format(&pipeline.datasets[name].format);
+            params.insert(format!("{role}.format"), ParamValue::Str(format));
+        }
+        let node_files: BTreeMap<String, (PathBuf, Digest)> = files
+            .get(&r)
+            .into_iter()
+            .flatten()
+            .map(|(role, p)| (role.clone(), (p.clone(), digests[p])))
+            .collect();
+        let version = stages::version(inst.spec.kind());
+        let mut k = KeyInputs::new(inst.spec.kind().as_str(), version);
+        k.params = params.clone();
+        for (role, n) in &inputs {
+            k.inputs.insert(role.clone(), nodes[*n].structural);
+        }
+        for (role, (_, d)) in &node_files {
+            k.files.insert(role.clone(), *d);
+        }
+        let structural = k.digest();
+        if let Some(&n) = by_structure.get(&structural) {
+            nodes[n].instances.push(r);
+            node_of.insert(r, n);
+            continue;
+        }
+        let id = nodes.len();
+        nodes.push(Node {
+            label: instance_label(&stage.name, &inst.point, &pipeline.axes),
+            stage: stage.name.clone(),
+            spec: inst.spec.clone(),
+            point: inst.point.clone(),
+            instances: vec![r],
+            inputs,
+            files: node_files,
+            version,
+            params,
+            structural,
+        });
+        by_structure.insert(structural, id);
+        node_of.insert(r, id);
+    }
+
+    let mut graph = DiGraph::new();
+    let handles: Vec<_> = (0..nodes.len()).map(|i| graph.add_node(i)).collect();
+    for (i, n) in nodes.iter().enumerate() {
+        for (role, j) in &n.inputs {
+            graph.add_edge(handles[*j], handles[i], role.clone());
+        }
+    }
+    Ok(Plan {
+        pipeline,
+        nodes,
+        graph,
+    })
+}
+
+fn dataset_format(f: &DatasetFormat) -> String {
+    match f {
+        DatasetFormat::Text { documents } => match documents {
+            TextDocuments::Whole => "text".into(),
+            TextDocuments::Lines => "text:lines".into(),
+            TextDocuments::Separator(s) => format!("text:separator:{s}"),
+        },
+        DatasetFormat::Jsonl { field } => format!("jsonl:{field}"),
+    }
+}
+
+type FileRoles = Vec<(String, PathBuf)>;
+
+/// The files each instance reads directly: a checkpoint's files for `load`, datasets otherwise.
+fn stage_files(p: &Pipeline) -> Result<HashMap<InstanceRef, FileRoles>, PlanError> {
+    let mut out = HashMap::new();
+    let mut checkpoints: HashMap<String, FileRoles> = HashMap::new();
+    for (s, stage) in p.stages.iter().enumerate() {
+        for (i, inst) in stage.instances.iter().enumerate() {
+            let mut roles = Vec::new();
+            if let StageSpec::Load(l) = &inst.spec {
+                if !checkpoints.contains_key(&l.model) {
+                    let dir = &p.models[&l.model].dir;
+                    let ckpt =
+                        Checkpoint::resolve(dir).map_err(|source| PlanError::Checkpoint {
+                            stage: stage.name.clone(),
+                            source,
+                        })?;
+                    let files = ckpt
+                        .files()
+                        .into_iter()
+                        .map(|f| {
+                            let role = f
+                                .strip_prefix(dir)
+                                .unwrap_or(&f)
+                                .to_string_lossy()
+                                .into_owned();
+                            (format!("model/{role}"), f)
+                        })
+                        .collect();
+                    checkpoints.insert(l.model.clone(), files);
+                }
+                roles.extend(checkpoints[&l.model].iter().cloned());
+            }
+            for (role, name) in inst.spec.datasets() {
+                roles.push((role.to_string(), p.datasets[name].path.clone()));
+            }
+            out.insert(
+                InstanceRef {
+                    stage: s,
+                    instance: i,
+                },
+                roles,
+            );
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,172 @@
+//! The rebuilder: for each node, its cache key (once its inputs are known) and whether it must run.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::{Node, NodeId, Plan};
+use crate::cache::key::{Digest, KeyInputs};
+use crate::cache::{Cache, CacheError, Entry, Lookup};
+
+/// The key inputs of a node, given the content digests of its inputs by role.
+pub fn key_inputs(node: &Node, input_content: &BTreeMap<String, Digest>) -> KeyInputs {
+    let mut k = KeyInputs::new(node.kind().as_str(), node.version);
+    k.params = node.params.clone();
+    k.inputs = input_content.clone();
+    for (role, (_, d)) in &node.files {
+        k.files.insert(role.clone(), *d);
+    }
+    k
+}
+
+/// What earlier runs of this pipeline computed, by instance label: explains why a node reruns.
+#[derive(Default, Debug)]
+pub struct History {
+    last: HashMap<String, KeyInputs>,
+}
+
+impl History {
+    pub fn load(cache: &Cache, pipeline: &str) -> Self {
+        let mut last = HashMap::new();
+        // Oldest first, so later runs overwrite.
+        for run in cache.runs() {
+            if run.pipeline != pipeline {
+                continue;
+            }
+            for s in run.stages {
+                if let Some(k) = s.key_inputs {
+                    last.insert(s.instance, k);
+                }
+            }
+        }
+        History { last }
+    }
+
+    pub fn last(&self, label: &str) -> Option<&KeyInputs> {
+        self.last.get(label)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Reason {
+    /// No earlier run of this pipeline computed this instance.
+    New,
+    /// These components of the key differ from the last run.
+    Changed(Vec<String>),
+    /// Same key as the last run, but its entry is gone (collected or never finished).
+    Missing,
+    /// The entry was corrupt and has been quarantined.
+    Corrupt(String),
+    /// These inputs must run first; the key is known only after.
+    Upstream(Vec<String>),
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::New => f.write_str("never run before"),
+            Reason::Changed(d) => f.write_str(&d.join("; ")),
+            Reason::Missing => f.write_str("same key as last run, but its entry is gone"),
+            Reason::Corrupt(r) => write!(f, "cache entry was corrupt ({r})"),
+            Reason::Upstream(v) => write!(f, "waits on {}", v.join(", ")),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum Status {
+    Cached {
+        key_inputs: KeyInputs,
+        entry: Entry,
+    },
+    Run {
+        key_inputs: Option<KeyInputs>,
+        reason: Reason,
+    },
+}
+
+impl Status {
+    pub fn key(&self) -> Option<Digest> {
+        match self {
+            Status::Cached { entry, .. } => Some(entry.manifest().key),
+            Status::Run { key_inputs, .. } => key_inputs.as_ref().map(KeyInputs::digest),
+        }
+    }
+
+    pub fn is_cached(&self) -> bool {
+        matches!(self, Status::Cached { .. })
+    }
+}
+
+/// Why a node whose key is known and not in the cache must run.
+pub fn explain(k: &KeyInputs, last: Option<&KeyInputs>) -> Reason {
+    match last {
+        None => Reason::New,
+        Some(old) => {
+            let d = k.diff(old);
+            if d.is_empty() {
+                Reason::Missing
+            } else {
+                Reason::Changed(d)
+            }
+        }
+    }
+}
+
+/// Looks up `k` in the cache, turning a corrupt entry into a reason to rerun.
+pub fn lookup(cache: &Cache, k: &KeyInputs, last: Option<&KeyInputs>) -> Result<Status, CacheError> {
+    Ok(match cache.lookup(&k.digest())? {
+        Lookup::Hit(entry) => Status::Cached {
+            key_inputs: k.clone(),
+            entry,
+        },
+        Lookup::Miss => Status::Run {
+            key_inputs: Some(k.clone()),
+            reason: explain(k, last),
+        },
+        Lookup::Corrupt { reason } => Status::Run {
+            key_inputs: Some(k.clone()),
+            reason: Reason::Corrupt(reason),
+        },
+    })
+}
+
+/// The status of every node, in plan order, as far as it can be known before running anything.
+pub fn resolve(plan: &Plan, cache: &Cache, history: &History) -> Result<Vec<Status>, CacheError> {
+    let mut out: Vec<Status> = Vec::with_capacity(plan.nodes.len());
+    for node in &plan.nodes {
+        let mut content = BTreeMap::new();
+        let mut pending = Vec::new();
+        for (role, i) in &node.inputs {
+            match &out[*i] {
+                Status::Cached { entry, .. } => {
+                    content.insert(role.clone(), entry.manifest().content);
+                }
+                Status::Run { .. } => pending.push(plan.nodes[*i].label.clone()),
+            }
+        }
+        let status = if pending.is_empty() {
+            let k = key_inputs(node, &content);
+            lookup(cache, &k, history.last(&node.label))?
+        } else {
+            pending.dedup();
+            Status::Run {
+                key_inputs: None,
+                reason: Reason::Upstream(pending),
+            }
+        };
+        out.push(status);
+    }
+    Ok(out)
+}
+
+/// Ids of `ids` and everything they depend on.
+pub fn ancestors(plan: &Plan, ids: &[NodeId]) -> Vec<NodeId> {
+    let mut seen = vec![false; plan.nodes.len()];
+    let mut stack = ids.to_vec();
+    while let Some(i) = stack.pop() {
+        if std::mem::replace(&mut seen[i], true) {
+            continue;
+        }
+        stack.extend(plan.nodes[i].inputs.iter().map(|(_, j)| *j));
+    }
+    (0..plan.nodes.len()).filter(|&i| seen[i]).collect()
+}

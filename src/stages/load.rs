@@ -1,0 +1,47 @@
+//! `load`: resolve a checkpoint and record the digest of every tensor in it.
+
+use candle_core::Device;
+use rayon::prelude::*;
+use serde_json::json;
+
+use super::weights::{candle_dtype, WeightsMeta};
+use super::{StageCtx, StageError, StageOutput};
+use crate::model::{load_weights, tensor_digest, Checkpoint, ModelConfig};
+use crate::pipeline::spec::LoadSpec;
+
+pub fn run(ctx: &StageCtx, spec: &LoadSpec) -> Result<StageOutput, StageError> {
+    let source = &ctx.plan.pipeline.models[&spec.model];
+    let checkpoint = Checkpoint::resolve(&source.dir)?;
+    let config = ModelConfig::from_file(&checkpoint.config)?;
+    ctx.note(&format!("loading {}", source.dir.display()));
+    // Digests are taken on the CPU copy: the same bytes whatever device later stages use.
+    let tensors = load_weights(&checkpoint, &config, candle_dtype(spec.dtype), &Device::Cpu)?;
+    let digests = tensors
+        .par_iter()
+        .map(|(name, t)| Ok((name.clone(), tensor_digest(t)?)))
+        .collect::<Result<_, crate::model::ModelError>>()?;
+    let files = &ctx.node().files;
+    let file_digest = |name: &str| {
+        files
+            .get(&format!("model/{name}"))
+            .map(|(_, d)| *d)
+            .ok_or_else(|| StageError::Invalid(format!("internal: {name} was not hashed")))
+    };
+    let meta = WeightsMeta {
+        config: file_digest("config.json")?,
+        tokenizer: file_digest("tokenizer.json")?,
+        dtype: spec.dtype.as_str().to_string(),
+        tensors: digests,
+    };
+    let params: usize = tensors.values().map(|t| t.elem_count()).sum();
+    ctx.note(&format!("{} tensors, {params} parameters", tensors.len()));
+    Ok(StageOutput {
+        content: Some(meta.content()),
+        meta: json!({
+            "checkpoint": source.dir.display().to_string(),
+            "parameters": params,
+            "layers": config.num_layers,
+            "weights": meta,
+        }),
+    })
+}
