@@ -1,1 +1,19 @@
+//! The content-addressed cache: stage outputs stored as immutable entries keyed by their
+//! [`KeyInputs`] digest, input-file hashing with a memo, run records and garbage collection.
+//!
+//! The on-disk layout is drawn in [`store`].
+
+pub mod error;
+pub mod filehash;
+mod fsutil;
+pub mod gc;
 pub mod key;
+pub mod runs;
+pub mod store;
+
+pub use error::CacheError;
+pub use filehash::{blake3_file, FileHasher, HashStats};
+pub use gc::{GcOptions, GcReport};
+pub use key::{Digest, KeyInputs, ParamValue, Params};
+pub use runs::{RunRecord, StageRecord, StageStatus};
+pub use store::{Cache, Entry, EntryMeta, EntryWriter, FileRecord, Lookup, Manifest};

@@ -1,0 +1,685 @@
+//! The LLaMA-family decoder: embeddings, decoder blocks run one at a time, and the LM head.
+//!
+//! The model is immutable; KV caches are passed in. [`Llama::block_forward`] exposes one block and
+//! reports the input of each of its seven linear layers, which calibration needs.
+
+use std::fmt;
+use std::str::FromStr;
+
+use candle_core::{DType, Device, Module, Tensor, D};
+use serde::{Deserialize, Serialize};
+
+use super::config::{ModelConfig, RopeScaling};
+use super::error::{ModelError, Result};
+use super::weights::{expected_tensors, TensorMap};
+
+/// The seven linear layers of a decoder block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Proj {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+/// Which sub-module of a block a linear layer belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModuleGroup {
+    Attention,
+    Mlp,
+}
+
+impl Proj {
+    /// In the order they run within a block.
+    pub const ALL: [Proj; 7] = [
+        Proj::Q,
+        Proj::K,
+        Proj::V,
+        Proj::O,
+        Proj::Gate,
+        Proj::Up,
+        Proj::Down,
+    ];
+
+    pub fn group(self) -> ModuleGroup {
+        match self {
+            Proj::Q | Proj::K | Proj::V | Proj::O => ModuleGroup::Attention,
+            Proj::Gate | Proj::Up | Proj::Down => ModuleGroup::Mlp,
+        }
+    }
+
+    /// The HF module name: `q_proj`, ..., `down_proj`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Proj::Q => "q_proj",
+            Proj::K => "k_proj",
+            Proj::V => "v_proj",
+            Proj::O => "o_proj",
+            Proj::Gate => "gate_proj",
+            Proj::Up => "up_proj",
+            Proj::Down => "down_proj",
+        }
+    }
+
+    fn parent(self) -> &'static str {
+        match self.group() {
+            ModuleGroup::Attention => "self_attn",
+            ModuleGroup::Mlp => "mlp",
+        }
+    }
+}
+
+/// One linear layer of the model: `layers.{layer}.{proj}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct LinearId {
+    pub layer: usize,
+    pub proj: Proj,
+}
+
+impl LinearId {
+    pub fn new(layer: usize, proj: Proj) -> Self {
+        LinearId { layer, proj }
+    }
+
+    /// The HF name of its weight, e.g. `model.layers.3.self_attn.q_proj.weight`.
+    pub fn weight_name(&self) -> String {
+        format!("{}.weight", self.module_path())
+    }
+
+    /// The HF name of its bias (present only when the config has biases for it).
+    pub fn bias_name(&self) -> String {
+        format!("{}.bias", self.module_path())
+    }
+
+    fn module_path(&self) -> String {
+        format!(
+            "model.layers.{}.{}.{}",
+            self.layer,
+            self.proj.parent(),
+            self.proj.name()
+        )
+    }
+}
+
+impl fmt::Display for LinearId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "layers.{}.{}", self.layer, self.proj.name())
+    }
+}
+
+impl FromStr for LinearId {
+    type Err = String;
+
+    /// Parses the [`Display`](fmt::Display) form, `layers.3.q_proj`.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let bad = || format!("`{s}` is not a linear layer name like `layers.3.q_proj`");
+        let rest = s.strip_prefix("layers.").ok_or_else(bad)?;
+        let (layer, name) = rest.split_once('.').ok_or_else(bad)?;
+        let layer = layer.parse().map_err(|_| bad())?;
+        let proj = Proj::ALL
+            .into_iter()
+            .find(|p| p.name() == name)
+            .ok_or_else(bad)?;
+        Ok(LinearId { layer, proj })
+    }
+}
+
+/// The keys and values one block has seen so far (after RoPE), shaped [batch, kv_heads, len, head_dim].
+#[derive(Debug, Clone, Default)]
+pub struct LayerKvCache {
+    kv: Option<(Tensor, Tensor)>,
+}
+
+impl LayerKvCache {
+    /// Number of cached positions.
+    pub fn len(&self) -> usize {
+        self.kv.as_ref().map_or(0, |(k, _)| k.dims()[2])
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.kv.is_none()
+    }
+
+    /// Appends new keys/values and returns all of them.
+    fn append(&mut self, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+        let (k, v) = match self.kv.take() {
+            None => (k, v),
+            Some((ck, cv)) => (Tensor::cat(&[&ck, &k], 2)?, Tensor::cat(&[&cv, &v], 2)?),
+        };
+        self.kv = Some((k.clone(), v.clone()));
+        Ok((k, v))
+    }
+}
+
+/// The decoding state of a whole model: one cache per block and the next position.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    layers: Vec<LayerKvCache>,
+    pos: usize,
+}
+
+impl KvCache {
+    pub fn new(cfg: &ModelConfig) -> Self {
+        KvCache {
+            layers: vec![LayerKvCache::default(); cfg.num_layers],
+            pos: 0,
+        }
+    }
+
+    /// The position the next token will take.
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+
+    pub fn layer_mut(&mut self, layer: usize) -> Option<&mut LayerKvCache> {
+        self.layers.get_mut(layer)
+    }
+
+    pub fn reset(&mut self) {
+        self.layers.iter_mut().for_each(|l| *l = LayerKvCache::default());
+        self.pos = 0;
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Linear {
+    inner: candle_nn::Linear,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.inner.forward(x)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Block {
+    input_norm: Tensor,
+    post_norm: Tensor,
+    /// In [`Proj::ALL`] order.
+    linears: [Linear; 7],
+}
+
+impl Block {
+    fn linear(&self, p: Proj) -> &Linear {
+        &self.linears[p as usize]
+    }
+}
+
+/// A LLaMA-family causal language model.
+#[derive(Debug, Clone)]
+pub struct Llama {
+    cfg: ModelConfig,
+    embed: Tensor,
+    blocks: Vec<Block>,
+    norm: Tensor,
+    lm_head: Linear,
+    /// RoPE inverse frequencies (f32, head_dim / 2), scaling applied.
+    inv_freq: Tensor,
+    dtype: DType,
+    device: Device,
+}
+
+impl Llama {
+    /// Builds the model from tensors under their HF names (see [`expected_tensors`]); every
+    /// tensor must have the config's shape and one dtype on one device.
+    pub fn new(cfg: &ModelConfig, weights: &TensorMap) -> Result<Llama> {
+        let embed_name = "model.embed_tokens.weight";
+        let first = weights
+            .get(embed_name)
+            .ok_or_else(|| missing(embed_name))?;
+        let (dtype, device) = (first.dtype(), first.device().clone());
+        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+            return Err(ModelError::Invalid(format!(
+                "weights are {dtype:?}; the model runs in f32, f16 or bf16"
+            )));
+        }
+        for (name, shape) in expected_tensors(cfg) {
+            let t = weights.get(&name).ok_or_else(|| missing(&name))?;
+            if t.dims() != shape.as_slice() {
+                return Err(ModelError::ShapeMismatch {
+                    name,
+                    expected: shape,
+                    got: t.dims().to_vec(),
+                });
+            }
+            if t.dtype() != dtype || !t.device().same_device(&device) {
+                return Err(ModelError::Invalid(format!(
+                    "tensor `{name}` is {:?} on {:?}, but `{embed_name}` is {dtype:?} on \
+                     {device:?}; every weight must share one dtype and device",
+                    t.dtype(),
+                    t.device()
+                )));
+            }
+        }
+        // Presence was checked just above.
+        let get = |name: &str| weights[name].clone();
+        let linear = |id: LinearId, bias: bool| Linear {
+            inner: candle_nn::Linear::new(
+                get(&id.weight_name()),
+                bias.then(|| get(&id.bias_name())),
+            ),
+        };
+        let blocks = (0..cfg.num_layers)
+            .map(|l| {
+                let bias = |p: Proj| match p {
+                    Proj::Q | Proj::K | Proj::V => cfg.qkv_bias,
+                    Proj::O => cfg.o_bias,
+                    Proj::Gate | Proj::Up | Proj::Down => cfg.mlp_bias,
+                };
+                Block {
+                    input_norm: get(&format!("model.layers.{l}.input_layernorm.weight")),
+                    post_norm: get(&format!("model.layers.{l}.post_attention_layernorm.weight")),
+                    linears: Proj::ALL.map(|p| linear(LinearId::new(l, p), bias(p))),
+                }
+            })
+            .collect();
+        let embed = get(embed_name);
+        let lm_head = Linear {
+            inner: candle_nn::Linear::new(
+                if cfg.tie_word_embeddings {
+                    embed.clone()
+                } else {
+                    get("lm_head.weight")
+                },
+                None,
+            ),
+        };
+        let inv_freq = Tensor::new(rope_inv_freq(cfg), &device)?;
+        Ok(Llama {
+            cfg: cfg.clone(),
+            embed,
+            blocks,
+            norm: get("model.norm.weight"),
+            lm_head,
+            inv_freq,
+            dtype,
+            device,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.blocks.len()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Every linear layer inside the blocks (the LM head excluded), block by block, in
+    /// [`Proj::ALL`] order.
+    pub fn linear_ids(&self) -> Vec<LinearId> {
+        (0..self.num_layers())
+            .flat_map(|l| Proj::ALL.map(|p| LinearId::new(l, p)))
+            .collect()
+    }
+
+    /// The weight matrix [out_features, in_features] of a linear layer.
+    pub fn linear_weight(&self, id: LinearId) -> Option<&Tensor> {
+        self.blocks
+            .get(id.layer)
+            .map(|b| b.linear(id.proj).inner.weight())
+    }
+
+    /// Token ids [batch, seq] (u32) → embeddings [batch, seq, hidden].
+    pub fn embed(&self, tokens: &Tensor) -> Result<Tensor> {
+        let (b, s) = tokens.dims2().map_err(|_| {
+            ModelError::Invalid(format!(
+                "token ids must be [batch, seq], got shape {:?}",
+                tokens.dims()
+            ))
+        })?;
+        if tokens.dtype() != DType::U32 {
+            return Err(ModelError::Invalid(format!(
+                "token ids must be u32, got {:?}",
+                tokens.dtype()
+            )));
+        }
+        if b * s == 0 {
+            return Err(ModelError::Invalid("empty token sequence".into()));
+        }
+        // An out-of-range id would read out of bounds on some backends.
+        let max = tokens.flatten_all()?.max(0)?.to_scalar::<u32>()?;
+        if max as usize >= self.cfg.vocab_size {
+            return Err(ModelError::Invalid(format!(
+                "token id {max} is outside the vocabulary (vocab_size = {})",
+                self.cfg.vocab_size
+            )));
+        }
+        let flat = tokens.flatten_all()?;
+        Ok(self
+            .embed
+            .index_select(&flat, 0)?
+            .reshape((b, s, self.cfg.hidden_size))?)
+    }
+
+    /// Runs decoder block `layer` on hidden states `x` [batch, seq, hidden] whose first token sits
+    /// at absolute position `pos`. With a `cache`, the block attends to the cached keys too and
+    /// appends the new ones (`pos` must equal the cache length). `capture` receives the input of
+    /// each linear layer, [batch, seq, in_features], just before it is applied.
+    pub fn block_forward(
+        &self,
+        layer: usize,
+        x: &Tensor,
+        pos: usize,
+        cache: Option<&mut LayerKvCache>,
+        mut capture: Option<&mut dyn FnMut(LinearId, &Tensor)>,
+    ) -> Result<Tensor> {
+        let block = self.blocks.get(layer).ok_or_else(|| {
+            ModelError::Invalid(format!(
+                "layer {layer} does not exist (the model has {})",
+                self.blocks.len()
+            ))
+        })?;
+        let (b, s, h) = x.dims3()?;
+        if h != self.cfg.hidden_size {
+            return Err(ModelError::Invalid(format!(
+                "block input has width {h}, expected hidden_size = {}",
+                self.cfg.hidden_size
+            )));
+        }
+        if let Some(c) = &cache {
+            if c.len() != pos {
+                return Err(ModelError::Invalid(format!(
+                    "layer {layer}: cache holds {} positions but pos = {pos}",
+                    c.len()
+                )));
+            }
+        }
+        let mut apply = |p: Proj, input: &Tensor| -> Result<Tensor> {
+            if let Some(f) = capture.as_deref_mut() {
+                f(LinearId::new(layer, p), input);
+            }
+            block.linear(p).forward(input)
+        };
+        let (nh, nkv, hd) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
+
+        let normed = rms_norm(x, &block.input_norm, self.cfg.rms_norm_eps)?;
+        let q = apply(Proj::Q, &normed)?;
+        let k = apply(Proj::K, &normed)?;
+        let v = apply(Proj::V, &normed)?;
+        let heads = |t: Tensor, n: usize| -> Result<Tensor> {
+            Ok(t.reshape((b, s, n, hd))?.transpose(1, 2)?.contiguous()?)
+        };
+        let (cos, sin) = self.rope_tables(pos, s)?;
+        let q = apply_rope(&heads(q, nh)?, &cos, &sin)?;
+        let k = apply_rope(&heads(k, nkv)?, &cos, &sin)?;
+        let v = heads(v, nkv)?;
+        let (k, v) = match cache {
+            Some(c) => c.append(k, v)?,
+            None => (k, v),
+        };
+        let attn = self.attention(&q, &k, &v, b, s)?;
+        let attn = attn.transpose(1, 2)?.reshape((b, s, nh * hd))?;
+        let x = (x + apply(Proj::O, &attn)?)?;
+
+        let normed = rms_norm(&x, &block.post_norm, self.cfg.rms_norm_eps)?;
+        let gate = apply(Proj::Gate, &normed)?;
+        let up = apply(Proj::Up, &normed)?;
+        let act = (candle_nn::ops::silu(&gate)? * up)?;
+        let x = (x + apply(Proj::Down, &act)?)?;
+        Ok(x)
+    }
+
+    /// Final norm and LM head: hidden states → logits [batch, seq, vocab] in f32.
+    pub fn head(&self, x: &Tensor) -> Result<Tensor> {
+        let x = rms_norm(x, &self.norm, self.cfg.rms_norm_eps)?;
+        Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?)
+    }
+
+    /// Logits [batch, seq, vocab] (f32) for every position of `tokens` [batch, seq].
+    pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
+        let mut x = self.embed(tokens)?;
+        for layer in 0..self.num_layers() {
+            x = self.block_forward(layer, &x, 0, None, None)?;
+        }
+        self.head(&x)
+    }
+
+    /// Logits for `tokens` continuing the sequence held in `cache`, which is then extended.
+    pub fn forward_cached(&self, tokens: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        if cache.layers.len() != self.num_layers() {
+            return Err(ModelError::Invalid(format!(
+                "KV cache has {} layers, the model {}",
+                cache.layers.len(),
+                self.num_layers()
+            )));
+        }
+        let pos = cache.pos;
+        let mut x = self.embed(tokens)?;
+        for (layer, c) in cache.layers.iter_mut().enumerate() {
+            x = self.block_forward(layer, &x, pos, Some(c), None)?;
+        }
+        cache.pos += tokens.dims()[1];
+        self.head(&x)
+    }
+
+    /// cos and sin for positions `pos..pos + len`, [len, head_dim], in the model dtype.
+    fn rope_tables(&self, pos: usize, len: usize) -> Result<(Tensor, Tensor)> {
+        let positions = Tensor::arange(pos as u32, (pos + len) as u32, &self.device)?
+            .to_dtype(DType::F32)?
+            .reshape((len, 1))?;
+        let freqs = positions.broadcast_mul(&self.inv_freq.reshape((1, ()))?)?;
+        // HF layout: the same frequencies for both halves of head_dim.
+        let emb = Tensor::cat(&[&freqs, &freqs], 1)?;
+        Ok((
+            emb.cos()?.to_dtype(self.dtype)?,
+            emb.sin()?.to_dtype(self.dtype)?,
+        ))
+    }
+
+    /// Scaled dot-product attention with grouped KV heads and a causal mask, in f32.
+    /// q: [b, heads, s, hd]; k, v: [b, kv_heads, kv_len, hd] → [b, heads, s, hd].
+    fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, b: usize, s: usize) -> Result<Tensor> {
+        let (nh, nkv, hd) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
+        let groups = nh / nkv;
+        let kv_len = k.dims()[2];
+        // Query heads g·r .. g·r+g-1 share KV head r: fold them into the query axis instead of
+        // copying K and V `groups` times.
+        let q = q
+            .to_dtype(DType::F32)?
+            .reshape((b, nkv, groups * s, hd))?;
+        let k = k.to_dtype(DType::F32)?;
+        let v = v.to_dtype(DType::F32)?.contiguous()?;
+        let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
+        let scores = scores.reshape((b, nkv, groups, s, kv_len))?;
+        let scores = match self.mask(s, kv_len)? {
+            Some(mask) => scores.broadcast_add(&mask)?,
+            None => scores,
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let out = probs.reshape((b, nkv, groups * s, kv_len))?.matmul(&v)?;
+        Ok(out.reshape((b, nh, s, hd))?.to_dtype(self.dtype)?)
+    }
+
+    /// Additive mask [s, kv_len]: query i (the last s of kv_len positions) sees key j iff j is not
+    /// in its future and, with a sliding window w, lies less than w positions back.
+    fn mask(&self, s: usize, kv_len: usize) -> Result<Option<Tensor>> {
+        let window = self.cfg.sliding_window;
+        // A single query at the end sees every key unless a window cuts some off.
+        if s == 1 && window.is_none_or(|w| kv_len <= w) {
+            return Ok(None);
+        }
+        // Built on the device: for long sequences a host-side mask would be a large upload.
+        let offset = (kv_len - s) as f32;
+        let dev = &self.device;
+        let qpos = (Tensor::arange(0f32, s as f32, dev)? + offset as f64)?.reshape((s, 1))?;
+        let kpos = Tensor::arange(0f32, kv_len as f32, dev)?.reshape((1, kv_len))?;
+        let back = qpos.broadcast_sub(&kpos)?; // how far key j lies behind query i
+        let mut visible = back.ge(0f64)?;
+        if let Some(w) = window {
+            visible = (visible * back.lt(w as f64)?)?;
+        }
+        let zeros = Tensor::zeros((s, kv_len), DType::F32, dev)?;
+        let neg_inf = Tensor::full(f32::NEG_INFINITY, (s, kv_len), dev)?;
+        Ok(Some(visible.where_cond(&zeros, &neg_inf)?))
+    }
+}
+
+fn missing(name: &str) -> ModelError {
+    ModelError::MissingTensor {
+        name: name.to_string(),
+        origin: "not in the tensors given to Llama::new".into(),
+    }
+}
+
+/// RMSNorm as HF computes it: normalise in f32, cast back, then scale by the weight.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let xf = x.to_dtype(DType::F32)?;
+    let mean_sq = xf.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = xf.broadcast_div(&(mean_sq + eps)?.sqrt()?)?;
+    Ok(normed.to_dtype(dtype)?.broadcast_mul(weight)?)
+}
+
+/// x·cos + rotate_half(x)·sin, rotate_half(x) = [-x₂, x₁] over the two halves of head_dim.
+fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let half = x.dim(D::Minus1)? / 2;
+    let x1 = x.narrow(D::Minus1, 0, half)?;
+    let x2 = x.narrow(D::Minus1, half, half)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
+}
+
+/// Inverse RoPE frequencies θ^(-2i/d), rescaled as the config's `rope_scaling` says.
+fn rope_inv_freq(cfg: &ModelConfig) -> Vec<f32> {
+    let d = cfg.head_dim as f64;
+    let base = (0..cfg.head_dim / 2).map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / d));
+    let scaled: Vec<f64> = match &cfg.rope_scaling {
+        None => base.collect(),
+        Some(RopeScaling::Linear { factor }) => base.map(|f| f / factor).collect(),
+        Some(RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        }) => {
+            let old = *original_max_position_embeddings as f64;
+            let low_wavelen = old / low_freq_factor;
+            let high_wavelen = old / high_freq_factor;
+            base.map(|f| {
+                let wavelen = 2.0 * std::f64::consts::PI / f;
+                if wavelen < high_wavelen {
+                    f
+                } else if wavelen > low_wavelen {
+                    f / factor
+                } else {
+                    let smooth =
+                        (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                    (1.0 - smooth) * f / factor + smooth * f
+                }
+            })
+            .collect()
+        }
+    };
+    scaled.into_iter().map(|f| f as f32).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linear_ids_name_and_parse() {
+        let id = LinearId::new(3, Proj::Q);
+        assert_eq!(id.to_string(), "layers.3.q_proj");
+        assert_eq!(id.weight_name(), "model.layers.3.self_attn.q_proj.weight");
+        assert_eq!(
+            LinearId::new(0, Proj::Down).weight_name(),
+            "model.layers.0.mlp.down_proj.weight"
+        );
+        for p in Proj::ALL {
+            let id = LinearId::new(7, p);
+            assert_eq!(id.to_string().parse::<LinearId>().unwrap(), id);
+        }
+        assert!("layers.x.q_proj".parse::<LinearId>().is_err());
+        assert!("layers.1.lm_head".parse::<LinearId>().is_err());
+        assert_eq!(Proj::O.group(), ModuleGroup::Attention);
+        assert_eq!(Proj::Up.group(), ModuleGroup::Mlp);
+    }
+
+    #[test]
+    fn rope_rotates_pairs_of_halves_by_position_times_frequency() {
+        // head_dim 4: pairs (x0, x2) at frequency 1, (x1, x3) at frequency 1/θ^(1/2).
+        let dev = Device::Cpu;
+        let x = Tensor::new(&[1f32, 2., 3., 4.], &dev)
+            .unwrap()
+            .reshape((1, 1, 1, 4))
+            .unwrap();
+        let (pos, theta) = (3.0f64, 100.0f64);
+        let freqs = [pos, pos / theta.sqrt()];
+        let emb = [freqs[0], freqs[1], freqs[0], freqs[1]];
+        let cos = Tensor::new(emb.map(|a| a.cos() as f32).as_slice(), &dev)
+            .unwrap()
+            .reshape((1, 4))
+            .unwrap();
+        let sin = Tensor::new(emb.map(|a| a.sin() as f32).as_slice(), &dev)
+            .unwrap()
+            .reshape((1, 4))
+            .unwrap();
+        let got: Vec<f32> = apply_rope(&x, &cos, &sin)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let rot = |a: f64, b: f64, t: f64| (a * t.cos() - b * t.sin(), a * t.sin() + b * t.cos());
+        let (y0, y2) = rot(1., 3., freqs[0]);
+        let (y1, y3) = rot(2., 4., freqs[1]);
+        for (g, w) in got.iter().zip([y0, y1, y2, y3]) {
+            assert!((*g as f64 - w).abs() < 1e-6, "{got:?}");
+        }
+    }
+
+    #[test]
+    fn rms_norm_matches_the_formula() {
+        let dev = Device::Cpu;
+        let x = Tensor::new(&[[1f32, -2., 3., 0.5]], &dev).unwrap();
+        let w = Tensor::new(&[1f32, 2., 0.5, -1.], &dev).unwrap();
+        let got: Vec<f32> = rms_norm(&x, &w, 1e-5)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let ms = (1.0 + 4.0 + 9.0 + 0.25) / 4.0 + 1e-5f64;
+        let want = [1.0, -4.0, 1.5, -0.5].map(|v: f64| v / ms.sqrt());
+        for (g, w) in got.iter().zip(want) {
+            assert!((*g as f64 - w).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn llama3_scaling_keeps_high_and_divides_low_frequencies() {
+        let mut cfg = ModelConfig::from_json(
+            r#"{"model_type": "llama", "hidden_size": 512, "intermediate_size": 8,
+                "num_hidden_layers": 1, "num_attention_heads": 4, "vocab_size": 8,
+                "rope_theta": 500000.0}"#,
+        )
+        .unwrap();
+        let plain = rope_inv_freq(&cfg);
+        cfg.rope_scaling = Some(RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192,
+        });
+        let scaled = rope_inv_freq(&cfg);
+        assert_eq!(scaled[0], plain[0]);
+        let last = plain.len() - 1;
+        assert!((scaled[last] - plain[last] / 8.0).abs() <= 1e-6 * plain[last]);
+    }
+}

@@ -1,0 +1,319 @@
+//! Loading a checkpoint's tensors under their Hugging Face names, from safetensors or GGUF.
+//!
+//! Only the tensors the config implies are loaded (extra entries such as `rotary_emb.inv_freq`
+//! are ignored); a missing one is an error naming it and the file searched.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+use candle_core::quantized::gguf_file;
+use candle_core::safetensors::SliceSafetensors;
+use candle_core::{DType, Device, Tensor};
+
+use super::checkpoint::{Checkpoint, WeightFiles};
+use super::config::ModelConfig;
+use super::error::{ModelError, Result};
+use crate::cache::key::Digest;
+
+/// Tensors by Hugging Face name, in a stable order.
+pub type TensorMap = BTreeMap<String, Tensor>;
+
+/// The tensors a config implies, by HF name, with their expected shapes.
+pub fn expected_tensors(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+    let (q, kv) = (cfg.q_dim(), cfg.kv_dim());
+    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![cfg.vocab_size, h])];
+    for l in 0..cfg.num_layers {
+        let p = format!("model.layers.{l}");
+        let mut push = |name: String, shape: Vec<usize>| out.push((name, shape));
+        for (proj, rows, cols, bias) in [
+            ("q_proj", q, h, cfg.qkv_bias),
+            ("k_proj", kv, h, cfg.qkv_bias),
+            ("v_proj", kv, h, cfg.qkv_bias),
+            ("o_proj", h, q, cfg.o_bias),
+        ] {
+            push(format!("{p}.self_attn.{proj}.weight"), vec![rows, cols]);
+            if bias {
+                push(format!("{p}.self_attn.{proj}.bias"), vec![rows]);
+            }
+        }
+        for (proj, rows, cols) in [("gate_proj", i, h), ("up_proj", i, h), ("down_proj", h, i)] {
+            push(format!("{p}.mlp.{proj}.weight"), vec![rows, cols]);
+            if cfg.mlp_bias {
+                push(format!("{p}.mlp.{proj}.bias"), vec![rows]);
+            }
+        }
+        push(format!("{p}.input_layernorm.weight"), vec![h]);
+        push(format!("{p}.post_attention_layernorm.weight"), vec![h]);
+    }
+    out.push(("model.norm.weight".to_string(), vec![h]));
+    if !cfg.tie_word_embeddings {
+        out.push(("lm_head.weight".to_string(), vec![cfg.vocab_size, h]));
+    }
+    out
+}
+
+/// Loads every tensor the config implies, converted to `dtype` (f32, f16 or bf16) on `device`.
+/// GGUF tensors are dequantized to f32 first.
+pub fn load_weights(
+    ckpt: &Checkpoint,
+    cfg: &ModelConfig,
+    dtype: DType,
+    device: &Device,
+) -> Result<TensorMap> {
+    if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+        return Err(ModelError::Invalid(format!(
+            "weights dtype {dtype:?} is not supported; use f32, f16 or bf16"
+        )));
+    }
+    let expected = expected_tensors(cfg);
+    let map = match &ckpt.weights {
+        WeightFiles::Safetensors(path) => load_safetensors(&[path.as_path()], &expected, device)?,
+        WeightFiles::Sharded { shards, .. } => {
+            let paths: Vec<&Path> = shards.iter().map(|p| p.as_path()).collect();
+            load_safetensors(&paths, &expected, device)?
+        }
+        WeightFiles::Gguf(path) => load_gguf(path, cfg, &expected, device)?,
+    };
+    let mut out = TensorMap::new();
+    for (name, shape) in expected {
+        let t = map
+            .get(&name)
+            .expect("every expected tensor was loaded or reported missing");
+        if t.dims() != shape.as_slice() {
+            return Err(ModelError::ShapeMismatch {
+                name,
+                expected: shape,
+                got: t.dims().to_vec(),
+            });
+        }
+        out.insert(name, t.to_dtype(dtype)?);
+    }
+    Ok(out)
+}
+
+fn load_safetensors(
+    paths: &[&Path],
+    expected: &[(String, Vec<usize>)],
+    device: &Device,
+) -> Result<TensorMap> {
+    let mut out = TensorMap::new();
+    for path in paths {
+        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        // candle's own safetensors wrapper: the crate's version matches candle's.
+        let st = SliceSafetensors::new(&bytes).map_err(|e| ModelError::Weights {
+            path: path.to_path_buf(),
+            message: format!("not a valid safetensors file: {e}"),
+        })?;
+        for (name, _) in expected {
+            if out.contains_key(name) {
+                continue;
+            }
+            if st.get(name).is_ok() {
+                let t = st.load(name, device).map_err(|e| ModelError::Weights {
+                    path: path.to_path_buf(),
+                    message: format!("tensor `{name}`: {e}"),
+                })?;
+                out.insert(name.clone(), t);
+            }
+        }
+    }
+    if let Some((name, _)) = expected.iter().find(|(n, _)| !out.contains_key(n)) {
+        let files: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+        return Err(ModelError::MissingTensor {
+            name: name.clone(),
+            origin: format!("searched {}", files.join(", ")),
+        });
+    }
+    Ok(out)
+}
+
+/// llama.cpp's name for an HF tensor name, or `None` for names it has no counterpart for.
+pub fn gguf_name(hf: &str) -> Option<String> {
+    match hf {
+        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
+        "model.norm.weight" => return Some("output_norm.weight".into()),
+        "lm_head.weight" => return Some("output.weight".into()),
+        _ => {}
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let (module, kind) = rest.rsplit_once('.')?;
+    let short = match module {
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" => "ffn_norm",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{short}.{kind}"))
+}
+
+fn load_gguf(
+    path: &Path,
+    cfg: &ModelConfig,
+    expected: &[(String, Vec<usize>)],
+    device: &Device,
+) -> Result<TensorMap> {
+    let werr = |message: String| ModelError::Weights {
+        path: path.to_path_buf(),
+        message,
+    };
+    let file = std::fs::File::open(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut reader = std::io::BufReader::new(file);
+    let content = gguf_file::Content::read(&mut reader)
+        .map_err(|e| werr(format!("not a readable GGUF file: {e}")))?;
+    let mut out = TensorMap::new();
+    for (name, _) in expected {
+        let gname = gguf_name(name).ok_or_else(|| werr(format!("no GGUF name for `{name}`")))?;
+        if !content.tensor_infos.contains_key(&gname) {
+            return Err(ModelError::MissingTensor {
+                name: name.clone(),
+                origin: format!("GGUF name `{gname}` in {}", path.display()),
+            });
+        }
+        let q = content
+            .tensor(&mut reader, &gname, device)
+            .map_err(|e| werr(format!("tensor `{gname}`: {e}")))?;
+        let mut t = q.dequantize(device)?;
+        if gname.ends_with(".weight") {
+            if gname.contains(".attn_q.") {
+                t = unpermute_rope_rows(&t, cfg.num_heads)?;
+            } else if gname.contains(".attn_k.") {
+                t = unpermute_rope_rows(&t, cfg.num_kv_heads)?;
+            }
+        }
+        out.insert(name.clone(), t);
+    }
+    Ok(out)
+}
+
+/// Undoes llama.cpp's row permutation of q/k projections. Its converter maps the HF rows of each
+/// head, viewed as (2, head_dim/2), to (head_dim/2, 2) (pairs interleaved for its rotary kernel);
+/// the inverse views them as (head_dim/2, 2) and swaps back.
+pub fn unpermute_rope_rows(w: &Tensor, heads: usize) -> Result<Tensor> {
+    let (rows, cols) = w.dims2()?;
+    if heads == 0 || rows % (2 * heads) != 0 {
+        return Err(ModelError::Invalid(format!(
+            "cannot unpermute a {rows}x{cols} rotary projection over {heads} heads"
+        )));
+    }
+    let half = rows / heads / 2;
+    Ok(w.reshape((heads, half, 2, cols))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((rows, cols))?)
+}
+
+/// The content identity of a tensor: blake3 over its dtype name, shape and little-endian bytes.
+pub fn tensor_digest(t: &Tensor) -> Result<Digest> {
+    let mut h = blake3::Hasher::new();
+    let name = t.dtype().as_str();
+    h.update(&(name.len() as u64).to_le_bytes());
+    h.update(name.as_bytes());
+    h.update(&(t.rank() as u64).to_le_bytes());
+    for &d in t.dims() {
+        h.update(&(d as u64).to_le_bytes());
+    }
+    let flat = t.flatten_all()?;
+    // `write_bytes` emits little-endian values in logical (row-major) order, whatever the layout.
+    let mut bytes = Vec::with_capacity(t.elem_count() * t.dtype().size_in_bytes());
+    flat.write_bytes(&mut bytes)?;
+    if bytes.len() > 1 << 20 {
+        h.update_rayon(&bytes);
+    } else {
+        h.write_all(&bytes).expect("hashing into memory cannot fail");
+    }
+    Ok(h.finalize().into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gguf_names_follow_llama_cpp() {
+        let pairs = [
+            ("model.embed_tokens.weight", "token_embd.weight"),
+            ("model.layers.3.self_attn.q_proj.weight", "blk.3.attn_q.weight"),
+            ("model.layers.3.self_attn.k_proj.bias", "blk.3.attn_k.bias"),
+            ("model.layers.12.self_attn.o_proj.weight", "blk.12.attn_output.weight"),
+            ("model.layers.0.mlp.down_proj.weight", "blk.0.ffn_down.weight"),
+            ("model.layers.0.input_layernorm.weight", "blk.0.attn_norm.weight"),
+            ("model.layers.0.post_attention_layernorm.weight", "blk.0.ffn_norm.weight"),
+            ("model.norm.weight", "output_norm.weight"),
+            ("lm_head.weight", "output.weight"),
+        ];
+        for (hf, gg) in pairs {
+            assert_eq!(gguf_name(hf).as_deref(), Some(gg), "{hf}");
+        }
+        assert_eq!(gguf_name("model.layers.0.rotary_emb.inv_freq"), None);
+    }
+
+    /// llama.cpp's converter, written out: row (a, b) of each head moves to (b, a).
+    fn permute_like_llama_cpp(w: &Tensor, heads: usize) -> Tensor {
+        let (rows, cols) = w.dims2().unwrap();
+        let half = rows / heads / 2;
+        w.reshape((heads, 2, half, cols))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+            .reshape((rows, cols))
+            .unwrap()
+    }
+
+    #[test]
+    fn unpermute_inverts_the_converter_permutation() {
+        // 2 heads of head_dim 6: rows 0..12; one column holding the row index.
+        let w = Tensor::arange(0f32, 12., &Device::Cpu)
+            .unwrap()
+            .reshape((12, 1))
+            .unwrap();
+        let g = permute_like_llama_cpp(&w, 2);
+        let rows: Vec<f32> = g.flatten_all().unwrap().to_vec1().unwrap();
+        // Interleaved halves: within head 0, rows 0,3,1,4,2,5.
+        assert_eq!(rows[..6], [0., 3., 1., 4., 2., 5.]);
+        let back = unpermute_rope_rows(&g, 2).unwrap();
+        let back: Vec<f32> = back.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(back, (0..12).map(|i| i as f32).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn digest_sees_dtype_shape_and_values() {
+        let dev = Device::Cpu;
+        let a = Tensor::new(&[[1f32, 2.], [3., 4.]], &dev).unwrap();
+        let d = tensor_digest(&a).unwrap();
+        assert_eq!(d, tensor_digest(&a.clone()).unwrap());
+        // Independent recomputation of the documented encoding.
+        let mut h = blake3::Hasher::new();
+        h.update(&3u64.to_le_bytes());
+        h.update(b"f32");
+        h.update(&2u64.to_le_bytes());
+        h.update(&2u64.to_le_bytes());
+        h.update(&2u64.to_le_bytes());
+        for v in [1f32, 2., 3., 4.] {
+            h.update(&v.to_le_bytes());
+        }
+        assert_eq!(d, Digest::from(h.finalize()));
+        assert_ne!(d, tensor_digest(&a.reshape(4).unwrap()).unwrap());
+        assert_ne!(d, tensor_digest(&a.to_dtype(DType::F16).unwrap()).unwrap());
+        // A transposed (strided) view hashes its logical values.
+        let t = a.t().unwrap();
+        let tc = Tensor::new(&[[1f32, 3.], [2., 4.]], &dev).unwrap();
+        assert_eq!(tensor_digest(&t).unwrap(), tensor_digest(&tc).unwrap());
+    }
+}
