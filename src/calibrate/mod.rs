@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::model::{Llama, LinearId};
+use crate::model::{LinearId, Llama, ModelError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SampleError {
@@ -98,7 +98,7 @@ pub fn collect_sq_norms(
     batch_size: usize,
     device: &Device,
     tick: &mut dyn FnMut(u64) -> candle_core::Result<()>,
-) -> candle_core::Result<SqNorms> {
+) -> Result<SqNorms, ModelError> {
     let mut acc: SqNorms = BTreeMap::new();
     for batch in windows.chunks(batch_size.max(1)) {
         let flat: Vec<u32> = batch.iter().flatten().copied().collect();
@@ -127,7 +127,7 @@ pub fn collect_sq_norms(
             };
             x = model.block_forward(layer, &x, 0, None, Some(&mut capture))?;
             if let Some(e) = failure {
-                return Err(e);
+                return Err(e.into());
             }
         }
         tick(batch.len() as u64)?;

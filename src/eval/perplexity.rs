@@ -3,7 +3,7 @@
 use candle_core::{DType, Device, Tensor, D};
 use serde::Serialize;
 
-use crate::model::Llama;
+use crate::model::{Llama, ModelError};
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Perplexity {
@@ -44,13 +44,14 @@ pub fn perplexity(
     batch_size: usize,
     device: &Device,
     tick: &mut dyn FnMut(u64) -> candle_core::Result<()>,
-) -> candle_core::Result<Perplexity> {
+) -> Result<Perplexity, ModelError> {
     let wins = windows(tokens, seqlen, limit);
     if wins.is_empty() {
-        candle_core::bail!(
+        return Err(candle_core::Error::Msg(format!(
             "the text has {} tokens, fewer than one window of seqlen = {seqlen}",
             tokens.len()
-        );
+        ))
+        .into());
     }
     let mut total = 0.0f64;
     for batch in wins.chunks(batch_size.max(1)) {

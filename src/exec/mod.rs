@@ -77,7 +77,12 @@ pub fn run(
     let needs = estimate_needs(plan);
     let ui = progress::Ui::new(plan.nodes.len() as u64, opts.progress);
     let sched = scheduler::Scheduler::new(plan, cache, &history, opts, cancel, log_dir, needs);
-    let result = sched.run(&mut pool, &ui, &mut record);
+    let devices: Vec<candle_core::Device> = pool
+        .kinds()
+        .iter()
+        .map(|k| k.open())
+        .collect::<Result<_, _>>()?;
+    let result = sched.run(&mut pool, &devices, &ui, &mut record);
     ui.finish();
     let failures = result?;
     record.finish();

@@ -189,12 +189,11 @@ impl<'a> Scheduler<'a> {
                     let label = &self.plan.nodes[a].label;
                     ui.println(&format!("warning: cache entry of {label} is corrupt ({e}); recomputing it"));
                     tracing::warn!(stage = %label, "corrupt cache entry: {e}");
-                    self.cache.quarantine(entry)?;
                     let k = self.keys[a].clone().expect("done nodes have keys");
                     self.states[a] = State::Queued(k, Reason::Corrupt(e.to_string()));
                     self.queue.push_front(a);
                     ok = false;
-                    // Everything below it that has not started waits for it again.
+                    // verify() moved it to quarantine. Everything below it that has not started waits for it again.
                     let mut stack = self.plan.dependents(a);
                     while let Some(d) = stack.pop() {
                         match &mut self.states[d] {
@@ -218,6 +217,7 @@ impl<'a> Scheduler<'a> {
     pub(super) fn run(
         mut self,
         pool: &mut DevicePool,
+        devices: &[candle_core::Device],
         ui: &Ui,
         record: &mut RunRecord,
     ) -> Result<Vec<Failure>, crate::cache::CacheError> {
@@ -227,12 +227,6 @@ impl<'a> Scheduler<'a> {
             }
         }
         let (tx, rx) = mpsc::channel::<Finished>();
-        let devices: Vec<candle_core::Device> = pool
-            .kinds()
-            .iter()
-            .map(|k| k.open())
-            .collect::<Result<_, _>>()
-            .map_err(|e| crate::cache::CacheError::Other(e.to_string()))?;
         let mut running = 0usize;
         std::thread::scope(|scope| -> Result<(), crate::cache::CacheError> {
             loop {
@@ -425,6 +419,7 @@ impl Job<'_> {
                 log: &log,
             };
             let out = stages::execute(&ctx)?;
+            fault_pause(node.kind().as_str());
             let mut meta = EntryMeta::new(self.key.clone(), node.label.clone());
             meta.pipeline = Some(self.plan.pipeline.path.display().to_string());
             meta.device = self.device_name.clone();
@@ -450,5 +445,21 @@ impl Job<'_> {
             }
         }
         result
+    }
+}
+
+/// Fault injection for crash tests: `WHITTLE_TEST_PAUSE=prune:2000` holds every prune stage for
+/// 2 s after its files are staged and before its entry is committed, so a test can kill the
+/// process at exactly that point.
+fn fault_pause(kind: &str) {
+    let Ok(spec) = std::env::var("WHITTLE_TEST_PAUSE") else {
+        return;
+    };
+    if let Some((k, ms)) = spec.split_once(':') {
+        if k == kind {
+            if let Ok(ms) = ms.parse() {
+                std::thread::sleep(Duration::from_millis(ms));
+            }
+        }
     }
 }

@@ -89,11 +89,11 @@ pub fn run(ctx: &StageCtx, spec: &CalibrateSpec) -> Result<StageOutput, StageErr
     })
 }
 
-/// A candle error raised because the user cancelled becomes `Cancelled`.
-pub(super) fn cancelled_or(ctx: &StageCtx, e: candle_core::Error) -> StageError {
+/// An error raised because the user cancelled becomes `Cancelled`.
+pub(super) fn cancelled_or(ctx: &StageCtx, e: crate::model::ModelError) -> StageError {
     if ctx.check_cancel().is_err() {
         StageError::Cancelled
     } else {
-        StageError::Candle(e)
+        StageError::Model(e)
     }
 }

@@ -41,8 +41,8 @@ pub fn run(ctx: &StageCtx, spec: &PruneSpec) -> Result<StageOutput, StageError> 
         let mut w = Matrix::from_tensor(tensor).map_err(invalid)?;
         let mask = match (&spec.method, &stats) {
             (PruneMethod::Magnitude, _) => match spec.pattern {
-                Pattern::Unstructured => compress::magnitude(&w, spec.sparsity.get()),
-                Pattern::NM { n, m } => compress::magnitude_nm(&w, n, m),
+                Pattern::Unstructured => compress::magnitude::magnitude(&w, spec.sparsity.get()),
+                Pattern::NM { n, m } => compress::magnitude::magnitude_nm(&w, n, m),
             },
             (PruneMethod::Wanda { .. }, Some((t, nsamples))) => {
                 let sums = t.get(&sq_norm_name(&id.to_string())).ok_or_else(|| {
@@ -55,8 +55,8 @@ pub fn run(ctx: &StageCtx, spec: &PruneSpec) -> Result<StageOutput, StageError> 
                     .map(|s| (s / nsamples) as f32)
                     .collect();
                 match spec.pattern {
-                    Pattern::Unstructured => compress::wanda(&w, &scaler, spec.sparsity.get()),
-                    Pattern::NM { n, m } => compress::wanda_nm(&w, &scaler, n, m),
+                    Pattern::Unstructured => compress::wanda::wanda(&w, &scaler, spec.sparsity.get()),
+                    Pattern::NM { n, m } => compress::wanda::wanda_nm(&w, &scaler, n, m),
                 }
             }
             (PruneMethod::Wanda { .. }, None) => unreachable!("statistics are loaded for wanda"),

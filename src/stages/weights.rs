@@ -147,6 +147,8 @@ pub fn write_overlay(
         meta.tensors
             .insert(name.clone(), crate::model::tensor_digest(t)?);
     }
-    candle_core::safetensors::save(replaced, ctx.out_path(OVERLAY_FILE))?;
+    let replaced: std::collections::HashMap<&str, candle_core::Tensor> =
+        replaced.iter().map(|(k, t)| (k.as_str(), t.clone())).collect();
+    candle_core::safetensors::save(&replaced, ctx.out_path(OVERLAY_FILE))?;
     Ok(meta)
 }
