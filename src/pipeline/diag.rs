@@ -84,7 +84,8 @@ fn token_width(line: &str, col: usize) -> usize {
         }
         return rest.len();
     }
-    if matches!(first, '[' | '{' | '-' | '*' | '&' | '|' | '>') {
+    let next_is_space = rest.get(1).is_none_or(|c| c.is_whitespace());
+    if matches!(first, '[' | '{' | '*' | '&' | '|' | '>') || (first == '-' && next_is_space) {
         return 1;
     }
     let mut end = 0;
@@ -294,5 +295,7 @@ mod tests {
         assert_eq!(token_width("  a: \"${x}\" # c", 6), 6);
         assert_eq!(token_width("  sparsty: 0.5", 3), 7);
         assert_eq!(token_width("  x: [1, 22]", 10), 2);
+        assert_eq!(token_width("  x: -0.1, y", 6), 4);
+        assert_eq!(token_width("  - a", 3), 1);
     }
 }

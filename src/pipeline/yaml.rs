@@ -103,7 +103,7 @@ impl Node {
             NodeKind::Seq(_) => "a list".into(),
             NodeKind::Map(_) => "a map".into(),
             NodeKind::Scalar(_, _) if self.is_null() => "nothing (null)".into(),
-            NodeKind::Scalar(s, Style::Quoted) => format!("the string `{s:?}`"),
+            NodeKind::Scalar(s, Style::Quoted) => format!("the string {s:?}"),
             NodeKind::Scalar(s, Style::Plain) => format!("`{s}`"),
         }
     }
