@@ -82,9 +82,10 @@ pub fn load_weights(
     };
     let mut out = TensorMap::new();
     for (name, shape) in expected {
-        let t = map
-            .get(&name)
-            .expect("every expected tensor was loaded or reported missing");
+        let t = map.get(&name).ok_or_else(|| ModelError::MissingTensor {
+            name: name.clone(),
+            origin: "not produced by the loader".into(),
+        })?;
         if t.dims() != shape.as_slice() {
             return Err(ModelError::ShapeMismatch {
                 name,
