@@ -11,7 +11,10 @@ pub enum WeightFiles {
     /// `model.safetensors`.
     Safetensors(PathBuf),
     /// `model.safetensors.index.json` and the shard files its `weight_map` names (sorted, unique).
-    Sharded { index: PathBuf, shards: Vec<PathBuf> },
+    Sharded {
+        index: PathBuf,
+        shards: Vec<PathBuf>,
+    },
     /// A llama.cpp GGUF file (`model.gguf` or the directory's only `*.gguf`).
     Gguf(PathBuf),
 }
@@ -37,7 +40,11 @@ impl Checkpoint {
                 hint: "the path does not exist or is not a directory".into(),
             });
         }
-        let config = required(&dir, "config.json", "the model's Hugging Face config is needed")?;
+        let config = required(
+            &dir,
+            "config.json",
+            "the model's Hugging Face config is needed",
+        )?;
         let tokenizer = required(
             &dir,
             "tokenizer.json",
@@ -221,7 +228,10 @@ mod tests {
 
         touch(d, "model.safetensors", "");
         let ck = Checkpoint::resolve(d).unwrap();
-        assert_eq!(ck.weights, WeightFiles::Safetensors(d.join("model.safetensors")));
+        assert_eq!(
+            ck.weights,
+            WeightFiles::Safetensors(d.join("model.safetensors"))
+        );
         assert_eq!(ck.files().len(), 3);
     }
 }

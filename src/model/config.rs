@@ -241,7 +241,10 @@ impl RawConfig {
                 ))
             }
         };
-        let eos_token_ids = self.eos_token_id.map(TokenIds::into_vec).unwrap_or_default();
+        let eos_token_ids = self
+            .eos_token_id
+            .map(TokenIds::into_vec)
+            .unwrap_or_default();
         for (key, ids) in [
             ("bos_token_id", bos_token_id.into_iter().collect::<Vec<_>>()),
             ("eos_token_id", eos_token_ids.clone()),
@@ -366,8 +369,7 @@ fn resolve_rope_scaling(v: &serde_json::Value) -> std::result::Result<Option<Rop
                 factor: num("factor")?,
                 low_freq_factor: low,
                 high_freq_factor: high,
-                original_max_position_embeddings: num("original_max_position_embeddings")?
-                    as usize,
+                original_max_position_embeddings: num("original_max_position_embeddings")? as usize,
             }))
         }
         other => Err(format!(
@@ -448,13 +450,19 @@ mod tests {
 
     #[test]
     fn bad_configs_name_the_key() {
-        let e = error_of(&with("rope_scaling", serde_json::json!({"type": "yarn", "factor": 4})));
+        let e = error_of(&with(
+            "rope_scaling",
+            serde_json::json!({"type": "yarn", "factor": 4}),
+        ));
         assert!(e.contains("rope_scaling") && e.contains("yarn"), "{e}");
         let e = error_of(&with("hidden_act", "gelu".into()));
         assert!(e.contains("hidden_act") && e.contains("gelu"), "{e}");
         let e = error_of(&with("model_type", "gpt2".into()));
         assert!(e.contains("model_type") && e.contains("gpt2"), "{e}");
-        let e = error_of(&with("architectures", serde_json::json!(["GPT2LMHeadModel"])));
+        let e = error_of(&with(
+            "architectures",
+            serde_json::json!(["GPT2LMHeadModel"]),
+        ));
         assert!(e.contains("architectures"), "{e}");
         let e = error_of(&with("num_key_value_heads", 3.into()));
         assert!(e.contains("num_key_value_heads"), "{e}");

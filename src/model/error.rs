@@ -46,7 +46,9 @@ pub enum ModelError {
     #[error("{}: {message}", path.display())]
     Weights { path: PathBuf, message: String },
 
-    #[error("tensor `{name}` is missing ({origin}); the checkpoint does not match its config.json")]
+    #[error(
+        "tensor `{name}` is missing ({origin}); the checkpoint does not match its config.json"
+    )]
     MissingTensor { name: String, origin: String },
 
     #[error("tensor `{name}` has shape {got:?}, config.json implies {expected:?}")]

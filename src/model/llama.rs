@@ -129,6 +129,9 @@ impl FromStr for LinearId {
     }
 }
 
+/// A hook given the input of each linear layer, [batch, seq, in_features], before it is applied.
+pub type Capture<'a> = &'a mut dyn FnMut(LinearId, &Tensor);
+
 /// The keys and values one block has seen so far (after RoPE), shaped [batch, kv_heads, len, head_dim].
 #[derive(Debug, Clone, Default)]
 pub struct LayerKvCache {
@@ -181,7 +184,9 @@ impl KvCache {
     }
 
     pub fn reset(&mut self) {
-        self.layers.iter_mut().for_each(|l| *l = LayerKvCache::default());
+        self.layers
+            .iter_mut()
+            .for_each(|l| *l = LayerKvCache::default());
         self.pos = 0;
     }
 }
@@ -230,13 +235,11 @@ impl Llama {
     /// tensor must have the config's shape and one dtype on one device.
     pub fn new(cfg: &ModelConfig, weights: &TensorMap) -> Result<Llama> {
         let embed_name = "model.embed_tokens.weight";
-        let first = weights
-            .get(embed_name)
-            .ok_or_else(|| missing(embed_name))?;
+        let first = weights.get(embed_name).ok_or_else(|| missing(embed_name))?;
         let (dtype, device) = (first.dtype(), first.device().clone());
-        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16 | DType::F64) {
             return Err(ModelError::Invalid(format!(
-                "weights are {dtype:?}; the model runs in f32, f16 or bf16"
+                "weights are {dtype:?}; the model runs in f32, f16, bf16 (or f64 for reference)"
             )));
         }
         for (name, shape) in expected_tensors(cfg) {
@@ -376,7 +379,7 @@ impl Llama {
         x: &Tensor,
         pos: usize,
         cache: Option<&mut LayerKvCache>,
-        mut capture: Option<&mut dyn FnMut(LinearId, &Tensor)>,
+        mut capture: Option<Capture<'_>>,
     ) -> Result<Tensor> {
         let block = self.blocks.get(layer).ok_or_else(|| {
             ModelError::Invalid(format!(
@@ -481,7 +484,7 @@ impl Llama {
         ))
     }
 
-    /// Scaled dot-product attention with grouped KV heads and a causal mask, in f32.
+    /// Scaled dot-product attention with grouped KV heads and a causal mask, in f32 (f64 for f64).
     /// q: [b, heads, s, hd]; k, v: [b, kv_heads, kv_len, hd] → [b, heads, s, hd].
     fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, b: usize, s: usize) -> Result<Tensor> {
         let (nh, nkv, hd) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
@@ -489,15 +492,14 @@ impl Llama {
         let kv_len = k.dims()[2];
         // Query heads g·r .. g·r+g-1 share KV head r: fold them into the query axis instead of
         // copying K and V `groups` times.
-        let q = q
-            .to_dtype(DType::F32)?
-            .reshape((b, nkv, groups * s, hd))?;
-        let k = k.to_dtype(DType::F32)?;
-        let v = v.to_dtype(DType::F32)?.contiguous()?;
+        let acc = accumulation_dtype(self.dtype);
+        let q = q.to_dtype(acc)?.reshape((b, nkv, groups * s, hd))?;
+        let k = k.to_dtype(acc)?;
+        let v = v.to_dtype(acc)?.contiguous()?;
         let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
         let scores = scores.reshape((b, nkv, groups, s, kv_len))?;
         let scores = match self.mask(s, kv_len)? {
-            Some(mask) => scores.broadcast_add(&mask)?,
+            Some(mask) => scores.broadcast_add(&mask.to_dtype(acc)?)?,
             None => scores,
         };
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
@@ -539,10 +541,19 @@ fn missing(name: &str) -> ModelError {
 /// RMSNorm as HF computes it: normalise in f32, cast back, then scale by the weight.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let dtype = x.dtype();
-    let xf = x.to_dtype(DType::F32)?;
+    let xf = x.to_dtype(accumulation_dtype(dtype))?;
     let mean_sq = xf.sqr()?.mean_keepdim(D::Minus1)?;
     let normed = xf.broadcast_div(&(mean_sq + eps)?.sqrt()?)?;
     Ok(normed.to_dtype(dtype)?.broadcast_mul(weight)?)
+}
+
+/// Where sums and softmax are computed: f32, or f64 for an f64 model.
+fn accumulation_dtype(dtype: DType) -> DType {
+    if dtype == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    }
 }
 
 /// x·cos + rotate_half(x)·sin, rotate_half(x) = [-x₂, x₁] over the two halves of head_dim.
@@ -554,38 +565,42 @@ fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
 }
 
-/// Inverse RoPE frequencies θ^(-2i/d), rescaled as the config's `rope_scaling` says.
+/// Inverse RoPE frequencies θ^(-2i/d), rescaled as the config's `rope_scaling` says. Computed in
+/// f32, as HF does, so that angles match the reference to the last bit where possible.
 fn rope_inv_freq(cfg: &ModelConfig) -> Vec<f32> {
-    let d = cfg.head_dim as f64;
-    let base = (0..cfg.head_dim / 2).map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / d));
-    let scaled: Vec<f64> = match &cfg.rope_scaling {
+    let d = cfg.head_dim as f32;
+    let theta = cfg.rope_theta as f32;
+    let base = (0..cfg.head_dim / 2).map(|i| 1.0 / theta.powf((2 * i) as f32 / d));
+    match &cfg.rope_scaling {
         None => base.collect(),
-        Some(RopeScaling::Linear { factor }) => base.map(|f| f / factor).collect(),
+        Some(RopeScaling::Linear { factor }) => base.map(|f| f / *factor as f32).collect(),
         Some(RopeScaling::Llama3 {
             factor,
             low_freq_factor,
             high_freq_factor,
             original_max_position_embeddings,
         }) => {
-            let old = *original_max_position_embeddings as f64;
-            let low_wavelen = old / low_freq_factor;
-            let high_wavelen = old / high_freq_factor;
+            let (factor, low, high) = (
+                *factor as f32,
+                *low_freq_factor as f32,
+                *high_freq_factor as f32,
+            );
+            let old = *original_max_position_embeddings as f32;
+            let (low_wavelen, high_wavelen) = (old / low, old / high);
             base.map(|f| {
-                let wavelen = 2.0 * std::f64::consts::PI / f;
+                let wavelen = 2.0 * std::f32::consts::PI / f;
                 if wavelen < high_wavelen {
                     f
                 } else if wavelen > low_wavelen {
                     f / factor
                 } else {
-                    let smooth =
-                        (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                    let smooth = (old / wavelen - low) / (high - low);
                     (1.0 - smooth) * f / factor + smooth * f
                 }
             })
             .collect()
         }
-    };
-    scaled.into_iter().map(|f| f as f32).collect()
+    }
 }
 
 #[cfg(test)]

@@ -23,7 +23,10 @@ pub type TensorMap = BTreeMap<String, Tensor>;
 pub fn expected_tensors(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
     let (q, kv) = (cfg.q_dim(), cfg.kv_dim());
-    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![cfg.vocab_size, h])];
+    let mut out = vec![(
+        "model.embed_tokens.weight".to_string(),
+        vec![cfg.vocab_size, h],
+    )];
     for l in 0..cfg.num_layers {
         let p = format!("model.layers.{l}");
         let mut push = |name: String, shape: Vec<usize>| out.push((name, shape));
@@ -54,7 +57,8 @@ pub fn expected_tensors(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     out
 }
 
-/// Loads every tensor the config implies, converted to `dtype` (f32, f16 or bf16) on `device`.
+/// Loads every tensor the config implies, converted to `dtype` (f32, f16 or bf16; f64 for
+/// high-precision reference runs) on `device`.
 /// GGUF tensors are dequantized to f32 first.
 pub fn load_weights(
     ckpt: &Checkpoint,
@@ -62,9 +66,9 @@ pub fn load_weights(
     dtype: DType,
     device: &Device,
 ) -> Result<TensorMap> {
-    if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+    if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16 | DType::F64) {
         return Err(ModelError::Invalid(format!(
-            "weights dtype {dtype:?} is not supported; use f32, f16 or bf16"
+            "weights dtype {dtype:?} is not supported; use f32, f16, bf16 or f64"
         )));
     }
     let expected = expected_tensors(cfg);
@@ -78,9 +82,10 @@ pub fn load_weights(
     };
     let mut out = TensorMap::new();
     for (name, shape) in expected {
-        let t = map
-            .get(&name)
-            .expect("every expected tensor was loaded or reported missing");
+        let t = map.get(&name).ok_or_else(|| ModelError::MissingTensor {
+            name: name.clone(),
+            origin: "not produced by the loader".into(),
+        })?;
         if t.dims() != shape.as_slice() {
             return Err(ModelError::ShapeMismatch {
                 name,
@@ -234,7 +239,8 @@ pub fn tensor_digest(t: &Tensor) -> Result<Digest> {
     if bytes.len() > 1 << 20 {
         h.update_rayon(&bytes);
     } else {
-        h.write_all(&bytes).expect("hashing into memory cannot fail");
+        h.write_all(&bytes)
+            .expect("hashing into memory cannot fail");
     }
     Ok(h.finalize().into())
 }
@@ -247,12 +253,27 @@ mod tests {
     fn gguf_names_follow_llama_cpp() {
         let pairs = [
             ("model.embed_tokens.weight", "token_embd.weight"),
-            ("model.layers.3.self_attn.q_proj.weight", "blk.3.attn_q.weight"),
+            (
+                "model.layers.3.self_attn.q_proj.weight",
+                "blk.3.attn_q.weight",
+            ),
             ("model.layers.3.self_attn.k_proj.bias", "blk.3.attn_k.bias"),
-            ("model.layers.12.self_attn.o_proj.weight", "blk.12.attn_output.weight"),
-            ("model.layers.0.mlp.down_proj.weight", "blk.0.ffn_down.weight"),
-            ("model.layers.0.input_layernorm.weight", "blk.0.attn_norm.weight"),
-            ("model.layers.0.post_attention_layernorm.weight", "blk.0.ffn_norm.weight"),
+            (
+                "model.layers.12.self_attn.o_proj.weight",
+                "blk.12.attn_output.weight",
+            ),
+            (
+                "model.layers.0.mlp.down_proj.weight",
+                "blk.0.ffn_down.weight",
+            ),
+            (
+                "model.layers.0.input_layernorm.weight",
+                "blk.0.attn_norm.weight",
+            ),
+            (
+                "model.layers.0.post_attention_layernorm.weight",
+                "blk.0.ffn_norm.weight",
+            ),
             ("model.norm.weight", "output_norm.weight"),
             ("lm_head.weight", "output.weight"),
         ];
