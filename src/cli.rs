@@ -248,7 +248,7 @@ fn cmd_run(cli: &Cli, file: &Path, opts: &RunOptions) -> Result<Outcome> {
         let rec = &summary.record.stages[i];
         let Some(key) = rec.key else { continue };
         if let crate::cache::Lookup::Hit(entry) = cache.lookup(&key)? {
-            let out_dir = report_dir(&cache, &plan, &node.stage);
+            let out_dir = report_dir(&plan, &node.stage);
             let text = std::fs::read_to_string(entry.path(crate::stages::REPORT_TEXT_FILE))
                 .unwrap_or_default();
             println!("\n{}  ({})\n{text}", node.label, out_dir.display());
@@ -274,9 +274,14 @@ fn cmd_run(cli: &Cli, file: &Path, opts: &RunOptions) -> Result<Outcome> {
     })
 }
 
-/// Reports are copied out of the cache to `reports/<pipeline>/` beside the cache directory.
-fn report_dir(cache: &Cache, plan: &Plan, stage: &str) -> PathBuf {
-    let root = cache.root().parent().map(Path::to_path_buf).unwrap_or_default();
+/// Reports are copied out of the cache to `reports/<pipeline>/<stage>/` at the root of the
+/// repository holding the pipeline (or the current directory).
+fn report_dir(plan: &Plan, stage: &str) -> PathBuf {
+    let start = plan.pipeline.path.parent().unwrap_or(Path::new("."));
+    let root = default_cache_dir(start)
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     root.join("reports").join(&plan.pipeline.name).join(stage)
 }
 

@@ -54,10 +54,7 @@ pub fn build(pipeline: Pipeline, hasher: &FileHasher) -> Result<Plan, PlanError>
             }
         }
     }
-    let order = petgraph::algo::toposort(&g, None).map_err(|c| {
-        let r = g[c.node_id()];
-        PlanError::Cycle(pipeline.stages[r.stage].name.clone())
-    })?;
+    let order = file_order_toposort(&g).map_err(|r| PlanError::Cycle(pipeline.stages[r.stage].name.clone()))?;
 
     let files = stage_files(&pipeline)?;
     let all_paths: Vec<PathBuf> = {
@@ -164,6 +161,36 @@ pub fn build(pipeline: Pipeline, hasher: &FileHasher) -> Result<Plan, PlanError>
         nodes,
         graph,
     })
+}
+
+/// A topological order that otherwise follows the file: among the instances whose inputs are
+/// done, the earliest stage (then instance) comes first. Plans and run records read top-down.
+fn file_order_toposort(g: &DiGraph<InstanceRef, ()>) -> Result<Vec<petgraph::graph::NodeIndex>, InstanceRef> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    let mut indegree: Vec<usize> = g
+        .node_indices()
+        .map(|n| g.neighbors_directed(n, petgraph::Direction::Incoming).count())
+        .collect();
+    let mut ready: BinaryHeap<Reverse<(InstanceRef, petgraph::graph::NodeIndex)>> = g
+        .node_indices()
+        .filter(|n| indegree[n.index()] == 0)
+        .map(|n| Reverse((g[n], n)))
+        .collect();
+    let mut order = Vec::with_capacity(g.node_count());
+    while let Some(Reverse((_, n))) = ready.pop() {
+        order.push(n);
+        for m in g.neighbors_directed(n, petgraph::Direction::Outgoing) {
+            indegree[m.index()] -= 1;
+            if indegree[m.index()] == 0 {
+                ready.push(Reverse((g[m], m)));
+            }
+        }
+    }
+    match g.node_indices().find(|n| indegree[n.index()] > 0) {
+        Some(n) => Err(g[n]),
+        None => Ok(order),
+    }
 }
 
 fn dataset_format(f: &DatasetFormat) -> String {

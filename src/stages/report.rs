@@ -62,18 +62,28 @@ fn build_table(ctx: &StageCtx, spec: &ReportSpec) -> Result<Table, StageError> {
             .get("weights")
             .and_then(Value::as_str)
             .map(|s| s.chars().take(12).collect::<String>());
-        rows.push((*r, weights, metrics));
+        let dataset = entry
+            .manifest()
+            .meta
+            .get("dataset")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        rows.push((*r, weights, dataset, metrics));
     }
+    let has_dataset = rows.iter().any(|r| r.2.is_some());
     // The protocol's own settings first, then the metrics.
     let order = ["ppl", "nll", "tokens", "windows", "seqlen"];
     metric_names.sort_by_key(|m| order.iter().position(|o| o == m).unwrap_or(order.len()));
 
     let mut columns = vec!["stage".to_string()];
     columns.extend(axes.iter().map(|a| a.to_string()));
+    if has_dataset {
+        columns.push("dataset".into());
+    }
     columns.push("weights".into());
     columns.extend(metric_names.iter().cloned());
     let mut table = Table::new(columns);
-    for (r, weights, metrics) in rows {
+    for (r, weights, dataset, metrics) in rows {
         let stage = &plan.pipeline.stages[r.stage];
         let point = &stage.instances[r.instance].point;
         let mut row = vec![Cell::Text(stage.name.clone())];
@@ -84,6 +94,9 @@ fn build_table(ctx: &StageCtx, spec: &ReportSpec) -> Result<Table, StageError> {
                 Some(ParamValue::Float(x)) => Cell::Exact(*x),
                 Some(v) => Cell::Text(v.to_string()),
             });
+        }
+        if has_dataset {
+            row.push(dataset.map_or(Cell::Missing, Cell::Text));
         }
         row.push(weights.map_or(Cell::Missing, Cell::Text));
         for m in &metric_names {
