@@ -108,14 +108,9 @@ fn reference_wikitext_ppl(shared: &Path, seqlen: usize, limit: usize) -> f64 {
     let cfg: ct::LlamaConfig =
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     let cfg = cfg.into_config(false);
-    let vb = unsafe {
-        candle_nn::VarBuilder::from_mmaped_safetensors(
-            &[dir.join("model.safetensors")],
-            DType::F32,
-            &Device::Cpu,
-        )
-        .unwrap()
-    };
+    let tensors =
+        candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
+    let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
     let model = ct::Llama::load(vb, &cfg).unwrap();
     let mut nll = 0.0f64;
     let mut count = 0usize;
