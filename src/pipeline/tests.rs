@@ -473,3 +473,28 @@ fn empty_and_non_map_files_are_reported() {
         "{d}"
     );
 }
+
+#[test]
+fn deep_nesting_does_not_overflow_the_stack() {
+    let depth = 20_000;
+    let src = format!("a: {}{}\n", "[".repeat(depth), "]".repeat(depth));
+    let r = load_str(Path::new("x.yaml"), &src);
+    // The scanner's own flow-level limit (255) may come first.
+    let d = r.expect_err("nested");
+    let m = &d.0[0].message;
+    assert!(m.contains("nested") || m.contains("recursion limit"), "{d}");
+    let src = format!("a: {}1{}\n", "{b: ".repeat(depth), "}".repeat(depth));
+    assert!(load_str(Path::new("x.yaml"), &src).is_err());
+    // Aliases of aliases grow deeper than anything written.
+    let mut src = String::from("a0: &a0 [1]\n");
+    for i in 1..200 {
+        let p = i - 1;
+        src.push_str(&format!("a{i}: &a{i} [*a{p}]\n"));
+    }
+    let d = load_str(Path::new("x.yaml"), &src).expect_err("deep aliases");
+    assert!(d.0[0].message.contains("levels deep"), "{d}");
+    // Block sequences nest without a flow level: `- - - … 1` on one line.
+    let src = format!("a:\n  {}1\n", "- ".repeat(depth));
+    let d = load_str(Path::new("x.yaml"), &src).expect_err("nested");
+    assert!(d.0[0].message.contains("nested"), "{d}");
+}
