@@ -3,11 +3,11 @@
 //! [`load`] reads a pipeline file and returns either the fully checked [`spec::Pipeline`] (sweeps
 //! expanded into stage instances, references resolved) or every problem found, as
 //! [`Diagnostics`] rendered like compiler errors. The steps, one module each:
-//! - [`yaml`]: a YAML tree with positions (anchors, aliases, merge keys, duplicate keys);
-//! - [`schema`]: the top level, `models`, `datasets`, and the stages as written;
-//! - [`sweep`]: the axes and the list of sweep points;
-//! - [`validate`]: files on disk, which axes each stage uses, reference cycles;
-//! - [`stage`]: each stage instance substituted ([`interp`]) and read into its typed spec.
+//! - `yaml`: a YAML tree with positions (anchors, aliases, merge keys, duplicate keys);
+//! - `schema`: the top level, `models`, `datasets`, and the stages as written;
+//! - `sweep`: the axes and the list of sweep points;
+//! - `validate`: files on disk, which axes each stage uses, reference cycles;
+//! - `stage`: each stage instance substituted (`interp`) and read into its typed spec.
 //!
 //! ```no_run
 //! let pipeline = whittle::pipeline::load(std::path::Path::new("pipelines/wanda.yaml"))
@@ -18,13 +18,13 @@
 //! ```
 
 pub mod diag;
-pub mod interp;
-pub mod schema;
+mod interp;
+mod schema;
 pub mod spec;
-pub mod stage;
-pub mod sweep;
-pub mod validate;
-pub mod yaml;
+mod stage;
+mod sweep;
+mod validate;
+mod yaml;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
