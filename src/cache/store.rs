@@ -473,7 +473,8 @@ fn is_safe_relative(rel: &str) -> bool {
 }
 
 /// Moves an entry directory aside with a note of why. Best effort: another process may have moved
-/// it already. Returns where it went.
+/// it already. Returns where it went. (Two processes that both saw the corrupt entry can, in a
+/// narrow window, move aside a good replacement written in between; that costs a recompute only.)
 fn move_to_quarantine(
     quarantine: &Path,
     dir: &Path,
