@@ -19,13 +19,18 @@ mod error;
 mod mask;
 mod matrix;
 
+pub mod dynint8;
+pub mod gptq;
+mod hessian;
 pub mod magnitude;
 pub mod nm;
 pub mod rtn;
+pub mod sparsegpt;
 
 pub mod wanda;
 
 pub use error::CompressError;
+pub use hessian::HessianOpts;
 pub use mask::Mask;
 pub use matrix::Matrix;
 pub use rtn::{Grouping, QuantConfig, QuantParams, QuantizedMatrix};
