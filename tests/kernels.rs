@@ -4,11 +4,16 @@
 mod common;
 
 use proptest::prelude::*;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use whittle::compress::dynint8;
+use whittle::compress::gptq::{gptq, GptqConfig};
 use whittle::compress::magnitude::{global_threshold, magnitude, magnitude_global, magnitude_nm};
 use whittle::compress::nm::{follows_pattern, nm_mask};
 use whittle::compress::rtn::rtn;
+use whittle::compress::sparsegpt::{sparsegpt, Pattern};
 use whittle::compress::wanda::{row_lowest, wanda, wanda_nm, wanda_score};
-use whittle::compress::{Grouping, Mask, Matrix, QuantConfig};
+use whittle::compress::{Grouping, HessianOpts, Mask, Matrix, QuantConfig};
 
 fn mat(rows: usize, cols: usize, data: &[f32]) -> Matrix {
     Matrix::new(rows, cols, data.to_vec()).unwrap()
@@ -128,6 +133,384 @@ fn rtn_4bit_groups_of_4_by_hand() {
     );
     // Half-even matters: half-away-from-zero would give .6 for the .5 weight.
     assert!((d[2] - 0.4).abs() < 1e-6);
+}
+
+// ---------- Hessian-based kernels on random layers ----------
+
+/// A random layer and correlated calibration inputs: W (rows × cols), X (tokens × cols) = Z·M,
+/// and H = 2/n · XᵀX.
+struct Layer {
+    w: Matrix,
+    x: Vec<f32>,
+    tokens: usize,
+    h: Matrix,
+}
+
+fn gauss(rng: &mut ChaCha8Rng) -> f32 {
+    // Irwin-Hall: close enough to normal for test data.
+    (0..6).map(|_| rng.random::<f32>()).sum::<f32>() - 3.0
+}
+
+fn layer(seed: u64, rows: usize, cols: usize, tokens: usize) -> Layer {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let w: Vec<f32> = (0..rows * cols).map(|_| gauss(&mut rng)).collect();
+    let mix: Vec<f32> = (0..cols * cols).map(|_| gauss(&mut rng) * 0.3).collect();
+    let z: Vec<f32> = (0..tokens * cols).map(|_| gauss(&mut rng)).collect();
+    // Feature scales spread over ~two decades, like LLM activations with outlier features
+    // (the regime where ignoring X, as magnitude does, costs most).
+    let scale: Vec<f32> = (0..cols)
+        .map(|_| 2f32.powf(2.0 * gauss(&mut rng)))
+        .collect();
+    let mut x = vec![0f32; tokens * cols];
+    for t in 0..tokens {
+        for j in 0..cols {
+            // One own component plus a shared mix: correlated, full rank.
+            x[t * cols + j] = scale[j]
+                * (z[t * cols + j]
+                    + (0..cols)
+                        .map(|k| z[t * cols + k] * mix[k * cols + j])
+                        .sum::<f32>());
+        }
+    }
+    let mut h = Matrix::zeros(cols, cols);
+    for i in 0..cols {
+        for j in 0..cols {
+            let s: f64 = (0..tokens)
+                .map(|t| f64::from(x[t * cols + i]) * f64::from(x[t * cols + j]))
+                .sum();
+            h.data[i * cols + j] = (2.0 * s / tokens as f64) as f32;
+        }
+    }
+    Layer {
+        w: Matrix::new(rows, cols, w).unwrap(),
+        x,
+        tokens,
+        h,
+    }
+}
+
+/// ‖W Xᵀ − Ŵ Xᵀ‖²_F over the calibration tokens.
+fn recon_error(l: &Layer, w_hat: &Matrix) -> f64 {
+    let cols = l.w.cols;
+    let mut e = 0f64;
+    for r in 0..l.w.rows {
+        for t in 0..l.tokens {
+            let d: f64 = (0..cols)
+                .map(|j| f64::from(l.w.get(r, j) - w_hat.get(r, j)) * f64::from(l.x[t * cols + j]))
+                .sum();
+            e += d * d;
+        }
+    }
+    e
+}
+
+fn masked(w: &Matrix, mask: &Mask) -> Matrix {
+    let mut out = w.clone();
+    mask.apply(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn sparsegpt_reconstructs_better_than_magnitude() {
+    let l = layer(1, 24, 64, 256);
+    let opts = HessianOpts::default();
+    let sg = sparsegpt(&l.w, &l.h, Pattern::Unstructured(0.5), &opts).unwrap();
+    let mag = magnitude(&l.w, 0.5).unwrap();
+    assert!(sg.mask.count() >= mag.count() - 1, "comparable sparsity");
+    assert!(sg.mask.count() > (24 * 64) / 2);
+    // Pruned weights are exactly zero; the kept ones were updated.
+    assert!((0..24 * 64).all(|i| !sg.mask.is_pruned(i / 64, i % 64) || sg.weight.data[i] == 0.0));
+    let (e_sg, e_mag) = (
+        recon_error(&l, &sg.weight),
+        recon_error(&l, &masked(&l.w, &mag)),
+    );
+    assert!(e_sg < 0.7 * e_mag, "sparsegpt {e_sg} vs magnitude {e_mag}");
+
+    let sg24 = sparsegpt(&l.w, &l.h, Pattern::NM { n: 2, m: 4 }, &opts).unwrap();
+    assert!(follows_pattern(&sg24.mask, 2, 4));
+    let mag24 = magnitude_nm(&l.w, 2, 4).unwrap();
+    let (e_sg, e_mag) = (
+        recon_error(&l, &sg24.weight),
+        recon_error(&l, &masked(&l.w, &mag24)),
+    );
+    assert!(
+        e_sg < 0.7 * e_mag,
+        "2:4 sparsegpt {e_sg} vs magnitude {e_mag}"
+    );
+}
+
+/// Second implementation of the reference's Hessian handling: dense f64, Gauss-Jordan inverse,
+/// then the upper factor as the transposed lower Cholesky factor of H⁻¹.
+fn naive_hinv(h: &Matrix, percdamp: f64, perm: &[usize]) -> Vec<f64> {
+    let n = h.cols;
+    let mut a: Vec<f64> = (0..n * n)
+        .map(|k| {
+            let (i, j) = (perm[k / n], perm[k % n]);
+            let v = f64::from(h.get(i, j));
+            if i == j && v == 0.0 {
+                1.0
+            } else {
+                v
+            }
+        })
+        .collect();
+    let damp = percdamp * (0..n).map(|i| a[i * n + i]).sum::<f64>() / n as f64;
+    (0..n).for_each(|i| a[i * n + i] += damp);
+    let mut inv: Vec<f64> = (0..n * n)
+        .map(|k| f64::from(u8::from(k / n == k % n)))
+        .collect();
+    for c in 0..n {
+        let p = a[c * n + c];
+        for j in 0..n {
+            a[c * n + j] /= p;
+            inv[c * n + j] /= p;
+        }
+        for r in (0..n).filter(|&r| r != c) {
+            let f = a[r * n + c];
+            for j in 0..n {
+                a[r * n + j] -= f * a[c * n + j];
+                inv[r * n + j] -= f * inv[c * n + j];
+            }
+        }
+    }
+    let mut l = vec![0f64; n * n];
+    for i in 0..n {
+        for j in 0..=i {
+            let s: f64 = inv[i * n + j] - (0..j).map(|k| l[i * n + k] * l[j * n + k]).sum::<f64>();
+            l[i * n + j] = if i == j { s.sqrt() } else { s / l[j * n + j] };
+        }
+    }
+    (0..n * n).map(|k| l[(k % n) * n + k / n]).collect() // U = Lᵀ
+}
+
+/// The reference's column loop without lazy batching: every update goes to the row's end at once.
+fn naive_sparsegpt(w: &Matrix, h: &Matrix, s: f64, blocksize: usize) -> Matrix {
+    let n = w.cols;
+    let u = naive_hinv(h, 0.01, &(0..n).collect::<Vec<_>>());
+    let mut w = w.clone();
+    for c in (0..n).filter(|&c| h.get(c, c) == 0.0) {
+        (0..w.rows).for_each(|r| w.data[r * n + c] = 0.0);
+    }
+    for i1 in (0..n).step_by(blocksize) {
+        let i2 = (i1 + blocksize).min(n);
+        let score = |w: &Matrix, r: usize, c: usize| {
+            let d = u[c * n + c] as f32;
+            w.get(r, c) * w.get(r, c) / (d * d)
+        };
+        let mut all: Vec<f32> = (0..w.rows)
+            .flat_map(|r| (i1..i2).map(move |c| (r, c)))
+            .map(|(r, c)| score(&w, r, c))
+            .collect();
+        all.sort_by(f32::total_cmp);
+        let t = all[(all.len() as f64 * s) as usize];
+        let mask: Vec<Vec<bool>> = (0..w.rows)
+            .map(|r| (i1..i2).map(|c| score(&w, r, c) <= t).collect())
+            .collect();
+        for (r, mask_row) in mask.iter().enumerate() {
+            for c in i1..i2 {
+                let v = w.get(r, c);
+                let q = if mask_row[c - i1] { 0.0 } else { v };
+                let err = f64::from(v - q) / u[c * n + c];
+                for j in c + 1..n {
+                    w.data[r * n + j] -= (err * u[c * n + j]) as f32;
+                }
+                w.data[r * n + c] = q;
+            }
+        }
+    }
+    w
+}
+
+#[test]
+fn sparsegpt_matches_unbatched_second_implementation() {
+    let mut l = layer(5, 6, 40, 96);
+    // One dead input (its column of X is zero: H row and column vanish).
+    for k in 0..40 {
+        l.h.data[7 * 40 + k] = 0.0;
+        l.h.data[k * 40 + 7] = 0.0;
+    }
+    for blocksize in [128, 16, 7] {
+        let opts = HessianOpts {
+            blocksize,
+            percdamp: 0.01,
+        };
+        let got = sparsegpt(&l.w, &l.h, Pattern::Unstructured(0.4), &opts)
+            .unwrap()
+            .weight;
+        let want = naive_sparsegpt(&l.w, &l.h, 0.4, blocksize);
+        let worst = got
+            .data
+            .iter()
+            .zip(&want.data)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-5, "blocksize {blocksize}: max diff {worst}");
+        assert!((0..6).all(|r| got.get(r, 7) == 0.0), "dead column zeroed");
+    }
+}
+
+/// GPTQ's column loop without lazy batching (params from a block-start snapshot, as the
+/// reference reads `W` there), dequantized, in original column order.
+fn naive_gptq(
+    w: &Matrix,
+    h: &Matrix,
+    quant: &QuantConfig,
+    act_order: bool,
+    blocksize: usize,
+) -> Matrix {
+    use whittle::compress::QuantParams;
+    let n = w.cols;
+    let maxq = quant.maxq();
+    let diag = |i: usize| if h.get(i, i) == 0.0 { 1.0 } else { h.get(i, i) };
+    let mut perm: Vec<usize> = (0..n).collect();
+    if act_order {
+        perm.sort_by(|&a, &b| diag(b).total_cmp(&diag(a)));
+    }
+    let u = naive_hinv(h, 0.01, &perm);
+    let mut out = Matrix::zeros(w.rows, n);
+    for r in 0..w.rows {
+        let fixed = (quant.grouping == Grouping::PerChannel)
+            .then(|| QuantParams::find(w.row(r).iter().copied(), maxq, quant.sym));
+        let mut row: Vec<f32> = perm
+            .iter()
+            .map(|&c| if h.get(c, c) == 0.0 { 0.0 } else { w.get(r, c) })
+            .collect();
+        let g = quant.group_size(n);
+        let mut p = fixed;
+        for i1 in (0..n).step_by(blocksize) {
+            let snapshot = row.clone();
+            for c in i1..(i1 + blocksize).min(n) {
+                if fixed.is_none() && c % g == 0 {
+                    p = Some(QuantParams::find(
+                        snapshot[c..(c + g).min(n)].iter().copied(),
+                        maxq,
+                        quant.sym,
+                    ));
+                }
+                let prm = p.unwrap();
+                let q = prm.fake_quantize(row[c], maxq);
+                let err = f64::from(row[c] - q) / u[c * n + c];
+                for j in c + 1..n {
+                    row[j] -= (err * u[c * n + j]) as f32;
+                }
+                out.data[r * n + perm[c]] = q;
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn gptq_matches_unbatched_second_implementation() {
+    let l = layer(6, 5, 40, 96);
+    for (grouping, act_order, sym, blocksize) in [
+        (Grouping::PerChannel, false, false, 128),
+        (Grouping::Group(8), true, false, 16),
+        (Grouping::Group(12), false, true, 16), // groups straddle blocks: stale params
+        (Grouping::Group(8), true, true, 5),
+    ] {
+        let quant = QuantConfig {
+            bits: 3,
+            grouping,
+            sym,
+        };
+        let cfg = GptqConfig {
+            quant,
+            act_order,
+            hessian: HessianOpts {
+                blocksize,
+                percdamp: 0.01,
+            },
+        };
+        let got = gptq(&l.w, &l.h, &cfg).unwrap().quantized.dequantize();
+        let want = naive_gptq(&l.w, &l.h, &quant, act_order, blocksize);
+        // Same codes everywhere: both paths round the same f32 values.
+        let off = got
+            .data
+            .iter()
+            .zip(&want.data)
+            .filter(|(a, b)| (*a - *b).abs() > 1e-4)
+            .count();
+        assert!(
+            off == 0,
+            "{grouping:?} act_order {act_order} sym {sym} bs {blocksize}: {off} differ"
+        );
+    }
+}
+
+#[test]
+fn sparsegpt_blocks_respect_per_block_threshold() {
+    // Blocks of 16 over 48 columns: each rows×16 block prunes at least int(numel_block·s)+1.
+    let l = layer(2, 8, 48, 128);
+    let opts = HessianOpts {
+        blocksize: 16,
+        percdamp: 0.01,
+    };
+    let out = sparsegpt(&l.w, &l.h, Pattern::Unstructured(0.3), &opts).unwrap();
+    for b in 0..3 {
+        let n: usize = (0..8)
+            .map(|r| {
+                (b * 16..b * 16 + 16)
+                    .filter(|&c| out.mask.is_pruned(r, c))
+                    .count()
+            })
+            .sum();
+        assert!(n > (128.0 * 0.3) as usize, "block {b}: {n}");
+    }
+}
+
+#[test]
+fn gptq_reconstructs_better_than_rtn() {
+    let l = layer(3, 24, 64, 256);
+    for (bits, grouping, act_order, sym) in [
+        (4, Grouping::PerChannel, false, false),
+        (3, Grouping::PerChannel, true, false),
+        (3, Grouping::Group(16), false, true),
+        (4, Grouping::Group(16), true, false),
+    ] {
+        let quant = QuantConfig {
+            bits,
+            grouping,
+            sym,
+        };
+        let cfg = GptqConfig {
+            quant,
+            act_order,
+            hessian: HessianOpts::default(),
+        };
+        let g = gptq(&l.w, &l.h, &cfg).unwrap().quantized.dequantize();
+        let r = rtn(&l.w, &quant).unwrap().dequantize();
+        let (e_g, e_r) = (recon_error(&l, &g), recon_error(&l, &r));
+        assert!(
+            e_g < 0.8 * e_r,
+            "{bits} bits {grouping:?} act_order {act_order}: gptq {e_g} rtn {e_r}"
+        );
+    }
+}
+
+#[test]
+fn dynint8_tracks_float_linear() {
+    let l = layer(4, 16, 32, 4);
+    let q = dynint8::quantize_weight(&l.w).unwrap();
+    let bias: Vec<f32> = (0..16).map(|r| r as f32 * 0.1).collect();
+    let y = dynint8::linear(&l.x, &q, Some(&bias)).unwrap();
+    let mut max_err = 0f32;
+    let mut max_abs = 0f32;
+    for t in 0..4 {
+        for r in 0..16 {
+            let exact: f32 = (0..32)
+                .map(|j| l.w.get(r, j) * l.x[t * 32 + j])
+                .sum::<f32>()
+                + bias[r];
+            max_err = max_err.max((y[t * 16 + r] - exact).abs());
+            max_abs = max_abs.max(exact.abs());
+        }
+    }
+    // 8-bit weights and 7-bit inputs: a few percent of the output range, not exact.
+    assert!(
+        max_err > 0.0 && max_err < 0.05 * max_abs,
+        "{max_err} of {max_abs}"
+    );
 }
 
 // ---------- real weights ----------
@@ -306,6 +689,36 @@ proptest! {
                     prop_assert!((x - d.get(r, c)).abs() <= tol, "x {} deq {} scale {}", x, d.get(r, c), p.scale);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn gptq_with_diagonal_hessian_is_rtn(
+        w in matrix(4, 12),
+        diag in proptest::collection::vec(0.1f32..10.0, 12),
+        bits in 2u32..=8,
+        group in prop_oneof![Just(None), (1usize..6).prop_map(Some)],
+        sym in any::<bool>(),
+    ) {
+        // No off-diagonal coupling: nothing propagates and GPTQ rounds like RTN.
+        let h = Matrix::new(
+            w.cols,
+            w.cols,
+            (0..w.cols * w.cols).map(|k| if k / w.cols == k % w.cols { diag[k / w.cols] } else { 0.0 }).collect(),
+        ).unwrap();
+        let quant = QuantConfig { bits, grouping: group.map_or(Grouping::PerChannel, Grouping::Group), sym };
+        let cfg = GptqConfig { quant, act_order: false, hessian: HessianOpts::default() };
+        prop_assert_eq!(gptq(&w, &h, &cfg).unwrap().quantized, rtn(&w, &quant).unwrap());
+    }
+
+    #[test]
+    fn sparsegpt_nm_pattern_and_zeros(seed in 0u64..50, pat in prop_oneof![Just((2usize, 4usize)), Just((4, 8))]) {
+        let l = layer(seed, 3, 16, 24);
+        let (n, m) = pat;
+        let out = sparsegpt(&l.w, &l.h, Pattern::NM { n, m }, &HessianOpts::default()).unwrap();
+        prop_assert!(follows_pattern(&out.mask, n, m));
+        for i in 0..out.weight.numel() {
+            prop_assert_eq!(out.mask.is_pruned(i / 16, i % 16), out.weight.data[i] == 0.0);
         }
     }
 

@@ -64,7 +64,13 @@ fn misspelled_key_is_reported_with_a_suggestion() {
     let d = load_fixture("misspelled-key.yaml");
     assert_eq!(d.len(), 2, "{d}");
     // The stage lacks `sparsity` (reported at the stage's key), and has an unknown key.
-    check(&d.0[0], 6, 3, "stages.pruned.sparsity", &["missing required key `sparsity`"]);
+    check(
+        &d.0[0],
+        6,
+        3,
+        "stages.pruned.sparsity",
+        &["missing required key `sparsity`"],
+    );
     check(
         &d.0[1],
         10,
@@ -95,7 +101,10 @@ fn sparsity_out_of_range_renders_with_a_caret() {
         &["expected a number in [0, 1), found `1.5`"],
     );
     let text = x.to_string();
-    assert!(text.contains("10 |     sparsity: 1.5\n   |               ^^^\n"), "{text}");
+    assert!(
+        text.contains("10 |     sparsity: 1.5\n   |               ^^^\n"),
+        "{text}"
+    );
     assert!(text.contains("sparsity-out-of-range.yaml:10:15"), "{text}");
 }
 
@@ -177,7 +186,13 @@ fn unknown_axis_in_interpolation() {
     let d = load_fixture("unknown-axis.yaml");
     assert_eq!(d.len(), 2, "{d}");
     // The misspelling leaves the real axis unused; the placeholder is not type-checked as well.
-    check(&d.0[0], 7, 5, "sweep.grid.sparsity", &["axis `sparsity` is not used by any stage"]);
+    check(
+        &d.0[0],
+        7,
+        5,
+        "sweep.grid.sparsity",
+        &["axis `sparsity` is not used by any stage"],
+    );
     check(
         &d.0[1],
         10,
@@ -245,7 +260,13 @@ fn duplicate_key() {
 
 #[test]
 fn yaml_syntax_error_has_the_parser_position() {
-    one("yaml-syntax-error.yaml", 6, 54, "", &["YAML syntax error", "flow sequence"]);
+    one(
+        "yaml-syntax-error.yaml",
+        6,
+        54,
+        "",
+        &["YAML syntax error", "flow sequence"],
+    );
 }
 
 #[test]
@@ -277,13 +298,25 @@ fn swept_value_error_points_into_the_sweep() {
     assert_eq!(d.len(), 2, "{d}");
     for (x, stage) in d.iter().zip(["pruned", "pruned2"]) {
         let kp = format!("stages.{stage}.sparsity");
-        check(x, 6, 22, &kp, &["found `1.5`", "sweep axis `sparsity`", &kp]);
+        check(
+            x,
+            6,
+            22,
+            &kp,
+            &["found `1.5`", "sweep axis `sparsity`", &kp],
+        );
     }
 }
 
 #[test]
 fn unsupported_version() {
-    one("unsupported-version.yaml", 2, 10, "version", &["unsupported pipeline version `2`"]);
+    one(
+        "unsupported-version.yaml",
+        2,
+        10,
+        "version",
+        &["unsupported pipeline version `2`"],
+    );
 }
 
 #[test]
@@ -324,19 +357,59 @@ fn several_mistakes_are_all_reported_at_once() {
     let d = load_fixture("several-mistakes.yaml");
     let expected: &[(usize, usize, &str, &str)] = &[
         (3, 1, "modls", "did you mean `models`?"),
-        (6, 39, "datasets.wiki.format", "found `txt`; did you mean `text`?"),
+        (
+            6,
+            39,
+            "datasets.wiki.format",
+            "found `txt`; did you mean `text`?",
+        ),
         (8, 29, "stages.base.model", "unknown model `tiny`"),
         (8, 42, "stages.base.dtype", "found `f64`"),
-        (9, 64, "stages.calib.seqlen", "expected an integer ≥ 2, found `1`"),
+        (
+            9,
+            64,
+            "stages.calib.seqlen",
+            "expected an integer ≥ 2, found `1`",
+        ),
         (10, 63, "stages.pruned.sparsity", "found `-0.1`"),
-        (10, 82, "stages.pruned.calibration", "must name a calibrate stage; `base` is a load stage"),
-        (11, 59, "stages.q.group_size", "or -1 for per-channel, found `0`"),
+        (
+            10,
+            82,
+            "stages.pruned.calibration",
+            "must name a calibrate stage; `base` is a load stage",
+        ),
+        (
+            11,
+            59,
+            "stages.q.group_size",
+            "or -1 for per-channel, found `0`",
+        ),
         (11, 62, "stages.q.symetric", "did you mean `symmetric`?"),
-        (12, 41, "stages.ppl.task", "expected `perplexity`, found `accuracy`"),
-        (12, 60, "stages.ppl.dataset", "unknown dataset `wikitext`; did you mean `wiki`?"),
-        (12, 77, "stages.ppl.limit", "expected an integer ≥ 1, found `0`"),
+        (
+            12,
+            41,
+            "stages.ppl.task",
+            "expected `perplexity`, found `accuracy`",
+        ),
+        (
+            12,
+            60,
+            "stages.ppl.dataset",
+            "unknown dataset `wikitext`; did you mean `wiki`?",
+        ),
+        (
+            12,
+            77,
+            "stages.ppl.limit",
+            "expected an integer ≥ 1, found `0`",
+        ),
         (13, 39, "stages.table.inputs", "cycle: table → table"),
-        (13, 39, "stages.table.inputs[1]", "`table` is a report stage"),
+        (
+            13,
+            39,
+            "stages.table.inputs[1]",
+            "`table` is a report stage",
+        ),
         (13, 62, "stages.table.formats[1]", "found `html`"),
     ];
     assert_eq!(d.len(), expected.len(), "{d}");
@@ -344,7 +417,10 @@ fn several_mistakes_are_all_reported_at_once() {
         check(x, *line, *col, kp, &[frag]);
     }
     let text = d.to_string();
-    assert!(text.ends_with("error: 15 problems in the pipeline file\n"), "{text}");
+    assert!(
+        text.ends_with("error: 15 problems in the pipeline file\n"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -366,12 +442,24 @@ fn every_fixture_is_covered() {
 #[test]
 fn valid_example_on_the_shared_assets() {
     let _ = require_shared!("models/stories260K");
-    let p = pipeline::load(&fixtures_dir().join("valid-wanda-sweep.yaml")).unwrap_or_else(|d| panic!("{d}"));
+    let p = pipeline::load(&fixtures_dir().join("valid-wanda-sweep.yaml"))
+        .unwrap_or_else(|d| panic!("{d}"));
     assert_eq!(p.name, "wanda-sweep");
-    let counts: Vec<(&str, usize)> = p.stages.iter().map(|s| (s.name.as_str(), s.instances.len())).collect();
+    let counts: Vec<(&str, usize)> = p
+        .stages
+        .iter()
+        .map(|s| (s.name.as_str(), s.instances.len()))
+        .collect();
     assert_eq!(
         counts,
-        [("base", 1), ("calib", 1), ("pruned", 6), ("ppl", 6), ("ppl-dense", 1), ("table", 1)]
+        [
+            ("base", 1),
+            ("calib", 1),
+            ("pruned", 6),
+            ("ppl", 6),
+            ("ppl-dense", 1),
+            ("table", 1)
+        ]
     );
     assert!(p.models["stories"].dir.join("config.json").is_file());
     assert!(p.path.is_absolute());
@@ -381,9 +469,18 @@ fn valid_source() -> String {
     std::fs::read_to_string(fixtures_dir().join("valid-wanda-sweep.yaml"))
         .expect("fixture")
         .replace("../../../../shared/models/stories260K", "models/tiny")
-        .replace("../../../../shared/data/wikitext-2-raw/wiki.test.raw", "data/wiki.txt")
-        .replace("../../../../shared/data/tinystories/valid-head.txt", "data/stories.txt")
-        .replace("../../../../shared/data/c4/c4-train-head1000.jsonl", "data/c4.jsonl")
+        .replace(
+            "../../../../shared/data/wikitext-2-raw/wiki.test.raw",
+            "data/wiki.txt",
+        )
+        .replace(
+            "../../../../shared/data/tinystories/valid-head.txt",
+            "data/stories.txt",
+        )
+        .replace(
+            "../../../../shared/data/c4/c4-train-head1000.jsonl",
+            "data/c4.jsonl",
+        )
 }
 
 proptest! {
@@ -399,7 +496,7 @@ proptest! {
         let pool = b":-[]{}&*<>!|'\"#,${} \n\t0.5xa";
         for (at, op, b) in edits {
             let i = at.index(bytes.len().max(1)).min(bytes.len());
-            let c = if b % 2 == 0 { pool[(b as usize / 2) % pool.len()] } else { b };
+            let c = if b % 2 == 0 { pool[(b as usize / 2) % pool.len()] } else { b & 0x7f };
             match op {
                 0 if i < bytes.len() => { bytes.remove(i); }
                 1 => bytes.insert(i, c),

@@ -55,8 +55,14 @@ pub(crate) fn process_alive(pid: u32) -> Option<bool> {
     Some(proc.join(pid.to_string()).exists())
 }
 
-/// Total size of the regular files under `dir` (0 when it cannot be read).
+/// Total size of the regular files under `dir`, or of `dir` itself if it is a file (0 when it
+/// cannot be read).
 pub(crate) fn tree_size(dir: &Path) -> u64 {
+    match fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(m) => return m.len(),
+        Err(_) => return 0,
+    }
     let mut total = 0;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {

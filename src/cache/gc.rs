@@ -44,6 +44,8 @@ pub struct GcReport {
 }
 
 impl Cache {
+    /// Removes the entries `opts` selects (either criterion suffices), entries whose manifest is
+    /// unreadable, abandoned `tmp/` items and everything in quarantine.
     pub fn gc(&self, opts: GcOptions) -> Result<GcReport, CacheError> {
         let mut report = GcReport::default();
         for (key, manifest) in self.entries()? {

@@ -23,6 +23,7 @@
 
 use std::fs::{self, File};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -124,7 +125,7 @@ pub enum Lookup {
 #[derive(Clone, Debug)]
 pub struct Entry {
     dir: PathBuf,
-    manifest: Manifest,
+    manifest: Arc<Manifest>,
     quarantine: PathBuf,
 }
 
@@ -311,7 +312,7 @@ impl Cache {
             Checked::Missing => Ok(Lookup::Miss),
             Checked::Ok(manifest) => Ok(Lookup::Hit(Entry {
                 dir,
-                manifest,
+                manifest: Arc::from(manifest),
                 quarantine: self.quarantine_dir(),
             })),
             Checked::Corrupt(reason) => {
@@ -386,7 +387,7 @@ pub fn read_manifest(path: &Path) -> Result<Manifest, CacheError> {
 
 enum Checked {
     Missing,
-    Ok(Manifest),
+    Ok(Box<Manifest>),
     Corrupt(String),
 }
 
@@ -461,7 +462,7 @@ fn check_entry(dir: &Path, key: &Digest) -> Result<Checked, CacheError> {
             Ok(_) => {}
         }
     }
-    Ok(Checked::Ok(manifest))
+    Ok(Checked::Ok(Box::new(manifest)))
 }
 
 fn is_safe_relative(rel: &str) -> bool {
@@ -472,7 +473,8 @@ fn is_safe_relative(rel: &str) -> bool {
 }
 
 /// Moves an entry directory aside with a note of why. Best effort: another process may have moved
-/// it already. Returns where it went.
+/// it already. Returns where it went. (Two processes that both saw the corrupt entry can, in a
+/// narrow window, move aside a good replacement written in between; that costs a recompute only.)
 fn move_to_quarantine(
     quarantine: &Path,
     dir: &Path,
@@ -571,7 +573,7 @@ impl EntryWriter {
                     sync_dir(shard)?;
                     return Ok(Entry {
                         dir: final_dir,
-                        manifest,
+                        manifest: Arc::new(manifest),
                         quarantine: self.cache.quarantine_dir(),
                     });
                 }

@@ -48,6 +48,12 @@ pub enum CompressError {
          collect more calibration tokens or raise the damping"
     )]
     NotPositiveDefinite { index: usize, value: f64 },
+    #[error("damping fraction {0} must be finite and non-negative (the reference uses 0.01)")]
+    Damping(f64),
+    #[error("block size {0} is invalid: use a positive size (the reference uses 128)")]
+    BlockSize(usize),
+    #[error("block size {blocksize} is not a multiple of the N:M group size {m}")]
+    BlockNm { blocksize: usize, m: usize },
     #[error("mask bytes are not a valid mask: {0}")]
     MaskBytes(&'static str),
     #[error("input has {len} values, not a multiple of in_features ({cols})")]

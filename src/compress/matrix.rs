@@ -35,6 +35,16 @@ impl Matrix {
         }
     }
 
+    /// A square matrix with entries `f(i, j)`.
+    #[cfg(test)]
+    pub(crate) fn from_fn_for_tests(n: usize, f: impl Fn(usize, usize) -> f32) -> Self {
+        Self {
+            rows: n,
+            cols: n,
+            data: (0..n * n).map(|k| f(k / n, k % n)).collect(),
+        }
+    }
+
     /// Copies a rank-2 tensor of any float dtype, on any device, into an `f32` matrix.
     pub fn from_tensor(t: &Tensor) -> Result<Self> {
         let &[rows, cols] = t.dims() else {

@@ -19,13 +19,17 @@ mod error;
 mod mask;
 mod matrix;
 
+pub mod dynint8;
+pub mod gptq;
+mod hessian;
 pub mod magnitude;
 pub mod nm;
 pub mod rtn;
-
+pub mod sparsegpt;
 pub mod wanda;
 
 pub use error::CompressError;
+pub use hessian::HessianOpts;
 pub use mask::Mask;
 pub use matrix::Matrix;
 pub use rtn::{Grouping, QuantConfig, QuantParams, QuantizedMatrix};
@@ -40,7 +44,13 @@ pub fn prune_count(numel: usize, s: f64) -> Result<usize> {
     if !(s.is_finite() && (0.0..1.0).contains(&s)) {
         return Err(CompressError::Sparsity(s));
     }
-    Ok((numel as f64 * s) as usize)
+    let k = (numel as f64 * s) as usize;
+    // For s < 1 and numel < 2^53 the f64 product never rounds up to numel; the check keeps an
+    // out-of-range index an error rather than a panic should that ever change.
+    if numel > 0 && k >= numel {
+        return Err(CompressError::Sparsity(s));
+    }
+    Ok(k)
 }
 
 #[cfg(test)]
@@ -53,6 +63,11 @@ mod tests {
         assert_eq!(prune_count(10, 0.7).unwrap(), 7); // 7.000000000000001
         assert_eq!(prune_count(7, 0.5).unwrap(), 3);
         assert_eq!(prune_count(8, 0.0).unwrap(), 0);
+        assert_eq!(prune_count(0, 0.5).unwrap(), 0);
+        assert_eq!(
+            prune_count(3 << 30, 1.0 - f64::EPSILON / 2.0).unwrap(),
+            (3 << 30) - 1
+        );
     }
 
     #[test]

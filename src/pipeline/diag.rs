@@ -155,7 +155,7 @@ impl IntoIterator for Diagnostics {
 }
 
 /// Collects diagnostics for one file, filling in the file name and source line.
-pub struct Sink<'a> {
+pub(crate) struct Sink<'a> {
     file: PathBuf,
     lines: Vec<&'a str>,
     diags: Vec<Diagnostic>,

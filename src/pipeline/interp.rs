@@ -102,7 +102,10 @@ pub fn substitute<'n>(node: &Node, lookup: &dyn Fn(&str) -> Option<&'n Node>) ->
                     },
                 }
             }
-            (Node::scalar(text, Style::Quoted, node.mark), Origin::Spliced)
+            (
+                Node::scalar(text, Style::Quoted, node.mark),
+                Origin::Spliced,
+            )
         }
         NodeKind::Seq(items) => {
             let mut spliced = false;

@@ -3,11 +3,11 @@
 //! [`load`] reads a pipeline file and returns either the fully checked [`spec::Pipeline`] (sweeps
 //! expanded into stage instances, references resolved) or every problem found, as
 //! [`Diagnostics`] rendered like compiler errors. The steps, one module each:
-//! - [`yaml`]: a YAML tree with positions (anchors, aliases, merge keys, duplicate keys);
-//! - [`schema`]: the top level, `models`, `datasets`, and the stages as written;
-//! - [`sweep`]: the axes and the list of sweep points;
-//! - [`validate`]: files on disk, which axes each stage uses, reference cycles;
-//! - [`stage`]: each stage instance substituted ([`interp`]) and read into its typed spec.
+//! - `yaml`: a YAML tree with positions (anchors, aliases, merge keys, duplicate keys);
+//! - `schema`: the top level, `models`, `datasets`, and the stages as written;
+//! - `sweep`: the axes and the list of sweep points;
+//! - `validate`: files on disk, which axes each stage uses, reference cycles;
+//! - `stage`: each stage instance substituted (`interp`) and read into its typed spec.
 //!
 //! ```no_run
 //! let pipeline = whittle::pipeline::load(std::path::Path::new("pipelines/wanda.yaml"))
@@ -18,21 +18,21 @@
 //! ```
 
 pub mod diag;
-pub mod interp;
-pub mod schema;
+mod interp;
+mod schema;
 pub mod spec;
-pub mod stage;
-pub mod sweep;
-pub mod validate;
-pub mod yaml;
+mod stage;
+mod sweep;
+mod validate;
+mod yaml;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::cache::key::{Digest, ParamValue};
 
-pub use diag::{Diagnostic, Diagnostics};
 use diag::Sink;
+pub use diag::{Diagnostic, Diagnostics};
 use yaml::Mark;
 
 /// Reads and checks a pipeline file.
@@ -93,8 +93,8 @@ pub fn load_str(path_for_messages: &Path, source: &str) -> Result<spec::Pipeline
         let mut points = Vec::new();
         for (pi, p) in sweep.points.iter().enumerate() {
             let key = sweep::projection_key(p, axes);
-            if !index.contains_key(&key) {
-                index.insert(key, points.len());
+            if let std::collections::hash_map::Entry::Vacant(e) = index.entry(key) {
+                e.insert(points.len());
                 points.push(pi);
             }
         }
@@ -167,11 +167,5 @@ fn canonical(p: &Path) -> PathBuf {
         .unwrap_or_else(|_| p.to_path_buf())
 }
 
-/// Axis values of a point by name (for callers building labels).
-pub fn point_label(point: &BTreeMap<String, ParamValue>) -> String {
-    point
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
-}
+#[cfg(test)]
+mod tests;

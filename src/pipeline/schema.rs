@@ -24,7 +24,11 @@ pub fn entries<'n>(
     sink: &mut Sink,
 ) -> Option<Vec<(&'n str, &'n Node, &'n Node)>> {
     let Some(map) = node.as_map() else {
-        let at = if path.is_empty() { "the top level" } else { path };
+        let at = if path.is_empty() {
+            "the top level"
+        } else {
+            path
+        };
         sink.error(
             node.mark,
             path,
@@ -105,12 +109,8 @@ pub fn top_level<'n>(root: &'n Node, sink: &mut Sink) -> TopLevel<'n> {
             "stages" => top.stages = Some(v),
             other => {
                 let s = suggest(other, TOP_KEYS);
-                sink.error(
-                    k.mark,
-                    other,
-                    format!("unknown top-level key `{other}`{s}"),
-                )
-                .with_expected(one_of(&TOP_KEYS));
+                sink.error(k.mark, other, format!("unknown top-level key `{other}`{s}"))
+                    .with_expected(one_of(&TOP_KEYS));
             }
         }
     }
@@ -285,7 +285,12 @@ pub fn datasets(
                 .as_ref()
                 .is_some_and(|(_, rel)| rel.to_ascii_lowercase().ends_with(".jsonl")),
         };
-        let documents = text("documents", "`whole`, `lines` or `separator`", sink, &mut ok);
+        let documents = text(
+            "documents",
+            "`whole`, `lines` or `separator`",
+            sink,
+            &mut ok,
+        );
         let separator = text("separator", "a separator string", sink, &mut ok);
         let field = text("field", "a field name", sink, &mut ok);
         let wrong_format = |key: &str, fmt: &str, sink: &mut Sink| {
@@ -391,7 +396,10 @@ pub struct RawStage {
 
 impl RawStage {
     pub fn param(&self, key: &str) -> Option<&Node> {
-        self.params.iter().find(|(k, _, _)| k == key).map(|(_, _, v)| v)
+        self.params
+            .iter()
+            .find(|(k, _, _)| k == key)
+            .map(|(_, _, v)| v)
     }
 }
 
@@ -456,7 +464,9 @@ pub fn raw_stages(node: Option<&Node>, sink: &mut Sink) -> Vec<RawStage> {
                 };
                 if text.contains("${") {
                     sink.error(vn.mark, kp, "`kind` cannot use sweep axes")
-                        .with_help("sweep over parameters, not stage kinds; write one stage per kind");
+                        .with_help(
+                            "sweep over parameters, not stage kinds; write one stage per kind",
+                        );
                     continue;
                 }
                 kind = StageKind::parse(text);

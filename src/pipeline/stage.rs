@@ -149,7 +149,10 @@ impl Fields<'_, '_, '_> {
                 return Some(hit);
             }
         }
-        let found = n.as_scalar().map(|(s, _)| s.to_string()).unwrap_or_default();
+        let found = n
+            .as_scalar()
+            .map(|(s, _)| s.to_string())
+            .unwrap_or_default();
         let s = suggest(&found, options.iter().copied());
         let msg = format!("expected {expected}, found {}{s}", n.describe());
         self.fail(key, &n, &o, msg, Some(&expected), None);
@@ -166,7 +169,10 @@ impl Fields<'_, '_, '_> {
 
     fn name_in(&mut self, key: &str, declared: &[String], section: &str) -> Option<String> {
         if !self.has(key) {
-            self.missing(key, &format!("add `{key}:` naming an entry of `{section}:`"));
+            self.missing(
+                key,
+                &format!("add `{key}:` naming an entry of `{section}:`"),
+            );
             return None;
         }
         let (n, o) = self.get(key)?;
@@ -189,7 +195,14 @@ impl Fields<'_, '_, '_> {
                 one_of(&declared.iter().map(String::as_str).collect::<Vec<_>>())
             ))
         };
-        self.fail(key, &n, &o, format!("unknown {what} `{name}`{s}"), None, help);
+        self.fail(
+            key,
+            &n,
+            &o,
+            format!("unknown {what} `{name}`{s}"),
+            None,
+            help,
+        );
         None
     }
 
@@ -217,7 +230,14 @@ impl Fields<'_, '_, '_> {
                     "`{name}` is a model; load it with a `kind: load` stage and name that stage"
                 )
             });
-            self.fail(key, node, origin, format!("unknown stage `{name}`{s}"), None, help);
+            self.fail(
+                key,
+                node,
+                origin,
+                format!("unknown stage `{name}`{s}"),
+                None,
+                help,
+            );
             return None;
         };
         let target = &self.env.stages[j];
@@ -281,11 +301,9 @@ pub fn check(env: &Env, si: usize, point: &[Node], sink: &mut Sink) -> Option<St
             interp::axes_in(raw, &mut used);
             // Unknown or unreadable axes were reported; their placeholders are not checked.
             let skip = !interp::well_formed(raw)
-                || used.iter().any(|(a, _)| {
-                    env.sweep
-                        .axis_index(a)
-                        .is_none_or(|i| env.sweep.broken[i])
-                });
+                || used
+                    .iter()
+                    .any(|(a, _)| env.sweep.axis_index(a).is_none_or(|i| env.sweep.broken[i]));
             let lookup = |a: &str| env.sweep.axis_index(a).map(|i| &point[i]);
             let (node, origin) = interp::substitute(raw, &lookup);
             Param {
@@ -367,9 +385,12 @@ fn pattern(f: &mut Fields) -> Option<Pattern> {
     if text == "unstructured" {
         return Some(Pattern::Unstructured);
     }
-    let parsed = text
-        .split_once(':')
-        .and_then(|(a, b)| Some((a.trim().parse::<usize>().ok()?, b.trim().parse::<usize>().ok()?)));
+    let parsed = text.split_once(':').and_then(|(a, b)| {
+        Some((
+            a.trim().parse::<usize>().ok()?,
+            b.trim().parse::<usize>().ok()?,
+        ))
+    });
     match parsed {
         Some((nn, m)) if nn > 0 && nn < m => Some(Pattern::NM { n: nn, m }),
         Some((nn, m)) => {
@@ -407,7 +428,10 @@ fn prune(f: &mut Fields) -> Option<StageSpec> {
         None if !f.has("sparsity") => match pattern {
             Some(Pattern::NM { n, m }) => Sparsity::new(n as f64 / m as f64),
             Some(Pattern::Unstructured) => {
-                f.missing("sparsity", "add `sparsity:` with the fraction of weights to zero");
+                f.missing(
+                    "sparsity",
+                    "add `sparsity:` with the fraction of weights to zero",
+                );
                 None
             }
             None => None,
@@ -429,7 +453,9 @@ fn prune(f: &mut Fields) -> Option<StageSpec> {
                     None
                 }
                 Some(s) => match pattern {
-                    Some(Pattern::NM { n: pn, m }) if (s.get() - pn as f64 / m as f64).abs() > 1e-9 => {
+                    Some(Pattern::NM { n: pn, m })
+                        if (s.get() - pn as f64 / m as f64).abs() > 1e-9 =>
+                    {
                         let implied = pn as f64 / m as f64;
                         let msg = format!(
                             "sparsity {} does not match pattern `{pn}:{m}`, which prunes {implied}",
@@ -472,7 +498,11 @@ fn prune(f: &mut Fields) -> Option<StageSpec> {
                     None => "add a `kind: calibrate` stage and name it in `calibration:` (wanda scales weights by input activation norms)".to_string(),
                 };
                 f.sink
-                    .error(f.stage.mark, path, format!("wanda needs `calibration:` (stage `{}`)", f.stage.name))
+                    .error(
+                        f.stage.mark,
+                        path,
+                        format!("wanda needs `calibration:` (stage `{}`)", f.stage.name),
+                    )
                     .with_help(help);
                 return None;
             }
@@ -554,12 +584,22 @@ fn evaluate(f: &mut Fields) -> Option<StageSpec> {
 fn report(f: &mut Fields) -> Option<StageSpec> {
     let mut inputs = Vec::new();
     if !f.has("inputs") {
-        f.missing("inputs", "add `inputs: [<stage>, …]` listing the stages to report");
+        f.missing(
+            "inputs",
+            "add `inputs: [<stage>, …]` listing the stages to report",
+        );
     } else if let Some((n, o)) = f.get("inputs") {
         match n.as_seq() {
             Some([]) => {
                 let msg = "`inputs` is empty".to_string();
-                f.fail("inputs", &n, &o, msg, Some("a non-empty list of stage names"), None);
+                f.fail(
+                    "inputs",
+                    &n,
+                    &o,
+                    msg,
+                    Some("a non-empty list of stage names"),
+                    None,
+                );
             }
             Some(items) => {
                 let mut seen: Vec<String> = Vec::new();
@@ -597,7 +637,13 @@ fn report(f: &mut Fields) -> Option<StageSpec> {
     }
     let mut formats = Vec::new();
     match f.get("formats") {
-        None => formats = vec![ReportFormat::Csv, ReportFormat::Markdown, ReportFormat::Jsonl],
+        None => {
+            formats = vec![
+                ReportFormat::Csv,
+                ReportFormat::Markdown,
+                ReportFormat::Jsonl,
+            ]
+        }
         Some((n, o)) => match n.as_seq() {
             Some(items) if !items.is_empty() => {
                 for (i, item) in items.iter().enumerate() {

@@ -42,6 +42,9 @@ impl Sweep {
     }
 }
 
+/// Larger sweeps are refused rather than expanded (a typo could otherwise exhaust memory).
+pub const MAX_POINTS: usize = 100_000;
+
 /// A value's identity for comparing points: `0.5` and `0.50` are the same value, `1` and `1.0`
 /// (an integer and a float) and `"1"` are three different ones.
 pub fn value_key(n: &Node) -> String {
@@ -295,6 +298,20 @@ pub fn parse(node: Option<&Node>, sink: &mut Sink) -> Sweep {
 
     // The product, last dimension fastest.
     let n_axes = sweep.axes.len();
+    let size = dims
+        .iter()
+        .try_fold(1usize, |acc, d| acc.checked_mul(d.rows.len()));
+    if size.is_none_or(|n| n > MAX_POINTS) {
+        let n = size.map_or_else(|| "too many".to_string(), |n| n.to_string());
+        sink.error(
+            node.mark,
+            "sweep",
+            format!("the sweep has {n} points, more than the {MAX_POINTS} allowed"),
+        )
+        .with_help("split the experiment into several pipelines or use `zip`/`include`");
+        sweep.points = Vec::new();
+        return sweep;
+    }
     let mut points: Vec<Vec<Node>> = vec![vec![placeholder; n_axes]];
     for dim in &dims {
         let mut next = Vec::with_capacity(points.len() * dim.rows.len());
@@ -345,7 +362,10 @@ pub fn parse(node: Option<&Node>, sink: &mut Sink) -> Sweep {
                 sink.error(
                     ex.mark,
                     "sweep.exclude",
-                    format!("expected a list of axis-value maps, found {}", ex.describe()),
+                    format!(
+                        "expected a list of axis-value maps, found {}",
+                        ex.describe()
+                    ),
                 );
             }
             Some(list) => {
@@ -354,8 +374,12 @@ pub fn parse(node: Option<&Node>, sink: &mut Sink) -> Sweep {
                     let path = format!("sweep.exclude[{i}]");
                     if let Some(vals) = axis_values(e, &path, sink) {
                         if vals.is_empty() {
-                            sink.error(e.mark, path, "an empty exclude entry would drop every point")
-                                .with_help("give the axis values of the points to drop");
+                            sink.error(
+                                e.mark,
+                                path,
+                                "an empty exclude entry would drop every point",
+                            )
+                            .with_help("give the axis values of the points to drop");
                         } else {
                             rules.push(vals);
                         }
@@ -363,10 +387,9 @@ pub fn parse(node: Option<&Node>, sink: &mut Sink) -> Sweep {
                 }
                 let had = points.len();
                 points.retain(|p| {
-                    !rules.iter().any(|r| {
-                        r.iter()
-                            .all(|(a, v)| value_key(&p[*a]) == value_key(v))
-                    })
+                    !rules
+                        .iter()
+                        .any(|r| r.iter().all(|(a, v)| value_key(&p[*a]) == value_key(v)))
                 });
                 if had > 0 && points.is_empty() && !rules.is_empty() && include.is_none() {
                     sink.error(ex_mark, "sweep.exclude", "every sweep point is excluded")
@@ -382,7 +405,10 @@ pub fn parse(node: Option<&Node>, sink: &mut Sink) -> Sweep {
                 sink.error(
                     inc.mark,
                     "sweep.include",
-                    format!("expected a list of axis-value maps, found {}", inc.describe()),
+                    format!(
+                        "expected a list of axis-value maps, found {}",
+                        inc.describe()
+                    ),
                 );
             }
             Some(list) => {
@@ -507,11 +533,37 @@ mod tests {
         let src = "sweep:\n  grid: {m: [a, b], s: []}\n  zip:\n    - {m: [1, 2], q: [1, 2, 3], r: [1]}\n  exclude:\n    - {mm: a}\n  include:\n    - {m: a}\n";
         let (_, d) = expand(src);
         let msgs: Vec<&str> = d.iter().map(|d| d.message.as_str()).collect();
-        assert!(msgs.iter().any(|m| m.contains("at least one value")), "{msgs:?}");
-        assert!(msgs.iter().any(|m| m.contains("declared twice")), "{msgs:?}");
-        assert!(msgs.iter().any(|m| m.contains("`q` has 3 values, `r` has 1")) || msgs.iter().any(|m| m.contains("equal lengths")), "{msgs:?}");
-        assert!(msgs.iter().any(|m| m.contains("unknown sweep axis `mm`; did you mean `m`?")), "{msgs:?}");
+        assert!(
+            msgs.iter().any(|m| m.contains("at least one value")),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter().any(|m| m.contains("declared twice")),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("`q` has 3 values, `r` has 1"))
+                || msgs.iter().any(|m| m.contains("equal lengths")),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("unknown sweep axis `mm`; did you mean `m`?")),
+            "{msgs:?}"
+        );
         assert!(msgs.iter().any(|m| m.contains("missing axis")), "{msgs:?}");
+    }
+
+    #[test]
+    fn huge_sweeps_are_refused() {
+        let axes: String = (0..6)
+            .map(|i| format!("    a{i}: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]\n"))
+            .collect();
+        let (s, d) = expand(&format!("sweep:\n  grid:\n{axes}"));
+        assert!(s.points.is_empty());
+        assert_eq!(d.len(), 1);
+        assert!(d[0].message.contains("1000000 points"), "{}", d[0].message);
     }
 
     #[test]

@@ -32,7 +32,10 @@ pub fn model_dir(
         sink.error(
             mark,
             key_path,
-            format!("model directory `{rel}` {what} (looked for {})", dir.display()),
+            format!(
+                "model directory `{rel}` {what} (looked for {})",
+                dir.display()
+            ),
         )
         .with_help(PATH_HELP);
         return None;
@@ -67,7 +70,10 @@ pub fn dataset_file(
         sink.error(
             mark,
             key_path,
-            format!("dataset file `{rel}` {what} (looked for {})", file.display()),
+            format!(
+                "dataset file `{rel}` {what} (looked for {})",
+                file.display()
+            ),
         )
         .with_help(PATH_HELP);
         return None;
@@ -198,9 +204,9 @@ fn report_unterminated(node: &Node, kp: &str, sink: &mut Sink) {
         super::yaml::NodeKind::Seq(items) => {
             items.iter().for_each(|n| report_unterminated(n, kp, sink))
         }
-        super::yaml::NodeKind::Map(es) => {
-            es.iter().for_each(|(_, v)| report_unterminated(v, kp, sink))
-        }
+        super::yaml::NodeKind::Map(es) => es
+            .iter()
+            .for_each(|(_, v)| report_unterminated(v, kp, sink)),
     }
 }
 
@@ -280,7 +286,10 @@ fn report_cycle(
     sink.error(
         *mark,
         join(&join("stages", first), key),
-        format!("stages reference each other in a cycle: {}", names.join(" → ")),
+        format!(
+            "stages reference each other in a cycle: {}",
+            names.join(" → ")
+        ),
     )
     .with_help("each stage must only read stages that do not depend on it");
 }

@@ -55,6 +55,9 @@ pub struct Node {
 /// Above this many nodes, alias expansion is refused (a "billion laughs" file would exhaust memory).
 const MAX_NODES: usize = 1_000_000;
 
+/// Deeper nesting is refused: the tree is walked recursively, and pipelines are a few levels deep.
+const MAX_DEPTH: usize = 128;
+
 impl Node {
     pub fn scalar(text: impl Into<String>, style: Style, mark: Mark) -> Self {
         Node {
@@ -105,6 +108,20 @@ impl Node {
             NodeKind::Scalar(_, _) if self.is_null() => "nothing (null)".into(),
             NodeKind::Scalar(s, Style::Quoted) => format!("the string {s:?}"),
             NodeKind::Scalar(s, Style::Plain) => format!("`{s}`"),
+        }
+    }
+
+    fn depth(&self) -> usize {
+        match &self.kind {
+            NodeKind::Scalar(..) => 0,
+            NodeKind::Seq(v) => 1 + v.iter().map(Node::depth).max().unwrap_or(0),
+            NodeKind::Map(m) => {
+                1 + m
+                    .iter()
+                    .map(|(k, v)| k.depth().max(v.depth()))
+                    .max()
+                    .unwrap_or(0)
+            }
         }
     }
 
@@ -208,7 +225,8 @@ enum Frame {
 
 struct Builder {
     stack: Vec<(Frame, Mark, usize)>,
-    anchors: HashMap<usize, (Node, usize)>,
+    /// Anchored nodes with their node count and depth.
+    anchors: HashMap<usize, (Node, usize, usize)>,
     root: Option<Node>,
     documents: usize,
     second_document: Option<Mark>,
@@ -242,8 +260,8 @@ impl Builder {
 
     fn finish_node(&mut self, node: Node, anchor: usize) {
         if anchor > 0 {
-            let n = node.count();
-            self.anchors.insert(anchor, (node.clone(), n));
+            let (n, d) = (node.count(), node.depth());
+            self.anchors.insert(anchor, (node.clone(), n, d));
         }
         self.push(node);
     }
@@ -300,7 +318,14 @@ impl MarkedEventReceiver for Builder {
                 self.finish_node(Node { kind, mark }, anchor);
             }
             Event::Alias(id) => match self.anchors.get(&id) {
-                Some((node, n)) => {
+                Some((node, n, d)) => {
+                    if self.stack.len() + d > MAX_DEPTH {
+                        self.error = Some((
+                            mark,
+                            format!("aliases nest values more than {MAX_DEPTH} levels deep"),
+                        ));
+                        return;
+                    }
                     self.nodes += n;
                     if self.nodes > MAX_NODES {
                         self.error = Some((
@@ -337,12 +362,41 @@ pub fn parse(source: &str, sink: &mut Sink) -> Option<Node> {
         nodes: 0,
         error: None,
     };
+    // Events are pulled one by one (rather than with `Parser::load`, which recurses per level) so
+    // that deep nesting is refused before anything overflows the stack.
     let mut parser = Parser::new_from_str(source);
-    if let Err(e) = parser.load(&mut b, true) {
-        let mark = Mark::from_marker(*e.marker());
-        sink.error(mark, "", format!("YAML syntax error: {}", e.info()))
-            .with_help("check the indentation and quoting around this position");
-        return None;
+    let mut depth = 0usize;
+    loop {
+        let (ev, marker) = match parser.next_token() {
+            Ok(x) => x,
+            Err(e) => {
+                let mark = Mark::from_marker(*e.marker());
+                sink.error(mark, "", format!("YAML syntax error: {}", e.info()))
+                    .with_help("check the indentation and quoting around this position");
+                return None;
+            }
+        };
+        match ev {
+            Event::SequenceStart(..) | Event::MappingStart(..) => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    let mark = Mark::from_marker(marker);
+                    sink.error(
+                        mark,
+                        "",
+                        format!("values nested more than {MAX_DEPTH} levels deep"),
+                    );
+                    return None;
+                }
+            }
+            Event::SequenceEnd | Event::MappingEnd => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        let end = ev == Event::StreamEnd;
+        b.on_event(ev, marker);
+        if end || b.error.is_some() {
+            break;
+        }
     }
     if let Some((mark, msg)) = b.error.take() {
         sink.error(mark, "", msg);

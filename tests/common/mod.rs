@@ -7,7 +7,9 @@ use std::path::PathBuf;
 ///
 /// Under CI (`CI=true`) a missing asset is a failure; elsewhere the test is skipped with a reason.
 pub fn shared(rel: &str) -> Option<PathBuf> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("shared");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("shared");
     let path = root.join(rel);
     if path.exists() {
         return Some(path);
