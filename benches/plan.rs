@@ -17,7 +17,9 @@ fn shared() -> Option<PathBuf> {
 /// 100 sparsities × 100 seeds of calibration would be silly; 100 × 100 sweep points of prune and
 /// evaluate on one load and one calibration is the shape of a real grid.
 fn big_sweep(dir: &Path, shared: &Path) -> PathBuf {
-    let sparsities: Vec<String> = (0..100).map(|i| format!("{:.4}", i as f64 / 100.0)).collect();
+    let sparsities: Vec<String> = (0..100)
+        .map(|i| format!("{:.4}", i as f64 / 100.0))
+        .collect();
     let patterns: Vec<String> = (0..100).map(|i| format!("{}", 256 + i)).collect();
     let text = format!(
         r#"
@@ -79,7 +81,10 @@ fn planning(c: &mut Criterion) {
     g.bench_function("10k cache lookups", |b| {
         b.iter(|| {
             for k in &keys {
-                assert!(matches!(cache.lookup(k).unwrap(), whittle::cache::Lookup::Hit(_)));
+                assert!(matches!(
+                    cache.lookup(k).unwrap(),
+                    whittle::cache::Lookup::Hit(_)
+                ));
             }
         })
     });
@@ -97,16 +102,27 @@ fn noop_rerun(c: &mut Criterion) {
     let run = || {
         let out = Command::new(bin)
             .current_dir(&repo)
-            .args(["run", "pipelines/wanda-sweep.yaml", "--quiet", "--cache-dir"])
+            .args([
+                "run",
+                "pipelines/wanda-sweep.yaml",
+                "--quiet",
+                "--cache-dir",
+            ])
             .arg(tmp.path())
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     run(); // fill the cache
     let mut g = c.benchmark_group("rerun");
     g.sample_size(20);
-    g.bench_function("no-op rerun of wanda-sweep.yaml (whole process)", |b| b.iter(run));
+    g.bench_function("no-op rerun of wanda-sweep.yaml (whole process)", |b| {
+        b.iter(run)
+    });
     g.finish();
 }
 

@@ -160,7 +160,10 @@ fn default_cache_dir(start: &Path) -> PathBuf {
 
 fn cache_dir(cli: &Cli, near: &Path) -> PathBuf {
     cli.cache_dir.clone().unwrap_or_else(|| {
-        let dir = near.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = near
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         default_cache_dir(dir)
     })
 }
@@ -175,7 +178,8 @@ fn load_pipeline(file: &Path) -> Result<crate::pipeline::spec::Pipeline> {
 fn open(cli: &Cli, file: &Path) -> Result<(Cache, Plan)> {
     let pipeline = load_pipeline(file)?;
     let dir = cache_dir(cli, file);
-    let cache = Cache::open(&dir).with_context(|| format!("opening the cache at {}", dir.display()))?;
+    let cache =
+        Cache::open(&dir).with_context(|| format!("opening the cache at {}", dir.display()))?;
     let hasher = FileHasher::load(&cache)?;
     let plan = plan::build(pipeline, &hasher)?;
     hasher.save()?;
@@ -263,7 +267,12 @@ fn cmd_run(cli: &Cli, file: &Path, opts: &RunOptions) -> Result<Outcome> {
         summary.record.run_id,
     );
     for f in &summary.failures {
-        println!("  failed: {}: {}\n          log: {}", f.label, f.error, f.log.display());
+        println!(
+            "  failed: {}: {}\n          log: {}",
+            f.label,
+            f.error,
+            f.log.display()
+        );
     }
     Ok(if summary.interrupted {
         Outcome::Interrupted
@@ -321,12 +330,20 @@ fn cmd_status(cli: &Cli, file: &Path) -> Result<Outcome> {
     print!("{}", table.to_text());
     match cache.last_run_for(&pipeline) {
         Some(run) => {
-            let failed = run.stages.iter().filter(|s| s.status == StageStatus::Failed).count();
+            let failed = run
+                .stages
+                .iter()
+                .filter(|s| s.status == StageStatus::Failed)
+                .count();
             println!(
                 "last run {} started {}{}",
                 run.run_id,
                 run.started,
-                if failed > 0 { format!(", {failed} failed") } else { String::new() }
+                if failed > 0 {
+                    format!(", {failed} failed")
+                } else {
+                    String::new()
+                }
             );
         }
         None => println!("never run with this cache ({})", cache.root().display()),
@@ -338,7 +355,12 @@ fn cmd_why(cli: &Cli, file: &Path, stage: &str) -> Result<Outcome> {
     let (cache, plan) = open(cli, file)?;
     let ids = plan.find(stage);
     if ids.is_empty() {
-        let names: Vec<&str> = plan.pipeline.stages.iter().map(|s| s.name.as_str()).collect();
+        let names: Vec<&str> = plan
+            .pipeline
+            .stages
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
         let hint = names
             .iter()
             .min_by_key(|n| strsim::levenshtein(n, stage))
@@ -367,7 +389,11 @@ fn cmd_why(cli: &Cli, file: &Path, stage: &str) -> Result<Outcome> {
                 if let plan::Reason::Upstream(_) = reason {
                     // Say what changed at the root of it.
                     for a in plan::ancestors(&plan, &[i]) {
-                        if let Status::Run { reason, key_inputs: Some(_) } = &statuses[a] {
+                        if let Status::Run {
+                            reason,
+                            key_inputs: Some(_),
+                        } = &statuses[a]
+                        {
                             println!("  because {}: {reason}", plan.nodes[a].label);
                         }
                     }
@@ -388,17 +414,25 @@ fn parse_older_than(s: &str) -> Result<jiff::Timestamp> {
     if let Ok(span) = s.parse::<jiff::Span>() {
         return Ok(jiff::Zoned::now().checked_sub(span)?.timestamp());
     }
-    anyhow::bail!("--older-than `{s}`: expected a date (2026-11-01), a timestamp, or a span (7d, 12h)")
+    anyhow::bail!(
+        "--older-than `{s}`: expected a date (2026-11-01), a timestamp, or a span (7d, 12h)"
+    )
 }
 
-fn cmd_gc(cli: &Cli, files: &[PathBuf], older_than: Option<&str>, dry_run: bool) -> Result<Outcome> {
+fn cmd_gc(
+    cli: &Cli,
+    files: &[PathBuf],
+    older_than: Option<&str>,
+    dry_run: bool,
+) -> Result<Outcome> {
     let older_than = older_than.map(parse_older_than).transpose()?;
     let dir = match (&cli.cache_dir, files.first()) {
         (Some(d), _) => d.clone(),
         (None, Some(f)) => cache_dir(cli, f),
         (None, None) => default_cache_dir(Path::new(".")),
     };
-    let cache = Cache::open(&dir).with_context(|| format!("opening the cache at {}", dir.display()))?;
+    let cache =
+        Cache::open(&dir).with_context(|| format!("opening the cache at {}", dir.display()))?;
     let keep = if files.is_empty() {
         None
     } else {

@@ -102,7 +102,10 @@ mod tests {
         let rows = hf_text_rows(" = Title = \n\n Some text .\r\nlast");
         assert_eq!(rows, vec![" = Title = \n", "", " Some text .\n", "last"]);
         // WikiText's protocol joins the rows with "\n\n".
-        assert_eq!(rows.join("\n\n"), " = Title = \n\n\n\n\n Some text .\n\n\nlast");
+        assert_eq!(
+            rows.join("\n\n"),
+            " = Title = \n\n\n\n\n Some text .\n\n\nlast"
+        );
     }
 
     #[test]

@@ -42,7 +42,11 @@ fn run_ok(cache: &Path, pipeline: &Path) -> RunRecord {
 }
 
 fn last_run(cache: &Path) -> RunRecord {
-    Cache::open(cache).unwrap().runs().pop().expect("a run record")
+    Cache::open(cache)
+        .unwrap()
+        .runs()
+        .pop()
+        .expect("a run record")
 }
 
 fn by_status(run: &RunRecord, status: StageStatus) -> Vec<String> {
@@ -67,8 +71,16 @@ fn sweep_copy(dir: &Path, shared: &Path, edit: impl Fn(String) -> String) -> Pat
 
 /// Rows of the report entry of the run, as JSON objects.
 fn report_rows(cache: &Path, run: &RunRecord) -> Vec<serde_json::Value> {
-    let rec = run.stages.iter().find(|s| s.kind == "report").expect("a report");
-    let Lookup::Hit(entry) = Cache::open(cache).unwrap().lookup(&rec.key.unwrap()).unwrap() else {
+    let rec = run
+        .stages
+        .iter()
+        .find(|s| s.kind == "report")
+        .expect("a report");
+    let Lookup::Hit(entry) = Cache::open(cache)
+        .unwrap()
+        .lookup(&rec.key.unwrap())
+        .unwrap()
+    else {
         panic!("report entry missing")
     };
     std::fs::read_to_string(entry.path("report.jsonl"))
@@ -81,9 +93,7 @@ fn report_rows(cache: &Path, run: &RunRecord) -> Vec<serde_json::Value> {
 fn metric(rows: &[serde_json::Value], stage: &str, method: Option<&str>, s: Option<f64>) -> f64 {
     rows.iter()
         .find(|r| {
-            r["stage"] == stage
-                && r["method"].as_str() == method
-                && r["sparsity"].as_f64() == s
+            r["stage"] == stage && r["method"].as_str() == method && r["sparsity"].as_f64() == s
         })
         .unwrap_or_else(|| panic!("no row {stage} {method:?} {s:?}"))["ppl"]
         .as_f64()
@@ -96,6 +106,8 @@ fn reference_wikitext_ppl(shared: &Path, seqlen: usize, limit: usize) -> f64 {
     use candle_transformers::models::llama as ct;
     let dir = shared.join("models/stories260K");
     let raw = std::fs::read_to_string(shared.join("data/wikitext-2-raw/wiki.test.raw")).unwrap();
+    // Python reads the file in text mode: CRLF becomes LF.
+    let raw = raw.replace("\r\n", "\n");
     // Hugging Face's rows: each line with its newline, blank lines empty; joined with "\n\n".
     let rows: Vec<&str> = raw
         .split_inclusive('\n')
@@ -117,7 +129,10 @@ fn reference_wikitext_ppl(shared: &Path, seqlen: usize, limit: usize) -> f64 {
     for w in ids.chunks_exact(seqlen).take(limit) {
         let mut cache = ct::Cache::new(true, DType::F32, &cfg, &Device::Cpu).unwrap();
         for pos in 0..seqlen - 1 {
-            let x = Tensor::new(&[w[pos]], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+            let x = Tensor::new(&[w[pos]], &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
             let logits = model.forward(&x, pos, &mut cache).unwrap();
             let logp: Vec<f32> = candle_nn::ops::log_softmax(&logits, D::Minus1)
                 .unwrap()
@@ -143,13 +158,20 @@ fn wanda_sweep_end_to_end() {
     let run = run_ok(&cache, &committed);
     assert!(by_status(&run, StageStatus::Failed).is_empty());
     let rows = report_rows(&cache, &run);
-    assert_eq!(rows.len(), 2 + 2 * 6, "dense + 6 sweep points, on two datasets");
+    assert_eq!(
+        rows.len(),
+        2 + 2 * 6,
+        "dense + 6 sweep points, on two datasets"
+    );
 
     // Dense perplexity equals an independent computation.
     let dense = metric(&rows, "wiki-dense", None, None);
     let reference = reference_wikitext_ppl(&shared, 256, 40);
     let rel = (dense - reference).abs() / reference;
-    assert!(rel < 1e-4, "dense ppl {dense} vs reference {reference} (rel {rel:e})");
+    assert!(
+        rel < 1e-4,
+        "dense ppl {dense} vs reference {reference} (rel {rel:e})"
+    );
 
     // Perplexity rises with sparsity for both methods (in-domain TinyStories).
     let base = metric(&rows, "ppl-dense", None, None);
@@ -166,8 +188,12 @@ fn wanda_sweep_end_to_end() {
     let c = Cache::open(&cache).unwrap();
     let mut checked = 0;
     for rec in run.stages.iter().filter(|s| s.kind == "prune") {
-        let Lookup::Hit(entry) = c.lookup(&rec.key.unwrap()).unwrap() else { panic!() };
-        let s = entry.manifest().meta["requested_sparsity"].as_f64().unwrap();
+        let Lookup::Hit(entry) = c.lookup(&rec.key.unwrap()).unwrap() else {
+            panic!()
+        };
+        let s = entry.manifest().meta["requested_sparsity"]
+            .as_f64()
+            .unwrap();
         let report: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(entry.path("sparsity.json")).unwrap())
                 .unwrap();
@@ -189,7 +215,11 @@ fn wanda_sweep_end_to_end() {
 
     // 2. Running the same file again executes nothing.
     let again = run_ok(&cache, &committed);
-    assert!(by_status(&again, StageStatus::Ran).is_empty(), "{:?}", by_status(&again, StageStatus::Ran));
+    assert!(
+        by_status(&again, StageStatus::Ran).is_empty(),
+        "{:?}",
+        by_status(&again, StageStatus::Ran)
+    );
 
     // A copy elsewhere reuses everything: keys are about content, not file names.
     let copy = sweep_copy(tmp.path(), &shared, |t| t);
@@ -198,14 +228,15 @@ fn wanda_sweep_end_to_end() {
 
     // Adding one sparsity value runs exactly the new prune and evaluate stages (and the table).
     let wider = sweep_copy(tmp.path(), &shared, |t| {
-        t.replace("sparsity: [0.1, 0.3, 0.5]", "sparsity: [0.1, 0.3, 0.5, 0.7]")
+        t.replace(
+            "sparsity: [0.1, 0.3, 0.5]",
+            "sparsity: [0.1, 0.3, 0.5, 0.7]",
+        )
     });
     let run = run_ok(&cache, &wider);
     let mut expected: Vec<String> = ["magnitude", "wanda"]
         .iter()
-        .flat_map(|m| {
-            ["pruned", "ppl", "wiki"].map(|s| format!("{s}[method={m},sparsity=0.7]"))
-        })
+        .flat_map(|m| ["pruned", "ppl", "wiki"].map(|s| format!("{s}[method={m},sparsity=0.7]")))
         .collect();
     expected.push("table".into());
     expected.sort();
@@ -214,14 +245,19 @@ fn wanda_sweep_end_to_end() {
 
     // 3. A new calibration seed reruns calibration, the Wanda prunes and their evaluations only.
     let reseeded = sweep_copy(tmp.path(), &shared, |t| {
-        t.replace("sparsity: [0.1, 0.3, 0.5]", "sparsity: [0.1, 0.3, 0.5, 0.7]")
-            .replace("seed: 0", "seed: 1")
+        t.replace(
+            "sparsity: [0.1, 0.3, 0.5]",
+            "sparsity: [0.1, 0.3, 0.5, 0.7]",
+        )
+        .replace("seed: 0", "seed: 1")
     });
     let run = run_ok(&cache, &reseeded);
     let ran = by_status(&run, StageStatus::Ran);
     let mut expected: Vec<String> = [0.1, 0.3, 0.5, 0.7]
         .iter()
-        .flat_map(|s| ["pruned", "ppl", "wiki"].map(|st| format!("{st}[method=wanda,sparsity={s}]")))
+        .flat_map(|s| {
+            ["pruned", "ppl", "wiki"].map(|st| format!("{st}[method=wanda,sparsity={s}]"))
+        })
         .collect();
     expected.extend(["calib".to_string(), "table".to_string()]);
     expected.sort();
@@ -268,7 +304,11 @@ fn assert_entries_complete(cache: &Path) {
     for shard in std::fs::read_dir(&entries_dir).unwrap() {
         for e in std::fs::read_dir(shard.unwrap().path()).unwrap() {
             let dir = e.unwrap().path();
-            assert!(dir.join("manifest.json").exists(), "partial entry {}", dir.display());
+            assert!(
+                dir.join("manifest.json").exists(),
+                "partial entry {}",
+                dir.display()
+            );
             let key = whittle::cache::Digest::from_hex(dir.file_name().unwrap().to_str().unwrap())
                 .unwrap();
             let Lookup::Hit(entry) = c.lookup(&key).unwrap() else {
@@ -302,13 +342,22 @@ fn killed_during_prune_then_resumed_gives_identical_results() {
         .unwrap();
     let staged = |cache: &Path| -> bool {
         std::fs::read_dir(cache.join("v1/tmp"))
-            .map(|d| d.flatten().any(|e| e.path().join("overlay.safetensors").exists()))
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.path().join("overlay.safetensors").exists())
+            })
             .unwrap_or(false)
     };
     let start = Instant::now();
     while !staged(&cache) {
-        assert!(start.elapsed() < Duration::from_secs(120), "the prune never started");
-        assert!(child.try_wait().unwrap().is_none(), "whittle exited before the prune");
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the prune never started"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "whittle exited before the prune"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     child.kill().unwrap(); // SIGKILL

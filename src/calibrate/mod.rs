@@ -45,7 +45,10 @@ pub fn random_windows(
     let mut draws = 0;
     let mut out = Vec::with_capacity(samples);
     while out.len() < samples {
-        if n_docs == 0 || draws >= max_draws || (cache.len() == n_docs && cache.values().all(|d| d.len() <= seqlen)) {
+        if n_docs == 0
+            || draws >= max_draws
+            || (cache.len() == n_docs && cache.values().all(|d| d.len() <= seqlen))
+        {
             return Err(SampleError::NoLongDocument { seqlen, draws });
         }
         draws += 1;
@@ -152,7 +155,8 @@ mod tests {
 
     #[test]
     fn random_windows_are_seeded_and_from_long_documents() {
-        let docs: Vec<Vec<u32>> = vec![(0..3).collect(), (100..120).collect(), (200..260).collect()];
+        let docs: Vec<Vec<u32>> =
+            vec![(0..3).collect(), (100..120).collect(), (200..260).collect()];
         let tok = |i: usize| Ok(docs[i].clone());
         let a = random_windows(3, tok, 8, 5, 0).unwrap();
         let b = random_windows(3, tok, 8, 5, 0).unwrap();
@@ -172,6 +176,9 @@ mod tests {
     #[test]
     fn random_windows_fail_cleanly_without_long_documents() {
         let r = random_windows(2, |_| Ok(vec![1, 2, 3]), 1, 5, 0);
-        assert!(matches!(r, Err(SampleError::NoLongDocument { seqlen: 5, .. })));
+        assert!(matches!(
+            r,
+            Err(SampleError::NoLongDocument { seqlen: 5, .. })
+        ));
     }
 }

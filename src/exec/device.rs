@@ -208,9 +208,15 @@ mod tests {
     #[test]
     fn parse_devices() {
         assert_eq!(DeviceKind::parse("cpu").unwrap(), DeviceKind::Cpu);
-        assert!(matches!(DeviceKind::parse("tpu:0"), Err(DeviceError::Unknown(_))));
+        assert!(matches!(
+            DeviceKind::parse("tpu:0"),
+            Err(DeviceError::Unknown(_))
+        ));
         if !cfg!(feature = "cuda") {
-            assert!(matches!(DeviceKind::parse("cuda:0"), Err(DeviceError::NoCuda(_))));
+            assert!(matches!(
+                DeviceKind::parse("cuda:0"),
+                Err(DeviceError::NoCuda(_))
+            ));
         }
     }
 
@@ -223,7 +229,10 @@ mod tests {
         };
         let a = pool.acquire(&need).unwrap();
         let b = pool.acquire(&need).unwrap();
-        assert!(pool.acquire(&need).is_none(), "a third 4 GB stage does not fit in 10 GB");
+        assert!(
+            pool.acquire(&need).is_none(),
+            "a third 4 GB stage does not fit in 10 GB"
+        );
         pool.release(a.0, a.1);
         assert!(pool.acquire(&need).is_some());
         pool.release(b.0, b.1);
@@ -262,7 +271,11 @@ mod tests {
         let (slot, _) = pool.acquire(&gpu).unwrap();
         assert_eq!(pool.kind(slot), DeviceKind::Cuda(1), "50 GB left on cuda:1");
         let (slot, _) = pool.acquire(&gpu).unwrap();
-        assert_eq!(pool.kind(slot), DeviceKind::Cuda(0), "24 GB card takes it alone");
+        assert_eq!(
+            pool.kind(slot),
+            DeviceKind::Cuda(0),
+            "24 GB card takes it alone"
+        );
         let cpu = Need {
             accelerated: false,
             memory: GB,

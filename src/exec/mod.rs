@@ -101,12 +101,15 @@ fn estimate_needs(plan: &Plan) -> Vec<Need> {
     let mut model = vec![(0u64, 0u64); plan.nodes.len()];
     for (i, node) in plan.nodes.iter().enumerate() {
         model[i] = match &node.spec {
-            StageSpec::Load(l) => ModelConfig::from_file(
-                plan.pipeline.models[&l.model].dir.join("config.json"),
-            )
-            .map(|c| (parameter_count(&c) * 4, c.vocab_size as u64))
-            .unwrap_or((1 << 30, 32_000)),
-            _ => node.input("model").map(|m| model[m]).unwrap_or((64 << 20, 0)),
+            StageSpec::Load(l) => {
+                ModelConfig::from_file(plan.pipeline.models[&l.model].dir.join("config.json"))
+                    .map(|c| (parameter_count(&c) * 4, c.vocab_size as u64))
+                    .unwrap_or((1 << 30, 32_000))
+            }
+            _ => node
+                .input("model")
+                .map(|m| model[m])
+                .unwrap_or((64 << 20, 0)),
         };
     }
     plan.nodes

@@ -27,7 +27,10 @@ enum State {
     /// Ready to run with this key.
     Queued(KeyInputs, Reason),
     Running,
-    Done { entry: Entry, ran: bool },
+    Done {
+        entry: Entry,
+        ran: bool,
+    },
     Failed(String),
     Skipped(String),
     Cancelled,
@@ -107,7 +110,13 @@ impl<'a> Scheduler<'a> {
         let safe: String = self.plan.nodes[node]
             .label
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || "-_.=,".contains(c) { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_.=,".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         self.log_dir.join(format!("{node:03}-{safe}.log"))
     }
@@ -187,7 +196,9 @@ impl<'a> Scheduler<'a> {
                 }
                 Err(e) => {
                     let label = &self.plan.nodes[a].label;
-                    ui.println(&format!("warning: cache entry of {label} is corrupt ({e}); recomputing it"));
+                    ui.println(&format!(
+                        "warning: cache entry of {label} is corrupt ({e}); recomputing it"
+                    ));
                     tracing::warn!(stage = %label, "corrupt cache entry: {e}");
                     let k = self.keys[a].clone().expect("done nodes have keys");
                     self.states[a] = State::Queued(k, Reason::Corrupt(e.to_string()));
@@ -236,11 +247,11 @@ impl<'a> Scheduler<'a> {
                 }
                 // Dispatch what fits.
                 while !self.stopping && running < self.opts.jobs.max(1) {
-                    let Some(pos) = self
-                        .queue
-                        .iter()
-                        .position(|&n| pool.acquire(&self.needs[n]).map(|(s, m)| pool.release(s, m)).is_some())
-                    else {
+                    let Some(pos) = self.queue.iter().position(|&n| {
+                        pool.acquire(&self.needs[n])
+                            .map(|(s, m)| pool.release(s, m))
+                            .is_some()
+                    }) else {
                         break;
                     };
                     let node = self.queue[pos];
@@ -252,7 +263,9 @@ impl<'a> Scheduler<'a> {
                         self.queue.push_front(node);
                         break;
                     };
-                    let State::Queued(k, reason) = std::mem::replace(&mut self.states[node], State::Running) else {
+                    let State::Queued(k, reason) =
+                        std::mem::replace(&mut self.states[node], State::Running)
+                    else {
                         unreachable!("only queued nodes are in the queue")
                     };
                     let label = self.plan.nodes[node].label.clone();
@@ -303,7 +316,10 @@ impl<'a> Scheduler<'a> {
                 ui.done(1);
                 match done.result {
                     Ok(entry) => {
-                        ui.println(&format!("  ran  {label}  ({:.1}s)", done.duration.as_secs_f64()));
+                        ui.println(&format!(
+                            "  ran  {label}  ({:.1}s)",
+                            done.duration.as_secs_f64()
+                        ));
                         self.states[done.node] = State::Done { entry, ran: true };
                         self.complete(ui, done.node)?;
                     }
@@ -336,7 +352,9 @@ impl<'a> Scheduler<'a> {
                 *s = if interrupted {
                     State::Cancelled
                 } else {
-                    State::Skipped("not started: the run stopped after a failure (use --keep-going)".into())
+                    State::Skipped(
+                        "not started: the run stopped after a failure (use --keep-going)".into(),
+                    )
                 };
             }
         }
@@ -388,8 +406,10 @@ struct Job<'a> {
 impl Job<'_> {
     fn run(self) -> Result<Entry, StageError> {
         let node = &self.plan.nodes[self.node];
-        let log_file = std::fs::File::create(&self.log)
-            .map_err(StageError::io(format!("creating log {}", self.log.display())))?;
+        let log_file = std::fs::File::create(&self.log).map_err(StageError::io(format!(
+            "creating log {}",
+            self.log.display()
+        )))?;
         let log_file = Mutex::new(log_file);
         let log = |line: &str| {
             if let Ok(mut f) = log_file.lock() {

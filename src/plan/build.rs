@@ -54,7 +54,8 @@ pub fn build(pipeline: Pipeline, hasher: &FileHasher) -> Result<Plan, PlanError>
             }
         }
     }
-    let order = file_order_toposort(&g).map_err(|r| PlanError::Cycle(pipeline.stages[r.stage].name.clone()))?;
+    let order = file_order_toposort(&g)
+        .map_err(|r| PlanError::Cycle(pipeline.stages[r.stage].name.clone()))?;
 
     let files = stage_files(&pipeline)?;
     let all_paths: Vec<PathBuf> = {
@@ -165,12 +166,17 @@ pub fn build(pipeline: Pipeline, hasher: &FileHasher) -> Result<Plan, PlanError>
 
 /// A topological order that otherwise follows the file: among the instances whose inputs are
 /// done, the earliest stage (then instance) comes first. Plans and run records read top-down.
-fn file_order_toposort(g: &DiGraph<InstanceRef, ()>) -> Result<Vec<petgraph::graph::NodeIndex>, InstanceRef> {
+fn file_order_toposort(
+    g: &DiGraph<InstanceRef, ()>,
+) -> Result<Vec<petgraph::graph::NodeIndex>, InstanceRef> {
     use std::cmp::Reverse;
     use std::collections::BinaryHeap;
     let mut indegree: Vec<usize> = g
         .node_indices()
-        .map(|n| g.neighbors_directed(n, petgraph::Direction::Incoming).count())
+        .map(|n| {
+            g.neighbors_directed(n, petgraph::Direction::Incoming)
+                .count()
+        })
         .collect();
     let mut ready: BinaryHeap<Reverse<(InstanceRef, petgraph::graph::NodeIndex)>> = g
         .node_indices()

@@ -16,7 +16,8 @@ pub enum Format {
 }
 
 fn short_key(s: &Status) -> String {
-    s.key().map_or_else(|| "(pending)".to_string(), |k| k.short())
+    s.key()
+        .map_or_else(|| "(pending)".to_string(), |k| k.short())
 }
 
 fn status_word(s: &Status) -> &'static str {
@@ -103,9 +104,14 @@ fn escape(s: &str) -> String {
 }
 
 fn dot(plan: &Plan, statuses: &[Status]) -> String {
-    let mut out = String::from("digraph plan {\n  rankdir=LR;\n  node [shape=box, style=filled];\n");
+    let mut out =
+        String::from("digraph plan {\n  rankdir=LR;\n  node [shape=box, style=filled];\n");
     for (i, (n, s)) in plan.nodes.iter().zip(statuses).enumerate() {
-        let color = if s.is_cached() { "palegreen" } else { "lightsalmon" };
+        let color = if s.is_cached() {
+            "palegreen"
+        } else {
+            "lightsalmon"
+        };
         out.push_str(&format!(
             "  n{i} [label=\"{}\\n{} {}\", fillcolor={color}];\n",
             escape(&n.label),

@@ -112,7 +112,11 @@ pub fn explain(k: &KeyInputs, last: Option<&KeyInputs>) -> Reason {
 }
 
 /// Looks up `k` in the cache, turning a corrupt entry into a reason to rerun.
-pub fn lookup(cache: &Cache, k: &KeyInputs, last: Option<&KeyInputs>) -> Result<Status, CacheError> {
+pub fn lookup(
+    cache: &Cache,
+    k: &KeyInputs,
+    last: Option<&KeyInputs>,
+) -> Result<Status, CacheError> {
     Ok(match cache.lookup(&k.digest())? {
         Lookup::Hit(entry) => Status::Cached {
             key_inputs: k.clone(),

@@ -215,7 +215,11 @@ mod tests {
 
     fn sample() -> Table {
         let mut t = Table::new(vec!["method".into(), "sparsity".into(), "ppl".into()]);
-        t.push(vec![Cell::Text("dense".into()), Cell::Missing, Cell::Num(12.3456)]);
+        t.push(vec![
+            Cell::Text("dense".into()),
+            Cell::Missing,
+            Cell::Num(12.3456),
+        ]);
         t.push(vec![
             Cell::Text("wanda, v2".into()),
             Cell::Num(0.5),
@@ -244,7 +248,10 @@ mod tests {
     #[test]
     fn markdown_right_aligns_numbers() {
         let md = sample().to_markdown();
-        assert!(md.starts_with("| method | sparsity | ppl |\n|---|---:|---:|\n"), "{md}");
+        assert!(
+            md.starts_with("| method | sparsity | ppl |\n|---|---:|---:|\n"),
+            "{md}"
+        );
         assert!(md.contains("| dense | — | 12.35 |"), "{md}");
     }
 

@@ -44,7 +44,10 @@ pub fn run(ctx: &StageCtx, spec: &EvaluateSpec) -> Result<StageOutput, StageErro
                 "ppl {:.4} over {} tokens ({} windows of {})",
                 r.ppl, r.tokens, r.windows, r.seqlen
             ));
-            ctx.write_json("metrics.json", &serde_json::to_value(&r).expect("serializable"))?;
+            ctx.write_json(
+                "metrics.json",
+                &serde_json::to_value(&r).expect("serializable"),
+            )?;
             Ok(StageOutput {
                 content: None,
                 meta: json!({

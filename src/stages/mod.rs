@@ -140,7 +140,8 @@ impl StageCtx<'_> {
 
     pub fn write_json(&self, name: &str, value: &serde_json::Value) -> Result<(), StageError> {
         let text = serde_json::to_string_pretty(value).expect("JSON values serialize");
-        std::fs::write(self.out_path(name), text + "\n").map_err(StageError::io(format!("writing {name}")))
+        std::fs::write(self.out_path(name), text + "\n")
+            .map_err(StageError::io(format!("writing {name}")))
     }
 }
 

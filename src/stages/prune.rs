@@ -23,7 +23,8 @@ pub fn run(ctx: &StageCtx, spec: &PruneSpec) -> Result<StageOutput, StageError> 
                     "the calibration entry records no samples".into(),
                 ));
             }
-            let t = candle_core::safetensors::load(entry.path(STATS_FILE), &candle_core::Device::Cpu)?;
+            let t =
+                candle_core::safetensors::load(entry.path(STATS_FILE), &candle_core::Device::Cpu)?;
             Some((t, nsamples as f64))
         }
         PruneMethod::Magnitude => None,
@@ -55,7 +56,9 @@ pub fn run(ctx: &StageCtx, spec: &PruneSpec) -> Result<StageOutput, StageError> 
                     .map(|s| (s / nsamples) as f32)
                     .collect();
                 match spec.pattern {
-                    Pattern::Unstructured => compress::wanda::wanda(&w, &scaler, spec.sparsity.get()),
+                    Pattern::Unstructured => {
+                        compress::wanda::wanda(&w, &scaler, spec.sparsity.get())
+                    }
                     Pattern::NM { n, m } => compress::wanda::wanda_nm(&w, &scaler, n, m),
                 }
             }
@@ -64,17 +67,31 @@ pub fn run(ctx: &StageCtx, spec: &PruneSpec) -> Result<StageOutput, StageError> 
         .map_err(|e| StageError::Invalid(format!("{id}: {e}")))?;
         mask.apply(&mut w).map_err(invalid)?;
         report.push(sparsity_record(&name, &mask, &w));
-        let out = w.to_tensor(tensor.device()).map_err(invalid)?.to_dtype(tensor.dtype())?;
+        let out = w
+            .to_tensor(tensor.device())
+            .map_err(invalid)?
+            .to_dtype(tensor.dtype())?;
         replaced.insert(name, out);
         ctx.progress.inc(1);
     }
     let parent = WeightsMeta::from_entry(&ctx.entry(model_node)?)?;
     let meta = write_overlay(ctx, &parent, &replaced)?;
-    let zeros: u64 = report.iter().map(|r| r["zeros"].as_u64().unwrap_or(0)).sum();
-    let numel: u64 = report.iter().map(|r| r["numel"].as_u64().unwrap_or(0)).sum();
+    let zeros: u64 = report
+        .iter()
+        .map(|r| r["zeros"].as_u64().unwrap_or(0))
+        .sum();
+    let numel: u64 = report
+        .iter()
+        .map(|r| r["numel"].as_u64().unwrap_or(0))
+        .sum();
     let overall = zeros as f64 / numel.max(1) as f64;
-    ctx.write_json("sparsity.json", &json!({ "overall": overall, "matrices": report }))?;
-    ctx.note(&format!("overall sparsity of the pruned matrices: {overall:.4}"));
+    ctx.write_json(
+        "sparsity.json",
+        &json!({ "overall": overall, "matrices": report }),
+    )?;
+    ctx.note(&format!(
+        "overall sparsity of the pruned matrices: {overall:.4}"
+    ));
     Ok(StageOutput {
         content: Some(meta.content()),
         meta: json!({

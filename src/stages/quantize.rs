@@ -34,7 +34,8 @@ pub fn run(ctx: &StageCtx, spec: &QuantizeSpec) -> Result<StageOutput, StageErro
         let name = id.weight_name();
         let tensor = &weights.tensors[&name];
         let w = Matrix::from_tensor(tensor).map_err(|e| StageError::Invalid(e.to_string()))?;
-        let q = compress::rtn::rtn(&w, &cfg).map_err(|e| StageError::Invalid(format!("{id}: {e}")))?;
+        let q =
+            compress::rtn::rtn(&w, &cfg).map_err(|e| StageError::Invalid(format!("{id}: {e}")))?;
         let dq = q.dequantize();
         sq_err += w
             .data

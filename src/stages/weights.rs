@@ -42,12 +42,17 @@ impl WeightsMeta {
     }
 
     pub fn from_entry(entry: &crate::cache::Entry) -> Result<Self, StageError> {
-        let w = entry.manifest().meta.get("weights").cloned().ok_or_else(|| {
-            StageError::Invalid(format!(
-                "cache entry {} holds no weights metadata",
-                entry.manifest().key.short()
-            ))
-        })?;
+        let w = entry
+            .manifest()
+            .meta
+            .get("weights")
+            .cloned()
+            .ok_or_else(|| {
+                StageError::Invalid(format!(
+                    "cache entry {} holds no weights metadata",
+                    entry.manifest().key.short()
+                ))
+            })?;
         serde_json::from_value(w).map_err(|e| {
             StageError::Invalid(format!(
                 "cache entry {} has malformed weights metadata: {e}",
@@ -109,7 +114,11 @@ pub fn chain(ctx: &StageCtx, mut node: NodeId) -> Result<(NodeId, Vec<NodeId>), 
 }
 
 /// Loads the weights that `node` (a load, prune or quantize node) produced, on `device`.
-pub fn materialize(ctx: &StageCtx, node: NodeId, device: &Device) -> Result<Materialized, StageError> {
+pub fn materialize(
+    ctx: &StageCtx,
+    node: NodeId,
+    device: &Device,
+) -> Result<Materialized, StageError> {
     let (base, overlays) = chain(ctx, node)?;
     let StageSpec::Load(load) = &ctx.plan.nodes[base].spec else {
         unreachable!("chain() ends at a load node")
@@ -147,8 +156,10 @@ pub fn write_overlay(
         meta.tensors
             .insert(name.clone(), crate::model::tensor_digest(t)?);
     }
-    let replaced: std::collections::HashMap<&str, candle_core::Tensor> =
-        replaced.iter().map(|(k, t)| (k.as_str(), t.clone())).collect();
+    let replaced: std::collections::HashMap<&str, candle_core::Tensor> = replaced
+        .iter()
+        .map(|(k, t)| (k.as_str(), t.clone()))
+        .collect();
     candle_core::safetensors::save(&replaced, ctx.out_path(OVERLAY_FILE))?;
     Ok(meta)
 }
