@@ -53,10 +53,12 @@ pub fn random_windows(
         }
         draws += 1;
         let i = rng.random_range(0..n_docs);
-        if !cache.contains_key(&i) {
-            cache.insert(i, tokenize(i).map_err(SampleError::Tokenize)?);
-        }
-        let doc = &cache[&i];
+        let doc = match cache.entry(i) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(tokenize(i).map_err(SampleError::Tokenize)?)
+            }
+        };
         if doc.len() <= seqlen {
             continue;
         }
