@@ -41,9 +41,15 @@ fn a_broken_pipeline_exits_2_and_runs_nothing() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("broken.yaml:9:5"), "{stderr}");
     assert!(stderr.contains("did you mean `sparsity`"), "{stderr}");
-    assert!(stderr.contains("broken.yaml:2:6"), "the missing model dir too: {stderr}");
+    assert!(
+        stderr.contains("broken.yaml:2:6"),
+        "the missing model dir too: {stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
-    assert!(!cache.join("v1/runs").exists() || std::fs::read_dir(cache.join("v1/runs")).unwrap().count() == 0);
+    assert!(
+        !cache.join("v1/runs").exists()
+            || std::fs::read_dir(cache.join("v1/runs")).unwrap().count() == 0
+    );
 }
 
 fn failing_pipeline(dir: &Path, shared: &Path) -> PathBuf {
@@ -83,7 +89,13 @@ fn a_failing_stage_fails_only_its_dependents_with_keep_going() {
     let out = whittle(&cache, &["run", file.to_str().unwrap(), "--keep-going"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let run = Cache::open(&cache).unwrap().runs().pop().unwrap();
-    let status = |name: &str| run.stages.iter().find(|s| s.instance == name).unwrap().status;
+    let status = |name: &str| {
+        run.stages
+            .iter()
+            .find(|s| s.instance == name)
+            .unwrap()
+            .status
+    };
     assert_eq!(status("calib"), StageStatus::Failed);
     assert_eq!(status("wanda"), StageStatus::Skipped);
     assert_eq!(status("ppl-wanda"), StageStatus::Skipped);
@@ -93,7 +105,14 @@ fn a_failing_stage_fails_only_its_dependents_with_keep_going() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("failed: calib"), "{stdout}");
     assert!(stdout.contains("longer than seqlen = 4000"), "{stdout}");
-    let log = run.stages.iter().find(|s| s.instance == "calib").unwrap().log.clone().unwrap();
+    let log = run
+        .stages
+        .iter()
+        .find(|s| s.instance == "calib")
+        .unwrap()
+        .log
+        .clone()
+        .unwrap();
     assert!(stdout.contains(&log), "{stdout}");
     assert!(std::fs::read_to_string(&log).unwrap().contains("failed:"));
 
@@ -124,7 +143,10 @@ fn plan_renders_json_dot_and_mermaid() {
     let tmp = tempfile::tempdir().unwrap();
     let file = failing_pipeline(tmp.path(), &shared);
     let cache = tmp.path().join("cache");
-    let out = whittle(&cache, &["plan", file.to_str().unwrap(), "--format", "json"]);
+    let out = whittle(
+        &cache,
+        &["plan", file.to_str().unwrap(), "--format", "json"],
+    );
     assert!(out.status.success(), "{}", text(&out));
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(plan["schema"], 1);
@@ -138,7 +160,13 @@ fn plan_renders_json_dot_and_mermaid() {
 
     let dot = whittle(&cache, &["plan", file.to_str().unwrap(), "--format", "dot"]);
     let dot = String::from_utf8_lossy(&dot.stdout);
-    assert!(dot.starts_with("digraph plan {") && dot.contains("n0 -> n1"), "{dot}");
-    let mermaid = whittle(&cache, &["plan", file.to_str().unwrap(), "--format", "mermaid"]);
+    assert!(
+        dot.starts_with("digraph plan {") && dot.contains("n0 -> n1"),
+        "{dot}"
+    );
+    let mermaid = whittle(
+        &cache,
+        &["plan", file.to_str().unwrap(), "--format", "mermaid"],
+    );
     assert!(String::from_utf8_lossy(&mermaid.stdout).starts_with("flowchart LR"));
 }

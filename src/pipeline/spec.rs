@@ -195,6 +195,26 @@ pub struct CalibrateSpec {
     pub seqlen: usize,
     pub sampling: Sampling,
     pub seed: u64,
+    /// What to accumulate over the windows (the windows themselves are always kept).
+    pub statistics: Vec<Statistic>,
+}
+
+/// Per-linear-layer input statistics a calibrate stage can record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Statistic {
+    /// Σ x_j² per input feature (Wanda's scaler × number of samples).
+    Norms,
+    /// Σ XᵀX over tokens, per distinct layer input (SparseGPT's and GPTQ's Hessian × n/2).
+    Hessian,
+}
+
+impl Statistic {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Statistic::Norms => "norms",
+            Statistic::Hessian => "hessian",
+        }
+    }
 }
 
 /// A sparsity in [0, 1).
@@ -218,6 +238,8 @@ pub enum Pattern {
         n: usize,
         m: usize,
     },
+    /// Whole output rows, those of smallest L1 norm (structured pruning; magnitude only).
+    Rows,
 }
 
 impl fmt::Display for Pattern {
@@ -225,26 +247,130 @@ impl fmt::Display for Pattern {
         match self {
             Pattern::Unstructured => f.write_str("unstructured"),
             Pattern::NM { n, m } => write!(f, "{n}:{m}"),
+            Pattern::Rows => f.write_str("rows"),
         }
     }
 }
 
+/// Which linear layers a compression stage touches, by module group and by weight-name regexes
+/// (Hugging Face names such as `model.layers.3.self_attn.q_proj.weight`, `lm_head.weight`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Selection {
+    pub group: ModuleGroup,
+    /// If non-empty, only weights whose name matches one of these (the llm-compressor convention).
+    pub targets: Vec<String>,
+    /// Weights whose name matches one of these are left alone.
+    pub ignore: Vec<String>,
+}
+
+impl Default for Selection {
+    fn default() -> Self {
+        Selection {
+            group: ModuleGroup::All,
+            targets: Vec::new(),
+            ignore: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModuleGroup {
+    /// Every linear layer of the blocks (not the LM head).
+    All,
+    /// q, k, v and o projections.
+    Attention,
+    /// gate, up and down projections (the feed-forward network).
+    Mlp,
+    /// The final dense layer only (untied from the embedding if they were tied).
+    LmHead,
+}
+
+impl ModuleGroup {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModuleGroup::All => "all",
+            ModuleGroup::Attention => "attention",
+            ModuleGroup::Mlp => "mlp",
+            ModuleGroup::LmHead => "lm_head",
+        }
+    }
+}
+
+/// Where a calibrated method gets its layer inputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CalibrationMode {
+    /// Block i sees the outputs of blocks 0..i−1 after they were compressed (the reference).
+    Sequential,
+    /// Statistics of the uncompressed model, from the calibrate stage: one entry serves a sweep.
+    Dense,
+}
+
+impl CalibrationMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CalibrationMode::Sequential => "sequential",
+            CalibrationMode::Dense => "dense",
+        }
+    }
+}
+
+/// Whether a magnitude threshold is per matrix or shared by every selected matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Layer,
+    Global,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum PruneMethod {
-    Magnitude,
-    /// Needs per-column input norms from a calibrate stage.
+    Magnitude {
+        scope: Scope,
+    },
+    /// Uniformly random weights (seeded): the knowledge study's control.
+    Random {
+        seed: u64,
+    },
+    /// Needs per-column input norms.
     Wanda {
         calibration: InstanceRef,
+        mode: CalibrationMode,
+    },
+    /// Needs the Hessian of each layer's input.
+    SparseGpt {
+        calibration: InstanceRef,
+        mode: CalibrationMode,
+        percdamp: f64,
+        blocksize: usize,
     },
 }
 
 impl PruneMethod {
     pub fn name(&self) -> &'static str {
         match self {
-            PruneMethod::Magnitude => "magnitude",
+            PruneMethod::Magnitude { .. } => "magnitude",
+            PruneMethod::Random { .. } => "random",
             PruneMethod::Wanda { .. } => "wanda",
+            PruneMethod::SparseGpt { .. } => "sparsegpt",
         }
     }
+
+    /// The calibrate stage this method reads, and how.
+    pub fn calibration(&self) -> Option<(InstanceRef, CalibrationMode)> {
+        match self {
+            PruneMethod::Wanda { calibration, mode }
+            | PruneMethod::SparseGpt {
+                calibration, mode, ..
+            } => Some((*calibration, *mode)),
+            _ => None,
+        }
+    }
+}
+
+/// A sparsity for the weights whose name matches `pattern` (the first matching override wins).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SparsityOverride {
+    pub pattern: String,
+    pub sparsity: Sparsity,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -254,12 +380,15 @@ pub struct PruneSpec {
     /// For `Pattern::NM` the sparsity is n/m and this holds it.
     pub sparsity: Sparsity,
     pub pattern: Pattern,
+    pub selection: Selection,
+    pub overrides: Vec<SparsityOverride>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct QuantizeSpec {
     pub model: InstanceRef,
     pub method: QuantMethod,
+    pub selection: Selection,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -270,6 +399,29 @@ pub enum QuantMethod {
         group_size: Option<usize>,
         symmetric: bool,
     },
+    /// RTN's grid with GPTQ's error feedback through the inverse Hessian.
+    Gptq {
+        bits: u32,
+        group_size: Option<usize>,
+        symmetric: bool,
+        act_order: bool,
+        percdamp: f64,
+        blocksize: usize,
+        calibration: InstanceRef,
+        mode: CalibrationMode,
+    },
+    /// PyTorch `quantize_dynamic`: int8 weights per tensor, inputs quantized on every call.
+    DynamicInt8,
+}
+
+impl QuantMethod {
+    pub fn name(&self) -> &'static str {
+        match self {
+            QuantMethod::Rtn { .. } => "rtn",
+            QuantMethod::Gptq { .. } => "gptq",
+            QuantMethod::DynamicInt8 => "dynamic-int8",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -337,27 +489,93 @@ impl StageSpec {
                 if s.sampling == Sampling::Random {
                     p.insert("seed".into(), s.seed.into());
                 }
+                let stats = s.statistics.iter().map(|x| x.as_str().into()).collect();
+                p.insert("statistics".into(), ParamValue::List(stats));
             }
             StageSpec::Prune(s) => {
                 p.insert("method".into(), s.method.name().into());
                 p.insert("sparsity".into(), s.sparsity.get().into());
                 p.insert("pattern".into(), s.pattern.to_string().into());
-            }
-            StageSpec::Quantize(s) => match &s.method {
-                QuantMethod::Rtn {
-                    bits,
-                    group_size,
-                    symmetric,
-                } => {
-                    p.insert("method".into(), "rtn".into());
-                    p.insert("bits".into(), (*bits as i64).into());
-                    p.insert(
-                        "group_size".into(),
-                        group_size.map_or(-1, |g| g as i64).into(),
-                    );
-                    p.insert("symmetric".into(), (*symmetric).into());
+                match &s.method {
+                    PruneMethod::Magnitude { scope } => {
+                        let scope = match scope {
+                            Scope::Layer => "layer",
+                            Scope::Global => "global",
+                        };
+                        p.insert("scope".into(), scope.into());
+                    }
+                    PruneMethod::Random { seed } => {
+                        p.insert("seed".into(), (*seed).into());
+                    }
+                    PruneMethod::Wanda { mode, .. } => {
+                        p.insert("calibration_mode".into(), mode.as_str().into());
+                    }
+                    PruneMethod::SparseGpt {
+                        mode,
+                        percdamp,
+                        blocksize,
+                        ..
+                    } => {
+                        p.insert("calibration_mode".into(), mode.as_str().into());
+                        p.insert("percdamp".into(), (*percdamp).into());
+                        p.insert("blocksize".into(), (*blocksize).into());
+                    }
                 }
-            },
+                selection_params(&s.selection, &mut p);
+                if !s.overrides.is_empty() {
+                    let o = s
+                        .overrides
+                        .iter()
+                        .map(|o| {
+                            ParamValue::List(vec![
+                                o.pattern.as_str().into(),
+                                o.sparsity.get().into(),
+                            ])
+                        })
+                        .collect();
+                    p.insert("overrides".into(), ParamValue::List(o));
+                }
+            }
+            StageSpec::Quantize(s) => {
+                p.insert("method".into(), s.method.name().into());
+                match &s.method {
+                    QuantMethod::Rtn {
+                        bits,
+                        group_size,
+                        symmetric,
+                    } => {
+                        p.insert("bits".into(), (*bits as i64).into());
+                        p.insert(
+                            "group_size".into(),
+                            group_size.map_or(-1, |g| g as i64).into(),
+                        );
+                        p.insert("symmetric".into(), (*symmetric).into());
+                    }
+                    QuantMethod::Gptq {
+                        bits,
+                        group_size,
+                        symmetric,
+                        act_order,
+                        percdamp,
+                        blocksize,
+                        mode,
+                        ..
+                    } => {
+                        p.insert("bits".into(), (*bits as i64).into());
+                        p.insert(
+                            "group_size".into(),
+                            group_size.map_or(-1, |g| g as i64).into(),
+                        );
+                        p.insert("symmetric".into(), (*symmetric).into());
+                        p.insert("act_order".into(), (*act_order).into());
+                        p.insert("percdamp".into(), (*percdamp).into());
+                        p.insert("blocksize".into(), (*blocksize).into());
+                        p.insert("calibration_mode".into(), mode.as_str().into());
+                    }
+                    QuantMethod::DynamicInt8 => {}
+                }
+                selection_params(&s.selection, &mut p);
+            }
             StageSpec::Evaluate(s) => match &s.task {
                 EvalTask::Perplexity {
                     dataset: _,
@@ -392,12 +610,18 @@ impl StageSpec {
             StageSpec::Calibrate(s) => vec![("model".into(), s.model)],
             StageSpec::Prune(s) => {
                 let mut v = vec![("model".into(), s.model)];
-                if let PruneMethod::Wanda { calibration } = &s.method {
+                if let Some((calibration, _)) = s.method.calibration() {
+                    v.push(("calibration".into(), calibration));
+                }
+                v
+            }
+            StageSpec::Quantize(s) => {
+                let mut v = vec![("model".into(), s.model)];
+                if let QuantMethod::Gptq { calibration, .. } = &s.method {
                     v.push(("calibration".into(), *calibration));
                 }
                 v
             }
-            StageSpec::Quantize(s) => vec![("model".into(), s.model)],
             StageSpec::Evaluate(s) => vec![("model".into(), s.model)],
             StageSpec::Report(s) => s
                 .inputs
@@ -417,5 +641,21 @@ impl StageSpec {
             },
             _ => vec![],
         }
+    }
+}
+
+/// The selection's parameters, as they enter a key. Defaults are left out so that adding the
+/// feature did not change the keys of stages that do not use it.
+fn selection_params(sel: &Selection, p: &mut Params) {
+    if sel.group != ModuleGroup::All {
+        p.insert("modules".into(), sel.group.as_str().into());
+    }
+    if !sel.targets.is_empty() {
+        let t = sel.targets.iter().map(|t| t.as_str().into()).collect();
+        p.insert("targets".into(), ParamValue::List(t));
+    }
+    if !sel.ignore.is_empty() {
+        let t = sel.ignore.iter().map(|t| t.as_str().into()).collect();
+        p.insert("ignore".into(), ParamValue::List(t));
     }
 }

@@ -367,6 +367,7 @@ fn calibrate(f: &mut Fields) -> Option<StageSpec> {
         seqlen,
         sampling,
         seed,
+        statistics: vec![Statistic::Norms],
     }))
 }
 
@@ -426,6 +427,7 @@ fn prune(f: &mut Fields) -> Option<StageSpec> {
     let sparsity_expected = "a number in [0, 1)";
     let sparsity = match f.get("sparsity") {
         None if !f.has("sparsity") => match pattern {
+            Some(Pattern::Rows) => None,
             Some(Pattern::NM { n, m }) => Sparsity::new(n as f64 / m as f64),
             Some(Pattern::Unstructured) => {
                 f.missing(
@@ -508,15 +510,20 @@ fn prune(f: &mut Fields) -> Option<StageSpec> {
             }
             PruneMethod::Wanda {
                 calibration: calibration?,
+                mode: CalibrationMode::Sequential,
             }
         }
-        _ => PruneMethod::Magnitude,
+        _ => PruneMethod::Magnitude {
+            scope: Scope::Layer,
+        },
     };
     Some(StageSpec::Prune(PruneSpec {
         model: model?,
         method,
         sparsity: sparsity?,
         pattern: pattern?,
+        selection: Selection::default(),
+        overrides: Vec::new(),
     }))
 }
 
@@ -555,6 +562,7 @@ fn quantize(f: &mut Fields) -> Option<StageSpec> {
             group_size,
             symmetric,
         },
+        selection: Selection::default(),
     }))
 }
 

@@ -27,7 +27,7 @@ pub fn run(ctx: &StageCtx, spec: &PruneSpec) -> Result<StageOutput, StageError> 
                 candle_core::safetensors::load(entry.path(STATS_FILE), &candle_core::Device::Cpu)?;
             Some((t, nsamples as f64))
         }
-        PruneMethod::Magnitude => None,
+        _ => None,
     };
 
     let model = weights.model()?;
@@ -41,9 +41,10 @@ pub fn run(ctx: &StageCtx, spec: &PruneSpec) -> Result<StageOutput, StageError> 
         let tensor = &weights.tensors[&name];
         let mut w = Matrix::from_tensor(tensor).map_err(invalid)?;
         let mask = match (&spec.method, &stats) {
-            (PruneMethod::Magnitude, _) => match spec.pattern {
+            (PruneMethod::Magnitude { .. }, _) => match spec.pattern {
                 Pattern::Unstructured => compress::magnitude::magnitude(&w, spec.sparsity.get()),
                 Pattern::NM { n, m } => compress::magnitude::magnitude_nm(&w, n, m),
+                Pattern::Rows => unimplemented!(),
             },
             (PruneMethod::Wanda { .. }, Some((t, nsamples))) => {
                 let sums = t.get(&sq_norm_name(&id.to_string())).ok_or_else(|| {
@@ -60,9 +61,10 @@ pub fn run(ctx: &StageCtx, spec: &PruneSpec) -> Result<StageOutput, StageError> 
                         compress::wanda::wanda(&w, &scaler, spec.sparsity.get())
                     }
                     Pattern::NM { n, m } => compress::wanda::wanda_nm(&w, &scaler, n, m),
+                    Pattern::Rows => unimplemented!(),
                 }
             }
-            (PruneMethod::Wanda { .. }, None) => unreachable!("statistics are loaded for wanda"),
+            _ => unimplemented!(),
         }
         .map_err(|e| StageError::Invalid(format!("{id}: {e}")))?;
         mask.apply(&mut w).map_err(invalid)?;

@@ -17,7 +17,10 @@ pub fn run(ctx: &StageCtx, spec: &QuantizeSpec) -> Result<StageOutput, StageErro
         bits,
         group_size,
         symmetric,
-    } = &spec.method;
+    } = &spec.method
+    else {
+        unimplemented!()
+    };
     let cfg = QuantConfig {
         bits: *bits,
         grouping: group_size.map_or(Grouping::PerChannel, Grouping::Group),
