@@ -163,3 +163,40 @@ pub fn write_overlay(
     candle_core::safetensors::save(&replaced, ctx.out_path(OVERLAY_FILE))?;
     Ok(meta)
 }
+
+/// What a compression stage wrote.
+pub struct Written {
+    pub meta: WeightsMeta,
+    /// The dense matrices the model now computes with, by name.
+    pub dense: Vec<(String, crate::compress::Matrix)>,
+    /// Stored and dense sizes in bytes.
+    pub size: serde_json::Value,
+}
+
+/// Stores a compression stage's replacements on top of `original` (the input weights).
+pub fn write_replacements(
+    ctx: &StageCtx,
+    parent: &WeightsMeta,
+    original: &TensorMap,
+    reps: &[(String, super::replace::Replacement)],
+) -> Result<Written, StageError> {
+    let mut replaced = TensorMap::new();
+    let mut dense = Vec::new();
+    for (name, rep) in reps {
+        let like = super::select::weight(original, name)?;
+        let parent_m = crate::compress::Matrix::from_tensor(like)
+            .map_err(|e| StageError::Invalid(format!("{name}: {e}")))?;
+        let d = rep
+            .dense(&parent_m)
+            .map_err(|e| StageError::Invalid(format!("{name}: {e}")))?;
+        replaced.insert(name.clone(), super::replace::tensor_like(&d, like)?);
+        dense.push((name.clone(), d));
+    }
+    let dense_bytes: usize = replaced.values().map(|t| t.elem_count() * 4).sum();
+    let meta = write_overlay(ctx, parent, &replaced)?;
+    Ok(Written {
+        meta,
+        dense,
+        size: serde_json::json!({ "stored_bytes": dense_bytes, "dense_bytes": dense_bytes }),
+    })
+}
