@@ -1,0 +1,174 @@
+//! Issue 3 through the binary: a method × sparsity sweep sharing one dense calibration, the
+//! reference's sequential calibration, module selection, and chains of compression stages.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use whittle::cache::{Cache, Lookup, RunRecord, StageStatus};
+
+fn run(cache: &Path, file: &Path) -> RunRecord {
+    let out = Command::new(env!("CARGO_BIN_EXE_whittle"))
+        .args(["run", file.to_str().unwrap(), "--quiet", "--cache-dir"])
+        .arg(cache)
+        .env_remove("WHITTLE_CACHE_DIR")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Cache::open(cache).unwrap().runs().pop().unwrap()
+}
+
+fn write(dir: &Path, name: &str, shared: &Path, body: &str) -> PathBuf {
+    let head = format!(
+        r#"
+models:
+  stories: {s}/models/stories260K
+datasets:
+  stories:
+    path: {s}/data/tinystories/valid-head.txt
+    documents: separator
+    separator: "<|endoftext|>"
+"#,
+        s = shared.display()
+    );
+    let path = dir.join(name);
+    std::fs::write(&path, head + body).unwrap();
+    path
+}
+
+fn entry_meta(cache: &Path, run: &RunRecord, instance: &str) -> serde_json::Value {
+    let rec = run.stages.iter().find(|s| s.instance == instance).unwrap_or_else(|| {
+        panic!("no {instance} in {:?}", run.stages.iter().map(|s| &s.instance).collect::<Vec<_>>())
+    });
+    let Lookup::Hit(e) = Cache::open(cache).unwrap().lookup(&rec.key.unwrap()).unwrap() else {
+        panic!("{instance} not cached")
+    };
+    e.manifest().meta.clone()
+}
+
+fn ppl(cache: &Path, run: &RunRecord, instance: &str) -> f64 {
+    entry_meta(cache, run, instance)["metrics"]["ppl"].as_f64().unwrap()
+}
+
+#[test]
+fn three_methods_three_sparsities_share_one_dense_calibration() {
+    let shared = require_shared!("");
+    let tmp = tempfile::tempdir().unwrap();
+    let file = write(
+        tmp.path(),
+        "sweep.yaml",
+        &shared,
+        r#"
+sweep:
+  grid:
+    method: [magnitude, wanda, sparsegpt]
+    sparsity: [0.2, 0.4, 0.6]
+stages:
+  base: {kind: load, model: stories}
+  calib: {kind: calibrate, model: base, dataset: stories, samples: 128, seqlen: 64, statistics: [norms, hessian]}
+  pruned:
+    kind: prune
+    model: base
+    method: ${method}
+    sparsity: ${sparsity}
+    calibration: calib
+    calibration_mode: dense
+  ppl: {kind: evaluate, model: pruned, task: perplexity, dataset: stories, seqlen: 128, limit: 20}
+  dense-ppl: {kind: evaluate, model: base, task: perplexity, dataset: stories, seqlen: 128, limit: 20}
+"#,
+    );
+    let cache = tmp.path().join("cache");
+    let r = run(&cache, &file);
+    let ran = |kind: &str| {
+        r.stages
+            .iter()
+            .filter(|s| s.kind == kind && s.status == StageStatus::Ran)
+            .count()
+    };
+    assert_eq!(ran("calibrate"), 1, "one calibration serves the whole sweep");
+    assert_eq!(ran("prune"), 9);
+    // Everything is pruned as asked, and at 60% the calibrated methods keep perplexity lower.
+    for m in ["magnitude", "wanda", "sparsegpt"] {
+        for s in [0.2, 0.4, 0.6] {
+            let meta = entry_meta(&cache, &r, &format!("pruned[method={m},sparsity={s}]"));
+            let actual = meta["actual_sparsity"].as_f64().unwrap();
+            assert!((actual - s).abs() < 0.01, "{m} {s}: {actual}");
+        }
+    }
+    let at = |m: &str| ppl(&cache, &r, &format!("ppl[method={m},sparsity=0.6]"));
+    let dense = ppl(&cache, &r, "dense-ppl");
+    println!("ppl at 60%: dense {dense:.3} magnitude {:.3} wanda {:.3} sparsegpt {:.3}", at("magnitude"), at("wanda"), at("sparsegpt"));
+    assert!(at("sparsegpt") < at("magnitude"));
+    assert!(at("wanda") < at("magnitude"));
+    assert!(dense < at("sparsegpt"));
+}
+
+#[test]
+fn sequential_calibration_selection_and_chains() {
+    let shared = require_shared!("");
+    let tmp = tempfile::tempdir().unwrap();
+    let file = write(
+        tmp.path(),
+        "chains.yaml",
+        &shared,
+        r#"
+stages:
+  base: {kind: load, model: stories}
+  calib: {kind: calibrate, model: base, dataset: stories, samples: 32, seqlen: 64, statistics: [norms, hessian]}
+  wanda-seq: {kind: prune, model: base, method: wanda, sparsity: 0.5, calibration: calib}
+  wanda-dense: {kind: prune, model: base, method: wanda, sparsity: 0.5, calibration: calib, calibration_mode: dense}
+  sgpt-seq: {kind: prune, model: base, method: sparsegpt, sparsity: 0.5, calibration: calib}
+  mlp-40: {kind: prune, model: base, method: magnitude, scope: global, sparsity: 0.4, modules: mlp}
+  mlp-40-int8: {kind: quantize, model: mlp-40, method: dynamic-int8, modules: mlp}
+  sgpt-4bit: {kind: quantize, model: sgpt-seq, method: rtn, bits: 4, group_size: 32}
+  gptq-4bit: {kind: quantize, model: base, method: gptq, bits: 4, group_size: 32, calibration: calib}
+  head-rows: {kind: prune, model: base, method: magnitude, pattern: rows, sparsity: 0.25, modules: lm_head}
+  head-random: {kind: prune, model: base, method: random, seed: 1, sparsity: 0.5, modules: lm_head}
+  e-dense: {kind: evaluate, model: base, task: perplexity, dataset: stories, seqlen: 128, limit: 10}
+  e-wanda-seq: {kind: evaluate, model: wanda-seq, task: perplexity, dataset: stories, seqlen: 128, limit: 10}
+  e-wanda-dense: {kind: evaluate, model: wanda-dense, task: perplexity, dataset: stories, seqlen: 128, limit: 10}
+  e-int8: {kind: evaluate, model: mlp-40-int8, task: perplexity, dataset: stories, seqlen: 128, limit: 10}
+  e-mlp-40: {kind: evaluate, model: mlp-40, task: perplexity, dataset: stories, seqlen: 128, limit: 10}
+  e-sgpt-4bit: {kind: evaluate, model: sgpt-4bit, task: perplexity, dataset: stories, seqlen: 128, limit: 10}
+  e-gptq: {kind: evaluate, model: gptq-4bit, task: perplexity, dataset: stories, seqlen: 128, limit: 10}
+  e-head-rows: {kind: evaluate, model: head-rows, task: perplexity, dataset: stories, seqlen: 128, limit: 10}
+  e-head-random: {kind: evaluate, model: head-random, task: perplexity, dataset: stories, seqlen: 128, limit: 10}
+"#,
+    );
+    let cache = tmp.path().join("cache");
+    let r = run(&cache, &file);
+    let p = |i: &str| ppl(&cache, &r, i);
+    let dense = p("e-dense");
+    // Sequential and dense calibration differ (block i sees pruned inputs), both prune as asked.
+    assert_ne!(p("e-wanda-seq"), p("e-wanda-dense"));
+    for i in ["wanda-seq", "wanda-dense", "sgpt-seq"] {
+        let s = entry_meta(&cache, &r, i)["actual_sparsity"].as_f64().unwrap();
+        assert!((s - 0.5).abs() < 0.01, "{i}: {s}");
+    }
+    // Global magnitude over the MLP: 40% of those weights overall, attention untouched.
+    let mlp = entry_meta(&cache, &r, "mlp-40");
+    assert!((mlp["actual_sparsity"].as_f64().unwrap() - 0.4).abs() < 0.01);
+    // Dynamic int8 on top keeps the zeros and changes the numbers a little.
+    let int8 = p("e-int8");
+    assert_ne!(int8, p("e-mlp-40"));
+    assert!((int8 / p("e-mlp-40") - 1.0).abs() < 0.05, "int8 {int8} vs {}", p("e-mlp-40"));
+    // 4-bit on a SparseGPT model, and GPTQ, stay usable.
+    assert!(p("e-sgpt-4bit") < 3.0 * dense);
+    assert!(p("e-gptq") < 1.5 * dense);
+    // LM-head experiments hurt, rows more than nothing.
+    assert!(p("e-head-rows") > dense && p("e-head-random") > dense);
+    // Stored sizes: masks and 4-bit codes are far smaller than dense f32.
+    let size = &entry_meta(&cache, &r, "gptq-4bit")["size"];
+    let (stored, dense_b) = (size["stored_bytes"].as_f64().unwrap(), size["dense_bytes"].as_f64().unwrap());
+    assert!(stored < dense_b / 4.0, "gptq stored {stored} of {dense_b}");
+    println!(
+        "ppl: dense {dense:.3} wanda seq {:.3} dense {:.3} | mlp-40 {:.3} +int8 {int8:.3} | sgpt+rtn4 {:.3} gptq4 {:.3} | head rows {:.3} random {:.3}",
+        p("e-wanda-seq"), p("e-wanda-dense"), p("e-mlp-40"), p("e-sgpt-4bit"), p("e-gptq"), p("e-head-rows"), p("e-head-random")
+    );
+}
