@@ -955,3 +955,82 @@ fn unknown_keys_are_suggested_among_the_new_ones() {
     assert!(msgs[1].contains("did you mean `act_order`?"), "{d}");
     assert!(msgs[2].contains("did you mean `statistics`?"), "{d}");
 }
+
+#[test]
+fn compression_key_mistakes_are_all_reported() {
+    let d = errs(&with_base(
+        "",
+        r#"  c1: {kind: calibrate, model: base, dataset: stories, statistics: []}
+  c2: {kind: calibrate, model: base, dataset: stories, statistics: [norms, hesian]}
+  p1: {kind: prune, model: base, method: magnitude, sparsity: 0.5, seed: 3, targets: []}
+  p2: {kind: prune, model: base, method: random, sparsity: 0.5, seed: -1, scope: layer}
+  p3: {kind: prune, model: base, method: magnitude, scope: global, sparsity: 0.5, overrides: {a: 0.1}}
+  p4: {kind: prune, model: base, method: sparsegpt, sparsity: 0.5, calibration: c1, blocksize: 0, calibration_mode: lazy}
+  p5: {kind: prune, model: base, method: magnitude, sparsity: 0.5, overrides: {"(": 0.1, b: x}, ignore: "["}
+  q1: {kind: quantize, model: base, bits: 4, act_order: true}
+  q2: {kind: quantize, model: base, method: dynamic-int8, act_order: false, symmetric: true, percdamp: 0.1}
+  q3: {kind: quantize, model: base, method: gptq, calibration: c1}
+"#,
+    ));
+    let got: Vec<(&str, &str)> = d
+        .iter()
+        .map(|x| (x.key_path.as_str(), x.message.as_str()))
+        .collect();
+    let expected = [
+        ("stages.c1.statistics", "`statistics` is empty"),
+        (
+            "stages.c2.statistics[1]",
+            "found `hesian`; did you mean `hessian`?",
+        ),
+        (
+            "stages.p1.seed",
+            "`seed` is only used by random, not by magnitude",
+        ),
+        ("stages.p1.targets", "`targets` is empty"),
+        ("stages.p2.seed", "expected an integer ≥ 0, found `-1`"),
+        (
+            "stages.p2.scope",
+            "`scope` is only used by magnitude, not by random",
+        ),
+        (
+            "stages.p3.overrides",
+            "`overrides` cannot be used with `scope: global`",
+        ),
+        ("stages.p4.blocksize", "expected an integer ≥ 1, found `0`"),
+        (
+            "stages.p4.calibration_mode",
+            "expected `sequential` or `dense`, found `lazy`",
+        ),
+        ("stages.p5.overrides.(", "invalid regex `(`: unclosed group"),
+        (
+            "stages.p5.overrides.b",
+            "expected a number in [0, 1), found `x`",
+        ),
+        (
+            "stages.p5.ignore",
+            "invalid regex `[`: unclosed character class",
+        ),
+        (
+            "stages.q1.act_order",
+            "`act_order` is only used by gptq, not by rtn",
+        ),
+        (
+            "stages.q2.act_order",
+            "dynamic-int8 takes no `act_order`: weights are int8 per tensor",
+        ),
+        (
+            "stages.q2.symmetric",
+            "dynamic-int8 takes no `symmetric`: weights are int8 per tensor",
+        ),
+        (
+            "stages.q2.percdamp",
+            "`percdamp` is only used by sparsegpt/gptq, not by dynamic-int8",
+        ),
+        ("stages.q3.bits", "missing required key `bits`"),
+    ];
+    assert_eq!(got.len(), expected.len(), "{d}");
+    for ((kp, msg), (ekp, frag)) in got.iter().zip(expected) {
+        assert_eq!(*kp, ekp, "{d}");
+        assert!(msg.contains(frag), "{msg:?} lacks {frag:?}");
+    }
+}
