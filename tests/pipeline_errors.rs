@@ -423,6 +423,174 @@ fn several_mistakes_are_all_reported_at_once() {
     );
 }
 
+// ---- Compression keys (issue 3) ----
+
+#[test]
+fn global_scope_needs_an_unstructured_pattern() {
+    let x = one(
+        "global-scope-with-nm.yaml",
+        10,
+        12,
+        "stages.pruned.scope",
+        &["`scope: global` needs `pattern: unstructured`, found `2:4`"],
+    );
+    assert!(x.help.unwrap().contains("use `scope: layer`"));
+}
+
+#[test]
+fn dense_sparsegpt_needs_a_recorded_hessian() {
+    let x = one(
+        "sparsegpt-dense-without-hessian.yaml",
+        15,
+        23,
+        "stages.pruned.calibration_mode",
+        &["sparsegpt with `calibration_mode: dense` reads the Hessian from `calib`, which records only [norms]"],
+    );
+    assert_eq!(
+        x.help.as_deref(),
+        Some("add `statistics: [norms, hessian]` to stage `calib`")
+    );
+}
+
+#[test]
+fn invalid_regex_in_targets_gives_the_regex_crate_reason() {
+    let x = one(
+        "invalid-regex-in-targets.yaml",
+        11,
+        25,
+        "stages.pruned.targets[1]",
+        &[r"invalid regex `layers\.(1|2\.`: unclosed group"],
+    );
+    assert!(!x.message.contains('\n'), "{x}");
+    assert!(x.help.unwrap().contains("regex"));
+}
+
+#[test]
+fn override_sparsity_must_be_a_fraction() {
+    one(
+        "override-sparsity-out-of-range.yaml",
+        13,
+        20,
+        "stages.pruned.overrides.down_proj",
+        &["expected a number in [0, 1), found `1.2`"],
+    );
+}
+
+#[test]
+fn rows_pattern_is_magnitude_only() {
+    one(
+        "rows-with-wanda.yaml",
+        9,
+        82,
+        "stages.pruned.pattern",
+        &["pattern `rows` is only supported by magnitude pruning, not wanda"],
+    );
+}
+
+#[test]
+fn rows_pattern_needs_a_sparsity() {
+    let x = one(
+        "rows-without-sparsity.yaml",
+        6,
+        3,
+        "stages.pruned.sparsity",
+        &["missing required key `sparsity`"],
+    );
+    assert!(x.help.unwrap().contains("rows"));
+}
+
+#[test]
+fn percdamp_must_be_positive() {
+    one(
+        "percdamp-zero.yaml",
+        9,
+        102,
+        "stages.pruned.percdamp",
+        &["expected a number in (0, 1], found `0`"],
+    );
+}
+
+#[test]
+fn percdamp_is_only_for_sparsegpt_and_gptq() {
+    let x = one(
+        "percdamp-on-wanda.yaml",
+        15,
+        5,
+        "stages.pruned.percdamp",
+        &["`percdamp` is only used by sparsegpt/gptq, not by wanda"],
+    );
+    assert_eq!(x.help.as_deref(), Some("remove `percdamp`"));
+}
+
+#[test]
+fn dynamic_int8_takes_no_bits() {
+    one(
+        "dynamic-int8-with-bits.yaml",
+        10,
+        5,
+        "stages.q.bits",
+        &["dynamic-int8 takes no `bits`: weights are int8 per tensor"],
+    );
+}
+
+#[test]
+fn gptq_without_calibration() {
+    let x = one(
+        "gptq-without-calibration.yaml",
+        9,
+        3,
+        "stages.q.calibration",
+        &["gptq needs `calibration:` (stage `q`)"],
+    );
+    assert!(x.help.unwrap().contains("add `calibration: calib`"));
+}
+
+#[test]
+fn unknown_module_group_with_suggestion() {
+    let x = one(
+        "unknown-module-group.yaml",
+        6,
+        54,
+        "stages.q.modules",
+        &["found `atention`; did you mean `attention`?"],
+    );
+    assert!(x.expected.unwrap().contains("`lm_head`"));
+}
+
+#[test]
+fn statistics_listed_twice() {
+    one(
+        "duplicate-statistics.yaml",
+        12,
+        34,
+        "stages.calib.statistics[2]",
+        &["`hessian` is listed twice in `statistics`"],
+    );
+}
+
+#[test]
+fn overrides_need_an_unstructured_pattern() {
+    one(
+        "overrides-with-nm.yaml",
+        11,
+        5,
+        "stages.pruned.overrides",
+        &["`overrides` cannot be used with pattern `2:4`"],
+    );
+}
+
+#[test]
+fn swept_method_mismatch_names_the_axis() {
+    // Only the `random` point fails; magnitude takes 2:4.
+    one(
+        "swept-method-with-random-pattern.yaml",
+        9,
+        68,
+        "stages.pruned.pattern",
+        &["random pruning supports only `pattern: unstructured`, found `2:4` (method `random` from sweep axis `method`)"],
+    );
+}
+
 #[test]
 fn every_fixture_is_covered() {
     let mut names: Vec<String> = std::fs::read_dir(fixtures_dir())
@@ -431,7 +599,7 @@ fn every_fixture_is_covered() {
         .filter(|n| n.ends_with(".yaml") && !n.starts_with("valid-"))
         .collect();
     names.sort();
-    assert!(names.len() >= 15, "{names:?}");
+    assert!(names.len() >= 39, "{names:?}");
     // Every broken fixture fails, and renders without panicking.
     for n in &names {
         let d = load_fixture(n);

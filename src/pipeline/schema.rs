@@ -407,9 +407,46 @@ impl RawStage {
 pub fn allowed_keys(kind: StageKind) -> &'static [&'static str] {
     match kind {
         StageKind::Load => &["model", "dtype"],
-        StageKind::Calibrate => &["model", "dataset", "samples", "seqlen", "sampling", "seed"],
-        StageKind::Prune => &["model", "method", "sparsity", "pattern", "calibration"],
-        StageKind::Quantize => &["model", "method", "bits", "group_size", "symmetric"],
+        StageKind::Calibrate => &[
+            "model",
+            "dataset",
+            "samples",
+            "seqlen",
+            "sampling",
+            "seed",
+            "statistics",
+        ],
+        StageKind::Prune => &[
+            "model",
+            "method",
+            "sparsity",
+            "pattern",
+            "calibration",
+            "calibration_mode",
+            "scope",
+            "seed",
+            "percdamp",
+            "blocksize",
+            "modules",
+            "targets",
+            "ignore",
+            "overrides",
+        ],
+        StageKind::Quantize => &[
+            "model",
+            "method",
+            "bits",
+            "group_size",
+            "symmetric",
+            "act_order",
+            "percdamp",
+            "blocksize",
+            "calibration",
+            "calibration_mode",
+            "modules",
+            "targets",
+            "ignore",
+        ],
         StageKind::Evaluate => &[
             "model",
             "task",
@@ -427,8 +464,9 @@ pub fn allowed_keys(kind: StageKind) -> &'static [&'static str] {
 pub fn ref_keys(kind: StageKind) -> &'static [&'static str] {
     match kind {
         StageKind::Load => &[],
-        StageKind::Calibrate | StageKind::Quantize | StageKind::Evaluate => &["model"],
-        StageKind::Prune => &["model", "calibration"],
+        StageKind::Calibrate | StageKind::Evaluate => &["model"],
+        // A `calibration:` the method ignores still counts: the method may be swept.
+        StageKind::Prune | StageKind::Quantize => &["model", "calibration"],
         StageKind::Report => &["inputs"],
     }
 }

@@ -1,5 +1,6 @@
 //! One stage instance read into its typed spec: parameters substituted with the instance's axis
-//! values, then type- and range-checked, references resolved to instances.
+//! values, then type- and range-checked, references resolved to instances. The compression
+//! stages (prune, quantize) and their methods are read in [`compress`].
 
 use std::collections::HashMap;
 
@@ -10,7 +11,9 @@ use super::interp::{self, Origin};
 use super::schema::RawStage;
 use super::spec::*;
 use super::sweep::{projection_key, Sweep};
-use super::yaml::{join, Node};
+use super::yaml::{join, Mark, Node, NodeKind};
+
+mod compress;
 
 /// What checking an instance needs to know about the rest of the file.
 pub struct Env<'a> {
@@ -27,6 +30,8 @@ pub struct Env<'a> {
 
 struct Param {
     key: String,
+    /// Where the key is written, for "key not allowed here" errors.
+    key_mark: Mark,
     node: Node,
     origin: Origin,
     /// Uses an axis whose values could not be read: not checked.
@@ -61,6 +66,81 @@ impl Fields<'_, '_, '_> {
 
     fn has(&self, key: &str) -> bool {
         self.params.iter().any(|p| p.key == key)
+    }
+
+    /// Reports a key that is not allowed here (at the key, whatever its value).
+    fn fail_key(&mut self, key: &str, msg: String, help: String) {
+        self.bad = true;
+        let Some(mark) = self
+            .params
+            .iter()
+            .find(|p| p.key == key)
+            .map(|p| p.key_mark)
+        else {
+            return;
+        };
+        let path = self.path(key);
+        self.sink.error(mark, path, msg).with_help(help);
+    }
+
+    /// The items of a list parameter (see [`list_items`]).
+    fn items(&mut self, key: &str, what: &str) -> Option<Vec<(Node, Origin)>> {
+        self.get(key)?;
+        let raw = self.stage.param(key)?;
+        match list_items(self.env, raw, self.point) {
+            Ok(items) => Some(items),
+            Err((n, o)) => {
+                let msg = format!("expected {what}, found {}", n.describe());
+                self.fail(key, &n, &o, msg, Some(what), None);
+                None
+            }
+        }
+    }
+
+    /// The entries of a map parameter in file order, each value substituted on its own.
+    fn map_entries(&mut self, key: &str, what: &str) -> Option<Vec<(Node, Node, Origin)>> {
+        let (n, o) = self.get(key)?;
+        let raw = self.stage.param(key)?;
+        match raw.as_map() {
+            Some(es) => Some(
+                es.iter()
+                    .map(|(k, v)| {
+                        let (v, o) = substitute(self.env, v, self.point);
+                        (k.clone(), v, o)
+                    })
+                    .collect(),
+            ),
+            None => {
+                let msg = format!("expected {what}, found {}", n.describe());
+                self.fail(key, &n, &o, msg, Some(what), None);
+                None
+            }
+        }
+    }
+
+    /// A number satisfying `ok` (integers are accepted as numbers).
+    fn number(&mut self, key: &str, ok: &dyn Fn(f64) -> bool, expected: &str) -> Option<f64> {
+        let (n, o) = self.get(key)?;
+        match number_of(&n) {
+            Some(x) if ok(x) => Some(x),
+            _ => {
+                let msg = format!("expected {expected}, found {}", n.describe());
+                self.fail(key, &n, &o, msg, Some(expected), None);
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, key: &str) -> Option<bool> {
+        let (n, o) = self.get(key)?;
+        match n.value() {
+            Some(ParamValue::Bool(b)) => Some(b),
+            _ => {
+                let msg = format!("expected `true` or `false`, found {}", n.describe());
+                self.fail(key, &n, &o, msg, Some("`true` or `false`"), None);
+                None
+            }
+        }
     }
 
     fn missing(&mut self, key: &str, help: &str) {
@@ -113,14 +193,6 @@ impl Fields<'_, '_, '_> {
                 None
             }
         }
-    }
-
-    fn req_int(&mut self, key: &str, lo: i64, hi: i64, expected: &str) -> Option<i64> {
-        if !self.has(key) {
-            self.missing(key, &format!("add `{key}:` with {expected}"));
-            return None;
-        }
-        self.int(key, lo, hi, expected)
     }
 
     fn count(&mut self, key: &str, min: i64, default: usize) -> usize {
@@ -289,6 +361,51 @@ impl Fields<'_, '_, '_> {
     }
 }
 
+/// A YAML number as f64 (integers included).
+fn number_of(n: &Node) -> Option<f64> {
+    match n.value() {
+        Some(ParamValue::Float(x)) => Some(x),
+        Some(ParamValue::Int(i)) => Some(i as f64),
+        _ => None,
+    }
+}
+
+/// Whether a raw parameter can be substituted and checked: unknown or unreadable axes were
+/// reported, and their placeholders are not checked.
+fn checkable(env: &Env, raw: &Node) -> bool {
+    let mut used = Vec::new();
+    interp::axes_in(raw, &mut used);
+    interp::well_formed(raw)
+        && !used
+            .iter()
+            .any(|(a, _)| env.sweep.axis_index(a).is_none_or(|i| env.sweep.broken[i]))
+}
+
+/// A raw parameter with the point's axis values substituted.
+fn substitute(env: &Env, raw: &Node, point: &[Node]) -> (Node, Origin) {
+    let lookup = |a: &str| env.sweep.axis_index(a).map(|i| &point[i]);
+    interp::substitute(raw, &lookup)
+}
+
+/// The items of a list parameter, each substituted on its own so that an error in an item taken
+/// from a sweep axis points at the axis value. A single value stands for a one-item list (so that
+/// `targets: ${t}` works, sweep values being scalars). `Err`: the value, neither.
+fn list_items(
+    env: &Env,
+    raw: &Node,
+    point: &[Node],
+) -> Result<Vec<(Node, Origin)>, (Node, Origin)> {
+    if let Some(items) = raw.as_seq() {
+        return Ok(items.iter().map(|i| substitute(env, i, point)).collect());
+    }
+    let (n, o) = substitute(env, raw, point);
+    if matches!(n.kind, NodeKind::Scalar(..)) && !n.is_null() {
+        Ok(vec![(n, o)])
+    } else {
+        Err((n, o))
+    }
+}
+
 /// Checks one instance (given by a full sweep point); `None` if anything was wrong (reported).
 pub fn check(env: &Env, si: usize, point: &[Node], sink: &mut Sink) -> Option<StageSpec> {
     let stage = &env.stages[si];
@@ -296,21 +413,14 @@ pub fn check(env: &Env, si: usize, point: &[Node], sink: &mut Sink) -> Option<St
     let params = stage
         .params
         .iter()
-        .map(|(key, _, raw)| {
-            let mut used = Vec::new();
-            interp::axes_in(raw, &mut used);
-            // Unknown or unreadable axes were reported; their placeholders are not checked.
-            let skip = !interp::well_formed(raw)
-                || used
-                    .iter()
-                    .any(|(a, _)| env.sweep.axis_index(a).is_none_or(|i| env.sweep.broken[i]));
-            let lookup = |a: &str| env.sweep.axis_index(a).map(|i| &point[i]);
-            let (node, origin) = interp::substitute(raw, &lookup);
+        .map(|(key, key_mark, raw)| {
+            let (node, origin) = substitute(env, raw, point);
             Param {
                 key: key.clone(),
+                key_mark: *key_mark,
                 node,
                 origin,
-                skip,
+                skip: !checkable(env, raw),
             }
         })
         .collect();
@@ -325,8 +435,8 @@ pub fn check(env: &Env, si: usize, point: &[Node], sink: &mut Sink) -> Option<St
     let spec = match kind {
         StageKind::Load => load(&mut f),
         StageKind::Calibrate => calibrate(&mut f),
-        StageKind::Prune => prune(&mut f),
-        StageKind::Quantize => quantize(&mut f),
+        StageKind::Prune => compress::prune(&mut f),
+        StageKind::Quantize => compress::quantize(&mut f),
         StageKind::Evaluate => evaluate(&mut f),
         StageKind::Report => report(&mut f),
     };
@@ -360,6 +470,7 @@ fn calibrate(f: &mut Fields) -> Option<StageSpec> {
         _ => Sampling::Random,
     };
     let seed = f.count("seed", 0, 0) as u64;
+    let statistics = compress::statistics(f);
     Some(StageSpec::Calibrate(CalibrateSpec {
         model: model?,
         dataset: dataset?,
@@ -367,202 +478,7 @@ fn calibrate(f: &mut Fields) -> Option<StageSpec> {
         seqlen,
         sampling,
         seed,
-        statistics: vec![Statistic::Norms],
-    }))
-}
-
-/// `unstructured` or `N:M` with 0 < N < M.
-fn pattern(f: &mut Fields) -> Option<Pattern> {
-    let (n, o) = f.get("pattern")?;
-    let expected = "`unstructured` or `N:M` (e.g. `2:4`)";
-    let text = match n.value() {
-        Some(ParamValue::Str(s)) => s,
-        _ => {
-            let msg = format!("expected {expected}, found {}", n.describe());
-            f.fail("pattern", &n, &o, msg, Some(expected), None);
-            return None;
-        }
-    };
-    if text == "unstructured" {
-        return Some(Pattern::Unstructured);
-    }
-    let parsed = text.split_once(':').and_then(|(a, b)| {
-        Some((
-            a.trim().parse::<usize>().ok()?,
-            b.trim().parse::<usize>().ok()?,
-        ))
-    });
-    match parsed {
-        Some((nn, m)) if nn > 0 && nn < m => Some(Pattern::NM { n: nn, m }),
-        Some((nn, m)) => {
-            let msg = format!("pattern `{text}` needs 0 < N < M, found N = {nn}, M = {m}");
-            let help = Some(format!(
-                "N:M zeroes N of every M weights; e.g. `2:4`{}",
-                if m > 0 && m < nn {
-                    format!(" (did you mean `{m}:{nn}`?)")
-                } else {
-                    String::new()
-                }
-            ));
-            f.fail("pattern", &n, &o, msg, Some(expected), help);
-            None
-        }
-        None => {
-            let s = suggest(&text, ["unstructured"]);
-            let msg = format!("expected {expected}, found {}{s}", n.describe());
-            f.fail("pattern", &n, &o, msg, Some(expected), None);
-            None
-        }
-    }
-}
-
-fn prune(f: &mut Fields) -> Option<StageSpec> {
-    let model = f.model_ref();
-    let method = f.req_choice("method", &["magnitude", "wanda"]);
-    let pattern = if f.has("pattern") {
-        pattern(f)
-    } else {
-        Some(Pattern::Unstructured)
-    };
-    let sparsity_expected = "a number in [0, 1)";
-    let sparsity = match f.get("sparsity") {
-        None if !f.has("sparsity") => match pattern {
-            Some(Pattern::Rows) => None,
-            Some(Pattern::NM { n, m }) => Sparsity::new(n as f64 / m as f64),
-            Some(Pattern::Unstructured) => {
-                f.missing(
-                    "sparsity",
-                    "add `sparsity:` with the fraction of weights to zero",
-                );
-                None
-            }
-            None => None,
-        },
-        None => None,
-        Some((n, o)) => {
-            let x = match n.value() {
-                Some(ParamValue::Float(x)) => Some(x),
-                Some(ParamValue::Int(i)) => Some(i as f64),
-                _ => None,
-            };
-            match x.and_then(Sparsity::new) {
-                None => {
-                    let msg = format!("expected {sparsity_expected}, found {}", n.describe());
-                    let help = x
-                        .filter(|x| (1.0..=100.0).contains(x))
-                        .map(|_| "sparsity is a fraction: write 0.5 for 50%".to_string());
-                    f.fail("sparsity", &n, &o, msg, Some(sparsity_expected), help);
-                    None
-                }
-                Some(s) => match pattern {
-                    Some(Pattern::NM { n: pn, m })
-                        if (s.get() - pn as f64 / m as f64).abs() > 1e-9 =>
-                    {
-                        let implied = pn as f64 / m as f64;
-                        let msg = format!(
-                            "sparsity {} does not match pattern `{pn}:{m}`, which prunes {implied}",
-                            s.get()
-                        );
-                        let help = Some("leave `sparsity` out with an N:M pattern".to_string());
-                        f.fail("sparsity", &n, &o, msg, None, help);
-                        None
-                    }
-                    _ => Some(s),
-                },
-            }
-        }
-    };
-    // Validated whatever the method; only wanda keeps it.
-    let calibration = match f.get("calibration") {
-        Some((n, o)) => f.stage_ref(
-            "calibration",
-            &n,
-            &o,
-            &|k| k == StageKind::Calibrate,
-            "a calibrate stage",
-        ),
-        None => None,
-    };
-    let method = match method? {
-        "wanda" => {
-            if !f.has("calibration") {
-                f.bad = true;
-                let path = f.path("calibration");
-                let calibs: Vec<&str> = f
-                    .env
-                    .stages
-                    .iter()
-                    .filter(|s| s.kind == Some(StageKind::Calibrate))
-                    .map(|s| s.name.as_str())
-                    .collect();
-                let help = match calibs.first() {
-                    Some(c) => format!("add `calibration: {c}` (wanda scales weights by input activation norms)"),
-                    None => "add a `kind: calibrate` stage and name it in `calibration:` (wanda scales weights by input activation norms)".to_string(),
-                };
-                f.sink
-                    .error(
-                        f.stage.mark,
-                        path,
-                        format!("wanda needs `calibration:` (stage `{}`)", f.stage.name),
-                    )
-                    .with_help(help);
-                return None;
-            }
-            PruneMethod::Wanda {
-                calibration: calibration?,
-                mode: CalibrationMode::Sequential,
-            }
-        }
-        _ => PruneMethod::Magnitude {
-            scope: Scope::Layer,
-        },
-    };
-    Some(StageSpec::Prune(PruneSpec {
-        model: model?,
-        method,
-        sparsity: sparsity?,
-        pattern: pattern?,
-        selection: Selection::default(),
-        overrides: Vec::new(),
-    }))
-}
-
-fn quantize(f: &mut Fields) -> Option<StageSpec> {
-    let model = f.model_ref();
-    f.choice("method", &["rtn"]);
-    let bits = f.req_int("bits", 2, 8, "an integer from 2 to 8");
-    let group_size = match f.get("group_size") {
-        None => None,
-        Some((n, o)) => match n.value() {
-            Some(ParamValue::Int(-1)) => None,
-            Some(ParamValue::Int(g)) if g >= 1 => Some(g as usize),
-            _ => {
-                let e = "an integer ≥ 1, or -1 for per-channel";
-                let msg = format!("expected {e}, found {}", n.describe());
-                f.fail("group_size", &n, &o, msg, Some(e), None);
-                None
-            }
-        },
-    };
-    let symmetric = match f.get("symmetric") {
-        None => false,
-        Some((n, o)) => match n.value() {
-            Some(ParamValue::Bool(b)) => b,
-            _ => {
-                let msg = format!("expected `true` or `false`, found {}", n.describe());
-                f.fail("symmetric", &n, &o, msg, Some("`true` or `false`"), None);
-                false
-            }
-        },
-    };
-    Some(StageSpec::Quantize(QuantizeSpec {
-        model: model?,
-        method: QuantMethod::Rtn {
-            bits: bits? as u32,
-            group_size,
-            symmetric,
-        },
-        selection: Selection::default(),
+        statistics,
     }))
 }
 

@@ -134,13 +134,16 @@ fn full_example_expands_into_the_expected_instances() {
         assert_eq!(spec.pattern, Pattern::Unstructured);
         // Magnitude drops the calibration it was given; wanda keeps it.
         let expected = if k < 3 {
-            PruneMethod::Magnitude
+            PruneMethod::Magnitude {
+                scope: Scope::Layer,
+            }
         } else {
             PruneMethod::Wanda {
                 calibration: InstanceRef {
                     stage: calib_i,
                     instance: 0,
                 },
+                mode: CalibrationMode::Sequential,
             }
         };
         assert_eq!(spec.method, expected);
@@ -431,7 +434,8 @@ fn no_sweep_is_one_empty_point_and_defaults_apply() {
                 bits: 3,
                 group_size: None,
                 symmetric: false
-            }
+            },
+            selection: Selection::default(),
         })
     );
     let (_, e) = stage(&p, "e");
@@ -497,4 +501,536 @@ fn deep_nesting_does_not_overflow_the_stack() {
     let src = format!("a:\n  {}1\n", "- ".repeat(depth));
     let d = load_str(Path::new("x.yaml"), &src).expect_err("nested");
     assert!(d.0[0].message.contains("nested"), "{d}");
+}
+
+// ---- Compression keys (issue 3) ----
+
+/// HEAD plus a load stage `base` and the given stages.
+fn with_base(sweep: &str, stages: &str) -> String {
+    format!("{HEAD}{sweep}stages:\n  base: {{kind: load, model: tiny}}\n{stages}")
+}
+
+fn only_spec(p: &Pipeline, name: &str) -> StageSpec {
+    let (_, s) = stage(p, name);
+    assert_eq!(s.instances.len(), 1, "{name}");
+    s.instances[0].spec.clone()
+}
+
+fn prune_of(p: &Pipeline, name: &str) -> PruneSpec {
+    match only_spec(p, name) {
+        StageSpec::Prune(x) => x,
+        other => panic!("not a prune spec: {other:?}"),
+    }
+}
+
+fn quant_of(p: &Pipeline, name: &str) -> QuantizeSpec {
+    match only_spec(p, name) {
+        StageSpec::Quantize(x) => x,
+        other => panic!("not a quantize spec: {other:?}"),
+    }
+}
+
+fn statistics_of(p: &Pipeline, name: &str) -> Vec<Statistic> {
+    match only_spec(p, name) {
+        StageSpec::Calibrate(c) => c.statistics,
+        other => panic!("not a calibrate spec: {other:?}"),
+    }
+}
+
+fn at(stage: usize) -> InstanceRef {
+    InstanceRef { stage, instance: 0 }
+}
+
+#[test]
+fn statistics_default_to_norms_and_are_sorted() {
+    let p = ok(&with_base(
+        "",
+        "  c0: {kind: calibrate, model: base, dataset: stories}
+  c1: {kind: calibrate, model: base, dataset: stories, statistics: [hessian, norms]}
+  c2: {kind: calibrate, model: base, dataset: stories, statistics: hessian}
+  c3: {kind: calibrate, model: base, dataset: stories, statistics: [norms, hessian]}
+",
+    ));
+    assert_eq!(statistics_of(&p, "c0"), [Statistic::Norms]);
+    assert_eq!(
+        statistics_of(&p, "c1"),
+        [Statistic::Norms, Statistic::Hessian]
+    );
+    assert_eq!(statistics_of(&p, "c2"), [Statistic::Hessian]);
+    // The order written does not change the key.
+    assert_eq!(
+        only_spec(&p, "c1").key_params(),
+        only_spec(&p, "c3").key_params()
+    );
+    assert_ne!(
+        only_spec(&p, "c0").key_params(),
+        only_spec(&p, "c3").key_params()
+    );
+}
+
+#[test]
+fn every_prune_method_parses_with_its_keys_and_defaults() {
+    let p = ok(&with_base(
+        "",
+        "  calib: {kind: calibrate, model: base, dataset: stories, statistics: [norms, hessian]}
+  mag: {kind: prune, model: base, method: magnitude, sparsity: 0.5}
+  glob: {kind: prune, model: base, method: magnitude, scope: global, sparsity: 0.4}
+  rnd0: {kind: prune, model: base, method: random, sparsity: 0.3}
+  rnd7: {kind: prune, model: base, method: random, seed: 7, sparsity: 0.3, calibration: calib}
+  wseq: {kind: prune, model: base, method: wanda, sparsity: 0.5, calibration: calib}
+  wden: {kind: prune, model: base, method: wanda, sparsity: 0.5, calibration: calib, calibration_mode: dense}
+  sgpt: {kind: prune, model: base, method: sparsegpt, pattern: \"2:4\", calibration: calib}
+  sgpt2: {kind: prune, model: base, method: sparsegpt, sparsity: 0.6, calibration: calib, calibration_mode: dense, percdamp: 0.1, blocksize: 64}
+  sgpt3: {kind: prune, model: base, method: sparsegpt, sparsity: 0.6, calibration: calib, percdamp: 1}
+",
+    ));
+    let calib = at(1);
+    let methods: Vec<(&str, PruneMethod)> = vec![
+        (
+            "mag",
+            PruneMethod::Magnitude {
+                scope: Scope::Layer,
+            },
+        ),
+        (
+            "glob",
+            PruneMethod::Magnitude {
+                scope: Scope::Global,
+            },
+        ),
+        ("rnd0", PruneMethod::Random { seed: 0 }),
+        ("rnd7", PruneMethod::Random { seed: 7 }),
+        (
+            "wseq",
+            PruneMethod::Wanda {
+                calibration: calib,
+                mode: CalibrationMode::Sequential,
+            },
+        ),
+        (
+            "wden",
+            PruneMethod::Wanda {
+                calibration: calib,
+                mode: CalibrationMode::Dense,
+            },
+        ),
+        (
+            "sgpt",
+            PruneMethod::SparseGpt {
+                calibration: calib,
+                mode: CalibrationMode::Sequential,
+                percdamp: 0.01,
+                blocksize: 128,
+            },
+        ),
+        (
+            "sgpt2",
+            PruneMethod::SparseGpt {
+                calibration: calib,
+                mode: CalibrationMode::Dense,
+                percdamp: 0.1,
+                blocksize: 64,
+            },
+        ),
+        (
+            "sgpt3",
+            PruneMethod::SparseGpt {
+                calibration: calib,
+                mode: CalibrationMode::Sequential,
+                percdamp: 1.0,
+                blocksize: 128,
+            },
+        ),
+    ];
+    for (name, method) in methods {
+        let spec = prune_of(&p, name);
+        assert_eq!(spec.method, method, "{name}");
+        assert_eq!(spec.selection, Selection::default(), "{name}");
+        assert!(spec.overrides.is_empty(), "{name}");
+        // Only the calibrated methods read the calibration (random ignores the one it has).
+        let calibrated = spec.method.calibration().is_some();
+        let inputs = StageSpec::Prune(spec).inputs();
+        assert_eq!(inputs.len(), if calibrated { 2 } else { 1 }, "{name}");
+    }
+    let s = prune_of(&p, "sgpt");
+    assert_eq!(s.pattern, Pattern::NM { n: 2, m: 4 });
+    assert_eq!(s.sparsity.get(), 0.5);
+}
+
+#[test]
+fn rows_pattern_takes_the_fraction_of_rows() {
+    let p = ok(&with_base(
+        "",
+        "  rows: {kind: prune, model: base, method: magnitude, pattern: rows, sparsity: 0.25}\n",
+    ));
+    let s = prune_of(&p, "rows");
+    assert_eq!(s.pattern, Pattern::Rows);
+    assert_eq!(s.sparsity.get(), 0.25);
+    assert_eq!(
+        s.method,
+        PruneMethod::Magnitude {
+            scope: Scope::Layer
+        }
+    );
+}
+
+#[test]
+fn selections_parse_on_prune_and_quantize() {
+    let p = ok(&with_base(
+        "",
+        r#"  p1: {kind: prune, model: base, method: magnitude, sparsity: 0.5, modules: attention, targets: ['layers\.[0-3]\.', "q_proj$"], ignore: ["layers\\.0\\."]}
+  p2: {kind: prune, model: base, method: magnitude, sparsity: 0.5, modules: ffn}
+  p3: {kind: prune, model: base, method: magnitude, sparsity: 0.5, modules: feed-forward, targets: 'down_proj'}
+  q1: {kind: quantize, model: base, bits: 4, modules: lm_head, ignore: [x]}
+  q2: {kind: quantize, model: base, bits: 4, modules: mlp}
+  q3: {kind: quantize, model: base, bits: 4, modules: all, ignore: []}
+"#,
+    ));
+    assert_eq!(
+        prune_of(&p, "p1").selection,
+        Selection {
+            group: ModuleGroup::Attention,
+            targets: vec![r"layers\.[0-3]\.".into(), "q_proj$".into()],
+            ignore: vec![r"layers\.0\.".into()],
+        }
+    );
+    assert_eq!(prune_of(&p, "p2").selection.group, ModuleGroup::Mlp);
+    let p3 = prune_of(&p, "p3").selection;
+    assert_eq!(
+        (p3.group, p3.targets),
+        (ModuleGroup::Mlp, vec!["down_proj".to_string()])
+    );
+    let q1 = quant_of(&p, "q1").selection;
+    assert_eq!(
+        (q1.group, q1.ignore),
+        (ModuleGroup::LmHead, vec!["x".to_string()])
+    );
+    assert_eq!(quant_of(&p, "q2").selection.group, ModuleGroup::Mlp);
+    assert_eq!(quant_of(&p, "q3").selection, Selection::default());
+    // The default selection leaves the key as it was before selections existed.
+    let q3 = StageSpec::Quantize(quant_of(&p, "q3")).key_params();
+    assert!(!q3.contains_key("modules") && !q3.contains_key("ignore"));
+}
+
+#[test]
+fn overrides_keep_file_order() {
+    let p = ok(&with_base(
+        "",
+        "  p:
+    kind: prune
+    model: base
+    method: magnitude
+    sparsity: 0.5
+    overrides:
+      \"layers\\\\.1\\\\.\": 0.2
+      'mlp': 0
+      \"attn\": 0.75
+",
+    ));
+    let o: Vec<(String, f64)> = prune_of(&p, "p")
+        .overrides
+        .iter()
+        .map(|o| (o.pattern.clone(), o.sparsity.get()))
+        .collect();
+    assert_eq!(
+        o,
+        [
+            (r"layers\.1\.".to_string(), 0.2),
+            ("mlp".to_string(), 0.0),
+            ("attn".to_string(), 0.75)
+        ]
+    );
+}
+
+#[test]
+fn every_quantize_method_parses_with_its_keys_and_defaults() {
+    let p = ok(&with_base(
+        "",
+        "  calib: {kind: calibrate, model: base, dataset: stories, statistics: hessian}
+  rtn: {kind: quantize, model: base, method: rtn, bits: 4, group_size: 64, symmetric: true, calibration: calib}
+  g0: {kind: quantize, model: base, method: gptq, bits: 3, calibration: calib}
+  g1: {kind: quantize, model: base, method: gptq, bits: 8, group_size: 128, symmetric: true, act_order: true, percdamp: 0.05, blocksize: 32, calibration: calib, calibration_mode: dense}
+  d8: {kind: quantize, model: base, method: dynamic-int8, calibration: calib}
+",
+    ));
+    let calib = at(1);
+    assert_eq!(
+        quant_of(&p, "rtn").method,
+        QuantMethod::Rtn {
+            bits: 4,
+            group_size: Some(64),
+            symmetric: true
+        }
+    );
+    assert_eq!(
+        quant_of(&p, "g0").method,
+        QuantMethod::Gptq {
+            bits: 3,
+            group_size: None,
+            symmetric: false,
+            act_order: false,
+            percdamp: 0.01,
+            blocksize: 128,
+            calibration: calib,
+            mode: CalibrationMode::Sequential,
+        }
+    );
+    assert_eq!(
+        quant_of(&p, "g1").method,
+        QuantMethod::Gptq {
+            bits: 8,
+            group_size: Some(128),
+            symmetric: true,
+            act_order: true,
+            percdamp: 0.05,
+            blocksize: 32,
+            calibration: calib,
+            mode: CalibrationMode::Dense,
+        }
+    );
+    assert_eq!(quant_of(&p, "d8").method, QuantMethod::DynamicInt8);
+    // rtn and dynamic-int8 ignore the calibration they were given; gptq reads it.
+    let roles = |name: &str| -> Vec<String> {
+        StageSpec::Quantize(quant_of(&p, name))
+            .inputs()
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect()
+    };
+    assert_eq!(roles("rtn"), ["model"]);
+    assert_eq!(roles("d8"), ["model"]);
+    assert_eq!(roles("g0"), ["model", "calibration"]);
+}
+
+#[test]
+fn method_and_modules_sweep_through_interpolation() {
+    let src = with_base(
+        "sweep:\n  grid:\n    method: [magnitude, random, wanda, sparsegpt]\n    group: [attention, ffn]\n    q: [rtn, gptq, dynamic-int8]\n",
+        "  calib: {kind: calibrate, model: base, dataset: stories, statistics: [norms, hessian]}
+  pruned: {kind: prune, model: base, method: \"${method}\", modules: \"${group}\", sparsity: 0.5, calibration: calib, calibration_mode: dense}
+  quant: {kind: quantize, model: base, method: \"${q}\", calibration: calib}
+",
+    );
+    // dynamic-int8 takes no bits, and the others need them: bits cannot be written once for all
+    // three, so this sweep must fail exactly there.
+    let d = errs(&src);
+    assert!(d.iter().all(|x| x.key_path == "stages.quant.bits"), "{d}");
+
+    let src = src
+        .replace("q: [rtn, gptq, dynamic-int8]", "q: [rtn, gptq]")
+        .replace("calibration: calib}\n", "calibration: calib, bits: 4}\n");
+    let p = ok(&src);
+    let (_, pruned) = stage(&p, "pruned");
+    assert_eq!(pruned.axes, ["method", "group"]);
+    let got: Vec<(&str, ModuleGroup, Option<CalibrationMode>)> = pruned
+        .instances
+        .iter()
+        .map(|i| {
+            let s = prune_spec(i);
+            (
+                s.method.name(),
+                s.selection.group,
+                s.method.calibration().map(|(_, m)| m),
+            )
+        })
+        .collect();
+    let dense = Some(CalibrationMode::Dense);
+    assert_eq!(
+        got,
+        [
+            ("magnitude", ModuleGroup::Attention, None),
+            ("magnitude", ModuleGroup::Mlp, None),
+            ("random", ModuleGroup::Attention, None),
+            ("random", ModuleGroup::Mlp, None),
+            ("wanda", ModuleGroup::Attention, dense),
+            ("wanda", ModuleGroup::Mlp, dense),
+            ("sparsegpt", ModuleGroup::Attention, dense),
+            ("sparsegpt", ModuleGroup::Mlp, dense),
+        ]
+    );
+    let (_, quant) = stage(&p, "quant");
+    let names: Vec<&str> = quant
+        .instances
+        .iter()
+        .map(|i| match &i.spec {
+            StageSpec::Quantize(q) => q.method.name(),
+            _ => panic!("not quantize"),
+        })
+        .collect();
+    assert_eq!(names, ["rtn", "gptq"]);
+}
+
+#[test]
+fn errors_in_swept_compression_values_point_at_the_sweep() {
+    // Line 9 is the `group:` axis; `atention` starts at column 24.
+    let src = with_base(
+        "sweep:\n  grid:\n    group: [attention, atention]\n",
+        "  p: {kind: prune, model: base, method: magnitude, sparsity: 0.5, modules: \"${group}\"}\n",
+    );
+    let d = errs(&src);
+    assert_eq!(d.len(), 1, "{d}");
+    let x = &d.0[0];
+    assert_eq!(
+        (x.line, x.col, x.key_path.as_str()),
+        (9, 24, "stages.p.modules")
+    );
+    assert!(
+        x.message.contains("did you mean `attention`?")
+            && x.message.contains("(value of sweep axis `group`"),
+        "{x}"
+    );
+}
+
+#[test]
+fn dense_mode_checks_each_calibrate_instance_it_resolves_to() {
+    // The calibrate stage records hessian at one point and norms only at the other: sparsegpt in
+    // dense mode fails for the second only, at `calibration_mode`, naming what is recorded.
+    let src = with_base(
+        "sweep:\n  grid:\n    stat: [hessian, norms]\n",
+        "  calib: {kind: calibrate, model: base, dataset: stories, statistics: \"${stat}\"}
+  p: {kind: prune, model: base, method: sparsegpt, sparsity: 0.5, calibration: calib, calibration_mode: dense}
+",
+    );
+    let d = errs(&src);
+    assert_eq!(d.len(), 1, "{d}");
+    let x = &d.0[0];
+    assert_eq!(x.key_path, "stages.p.calibration_mode");
+    assert!(
+        x.message.contains(
+            "sparsegpt with `calibration_mode: dense` reads the Hessian from `calib`, which records only [norms]"
+        ),
+        "{x}"
+    );
+    assert_eq!(
+        x.help.as_deref(),
+        Some("add `statistics: [norms, hessian]` to stage `calib`")
+    );
+    // Wanda reads norms: fine at the norms point, missing at the hessian one.
+    let d = errs(&src.replace("sparsegpt", "wanda"));
+    assert_eq!(d.len(), 1, "{d}");
+    assert!(
+        d.0[0]
+            .message
+            .contains("reads the input norms from `calib`, which records only [hessian]"),
+        "{d}"
+    );
+    // Sequential mode reads the windows, not the statistics: no error.
+    ok(&src.replace(", calibration_mode: dense", ""));
+}
+
+#[test]
+fn keys_of_other_methods_are_errors_naming_the_swept_method() {
+    let src = with_base(
+        "sweep:\n  grid:\n    method: [wanda, sparsegpt]\n",
+        "  calib: {kind: calibrate, model: base, dataset: stories}
+  p: {kind: prune, model: base, method: \"${method}\", sparsity: 0.5, calibration: calib, percdamp: 0.05}
+",
+    );
+    let d = errs(&src);
+    assert_eq!(d.len(), 1, "{d}");
+    let x = &d.0[0];
+    // At the key `percdamp`, on stage `p`'s line.
+    assert_eq!(x.key_path, "stages.p.percdamp");
+    assert_eq!((x.line, x.col), (13, 89));
+    assert!(
+        x.message.contains(
+            "`percdamp` is only used by sparsegpt/gptq, not by wanda (method `wanda` from sweep axis `method`)"
+        ),
+        "{x}"
+    );
+}
+
+#[test]
+fn unknown_keys_are_suggested_among_the_new_ones() {
+    let d = errs(&with_base(
+        "",
+        "  p: {kind: prune, model: base, method: magnitude, sparsity: 0.5, overide: {a: 0.1}}
+  q: {kind: quantize, model: base, bits: 4, act_ordr: true}
+  c: {kind: calibrate, model: base, dataset: stories, statistic: [norms]}
+",
+    ));
+    let msgs: Vec<&str> = d.iter().map(|x| x.message.as_str()).collect();
+    assert_eq!(msgs.len(), 3, "{d}");
+    assert!(msgs[0].contains("did you mean `overrides`?"), "{d}");
+    assert!(msgs[1].contains("did you mean `act_order`?"), "{d}");
+    assert!(msgs[2].contains("did you mean `statistics`?"), "{d}");
+}
+
+#[test]
+fn compression_key_mistakes_are_all_reported() {
+    let d = errs(&with_base(
+        "",
+        r#"  c1: {kind: calibrate, model: base, dataset: stories, statistics: []}
+  c2: {kind: calibrate, model: base, dataset: stories, statistics: [norms, hesian]}
+  p1: {kind: prune, model: base, method: magnitude, sparsity: 0.5, seed: 3, targets: []}
+  p2: {kind: prune, model: base, method: random, sparsity: 0.5, seed: -1, scope: layer}
+  p3: {kind: prune, model: base, method: magnitude, scope: global, sparsity: 0.5, overrides: {a: 0.1}}
+  p4: {kind: prune, model: base, method: sparsegpt, sparsity: 0.5, calibration: c1, blocksize: 0, calibration_mode: lazy}
+  p5: {kind: prune, model: base, method: magnitude, sparsity: 0.5, overrides: {"(": 0.1, b: x}, ignore: "["}
+  q1: {kind: quantize, model: base, bits: 4, act_order: true}
+  q2: {kind: quantize, model: base, method: dynamic-int8, act_order: false, symmetric: true, percdamp: 0.1}
+  q3: {kind: quantize, model: base, method: gptq, calibration: c1}
+"#,
+    ));
+    let got: Vec<(&str, &str)> = d
+        .iter()
+        .map(|x| (x.key_path.as_str(), x.message.as_str()))
+        .collect();
+    let expected = [
+        ("stages.c1.statistics", "`statistics` is empty"),
+        (
+            "stages.c2.statistics[1]",
+            "found `hesian`; did you mean `hessian`?",
+        ),
+        (
+            "stages.p1.seed",
+            "`seed` is only used by random, not by magnitude",
+        ),
+        ("stages.p1.targets", "`targets` is empty"),
+        ("stages.p2.seed", "expected an integer ≥ 0, found `-1`"),
+        (
+            "stages.p2.scope",
+            "`scope` is only used by magnitude, not by random",
+        ),
+        (
+            "stages.p3.overrides",
+            "`overrides` cannot be used with `scope: global`",
+        ),
+        ("stages.p4.blocksize", "expected an integer ≥ 1, found `0`"),
+        (
+            "stages.p4.calibration_mode",
+            "expected `sequential` or `dense`, found `lazy`",
+        ),
+        ("stages.p5.overrides.(", "invalid regex `(`: unclosed group"),
+        (
+            "stages.p5.overrides.b",
+            "expected a number in [0, 1), found `x`",
+        ),
+        (
+            "stages.p5.ignore",
+            "invalid regex `[`: unclosed character class",
+        ),
+        (
+            "stages.q1.act_order",
+            "`act_order` is only used by gptq, not by rtn",
+        ),
+        (
+            "stages.q2.act_order",
+            "dynamic-int8 takes no `act_order`: weights are int8 per tensor",
+        ),
+        (
+            "stages.q2.symmetric",
+            "dynamic-int8 takes no `symmetric`: weights are int8 per tensor",
+        ),
+        (
+            "stages.q2.percdamp",
+            "`percdamp` is only used by sparsegpt/gptq, not by dynamic-int8",
+        ),
+        ("stages.q3.bits", "missing required key `bits`"),
+    ];
+    assert_eq!(got.len(), expected.len(), "{d}");
+    for ((kp, msg), (ekp, frag)) in got.iter().zip(expected) {
+        assert_eq!(*kp, ekp, "{d}");
+        assert!(msg.contains(frag), "{msg:?} lacks {frag:?}");
+    }
 }
