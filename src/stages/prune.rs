@@ -5,10 +5,9 @@ use std::collections::BTreeMap;
 use serde_json::json;
 
 use super::calibrate::{sq_norm_name, STATS_FILE};
-use super::weights::{materialize, write_overlay, WeightsMeta};
+use super::weights::{materialize, overlay_writer, write_overlay};
 use super::{StageCtx, StageError, StageOutput};
 use crate::compress::{self, Mask, Matrix};
-use crate::model::TensorMap;
 use crate::pipeline::spec::{Pattern, PruneMethod, PruneSpec};
 
 pub fn run(ctx: &StageCtx, spec: &PruneSpec) -> Result<StageOutput, StageError> {
@@ -33,7 +32,7 @@ pub fn run(ctx: &StageCtx, spec: &PruneSpec) -> Result<StageOutput, StageError> 
     let model = weights.model()?;
     let linears = model.linear_ids();
     ctx.progress.start(linears.len() as u64, "pruning");
-    let mut replaced = TensorMap::new();
+    let mut overlay = overlay_writer(ctx, &weights)?;
     let mut report = Vec::new();
     for id in linears {
         ctx.check_cancel()?;
@@ -69,15 +68,10 @@ pub fn run(ctx: &StageCtx, spec: &PruneSpec) -> Result<StageOutput, StageError> 
         .map_err(|e| StageError::Invalid(format!("{id}: {e}")))?;
         mask.apply(&mut w).map_err(invalid)?;
         report.push(sparsity_record(&name, &mask, &w));
-        let out = w
-            .to_tensor(tensor.device())
-            .map_err(invalid)?
-            .to_dtype(tensor.dtype())?;
-        replaced.insert(name, out);
+        overlay.put_masked(&name, tensor, &mask)?;
         ctx.progress.inc(1);
     }
-    let parent = WeightsMeta::from_entry(&ctx.entry(model_node)?)?;
-    let meta = write_overlay(ctx, &parent, &replaced)?;
+    let (meta, size) = write_overlay(&weights, overlay)?;
     let zeros: u64 = report
         .iter()
         .map(|r| r["zeros"].as_u64().unwrap_or(0))
@@ -101,6 +95,7 @@ pub fn run(ctx: &StageCtx, spec: &PruneSpec) -> Result<StageOutput, StageError> 
             "pattern": spec.pattern.to_string(),
             "requested_sparsity": spec.sparsity.get(),
             "actual_sparsity": overall,
+            "size": size,
             "weights": meta,
         }),
     })

@@ -1,13 +1,12 @@
 //! `quantize`: round-to-nearest quantization of the blocks' linear layers.
 //!
-//! The overlay holds the dequantized weights, which is what evaluation computes with.
+//! The overlay holds the codes, scales and zeros; evaluation computes with the dequantized weights.
 
 use serde_json::json;
 
-use super::weights::{materialize, write_overlay, WeightsMeta};
+use super::weights::{materialize, overlay_writer, write_overlay};
 use super::{StageCtx, StageError, StageOutput};
 use crate::compress::{self, Grouping, Matrix, QuantConfig};
-use crate::model::TensorMap;
 use crate::pipeline::spec::{QuantMethod, QuantizeSpec};
 
 pub fn run(ctx: &StageCtx, spec: &QuantizeSpec) -> Result<StageOutput, StageError> {
@@ -29,7 +28,7 @@ pub fn run(ctx: &StageCtx, spec: &QuantizeSpec) -> Result<StageOutput, StageErro
     let model = weights.model()?;
     let linears = model.linear_ids();
     ctx.progress.start(linears.len() as u64, "quantizing");
-    let mut replaced = TensorMap::new();
+    let mut overlay = overlay_writer(ctx, &weights)?;
     let mut sq_err = 0.0f64;
     let mut numel = 0usize;
     for id in linears {
@@ -47,15 +46,10 @@ pub fn run(ctx: &StageCtx, spec: &QuantizeSpec) -> Result<StageOutput, StageErro
             .map(|(a, b)| ((a - b) as f64).powi(2))
             .sum::<f64>();
         numel += w.numel();
-        let out = dq
-            .to_tensor(tensor.device())
-            .map_err(|e| StageError::Invalid(e.to_string()))?
-            .to_dtype(tensor.dtype())?;
-        replaced.insert(name, out);
+        overlay.put_quantized(&name, &q)?;
         ctx.progress.inc(1);
     }
-    let parent = WeightsMeta::from_entry(&ctx.entry(model_node)?)?;
-    let meta = write_overlay(ctx, &parent, &replaced)?;
+    let (meta, size) = write_overlay(&weights, overlay)?;
     Ok(StageOutput {
         content: Some(meta.content()),
         meta: json!({
@@ -64,6 +58,7 @@ pub fn run(ctx: &StageCtx, spec: &QuantizeSpec) -> Result<StageOutput, StageErro
             "group_size": group_size,
             "symmetric": symmetric,
             "weight_rmse": (sq_err / numel.max(1) as f64).sqrt(),
+            "size": size,
             "weights": meta,
         }),
     })

@@ -1,7 +1,8 @@
 //! The weights artifact: a base checkpoint plus the overlays that compression stages wrote.
 //!
 //! A `load` entry stores no tensors, only the digests of the checkpoint's tensors; each prune or
-//! quantize entry stores `overlay.safetensors` with the tensors it replaced. The weights a node
+//! quantize entry stores an overlay (`overlay/`, packed: see [`super::overlay`]) with the tensors
+//! it replaced. The weights a node
 //! stands for are its `load` ancestor's checkpoint with the overlays along the `model` inputs applied
 //! in order. Their content identity is a digest over config, tokenizer and every tensor's digest, so
 //! two routes to the same tensors are the same weights.
@@ -11,14 +12,14 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 
+use super::overlay::{apply_chain, AppliedChain, Overlay};
+pub use super::overlay::{Int8Linear, OverlayWriter, OVERLAY_DIR};
 use super::{StageCtx, StageError};
 use crate::cache::key::{Digest, KeyHasher};
+use crate::cache::Entry;
 use crate::model::{load_weights, Checkpoint, Llama, ModelConfig, TensorMap, Tokenizer};
 use crate::pipeline::spec::{self, StageSpec};
-use crate::plan::NodeId;
-
-/// Name of the overlay file inside a compression stage's entry.
-pub const OVERLAY_FILE: &str = "overlay.safetensors";
+use crate::plan::{NodeId, Plan};
 
 /// What the manifest of any weights-producing entry records under `meta.weights`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -77,6 +78,10 @@ pub struct Materialized {
     pub tensors: TensorMap,
     pub meta: WeightsMeta,
     pub dtype: DType,
+    /// The linears that run as dynamic int8 (their dequantized weights are in `tensors`).
+    pub int8: BTreeMap<String, Int8Linear>,
+    /// Bytes on disk of each tensor an overlay of the chain holds (the last one to replace it).
+    pub stored: BTreeMap<String, u64>,
 }
 
 impl Materialized {
@@ -87,23 +92,49 @@ impl Materialized {
     pub fn tokenizer(&self) -> Result<Tokenizer, StageError> {
         Ok(Tokenizer::from_file(&self.checkpoint.tokenizer)?)
     }
+
+    /// The model's size as stored: overlay tensors packed, every other tensor dense in `dtype`.
+    pub fn stored_bytes(&self) -> u64 {
+        self.tensors
+            .iter()
+            .map(|(name, t)| {
+                self.stored
+                    .get(name)
+                    .copied()
+                    .unwrap_or((t.elem_count() * self.dtype.size_in_bytes()) as u64)
+            })
+            .sum()
+    }
+
+    /// The model's size dense in `dtype`.
+    pub fn dense_bytes(&self) -> u64 {
+        self.tensors
+            .values()
+            .map(|t| (t.elem_count() * self.dtype.size_in_bytes()) as u64)
+            .sum()
+    }
 }
 
 /// The `load` ancestor of a weights node and the compression nodes between, outermost last.
-pub fn chain(ctx: &StageCtx, mut node: NodeId) -> Result<(NodeId, Vec<NodeId>), StageError> {
+pub fn chain(ctx: &StageCtx, node: NodeId) -> Result<(NodeId, Vec<NodeId>), StageError> {
+    chain_in(ctx.plan, node)
+}
+
+/// [`chain`] in any plan.
+pub fn chain_in(plan: &Plan, mut node: NodeId) -> Result<(NodeId, Vec<NodeId>), StageError> {
     let mut overlays = Vec::new();
     loop {
-        match &ctx.plan.nodes[node].spec {
+        match &plan.nodes[node].spec {
             StageSpec::Load(_) => break,
             StageSpec::Prune(_) | StageSpec::Quantize(_) => {
                 overlays.push(node);
-                node = ctx.plan.nodes[node].input("model").ok_or_else(|| {
+                node = plan.nodes[node].input("model").ok_or_else(|| {
                     StageError::Invalid("internal: compression stage without model".into())
                 })?;
             }
             other => {
                 return Err(StageError::Invalid(format!(
-                    "internal: a {} stage does not produce weights",
+                    "a {} stage does not produce weights",
                     other.kind()
                 )))
             }
@@ -119,47 +150,95 @@ pub fn materialize(
     node: NodeId,
     device: &Device,
 ) -> Result<Materialized, StageError> {
-    let (base, overlays) = chain(ctx, node)?;
-    let StageSpec::Load(load) = &ctx.plan.nodes[base].spec else {
+    materialize_in(ctx.plan, &|id| ctx.entry(id), node, device)
+}
+
+/// [`materialize`] with the entries of the chain found by `entry`.
+pub fn materialize_in(
+    plan: &Plan,
+    entry: &dyn Fn(NodeId) -> Result<Entry, StageError>,
+    node: NodeId,
+    device: &Device,
+) -> Result<Materialized, StageError> {
+    let (base, overlays) = chain_in(plan, node)?;
+    let StageSpec::Load(load) = &plan.nodes[base].spec else {
         unreachable!("chain() ends at a load node")
     };
-    let source = &ctx.plan.pipeline.models[&load.model];
+    let source = &plan.pipeline.models[&load.model];
     let checkpoint = Checkpoint::resolve(&source.dir)?;
     let config = ModelConfig::from_file(&checkpoint.config)?;
     let dtype = candle_dtype(load.dtype);
     let mut tensors = load_weights(&checkpoint, &config, dtype, device)?;
-    for o in overlays {
-        let entry = ctx.entry(o)?;
-        let replaced = candle_core::safetensors::load(entry.path(OVERLAY_FILE), device)?;
-        for (name, t) in replaced {
-            tensors.insert(name, t.to_dtype(dtype)?);
+    let overlays = overlays
+        .into_iter()
+        .map(|o| Ok(Overlay::open(entry(o)?.path(OVERLAY_DIR))?))
+        .collect::<Result<Vec<_>, StageError>>()?;
+    let AppliedChain { int8, stored } = apply_chain(&overlays, &mut tensors, device)?;
+    for t in tensors.values_mut() {
+        if t.dtype() != dtype {
+            *t = t.to_dtype(dtype)?;
         }
     }
-    let meta = WeightsMeta::from_entry(&ctx.entry(node)?)?;
+    let meta = WeightsMeta::from_entry(&entry(node)?)?;
     Ok(Materialized {
         checkpoint,
         config,
         tensors,
         meta,
         dtype,
+        int8,
+        stored,
     })
 }
 
-/// Writes the tensors a compression stage replaced and returns the new weights' metadata.
+/// The sizes a compression stage records under `meta.size`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredSize {
+    /// Tensors in this stage's overlay.
+    pub tensors: usize,
+    /// The overlay's bytes on disk.
+    pub stored_bytes: u64,
+    /// The overlay's tensors dense in f32.
+    pub dense_bytes: u64,
+    /// The whole model as stored: packed where an overlay holds a tensor, dense in the model
+    /// dtype elsewhere.
+    pub model_bytes: u64,
+    /// The whole model dense in the model dtype.
+    pub model_dense_bytes: u64,
+}
+
+/// Starts the overlay of a compression stage whose input weights are `parent`.
+pub fn overlay_writer(ctx: &StageCtx, parent: &Materialized) -> Result<OverlayWriter, StageError> {
+    Ok(OverlayWriter::new(ctx.out_path(OVERLAY_DIR), parent.dtype)?)
+}
+
+/// Finishes a compression stage's overlay: returns the new weights' metadata (the digests of the
+/// tensors as applied, so identical weights share keys) and the sizes to record.
 pub fn write_overlay(
-    ctx: &StageCtx,
-    parent: &WeightsMeta,
-    replaced: &TensorMap,
-) -> Result<WeightsMeta, StageError> {
-    let mut meta = parent.clone();
-    for (name, t) in replaced {
-        meta.tensors
-            .insert(name.clone(), crate::model::tensor_digest(t)?);
-    }
-    let replaced: std::collections::HashMap<&str, candle_core::Tensor> = replaced
+    parent: &Materialized,
+    writer: OverlayWriter,
+) -> Result<(WeightsMeta, StoredSize), StageError> {
+    let summary = writer.finish()?;
+    let mut meta = parent.meta.clone();
+    meta.tensors.extend(summary.digests.clone());
+    let mut stored = parent.stored.clone();
+    stored.extend(summary.stored.clone());
+    let model_bytes = parent
+        .tensors
         .iter()
-        .map(|(k, t)| (k.as_str(), t.clone()))
-        .collect();
-    candle_core::safetensors::save(&replaced, ctx.out_path(OVERLAY_FILE))?;
-    Ok(meta)
+        .map(|(name, t)| {
+            stored
+                .get(name)
+                .copied()
+                .unwrap_or((t.elem_count() * parent.dtype.size_in_bytes()) as u64)
+        })
+        .sum();
+    let size = StoredSize {
+        tensors: summary.tensors,
+        stored_bytes: summary.stored_bytes,
+        dense_bytes: summary.dense_bytes,
+        model_bytes,
+        model_dense_bytes: parent.dense_bytes(),
+    };
+    Ok((meta, size))
 }
