@@ -377,6 +377,13 @@ fn cmd_export(cli: &Cli, file: &Path, stage: &str, out: &Path) -> Result<Outcome
     if let Some(note) = &e.dtype_note {
         println!("note: {note}");
     }
+    if e.int8_linears > 0 {
+        println!(
+            "note: {} linears run as dynamic int8 in whittle; the folder holds their dequantized \
+             weights, which transformers runs in floating point",
+            e.int8_linears
+        );
+    }
     Ok(Outcome::Success)
 }
 

@@ -1,6 +1,8 @@
 //! The packed overlay: every kind applies bit-identically to the dense result, is small, and a
 //! damaged or unknown overlay is an error, never a panic or wrong weights.
 
+mod common;
+
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
@@ -10,7 +12,9 @@ use rand_chacha::ChaCha8Rng;
 use whittle::compress::dynint8::quantize_weight;
 use whittle::compress::rtn::rtn;
 use whittle::compress::{Grouping, Mask, Matrix, QuantConfig};
-use whittle::model::{tensor_digest, TensorMap};
+use whittle::cache::Digest;
+use whittle::model::{load_weights, tensor_digest, Checkpoint, Llama, ModelConfig, TensorMap};
+use whittle::stages::weights::{Materialized, WeightsMeta};
 use whittle::stages::overlay::{
     apply_chain, pack_codes, Overlay, OverlayError, OverlaySummary, OverlayWriter, INDEX_FILE,
 };
@@ -449,4 +453,68 @@ fn an_unknown_format_version_is_refused() {
         Overlay::open(tmp.path()).unwrap_err(),
         OverlayError::Json { .. }
     ));
+}
+
+#[test]
+fn int8_linears_run_as_the_integer_product_in_the_materialized_model() {
+    let dir = require_shared!("models/stories260K");
+    let ckpt = Checkpoint::resolve(&dir).unwrap();
+    let cfg = ModelConfig::from_file(&ckpt.config).unwrap();
+    let base = load_weights(&ckpt, &cfg, DType::F32, &Device::Cpu).unwrap();
+    let names: Vec<String> = (0..cfg.num_layers)
+        .flat_map(|l| {
+            [
+                format!("model.layers.{l}.self_attn.q_proj.weight"),
+                format!("model.layers.{l}.mlp.down_proj.weight"),
+            ]
+        })
+        .collect();
+    let int8 = |name: &str| quantize_weight(&Matrix::from_tensor(&base[name]).unwrap()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut wr = OverlayWriter::new(tmp.path(), DType::F32).unwrap();
+    for name in &names {
+        wr.put_int8(name, &int8(name)).unwrap();
+    }
+    wr.finish().unwrap();
+    let mut tensors = base.clone();
+    let chain = apply_chain(
+        &[Overlay::open(tmp.path()).unwrap()],
+        &mut tensors,
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(chain.int8.len(), names.len());
+    let m = Materialized {
+        checkpoint: ckpt,
+        config: cfg.clone(),
+        tensors,
+        meta: WeightsMeta {
+            config: Digest([0; 32]),
+            tokenizer: Digest([0; 32]),
+            dtype: "f32".into(),
+            tensors: Default::default(),
+        },
+        dtype: DType::F32,
+        int8: chain.int8,
+        stored: chain.stored,
+    };
+    let tokens = Tensor::new(&[[1u32, 403, 407, 261, 378, 9, 13, 52]], &Device::Cpu).unwrap();
+    let logits = |model: Llama| -> Vec<f32> {
+        model
+            .forward(&tokens)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    let got = logits(m.model().unwrap());
+    // Independently: the int8 layers built from the base weights, not from the overlay.
+    let mut expected = Llama::new(&cfg, &m.tensors).unwrap();
+    for name in &names {
+        expected = expected.with_dynamic_int8(name, int8(name)).unwrap();
+    }
+    assert_eq!(got, logits(expected));
+    let float = logits(Llama::new(&cfg, &m.tensors).unwrap());
+    assert_ne!(got, float, "the int8 layers change the output");
 }

@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::model::{LinearId, Llama, ModelError};
+use crate::model::{LinearId, Llama, ModelConfig, ModelError, Proj, TensorMap};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SampleError {
@@ -95,49 +95,237 @@ pub fn contiguous_windows(
 /// Wanda's `scaler_row` is this divided by the number of sequences.
 pub type SqNorms = BTreeMap<LinearId, Vec<f64>>;
 
-/// Runs `windows` through the dense model in batches and accumulates input statistics.
-/// `tick` is called after each batch with the number of windows done; an error from it stops.
-pub fn collect_sq_norms(
-    model: &Llama,
+/// The distinct inputs of a block's linear layers: q, k and v read one tensor, gate and up another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum InputGroup {
+    Attention,
+    Output,
+    Mlp,
+    Down,
+}
+
+impl InputGroup {
+    pub fn of(p: Proj) -> Self {
+        match p {
+            Proj::Q | Proj::K | Proj::V => InputGroup::Attention,
+            Proj::O => InputGroup::Output,
+            Proj::Gate | Proj::Up => InputGroup::Mlp,
+            Proj::Down => InputGroup::Down,
+        }
+    }
+
+    /// The projection whose capture stands for the group.
+    fn leader(self) -> Proj {
+        match self {
+            InputGroup::Attention => Proj::Q,
+            InputGroup::Output => Proj::O,
+            InputGroup::Mlp => Proj::Gate,
+            InputGroup::Down => Proj::Down,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InputGroup::Attention => "attn_in",
+            InputGroup::Output => "o_in",
+            InputGroup::Mlp => "mlp_in",
+            InputGroup::Down => "down_in",
+        }
+    }
+
+    pub const ALL: [InputGroup; 4] = [
+        InputGroup::Attention,
+        InputGroup::Output,
+        InputGroup::Mlp,
+        InputGroup::Down,
+    ];
+}
+
+/// Input statistics of the linear layers, accumulated over calibration sequences.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Sequences seen.
+    pub nsamples: usize,
+    pub norms: SqNorms,
+    /// Σ XᵀX (f32, [in, in]) per block and input group.
+    pub xtx: BTreeMap<(usize, InputGroup), Tensor>,
+}
+
+impl Stats {
+    /// Wanda's `scaler_row` for a layer: mean over sequences of ‖X_j‖².
+    pub fn scaler(&self, id: LinearId) -> Option<Vec<f32>> {
+        let n = self.nsamples.max(1) as f64;
+        self.norms
+            .get(&id)
+            .map(|v| v.iter().map(|s| (s / n) as f32).collect())
+    }
+
+    /// SparseGPT's and GPTQ's Hessian for a layer: H = (2/n)·ΣXᵀX, n counted in sequences.
+    pub fn hessian(&self, id: LinearId) -> Option<candle_core::Result<Tensor>> {
+        let n = self.nsamples.max(1) as f64;
+        self.xtx
+            .get(&(id.layer, InputGroup::of(id.proj)))
+            .map(|t| t.affine(2.0 / n, 0.0))
+    }
+}
+
+/// What to accumulate.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Wanted {
+    pub norms: bool,
+    pub hessian: bool,
+}
+
+/// A capture hook accumulating `wanted` statistics into `stats`; the first error is kept.
+fn accumulate<'a>(
+    stats: &'a mut Stats,
+    wanted: Wanted,
+    failure: &'a mut Option<candle_core::Error>,
+) -> impl FnMut(LinearId, &Tensor) + 'a {
+    move |id: LinearId, input: &Tensor| {
+        if failure.is_some() {
+            return;
+        }
+        let result = (|| -> candle_core::Result<()> {
+            let x = input.to_dtype(DType::F32)?;
+            if wanted.norms {
+                let v = x.sqr()?.sum((0, 1))?.to_vec1::<f32>()?;
+                let a = stats.norms.entry(id).or_insert_with(|| vec![0.0; v.len()]);
+                for (s, x) in a.iter_mut().zip(v) {
+                    *s += x as f64;
+                }
+            }
+            let group = InputGroup::of(id.proj);
+            if wanted.hessian && group.leader() == id.proj {
+                let (b, t, d) = x.dims3()?;
+                let x = x.reshape((b * t, d))?;
+                let xtx = x.t()?.matmul(&x)?;
+                let key = (id.layer, group);
+                let sum = match stats.xtx.remove(&key) {
+                    Some(acc) => (acc + xtx)?,
+                    None => xtx,
+                };
+                stats.xtx.insert(key, sum);
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            *failure = Some(e);
+        }
+    }
+}
+
+fn batches(
     windows: &[Vec<u32>],
     batch_size: usize,
     device: &Device,
+) -> candle_core::Result<Vec<Tensor>> {
+    windows
+        .chunks(batch_size.max(1))
+        .map(|b| {
+            let flat: Vec<u32> = b.iter().flatten().copied().collect();
+            Tensor::from_vec(flat, (b.len(), b[0].len()), device)
+        })
+        .collect()
+}
+
+/// Runs `windows` through the dense model in batches and accumulates input statistics.
+/// `tick` is called after each batch with the number of windows done; an error from it stops.
+pub fn collect_stats(
+    model: &Llama,
+    windows: &[Vec<u32>],
+    wanted: Wanted,
+    batch_size: usize,
+    device: &Device,
     tick: &mut dyn FnMut(u64) -> candle_core::Result<()>,
-) -> Result<SqNorms, ModelError> {
-    let mut acc: SqNorms = BTreeMap::new();
-    for batch in windows.chunks(batch_size.max(1)) {
-        let flat: Vec<u32> = batch.iter().flatten().copied().collect();
-        let ids = Tensor::from_vec(flat, (batch.len(), batch[0].len()), device)?;
+) -> Result<Stats, ModelError> {
+    collect_stats_first(
+        model,
+        model.num_layers(),
+        windows,
+        wanted,
+        batch_size,
+        device,
+        tick,
+    )
+}
+
+/// [`collect_stats`] for the first `layers` blocks only.
+pub fn collect_stats_first(
+    model: &Llama,
+    layers: usize,
+    windows: &[Vec<u32>],
+    wanted: Wanted,
+    batch_size: usize,
+    device: &Device,
+    tick: &mut dyn FnMut(u64) -> candle_core::Result<()>,
+) -> Result<Stats, ModelError> {
+    let mut stats = Stats::default();
+    for (ids, n) in batches(windows, batch_size, device)?
+        .into_iter()
+        .zip(windows.chunks(batch_size.max(1)).map(<[_]>::len))
+    {
         let mut x = model.embed(&ids)?;
-        for layer in 0..model.num_layers() {
-            let mut failure: Option<candle_core::Error> = None;
-            let mut capture = |id: LinearId, input: &Tensor| {
-                if failure.is_some() {
-                    return;
-                }
-                let sums = input
-                    .to_dtype(DType::F32)
-                    .and_then(|t| t.sqr())
-                    .and_then(|t| t.sum((0, 1)))
-                    .and_then(|t| t.to_vec1::<f32>());
-                match sums {
-                    Ok(v) => {
-                        let a = acc.entry(id).or_insert_with(|| vec![0.0; v.len()]);
-                        for (s, x) in a.iter_mut().zip(v) {
-                            *s += x as f64;
-                        }
-                    }
-                    Err(e) => failure = Some(e),
-                }
+        for layer in 0..layers.min(model.num_layers()) {
+            let mut failure = None;
+            let out = {
+                let mut capture = accumulate(&mut stats, wanted, &mut failure);
+                model.block_forward(layer, &x, 0, None, Some(&mut capture))
             };
-            x = model.block_forward(layer, &x, 0, None, Some(&mut capture))?;
             if let Some(e) = failure {
                 return Err(e.into());
             }
+            x = out?;
         }
-        tick(batch.len() as u64)?;
+        stats.nsamples += n;
+        tick(n as u64)?;
     }
-    Ok(acc)
+    Ok(stats)
+}
+
+/// Compresses a model block by block, the reference way: block i's statistics come from the
+/// outputs of blocks 0..i−1 *after* they were compressed, and all linear layers of a block share
+/// one pass. `compress(layer, stats, tensors)` returns the tensors that replace the layer's
+/// weights; they go into `tensors` before the block's outputs are recomputed for the next one.
+pub fn sequential(
+    cfg: &ModelConfig,
+    tensors: &mut TensorMap,
+    windows: &[Vec<u32>],
+    wanted: Wanted,
+    batch_size: usize,
+    device: &Device,
+    compress: &mut dyn FnMut(usize, &Stats, &TensorMap) -> Result<TensorMap, ModelError>,
+    tick: &mut dyn FnMut(u64) -> candle_core::Result<()>,
+) -> Result<(), ModelError> {
+    let mut model = Llama::new(cfg, tensors)?;
+    let mut hidden: Vec<Tensor> = batches(windows, batch_size, device)?
+        .iter()
+        .map(|ids| model.embed(ids))
+        .collect::<Result<_, _>>()?;
+    for layer in 0..cfg.num_layers {
+        let mut stats = Stats::default();
+        for x in &hidden {
+            let mut failure = None;
+            let out = {
+                let mut capture = accumulate(&mut stats, wanted, &mut failure);
+                model.block_forward(layer, x, 0, None, Some(&mut capture))
+            };
+            if let Some(e) = failure {
+                return Err(e.into());
+            }
+            out?;
+            stats.nsamples += x.dim(0)?;
+        }
+        let replaced = compress(layer, &stats, tensors)?;
+        tensors.extend(replaced);
+        model = Llama::new(cfg, tensors)?;
+        hidden = hidden
+            .iter()
+            .map(|x| model.block_forward(layer, x, 0, None, None))
+            .collect::<Result<_, _>>()?;
+        tick(1)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -24,6 +24,8 @@ pub mod gptq;
 mod hessian;
 pub mod magnitude;
 pub mod nm;
+pub mod random;
+pub mod rows;
 pub mod rtn;
 pub mod sparsegpt;
 pub mod wanda;

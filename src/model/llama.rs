@@ -13,6 +13,9 @@ use super::config::{ModelConfig, RopeScaling};
 use super::error::{ModelError, Result};
 use super::weights::{expected_tensors, TensorMap};
 
+/// The LM head's weight name; present in a tied model's tensors only once something replaced it.
+pub const LM_HEAD: &str = "lm_head.weight";
+
 /// The seven linear layers of a decoder block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -94,6 +97,20 @@ impl LinearId {
     /// The HF name of its bias (present only when the config has biases for it).
     pub fn bias_name(&self) -> String {
         format!("{}.bias", self.module_path())
+    }
+
+    /// The layer whose weight is called `name` (`model.layers.3.self_attn.q_proj.weight`).
+    pub fn from_weight_name(name: &str) -> Option<LinearId> {
+        let rest = name
+            .strip_prefix("model.layers.")?
+            .strip_suffix(".weight")?;
+        let (layer, path) = rest.split_once('.')?;
+        let layer: usize = layer.parse().ok()?;
+        let id = Proj::ALL
+            .into_iter()
+            .map(|p| LinearId::new(layer, p))
+            .find(|id| id.module_path() == format!("model.layers.{layer}.{path}"))?;
+        Some(id)
     }
 
     fn module_path(&self) -> String {
@@ -194,11 +211,60 @@ impl KvCache {
 #[derive(Debug, Clone)]
 struct Linear {
     inner: candle_nn::Linear,
+    /// Set when the layer runs as PyTorch's dynamic int8 linear instead of in floating point.
+    int8: Option<Int8Linear>,
+}
+
+/// A linear layer emulating `torch.ao.quantization.quantize_dynamic` (int8, x86 backend): the
+/// weight is int8 per tensor; each call quantizes its input to 7-bit unsigned codes from that
+/// input's own range; the integer product is exact. One call per sequence, so results do not
+/// depend on how sequences are batched.
+#[derive(Debug, Clone)]
+struct Int8Linear {
+    weight: crate::compress::dynint8::Int8Weight,
+    /// The weight codes transposed, [in, out], as f64: sums of int8 × uint7 products over any
+    /// width stay exact there (f32 loses them past 2^24).
+    codes_t: Tensor,
 }
 
 impl Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.inner.forward(x)?)
+        match &self.int8 {
+            None => Ok(self.inner.forward(x)?),
+            Some(q) => q.forward(x, self.inner.bias()),
+        }
+    }
+}
+
+impl Int8Linear {
+    fn new(weight: crate::compress::dynint8::Int8Weight, device: &Device) -> Result<Self> {
+        let codes: Vec<f64> = weight.codes.iter().map(|&c| f64::from(c)).collect();
+        let codes_t = Tensor::from_vec(codes, (weight.rows, weight.cols), device)?
+            .t()?
+            .contiguous()?;
+        Ok(Int8Linear { weight, codes_t })
+    }
+
+    /// `x` is [batch, seq, in]; each batch row is one call.
+    fn forward(&self, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        use crate::compress::dynint8::quantize_input;
+        let (b, s, cols) = x.dims3()?;
+        let flat: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let mut centered = Vec::with_capacity(flat.len());
+        let mut mult = Vec::with_capacity(b);
+        for seq in flat.chunks(s * cols) {
+            let q = quantize_input(seq).map_err(|e| ModelError::Invalid(e.to_string()))?;
+            centered.extend(q.codes.iter().map(|&c| f64::from(i32::from(c) - q.zero)));
+            mult.push(q.scale * self.weight.scale);
+        }
+        let q = Tensor::from_vec(centered, (b, s, cols), x.device())?;
+        let acc = q.broadcast_matmul(&self.codes_t)?.to_dtype(DType::F32)?;
+        let mult = Tensor::from_vec(mult, (b, 1, 1), x.device())?;
+        let mut y = acc.broadcast_mul(&mult)?;
+        if let Some(bias) = bias {
+            y = y.broadcast_add(&bias.to_dtype(DType::F32)?)?;
+        }
+        Ok(y.to_dtype(x.dtype())?)
     }
 }
 
@@ -267,6 +333,7 @@ impl Llama {
                 get(&id.weight_name()),
                 bias.then(|| get(&id.bias_name())),
             ),
+            int8: None,
         };
         let blocks = (0..cfg.num_layers)
             .map(|l| {
@@ -283,15 +350,16 @@ impl Llama {
             })
             .collect();
         let embed = get(embed_name);
+        // A compression stage that changed the LM head of a tied model stores `lm_head.weight`:
+        // from then on the head is its own matrix.
+        let head = match weights.get(LM_HEAD) {
+            Some(w) => w.clone(),
+            None if cfg.tie_word_embeddings => embed.clone(),
+            None => return Err(missing(LM_HEAD)),
+        };
         let lm_head = Linear {
-            inner: candle_nn::Linear::new(
-                if cfg.tie_word_embeddings {
-                    embed.clone()
-                } else {
-                    get("lm_head.weight")
-                },
-                None,
-            ),
+            inner: candle_nn::Linear::new(head, None),
+            int8: None,
         };
         let inv_freq = Tensor::new(rope_inv_freq(cfg), &device)?;
         Ok(Llama {
@@ -328,6 +396,35 @@ impl Llama {
         (0..self.num_layers())
             .flat_map(|l| Proj::ALL.map(|p| LinearId::new(l, p)))
             .collect()
+    }
+
+    /// The same model with the named linear layer (`model.layers.N.….weight` or `lm_head.weight`)
+    /// running as a dynamic int8 layer with these int8 weights.
+    pub fn with_dynamic_int8(
+        mut self,
+        name: &str,
+        weight: crate::compress::dynint8::Int8Weight,
+    ) -> Result<Self> {
+        let device = self.device.clone();
+        let linear = if name == LM_HEAD {
+            &mut self.lm_head
+        } else {
+            let id = LinearId::from_weight_name(name).ok_or_else(|| {
+                ModelError::Invalid(format!("`{name}` is not a linear layer of the model"))
+            })?;
+            let block = self.blocks.get_mut(id.layer).ok_or_else(|| missing(name))?;
+            &mut block.linears[id.proj as usize]
+        };
+        let (rows, cols) = linear.inner.weight().dims2()?;
+        if (weight.rows, weight.cols) != (rows, cols) {
+            return Err(ModelError::ShapeMismatch {
+                name: name.to_string(),
+                expected: vec![rows, cols],
+                got: vec![weight.rows, weight.cols],
+            });
+        }
+        linear.int8 = Some(Int8Linear::new(weight, &device)?);
+        Ok(self)
     }
 
     /// The weight matrix [out_features, in_features] of a linear layer.

@@ -38,7 +38,9 @@ pub use checkpoint::{shards_of, Checkpoint, WeightFiles};
 pub use config::{Family, ModelConfig, RawConfig, RopeScaling, TokenIds};
 pub use error::{ModelError, Result};
 pub use generate::greedy;
-pub use llama::{rms_norm, Capture, KvCache, LayerKvCache, LinearId, Llama, ModuleGroup, Proj};
+pub use llama::{
+    rms_norm, Capture, KvCache, LayerKvCache, LinearId, Llama, ModuleGroup, Proj, LM_HEAD,
+};
 pub use tokenizer::Tokenizer;
 pub use weights::{
     expected_tensors, gguf_name, load_weights, tensor_digest, unpermute_rope_rows, TensorMap,

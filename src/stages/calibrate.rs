@@ -7,20 +7,70 @@ use serde_json::json;
 
 use super::weights::materialize;
 use super::{StageCtx, StageError, StageOutput};
-use crate::calibrate::{collect_sq_norms, contiguous_windows, random_windows};
+use crate::calibrate::{
+    collect_stats, contiguous_windows, random_windows, InputGroup, Stats, Wanted,
+};
 use crate::data::read_documents;
-use crate::pipeline::spec::{CalibrateSpec, Sampling};
+use crate::pipeline::spec::{CalibrateSpec, Sampling, Statistic};
 
 /// Name of the statistics file in a calibration entry.
 pub const STATS_FILE: &str = "stats.safetensors";
 /// The sampled token windows, so that other stages (and other tools) can use exactly these.
 pub const TOKENS_FILE: &str = "tokens.safetensors";
 /// Windows per forward pass. Fixed: the f32 partial sums depend (slightly) on it.
-const BATCH: usize = 8;
+pub const CALIBRATION_BATCH: usize = 8;
 
 /// The tensor holding Σx² of a linear layer's input features.
 pub fn sq_norm_name(linear: &str) -> String {
     format!("{linear}.input_sq_norm_sum")
+}
+
+/// The tensor holding ΣXᵀX of one input of a block.
+pub fn xtx_name(layer: usize, group: InputGroup) -> String {
+    format!("layers.{layer}.{}.xtx_sum", group.as_str())
+}
+
+/// Reads the statistics a calibrate entry recorded.
+pub fn read_stats(entry: &crate::cache::Entry, device: &Device) -> Result<Stats, StageError> {
+    let nsamples = entry.manifest().meta["nsamples"].as_u64().unwrap_or(0) as usize;
+    if nsamples == 0 {
+        return Err(StageError::Invalid(
+            "the calibration entry records no samples".into(),
+        ));
+    }
+    let tensors = candle_core::safetensors::load(entry.path(STATS_FILE), device)?;
+    let mut stats = Stats {
+        nsamples,
+        ..Stats::default()
+    };
+    for (name, t) in tensors {
+        if let Some(linear) = name.strip_suffix(".input_sq_norm_sum") {
+            let id = linear
+                .parse()
+                .map_err(|e: String| StageError::Invalid(format!("calibration entry: {e}")))?;
+            stats.norms.insert(id, t.to_vec1::<f64>()?);
+        } else if let Some(rest) = name.strip_suffix(".xtx_sum") {
+            let found = rest.strip_prefix("layers.").and_then(|r| {
+                let (layer, group) = r.split_once('.')?;
+                let group = InputGroup::ALL.into_iter().find(|g| g.as_str() == group)?;
+                Some((layer.parse().ok()?, group))
+            });
+            let key = found.ok_or_else(|| {
+                StageError::Invalid(format!("calibration entry: unexpected tensor `{name}`"))
+            })?;
+            stats.xtx.insert(key, t);
+        }
+    }
+    Ok(stats)
+}
+
+/// The sampled windows a calibrate entry holds.
+pub fn read_windows(entry: &crate::cache::Entry) -> Result<Vec<Vec<u32>>, StageError> {
+    let t = candle_core::safetensors::load(entry.path(TOKENS_FILE), &Device::Cpu)?;
+    let tokens = t
+        .get("tokens")
+        .ok_or_else(|| StageError::Invalid("calibration entry has no `tokens`".into()))?;
+    Ok(tokens.to_vec2::<u32>()?)
 }
 
 pub fn run(ctx: &StageCtx, spec: &CalibrateSpec) -> Result<StageOutput, StageError> {
@@ -46,25 +96,39 @@ pub fn run(ctx: &StageCtx, spec: &CalibrateSpec) -> Result<StageOutput, StageErr
     .map_err(|e| StageError::Invalid(format!("dataset `{}`: {e}", spec.dataset)))?;
 
     let model = weights.model()?;
+    let wanted = Wanted {
+        norms: spec.statistics.contains(&Statistic::Norms),
+        hessian: spec.statistics.contains(&Statistic::Hessian),
+    };
     ctx.progress.start(windows.len() as u64, "calibrating");
-    let norms = collect_sq_norms(&model, &windows, BATCH, ctx.device, &mut |n| {
-        ctx.progress.inc(n);
-        if ctx.check_cancel().is_err() {
-            candle_core::bail!("cancelled");
-        }
-        Ok(())
-    })
+    let stats = collect_stats(
+        &model,
+        &windows,
+        wanted,
+        CALIBRATION_BATCH,
+        ctx.device,
+        &mut |n| {
+            ctx.progress.inc(n);
+            if ctx.check_cancel().is_err() {
+                candle_core::bail!("cancelled");
+            }
+            Ok(())
+        },
+    )
     .map_err(|e| cancelled_or(ctx, e))?;
 
-    let mut stats = HashMap::new();
-    for (id, sums) in &norms {
+    let mut out = HashMap::new();
+    for (id, sums) in &stats.norms {
         let n = sums.len();
-        stats.insert(
+        out.insert(
             sq_norm_name(&id.to_string()),
             Tensor::from_vec(sums.clone(), n, &Device::Cpu)?,
         );
     }
-    candle_core::safetensors::save(&stats, ctx.out_path(STATS_FILE))?;
+    for ((layer, group), t) in &stats.xtx {
+        out.insert(xtx_name(*layer, *group), t.to_device(&Device::Cpu)?);
+    }
+    candle_core::safetensors::save(&out, ctx.out_path(STATS_FILE))?;
     let flat: Vec<u32> = windows.iter().flatten().copied().collect();
     let tokens = Tensor::from_vec(flat, (windows.len(), spec.seqlen), &Device::Cpu)?;
     candle_core::safetensors::save(
@@ -72,10 +136,11 @@ pub fn run(ctx: &StageCtx, spec: &CalibrateSpec) -> Result<StageOutput, StageErr
         ctx.out_path(TOKENS_FILE),
     )?;
     ctx.note(&format!(
-        "{} windows of {} tokens, {} linear layers",
+        "{} windows of {} tokens, statistics of {} linear layers, {} Hessians",
         windows.len(),
         spec.seqlen,
-        norms.len()
+        stats.norms.len(),
+        stats.xtx.len()
     ));
     Ok(StageOutput {
         content: None,
@@ -83,8 +148,7 @@ pub fn run(ctx: &StageCtx, spec: &CalibrateSpec) -> Result<StageOutput, StageErr
             "nsamples": windows.len(),
             "seqlen": spec.seqlen,
             "tokens": windows.len() * spec.seqlen,
-            "linear_layers": norms.len(),
-            "statistics": ["input_sq_norm_sum"],
+            "statistics": spec.statistics.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
         }),
     })
 }

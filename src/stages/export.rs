@@ -105,6 +105,8 @@ pub struct Exported {
     pub untied: bool,
     /// Why the weights are not in the checkpoint's dtype, when they are not.
     pub dtype_note: Option<String>,
+    /// Linears that whittle runs as dynamic int8; the folder holds their dequantized weights.
+    pub int8_linears: usize,
 }
 
 /// The single node `stage` (a stage name with one instance, or an instance label) names.
@@ -241,6 +243,7 @@ pub fn export(plan: &Plan, cache: &Cache, stage: &str, out: &Path) -> Result<Exp
         bytes,
         untied,
         dtype_note,
+        int8_linears: weights.int8.len(),
     })
 }
 

@@ -5,13 +5,16 @@
 //! other nodes' state beyond the entries they are handed.
 
 mod calibrate;
+mod calibrated;
 mod evaluate;
 pub mod export;
 mod load;
 pub mod overlay;
 mod prune;
 mod quantize;
+mod replace;
 mod report;
+mod select;
 pub mod weights;
 
 pub use report::TEXT_FILE as REPORT_TEXT_FILE;

@@ -49,7 +49,9 @@ use serde::{Deserialize, Serialize};
 use crate::cache::key::Digest;
 use crate::compress::dynint8::Int8Weight;
 use crate::compress::{Mask, Matrix, QuantizedMatrix};
-use crate::model::{tensor_digest, TensorMap};
+use crate::model::{tensor_digest, TensorMap, LM_HEAD};
+
+const EMBED: &str = "model.embed_tokens.weight";
 
 /// The directory of the overlay inside a compression stage's entry.
 pub const OVERLAY_DIR: &str = "overlay";
@@ -340,6 +342,11 @@ impl OverlayWriter {
         Ok(())
     }
 
+    /// The dtype tensors are applied in.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
     /// Writes the index and reports what the overlay holds.
     pub fn finish(self) -> Result<OverlaySummary> {
         let index = Index {
@@ -451,8 +458,10 @@ impl Overlay {
             }
             let t = match &r.encoding {
                 Encoding::Masked => {
+                    // A tied model's LM head is its embedding until something replaces it.
                     let parent = tensors
                         .get(&r.name)
+                        .or_else(|| (r.name == LM_HEAD).then(|| tensors.get(EMBED)).flatten())
                         .ok_or_else(|| OverlayError::MissingParent(r.name.clone()))?;
                     check_shape(&r.shape, 2).map_err(&corrupt)?;
                     if parent.dims() != r.shape.as_slice() {

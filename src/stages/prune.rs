@@ -1,128 +1,192 @@
-//! `prune`: zero weights of the blocks' linear layers by magnitude or Wanda score.
-
-use std::collections::BTreeMap;
+//! `prune`: zero weights of the selected linear layers by magnitude (layer-wise or global),
+//! at random, by whole rows, by Wanda score, or with SparseGPT's reconstruction.
 
 use serde_json::json;
 
-use super::calibrate::{sq_norm_name, STATS_FILE};
-use super::weights::{materialize, overlay_writer, write_overlay};
+use super::calibrated::compress_calibrated;
+use super::replace::{sparsity_record, Replacement};
+use super::select::{selected, weight};
+use super::weights::{materialize, write_replacements, WeightsMeta};
 use super::{StageCtx, StageError, StageOutput};
-use crate::compress::{self, Mask, Matrix};
-use crate::pipeline::spec::{Pattern, PruneMethod, PruneSpec};
+use crate::calibrate::{Stats, Wanted};
+use crate::compress::{self, HessianOpts, Mask, Matrix};
+use crate::model::{LinearId, TensorMap};
+use crate::pipeline::spec::{Pattern, PruneMethod, PruneSpec, Scope};
 
 pub fn run(ctx: &StageCtx, spec: &PruneSpec) -> Result<StageOutput, StageError> {
     let model_node = ctx.input_node("model")?;
-    let weights = materialize(ctx, model_node, ctx.device)?;
-    let stats = match &spec.method {
-        PruneMethod::Wanda { .. } => {
-            let entry = ctx.entry(ctx.input_node("calibration")?)?;
-            let nsamples = entry.manifest().meta["nsamples"].as_u64().unwrap_or(0);
-            if nsamples == 0 {
-                return Err(StageError::Invalid(
-                    "the calibration entry records no samples".into(),
-                ));
-            }
-            let t =
-                candle_core::safetensors::load(entry.path(STATS_FILE), &candle_core::Device::Cpu)?;
-            Some((t, nsamples as f64))
-        }
-        _ => None,
+    let mut weights = materialize(ctx, model_node, ctx.device)?;
+    let original = weights.tensors.clone();
+    let names = selected(&weights.config, &spec.selection)?;
+    let sparsity = |name: &str| -> f64 {
+        spec.overrides
+            .iter()
+            .find(|o| regex::Regex::new(&o.pattern).is_ok_and(|r| r.is_match(name)))
+            .map_or(spec.sparsity.get(), |o| o.sparsity.get())
+    };
+    let matrix = |tensors: &TensorMap, name: &str| -> Result<Matrix, StageError> {
+        let t = weight(tensors, name)?;
+        Matrix::from_tensor(t).map_err(|e| StageError::Invalid(format!("{name}: {e}")))
     };
 
-    let model = weights.model()?;
-    let linears = model.linear_ids();
-    ctx.progress.start(linears.len() as u64, "pruning");
-    let mut overlay = overlay_writer(ctx, &weights)?;
-    let mut report = Vec::new();
-    for id in linears {
-        ctx.check_cancel()?;
-        let name = id.weight_name();
-        let tensor = &weights.tensors[&name];
-        let mut w = Matrix::from_tensor(tensor).map_err(invalid)?;
-        let mask = match (&spec.method, &stats) {
-            (PruneMethod::Magnitude { .. }, _) => match spec.pattern {
-                Pattern::Unstructured => compress::magnitude::magnitude(&w, spec.sparsity.get()),
-                Pattern::NM { n, m } => compress::magnitude::magnitude_nm(&w, n, m),
-                Pattern::Rows => unimplemented!(),
-            },
-            (PruneMethod::Wanda { .. }, Some((t, nsamples))) => {
-                let sums = t.get(&sq_norm_name(&id.to_string())).ok_or_else(|| {
-                    StageError::Invalid(format!("the calibration has no statistics for {id}"))
-                })?;
-                // Wanda's scaler_row: mean over calibration sequences of ‖X_j‖².
-                let scaler: Vec<f32> = sums
-                    .to_vec1::<f64>()?
-                    .into_iter()
-                    .map(|s| (s / nsamples) as f32)
-                    .collect();
-                match spec.pattern {
-                    Pattern::Unstructured => {
-                        compress::wanda::wanda(&w, &scaler, spec.sparsity.get())
-                    }
-                    Pattern::NM { n, m } => compress::wanda::wanda_nm(&w, &scaler, n, m),
-                    Pattern::Rows => unimplemented!(),
-                }
-            }
-            _ => unimplemented!(),
+    let mut reps: Vec<(String, Replacement)> = Vec::new();
+    match &spec.method {
+        PruneMethod::Magnitude {
+            scope: Scope::Global,
+        } => {
+            let mats: Vec<Matrix> = names
+                .iter()
+                .map(|n| matrix(&weights.tensors, n))
+                .collect::<Result<_, _>>()?;
+            let refs: Vec<&Matrix> = mats.iter().collect();
+            let masks = compress::magnitude::magnitude_global(&refs, spec.sparsity.get())
+                .map_err(|e| StageError::Invalid(format!("global magnitude: {e}")))?;
+            reps.extend(
+                names
+                    .iter()
+                    .cloned()
+                    .zip(masks.into_iter().map(Replacement::Masked)),
+            );
         }
-        .map_err(|e| StageError::Invalid(format!("{id}: {e}")))?;
-        mask.apply(&mut w).map_err(invalid)?;
-        report.push(sparsity_record(&name, &mask, &w));
-        overlay.put_masked(&name, tensor, &mask)?;
-        ctx.progress.inc(1);
+        PruneMethod::Magnitude {
+            scope: Scope::Layer,
+        }
+        | PruneMethod::Random { .. } => {
+            ctx.progress.start(names.len() as u64, "pruning");
+            for (i, name) in names.iter().enumerate() {
+                ctx.check_cancel()?;
+                let w = matrix(&weights.tensors, name)?;
+                let s = sparsity(name);
+                let mask = match (&spec.method, spec.pattern) {
+                    (PruneMethod::Random { seed }, _) => {
+                        // One stream per matrix, reproducible from the seed alone.
+                        compress::random::random(&w, s, seed.wrapping_add(i as u64))
+                    }
+                    (_, Pattern::Unstructured) => compress::magnitude::magnitude(&w, s),
+                    (_, Pattern::NM { n, m }) => compress::magnitude::magnitude_nm(&w, n, m),
+                    (_, Pattern::Rows) => compress::rows::rows_l1(&w, s),
+                }
+                .map_err(|e| StageError::Invalid(format!("{name}: {e}")))?;
+                reps.push((name.clone(), Replacement::Masked(mask)));
+                ctx.progress.inc(1);
+            }
+        }
+        PruneMethod::Wanda { calibration, mode }
+        | PruneMethod::SparseGpt {
+            calibration, mode, ..
+        } => {
+            let wanted = Wanted {
+                norms: matches!(spec.method, PruneMethod::Wanda { .. }),
+                hessian: matches!(spec.method, PruneMethod::SparseGpt { .. }),
+            };
+            reps = compress_calibrated(
+                ctx,
+                spec.method.name(),
+                &mut weights,
+                *calibration,
+                *mode,
+                wanted,
+                &names,
+                &mut |id, w, stats| {
+                    prune_calibrated(
+                        &spec.method,
+                        spec.pattern,
+                        sparsity(&id.weight_name()),
+                        id,
+                        w,
+                        stats,
+                    )
+                },
+            )?;
+        }
     }
-    let (meta, size) = write_overlay(&weights, overlay)?;
-    let zeros: u64 = report
+
+    let parent = WeightsMeta::from_entry(&ctx.entry(model_node)?)?;
+    let written = write_replacements(ctx, &parent, &original, &reps)?;
+    let records: Vec<serde_json::Value> = written
+        .dense
+        .iter()
+        .map(|(name, w)| sparsity_record(name, w))
+        .collect();
+    let zeros: u64 = records
         .iter()
         .map(|r| r["zeros"].as_u64().unwrap_or(0))
         .sum();
-    let numel: u64 = report
+    let numel: u64 = records
         .iter()
         .map(|r| r["numel"].as_u64().unwrap_or(0))
         .sum();
     let overall = zeros as f64 / numel.max(1) as f64;
     ctx.write_json(
         "sparsity.json",
-        &json!({ "overall": overall, "matrices": report }),
+        &json!({ "overall": overall, "matrices": records }),
     )?;
     ctx.note(&format!(
-        "overall sparsity of the pruned matrices: {overall:.4}"
+        "{} matrices, overall sparsity {overall:.4}",
+        records.len()
     ));
     Ok(StageOutput {
-        content: Some(meta.content()),
+        content: Some(written.meta.content()),
         meta: json!({
             "method": spec.method.name(),
             "pattern": spec.pattern.to_string(),
             "requested_sparsity": spec.sparsity.get(),
             "actual_sparsity": overall,
-            "size": size,
-            "weights": meta,
+            "size": written.size,
+            "weights": written.meta,
         }),
     })
 }
 
-fn invalid(e: compress::CompressError) -> StageError {
-    StageError::Invalid(e.to_string())
-}
-
-/// Zeros per matrix and the spread of zeros per row, from the weights as written.
-fn sparsity_record(name: &str, mask: &Mask, w: &Matrix) -> serde_json::Value {
-    let (rows, cols) = w.shape();
-    let mut row_zeros: BTreeMap<&str, usize> = BTreeMap::new();
-    let per_row: Vec<usize> = (0..rows)
-        .map(|r| w.row(r).iter().filter(|x| **x == 0.0).count())
-        .collect();
-    row_zeros.insert("min", per_row.iter().copied().min().unwrap_or(0));
-    row_zeros.insert("max", per_row.iter().copied().max().unwrap_or(0));
-    let zeros: usize = per_row.iter().sum();
-    json!({
-        "name": name,
-        "rows": rows,
-        "cols": cols,
-        "numel": rows * cols,
-        "pruned": mask.count(),
-        "zeros": zeros,
-        "sparsity": zeros as f64 / (rows * cols).max(1) as f64,
-        "row_zeros": row_zeros,
-    })
+/// Wanda or SparseGPT on one layer, from its input statistics.
+fn prune_calibrated(
+    method: &PruneMethod,
+    pattern: Pattern,
+    s: f64,
+    id: LinearId,
+    w: &Matrix,
+    stats: &Stats,
+) -> Result<Replacement, StageError> {
+    let missing =
+        |what: &str| StageError::Invalid(format!("the calibration has no {what} for {id}"));
+    let kernel = |e: compress::CompressError| StageError::Invalid(format!("{id}: {e}"));
+    match method {
+        PruneMethod::Wanda { .. } => {
+            let scaler = stats.scaler(id).ok_or_else(|| missing("input norms"))?;
+            let mask: Mask = match pattern {
+                Pattern::Unstructured => compress::wanda::wanda(w, &scaler, s),
+                Pattern::NM { n, m } => compress::wanda::wanda_nm(w, &scaler, n, m),
+                Pattern::Rows => {
+                    return Err(StageError::Invalid("wanda does not prune rows".into()))
+                }
+            }
+            .map_err(kernel)?;
+            Ok(Replacement::Masked(mask))
+        }
+        PruneMethod::SparseGpt {
+            percdamp,
+            blocksize,
+            ..
+        } => {
+            let h = stats.hessian(id).ok_or_else(|| missing("Hessian"))??;
+            let h = Matrix::from_tensor(&h).map_err(kernel)?;
+            let pattern = match pattern {
+                Pattern::Unstructured => compress::sparsegpt::Pattern::Unstructured(s),
+                Pattern::NM { n, m } => compress::sparsegpt::Pattern::NM { n, m },
+                Pattern::Rows => {
+                    return Err(StageError::Invalid("sparsegpt does not prune rows".into()))
+                }
+            };
+            let opts = HessianOpts {
+                blocksize: *blocksize,
+                percdamp: *percdamp,
+            };
+            let out = compress::sparsegpt::sparsegpt(w, &h, pattern, &opts).map_err(kernel)?;
+            Ok(Replacement::Sparse {
+                weight: out.weight,
+                mask: out.mask,
+            })
+        }
+        _ => unreachable!("only calibrated methods come here"),
+    }
 }

@@ -1,65 +1,149 @@
-//! `quantize`: round-to-nearest quantization of the blocks' linear layers.
-//!
-//! The overlay holds the codes, scales and zeros; evaluation computes with the dequantized weights.
+//! `quantize`: RTN, GPTQ (the Hessian-weighted error feedback), or PyTorch's dynamic int8, on the
+//! selected linear layers.
 
 use serde_json::json;
 
-use super::weights::{materialize, overlay_writer, write_overlay};
+use super::calibrated::compress_calibrated;
+use super::replace::Replacement;
+use super::select::{selected, weight};
+use super::weights::{materialize, write_replacements, WeightsMeta};
 use super::{StageCtx, StageError, StageOutput};
-use crate::compress::{self, Grouping, Matrix, QuantConfig};
+use crate::calibrate::Wanted;
+use crate::compress::{self, Grouping, HessianOpts, Matrix, QuantConfig};
 use crate::pipeline::spec::{QuantMethod, QuantizeSpec};
 
 pub fn run(ctx: &StageCtx, spec: &QuantizeSpec) -> Result<StageOutput, StageError> {
     let model_node = ctx.input_node("model")?;
-    let weights = materialize(ctx, model_node, ctx.device)?;
-    let QuantMethod::Rtn {
+    let mut weights = materialize(ctx, model_node, ctx.device)?;
+    let original = weights.tensors.clone();
+    let names = selected(&weights.config, &spec.selection)?;
+    let grid = |bits: u32, group_size: Option<usize>, symmetric: bool| QuantConfig {
+        bits,
+        grouping: group_size.map_or(Grouping::PerChannel, Grouping::Group),
+        sym: symmetric,
+    };
+    let kernel =
+        |name: &str, e: compress::CompressError| StageError::Invalid(format!("{name}: {e}"));
+
+    let reps: Vec<(String, Replacement)> = match &spec.method {
+        QuantMethod::Rtn {
+            bits,
+            group_size,
+            symmetric,
+        } => each_matrix(ctx, &original, &names, |name, w| {
+            let q = compress::rtn::rtn(w, &grid(*bits, *group_size, *symmetric))
+                .map_err(|e| kernel(name, e))?;
+            Ok(Replacement::Quantized(q))
+        })?,
+        QuantMethod::DynamicInt8 => each_matrix(ctx, &original, &names, |name, w| {
+            let q = compress::dynint8::quantize_weight(w).map_err(|e| kernel(name, e))?;
+            Ok(Replacement::Int8(q))
+        })?,
+        QuantMethod::Gptq {
+            bits,
+            group_size,
+            symmetric,
+            act_order,
+            percdamp,
+            blocksize,
+            calibration,
+            mode,
+        } => {
+            let cfg = compress::gptq::GptqConfig {
+                quant: grid(*bits, *group_size, *symmetric),
+                act_order: *act_order,
+                hessian: HessianOpts {
+                    blocksize: *blocksize,
+                    percdamp: *percdamp,
+                },
+            };
+            let wanted = Wanted {
+                norms: false,
+                hessian: true,
+            };
+            compress_calibrated(
+                ctx,
+                "gptq",
+                &mut weights,
+                *calibration,
+                *mode,
+                wanted,
+                &names,
+                &mut |id, w, stats| {
+                    let h = stats.hessian(id).ok_or_else(|| {
+                        StageError::Invalid(format!("the calibration has no Hessian for {id}"))
+                    })??;
+                    let h = Matrix::from_tensor(&h).map_err(|e| kernel(&id.to_string(), e))?;
+                    let out = compress::gptq::gptq(w, &h, &cfg)
+                        .map_err(|e| kernel(&id.to_string(), e))?;
+                    Ok(Replacement::Quantized(out.quantized))
+                },
+            )?
+        }
+    };
+
+    let parent = WeightsMeta::from_entry(&ctx.entry(model_node)?)?;
+    let written = write_replacements(ctx, &parent, &original, &reps)?;
+    let (mut sq_err, mut numel) = (0.0f64, 0usize);
+    for (name, dense) in &written.dense {
+        let before = Matrix::from_tensor(weight(&original, name)?).map_err(|e| kernel(name, e))?;
+        sq_err += before
+            .data
+            .iter()
+            .zip(&dense.data)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum::<f64>();
+        numel += dense.numel();
+    }
+    let rmse = (sq_err / numel.max(1) as f64).sqrt();
+    ctx.note(&format!(
+        "{} matrices, weight RMSE {rmse:.3e}",
+        written.dense.len()
+    ));
+    let mut meta = json!({
+        "method": spec.method.name(),
+        "matrices": written.dense.len(),
+        "weight_rmse": rmse,
+        "size": written.size,
+        "weights": written.meta,
+    });
+    if let QuantMethod::Rtn {
         bits,
         group_size,
         symmetric,
+    }
+    | QuantMethod::Gptq {
+        bits,
+        group_size,
+        symmetric,
+        ..
     } = &spec.method
-    else {
-        unimplemented!()
-    };
-    let cfg = QuantConfig {
-        bits: *bits,
-        grouping: group_size.map_or(Grouping::PerChannel, Grouping::Group),
-        sym: *symmetric,
-    };
-    let model = weights.model()?;
-    let linears = model.linear_ids();
-    ctx.progress.start(linears.len() as u64, "quantizing");
-    let mut overlay = overlay_writer(ctx, &weights)?;
-    let mut sq_err = 0.0f64;
-    let mut numel = 0usize;
-    for id in linears {
+    {
+        meta["bits"] = json!(bits);
+        meta["group_size"] = json!(group_size);
+        meta["symmetric"] = json!(symmetric);
+    }
+    Ok(StageOutput {
+        content: Some(written.meta.content()),
+        meta,
+    })
+}
+
+/// Applies `f` to every selected matrix, with progress and cancellation.
+fn each_matrix(
+    ctx: &StageCtx,
+    tensors: &crate::model::TensorMap,
+    names: &[String],
+    mut f: impl FnMut(&str, &Matrix) -> Result<Replacement, StageError>,
+) -> Result<Vec<(String, Replacement)>, StageError> {
+    ctx.progress.start(names.len() as u64, "quantizing");
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
         ctx.check_cancel()?;
-        let name = id.weight_name();
-        let tensor = &weights.tensors[&name];
-        let w = Matrix::from_tensor(tensor).map_err(|e| StageError::Invalid(e.to_string()))?;
-        let q =
-            compress::rtn::rtn(&w, &cfg).map_err(|e| StageError::Invalid(format!("{id}: {e}")))?;
-        let dq = q.dequantize();
-        sq_err += w
-            .data
-            .iter()
-            .zip(&dq.data)
-            .map(|(a, b)| ((a - b) as f64).powi(2))
-            .sum::<f64>();
-        numel += w.numel();
-        overlay.put_quantized(&name, &q)?;
+        let w = Matrix::from_tensor(weight(tensors, name)?)
+            .map_err(|e| StageError::Invalid(format!("{name}: {e}")))?;
+        out.push((name.clone(), f(name, &w)?));
         ctx.progress.inc(1);
     }
-    let (meta, size) = write_overlay(&weights, overlay)?;
-    Ok(StageOutput {
-        content: Some(meta.content()),
-        meta: json!({
-            "method": "rtn",
-            "bits": bits,
-            "group_size": group_size,
-            "symmetric": symmetric,
-            "weight_rmse": (sq_err / numel.max(1) as f64).sqrt(),
-            "size": size,
-            "weights": meta,
-        }),
-    })
+    Ok(out)
 }

@@ -2,9 +2,9 @@
 //!
 //! A `load` entry stores no tensors, only the digests of the checkpoint's tensors; each prune or
 //! quantize entry stores an overlay (`overlay/`, packed: see [`super::overlay`]) with the tensors
-//! it replaced. The weights a node
-//! stands for are its `load` ancestor's checkpoint with the overlays along the `model` inputs applied
-//! in order. Their content identity is a digest over config, tokenizer and every tensor's digest, so
+//! it replaced. The weights a node stands for are its `load` ancestor's checkpoint with the
+//! overlays along the `model` inputs applied in order; linears an overlay stored as dynamic int8
+//! run as the emulated integer product. Their content identity is a digest over config, tokenizer and every tensor's digest, so
 //! two routes to the same tensors are the same weights.
 
 use std::collections::BTreeMap;
@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::overlay::{apply_chain, AppliedChain, Overlay};
 pub use super::overlay::{Int8Linear, OverlayWriter, OVERLAY_DIR};
+use super::replace::Replacement;
 use super::{StageCtx, StageError};
 use crate::cache::key::{Digest, KeyHasher};
 use crate::cache::Entry;
@@ -85,8 +86,13 @@ pub struct Materialized {
 }
 
 impl Materialized {
+    /// The model, with the dynamic-int8 linears running as the emulated integer product.
     pub fn model(&self) -> Result<Llama, StageError> {
-        Ok(Llama::new(&self.config, &self.tensors)?)
+        let mut model = Llama::new(&self.config, &self.tensors)?;
+        for (name, lin) in &self.int8 {
+            model = model.with_dynamic_int8(name, lin.weight.clone())?;
+        }
+        Ok(model)
     }
 
     pub fn tokenizer(&self) -> Result<Tokenizer, StageError> {
@@ -207,38 +213,93 @@ pub struct StoredSize {
     pub model_dense_bytes: u64,
 }
 
-/// Starts the overlay of a compression stage whose input weights are `parent`.
-pub fn overlay_writer(ctx: &StageCtx, parent: &Materialized) -> Result<OverlayWriter, StageError> {
-    Ok(OverlayWriter::new(ctx.out_path(OVERLAY_DIR), parent.dtype)?)
-}
-
-/// Finishes a compression stage's overlay: returns the new weights' metadata (the digests of the
-/// tensors as applied, so identical weights share keys) and the sizes to record.
+/// Finishes a compression stage's overlay (`writer`, whose puts replaced tensors of `original`,
+/// the input weights): returns the new weights' metadata (the digests of the tensors as applied,
+/// so identical weights share keys) and the sizes to record.
 pub fn write_overlay(
-    parent: &Materialized,
+    ctx: &StageCtx,
+    parent: &WeightsMeta,
+    original: &TensorMap,
     writer: OverlayWriter,
 ) -> Result<(WeightsMeta, StoredSize), StageError> {
+    let dtype = writer.dtype();
     let summary = writer.finish()?;
-    let mut meta = parent.meta.clone();
+    let mut meta = parent.clone();
     meta.tensors.extend(summary.digests.clone());
-    let mut stored = parent.stored.clone();
+    // What each tensor takes on disk: packed where an overlay of the chain (this one last) holds
+    // it, dense in the model's dtype elsewhere.
+    let (_, chain) = chain(ctx, ctx.input_node("model")?)?;
+    let mut stored = BTreeMap::new();
+    for o in chain {
+        let overlay = Overlay::open(ctx.entry(o)?.path(OVERLAY_DIR))?;
+        for r in &overlay.index().tensors {
+            stored.insert(r.name.clone(), r.bytes);
+        }
+    }
     stored.extend(summary.stored.clone());
-    let model_bytes = parent
-        .tensors
-        .iter()
-        .map(|(name, t)| {
-            stored
-                .get(name)
-                .copied()
-                .unwrap_or((t.elem_count() * parent.dtype.size_in_bytes()) as u64)
-        })
-        .sum();
+    let numel = |name: &str| -> Result<u64, StageError> {
+        Ok(super::select::weight(original, name)?.elem_count() as u64)
+    };
+    let (mut model_bytes, mut model_dense_bytes) = (0u64, 0u64);
+    let names: std::collections::BTreeSet<&String> =
+        original.keys().chain(summary.stored.keys()).collect();
+    for name in names {
+        let dense = numel(name)? * dtype.size_in_bytes() as u64;
+        model_dense_bytes += dense;
+        model_bytes += stored.get(name).copied().unwrap_or(dense);
+    }
     let size = StoredSize {
         tensors: summary.tensors,
         stored_bytes: summary.stored_bytes,
         dense_bytes: summary.dense_bytes,
         model_bytes,
-        model_dense_bytes: parent.dense_bytes(),
+        model_dense_bytes,
     };
     Ok((meta, size))
+}
+
+/// What a compression stage wrote.
+pub struct Written {
+    pub meta: WeightsMeta,
+    /// The dense matrices the model now computes with, by name.
+    pub dense: Vec<(String, crate::compress::Matrix)>,
+    /// Stored and dense sizes in bytes ([`StoredSize`]).
+    pub size: serde_json::Value,
+}
+
+/// Stores a compression stage's replacements on top of `original` (the input weights), each in
+/// its packed form (see [`super::overlay`]).
+pub fn write_replacements(
+    ctx: &StageCtx,
+    parent: &WeightsMeta,
+    original: &TensorMap,
+    reps: &[(String, Replacement)],
+) -> Result<Written, StageError> {
+    let dtype = original
+        .values()
+        .next()
+        .map_or(DType::F32, |t| t.dtype());
+    let mut writer = OverlayWriter::new(ctx.out_path(OVERLAY_DIR), dtype)?;
+    let mut dense = Vec::new();
+    for (name, rep) in reps {
+        let like = super::select::weight(original, name)?;
+        let parent_m = crate::compress::Matrix::from_tensor(like)
+            .map_err(|e| StageError::Invalid(format!("{name}: {e}")))?;
+        let d = rep
+            .dense(&parent_m)
+            .map_err(|e| StageError::Invalid(format!("{name}: {e}")))?;
+        match rep {
+            Replacement::Masked(mask) => writer.put_masked(name, like, mask)?,
+            Replacement::Sparse { weight, mask } => writer.put_sparse(name, weight, mask)?,
+            Replacement::Quantized(q) => writer.put_quantized(name, q)?,
+            Replacement::Int8(w) => writer.put_int8(name, w)?,
+        }
+        dense.push((name.clone(), d));
+    }
+    let (meta, size) = write_overlay(ctx, parent, original, writer)?;
+    Ok(Written {
+        meta,
+        dense,
+        size: serde_json::to_value(size).expect("sizes serialize"),
+    })
 }

@@ -1,0 +1,122 @@
+//! The flow shared by every calibrated method (Wanda, SparseGPT, GPTQ): statistics from the
+//! calibrate entry (dense) or block by block from the compressed model (sequential), and one
+//! call per selected matrix.
+
+use super::calibrate::{cancelled_or, read_stats, read_windows, CALIBRATION_BATCH};
+use super::replace::Replacement;
+use super::weights::Materialized;
+use super::{StageCtx, StageError};
+use crate::calibrate::{sequential, Stats, Wanted};
+use crate::compress::Matrix;
+use crate::model::{LinearId, ModelError, TensorMap};
+use crate::pipeline::spec::{CalibrationMode, InstanceRef};
+
+/// One matrix's replacement from its layer's input statistics.
+pub type PerMatrix<'a> =
+    dyn FnMut(LinearId, &Matrix, &Stats) -> Result<Replacement, StageError> + 'a;
+
+/// Runs `per_matrix` over the selected block matrices `names`, layer by layer, updating
+/// `weights.tensors` as it goes. Returns the replacements in order.
+#[allow(clippy::too_many_arguments)]
+pub fn compress_calibrated(
+    ctx: &StageCtx,
+    method: &str,
+    weights: &mut Materialized,
+    calibration: InstanceRef,
+    mode: CalibrationMode,
+    wanted: Wanted,
+    names: &[String],
+    per_matrix: &mut PerMatrix,
+) -> Result<Vec<(String, Replacement)>, StageError> {
+    let ids: Vec<(String, LinearId)> = names
+        .iter()
+        .map(|n| {
+            LinearId::from_weight_name(n)
+                .map(|id| (n.clone(), id))
+                .ok_or_else(|| {
+                    StageError::Invalid(format!(
+                        "{method} works on the linear layers of the blocks, not `{n}`: use \
+                     magnitude, random or RTN for the LM head"
+                    ))
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    let node = ctx
+        .plan
+        .node_of(calibration)
+        .ok_or_else(|| StageError::Invalid("internal: calibration is not in the plan".into()))?;
+    let entry = ctx.entry(node)?;
+    let mut reps = Vec::new();
+    let mut failure: Option<StageError> = None;
+    let mut layer_fn =
+        |layer: usize, stats: &Stats, tensors: &TensorMap| -> Result<TensorMap, ModelError> {
+            let mut replaced = TensorMap::new();
+            for (name, id) in ids.iter().filter(|(_, id)| id.layer == layer) {
+                let t = &tensors[name];
+                let result = Matrix::from_tensor(t)
+                    .map_err(|e| StageError::Invalid(format!("{name}: {e}")))
+                    .and_then(|w| {
+                        let rep = per_matrix(*id, &w, stats)?;
+                        let dense = rep
+                            .dense(&w)
+                            .map_err(|e| StageError::Invalid(format!("{name}: {e}")))?;
+                        Ok((rep, super::replace::tensor_like(&dense, t)?))
+                    });
+                match result {
+                    Ok((rep, tensor)) => {
+                        replaced.insert(name.clone(), tensor);
+                        reps.push((name.clone(), rep));
+                    }
+                    Err(e) => {
+                        let msg = e.to_string();
+                        failure = Some(e);
+                        return Err(ModelError::Invalid(msg));
+                    }
+                }
+            }
+            Ok(replaced)
+        };
+    let layers = weights.config.num_layers;
+    let outcome = match mode {
+        CalibrationMode::Dense => {
+            let stats = read_stats(&entry, ctx.device)?;
+            ctx.progress.start(layers as u64, method);
+            (0..layers).try_for_each(|layer| {
+                ctx.check_cancel()?;
+                let replaced = layer_fn(layer, &stats, &weights.tensors)?;
+                weights.tensors.extend(replaced);
+                ctx.progress.inc(1);
+                Ok(())
+            })
+        }
+        CalibrationMode::Sequential => {
+            let windows = read_windows(&entry)?;
+            ctx.progress
+                .start(layers as u64, &format!("{method}, block by block"));
+            let cfg = weights.config.clone();
+            sequential(
+                &cfg,
+                &mut weights.tensors,
+                &windows,
+                wanted,
+                CALIBRATION_BATCH,
+                ctx.device,
+                &mut layer_fn,
+                &mut |n| {
+                    ctx.progress.inc(n);
+                    if ctx.check_cancel().is_err() {
+                        candle_core::bail!("cancelled");
+                    }
+                    Ok(())
+                },
+            )
+            .map_err(|e| cancelled_or(ctx, e))
+        }
+    };
+    // An error of our own inside the driver comes back as a model error: report the original.
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    outcome?;
+    Ok(reps)
+}

@@ -1,0 +1,115 @@
+//! Which weights a compression stage touches: a module group, then `targets` / `ignore` regexes
+//! over Hugging Face weight names (the llm-compressor convention).
+
+use regex::Regex;
+
+use super::StageError;
+use candle_core::Tensor;
+
+use crate::model::{LinearId, ModelConfig, Proj, TensorMap, LM_HEAD};
+use crate::pipeline::spec::{ModuleGroup, Selection};
+
+/// The selected weight names, block by block in projection order (the LM head last).
+pub fn selected(cfg: &ModelConfig, sel: &Selection) -> Result<Vec<String>, StageError> {
+    let compile = |patterns: &[String]| -> Result<Vec<Regex>, StageError> {
+        patterns
+            .iter()
+            .map(|p| Regex::new(p).map_err(|e| StageError::Invalid(format!("regex `{p}`: {e}"))))
+            .collect()
+    };
+    let targets = compile(&sel.targets)?;
+    let ignore = compile(&sel.ignore)?;
+    let in_group = |p: Proj| match sel.group {
+        ModuleGroup::All => true,
+        ModuleGroup::Attention => matches!(p, Proj::Q | Proj::K | Proj::V | Proj::O),
+        ModuleGroup::Mlp => matches!(p, Proj::Gate | Proj::Up | Proj::Down),
+        ModuleGroup::LmHead => false,
+    };
+    let mut names: Vec<String> = (0..cfg.num_layers)
+        .flat_map(|l| Proj::ALL.map(|p| LinearId::new(l, p)))
+        .filter(|id| in_group(id.proj))
+        .map(|id| id.weight_name())
+        .collect();
+    if sel.group == ModuleGroup::LmHead {
+        names.push(LM_HEAD.to_string());
+    }
+    names.retain(|n| {
+        (targets.is_empty() || targets.iter().any(|r| r.is_match(n)))
+            && !ignore.iter().any(|r| r.is_match(n))
+    });
+    if names.is_empty() {
+        return Err(StageError::Invalid(format!(
+            "the selection (modules: {}, targets: {:?}, ignore: {:?}) matches no weight: \
+             weight names look like `model.layers.0.self_attn.q_proj.weight` and `lm_head.weight`",
+            sel.group.as_str(),
+            sel.targets,
+            sel.ignore
+        )));
+    }
+    Ok(names)
+}
+
+/// A weight by name; the LM head of a tied model is its embedding.
+pub fn weight<'a>(tensors: &'a TensorMap, name: &str) -> Result<&'a Tensor, StageError> {
+    tensors
+        .get(name)
+        .or_else(|| {
+            (name == LM_HEAD)
+                .then(|| tensors.get("model.embed_tokens.weight"))
+                .flatten()
+        })
+        .ok_or_else(|| StageError::Invalid(format!("the model has no weight `{name}`")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> ModelConfig {
+        ModelConfig::from_json(
+            r#"{"hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 2,
+                "num_attention_heads": 2, "vocab_size": 10, "rms_norm_eps": 1e-5}"#,
+        )
+        .unwrap()
+    }
+
+    fn sel(group: ModuleGroup, targets: &[&str], ignore: &[&str]) -> Selection {
+        Selection {
+            group,
+            targets: targets.iter().map(|s| s.to_string()).collect(),
+            ignore: ignore.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn groups() {
+        let all = selected(&cfg(), &Selection::default()).unwrap();
+        assert_eq!(all.len(), 14);
+        assert_eq!(all[0], "model.layers.0.self_attn.q_proj.weight");
+        let att = selected(&cfg(), &sel(ModuleGroup::Attention, &[], &[])).unwrap();
+        assert_eq!(att.len(), 8);
+        assert!(att.iter().all(|n| n.contains("self_attn")));
+        let mlp = selected(&cfg(), &sel(ModuleGroup::Mlp, &[], &[])).unwrap();
+        assert_eq!(mlp.len(), 6);
+        assert!(mlp.iter().all(|n| n.contains(".mlp.")));
+        assert_eq!(
+            selected(&cfg(), &sel(ModuleGroup::LmHead, &[], &[])).unwrap(),
+            vec!["lm_head.weight"]
+        );
+    }
+
+    #[test]
+    fn targets_and_ignore() {
+        let s = sel(ModuleGroup::All, &[r"layers\.1\."], &["down_proj"]);
+        let names = selected(&cfg(), &s).unwrap();
+        assert_eq!(names.len(), 6);
+        assert!(names
+            .iter()
+            .all(|n| n.contains("layers.1.") && !n.contains("down")));
+        let none = sel(ModuleGroup::All, &["nothing"], &[]);
+        assert!(selected(&cfg(), &none)
+            .unwrap_err()
+            .to_string()
+            .contains("matches no weight"));
+    }
+}
