@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use whittle::cache::{Cache, FileHasher};
 use whittle::compress::{magnitude::magnitude, Matrix};
 use whittle::model::{load_weights, Checkpoint, Llama, ModelConfig, TensorMap};
-use whittle::stages::export::materialize_stage;
+use whittle::stages::export::{materialize_stage, write_safetensors};
 
 fn whittle(cache: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_whittle"))
@@ -242,4 +242,97 @@ fn python_check(hf: &Path, tokens: &[u32], expected: &[f32]) {
         .fold(0f32, f32::max);
     eprintln!("transformers vs whittle: max |logit difference| = {max:e}");
     assert!(max < 1e-3, "{max}");
+}
+
+/// The dtypes in a safetensors header, by tensor name.
+fn header_dtypes(path: &Path) -> Vec<String> {
+    let st = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(st[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&st[8..8 + n]).unwrap();
+    let mut d: Vec<String> = header
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .map(|(_, v)| v["dtype"].as_str().unwrap().to_string())
+        .collect();
+    d.dedup();
+    d
+}
+
+#[test]
+fn weights_keep_the_checkpoint_dtype_only_when_it_holds_them_exactly() {
+    let shared = require_shared!("");
+    let base_dir = shared.join("models/stories260K");
+    let tmp = tempfile::tempdir().unwrap();
+    // stories260K as an f16 checkpoint, computed with in f32.
+    let f16_dir = tmp.path().join("stories-f16");
+    std::fs::create_dir(&f16_dir).unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(base_dir.join(f), f16_dir.join(f)).unwrap();
+    }
+    let ckpt = Checkpoint::resolve(&base_dir).unwrap();
+    let cfg = ModelConfig::from_file(&ckpt.config).unwrap();
+    let w = load_weights(&ckpt, &cfg, DType::F32, &Device::Cpu).unwrap();
+    write_safetensors(&f16_dir.join("model.safetensors"), &w, DType::F16).unwrap();
+    let file = tmp.path().join("f16.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "models:\n  s: {}\nstages:\n  base: {{kind: load, model: s, dtype: f32}}\n  \
+             pruned: {{kind: prune, model: base, method: magnitude, sparsity: 0.5}}\n  \
+             q4: {{kind: quantize, model: base, method: rtn, bits: 4, group_size: 16}}\n",
+            f16_dir.display()
+        ),
+    )
+    .unwrap();
+    let cache = tmp.path().join("cache");
+    let f = file.to_str().unwrap();
+    let out = whittle(&cache, &["run", f]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // Zeroing f16 values keeps them f16: written as the checkpoint was.
+    let pruned = tmp.path().join("pruned");
+    let out = whittle(
+        &cache,
+        &["export", f, "pruned", "--out", pruned.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(header_dtypes(&pruned.join("model.safetensors")), ["F16"]);
+    assert!(!text(&out).contains("note:"), "{}", text(&out));
+
+    // A 4-bit grid dequantized in f32 does not fit f16: written in f32, and the config says so.
+    let q4 = tmp.path().join("q4");
+    let out = whittle(&cache, &["export", f, "q4", "--out", q4.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("note: written in f32"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(header_dtypes(&q4.join("model.safetensors")), ["F32"]);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(q4.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["torch_dtype"], "float32");
+
+    // Both reload to exactly the weights whittle computed with.
+    let cache_h = Cache::open(&cache).unwrap();
+    let plan = whittle::plan::build(
+        whittle::pipeline::load(&file).unwrap(),
+        &FileHasher::load(&cache_h).unwrap(),
+    )
+    .unwrap();
+    for (stage, dir) in [("pruned", &pruned), ("q4", &q4)] {
+        let (m, _) = materialize_stage(&plan, &cache_h, stage, &Device::Cpu).unwrap();
+        let back = load_weights(
+            &Checkpoint::resolve(dir).unwrap(),
+            &cfg,
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
+        for (name, t) in &m.tensors {
+            assert_eq!(values(&back[name]), values(t), "{stage}: {name}");
+        }
+    }
 }

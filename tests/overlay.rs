@@ -9,15 +9,15 @@ use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use whittle::cache::Digest;
 use whittle::compress::dynint8::quantize_weight;
 use whittle::compress::rtn::rtn;
 use whittle::compress::{Grouping, Mask, Matrix, QuantConfig};
-use whittle::cache::Digest;
 use whittle::model::{load_weights, tensor_digest, Checkpoint, Llama, ModelConfig, TensorMap};
-use whittle::stages::weights::{Materialized, WeightsMeta};
 use whittle::stages::overlay::{
     apply_chain, pack_codes, Overlay, OverlayError, OverlaySummary, OverlayWriter, INDEX_FILE,
 };
+use whittle::stages::weights::{Materialized, WeightsMeta};
 
 fn random_matrix(rows: usize, cols: usize, seed: u64) -> Matrix {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);

@@ -53,7 +53,7 @@ pub enum ExportError {
         stage: String,
         instances: Vec<String>,
     },
-    #[error("`{label}` is a {kind} stage, which produces no weights; export a load, prune or quantize stage")]
+    #[error("`{label}` (kind {kind}) produces no weights: export a load, prune or quantize stage")]
     NotWeights { label: String, kind: String },
     #[error("`{label}` is not in the cache ({reason}): run `whittle run {}` first", pipeline.display())]
     NotCached {

@@ -275,10 +275,7 @@ pub fn write_replacements(
     original: &TensorMap,
     reps: &[(String, Replacement)],
 ) -> Result<Written, StageError> {
-    let dtype = original
-        .values()
-        .next()
-        .map_or(DType::F32, |t| t.dtype());
+    let dtype = original.values().next().map_or(DType::F32, |t| t.dtype());
     let mut writer = OverlayWriter::new(ctx.out_path(OVERLAY_DIR), dtype)?;
     let mut dense = Vec::new();
     for (name, rep) in reps {
