@@ -58,6 +58,16 @@ pub enum Command {
     Status { file: PathBuf },
     /// Explain why a stage (name or instance label) would run: what changed in its key.
     Why { file: PathBuf, stage: String },
+    /// Write a cached weights stage (load, prune or quantize) as a Hugging Face model folder.
+    Export {
+        file: PathBuf,
+        /// A stage name with one instance, or an instance label such as
+        /// 'pruned[method=wanda,sparsity=0.5]'.
+        stage: String,
+        /// The folder to create (must not exist, or be empty).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Remove cache entries that no given pipeline reaches, or older than a date.
     Gc {
         /// Pipelines whose current results are kept.
@@ -139,6 +149,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         }
         Command::Status { file } => cmd_status(&cli, file),
         Command::Why { file, stage } => cmd_why(&cli, file, stage),
+        Command::Export { file, stage, out } => cmd_export(&cli, file, stage, out),
         Command::Gc {
             files,
             older_than,
@@ -347,6 +358,31 @@ fn cmd_status(cli: &Cli, file: &Path) -> Result<Outcome> {
             );
         }
         None => println!("never run with this cache ({})", cache.root().display()),
+    }
+    Ok(Outcome::Success)
+}
+
+fn cmd_export(cli: &Cli, file: &Path, stage: &str, out: &Path) -> Result<Outcome> {
+    let (cache, plan) = open(cli, file)?;
+    let e = crate::stages::export::export(&plan, &cache, stage, out)?;
+    println!(
+        "exported {} to {}: {} tensors in {}, {:.1} MB{}",
+        e.label,
+        e.dir.display(),
+        e.tensors,
+        e.dtype.as_str(),
+        e.bytes as f64 / 1e6,
+        if e.untied { ", LM head untied" } else { "" }
+    );
+    if let Some(note) = &e.dtype_note {
+        println!("note: {note}");
+    }
+    if e.int8_linears > 0 {
+        println!(
+            "note: {} linears run as dynamic int8 in whittle; the folder holds their dequantized \
+             weights, which transformers runs in floating point",
+            e.int8_linears
+        );
     }
     Ok(Outcome::Success)
 }

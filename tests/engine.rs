@@ -344,7 +344,7 @@ fn killed_during_prune_then_resumed_gives_identical_results() {
         std::fs::read_dir(cache.join("v1/tmp"))
             .map(|d| {
                 d.flatten()
-                    .any(|e| e.path().join("overlay.safetensors").exists())
+                    .any(|e| e.path().join("overlay/overlay.json").exists())
             })
             .unwrap_or(false)
     };

@@ -7,7 +7,9 @@
 mod calibrate;
 mod calibrated;
 mod evaluate;
+pub mod export;
 mod load;
+pub mod overlay;
 mod prune;
 mod quantize;
 mod replace;
@@ -32,8 +34,9 @@ pub fn version(kind: StageKind) -> u32 {
     match kind {
         StageKind::Load => 1,
         StageKind::Calibrate => 1,
-        StageKind::Prune => 1,
-        StageKind::Quantize => 1,
+        // 2: overlays are packed (`overlay/`), no longer one dense safetensors file.
+        StageKind::Prune => 2,
+        StageKind::Quantize => 2,
         StageKind::Evaluate => 1,
         StageKind::Report => 1,
     }
@@ -47,6 +50,8 @@ pub enum StageError {
     Data(#[from] crate::data::DataError),
     #[error(transparent)]
     Cache(#[from] crate::cache::CacheError),
+    #[error(transparent)]
+    Overlay(#[from] overlay::OverlayError),
     #[error("tensor operation failed: {0}")]
     Candle(#[from] candle_core::Error),
     #[error("{context}: {source}")]

@@ -1,9 +1,10 @@
 //! The weights artifact: a base checkpoint plus the overlays that compression stages wrote.
 //!
 //! A `load` entry stores no tensors, only the digests of the checkpoint's tensors; each prune or
-//! quantize entry stores `overlay.safetensors` with the tensors it replaced. The weights a node
-//! stands for are its `load` ancestor's checkpoint with the overlays along the `model` inputs applied
-//! in order. Their content identity is a digest over config, tokenizer and every tensor's digest, so
+//! quantize entry stores an overlay (`overlay/`, packed: see [`super::overlay`]) with the tensors
+//! it replaced. The weights a node stands for are its `load` ancestor's checkpoint with the
+//! overlays along the `model` inputs applied in order; linears an overlay stored as dynamic int8
+//! run as the emulated integer product. Their content identity is a digest over config, tokenizer and every tensor's digest, so
 //! two routes to the same tensors are the same weights.
 
 use std::collections::BTreeMap;
@@ -11,14 +12,15 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 
+use super::overlay::{apply_chain, AppliedChain, Overlay};
+pub use super::overlay::{Int8Linear, OverlayWriter, OVERLAY_DIR};
+use super::replace::Replacement;
 use super::{StageCtx, StageError};
 use crate::cache::key::{Digest, KeyHasher};
+use crate::cache::Entry;
 use crate::model::{load_weights, Checkpoint, Llama, ModelConfig, TensorMap, Tokenizer};
 use crate::pipeline::spec::{self, StageSpec};
-use crate::plan::NodeId;
-
-/// Name of the overlay file inside a compression stage's entry.
-pub const OVERLAY_FILE: &str = "overlay.safetensors";
+use crate::plan::{NodeId, Plan};
 
 /// What the manifest of any weights-producing entry records under `meta.weights`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -77,33 +79,68 @@ pub struct Materialized {
     pub tensors: TensorMap,
     pub meta: WeightsMeta,
     pub dtype: DType,
+    /// The linears that run as dynamic int8 (their dequantized weights are in `tensors`).
+    pub int8: BTreeMap<String, Int8Linear>,
+    /// Bytes on disk of each tensor an overlay of the chain holds (the last one to replace it).
+    pub stored: BTreeMap<String, u64>,
 }
 
 impl Materialized {
+    /// The model, with the dynamic-int8 linears running as the emulated integer product.
     pub fn model(&self) -> Result<Llama, StageError> {
-        Ok(Llama::new(&self.config, &self.tensors)?)
+        let mut model = Llama::new(&self.config, &self.tensors)?;
+        for (name, lin) in &self.int8 {
+            model = model.with_dynamic_int8(name, lin.weight.clone())?;
+        }
+        Ok(model)
     }
 
     pub fn tokenizer(&self) -> Result<Tokenizer, StageError> {
         Ok(Tokenizer::from_file(&self.checkpoint.tokenizer)?)
     }
+
+    /// The model's size as stored: overlay tensors packed, every other tensor dense in `dtype`.
+    pub fn stored_bytes(&self) -> u64 {
+        self.tensors
+            .iter()
+            .map(|(name, t)| {
+                self.stored
+                    .get(name)
+                    .copied()
+                    .unwrap_or((t.elem_count() * self.dtype.size_in_bytes()) as u64)
+            })
+            .sum()
+    }
+
+    /// The model's size dense in `dtype`.
+    pub fn dense_bytes(&self) -> u64 {
+        self.tensors
+            .values()
+            .map(|t| (t.elem_count() * self.dtype.size_in_bytes()) as u64)
+            .sum()
+    }
 }
 
 /// The `load` ancestor of a weights node and the compression nodes between, outermost last.
-pub fn chain(ctx: &StageCtx, mut node: NodeId) -> Result<(NodeId, Vec<NodeId>), StageError> {
+pub fn chain(ctx: &StageCtx, node: NodeId) -> Result<(NodeId, Vec<NodeId>), StageError> {
+    chain_in(ctx.plan, node)
+}
+
+/// [`chain`] in any plan.
+pub fn chain_in(plan: &Plan, mut node: NodeId) -> Result<(NodeId, Vec<NodeId>), StageError> {
     let mut overlays = Vec::new();
     loop {
-        match &ctx.plan.nodes[node].spec {
+        match &plan.nodes[node].spec {
             StageSpec::Load(_) => break,
             StageSpec::Prune(_) | StageSpec::Quantize(_) => {
                 overlays.push(node);
-                node = ctx.plan.nodes[node].input("model").ok_or_else(|| {
+                node = plan.nodes[node].input("model").ok_or_else(|| {
                     StageError::Invalid("internal: compression stage without model".into())
                 })?;
             }
             other => {
                 return Err(StageError::Invalid(format!(
-                    "internal: a {} stage does not produce weights",
+                    "a {} stage does not produce weights",
                     other.kind()
                 )))
             }
@@ -119,49 +156,106 @@ pub fn materialize(
     node: NodeId,
     device: &Device,
 ) -> Result<Materialized, StageError> {
-    let (base, overlays) = chain(ctx, node)?;
-    let StageSpec::Load(load) = &ctx.plan.nodes[base].spec else {
+    materialize_in(ctx.plan, &|id| ctx.entry(id), node, device)
+}
+
+/// [`materialize`] with the entries of the chain found by `entry`.
+pub fn materialize_in(
+    plan: &Plan,
+    entry: &dyn Fn(NodeId) -> Result<Entry, StageError>,
+    node: NodeId,
+    device: &Device,
+) -> Result<Materialized, StageError> {
+    let (base, overlays) = chain_in(plan, node)?;
+    let StageSpec::Load(load) = &plan.nodes[base].spec else {
         unreachable!("chain() ends at a load node")
     };
-    let source = &ctx.plan.pipeline.models[&load.model];
+    let source = &plan.pipeline.models[&load.model];
     let checkpoint = Checkpoint::resolve(&source.dir)?;
     let config = ModelConfig::from_file(&checkpoint.config)?;
     let dtype = candle_dtype(load.dtype);
     let mut tensors = load_weights(&checkpoint, &config, dtype, device)?;
-    for o in overlays {
-        let entry = ctx.entry(o)?;
-        let replaced = candle_core::safetensors::load(entry.path(OVERLAY_FILE), device)?;
-        for (name, t) in replaced {
-            tensors.insert(name, t.to_dtype(dtype)?);
+    let overlays = overlays
+        .into_iter()
+        .map(|o| Ok(Overlay::open(entry(o)?.path(OVERLAY_DIR))?))
+        .collect::<Result<Vec<_>, StageError>>()?;
+    let AppliedChain { int8, stored } = apply_chain(&overlays, &mut tensors, device)?;
+    for t in tensors.values_mut() {
+        if t.dtype() != dtype {
+            *t = t.to_dtype(dtype)?;
         }
     }
-    let meta = WeightsMeta::from_entry(&ctx.entry(node)?)?;
+    let meta = WeightsMeta::from_entry(&entry(node)?)?;
     Ok(Materialized {
         checkpoint,
         config,
         tensors,
         meta,
         dtype,
+        int8,
+        stored,
     })
 }
 
-/// Writes the tensors a compression stage replaced and returns the new weights' metadata.
+/// The sizes a compression stage records under `meta.size`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredSize {
+    /// Tensors in this stage's overlay.
+    pub tensors: usize,
+    /// The overlay's bytes on disk.
+    pub stored_bytes: u64,
+    /// The overlay's tensors dense in f32.
+    pub dense_bytes: u64,
+    /// The whole model as stored: packed where an overlay holds a tensor, dense in the model
+    /// dtype elsewhere.
+    pub model_bytes: u64,
+    /// The whole model dense in the model dtype.
+    pub model_dense_bytes: u64,
+}
+
+/// Finishes a compression stage's overlay (`writer`, whose puts replaced tensors of `original`,
+/// the input weights): returns the new weights' metadata (the digests of the tensors as applied,
+/// so identical weights share keys) and the sizes to record.
 pub fn write_overlay(
     ctx: &StageCtx,
     parent: &WeightsMeta,
-    replaced: &TensorMap,
-) -> Result<WeightsMeta, StageError> {
+    original: &TensorMap,
+    writer: OverlayWriter,
+) -> Result<(WeightsMeta, StoredSize), StageError> {
+    let dtype = writer.dtype();
+    let summary = writer.finish()?;
     let mut meta = parent.clone();
-    for (name, t) in replaced {
-        meta.tensors
-            .insert(name.clone(), crate::model::tensor_digest(t)?);
+    meta.tensors.extend(summary.digests.clone());
+    // What each tensor takes on disk: packed where an overlay of the chain (this one last) holds
+    // it, dense in the model's dtype elsewhere.
+    let (_, chain) = chain(ctx, ctx.input_node("model")?)?;
+    let mut stored = BTreeMap::new();
+    for o in chain {
+        let overlay = Overlay::open(ctx.entry(o)?.path(OVERLAY_DIR))?;
+        for r in &overlay.index().tensors {
+            stored.insert(r.name.clone(), r.bytes);
+        }
     }
-    let replaced: std::collections::HashMap<&str, candle_core::Tensor> = replaced
-        .iter()
-        .map(|(k, t)| (k.as_str(), t.clone()))
-        .collect();
-    candle_core::safetensors::save(&replaced, ctx.out_path(OVERLAY_FILE))?;
-    Ok(meta)
+    stored.extend(summary.stored.clone());
+    let numel = |name: &str| -> Result<u64, StageError> {
+        Ok(super::select::weight(original, name)?.elem_count() as u64)
+    };
+    let (mut model_bytes, mut model_dense_bytes) = (0u64, 0u64);
+    let names: std::collections::BTreeSet<&String> =
+        original.keys().chain(summary.stored.keys()).collect();
+    for name in names {
+        let dense = numel(name)? * dtype.size_in_bytes() as u64;
+        model_dense_bytes += dense;
+        model_bytes += stored.get(name).copied().unwrap_or(dense);
+    }
+    let size = StoredSize {
+        tensors: summary.tensors,
+        stored_bytes: summary.stored_bytes,
+        dense_bytes: summary.dense_bytes,
+        model_bytes,
+        model_dense_bytes,
+    };
+    Ok((meta, size))
 }
 
 /// What a compression stage wrote.
@@ -169,18 +263,20 @@ pub struct Written {
     pub meta: WeightsMeta,
     /// The dense matrices the model now computes with, by name.
     pub dense: Vec<(String, crate::compress::Matrix)>,
-    /// Stored and dense sizes in bytes.
+    /// Stored and dense sizes in bytes ([`StoredSize`]).
     pub size: serde_json::Value,
 }
 
-/// Stores a compression stage's replacements on top of `original` (the input weights).
+/// Stores a compression stage's replacements on top of `original` (the input weights), each in
+/// its packed form (see [`super::overlay`]).
 pub fn write_replacements(
     ctx: &StageCtx,
     parent: &WeightsMeta,
     original: &TensorMap,
-    reps: &[(String, super::replace::Replacement)],
+    reps: &[(String, Replacement)],
 ) -> Result<Written, StageError> {
-    let mut replaced = TensorMap::new();
+    let dtype = original.values().next().map_or(DType::F32, |t| t.dtype());
+    let mut writer = OverlayWriter::new(ctx.out_path(OVERLAY_DIR), dtype)?;
     let mut dense = Vec::new();
     for (name, rep) in reps {
         let like = super::select::weight(original, name)?;
@@ -189,14 +285,18 @@ pub fn write_replacements(
         let d = rep
             .dense(&parent_m)
             .map_err(|e| StageError::Invalid(format!("{name}: {e}")))?;
-        replaced.insert(name.clone(), super::replace::tensor_like(&d, like)?);
+        match rep {
+            Replacement::Masked(mask) => writer.put_masked(name, like, mask)?,
+            Replacement::Sparse { weight, mask } => writer.put_sparse(name, weight, mask)?,
+            Replacement::Quantized(q) => writer.put_quantized(name, q)?,
+            Replacement::Int8(w) => writer.put_int8(name, w)?,
+        }
         dense.push((name.clone(), d));
     }
-    let dense_bytes: usize = replaced.values().map(|t| t.elem_count() * 4).sum();
-    let meta = write_overlay(ctx, parent, &replaced)?;
+    let (meta, size) = write_overlay(ctx, parent, original, writer)?;
     Ok(Written {
         meta,
         dense,
-        size: serde_json::json!({ "stored_bytes": dense_bytes, "dense_bytes": dense_bytes }),
+        size: serde_json::to_value(size).expect("sizes serialize"),
     })
 }
