@@ -40,7 +40,10 @@ fn methods(c: &mut Criterion) {
     )
     .unwrap();
     let t0 = std::time::Instant::now();
-    let wanted = Wanted { norms: true, hessian: true };
+    let wanted = Wanted {
+        norms: true,
+        hessian: true,
+    };
     let stats = collect_stats(&model, &windows, wanted, 8, &Device::Cpu, &mut |_| Ok(())).unwrap();
     eprintln!(
         "calibration statistics (norms + Hessians) of 128 × 512 tokens: {:.1} s",
@@ -49,13 +52,21 @@ fn methods(c: &mut Criterion) {
     let mats: Vec<(whittle::model::LinearId, Matrix)> = model
         .linear_ids()
         .into_iter()
-        .map(|id| (id, Matrix::from_tensor(&weights[&id.weight_name()]).unwrap()))
+        .map(|id| {
+            (
+                id,
+                Matrix::from_tensor(&weights[&id.weight_name()]).unwrap(),
+            )
+        })
         .collect();
     let hessians: Vec<Matrix> = mats
         .iter()
         .map(|(id, _)| Matrix::from_tensor(&stats.hessian(*id).unwrap().unwrap()).unwrap())
         .collect();
-    let opts = HessianOpts { blocksize: 128, percdamp: 0.01 };
+    let opts = HessianOpts {
+        blocksize: 128,
+        percdamp: 0.01,
+    };
 
     let mut g = c.benchmark_group("smollm2-135m, all 210 linear layers");
     g.sample_size(10).warm_up_time(Duration::from_secs(1));
@@ -70,13 +81,22 @@ fn methods(c: &mut Criterion) {
     g.bench_function("sparsegpt 50%", |b| {
         b.iter(|| {
             for ((_, w), h) in mats.iter().zip(&hessians) {
-                compress::sparsegpt::sparsegpt(w, h, compress::sparsegpt::Pattern::Unstructured(0.5), &opts)
-                    .unwrap();
+                compress::sparsegpt::sparsegpt(
+                    w,
+                    h,
+                    compress::sparsegpt::Pattern::Unstructured(0.5),
+                    &opts,
+                )
+                .unwrap();
             }
         })
     });
     let q = gptq::GptqConfig {
-        quant: QuantConfig { bits: 4, grouping: Grouping::Group(128), sym: false },
+        quant: QuantConfig {
+            bits: 4,
+            grouping: Grouping::Group(128),
+            sym: false,
+        },
         act_order: false,
         hessian: opts,
     };

@@ -43,17 +43,30 @@ datasets:
 }
 
 fn entry_meta(cache: &Path, run: &RunRecord, instance: &str) -> serde_json::Value {
-    let rec = run.stages.iter().find(|s| s.instance == instance).unwrap_or_else(|| {
-        panic!("no {instance} in {:?}", run.stages.iter().map(|s| &s.instance).collect::<Vec<_>>())
-    });
-    let Lookup::Hit(e) = Cache::open(cache).unwrap().lookup(&rec.key.unwrap()).unwrap() else {
+    let rec = run
+        .stages
+        .iter()
+        .find(|s| s.instance == instance)
+        .unwrap_or_else(|| {
+            panic!(
+                "no {instance} in {:?}",
+                run.stages.iter().map(|s| &s.instance).collect::<Vec<_>>()
+            )
+        });
+    let Lookup::Hit(e) = Cache::open(cache)
+        .unwrap()
+        .lookup(&rec.key.unwrap())
+        .unwrap()
+    else {
         panic!("{instance} not cached")
     };
     e.manifest().meta.clone()
 }
 
 fn ppl(cache: &Path, run: &RunRecord, instance: &str) -> f64 {
-    entry_meta(cache, run, instance)["metrics"]["ppl"].as_f64().unwrap()
+    entry_meta(cache, run, instance)["metrics"]["ppl"]
+        .as_f64()
+        .unwrap()
 }
 
 #[test]
@@ -91,19 +104,29 @@ stages:
             .filter(|s| s.kind == kind && s.status == StageStatus::Ran)
             .count()
     };
-    assert_eq!(ran("calibrate"), 1, "one calibration serves the whole sweep");
+    assert_eq!(
+        ran("calibrate"),
+        1,
+        "one calibration serves the whole sweep"
+    );
     assert_eq!(ran("prune"), 9);
     // Everything is pruned as asked, and at 60% the calibrated methods keep perplexity lower.
     for m in ["magnitude", "wanda", "sparsegpt"] {
         for s in [0.2, 0.4, 0.6] {
             let meta = entry_meta(&cache, &r, &format!("pruned[method={m},sparsity={s}]"));
             let actual = meta["actual_sparsity"].as_f64().unwrap();
-            assert!((actual - s).abs() < 0.01, "{m} {s}: {actual}");
+            // Wanda and SparseGPT prune floor(cols·s) per row: at most one weight per row short.
+            assert!((actual - s).abs() < 1.0 / 64.0, "{m} {s}: {actual}");
         }
     }
     let at = |m: &str| ppl(&cache, &r, &format!("ppl[method={m},sparsity=0.6]"));
     let dense = ppl(&cache, &r, "dense-ppl");
-    println!("ppl at 60%: dense {dense:.3} magnitude {:.3} wanda {:.3} sparsegpt {:.3}", at("magnitude"), at("wanda"), at("sparsegpt"));
+    println!(
+        "ppl at 60%: dense {dense:.3} magnitude {:.3} wanda {:.3} sparsegpt {:.3}",
+        at("magnitude"),
+        at("wanda"),
+        at("sparsegpt")
+    );
     assert!(at("sparsegpt") < at("magnitude"));
     assert!(at("wanda") < at("magnitude"));
     assert!(dense < at("sparsegpt"));
@@ -135,6 +158,7 @@ stages:
   e-wanda-dense: {kind: evaluate, model: wanda-dense, task: perplexity, dataset: stories, seqlen: 128, limit: 10}
   e-int8: {kind: evaluate, model: mlp-40-int8, task: perplexity, dataset: stories, seqlen: 128, limit: 10}
   e-mlp-40: {kind: evaluate, model: mlp-40, task: perplexity, dataset: stories, seqlen: 128, limit: 10}
+  e-sgpt-seq: {kind: evaluate, model: sgpt-seq, task: perplexity, dataset: stories, seqlen: 128, limit: 10}
   e-sgpt-4bit: {kind: evaluate, model: sgpt-4bit, task: perplexity, dataset: stories, seqlen: 128, limit: 10}
   e-gptq: {kind: evaluate, model: gptq-4bit, task: perplexity, dataset: stories, seqlen: 128, limit: 10}
   e-head-rows: {kind: evaluate, model: head-rows, task: perplexity, dataset: stories, seqlen: 128, limit: 10}
@@ -148,8 +172,10 @@ stages:
     // Sequential and dense calibration differ (block i sees pruned inputs), both prune as asked.
     assert_ne!(p("e-wanda-seq"), p("e-wanda-dense"));
     for i in ["wanda-seq", "wanda-dense", "sgpt-seq"] {
-        let s = entry_meta(&cache, &r, i)["actual_sparsity"].as_f64().unwrap();
-        assert!((s - 0.5).abs() < 0.01, "{i}: {s}");
+        let s = entry_meta(&cache, &r, i)["actual_sparsity"]
+            .as_f64()
+            .unwrap();
+        assert!((s - 0.5).abs() < 1.0 / 64.0, "{i}: {s}");
     }
     // Global magnitude over the MLP: 40% of those weights overall, attention untouched.
     let mlp = entry_meta(&cache, &r, "mlp-40");
@@ -157,18 +183,25 @@ stages:
     // Dynamic int8 on top keeps the zeros and changes the numbers a little.
     let int8 = p("e-int8");
     assert_ne!(int8, p("e-mlp-40"));
-    assert!((int8 / p("e-mlp-40") - 1.0).abs() < 0.05, "int8 {int8} vs {}", p("e-mlp-40"));
-    // 4-bit on a SparseGPT model, and GPTQ, stay usable.
-    assert!(p("e-sgpt-4bit") < 3.0 * dense);
-    assert!(p("e-gptq") < 1.5 * dense);
-    // LM-head experiments hurt, rows more than nothing.
+    assert!(
+        (int8 / p("e-mlp-40") - 1.0).abs() < 0.05,
+        "int8 {int8} vs {}",
+        p("e-mlp-40")
+    );
+    println!(
+        "ppl: dense {dense:.3} wanda seq {:.3} dense {:.3} | mlp-40 {:.3} +int8 {int8:.3} | sgpt {:.3} sgpt+rtn4 {:.3} gptq4 {:.3} | head rows {:.3} random {:.3}",
+        p("e-wanda-seq"), p("e-wanda-dense"), p("e-mlp-40"), p("e-sgpt-seq"), p("e-sgpt-4bit"), p("e-gptq"), p("e-head-rows"), p("e-head-random")
+    );
+    // 4-bit on top of SparseGPT costs a little more; GPTQ 4-bit alone stays close to dense.
+    assert!(p("e-sgpt-4bit") > p("e-sgpt-seq") && p("e-sgpt-4bit") < 1.5 * p("e-sgpt-seq"));
+    assert!(p("e-gptq") > dense && p("e-gptq") < 1.5 * dense);
+    // LM-head experiments hurt.
     assert!(p("e-head-rows") > dense && p("e-head-random") > dense);
     // Stored sizes: masks and 4-bit codes are far smaller than dense f32.
     let size = &entry_meta(&cache, &r, "gptq-4bit")["size"];
-    let (stored, dense_b) = (size["stored_bytes"].as_f64().unwrap(), size["dense_bytes"].as_f64().unwrap());
-    assert!(stored < dense_b / 4.0, "gptq stored {stored} of {dense_b}");
-    println!(
-        "ppl: dense {dense:.3} wanda seq {:.3} dense {:.3} | mlp-40 {:.3} +int8 {int8:.3} | sgpt+rtn4 {:.3} gptq4 {:.3} | head rows {:.3} random {:.3}",
-        p("e-wanda-seq"), p("e-wanda-dense"), p("e-mlp-40"), p("e-sgpt-4bit"), p("e-gptq"), p("e-head-rows"), p("e-head-random")
+    let (stored, dense_b) = (
+        size["stored_bytes"].as_f64().unwrap(),
+        size["dense_bytes"].as_f64().unwrap(),
     );
+    assert!(stored < dense_b / 4.0, "gptq stored {stored} of {dense_b}");
 }

@@ -283,6 +283,13 @@ pub fn collect_stats_first(
     Ok(stats)
 }
 
+/// Calibration windows and how to run them: `batch_size` windows per forward pass on `device`.
+pub struct Windows<'a> {
+    pub windows: &'a [Vec<u32>],
+    pub batch_size: usize,
+    pub device: &'a Device,
+}
+
 /// Compresses a model block by block, the reference way: block i's statistics come from the
 /// outputs of blocks 0..i−1 *after* they were compressed, and all linear layers of a block share
 /// one pass. `compress(layer, stats, tensors)` returns the tensors that replace the layer's
@@ -290,15 +297,13 @@ pub fn collect_stats_first(
 pub fn sequential(
     cfg: &ModelConfig,
     tensors: &mut TensorMap,
-    windows: &[Vec<u32>],
+    windows: &Windows,
     wanted: Wanted,
-    batch_size: usize,
-    device: &Device,
     compress: &mut dyn FnMut(usize, &Stats, &TensorMap) -> Result<TensorMap, ModelError>,
     tick: &mut dyn FnMut(u64) -> candle_core::Result<()>,
 ) -> Result<(), ModelError> {
     let mut model = Llama::new(cfg, tensors)?;
-    let mut hidden: Vec<Tensor> = batches(windows, batch_size, device)?
+    let mut hidden: Vec<Tensor> = batches(windows.windows, windows.batch_size, windows.device)?
         .iter()
         .map(|ids| model.embed(ids))
         .collect::<Result<_, _>>()?;

@@ -6,7 +6,7 @@ use super::calibrate::{cancelled_or, read_stats, read_windows, CALIBRATION_BATCH
 use super::replace::Replacement;
 use super::weights::Materialized;
 use super::{StageCtx, StageError};
-use crate::calibrate::{sequential, Stats, Wanted};
+use crate::calibrate::{sequential, Stats, Wanted, Windows};
 use crate::compress::Matrix;
 use crate::model::{LinearId, ModelError, TensorMap};
 use crate::pipeline::spec::{CalibrationMode, InstanceRef};
@@ -15,19 +15,24 @@ use crate::pipeline::spec::{CalibrationMode, InstanceRef};
 pub type PerMatrix<'a> =
     dyn FnMut(LinearId, &Matrix, &Stats) -> Result<Replacement, StageError> + 'a;
 
+/// A calibrated method's source of statistics.
+pub struct Calibrated {
+    pub method: &'static str,
+    pub calibration: InstanceRef,
+    pub mode: CalibrationMode,
+    pub wanted: Wanted,
+}
+
 /// Runs `per_matrix` over the selected block matrices `names`, layer by layer, updating
 /// `weights.tensors` as it goes. Returns the replacements in order.
-#[allow(clippy::too_many_arguments)]
 pub fn compress_calibrated(
     ctx: &StageCtx,
-    method: &str,
+    calibrated: &Calibrated,
     weights: &mut Materialized,
-    calibration: InstanceRef,
-    mode: CalibrationMode,
-    wanted: Wanted,
     names: &[String],
     per_matrix: &mut PerMatrix,
 ) -> Result<Vec<(String, Replacement)>, StageError> {
+    let method = calibrated.method;
     let ids: Vec<(String, LinearId)> = names
         .iter()
         .map(|n| {
@@ -43,7 +48,7 @@ pub fn compress_calibrated(
         .collect::<Result<_, _>>()?;
     let node = ctx
         .plan
-        .node_of(calibration)
+        .node_of(calibrated.calibration)
         .ok_or_else(|| StageError::Invalid("internal: calibration is not in the plan".into()))?;
     let entry = ctx.entry(node)?;
     let mut reps = Vec::new();
@@ -77,7 +82,7 @@ pub fn compress_calibrated(
             Ok(replaced)
         };
     let layers = weights.config.num_layers;
-    let outcome = match mode {
+    let outcome = match calibrated.mode {
         CalibrationMode::Dense => {
             let stats = read_stats(&entry, ctx.device)?;
             ctx.progress.start(layers as u64, method);
@@ -94,13 +99,16 @@ pub fn compress_calibrated(
             ctx.progress
                 .start(layers as u64, &format!("{method}, block by block"));
             let cfg = weights.config.clone();
+            let run = Windows {
+                windows: &windows,
+                batch_size: CALIBRATION_BATCH,
+                device: ctx.device,
+            };
             sequential(
                 &cfg,
                 &mut weights.tensors,
-                &windows,
-                wanted,
-                CALIBRATION_BATCH,
-                ctx.device,
+                &run,
+                calibrated.wanted,
                 &mut layer_fn,
                 &mut |n| {
                     ctx.progress.inc(n);

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use super::calibrated::compress_calibrated;
+use super::calibrated::{compress_calibrated, Calibrated};
 use super::replace::{sparsity_record, Replacement};
 use super::select::{selected, weight};
 use super::weights::{materialize, write_replacements, WeightsMeta};
@@ -79,13 +79,16 @@ pub fn run(ctx: &StageCtx, spec: &PruneSpec) -> Result<StageOutput, StageError> 
                 norms: matches!(spec.method, PruneMethod::Wanda { .. }),
                 hessian: matches!(spec.method, PruneMethod::SparseGpt { .. }),
             };
+            let calibrated = Calibrated {
+                method: spec.method.name(),
+                calibration: *calibration,
+                mode: *mode,
+                wanted,
+            };
             reps = compress_calibrated(
                 ctx,
-                spec.method.name(),
+                &calibrated,
                 &mut weights,
-                *calibration,
-                *mode,
-                wanted,
                 &names,
                 &mut |id, w, stats| {
                     prune_calibrated(

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use super::calibrated::compress_calibrated;
+use super::calibrated::{compress_calibrated, Calibrated};
 use super::replace::Replacement;
 use super::select::{selected, weight};
 use super::weights::{materialize, write_replacements, WeightsMeta};
@@ -61,13 +61,16 @@ pub fn run(ctx: &StageCtx, spec: &QuantizeSpec) -> Result<StageOutput, StageErro
                 norms: false,
                 hessian: true,
             };
+            let calibrated = Calibrated {
+                method: "gptq",
+                calibration: *calibration,
+                mode: *mode,
+                wanted,
+            };
             compress_calibrated(
                 ctx,
-                "gptq",
+                &calibrated,
                 &mut weights,
-                *calibration,
-                *mode,
-                wanted,
                 &names,
                 &mut |id, w, stats| {
                     let h = stats.hessian(id).ok_or_else(|| {

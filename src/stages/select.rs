@@ -67,7 +67,7 @@ mod tests {
 
     fn cfg() -> ModelConfig {
         ModelConfig::from_json(
-            r#"{"hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 2,
+            r#"{"model_type": "llama", "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 2,
                 "num_attention_heads": 2, "vocab_size": 10, "rms_norm_eps": 1e-5}"#,
         )
         .unwrap()
