@@ -2,29 +2,11 @@
 
 mod common;
 
+use common::{text, whittle};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use whittle::cache::{Cache, StageStatus};
-
-fn whittle(cache: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_whittle"))
-        .args(args)
-        .arg("--cache-dir")
-        .arg(cache)
-        .arg("--quiet")
-        .env_remove("WHITTLE_CACHE_DIR")
-        .output()
-        .expect("the whittle binary runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 #[test]
 fn a_broken_pipeline_exits_2_and_runs_nothing() {

@@ -3,26 +3,11 @@
 
 mod common;
 
+use common::run_ok;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use whittle::cache::{Cache, Lookup, RunRecord, StageStatus};
-
-fn run(cache: &Path, file: &Path) -> RunRecord {
-    let out = Command::new(env!("CARGO_BIN_EXE_whittle"))
-        .args(["run", file.to_str().unwrap(), "--quiet", "--cache-dir"])
-        .arg(cache)
-        .env_remove("WHITTLE_CACHE_DIR")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Cache::open(cache).unwrap().runs().pop().unwrap()
-}
 
 fn write(dir: &Path, name: &str, shared: &Path, body: &str) -> PathBuf {
     let head = format!(
@@ -97,7 +82,7 @@ stages:
 "#,
     );
     let cache = tmp.path().join("cache");
-    let r = run(&cache, &file);
+    let r = run_ok(&cache, &file);
     let ran = |kind: &str| {
         r.stages
             .iter()
@@ -166,7 +151,7 @@ stages:
 "#,
     );
     let cache = tmp.path().join("cache");
-    let r = run(&cache, &file);
+    let r = run_ok(&cache, &file);
     let p = |i: &str| ppl(&cache, &r, i);
     let dense = p("e-dense");
     // Sequential and dense calibration differ (block i sees pruned inputs), both prune as asked.

@@ -3,9 +3,11 @@
 
 mod common;
 
+use common::{run_ok, whittle};
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor, D};
@@ -15,38 +17,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_whittle");
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn whittle(cache: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .current_dir(repo())
-        .args(args)
-        .arg("--cache-dir")
-        .arg(cache)
-        .arg("--quiet")
-        .env_remove("WHITTLE_CACHE_DIR")
-        .env_remove("WHITTLE_TEST_PAUSE")
-        .output()
-        .expect("the whittle binary runs")
-}
-
-fn run_ok(cache: &Path, pipeline: &Path) -> RunRecord {
-    let out = whittle(cache, &["run", pipeline.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "whittle run failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    last_run(cache)
-}
-
-fn last_run(cache: &Path) -> RunRecord {
-    Cache::open(cache)
-        .unwrap()
-        .runs()
-        .pop()
-        .expect("a run record")
 }
 
 fn by_status(run: &RunRecord, status: StageStatus) -> Vec<String> {

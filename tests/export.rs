@@ -2,8 +2,10 @@
 
 mod common;
 
+use common::{text, whittle};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use candle_core::{DType, Device, Tensor};
 
@@ -11,25 +13,6 @@ use whittle::cache::{Cache, FileHasher};
 use whittle::compress::{magnitude::magnitude, Matrix};
 use whittle::model::{load_weights, Checkpoint, Llama, ModelConfig, TensorMap};
 use whittle::stages::export::{materialize_stage, write_safetensors};
-
-fn whittle(cache: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_whittle"))
-        .args(args)
-        .arg("--cache-dir")
-        .arg(cache)
-        .arg("--quiet")
-        .env_remove("WHITTLE_CACHE_DIR")
-        .output()
-        .expect("the whittle binary runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn pipeline(dir: &Path, shared: &Path, sparsity: f64) -> PathBuf {
     let text = format!(

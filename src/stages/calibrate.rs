@@ -107,13 +107,7 @@ pub fn run(ctx: &StageCtx, spec: &CalibrateSpec) -> Result<StageOutput, StageErr
         wanted,
         CALIBRATION_BATCH,
         ctx.device,
-        &mut |n| {
-            ctx.progress.inc(n);
-            if ctx.check_cancel().is_err() {
-                candle_core::bail!("cancelled");
-            }
-            Ok(())
-        },
+        &mut |n| ctx.tick(n),
     )
     .map_err(|e| cancelled_or(ctx, e))?;
 

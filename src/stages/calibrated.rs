@@ -110,13 +110,7 @@ pub fn compress_calibrated(
                 &run,
                 calibrated.wanted,
                 &mut layer_fn,
-                &mut |n| {
-                    ctx.progress.inc(n);
-                    if ctx.check_cancel().is_err() {
-                        candle_core::bail!("cancelled");
-                    }
-                    Ok(())
-                },
+                &mut |n| ctx.tick(n),
             )
             .map_err(|e| cancelled_or(ctx, e))
         }

@@ -31,13 +31,7 @@ pub fn run(ctx: &StageCtx, spec: &EvaluateSpec) -> Result<StageOutput, StageErro
                 *limit,
                 spec.batch_size,
                 ctx.device,
-                &mut |k| {
-                    ctx.progress.inc(k);
-                    if ctx.check_cancel().is_err() {
-                        candle_core::bail!("cancelled");
-                    }
-                    Ok(())
-                },
+                &mut |n| ctx.tick(n),
             )
             .map_err(|e| cancelled_or(ctx, e))?;
             ctx.note(&format!(
@@ -54,6 +48,7 @@ pub fn run(ctx: &StageCtx, spec: &EvaluateSpec) -> Result<StageOutput, StageErro
                     "task": "perplexity",
                     "dataset": dataset,
                     "weights": weights.meta.content(),
+                    "model_bytes": weights.stored_bytes(),
                     "metrics": {
                         "ppl": r.ppl,
                         "nll": r.nll,

@@ -37,7 +37,7 @@ pub fn version(kind: StageKind) -> u32 {
         // 2: overlays are packed (`overlay/`), no longer one dense safetensors file.
         StageKind::Prune => 2,
         StageKind::Quantize => 2,
-        StageKind::Evaluate => 1,
+        StageKind::Evaluate => 2,
         StageKind::Report => 1,
     }
 }
@@ -135,6 +135,16 @@ impl StageCtx<'_> {
         } else {
             Ok(())
         }
+    }
+
+    /// Advances the progress bar by `n` and stops the computation if the run was cancelled
+    /// (the error becomes [`StageError::Cancelled`] through `calibrate::cancelled_or`).
+    pub fn tick(&self, n: u64) -> candle_core::Result<()> {
+        self.progress.inc(n);
+        if self.cancel.load(Ordering::Relaxed) {
+            candle_core::bail!("cancelled");
+        }
+        Ok(())
     }
 
     pub fn note(&self, msg: &str) {

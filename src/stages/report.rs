@@ -68,9 +68,15 @@ fn build_table(ctx: &StageCtx, spec: &ReportSpec) -> Result<Table, StageError> {
             .get("dataset")
             .and_then(Value::as_str)
             .map(str::to_string);
-        rows.push((*r, weights, dataset, metrics));
+        let size = entry
+            .manifest()
+            .meta
+            .get("model_bytes")
+            .and_then(Value::as_u64);
+        rows.push((*r, weights, dataset, size, metrics));
     }
     let has_dataset = rows.iter().any(|r| r.2.is_some());
+    let has_size = rows.iter().any(|r| r.3.is_some());
     // The protocol's own settings first, then the metrics.
     let order = ["ppl", "nll", "tokens", "windows", "seqlen"];
     metric_names.sort_by_key(|m| order.iter().position(|o| o == m).unwrap_or(order.len()));
@@ -81,9 +87,12 @@ fn build_table(ctx: &StageCtx, spec: &ReportSpec) -> Result<Table, StageError> {
         columns.push("dataset".into());
     }
     columns.push("weights".into());
+    if has_size {
+        columns.push("size_mb".into());
+    }
     columns.extend(metric_names.iter().cloned());
     let mut table = Table::new(columns);
-    for (r, weights, dataset, metrics) in rows {
+    for (r, weights, dataset, size, metrics) in rows {
         let stage = &plan.pipeline.stages[r.stage];
         let point = &stage.instances[r.instance].point;
         let mut row = vec![Cell::Text(stage.name.clone())];
@@ -99,6 +108,9 @@ fn build_table(ctx: &StageCtx, spec: &ReportSpec) -> Result<Table, StageError> {
             row.push(dataset.map_or(Cell::Missing, Cell::Text));
         }
         row.push(weights.map_or(Cell::Missing, Cell::Text));
+        if has_size {
+            row.push(size.map_or(Cell::Missing, |b| Cell::Num(b as f64 / 1e6)));
+        }
         for m in &metric_names {
             row.push(match metrics.get(m) {
                 Some(Value::Number(n)) if n.is_i64() => Cell::Int(n.as_i64().unwrap_or_default()),

@@ -31,3 +31,43 @@ macro_rules! require_shared {
         }
     };
 }
+
+/// Runs the `whittle` binary with a cache of its own, no progress bars, and none of the
+/// environment that could change what it does.
+pub fn whittle(cache: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_whittle"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(args)
+        .arg("--cache-dir")
+        .arg(cache)
+        .arg("--quiet")
+        .env_remove("WHITTLE_CACHE_DIR")
+        .env_remove("WHITTLE_TEST_PAUSE")
+        .output()
+        .expect("the whittle binary runs")
+}
+
+/// Everything a command printed.
+pub fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// `whittle run FILE`, which must succeed; the run record it wrote.
+pub fn run_ok(cache: &std::path::Path, pipeline: &std::path::Path) -> whittle::cache::RunRecord {
+    let out = whittle(cache, &["run", pipeline.to_str().unwrap()]);
+    assert!(out.status.success(), "whittle run failed:\n{}", text(&out));
+    last_run(cache)
+}
+
+/// The newest run record in `cache`.
+pub fn last_run(cache: &std::path::Path) -> whittle::cache::RunRecord {
+    whittle::cache::Cache::open(cache)
+        .unwrap()
+        .runs()
+        .pop()
+        .expect("a run record")
+}
