@@ -138,6 +138,7 @@ stages:
   gptq-4bit: {kind: quantize, model: base, method: gptq, bits: 4, group_size: 32, calibration: calib}
   head-rows: {kind: prune, model: base, method: magnitude, pattern: rows, sparsity: 0.25, modules: lm_head}
   head-random: {kind: prune, model: base, method: random, seed: 1, sparsity: 0.5, modules: lm_head}
+  layer0-light: {kind: prune, model: base, method: magnitude, sparsity: 0.5, overrides: {'layers\.0\.': 0.2}, ignore: ['down_proj']}
   e-dense: {kind: evaluate, model: base, task: perplexity, dataset: stories, seqlen: 128, limit: 10}
   e-wanda-seq: {kind: evaluate, model: wanda-seq, task: perplexity, dataset: stories, seqlen: 128, limit: 10}
   e-wanda-dense: {kind: evaluate, model: wanda-dense, task: perplexity, dataset: stories, seqlen: 128, limit: 10}
@@ -182,6 +183,29 @@ stages:
     assert!(p("e-gptq") > dense && p("e-gptq") < 1.5 * dense);
     // LM-head experiments hurt.
     assert!(p("e-head-rows") > dense && p("e-head-random") > dense);
+    // Per-layer overrides: block 0 at 20%, the rest at 50%; ignored weights untouched.
+    let rec = r
+        .stages
+        .iter()
+        .find(|s| s.instance == "layer0-light")
+        .unwrap();
+    let Lookup::Hit(e) = Cache::open(&cache)
+        .unwrap()
+        .lookup(&rec.key.unwrap())
+        .unwrap()
+    else {
+        panic!("layer0-light not cached")
+    };
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(e.path("sparsity.json")).unwrap()).unwrap();
+    let matrices = report["matrices"].as_array().unwrap();
+    assert_eq!(matrices.len(), 5 * 6, "down_proj is ignored");
+    for m in matrices {
+        let name = m["name"].as_str().unwrap();
+        let want = if name.contains("layers.0.") { 0.2 } else { 0.5 };
+        let got = m["sparsity"].as_f64().unwrap();
+        assert!((got - want).abs() < 0.01, "{name}: {got} (want {want})");
+    }
     // Stored sizes: masks and 4-bit codes are far smaller than dense f32.
     let size = &entry_meta(&cache, &r, "gptq-4bit")["size"];
     let (stored, dense_b) = (

@@ -18,11 +18,21 @@ pub fn run(ctx: &StageCtx, spec: &PruneSpec) -> Result<StageOutput, StageError> 
     let mut weights = materialize(ctx, model_node, ctx.device)?;
     let original = weights.tensors.clone();
     let names = selected(&weights.config, &spec.selection)?;
+    // The first override whose regex matches a weight's name sets its sparsity.
+    let overrides: Vec<(regex::Regex, f64)> = spec
+        .overrides
+        .iter()
+        .map(|o| {
+            regex::Regex::new(&o.pattern)
+                .map(|r| (r, o.sparsity.get()))
+                .map_err(|e| StageError::Invalid(format!("override `{}`: {e}", o.pattern)))
+        })
+        .collect::<Result<_, _>>()?;
     let sparsity = |name: &str| -> f64 {
-        spec.overrides
+        overrides
             .iter()
-            .find(|o| regex::Regex::new(&o.pattern).is_ok_and(|r| r.is_match(name)))
-            .map_or(spec.sparsity.get(), |o| o.sparsity.get())
+            .find(|(r, _)| r.is_match(name))
+            .map_or(spec.sparsity.get(), |(_, s)| *s)
     };
     let matrix = |tensors: &TensorMap, name: &str| -> Result<Matrix, StageError> {
         let t = weight(tensors, name)?;
