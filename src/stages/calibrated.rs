@@ -11,9 +11,10 @@ use crate::compress::Matrix;
 use crate::model::{LinearId, ModelError, TensorMap};
 use crate::pipeline::spec::{CalibrationMode, InstanceRef};
 
-/// One matrix's replacement from its layer's input statistics.
+/// One matrix's replacement from its layer's input statistics, and the weights the model
+/// computes with from then on.
 pub type PerMatrix<'a> =
-    dyn FnMut(LinearId, &Matrix, &Stats) -> Result<Replacement, StageError> + 'a;
+    dyn FnMut(LinearId, &Matrix, &Stats) -> Result<(Replacement, Matrix), StageError> + 'a;
 
 /// A calibrated method's source of statistics.
 pub struct Calibrated {
@@ -61,10 +62,7 @@ pub fn compress_calibrated(
                 let result = Matrix::from_tensor(t)
                     .map_err(|e| StageError::Invalid(format!("{name}: {e}")))
                     .and_then(|w| {
-                        let rep = per_matrix(*id, &w, stats)?;
-                        let dense = rep
-                            .dense(&w)
-                            .map_err(|e| StageError::Invalid(format!("{name}: {e}")))?;
+                        let (rep, dense) = per_matrix(*id, &w, stats)?;
                         Ok((rep, super::replace::tensor_like(&dense, t)?))
                     });
                 match result {

@@ -4,7 +4,7 @@
 use serde_json::json;
 
 use super::calibrated::{compress_calibrated, Calibrated};
-use super::replace::{sparsity_record, Replacement};
+use super::replace::Replacement;
 use super::select::{selected, weight};
 use super::weights::{materialize, write_replacements, WeightsMeta};
 use super::{StageCtx, StageError, StageOutput};
@@ -115,11 +115,11 @@ pub fn run(ctx: &StageCtx, spec: &PruneSpec) -> Result<StageOutput, StageError> 
     }
 
     let parent = WeightsMeta::from_entry(&ctx.entry(model_node)?)?;
-    let written = write_replacements(ctx, &parent, &original, &reps)?;
+    let written = write_replacements(ctx, &parent, &original, &weights.tensors, &reps)?;
     let records: Vec<serde_json::Value> = written
-        .dense
+        .matrices
         .iter()
-        .map(|(name, w)| sparsity_record(name, w))
+        .map(|m| m.sparsity_record())
         .collect();
     let zeros: u64 = records
         .iter()
@@ -159,7 +159,7 @@ fn prune_calibrated(
     id: LinearId,
     w: &Matrix,
     stats: &Stats,
-) -> Result<Replacement, StageError> {
+) -> Result<(Replacement, Matrix), StageError> {
     let missing =
         |what: &str| StageError::Invalid(format!("the calibration has no {what} for {id}"));
     let kernel = |e: compress::CompressError| StageError::Invalid(format!("{id}: {e}"));
@@ -174,7 +174,9 @@ fn prune_calibrated(
                 }
             }
             .map_err(kernel)?;
-            Ok(Replacement::Masked(mask))
+            let mut pruned = w.clone();
+            mask.apply(&mut pruned).map_err(kernel)?;
+            Ok((Replacement::Masked(mask), pruned))
         }
         PruneMethod::SparseGpt {
             percdamp,
@@ -195,10 +197,7 @@ fn prune_calibrated(
                 percdamp: *percdamp,
             };
             let out = compress::sparsegpt::sparsegpt(w, &h, pattern, &opts).map_err(kernel)?;
-            Ok(Replacement::Sparse {
-                weight: out.weight,
-                mask: out.mask,
-            })
+            Ok((Replacement::Sparse { mask: out.mask }, out.weight))
         }
         _ => unreachable!("only calibrated methods come here"),
     }

@@ -79,33 +79,25 @@ pub fn run(ctx: &StageCtx, spec: &QuantizeSpec) -> Result<StageOutput, StageErro
                     let h = Matrix::from_tensor(&h).map_err(|e| kernel(&id.to_string(), e))?;
                     let out = compress::gptq::gptq(w, &h, &cfg)
                         .map_err(|e| kernel(&id.to_string(), e))?;
-                    Ok(Replacement::Quantized(out.quantized))
+                    let dense = out.quantized.dequantize();
+                    Ok((Replacement::Quantized(out.quantized), dense))
                 },
             )?
         }
     };
 
     let parent = WeightsMeta::from_entry(&ctx.entry(model_node)?)?;
-    let written = write_replacements(ctx, &parent, &original, &reps)?;
-    let (mut sq_err, mut numel) = (0.0f64, 0usize);
-    for (name, dense) in &written.dense {
-        let before = Matrix::from_tensor(weight(&original, name)?).map_err(|e| kernel(name, e))?;
-        sq_err += before
-            .data
-            .iter()
-            .zip(&dense.data)
-            .map(|(a, b)| ((a - b) as f64).powi(2))
-            .sum::<f64>();
-        numel += dense.numel();
-    }
+    let written = write_replacements(ctx, &parent, &original, &weights.tensors, &reps)?;
+    let sq_err: f64 = written.matrices.iter().map(|m| m.sq_err).sum();
+    let numel: usize = written.matrices.iter().map(|m| m.numel()).sum();
     let rmse = (sq_err / numel.max(1) as f64).sqrt();
     ctx.note(&format!(
         "{} matrices, weight RMSE {rmse:.3e}",
-        written.dense.len()
+        written.matrices.len()
     ));
     let mut meta = json!({
         "method": spec.method.name(),
-        "matrices": written.dense.len(),
+        "matrices": written.matrices.len(),
         "weight_rmse": rmse,
         "size": written.size,
         "weights": written.meta,

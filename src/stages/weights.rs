@@ -261,42 +261,57 @@ pub fn write_overlay(
 /// What a compression stage wrote.
 pub struct Written {
     pub meta: WeightsMeta,
-    /// The dense matrices the model now computes with, by name.
-    pub dense: Vec<(String, crate::compress::Matrix)>,
-    /// Stored and dense sizes in bytes ([`StoredSize`]).
+    /// Each replaced matrix as the model now computes with it.
+    pub matrices: Vec<super::replace::MatrixStats>,
+    /// Stored and dense sizes in bytes.
     pub size: serde_json::Value,
 }
 
-/// Stores a compression stage's replacements on top of `original` (the input weights), each in
-/// its packed form (see [`super::overlay`]).
+/// Stores a compression stage's replacements on top of `original` (the input weights);
+/// `updated` holds the values of `Sparse` replacements. One matrix at a time is expanded, so
+/// memory stays at the model and its compressed copy.
 pub fn write_replacements(
     ctx: &StageCtx,
     parent: &WeightsMeta,
     original: &TensorMap,
+    updated: &TensorMap,
     reps: &[(String, Replacement)],
 ) -> Result<Written, StageError> {
     let dtype = original.values().next().map_or(DType::F32, |t| t.dtype());
     let mut writer = OverlayWriter::new(ctx.out_path(OVERLAY_DIR), dtype)?;
-    let mut dense = Vec::new();
+    let mut matrices = Vec::new();
+    let matrix = |t: &candle_core::Tensor, name: &str| {
+        crate::compress::Matrix::from_tensor(t)
+            .map_err(|e| StageError::Invalid(format!("{name}: {e}")))
+    };
     for (name, rep) in reps {
         let like = super::select::weight(original, name)?;
-        let parent_m = crate::compress::Matrix::from_tensor(like)
-            .map_err(|e| StageError::Invalid(format!("{name}: {e}")))?;
-        let d = rep
-            .dense(&parent_m)
-            .map_err(|e| StageError::Invalid(format!("{name}: {e}")))?;
-        match rep {
-            Replacement::Masked(mask) => writer.put_masked(name, like, mask)?,
-            Replacement::Sparse { weight, mask } => writer.put_sparse(name, weight, mask)?,
-            Replacement::Quantized(q) => writer.put_quantized(name, q)?,
-            Replacement::Int8(w) => writer.put_int8(name, w)?,
-        }
-        dense.push((name.clone(), d));
+        let before = matrix(like, name)?;
+        let after = match rep {
+            Replacement::Sparse { mask } => {
+                let w = matrix(super::select::weight(updated, name)?, name)?;
+                writer.put_sparse(name, &w, mask)?;
+                w
+            }
+            Replacement::Masked(mask) => {
+                writer.put_masked(name, like, mask)?;
+                rep.dense(&before, None)?
+            }
+            Replacement::Quantized(q) => {
+                writer.put_quantized(name, q)?;
+                rep.dense(&before, None)?
+            }
+            Replacement::Int8(w) => {
+                writer.put_int8(name, w)?;
+                rep.dense(&before, None)?
+            }
+        };
+        matrices.push(super::replace::MatrixStats::of(name, &before, &after));
     }
     let (meta, size) = write_overlay(ctx, parent, original, writer)?;
     Ok(Written {
         meta,
-        dense,
+        matrices,
         size: serde_json::to_value(size).expect("sizes serialize"),
     })
 }
