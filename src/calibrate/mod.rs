@@ -324,10 +324,10 @@ pub fn sequential(
         let replaced = compress(layer, &stats, tensors)?;
         tensors.extend(replaced);
         model = Llama::new(cfg, tensors)?;
-        hidden = hidden
-            .iter()
-            .map(|x| model.block_forward(layer, x, 0, None, None))
-            .collect::<Result<_, _>>()?;
+        // In place, so only one batch's old activations are alive beside the new ones.
+        for x in hidden.iter_mut() {
+            *x = model.block_forward(layer, x, 0, None, None)?;
+        }
         tick(1)?;
     }
     Ok(())
