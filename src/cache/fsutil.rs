@@ -99,3 +99,29 @@ pub(crate) fn tree_mtime(dir: &Path) -> Option<std::time::SystemTime> {
     }
     Some(latest)
 }
+
+/// Reads a JSON file that carries a `schema` version, refusing any other version before
+/// parsing the rest (so a newer layout is reported as such, not as a parse error).
+pub(crate) fn read_versioned<T: serde::de::DeserializeOwned>(
+    path: &std::path::Path,
+    expected: u32,
+) -> Result<T, CacheError> {
+    #[derive(serde::Deserialize)]
+    struct SchemaOnly {
+        schema: u32,
+    }
+    let bytes = std::fs::read(path).map_err(CacheError::io("read", path))?;
+    let json = |source| CacheError::Json {
+        path: path.to_path_buf(),
+        source,
+    };
+    let head: SchemaOnly = serde_json::from_slice(&bytes).map_err(json)?;
+    if head.schema != expected {
+        return Err(CacheError::Schema {
+            path: path.to_path_buf(),
+            found: head.schema,
+            expected,
+        });
+    }
+    serde_json::from_slice(&bytes).map_err(json)
+}

@@ -180,24 +180,7 @@ fn same_pipeline(a: &str, b: &str) -> bool {
 }
 
 fn read_run(path: &Path) -> Result<RunRecord, CacheError> {
-    #[derive(Deserialize)]
-    struct SchemaOnly {
-        schema: u32,
-    }
-    let bytes = fs::read(path).map_err(CacheError::io("read", path))?;
-    let json = |source| CacheError::Json {
-        path: path.to_path_buf(),
-        source,
-    };
-    let head: SchemaOnly = serde_json::from_slice(&bytes).map_err(json)?;
-    if head.schema != RUN_SCHEMA {
-        return Err(CacheError::Schema {
-            path: path.to_path_buf(),
-            found: head.schema,
-            expected: RUN_SCHEMA,
-        });
-    }
-    serde_json::from_slice(&bytes).map_err(json)
+    super::fsutil::read_versioned(path, RUN_SCHEMA)
 }
 
 #[cfg(test)]

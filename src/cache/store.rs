@@ -365,24 +365,7 @@ pub(crate) fn read_dir_paths(dir: &Path) -> Result<Vec<PathBuf>, CacheError> {
 
 /// Reads and parses a manifest, checking its schema.
 pub fn read_manifest(path: &Path) -> Result<Manifest, CacheError> {
-    #[derive(Deserialize)]
-    struct SchemaOnly {
-        schema: u32,
-    }
-    let bytes = fs::read(path).map_err(CacheError::io("read", path))?;
-    let json = |source| CacheError::Json {
-        path: path.to_path_buf(),
-        source,
-    };
-    let head: SchemaOnly = serde_json::from_slice(&bytes).map_err(json)?;
-    if head.schema != MANIFEST_SCHEMA {
-        return Err(CacheError::Schema {
-            path: path.to_path_buf(),
-            found: head.schema,
-            expected: MANIFEST_SCHEMA,
-        });
-    }
-    serde_json::from_slice(&bytes).map_err(json)
+    super::fsutil::read_versioned(path, MANIFEST_SCHEMA)
 }
 
 enum Checked {
