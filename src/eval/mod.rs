@@ -1,3 +1,4 @@
 //! Evaluation tasks.
 
 pub mod perplexity;
+pub mod template;
