@@ -1,6 +1,9 @@
-//! Datasets: reading a dataset file into documents, as the pipeline's `datasets:` entry says.
+//! Datasets: reading a dataset file into documents or records, as the pipeline's `datasets:`
+//! entry says.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
 
 use crate::pipeline::spec::{DatasetFormat, DatasetSource, TextDocuments};
 
@@ -19,19 +22,203 @@ pub enum DataError {
         line: usize,
         message: String,
     },
+    #[error("dataset `{name}` ({path}): {message}")]
+    Invalid {
+        name: String,
+        path: PathBuf,
+        message: String,
+    },
+}
+
+impl DataError {
+    fn invalid(ds: &DatasetSource, path: &Path, message: impl Into<String>) -> Self {
+        DataError::Invalid {
+            name: ds.name.clone(),
+            path: path.to_path_buf(),
+            message: message.into(),
+        }
+    }
 }
 
 /// The documents of a dataset, in file order.
 pub fn read_documents(ds: &DatasetSource) -> Result<Vec<String>, DataError> {
-    let text = std::fs::read_to_string(&ds.path).map_err(|source| DataError::Read {
-        name: ds.name.clone(),
-        path: ds.path.clone(),
-        source,
-    })?;
     match &ds.format {
-        DatasetFormat::Text { documents } => Ok(split_text(&text, documents)),
-        DatasetFormat::Jsonl { field } => parse_jsonl(ds, &text, field),
+        DatasetFormat::Text { documents } => Ok(split_text(&read(ds, &ds.path)?, documents)),
+        DatasetFormat::Jsonl { field } | DatasetFormat::Json { field } => read_records(ds)?
+            .iter()
+            .enumerate()
+            .map(|(i, r)| match r.get(field) {
+                Some(Value::String(s)) => Ok(s.clone()),
+                Some(other) => Err(record_error(
+                    ds,
+                    i,
+                    format!("field `{field}` is not a string (found {other})"),
+                )),
+                None => Err(record_error(
+                    ds,
+                    i,
+                    format!(
+                        "no field `{field}`: set `field:` on the dataset to the key holding the text"
+                    ),
+                )),
+            })
+            .collect(),
+        DatasetFormat::Squad | DatasetFormat::Lama => Err(DataError::invalid(
+            ds,
+            &ds.path,
+            format!(
+                "a `{}` dataset holds no text documents",
+                ds.format.as_str()
+            ),
+        )),
     }
+}
+
+/// The records of a JSON Lines, JSON-array or SQuAD dataset, each an object, with the `labels`
+/// file merged in.
+pub fn read_records(ds: &DatasetSource) -> Result<Vec<Value>, DataError> {
+    let text = read(ds, &ds.path)?;
+    let mut records = match &ds.format {
+        DatasetFormat::Jsonl { .. } => parse_jsonl(ds, &text)?,
+        DatasetFormat::Json { .. } => match serde_json::from_str(&text) {
+            Ok(Value::Array(items)) => items,
+            Ok(_) => return Err(DataError::invalid(ds, &ds.path, "expected a JSON array")),
+            Err(e) => {
+                return Err(DataError::invalid(
+                    ds,
+                    &ds.path,
+                    format!("not valid JSON: {e}"),
+                ))
+            }
+        },
+        DatasetFormat::Squad => match serde_json::from_str(&text) {
+            Ok(doc) => flatten_squad(&doc).map_err(|m| DataError::invalid(ds, &ds.path, m))?,
+            Err(e) => {
+                return Err(DataError::invalid(
+                    ds,
+                    &ds.path,
+                    format!("not valid JSON: {e}"),
+                ))
+            }
+        },
+        DatasetFormat::Text { .. } | DatasetFormat::Lama => {
+            return Err(DataError::invalid(
+                ds,
+                &ds.path,
+                format!("a `{}` dataset holds no records", ds.format.as_str()),
+            ))
+        }
+    };
+    if let Some(i) = records.iter().position(|r| !r.is_object()) {
+        return Err(record_error(ds, i, "a record is not a JSON object".into()));
+    }
+    if let Some(path) = &ds.labels {
+        merge_labels(ds, path, &read(ds, path)?, &mut records)?;
+    }
+    Ok(records)
+}
+
+fn read(ds: &DatasetSource, path: &Path) -> Result<String, DataError> {
+    std::fs::read_to_string(path).map_err(|source| DataError::Read {
+        name: ds.name.clone(),
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Record `i` (0-based) as a line of a JSON Lines file or an item of an array.
+fn record_error(ds: &DatasetSource, i: usize, message: String) -> DataError {
+    match ds.format {
+        DatasetFormat::Jsonl { .. } => DataError::Line {
+            name: ds.name.clone(),
+            path: ds.path.clone(),
+            line: i + 1,
+            message,
+        },
+        _ => DataError::invalid(ds, &ds.path, format!("record {i}: {message}")),
+    }
+}
+
+/// Label `i` of a one-label-per-line file becomes record i's field `label` (an integer when it
+/// reads as one).
+fn merge_labels(
+    ds: &DatasetSource,
+    path: &Path,
+    text: &str,
+    records: &mut [Value],
+) -> Result<(), DataError> {
+    let labels: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if labels.len() != records.len() {
+        return Err(DataError::invalid(
+            ds,
+            path,
+            format!(
+                "{} labels for {} records: the labels file must have one line per record",
+                labels.len(),
+                records.len()
+            ),
+        ));
+    }
+    for (r, l) in records.iter_mut().zip(labels) {
+        let v = l
+            .parse::<i64>()
+            .map_or_else(|_| Value::from(l), Value::from);
+        r.as_object_mut()
+            .expect("records were checked to be objects")
+            .insert("label".into(), v);
+    }
+    Ok(())
+}
+
+/// SQuAD v1.1 (`data[].paragraphs[].qas[]`) as one record per question: `id`, `title`,
+/// `context`, `question`, and `answers` as the list of answer texts.
+pub fn flatten_squad(doc: &Value) -> Result<Vec<Value>, String> {
+    let articles = doc
+        .get("data")
+        .and_then(Value::as_array)
+        .ok_or("expected SQuAD's layout: an object with a `data` array")?;
+    let mut out = Vec::new();
+    for (a, article) in articles.iter().enumerate() {
+        let title = article.get("title").cloned().unwrap_or(Value::Null);
+        let paragraphs = article
+            .get("paragraphs")
+            .and_then(Value::as_array)
+            .ok_or(format!("data[{a}] has no `paragraphs` array"))?;
+        for (p, para) in paragraphs.iter().enumerate() {
+            let at = format!("data[{a}].paragraphs[{p}]");
+            let context = para
+                .get("context")
+                .and_then(Value::as_str)
+                .ok_or(format!("{at} has no `context` string"))?;
+            let qas = para
+                .get("qas")
+                .and_then(Value::as_array)
+                .ok_or(format!("{at} has no `qas` array"))?;
+            for (q, qa) in qas.iter().enumerate() {
+                let question = qa
+                    .get("question")
+                    .and_then(Value::as_str)
+                    .ok_or(format!("{at}.qas[{q}] has no `question` string"))?;
+                let answers: Vec<Value> = qa
+                    .get("answers")
+                    .and_then(Value::as_array)
+                    .map(|xs| xs.iter().filter_map(|x| x.get("text").cloned()).collect())
+                    .unwrap_or_default();
+                out.push(serde_json::json!({
+                    "id": qa.get("id").cloned().unwrap_or(Value::Null),
+                    "title": title,
+                    "context": context,
+                    "question": question,
+                    "answers": answers,
+                }));
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn split_text(text: &str, how: &TextDocuments) -> Vec<String> {
@@ -62,35 +249,21 @@ fn hf_text_rows(text: &str) -> Vec<String> {
     rows
 }
 
-fn parse_jsonl(ds: &DatasetSource, text: &str, field: &str) -> Result<Vec<String>, DataError> {
-    let mut docs = Vec::new();
+fn parse_jsonl(ds: &DatasetSource, text: &str) -> Result<Vec<Value>, DataError> {
+    let mut records = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let err = |message: String| DataError::Line {
+        let value: Value = serde_json::from_str(line).map_err(|e| DataError::Line {
             name: ds.name.clone(),
             path: ds.path.clone(),
             line: i + 1,
-            message,
-        };
-        let value: serde_json::Value =
-            serde_json::from_str(line).map_err(|e| err(format!("not valid JSON: {e}")))?;
-        match value.get(field) {
-            Some(serde_json::Value::String(s)) => docs.push(s.clone()),
-            Some(other) => {
-                return Err(err(format!(
-                    "field `{field}` is not a string (found {other})"
-                )))
-            }
-            None => {
-                return Err(err(format!(
-                    "no field `{field}`: set `field:` on the dataset to the key holding the text"
-                )))
-            }
-        }
+            message: format!("not valid JSON: {e}"),
+        })?;
+        records.push(value);
     }
-    Ok(docs)
+    Ok(records)
 }
 
 #[cfg(test)]
@@ -117,19 +290,69 @@ mod tests {
         assert_eq!(docs, vec!["a b", "c"]);
     }
 
+    fn source(format: DatasetFormat, path: &Path, labels: Option<PathBuf>) -> DatasetSource {
+        DatasetSource {
+            name: "d".into(),
+            path: path.to_path_buf(),
+            format,
+            labels,
+        }
+    }
+
     #[test]
     fn jsonl_errors_name_the_line() {
-        let ds = DatasetSource {
-            name: "c4".into(),
-            path: "x.jsonl".into(),
-            format: DatasetFormat::Jsonl {
-                field: "text".into(),
-            },
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.jsonl");
+        let jsonl = DatasetFormat::Jsonl {
+            field: "text".into(),
         };
-        let docs = parse_jsonl(&ds, "{\"text\": \"a\"}\n\n{\"text\": \"b\"}\n", "text").unwrap();
+        std::fs::write(&path, "{\"text\": \"a\"}\n\n{\"text\": \"b\"}\n").unwrap();
+        let docs = read_documents(&source(jsonl.clone(), &path, None)).unwrap();
         assert_eq!(docs, vec!["a", "b"]);
-        let err = parse_jsonl(&ds, "{\"text\": \"a\"}\n{\"body\": 1}\n", "text").unwrap_err();
+        std::fs::write(&path, "{\"text\": \"a\"}\n{\"body\": 1}\n").unwrap();
+        let err = read_documents(&source(jsonl.clone(), &path, None)).unwrap_err();
         assert!(err.to_string().contains("line 2"), "{err}");
         assert!(err.to_string().contains("no field `text`"), "{err}");
+        std::fs::write(&path, "{\"text\": \"a\"}\n{oops\n").unwrap();
+        let err = read_records(&source(jsonl, &path, None)).unwrap_err();
+        assert!(err.to_string().contains("line 2: not valid JSON"), "{err}");
+    }
+
+    #[test]
+    fn labels_merge_by_position_and_must_match_in_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let (data, labels) = (dir.path().join("v.jsonl"), dir.path().join("l.lst"));
+        std::fs::write(&data, "{\"goal\": \"g0\"}\n{\"goal\": \"g1\"}\n").unwrap();
+        std::fs::write(&labels, "1\n0\n").unwrap();
+        let jsonl = DatasetFormat::Jsonl {
+            field: "text".into(),
+        };
+        let recs = read_records(&source(jsonl.clone(), &data, Some(labels.clone()))).unwrap();
+        assert_eq!(recs[0]["label"], 1);
+        assert_eq!(recs[1]["label"], 0);
+        std::fs::write(&labels, "1\n").unwrap();
+        let err = read_records(&source(jsonl, &data, Some(labels))).unwrap_err();
+        assert!(err.to_string().contains("1 labels for 2 records"), "{err}");
+    }
+
+    #[test]
+    fn squad_flattens_to_one_record_per_question() {
+        let doc = serde_json::json!({"data": [{"title": "T", "paragraphs": [
+            {"context": "C1", "qas": [
+                {"id": "q1", "question": "Q1?", "answers": [{"text": "a", "answer_start": 0},
+                                                            {"text": "b", "answer_start": 1}]},
+                {"id": "q2", "question": "Q2?", "answers": []}]},
+            {"context": "C2", "qas": [{"id": "q3", "question": "Q3?",
+                                       "answers": [{"text": "c", "answer_start": 0}]}]}]}]});
+        let recs = flatten_squad(&doc).unwrap();
+        assert_eq!(recs.len(), 3);
+        assert_eq!(
+            recs[0],
+            serde_json::json!({"id": "q1", "title": "T", "context": "C1", "question": "Q1?",
+                               "answers": ["a", "b"]})
+        );
+        assert_eq!(recs[2]["context"], "C2");
+        let err = flatten_squad(&serde_json::json!({"data": [{"paragraphs": [{}]}]})).unwrap_err();
+        assert_eq!(err, "data[0].paragraphs[0] has no `context` string");
     }
 }

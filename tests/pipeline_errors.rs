@@ -385,12 +385,7 @@ fn several_mistakes_are_all_reported_at_once() {
             "or -1 for per-channel, found `0`",
         ),
         (11, 62, "stages.q.symetric", "did you mean `symmetric`?"),
-        (
-            12,
-            41,
-            "stages.ppl.task",
-            "expected `perplexity`, found `accuracy`",
-        ),
+        (12, 41, "stages.ppl.task", "`generation`, found `accuracy`"),
         (
             12,
             60,
@@ -687,4 +682,52 @@ proptest! {
         let path = dir.path().join("p.yaml");
         let _ = pipeline::load_str(&path, &src);
     }
+}
+
+#[test]
+fn stride_without_sliding_mode() {
+    one(
+        "stride-without-sliding.yaml",
+        14,
+        5,
+        "stages.ppl.stride",
+        &["`stride` only applies to `mode: sliding`"],
+    );
+}
+
+#[test]
+fn key_of_another_evaluation_task() {
+    let d = one(
+        "key-of-another-task.yaml",
+        13,
+        5,
+        "stages.ppl.ranking",
+        &["`ranking` does not apply to task `perplexity`"],
+    );
+    assert!(d.help.as_deref().unwrap_or("").contains("knowledge"), "{d}");
+}
+
+#[test]
+fn knowledge_probe_on_a_text_dataset() {
+    one(
+        "knowledge-on-text.yaml",
+        12,
+        14,
+        "stages.lama.dataset",
+        &[
+            "task `knowledge` reads a LAMA directory",
+            "dataset `wiki` is `text`",
+        ],
+    );
+}
+
+#[test]
+fn missing_task_file() {
+    one(
+        "missing-task-file.yaml",
+        13,
+        16,
+        "stages.boolq.task_file",
+        &["task file `tasks/boolq-typo.yaml` does not exist"],
+    );
 }

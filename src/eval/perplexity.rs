@@ -7,17 +7,37 @@ use crate::model::{Llama, ModelError};
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Perplexity {
-    /// exp(mean NLL over every predicted position).
+    /// exp(mean NLL over every scored position).
     pub ppl: f64,
-    /// Mean negative log-likelihood per predicted token, in nats.
+    /// Mean negative log-likelihood per scored token, in nats.
     pub nll: f64,
-    /// Predicted positions: `windows × (seqlen − 1)`.
+    /// Scored (predicted) tokens.
     pub tokens: usize,
+    /// Windows (or document chunks) run through the model.
     pub windows: usize,
     pub seqlen: usize,
-    /// Tokens in the whole stream before cutting (the remainder and windows past `limit` unused).
+    /// Tokens in the whole stream (all documents) before cutting.
     pub stream_tokens: usize,
+    /// NLL sum and scored tokens of each window or chunk, in order.
+    #[serde(skip)]
+    pub per_window: Vec<Scored>,
 }
+
+/// The summed NLL of a window's scored tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Scored {
+    pub nll_sum: f64,
+    pub tokens: usize,
+}
+
+/// A sequence to run and the first of its positions to score: position j ≥ 1 is token j,
+/// predicted from the logits at j − 1.
+struct Job<'a> {
+    tokens: &'a [u32],
+    from: usize,
+}
+
+type Tick<'a> = &'a mut dyn FnMut(u64) -> candle_core::Result<()>;
 
 /// Non-overlapping windows of `seqlen` tokens; the remainder is dropped; at most `limit` windows.
 pub fn windows(tokens: &[u32], seqlen: usize, limit: Option<usize>) -> Vec<&[u32]> {
@@ -26,12 +46,103 @@ pub fn windows(tokens: &[u32], seqlen: usize, limit: Option<usize>) -> Vec<&[u32
     tokens.chunks_exact(seqlen).take(n).collect()
 }
 
+/// Sliding windows as Hugging Face's fixed-length perplexity recipe runs them: a window of up to
+/// `seqlen` tokens starts every `stride` tokens and scores only the tokens past the previous
+/// window's end, so every token after the first is scored exactly once, with up to
+/// `seqlen − stride` tokens of extra context. Returns (window, first scored position).
+pub fn sliding_windows(
+    tokens: &[u32],
+    seqlen: usize,
+    stride: usize,
+    limit: Option<usize>,
+) -> Vec<(&[u32], usize)> {
+    let mut out = Vec::new();
+    let mut prev_end = 0;
+    let mut begin = 0;
+    while begin < tokens.len() && limit.is_none_or(|l| out.len() < l) {
+        let end = (begin + seqlen).min(tokens.len());
+        let fresh = end - prev_end;
+        let len = end - begin;
+        if len >= 2 {
+            out.push((&tokens[begin..end], (len - fresh).max(1)));
+        }
+        prev_end = end;
+        if end == tokens.len() {
+            break;
+        }
+        begin += stride;
+    }
+    out
+}
+
 /// Σ −log p(target) over a batch: `logits` [b, t, vocab], `targets` [b, t] (u32). Accumulated in f64.
 pub fn nll_sum(logits: &Tensor, targets: &Tensor) -> candle_core::Result<f64> {
     let logp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
     let picked = logp.gather(&targets.unsqueeze(D::Minus1)?, D::Minus1)?;
     let total = picked.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
     Ok(-total)
+}
+
+/// Per-position −log p(target): `logits` [b, t, vocab], `targets` [b, t] → [b][t] in f32.
+pub fn token_nlls(logits: &Tensor, targets: &Tensor) -> candle_core::Result<Vec<Vec<f32>>> {
+    let logp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
+    let picked = logp.gather(&targets.unsqueeze(D::Minus1)?, D::Minus1)?;
+    picked.squeeze(D::Minus1)?.neg()?.to_vec2::<f32>()
+}
+
+/// Runs each job (right-padded into batches of `batch_size`) and sums the NLL of its scored
+/// positions. With a causal mask, padding after a sequence cannot change its scores, so the
+/// result does not depend on `batch_size`.
+fn score(
+    model: &Llama,
+    jobs: &[Job],
+    batch_size: usize,
+    device: &Device,
+    tick: Tick,
+) -> Result<Vec<Scored>, ModelError> {
+    let mut out = Vec::with_capacity(jobs.len());
+    for batch in jobs.chunks(batch_size.max(1)) {
+        let width = batch.iter().map(|j| j.tokens.len()).max().unwrap_or(0);
+        let mut flat = Vec::with_capacity(batch.len() * width);
+        for j in batch {
+            flat.extend_from_slice(j.tokens);
+            flat.resize(flat.len() + width - j.tokens.len(), 0);
+        }
+        let ids = Tensor::from_vec(flat, (batch.len(), width), device)?;
+        let logits = model.forward(&ids)?;
+        let inputs = logits.narrow(1, 0, width - 1)?;
+        let targets = ids.narrow(1, 1, width - 1)?.contiguous()?;
+        let nlls = token_nlls(&inputs, &targets)?;
+        for (j, row) in batch.iter().zip(nlls) {
+            // Position p is predicted by row entry p − 1.
+            let scored = &row[j.from - 1..j.tokens.len() - 1];
+            out.push(Scored {
+                nll_sum: scored.iter().map(|&x| x as f64).sum(),
+                tokens: scored.len(),
+            });
+        }
+        tick(batch.len() as u64)?;
+    }
+    Ok(out)
+}
+
+fn summarize(per_window: Vec<Scored>, seqlen: usize, stream_tokens: usize) -> Perplexity {
+    let total: f64 = per_window.iter().map(|s| s.nll_sum).sum();
+    let tokens: usize = per_window.iter().map(|s| s.tokens).sum();
+    let nll = total / tokens as f64;
+    Perplexity {
+        ppl: nll.exp(),
+        nll,
+        tokens,
+        windows: per_window.len(),
+        seqlen,
+        stream_tokens,
+        per_window,
+    }
+}
+
+fn too_short(tokens: usize, what: String) -> ModelError {
+    candle_core::Error::Msg(format!("the text has {tokens} tokens, fewer than {what}")).into()
 }
 
 /// Perplexity of `model` on `tokens`, `batch_size` windows per forward pass. The result does not
@@ -43,36 +154,68 @@ pub fn perplexity(
     limit: Option<usize>,
     batch_size: usize,
     device: &Device,
-    tick: &mut dyn FnMut(u64) -> candle_core::Result<()>,
+    tick: Tick,
 ) -> Result<Perplexity, ModelError> {
-    let wins = windows(tokens, seqlen, limit);
-    if wins.is_empty() {
-        return Err(candle_core::Error::Msg(format!(
-            "the text has {} tokens, fewer than one window of seqlen = {seqlen}",
-            tokens.len()
-        ))
-        .into());
+    let jobs: Vec<Job> = windows(tokens, seqlen, limit)
+        .into_iter()
+        .map(|w| Job { tokens: w, from: 1 })
+        .collect();
+    if jobs.is_empty() {
+        return Err(too_short(
+            tokens.len(),
+            format!("one window of seqlen = {seqlen}"),
+        ));
     }
-    let mut total = 0.0f64;
-    for batch in wins.chunks(batch_size.max(1)) {
-        let flat: Vec<u32> = batch.iter().flat_map(|w| w.iter().copied()).collect();
-        let ids = Tensor::from_vec(flat, (batch.len(), seqlen), device)?;
-        let logits = model.forward(&ids)?;
-        let inputs = logits.narrow(1, 0, seqlen - 1)?;
-        let targets = ids.narrow(1, 1, seqlen - 1)?.contiguous()?;
-        total += nll_sum(&inputs, &targets)?;
-        tick(batch.len() as u64)?;
+    let scored = score(model, &jobs, batch_size, device, tick)?;
+    Ok(summarize(scored, seqlen, tokens.len()))
+}
+
+/// Sliding-window perplexity (see [`sliding_windows`]); `limit` caps the number of windows.
+#[allow(clippy::too_many_arguments)]
+pub fn sliding_perplexity(
+    model: &Llama,
+    tokens: &[u32],
+    seqlen: usize,
+    stride: usize,
+    limit: Option<usize>,
+    batch_size: usize,
+    device: &Device,
+    tick: Tick,
+) -> Result<Perplexity, ModelError> {
+    let jobs: Vec<Job> = sliding_windows(tokens, seqlen, stride, limit)
+        .into_iter()
+        .map(|(w, from)| Job { tokens: w, from })
+        .collect();
+    if jobs.is_empty() {
+        return Err(too_short(tokens.len(), "two".into()));
     }
-    let predicted = wins.len() * (seqlen - 1);
-    let nll = total / predicted as f64;
-    Ok(Perplexity {
-        ppl: nll.exp(),
-        nll,
-        tokens: predicted,
-        windows: wins.len(),
-        seqlen,
-        stream_tokens: tokens.len(),
-    })
+    let scored = score(model, &jobs, batch_size, device, tick)?;
+    Ok(summarize(scored, seqlen, tokens.len()))
+}
+
+/// Per-document perplexity: each document (already tokenized, with its own special tokens) is cut
+/// into chunks of at most `seqlen` tokens, none dropped; every position after a chunk's first is
+/// scored. Documents of fewer than two tokens add nothing.
+pub fn document_perplexity(
+    model: &Llama,
+    documents: &[Vec<u32>],
+    seqlen: usize,
+    batch_size: usize,
+    device: &Device,
+    tick: Tick,
+) -> Result<Perplexity, ModelError> {
+    let jobs: Vec<Job> = documents
+        .iter()
+        .flat_map(|d| d.chunks(seqlen))
+        .filter(|c| c.len() >= 2)
+        .map(|c| Job { tokens: c, from: 1 })
+        .collect();
+    let total: usize = documents.iter().map(Vec::len).sum();
+    if jobs.is_empty() {
+        return Err(too_short(total, "two in any document".into()));
+    }
+    let scored = score(model, &jobs, batch_size, device, tick)?;
+    Ok(summarize(scored, seqlen, total))
 }
 
 #[cfg(test)]
@@ -85,6 +228,30 @@ mod tests {
         assert_eq!(windows(&t, 4, None), vec![&t[0..4], &t[4..8]]);
         assert_eq!(windows(&t, 4, Some(1)), vec![&t[0..4]]);
         assert!(windows(&t, 11, None).is_empty());
+    }
+
+    #[test]
+    fn sliding_windows_score_every_token_once() {
+        let t: Vec<u32> = (0..10).collect();
+        let w = sliding_windows(&t, 4, 2, None);
+        let got: Vec<(Vec<u32>, usize)> = w.iter().map(|(w, f)| (w.to_vec(), *f)).collect();
+        // Windows [0,4), [2,6), [4,8), [6,10): the first scores 1..4, the others their last two.
+        assert_eq!(
+            got,
+            vec![
+                (vec![0, 1, 2, 3], 1),
+                (vec![2, 3, 4, 5], 2),
+                (vec![4, 5, 6, 7], 2),
+                (vec![6, 7, 8, 9], 2),
+            ]
+        );
+        let scored: usize = w.iter().map(|(w, f)| w.len() - f).sum();
+        assert_eq!(scored, 9);
+        // stride = seqlen is the non-overlapping protocol, the remainder kept.
+        let w = sliding_windows(&t, 4, 4, None);
+        let got: Vec<(usize, usize)> = w.iter().map(|(w, f)| (w.len(), *f)).collect();
+        assert_eq!(got, vec![(4, 1), (4, 1), (2, 1)]);
+        assert_eq!(sliding_windows(&t, 4, 2, Some(2)).len(), 2);
     }
 
     #[test]

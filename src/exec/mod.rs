@@ -118,10 +118,19 @@ fn estimate_needs(plan: &Plan) -> Vec<Need> {
         .map(|(node, &(bytes, vocab))| {
             let activations = match &node.spec {
                 StageSpec::Evaluate(e) => match &e.task {
+                    // Logits and their log-softmax for one batch, f32.
                     EvalTask::Perplexity { seqlen, .. } => {
-                        // Logits and their log-softmax for one batch, f32.
                         (e.batch_size * seqlen) as u64 * vocab * 8
                     }
+                    // Both models' logits and log-probabilities, and the mixture's.
+                    EvalTask::Divergence { seqlen, .. } => {
+                        (e.batch_size * seqlen) as u64 * vocab * 24 + bytes
+                    }
+                    // Short prompts: a batch's logits over a few hundred positions.
+                    EvalTask::Knowledge { .. } | EvalTask::MultipleChoice { .. } => {
+                        (e.batch_size as u64 * 512) * vocab * 8 + bytes
+                    }
+                    EvalTask::Generation { .. } => 2048 * vocab * 8,
                 },
                 _ => 0,
             };

@@ -110,6 +110,8 @@ pub fn load_str(path_for_messages: &Path, source: &str) -> Result<spec::Pipeline
         instance_index: &instance_index,
         models: &model_names,
         datasets: &dataset_names,
+        dataset_sources: &datasets,
+        base,
     };
     let mut stages = Vec::with_capacity(raw.len());
     for (si, st) in raw.iter().enumerate() {

@@ -199,7 +199,15 @@ pub fn models(
     (out, names)
 }
 
-const DATASET_KEYS: [&str; 5] = ["path", "format", "documents", "separator", "field"];
+const DATASET_KEYS: [&str; 6] = [
+    "path",
+    "format",
+    "documents",
+    "separator",
+    "field",
+    "labels",
+];
+const FORMATS: [&str; 5] = ["text", "jsonl", "json", "squad", "lama"];
 
 /// Reads `datasets:`; like [`models`], also returns every declared name.
 pub fn datasets(
@@ -243,6 +251,32 @@ pub fn datasets(
             *ok &= r.is_some();
             r.map(|s| (s.to_string(), vn.mark))
         };
+        let format = text("format", "a dataset format", sink, &mut ok);
+        let format = match format.as_ref() {
+            Some((f, _)) if FORMATS.contains(&f.as_str()) => f.as_str(),
+            Some((f, mark)) => {
+                let s = suggest(f, FORMATS);
+                sink.error(
+                    *mark,
+                    join(&dpath, "format"),
+                    format!("expected {}, found `{f}`{s}", one_of(&FORMATS)),
+                )
+                .with_expected(one_of(&FORMATS));
+                ok = false;
+                "text"
+            }
+            None => fields
+                .get("path")
+                .and_then(|(_, vn)| vn.as_scalar())
+                .map(|(rel, _)| rel.to_ascii_lowercase())
+                .map_or("text", |rel| {
+                    if rel.ends_with(".jsonl") {
+                        "jsonl"
+                    } else {
+                        "text"
+                    }
+                }),
+        };
         let file = match text("path", "a file path", sink, &mut ok) {
             Some((rel, mark)) => {
                 let kp = if fields["path"].1.mark == v.mark {
@@ -250,7 +284,11 @@ pub fn datasets(
                 } else {
                     join(&dpath, "path")
                 };
-                let r = validate::dataset_file(base, &rel, mark, &kp, sink);
+                let r = if format == "lama" {
+                    validate::dataset_dir(base, &rel, mark, &kp, sink)
+                } else {
+                    validate::dataset_file(base, &rel, mark, &kp, sink)
+                };
                 ok &= r.is_some();
                 r.map(|p| (p, rel))
             }
@@ -266,24 +304,13 @@ pub fn datasets(
                 None
             }
         };
-        let format = text("format", "`text` or `jsonl`", sink, &mut ok);
-        let is_jsonl = match format.as_ref() {
-            Some((f, _)) if f == "jsonl" => true,
-            Some((f, _)) if f == "text" => false,
-            Some((f, mark)) => {
-                let s = suggest(f, ["text", "jsonl"]);
-                sink.error(
-                    *mark,
-                    join(&dpath, "format"),
-                    format!("expected `text` or `jsonl`, found `{f}`{s}"),
-                )
-                .with_expected("`text` or `jsonl`");
-                ok = false;
-                false
+        let labels = match text("labels", "a file path", sink, &mut ok) {
+            Some((rel, mark)) => {
+                let r = validate::dataset_file(base, &rel, mark, &join(&dpath, "labels"), sink);
+                ok &= r.is_some();
+                r
             }
-            None => file
-                .as_ref()
-                .is_some_and(|(_, rel)| rel.to_ascii_lowercase().ends_with(".jsonl")),
+            None => None,
         };
         let documents = text(
             "documents",
@@ -302,72 +329,91 @@ pub fn datasets(
             )
             .with_help(format!("remove `{key}` or set `format: {fmt}`"));
         };
-        let fmt = if is_jsonl {
-            for key in ["documents", "separator"] {
+        let only = |keys: &[&str], fmt: &str, sink: &mut Sink, ok: &mut bool| {
+            for key in keys {
                 if fields.contains_key(key) {
-                    wrong_format(key, "text", sink);
-                    ok = false;
+                    wrong_format(key, fmt, sink);
+                    *ok = false;
                 }
             }
+        };
+        let record_field = |field: Option<(String, Mark)>, sink: &mut Sink, ok: &mut bool| {
             if let Some((f, mark)) = &field {
                 if f.is_empty() {
                     sink.error(*mark, join(&dpath, "field"), "the field name is empty");
-                    ok = false;
+                    *ok = false;
                 }
             }
-            DatasetFormat::Jsonl {
-                field: field.map_or_else(|| "text".to_string(), |(f, _)| f),
+            field.map_or_else(|| "text".to_string(), |(f, _)| f)
+        };
+        let fmt = match format {
+            "jsonl" | "json" => {
+                only(&["documents", "separator"], "text", sink, &mut ok);
+                let field = record_field(field, sink, &mut ok);
+                if format == "jsonl" {
+                    DatasetFormat::Jsonl { field }
+                } else {
+                    DatasetFormat::Json { field }
+                }
             }
-        } else {
-            if fields.contains_key("field") {
-                wrong_format("field", "jsonl", sink);
-                ok = false;
+            "squad" | "lama" => {
+                only(&["documents", "separator"], "text", sink, &mut ok);
+                only(&["field"], "jsonl", sink, &mut ok);
+                if format == "lama" {
+                    only(&["labels"], "jsonl", sink, &mut ok);
+                    DatasetFormat::Lama
+                } else {
+                    DatasetFormat::Squad
+                }
             }
-            let docs = match documents.as_ref().map(|(d, m)| (d.as_str(), *m)) {
-                None | Some(("whole", _)) => TextDocuments::Whole,
-                Some(("lines", _)) => TextDocuments::Lines,
-                Some(("separator", dmark)) => match &separator {
-                    Some((sep, smark)) if sep.is_empty() => {
-                        sink.error(*smark, join(&dpath, "separator"), "the separator is empty");
-                        ok = false;
-                        TextDocuments::Whole
-                    }
-                    Some((sep, _)) => TextDocuments::Separator(sep.clone()),
-                    None => {
-                        if !fields.contains_key("separator") {
-                            sink.error(
-                                dmark,
-                                join(&dpath, "separator"),
-                                "`documents: separator` needs a `separator:`",
-                            )
-                            .with_help("e.g. `separator: \"<|endoftext|>\"`");
+            _ => {
+                only(&["field", "labels"], "jsonl", sink, &mut ok);
+                let docs = match documents.as_ref().map(|(d, m)| (d.as_str(), *m)) {
+                    None | Some(("whole", _)) => TextDocuments::Whole,
+                    Some(("lines", _)) => TextDocuments::Lines,
+                    Some(("separator", dmark)) => match &separator {
+                        Some((sep, smark)) if sep.is_empty() => {
+                            sink.error(*smark, join(&dpath, "separator"), "the separator is empty");
+                            ok = false;
+                            TextDocuments::Whole
                         }
+                        Some((sep, _)) => TextDocuments::Separator(sep.clone()),
+                        None => {
+                            if !fields.contains_key("separator") {
+                                sink.error(
+                                    dmark,
+                                    join(&dpath, "separator"),
+                                    "`documents: separator` needs a `separator:`",
+                                )
+                                .with_help("e.g. `separator: \"<|endoftext|>\"`");
+                            }
+                            ok = false;
+                            TextDocuments::Whole
+                        }
+                    },
+                    Some((d, dmark)) => {
+                        let s = suggest(d, ["whole", "lines", "separator"]);
+                        sink.error(
+                            dmark,
+                            join(&dpath, "documents"),
+                            format!("expected `whole`, `lines` or `separator`, found `{d}`{s}"),
+                        );
                         ok = false;
                         TextDocuments::Whole
                     }
-                },
-                Some((d, dmark)) => {
-                    let s = suggest(d, ["whole", "lines", "separator"]);
+                };
+                if separator.is_some() && !matches!(docs, TextDocuments::Separator(_)) && ok {
+                    let (kn, _) = fields["separator"];
                     sink.error(
-                        dmark,
-                        join(&dpath, "documents"),
-                        format!("expected `whole`, `lines` or `separator`, found `{d}`{s}"),
-                    );
+                        kn.mark,
+                        join(&dpath, "separator"),
+                        "`separator` is only used with `documents: separator`",
+                    )
+                    .with_help("add `documents: separator` or remove `separator`");
                     ok = false;
-                    TextDocuments::Whole
                 }
-            };
-            if separator.is_some() && !matches!(docs, TextDocuments::Separator(_)) && ok {
-                let (kn, _) = fields["separator"];
-                sink.error(
-                    kn.mark,
-                    join(&dpath, "separator"),
-                    "`separator` is only used with `documents: separator`",
-                )
-                .with_help("add `documents: separator` or remove `separator`");
-                ok = false;
+                DatasetFormat::Text { documents: docs }
             }
-            DatasetFormat::Text { documents: docs }
         };
         if let (true, Some((path, _))) = (ok, file) {
             out.insert(
@@ -376,6 +422,7 @@ pub fn datasets(
                     name: name.to_string(),
                     path,
                     format: fmt,
+                    labels,
                 },
             );
         }
@@ -455,6 +502,15 @@ pub fn allowed_keys(kind: StageKind) -> &'static [&'static str] {
             "join",
             "limit",
             "batch_size",
+            "mode",
+            "stride",
+            "reference",
+            "ranking",
+            "splits",
+            "relations",
+            "known_only",
+            "task_file",
+            "max_new_tokens",
         ],
         StageKind::Report => &["inputs", "formats"],
     }
@@ -464,7 +520,8 @@ pub fn allowed_keys(kind: StageKind) -> &'static [&'static str] {
 pub fn ref_keys(kind: StageKind) -> &'static [&'static str] {
     match kind {
         StageKind::Load => &[],
-        StageKind::Calibrate | StageKind::Evaluate => &["model"],
+        StageKind::Calibrate => &["model"],
+        StageKind::Evaluate => &["model", "reference"],
         // A `calibration:` the method ignores still counts: the method may be swept.
         StageKind::Prune | StageKind::Quantize => &["model", "calibration"],
         StageKind::Report => &["inputs"],

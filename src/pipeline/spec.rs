@@ -35,16 +35,55 @@ pub struct ModelSource {
 #[derive(Clone, Debug, PartialEq)]
 pub struct DatasetSource {
     pub name: String,
+    /// A file, or a directory for [`DatasetFormat::Lama`].
     pub path: PathBuf,
     pub format: DatasetFormat,
+    /// One label per line, merged into record i as its field `label` (PIQA's and SIQA's
+    /// releases keep the labels in a file of their own).
+    pub labels: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum DatasetFormat {
     /// Plain text, cut into documents as `documents` says.
     Text { documents: TextDocuments },
-    /// JSON Lines; each line's `field` is one document.
+    /// JSON Lines: one record per line; as documents, each record's `field`.
     Jsonl { field: String },
+    /// A JSON array of records (Alpaca's release); as documents, each record's `field`.
+    Json { field: String },
+    /// The SQuAD v1.1 JSON release: one record per question (`id`, `title`, `context`,
+    /// `question`, `answers` as a list of strings).
+    Squad,
+    /// A LAMA directory: `relations.jsonl` with `TREx/`, `Google_RE/` and `Squad/` beside it.
+    Lama,
+}
+
+impl DatasetFormat {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DatasetFormat::Text { .. } => "text",
+            DatasetFormat::Jsonl { .. } => "jsonl",
+            DatasetFormat::Json { .. } => "json",
+            DatasetFormat::Squad => "squad",
+            DatasetFormat::Lama => "lama",
+        }
+    }
+
+    /// Whether the dataset reads as a list of text documents (perplexity, calibration).
+    pub fn has_documents(&self) -> bool {
+        matches!(
+            self,
+            DatasetFormat::Text { .. } | DatasetFormat::Jsonl { .. } | DatasetFormat::Json { .. }
+        )
+    }
+
+    /// Whether the dataset reads as JSON records (multiple-choice and generation tasks).
+    pub fn has_records(&self) -> bool {
+        matches!(
+            self,
+            DatasetFormat::Jsonl { .. } | DatasetFormat::Json { .. } | DatasetFormat::Squad
+        )
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -434,14 +473,146 @@ pub struct EvaluateSpec {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum EvalTask {
-    /// The WikiText protocol: join documents with `join`, tokenize once, cut into non-overlapping
-    /// windows of `seqlen`, drop the remainder; optionally only the first `limit` windows.
+    /// Perplexity of a token stream or of documents (see [`PplMode`]).
     Perplexity {
+        dataset: String,
+        seqlen: usize,
+        /// What documents are joined with before tokenizing (`windows` and `sliding`).
+        join: String,
+        /// At most this many windows (documents in `documents` mode).
+        limit: Option<usize>,
+        mode: PplMode,
+    },
+    /// Jensen-Shannon divergence, KL(reference‖model) and top-1 agreement of the next-token
+    /// distributions, on the non-overlapping windows of the joined documents.
+    Divergence {
         dataset: String,
         seqlen: usize,
         join: String,
         limit: Option<usize>,
+        reference: InstanceRef,
     },
+    /// LAMA knowledge probe.
+    Knowledge {
+        dataset: String,
+        ranking: Ranking,
+        splits: Vec<LamaSplit>,
+        /// Only these relations (all if empty).
+        relations: Vec<String>,
+        /// At most this many facts per relation, in file order.
+        limit: Option<usize>,
+        /// Keep only the facts the reference model ranks first.
+        known_only: bool,
+        reference: InstanceRef,
+    },
+    /// lm-evaluation-harness multiple choice, the mapping from fields declared in a task file.
+    MultipleChoice {
+        dataset: String,
+        task_file: PathBuf,
+        limit: Option<usize>,
+    },
+    /// Greedy generation scored by EM, F1 and ROUGE-1, as a task file declares it.
+    Generation {
+        dataset: String,
+        task_file: PathBuf,
+        limit: Option<usize>,
+        max_new_tokens: Option<usize>,
+    },
+}
+
+impl EvalTask {
+    pub fn name(&self) -> &'static str {
+        match self {
+            EvalTask::Perplexity { .. } => "perplexity",
+            EvalTask::Divergence { .. } => "divergence",
+            EvalTask::Knowledge { .. } => "knowledge",
+            EvalTask::MultipleChoice { .. } => "multiple-choice",
+            EvalTask::Generation { .. } => "generation",
+        }
+    }
+
+    pub fn dataset(&self) -> &str {
+        match self {
+            EvalTask::Perplexity { dataset, .. }
+            | EvalTask::Divergence { dataset, .. }
+            | EvalTask::Knowledge { dataset, .. }
+            | EvalTask::MultipleChoice { dataset, .. }
+            | EvalTask::Generation { dataset, .. } => dataset,
+        }
+    }
+
+    /// The second model the task reads, if any.
+    pub fn reference(&self) -> Option<InstanceRef> {
+        match self {
+            EvalTask::Divergence { reference, .. } => Some(*reference),
+            EvalTask::Knowledge {
+                known_only: true,
+                reference,
+                ..
+            } => Some(*reference),
+            _ => None,
+        }
+    }
+}
+
+/// How perplexity cuts its text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PplMode {
+    /// The WikiText protocol: one stream, non-overlapping windows, the remainder dropped.
+    Windows,
+    /// Windows of `seqlen` every `stride` tokens; each scores only the tokens the previous
+    /// windows did not, with the rest of the window as context.
+    Sliding { stride: usize },
+    /// Each document tokenized on its own and cut into chunks of at most `seqlen`.
+    Documents,
+}
+
+impl PplMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PplMode::Windows => "windows",
+            PplMode::Sliding { .. } => "sliding",
+            PplMode::Documents => "documents",
+        }
+    }
+}
+
+/// How the knowledge probe ranks the gold object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ranking {
+    /// The object's first token among the whole vocabulary.
+    Vocabulary,
+    /// The object among the relation's objects, each scored by its summed log-probability.
+    Candidates,
+}
+
+impl Ranking {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ranking::Vocabulary => "vocabulary",
+            Ranking::Candidates => "candidates",
+        }
+    }
+}
+
+/// The parts of a LAMA directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LamaSplit {
+    Trex,
+    GoogleRe,
+    Squad,
+}
+
+impl LamaSplit {
+    pub const ALL: [LamaSplit; 3] = [LamaSplit::Trex, LamaSplit::GoogleRe, LamaSplit::Squad];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LamaSplit::Trex => "trex",
+            LamaSplit::GoogleRe => "google_re",
+            LamaSplit::Squad => "squad",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -576,21 +747,7 @@ impl StageSpec {
                 }
                 selection_params(&s.selection, &mut p);
             }
-            StageSpec::Evaluate(s) => match &s.task {
-                EvalTask::Perplexity {
-                    dataset: _,
-                    seqlen,
-                    join,
-                    limit,
-                } => {
-                    p.insert("task".into(), "perplexity".into());
-                    p.insert("seqlen".into(), (*seqlen).into());
-                    p.insert("join".into(), join.as_str().into());
-                    if let Some(l) = limit {
-                        p.insert("limit".into(), (*l).into());
-                    }
-                }
-            },
+            StageSpec::Evaluate(s) => eval_params(&s.task, &mut p),
             StageSpec::Report(s) => {
                 let f = s
                     .formats
@@ -622,7 +779,13 @@ impl StageSpec {
                 }
                 v
             }
-            StageSpec::Evaluate(s) => vec![("model".into(), s.model)],
+            StageSpec::Evaluate(s) => {
+                let mut v = vec![("model".into(), s.model)];
+                if let Some(r) = s.task.reference() {
+                    v.push(("reference".into(), r));
+                }
+                v
+            }
             StageSpec::Report(s) => s
                 .inputs
                 .iter()
@@ -636,10 +799,104 @@ impl StageSpec {
     pub fn datasets(&self) -> Vec<(&'static str, &str)> {
         match self {
             StageSpec::Calibrate(s) => vec![("dataset", s.dataset.as_str())],
-            StageSpec::Evaluate(s) => match &s.task {
-                EvalTask::Perplexity { dataset, .. } => vec![("dataset", dataset.as_str())],
-            },
+            StageSpec::Evaluate(s) => vec![("dataset", s.task.dataset())],
             _ => vec![],
+        }
+    }
+}
+
+impl StageSpec {
+    /// Files other than datasets a stage reads, by role (their digests enter the key).
+    pub fn extra_files(&self) -> Vec<(&'static str, &std::path::Path)> {
+        match self {
+            StageSpec::Evaluate(EvaluateSpec {
+                task:
+                    EvalTask::MultipleChoice { task_file, .. } | EvalTask::Generation { task_file, .. },
+                ..
+            }) => vec![("task_file", task_file.as_path())],
+            _ => vec![],
+        }
+    }
+}
+
+/// An evaluation's parameters as they enter its key: everything that can change a score. The
+/// perplexity keys of earlier versions are kept as they were (`mode` only when not `windows`).
+fn eval_params(task: &EvalTask, p: &mut Params) {
+    p.insert("task".into(), task.name().into());
+    let limit = |p: &mut Params, limit: &Option<usize>| {
+        if let Some(l) = limit {
+            p.insert("limit".into(), (*l).into());
+        }
+    };
+    match task {
+        EvalTask::Perplexity {
+            dataset: _,
+            seqlen,
+            join,
+            limit: l,
+            mode,
+        } => {
+            p.insert("seqlen".into(), (*seqlen).into());
+            limit(p, l);
+            match mode {
+                PplMode::Windows => {
+                    p.insert("join".into(), join.as_str().into());
+                }
+                PplMode::Sliding { stride } => {
+                    p.insert("join".into(), join.as_str().into());
+                    p.insert("mode".into(), mode.as_str().into());
+                    p.insert("stride".into(), (*stride).into());
+                }
+                PplMode::Documents => {
+                    p.insert("mode".into(), mode.as_str().into());
+                }
+            }
+        }
+        EvalTask::Divergence {
+            dataset: _,
+            seqlen,
+            join,
+            limit: l,
+            reference: _,
+        } => {
+            p.insert("seqlen".into(), (*seqlen).into());
+            p.insert("join".into(), join.as_str().into());
+            limit(p, l);
+        }
+        EvalTask::Knowledge {
+            dataset: _,
+            ranking,
+            splits,
+            relations,
+            limit: l,
+            known_only,
+            reference: _,
+        } => {
+            p.insert("ranking".into(), ranking.as_str().into());
+            let s = splits.iter().map(|s| s.as_str().into()).collect();
+            p.insert("splits".into(), ParamValue::List(s));
+            if !relations.is_empty() {
+                let r = relations.iter().map(|r| r.as_str().into()).collect();
+                p.insert("relations".into(), ParamValue::List(r));
+            }
+            limit(p, l);
+            p.insert("known_only".into(), (*known_only).into());
+        }
+        EvalTask::MultipleChoice {
+            dataset: _,
+            task_file: _,
+            limit: l,
+        } => limit(p, l),
+        EvalTask::Generation {
+            dataset: _,
+            task_file: _,
+            limit: l,
+            max_new_tokens,
+        } => {
+            limit(p, l);
+            if let Some(m) = max_new_tokens {
+                p.insert("max_new_tokens".into(), (*m).into());
+            }
         }
     }
 }

@@ -14,6 +14,7 @@ use super::sweep::{projection_key, Sweep};
 use super::yaml::{join, Mark, Node, NodeKind};
 
 mod compress;
+mod evaluate;
 
 /// What checking an instance needs to know about the rest of the file.
 pub struct Env<'a> {
@@ -26,6 +27,10 @@ pub struct Env<'a> {
     /// Every declared model / dataset name.
     pub models: &'a [String],
     pub datasets: &'a [String],
+    /// The datasets that passed their checks.
+    pub dataset_sources: &'a std::collections::BTreeMap<String, DatasetSource>,
+    /// The pipeline file's directory: relative paths resolve against it.
+    pub base: &'a std::path::Path,
 }
 
 struct Param {
@@ -437,7 +442,7 @@ pub fn check(env: &Env, si: usize, point: &[Node], sink: &mut Sink) -> Option<St
         StageKind::Calibrate => calibrate(&mut f),
         StageKind::Prune => compress::prune(&mut f),
         StageKind::Quantize => compress::quantize(&mut f),
-        StageKind::Evaluate => evaluate(&mut f),
+        StageKind::Evaluate => evaluate::evaluate(&mut f),
         StageKind::Report => report(&mut f),
     };
     if f.bad {
@@ -479,29 +484,6 @@ fn calibrate(f: &mut Fields) -> Option<StageSpec> {
         sampling,
         seed,
         statistics,
-    }))
-}
-
-fn evaluate(f: &mut Fields) -> Option<StageSpec> {
-    let model = f.model_ref();
-    let task = f.req_choice("task", &["perplexity"]);
-    let dataset = f.name_in("dataset", f.env.datasets, "datasets");
-    let seqlen = f.count("seqlen", 2, 2048);
-    let join = f.text("join", "a string").unwrap_or_else(|| "\n\n".into());
-    let limit = f
-        .int("limit", 1, i64::MAX, "an integer ≥ 1")
-        .map(|l| l as usize);
-    let batch_size = f.count("batch_size", 1, 8);
-    task?;
-    Some(StageSpec::Evaluate(EvaluateSpec {
-        model: model?,
-        task: EvalTask::Perplexity {
-            dataset: dataset?,
-            seqlen,
-            join,
-            limit,
-        },
-        batch_size,
     }))
 }
 

@@ -173,7 +173,8 @@ fn full_example_expands_into_the_expected_instances() {
                 dataset: "wiki".into(),
                 seqlen: 128,
                 join: "\n\n".into(),
-                limit: Some(40)
+                limit: Some(40),
+                mode: PplMode::Windows,
             }
         );
     }
@@ -278,7 +279,9 @@ fn projections_resolve_references_to_the_matching_instance() {
                 panic!("not evaluate")
             };
             assert_eq!(e.model.stage, pruned_i);
-            let EvalTask::Perplexity { seqlen, join, .. } = &e.task;
+            let EvalTask::Perplexity { seqlen, join, .. } = &e.task else {
+                panic!("not perplexity")
+            };
             (e.model.instance, *seqlen, join.clone())
         })
         .collect();
@@ -449,7 +452,8 @@ fn no_sweep_is_one_empty_point_and_defaults_apply() {
             dataset: "c4".into(),
             seqlen: 2048,
             join: "\n\n".into(),
-            limit: None
+            limit: None,
+            mode: PplMode::Windows,
         }
     );
     assert_eq!(

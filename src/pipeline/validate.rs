@@ -81,6 +81,35 @@ pub fn dataset_file(
     Some(file.canonicalize().unwrap_or(file))
 }
 
+/// A dataset directory (LAMA's layout) relative to the pipeline file.
+pub fn dataset_dir(
+    base: &Path,
+    rel: &str,
+    mark: Mark,
+    key_path: &str,
+    sink: &mut Sink,
+) -> Option<PathBuf> {
+    let dir = base.join(rel);
+    if !dir.is_dir() {
+        let what = if dir.is_file() {
+            "is a file; `format: lama` reads a directory holding `relations.jsonl`"
+        } else {
+            "does not exist"
+        };
+        sink.error(
+            mark,
+            key_path,
+            format!(
+                "dataset directory `{rel}` {what} (looked for {})",
+                dir.display()
+            ),
+        )
+        .with_help(PATH_HELP);
+        return None;
+    }
+    Some(dir.canonicalize().unwrap_or(dir))
+}
+
 /// For each stage, the sweep axes it uses (indices into `sweep.axes`, ascending = declaration
 /// order): those it interpolates, plus those of every stage it references as written. Reports
 /// unknown axes, axes in report stages, reference cycles and axes no stage uses.

@@ -27,6 +27,12 @@ pub enum PlanError {
     },
     #[error("the stages form a cycle through `{0}`")]
     Cycle(String),
+    #[error("cannot list dataset `{name}` ({path}): {source}")]
+    Dataset {
+        name: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Builds the plan of a validated pipeline, hashing the files it reads (memoized by `hasher`).
@@ -207,6 +213,9 @@ fn dataset_format(f: &DatasetFormat) -> String {
             TextDocuments::Separator(s) => format!("text:separator:{s}"),
         },
         DatasetFormat::Jsonl { field } => format!("jsonl:{field}"),
+        DatasetFormat::Json { field } => format!("json:{field}"),
+        DatasetFormat::Squad => "squad".into(),
+        DatasetFormat::Lama => "lama".into(),
     }
 }
 
@@ -244,7 +253,26 @@ fn stage_files(p: &Pipeline) -> Result<HashMap<InstanceRef, FileRoles>, PlanErro
                 roles.extend(checkpoints[&l.model].iter().cloned());
             }
             for (role, name) in inst.spec.datasets() {
-                roles.push((role.to_string(), p.datasets[name].path.clone()));
+                let ds = &p.datasets[name];
+                if ds.format == DatasetFormat::Lama {
+                    // Every file of the directory, so that editing one reruns the stage.
+                    for f in files_under(&ds.path).map_err(|source| PlanError::Dataset {
+                        name: name.to_string(),
+                        path: ds.path.clone(),
+                        source,
+                    })? {
+                        let rel = f.strip_prefix(&ds.path).unwrap_or(&f).to_string_lossy();
+                        roles.push((format!("{role}/{rel}"), f.clone()));
+                    }
+                } else {
+                    roles.push((role.to_string(), ds.path.clone()));
+                }
+                if let Some(labels) = &ds.labels {
+                    roles.push((format!("{role}.labels"), labels.clone()));
+                }
+            }
+            for (role, path) in inst.spec.extra_files() {
+                roles.push((role.to_string(), path.to_path_buf()));
             }
             out.insert(
                 InstanceRef {
@@ -255,5 +283,27 @@ fn stage_files(p: &Pipeline) -> Result<HashMap<InstanceRef, FileRoles>, PlanErro
             );
         }
     }
+    Ok(out)
+}
+
+/// The regular files under `dir`, recursively, in sorted order; hidden entries are skipped.
+fn files_under(dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let e = e?;
+            if e.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let ty = e.file_type()?;
+            if ty.is_dir() {
+                stack.push(e.path());
+            } else if ty.is_file() {
+                out.push(e.path());
+            }
+        }
+    }
+    out.sort();
     Ok(out)
 }

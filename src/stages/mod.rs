@@ -37,7 +37,8 @@ pub fn version(kind: StageKind) -> u32 {
         // 2: overlays are packed (`overlay/`), no longer one dense safetensors file.
         StageKind::Prune => 2,
         StageKind::Quantize => 2,
-        StageKind::Evaluate => 2,
+        // 3: per-sample outputs, settings in the manifest.
+        StageKind::Evaluate => 3,
         StageKind::Report => 1,
     }
 }
