@@ -18,10 +18,10 @@ struct Loaded {
     tok: Tokenizer,
 }
 
-fn load(dir: &Path) -> Loaded {
+fn load(dir: &Path, dtype: DType) -> Loaded {
     let ckpt = Checkpoint::resolve(dir).unwrap();
     let cfg = ModelConfig::from_file(&ckpt.config).unwrap();
-    let weights = load_weights(&ckpt, &cfg, DType::F32, &Device::Cpu).unwrap();
+    let weights = load_weights(&ckpt, &cfg, dtype, &Device::Cpu).unwrap();
     let model = Llama::new(&cfg, &weights).unwrap();
     let tok = Tokenizer::from_file(&ckpt.tokenizer).unwrap();
     Loaded { cfg, model, tok }
@@ -281,7 +281,9 @@ fn stories_requests(enc: &PairEncoder) -> Vec<Request> {
 #[test]
 fn batched_scores_equal_one_sequence_at_a_time_and_ignore_batch_size() {
     let dir = require_shared!("models/stories260K");
-    let m = load(&dir);
+    // f64 inside the model, so that what differs between batch shapes is rounding at 1e-16, not
+    // f32 matmul blocking (about 1e-6 per logit), and the bound below tests the padding logic.
+    let m = load(&dir, DType::F64);
     let enc = PairEncoder::new(&m.tok, &m.cfg, SpecialTokens::FromTokenizer).unwrap();
     let reqs = stories_requests(&enc);
     let mut ticks = 0;
@@ -324,7 +326,7 @@ fn batched_scores_equal_one_sequence_at_a_time_and_ignore_batch_size() {
 #[test]
 fn long_inputs_are_cut_from_the_left() {
     let dir = require_shared!("models/stories260K");
-    let m = load(&dir);
+    let m = load(&dir, DType::F32);
     let enc = PairEncoder::new(&m.tok, &m.cfg, SpecialTokens::FromTokenizer)
         .unwrap()
         .with_max_len(8);
@@ -336,7 +338,15 @@ fn long_inputs_are_cut_from_the_left() {
         .unwrap();
     let full: Vec<u32> = r.context.iter().chain(&r.continuation).copied().collect();
     assert!(full.len() > 9, "{}", full.len());
-    let got = loglikelihood(&m.model, &[r.clone()], 8, 2, &Device::Cpu, &mut no_tick()).unwrap();
+    let got = loglikelihood(
+        &m.model,
+        std::slice::from_ref(&r),
+        8,
+        2,
+        &Device::Cpu,
+        &mut no_tick(),
+    )
+    .unwrap();
     // The harness's window: the last 9 tokens, whose last 8 are the input.
     let window = &full[full.len() - 9..];
     let cut = window.len() - r.continuation.len();
@@ -356,7 +366,7 @@ fn long_inputs_are_cut_from_the_left() {
 #[test]
 fn a_fixture_task_on_stories260k_scores_as_computed_by_hand() {
     let dir = require_shared!("models/stories260K");
-    let m = load(&dir);
+    let m = load(&dir, DType::F32);
     let enc = PairEncoder::new(&m.tok, &m.cfg, SpecialTokens::FromTokenizer).unwrap();
     let task = ChoiceTask::from_yaml_str(
         "context: \"{{start}}\"\nchoices: [\"{{a}}\", \"{{b}}\", \"{{c}}\"]\n\
@@ -425,7 +435,7 @@ fn a_fixture_task_on_stories260k_scores_as_computed_by_hand() {
 #[test]
 fn shared_continuation_scores_each_context() {
     let dir = require_shared!("models/stories260K");
-    let m = load(&dir);
+    let m = load(&dir, DType::F32);
     let enc = PairEncoder::new(&m.tok, &m.cfg, SpecialTokens::FromTokenizer).unwrap();
     let task = shipped("winogrande.yaml");
     let records = vec![json!({

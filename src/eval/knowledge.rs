@@ -220,6 +220,13 @@ fn queries<'s>(encoder: &PairEncoder, set: &'s LamaSet) -> Result<Vec<Query<'s>>
                 continue;
             };
             let request = encoder.encode_pair(context, &fact.object)?;
+            if request.continuation.is_empty() {
+                return Err(EvalError::Invalid(format!(
+                    "relation {}, fact {index}: the object {:?} adds no tokens after the prompt \
+                     {context:?} (the tokenizer merges it into the prompt's last token)",
+                    r.id, fact.object
+                )));
+            }
             out.push(Query {
                 relation,
                 index,
