@@ -136,9 +136,10 @@ impl<'a> PairEncoder<'a> {
         self.max_len
     }
 
-    /// Shortens or lengthens the window sequences are cut to (at most the model's context).
+    /// Cuts sequences to a shorter window than the model's context (a longer one is ignored:
+    /// positions past it were never trained).
     pub fn with_max_len(mut self, max_len: usize) -> Self {
-        self.max_len = max_len.max(1);
+        self.max_len = max_len.clamp(1, self.max_len);
         self
     }
 
