@@ -1,4 +1,8 @@
 //! Evaluation tasks.
 
+pub mod choice;
+pub mod knowledge;
+pub mod lama;
+pub mod loglik;
 pub mod perplexity;
 pub mod template;

@@ -1,0 +1,640 @@
+//! The LAMA knowledge probe: does the model complete "Dante was born in" with "Florence"?
+//!
+//! **Causal probing.** The prompt is the cloze's text left of `[MASK]` (leading and trailing
+//! whitespace trimmed); a fact whose prompt or object is empty (a template starting with `[Y]`, a
+//! sentence starting with `[MASK]`) cannot be asked of a left-to-right model and is skipped and
+//! counted. The object is scored as it follows the prompt in running text: the prompt and the
+//! object are encoded as a (context, continuation) pair ([`PairEncoder::encode_pair`]), so the
+//! whitespace before `[MASK]` leads the object: in every LAMA cloze that is one space, and the
+//! target is the first token of `" " + object`.
+//!
+//! **Rankings** ([`Ranking`]):
+//! - `vocabulary` — the rank of that first object token among all next-token logits at the
+//!   prompt's last position (1 = best; a tie counts in the gold's favour: rank = 1 + the number
+//!   of strictly greater logits). This is LAMA's top-k accuracy for a causal model.
+//! - `candidates` — the relation's candidate set is the distinct objects of its facts; each is
+//!   scored by the summed log-probability of all its tokens after the prompt ([`loglikelihood`]),
+//!   and the gold is ranked among them (same tie rule). Multi-token objects count in full.
+//!
+//! A NaN never outranks the gold, and a NaN gold ranks last, so a broken model cannot score.
+//!
+//! **Metrics.** P@k (rank ≤ k) and MRR (mean 1/rank) per relation, then averaged across relations
+//! (macro, as LAMA reports P@1); also over all facts (micro), with fact and skip counts.
+//! [`known_only`] keeps the facts the base model gets right, so a compressed model's P@1 on them
+//! reads as knowledge lost.
+//!
+//! Prompts run in right-padded batches, each scored at its own last position, so the results do
+//! not depend on the batch size.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use candle_core::{DType, Device, Tensor, D};
+use serde::{Deserialize, Serialize};
+
+use crate::eval::lama::{Fact, LamaSet, Split};
+use crate::eval::loglik::{logits_at, loglikelihood, EvalError, PairEncoder, Request};
+use crate::model::Llama;
+
+/// How a model is asked for the object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeStyle {
+    /// A decoder predicts the object from the text left of the mask. (Encoder models would fill
+    /// `[MASK]` with both sides visible; the runtime runs LLaMA-family decoders only.)
+    #[default]
+    Causal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ranking {
+    #[default]
+    Vocabulary,
+    Candidates,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbeOptions {
+    pub style: ProbeStyle,
+    pub ranking: Ranking,
+    /// The k of P@k.
+    pub ks: Vec<usize>,
+    /// Prompts (vocabulary) or (prompt, candidate) pairs (candidates) per forward pass.
+    pub batch_size: usize,
+}
+
+impl Default for ProbeOptions {
+    fn default() -> Self {
+        ProbeOptions {
+            style: ProbeStyle::Causal,
+            ranking: Ranking::Vocabulary,
+            ks: vec![1, 5, 10],
+            batch_size: 16,
+        }
+    }
+}
+
+/// One probed fact, as a per-fact JSONL line.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FactResult {
+    pub relation: String,
+    pub split: Split,
+    /// Position of the fact in its relation.
+    pub index: usize,
+    pub subject: String,
+    pub object: String,
+    /// The text the model continues.
+    pub prompt: String,
+    /// Tokens of the object as it follows the prompt (vocabulary ranking scores the first).
+    pub object_tokens: usize,
+    /// 1 = the model's first choice.
+    pub rank: usize,
+    /// How many entries were ranked: the vocabulary size, or the relation's candidate count.
+    pub ranked: usize,
+    /// Log-probability of the gold: its first token (vocabulary) or all its tokens (candidates).
+    pub logprob: f64,
+    /// The model's first choice: the decoded top token, or the best candidate.
+    pub top_prediction: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RelationMetrics {
+    pub split: Split,
+    pub facts: usize,
+    pub skipped: usize,
+    pub p_at: BTreeMap<usize, f64>,
+    pub mrr: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KnowledgeMetrics {
+    /// P@k averaged across relations (each relation with at least one probed fact counts once).
+    pub p_at: BTreeMap<usize, f64>,
+    pub mrr: f64,
+    /// P@k over all probed facts together.
+    pub micro_p_at: BTreeMap<usize, f64>,
+    pub micro_mrr: f64,
+    /// Facts probed.
+    pub facts: usize,
+    /// Facts that could not be probed (empty prompt or object).
+    pub skipped: usize,
+    /// Relations with at least one probed fact.
+    pub relations: usize,
+    pub per_relation: BTreeMap<String, RelationMetrics>,
+}
+
+/// The prompt a causal model continues, with the whitespace that precedes the object, or
+/// `None` when the fact cannot be probed this way.
+fn causal_context(fact: &Fact) -> Option<&str> {
+    let left = fact.left.trim_start();
+    (!left.trim_end().is_empty() && !fact.object.trim().is_empty()).then_some(left)
+}
+
+/// The prompt as the model sees it: the text left of `[MASK]`, trimmed.
+pub fn causal_prompt(fact: &Fact) -> Option<&str> {
+    causal_context(fact).map(str::trim_end)
+}
+
+/// The units `probe`'s `tick` counts in total: probed facts (vocabulary) or (fact, candidate)
+/// pairs (candidates).
+pub fn probe_units(set: &LamaSet, opts: &ProbeOptions) -> u64 {
+    set.relations
+        .iter()
+        .map(|r| {
+            let probed = r
+                .facts
+                .iter()
+                .filter(|f| causal_context(f).is_some())
+                .count();
+            let per_fact = match opts.ranking {
+                Ranking::Vocabulary => 1,
+                Ranking::Candidates => candidates(&r.facts).len(),
+            };
+            (probed * per_fact) as u64
+        })
+        .sum()
+}
+
+/// A relation's candidate objects: its distinct objects in order of first appearance.
+fn candidates(facts: &[Fact]) -> Vec<&str> {
+    let mut seen = HashSet::new();
+    facts
+        .iter()
+        .map(|f| f.object.as_str())
+        .filter(|o| seen.insert(*o))
+        .collect()
+}
+
+/// 1 + the number of scores strictly above `gold`; a NaN gold ranks last.
+fn rank_of(gold: f64, others_above: usize, total: usize) -> usize {
+    if gold.is_nan() {
+        total
+    } else {
+        others_above + 1
+    }
+}
+
+fn check_ks(ks: &[usize]) -> Result<Vec<usize>, EvalError> {
+    if ks.is_empty() || ks.contains(&0) {
+        return Err(EvalError::Invalid(format!(
+            "P@k needs k ≥ 1 and at least one k, got {ks:?}"
+        )));
+    }
+    let mut ks = ks.to_vec();
+    ks.sort_unstable();
+    ks.dedup();
+    Ok(ks)
+}
+
+/// Probes every fact of `set`. `tick` receives units as [`probe_units`] counts them.
+pub fn probe(
+    model: &Llama,
+    encoder: &PairEncoder,
+    set: &LamaSet,
+    opts: &ProbeOptions,
+    device: &Device,
+    tick: &mut dyn FnMut(u64) -> candle_core::Result<()>,
+) -> Result<(KnowledgeMetrics, Vec<FactResult>), EvalError> {
+    let ks = check_ks(&opts.ks)?;
+    let ProbeStyle::Causal = opts.style;
+    let results = match opts.ranking {
+        Ranking::Vocabulary => probe_vocabulary(model, encoder, set, opts, device, tick)?,
+        Ranking::Candidates => probe_candidates(model, encoder, set, opts, device, tick)?,
+    };
+    Ok((knowledge_metrics(set, &results, &ks)?, results))
+}
+
+struct Query<'s> {
+    relation: usize,
+    index: usize,
+    fact: &'s Fact,
+    request: Request,
+}
+
+fn queries<'s>(encoder: &PairEncoder, set: &'s LamaSet) -> Result<Vec<Query<'s>>, EvalError> {
+    let mut out = Vec::new();
+    for (relation, r) in set.relations.iter().enumerate() {
+        for (index, fact) in r.facts.iter().enumerate() {
+            let Some(context) = causal_context(fact) else {
+                continue;
+            };
+            let request = encoder.encode_pair(context, &fact.object)?;
+            if request.continuation.is_empty() {
+                return Err(EvalError::Invalid(format!(
+                    "relation {}, fact {index}: the object {:?} adds no tokens after the prompt \
+                     {context:?} (the tokenizer merges it into the prompt's last token)",
+                    r.id, fact.object
+                )));
+            }
+            out.push(Query {
+                relation,
+                index,
+                fact,
+                request,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn result(set: &LamaSet, q: &Query) -> FactResult {
+    let r = &set.relations[q.relation];
+    FactResult {
+        relation: r.id.clone(),
+        split: r.split,
+        index: q.index,
+        subject: q.fact.subject.clone(),
+        object: q.fact.object.clone(),
+        prompt: causal_prompt(q.fact).unwrap_or_default().to_string(),
+        object_tokens: q.request.continuation.len(),
+        rank: 0,
+        ranked: 0,
+        logprob: 0.0,
+        top_prediction: String::new(),
+    }
+}
+
+fn probe_vocabulary(
+    model: &Llama,
+    encoder: &PairEncoder,
+    set: &LamaSet,
+    opts: &ProbeOptions,
+    device: &Device,
+    tick: &mut dyn FnMut(u64) -> candle_core::Result<()>,
+) -> Result<Vec<FactResult>, EvalError> {
+    let qs = queries(encoder, set)?;
+    let max_len = encoder.max_len();
+    let inputs: Vec<&[u32]> = qs
+        .iter()
+        .map(|q| {
+            let c = &q.request.context;
+            &c[c.len().saturating_sub(max_len)..]
+        })
+        .collect();
+    let mut order: Vec<usize> = (0..qs.len()).collect();
+    order.sort_by(|&a, &b| {
+        inputs[b]
+            .len()
+            .cmp(&inputs[a].len())
+            .then_with(|| inputs[a].cmp(inputs[b]))
+    });
+    let mut out: Vec<Option<FactResult>> = vec![None; qs.len()];
+    for batch in order.chunks(opts.batch_size.max(1)) {
+        let rows: Vec<&[u32]> = batch.iter().map(|&i| inputs[i]).collect();
+        let picks: Vec<(usize, usize)> = rows
+            .iter()
+            .enumerate()
+            .map(|(r, x)| (r, x.len() - 1))
+            .collect();
+        let targets: Vec<u32> = batch
+            .iter()
+            .map(|&i| qs[i].request.continuation[0])
+            .collect();
+        let logits = logits_at(model, &rows, &picks, device)?;
+        let ranked = vocabulary_ranks(&logits, &targets, device)?;
+        for (&i, (rank, logprob, top)) in batch.iter().zip(ranked) {
+            let mut r = result(set, &qs[i]);
+            r.rank = rank;
+            r.ranked = logits.dims()[1];
+            r.logprob = logprob;
+            r.top_prediction = encoder.tokenizer().decode(&[top])?;
+            out[i] = Some(r);
+        }
+        tick(batch.len() as u64)?;
+    }
+    Ok(out.into_iter().flatten().collect())
+}
+
+/// Per row of `logits` [n, vocab]: (rank of the target, its log-probability, the top token).
+fn vocabulary_ranks(
+    logits: &Tensor,
+    targets: &[u32],
+    device: &Device,
+) -> Result<Vec<(usize, f64, u32)>, EvalError> {
+    let vocab = logits.dims()[1];
+    let t = Tensor::from_vec(targets.to_vec(), (targets.len(), 1), device)?;
+    let gold = logits.gather(&t, 1)?;
+    let above = logits
+        .broadcast_gt(&gold)?
+        .to_dtype(DType::F32)?
+        .sum(1)?
+        .to_vec1::<f32>()?;
+    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?
+        .gather(&t, 1)?
+        .squeeze(1)?
+        .to_vec1::<f32>()?;
+    let gold = gold.squeeze(1)?.to_vec1::<f32>()?;
+    let top = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+    Ok((0..targets.len())
+        .map(|i| {
+            (
+                rank_of(gold[i] as f64, above[i] as usize, vocab),
+                logp[i] as f64,
+                top[i],
+            )
+        })
+        .collect())
+}
+
+fn probe_candidates(
+    model: &Llama,
+    encoder: &PairEncoder,
+    set: &LamaSet,
+    opts: &ProbeOptions,
+    device: &Device,
+    tick: &mut dyn FnMut(u64) -> candle_core::Result<()>,
+) -> Result<Vec<FactResult>, EvalError> {
+    let qs = queries(encoder, set)?;
+    let cands: Vec<Vec<&str>> = set.relations.iter().map(|r| candidates(&r.facts)).collect();
+    let mut requests = Vec::new();
+    for q in &qs {
+        let context = causal_context(q.fact).expect("queries hold probed facts only");
+        for c in &cands[q.relation] {
+            requests.push(encoder.encode_pair(context, c)?);
+        }
+    }
+    let scores = loglikelihood(
+        model,
+        &requests,
+        encoder.max_len(),
+        opts.batch_size,
+        device,
+        tick,
+    )?;
+    let mut at = 0;
+    let mut out = Vec::with_capacity(qs.len());
+    for q in &qs {
+        let names = &cands[q.relation];
+        let lls: Vec<f64> = scores[at..at + names.len()]
+            .iter()
+            .map(|s| s.logprob)
+            .collect();
+        at += names.len();
+        let g = names
+            .iter()
+            .position(|c| *c == q.fact.object)
+            .expect("the gold is a candidate");
+        let above = lls.iter().filter(|&&v| v > lls[g]).count();
+        // The best candidate, NaNs aside (they never outrank).
+        let top =
+            (0..lls.len())
+                .filter(|&i| !lls[i].is_nan())
+                .fold(None, |best: Option<usize>, i| match best {
+                    Some(b) if lls[b] >= lls[i] => Some(b),
+                    _ => Some(i),
+                });
+        let mut r = result(set, q);
+        r.rank = rank_of(lls[g], above, names.len());
+        r.ranked = names.len();
+        r.logprob = lls[g];
+        r.top_prediction = top.map_or_else(String::new, |i| names[i].to_string());
+        out.push(r);
+    }
+    Ok(out)
+}
+
+/// P@k and MRR of `ranks` (each ≥ 1).
+pub fn rank_metrics(ranks: &[usize], ks: &[usize]) -> (BTreeMap<usize, f64>, f64) {
+    let n = ranks.len() as f64;
+    let p_at = ks
+        .iter()
+        .map(|&k| (k, ranks.iter().filter(|&&r| r <= k).count() as f64 / n))
+        .collect();
+    let mrr = ranks.iter().map(|&r| 1.0 / r as f64).sum::<f64>() / n;
+    (p_at, mrr)
+}
+
+/// Per-relation, macro and micro metrics of `results` on `set`; relations with no probed fact
+/// are listed with their skip counts but left out of the averages.
+pub fn knowledge_metrics(
+    set: &LamaSet,
+    results: &[FactResult],
+    ks: &[usize],
+) -> Result<KnowledgeMetrics, EvalError> {
+    let ks = check_ks(ks)?;
+    let mut ranks: HashMap<&str, Vec<usize>> = HashMap::new();
+    for r in results {
+        ranks.entry(&r.relation).or_default().push(r.rank);
+    }
+    let mut per_relation = BTreeMap::new();
+    let mut skipped = 0;
+    for rel in &set.relations {
+        let s = rel
+            .facts
+            .iter()
+            .filter(|f| causal_context(f).is_none())
+            .count();
+        skipped += s;
+        let rs = ranks.get(rel.id.as_str()).map_or(&[][..], |v| &v[..]);
+        let (p_at, mrr) = if rs.is_empty() {
+            (BTreeMap::new(), f64::NAN)
+        } else {
+            rank_metrics(rs, &ks)
+        };
+        per_relation.insert(
+            rel.id.clone(),
+            RelationMetrics {
+                split: rel.split,
+                facts: rs.len(),
+                skipped: s,
+                p_at,
+                mrr,
+            },
+        );
+    }
+    let scored: Vec<&RelationMetrics> = per_relation.values().filter(|m| m.facts > 0).collect();
+    if scored.is_empty() {
+        return Err(EvalError::Invalid(format!(
+            "no fact could be probed ({} facts in {} relations, {skipped} skipped)",
+            set.num_facts(),
+            set.relations.len()
+        )));
+    }
+    let n = scored.len() as f64;
+    let p_at = ks
+        .iter()
+        .map(|k| (*k, scored.iter().map(|m| m.p_at[k]).sum::<f64>() / n))
+        .collect();
+    let mrr = scored.iter().map(|m| m.mrr).sum::<f64>() / n;
+    let all: Vec<usize> = results.iter().map(|r| r.rank).collect();
+    let (micro_p_at, micro_mrr) = rank_metrics(&all, &ks);
+    Ok(KnowledgeMetrics {
+        p_at,
+        mrr,
+        micro_p_at,
+        micro_mrr,
+        facts: all.len(),
+        skipped,
+        relations: scored.len(),
+        per_relation,
+    })
+}
+
+/// The facts of `set` that the base model ranked first in `base` (matched by relation, subject,
+/// object and prompt); facts without a base result are dropped.
+pub fn known_only(set: &LamaSet, base: &[FactResult]) -> LamaSet {
+    let known: HashSet<(&str, &str, &str, &str)> = base
+        .iter()
+        .filter(|r| r.rank == 1)
+        .map(|r| {
+            (
+                r.relation.as_str(),
+                r.subject.as_str(),
+                r.object.as_str(),
+                r.prompt.as_str(),
+            )
+        })
+        .collect();
+    let mut out = set.clone();
+    for rel in &mut out.relations {
+        let id = rel.id.clone();
+        rel.facts.retain(|f| {
+            causal_prompt(f).is_some_and(|p| {
+                known.contains(&(id.as_str(), f.subject.as_str(), f.object.as_str(), p))
+            })
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eval::lama::Relation;
+
+    fn fact(subject: &str, object: &str, left: &str) -> Fact {
+        Fact {
+            subject: subject.into(),
+            object: object.into(),
+            left: left.into(),
+            right: " .".into(),
+        }
+    }
+
+    fn relation(id: &str, facts: Vec<Fact>) -> Relation {
+        Relation {
+            id: id.into(),
+            split: Split::Trex,
+            label: id.into(),
+            template: None,
+            facts,
+            excluded: 0,
+        }
+    }
+
+    fn res(relation: &str, subject: &str, object: &str, prompt: &str, rank: usize) -> FactResult {
+        FactResult {
+            relation: relation.into(),
+            split: Split::Trex,
+            index: 0,
+            subject: subject.into(),
+            object: object.into(),
+            prompt: prompt.into(),
+            object_tokens: 1,
+            rank,
+            ranked: 100,
+            logprob: -1.0,
+            top_prediction: String::new(),
+        }
+    }
+
+    #[test]
+    fn prompts_trim_and_skip() {
+        let f = fact("a", "Rome", "  a lives in ");
+        assert_eq!(causal_context(&f), Some("a lives in "));
+        assert_eq!(causal_prompt(&f), Some("a lives in"));
+        assert_eq!(causal_prompt(&fact("a", "Rome", "  ")), None);
+        assert_eq!(causal_prompt(&fact("a", " ", "a is")), None);
+    }
+
+    #[test]
+    fn rank_metrics_by_hand() {
+        let (p, mrr) = rank_metrics(&[1, 3, 12, 2], &[1, 3, 10]);
+        assert_eq!(p[&1], 0.25);
+        assert_eq!(p[&3], 0.75);
+        assert_eq!(p[&10], 0.75);
+        let want = (1.0 + 1.0 / 3.0 + 1.0 / 12.0 + 0.5) / 4.0;
+        assert!((mrr - want).abs() < 1e-15);
+        assert_eq!(rank_of(f64::NAN, 0, 7), 7);
+        assert_eq!(rank_of(-1.0, 2, 7), 3);
+    }
+
+    #[test]
+    fn macro_micro_and_skips_by_hand() {
+        let set = LamaSet {
+            relations: vec![
+                relation(
+                    "A",
+                    vec![
+                        fact("x", "1", "x is"),
+                        fact("y", "2", "y is"),
+                        fact("z", "3", ""),
+                    ],
+                ),
+                relation(
+                    "B",
+                    vec![
+                        fact("u", "4", "u is"),
+                        fact("v", "5", "v is"),
+                        fact("w", "6", "w is"),
+                        fact("t", "7", "t is"),
+                    ],
+                ),
+                relation("C", vec![fact("s", "8", "")]),
+            ],
+            missing: vec![],
+        };
+        let results = vec![
+            res("A", "x", "1", "x is", 1),
+            res("A", "y", "2", "y is", 4),
+            res("B", "u", "4", "u is", 1),
+            res("B", "v", "5", "v is", 1),
+            res("B", "w", "6", "w is", 1),
+            res("B", "t", "7", "t is", 2),
+        ];
+        let m = knowledge_metrics(&set, &results, &[1, 5]).unwrap();
+        // A: P@1 1/2, MRR (1 + 1/4)/2; B: P@1 3/4, MRR (3 + 1/2)/4.
+        assert_eq!(m.per_relation["A"].p_at[&1], 0.5);
+        assert_eq!(m.per_relation["A"].skipped, 1);
+        assert_eq!(m.per_relation["C"].facts, 0);
+        assert_eq!(m.per_relation["C"].skipped, 1);
+        assert!((m.p_at[&1] - (0.5 + 0.75) / 2.0).abs() < 1e-15);
+        assert_eq!(m.p_at[&5], 1.0);
+        let mrr_a = (1.0 + 0.25) / 2.0;
+        let mrr_b = (3.0 + 0.5) / 4.0;
+        assert!((m.mrr - (mrr_a + mrr_b) / 2.0).abs() < 1e-15);
+        assert!((m.micro_p_at[&1] - 4.0 / 6.0).abs() < 1e-15);
+        assert_eq!((m.facts, m.skipped, m.relations), (6, 2, 2));
+
+        let known = known_only(&set, &results);
+        let kept: Vec<usize> = known.relations.iter().map(|r| r.facts.len()).collect();
+        assert_eq!(kept, [1, 3, 0]);
+        assert_eq!(known.relations[0].facts[0].subject, "x");
+
+        let none = LamaSet {
+            relations: vec![relation("C", vec![fact("s", "8", "")])],
+            missing: vec![],
+        };
+        assert!(knowledge_metrics(&none, &[], &[1]).is_err());
+        assert!(knowledge_metrics(&set, &results, &[0]).is_err());
+    }
+
+    #[test]
+    fn candidates_are_distinct_objects_in_order() {
+        let facts = vec![
+            fact("a", "Rome", "a"),
+            fact("b", "Oslo", "b"),
+            fact("c", "Rome", "c"),
+        ];
+        assert_eq!(candidates(&facts), ["Rome", "Oslo"]);
+        let set = LamaSet {
+            relations: vec![relation("A", facts)],
+            missing: vec![],
+        };
+        let mut opts = ProbeOptions::default();
+        assert_eq!(probe_units(&set, &opts), 3);
+        opts.ranking = Ranking::Candidates;
+        assert_eq!(probe_units(&set, &opts), 6);
+    }
+}
