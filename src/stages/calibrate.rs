@@ -148,10 +148,10 @@ pub fn run(ctx: &StageCtx, spec: &CalibrateSpec) -> Result<StageOutput, StageErr
 }
 
 /// An error raised because the user cancelled becomes `Cancelled`.
-pub(super) fn cancelled_or(ctx: &StageCtx, e: crate::model::ModelError) -> StageError {
+pub(super) fn cancelled_or(ctx: &StageCtx, e: impl Into<StageError>) -> StageError {
     if ctx.check_cancel().is_err() {
         StageError::Cancelled
     } else {
-        StageError::Model(e)
+        e.into()
     }
 }

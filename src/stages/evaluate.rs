@@ -11,11 +11,15 @@ use serde_json::{json, Map, Value};
 use super::calibrate::cancelled_or;
 use super::weights::{materialize, Materialized};
 use super::{StageCtx, StageError, StageOutput};
-use crate::data::read_documents;
+use crate::data::{read_documents, read_records};
+use crate::eval::choice::{evaluate_items, ChoiceTask};
+use crate::eval::knowledge::{self, probe, probe_units, ProbeOptions, ProbeStyle, Ranking};
+use crate::eval::lama::{load_lama, GoogleRePrompts, LamaOptions, Split};
+use crate::eval::loglik::{PairEncoder, SpecialTokens};
 use crate::eval::perplexity::{
     document_perplexity, perplexity, sliding_perplexity, sliding_windows, windows, Perplexity,
 };
-use crate::pipeline::spec::{EvalTask, EvaluateSpec, PplMode};
+use crate::pipeline::spec::{self, EvalTask, EvaluateSpec, LamaSplit, PplMode};
 
 /// Per-sample outputs, one JSON object per line.
 pub const SAMPLES_FILE: &str = "samples.jsonl";
@@ -41,6 +45,39 @@ pub fn run(ctx: &StageCtx, spec: &EvaluateSpec) -> Result<StageOutput, StageErro
             limit,
             mode,
         } => run_perplexity(ctx, spec, &weights, dataset, *seqlen, join, *limit, *mode)?,
+        EvalTask::Knowledge {
+            dataset,
+            ranking,
+            splits,
+            relations,
+            limit,
+            known_only,
+            reference: _,
+        } => {
+            let lama = LamaOptions {
+                splits: splits
+                    .iter()
+                    .map(|s| match s {
+                        LamaSplit::Trex => Split::Trex,
+                        LamaSplit::GoogleRe => Split::GoogleRe,
+                        LamaSplit::Squad => Split::Squad,
+                    })
+                    .collect(),
+                relations: (!relations.is_empty()).then(|| relations.clone()),
+                limit: *limit,
+                google_re_prompts: GoogleRePrompts::Template,
+            };
+            let ranking = match ranking {
+                spec::Ranking::Vocabulary => Ranking::Vocabulary,
+                spec::Ranking::Candidates => Ranking::Candidates,
+            };
+            run_knowledge(ctx, spec, &weights, dataset, &lama, ranking, *known_only)?
+        }
+        EvalTask::MultipleChoice {
+            dataset,
+            task_file,
+            limit,
+        } => run_choice(ctx, spec, &weights, dataset, task_file, *limit)?,
         other => {
             return Err(StageError::Invalid(format!(
                 "task `{}` is not available in this build",
@@ -176,5 +213,133 @@ fn run_perplexity(
         metrics,
         settings,
         samples,
+    })
+}
+
+/// P@k for these k, as the knowledge study reports top-1 and top-5 and LAMA P@10.
+const KS: [usize; 3] = [1, 5, 10];
+
+fn run_knowledge(
+    ctx: &StageCtx,
+    spec: &EvaluateSpec,
+    weights: &Materialized,
+    dataset: &str,
+    lama: &LamaOptions,
+    ranking: Ranking,
+    keep_known: bool,
+) -> Result<Outcome, StageError> {
+    let source = &ctx.plan.pipeline.datasets[dataset];
+    let mut set = load_lama(&source.path, lama)?;
+    let opts = ProbeOptions {
+        style: ProbeStyle::Causal,
+        ranking,
+        ks: KS.to_vec(),
+        batch_size: spec.batch_size,
+    };
+    let tick = &mut |n| ctx.tick(n);
+    let units = probe_units(&set, &opts);
+    let total_facts = set.num_facts();
+    if keep_known {
+        // The reference's own answers decide which facts count as known.
+        let base = materialize(ctx, ctx.input_node("reference")?, ctx.device)?;
+        let (tok, model) = (base.tokenizer()?, base.model()?);
+        let enc = PairEncoder::new(&tok, &base.config, SpecialTokens::FromTokenizer)?;
+        ctx.progress
+            .start(2 * units, "knowledge (reference, then model)");
+        let (_, results) =
+            probe(&model, &enc, &set, &opts, ctx.device, tick).map_err(|e| cancelled_or(ctx, e))?;
+        set = knowledge::known_only(&set, &results);
+        ctx.progress.start(probe_units(&set, &opts), "knowledge");
+    } else {
+        ctx.progress.start(units, "knowledge");
+    }
+    let (tok, model) = (weights.tokenizer()?, weights.model()?);
+    let enc = PairEncoder::new(&tok, &weights.config, SpecialTokens::FromTokenizer)?;
+    let (m, results) =
+        probe(&model, &enc, &set, &opts, ctx.device, tick).map_err(|e| cancelled_or(ctx, e))?;
+    let mut metrics = Map::new();
+    for (k, p) in &m.p_at {
+        metrics.insert(format!("p@{k}"), (*p).into());
+    }
+    metrics.insert("mrr".into(), m.mrr.into());
+    if let Some(p1) = m.micro_p_at.get(&1) {
+        metrics.insert("micro_p@1".into(), (*p1).into());
+    }
+    metrics.insert("facts".into(), m.facts.into());
+    metrics.insert("relations".into(), m.relations.into());
+    let per_relation = serde_json::to_value(&m.per_relation).expect("serializable");
+    ctx.write_json("relations.json", &per_relation)?;
+    let settings = json!({
+        "ranking": match ranking { Ranking::Vocabulary => "vocabulary", Ranking::Candidates => "candidates" },
+        "splits": lama.splits.iter().map(|s| s.name()).collect::<Vec<_>>(),
+        "limit_per_relation": lama.limit,
+        "known_only": keep_known,
+        "facts_loaded": total_facts,
+        "skipped": m.skipped,
+        "target": "first token of \" \" + object; rank among the whole vocabulary",
+    });
+    let p1 = m.p_at.get(&1).copied().unwrap_or(f64::NAN);
+    Ok(Outcome {
+        summary: format!(
+            "P@1 {p1:.4} (macro over {} relations), MRR {:.4}, {} facts",
+            m.relations, m.mrr, m.facts
+        ),
+        metrics,
+        settings,
+        samples: results
+            .iter()
+            .map(|r| serde_json::to_value(r).expect("serializable"))
+            .collect(),
+    })
+}
+
+fn run_choice(
+    ctx: &StageCtx,
+    spec: &EvaluateSpec,
+    weights: &Materialized,
+    dataset: &str,
+    task_file: &std::path::Path,
+    limit: Option<usize>,
+) -> Result<Outcome, StageError> {
+    let task = ChoiceTask::from_file(task_file)?;
+    let mut records = read_records(&ctx.plan.pipeline.datasets[dataset])?;
+    records.truncate(limit.unwrap_or(records.len()));
+    let items = task.prepare(&records)?;
+    let pairs: usize = items.iter().map(|i| i.num_choices()).sum();
+    ctx.progress.start(pairs as u64, task.name());
+    let (tok, model) = (weights.tokenizer()?, weights.model()?);
+    let enc = PairEncoder::new(&tok, &weights.config, SpecialTokens::FromTokenizer)?;
+    let (m, samples) = evaluate_items(
+        &model,
+        &enc,
+        &items,
+        spec.batch_size,
+        ctx.device,
+        &mut |n| ctx.tick(n),
+    )
+    .map_err(|e| cancelled_or(ctx, e))?;
+    let mut metrics = Map::new();
+    metrics.insert("acc".into(), m.acc.into());
+    metrics.insert("acc_norm".into(), m.acc_norm.into());
+    metrics.insert("acc_stderr".into(), m.acc_stderr.into());
+    metrics.insert("samples".into(), m.samples.into());
+    Ok(Outcome {
+        summary: format!(
+            "{}: acc {:.4}, acc_norm {:.4} over {} items",
+            task.name(),
+            m.acc,
+            m.acc_norm,
+            m.samples
+        ),
+        metrics,
+        settings: json!({
+            "task": task.name(),
+            "task_file": task_file.display().to_string(),
+            "acc_norm": "log-likelihood / UTF-8 bytes of the choice",
+        }),
+        samples: samples
+            .iter()
+            .map(|r| serde_json::to_value(r).expect("serializable"))
+            .collect(),
     })
 }

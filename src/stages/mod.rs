@@ -50,6 +50,12 @@ pub enum StageError {
     #[error(transparent)]
     Data(#[from] crate::data::DataError),
     #[error(transparent)]
+    Eval(#[from] crate::eval::loglik::EvalError),
+    #[error(transparent)]
+    Lama(#[from] crate::eval::lama::LamaError),
+    #[error(transparent)]
+    Task(#[from] crate::eval::choice::ChoiceError),
+    #[error(transparent)]
     Cache(#[from] crate::cache::CacheError),
     #[error(transparent)]
     Overlay(#[from] overlay::OverlayError),

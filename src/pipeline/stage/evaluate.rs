@@ -9,6 +9,7 @@ use super::super::diag::suggest;
 use super::super::spec::*;
 use super::super::sweep::projection_key;
 use super::{substitute, Fields, WEIGHTS};
+use crate::eval::choice::ChoiceTask;
 
 const TASKS: [&str; 5] = [
     "perplexity",
@@ -66,12 +67,12 @@ pub(super) fn evaluate(f: &mut Fields) -> Option<StageSpec> {
         },
         "knowledge" => knowledge(f, model?, dataset?, limit)?,
         "multiple-choice" => EvalTask::MultipleChoice {
-            task_file: task_file(f)?,
+            task_file: task_file(f, task)?,
             dataset: dataset?,
             limit,
         },
         _ => EvalTask::Generation {
-            task_file: task_file(f)?,
+            task_file: task_file(f, task)?,
             max_new_tokens: f
                 .int("max_new_tokens", 1, 4096, "an integer from 1 to 4096")
                 .map(|m| m as usize),
@@ -248,8 +249,8 @@ fn dataset_fits(f: &mut Fields, task: &str, name: &str) {
     }
 }
 
-/// `task_file:` relative to the pipeline file; it must exist.
-fn task_file(f: &mut Fields) -> Option<PathBuf> {
+/// `task_file:` relative to the pipeline file; it must exist and read as a task of its kind.
+fn task_file(f: &mut Fields, task: &str) -> Option<PathBuf> {
     if !f.has("task_file") {
         f.missing(
             "task_file",
@@ -259,10 +260,24 @@ fn task_file(f: &mut Fields) -> Option<PathBuf> {
     }
     let rel = f.text("task_file", "a file path")?;
     let path = f.env.base.join(&rel);
-    if path.is_file() {
-        return Some(path.canonicalize().unwrap_or(path));
-    }
     let (n, o) = f.get("task_file")?;
+    if path.is_file() {
+        let path = path.canonicalize().unwrap_or(path);
+        let parsed = match task {
+            "multiple-choice" => ChoiceTask::from_file(&path)
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            _ => Ok(()),
+        };
+        return match parsed {
+            Ok(()) => Some(path),
+            Err(e) => {
+                let msg = format!("task file `{rel}` is not a valid {task} task: {e}");
+                f.fail("task_file", &n, &o, msg, None, None);
+                None
+            }
+        };
+    }
     let msg = format!(
         "task file `{rel}` does not exist (looked for {})",
         path.display()
