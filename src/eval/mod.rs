@@ -1,4 +1,6 @@
 //! Evaluation tasks.
 
+pub mod divergence;
 pub mod perplexity;
 pub mod template;
+pub mod text_metrics;
