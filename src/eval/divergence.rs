@@ -59,15 +59,29 @@ pub struct DivergenceSums {
     pub positions: usize,
 }
 
-/// Rows of the vocabulary processed at once, bounding the temporaries to about this many
-/// elements whatever the batch and window.
-const CHUNK_ELEMENTS: usize = 1 << 22;
+/// Positions are processed in chunks of about this many logits, which bounds the temporaries
+/// (a dozen tensors of this size) whatever the batch, window and vocabulary.
+const CHUNK_ELEMENTS: usize = 1 << 20;
 
 /// JS, KL and top-1 agreement summed over the positions of each row: `reference_logits` (P) and
 /// `model_logits` (Q) are both [batch, seq, vocab].
 pub fn divergence_sums(
     reference_logits: &Tensor,
     model_logits: &Tensor,
+) -> candle_core::Result<DivergenceSums> {
+    let v = reference_logits.dims().last().copied().unwrap_or(1);
+    sums_in_chunks(
+        reference_logits,
+        model_logits,
+        (CHUNK_ELEMENTS / v.max(1)).max(1),
+    )
+}
+
+/// [`divergence_sums`], `chunk` positions at a time.
+fn sums_in_chunks(
+    reference_logits: &Tensor,
+    model_logits: &Tensor,
+    chunk: usize,
 ) -> candle_core::Result<DivergenceSums> {
     let (b, t, v) = reference_logits.dims3()?;
     if model_logits.dims() != reference_logits.dims() {
@@ -80,7 +94,6 @@ pub fn divergence_sums(
     }
     let p_rows = reference_logits.reshape((b * t, v))?;
     let q_rows = model_logits.reshape((b * t, v))?;
-    let chunk = (CHUNK_ELEMENTS / v.max(1)).max(1);
     let (mut js, mut kl, mut agree) = (Vec::new(), Vec::new(), Vec::new());
     let mut start = 0;
     while start < b * t {
@@ -304,6 +317,22 @@ mod tests {
         // Row 0: a tie (argmax 0) against the same tie agrees, against (¼, ¾) it does not.
         // Row 1: both positions agree.
         assert_eq!(s.agree, [1, 2]);
+    }
+
+    #[test]
+    fn chunking_positions_changes_nothing() {
+        let dev = &Device::Cpu;
+        let p = Tensor::randn(0f32, 3.0, (2, 5, 7), dev).unwrap();
+        let q = (&p + Tensor::randn(0f32, 1.0, (2, 5, 7), dev).unwrap()).unwrap();
+        let whole = sums_in_chunks(&p, &q, 100).unwrap();
+        assert!(whole.js.iter().all(|&j| j > 0.0));
+        for chunk in [1, 3, 4] {
+            let s = sums_in_chunks(&p, &q, chunk).unwrap();
+            assert_eq!(s.agree, whole.agree, "chunk {chunk}");
+            for (a, b) in s.js.iter().zip(&whole.js).chain(s.kl.iter().zip(&whole.kl)) {
+                assert!((a - b).abs() < 1e-12, "chunk {chunk}: {a} vs {b}");
+            }
+        }
     }
 
     #[test]
