@@ -1,9 +1,29 @@
 //! Greedy decoding with the KV cache.
 
 use candle_core::{IndexOp, Tensor};
+use serde::{Deserialize, Serialize};
 
 use super::error::{ModelError, Result};
 use super::llama::{KvCache, Llama};
+
+/// Why greedy decoding ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Finish {
+    /// The model produced an end-of-sequence token (not included in the output).
+    Eos,
+    /// `max_new_tokens` tokens were produced.
+    Length,
+    /// The caller's stop condition held after the last token.
+    Stop,
+}
+
+/// New tokens and why decoding ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decoded {
+    pub tokens: Vec<u32>,
+    pub finish: Finish,
+}
 
 /// Greedily extends `prompt_ids` by up to `max_new_tokens` tokens and returns only the new ones.
 /// Stops early after producing `eos` (which is not included in the result).
@@ -13,6 +33,21 @@ pub fn greedy(
     max_new_tokens: usize,
     eos: Option<u32>,
 ) -> Result<Vec<u32>> {
+    let eos: Vec<u32> = eos.into_iter().collect();
+    Ok(greedy_until(model, prompt_ids, max_new_tokens, &eos, &mut |_| Ok(false))?.tokens)
+}
+
+/// Greedy decoding that ends at the first of: a token in `eos` (left out of the result),
+/// `max_new_tokens` new tokens, or `stop(new tokens so far)` returning true after a token (that
+/// token is kept: the caller decides what to cut). The prompt is read once; each later step feeds
+/// only the last token through the KV cache.
+pub fn greedy_until(
+    model: &Llama,
+    prompt_ids: &[u32],
+    max_new_tokens: usize,
+    eos: &[u32],
+    stop: &mut dyn FnMut(&[u32]) -> Result<bool>,
+) -> Result<Decoded> {
     if prompt_ids.is_empty() {
         return Err(ModelError::Invalid(
             "greedy decoding needs a non-empty prompt".into(),
@@ -26,11 +61,23 @@ pub fn greedy(
         let logits = model.forward_cached(&tokens, &mut cache)?;
         let last = logits.i((0, input.len() - 1))?;
         let next = last.argmax(0)?.to_scalar::<u32>()?;
-        if Some(next) == eos {
-            break;
+        if eos.contains(&next) {
+            return Ok(Decoded {
+                tokens: out,
+                finish: Finish::Eos,
+            });
         }
         out.push(next);
+        if stop(&out)? {
+            return Ok(Decoded {
+                tokens: out,
+                finish: Finish::Stop,
+            });
+        }
         input = vec![next];
     }
-    Ok(out)
+    Ok(Decoded {
+        tokens: out,
+        finish: Finish::Length,
+    })
 }

@@ -37,7 +37,7 @@ use candle_core::Device;
 pub use checkpoint::{shards_of, Checkpoint, WeightFiles};
 pub use config::{Family, ModelConfig, RawConfig, RopeScaling, TokenIds};
 pub use error::{ModelError, Result};
-pub use generate::greedy;
+pub use generate::{greedy, greedy_until, Decoded, Finish};
 pub use llama::{
     rms_norm, Capture, KvCache, LayerKvCache, LinearId, Llama, ModuleGroup, Proj, LM_HEAD,
 };
