@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::run_ok;
+use common::{entry_meta, run_ok};
 
 use std::path::{Path, PathBuf};
 
@@ -25,27 +25,6 @@ datasets:
     let path = dir.join(name);
     std::fs::write(&path, head + body).unwrap();
     path
-}
-
-fn entry_meta(cache: &Path, run: &RunRecord, instance: &str) -> serde_json::Value {
-    let rec = run
-        .stages
-        .iter()
-        .find(|s| s.instance == instance)
-        .unwrap_or_else(|| {
-            panic!(
-                "no {instance} in {:?}",
-                run.stages.iter().map(|s| &s.instance).collect::<Vec<_>>()
-            )
-        });
-    let Lookup::Hit(e) = Cache::open(cache)
-        .unwrap()
-        .lookup(&rec.key.unwrap())
-        .unwrap()
-    else {
-        panic!("{instance} not cached")
-    };
-    e.manifest().meta.clone()
 }
 
 fn ppl(cache: &Path, run: &RunRecord, instance: &str) -> f64 {

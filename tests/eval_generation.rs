@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use serde_json::{json, Value};
-use whittle::eval::generation::{evaluate_generation, EvalError, GenerationTask};
+use whittle::eval::generation::{evaluate_generation, GenerationError, GenerationTask};
 use whittle::eval::text_metrics::{exact_match, rouge1_f, token_f1};
 use whittle::model::*;
 
@@ -313,7 +313,7 @@ fn long_prompts_keep_their_last_tokens() {
         &mut no_ticks(),
     )
     .unwrap_err();
-    assert!(matches!(e, EvalError::NoRoom { .. }), "{e}");
+    assert!(matches!(e, GenerationError::NoRoom { .. }), "{e}");
 }
 
 #[test]

@@ -30,7 +30,7 @@ use super::text_metrics::{exact_match, rouge1_f, token_f1};
 use crate::model::{greedy_until, Finish, Llama, ModelError, Tokenizer};
 
 #[derive(Debug, thiserror::Error)]
-pub enum EvalError {
+pub enum GenerationError {
     #[error("task `{task}`: record {index} (0-based): {source}")]
     Template {
         task: String,
@@ -115,9 +115,9 @@ pub fn evaluate_generation(
     records: &[Value],
     max_new_tokens_override: Option<usize>,
     tick: &mut dyn FnMut(u64) -> candle_core::Result<()>,
-) -> Result<(GenerationMetrics, Vec<GenSample>), EvalError> {
+) -> Result<(GenerationMetrics, Vec<GenSample>), GenerationError> {
     if records.is_empty() {
-        return Err(EvalError::NoRecords {
+        return Err(GenerationError::NoRecords {
             task: task.name.clone(),
         });
     }
@@ -125,7 +125,7 @@ pub fn evaluate_generation(
     let context = model.config().max_position_embeddings;
     let room = context.saturating_sub(max_new_tokens);
     if room == 0 {
-        return Err(EvalError::NoRoom {
+        return Err(GenerationError::NoRoom {
             task: task.name.clone(),
             max_new_tokens,
             context,
@@ -171,23 +171,25 @@ fn generate_one(
     limits: &Limits,
     index: usize,
     record: &Value,
-) -> Result<GenSample, EvalError> {
+) -> Result<GenSample, GenerationError> {
     let name = || task.name.clone();
-    let form = task.prompt_for(record).ok_or_else(|| EvalError::NoPrompt {
-        task: name(),
-        index,
-    })?;
+    let form = task
+        .prompt_for(record)
+        .ok_or_else(|| GenerationError::NoPrompt {
+            task: name(),
+            index,
+        })?;
     let input = form
         .template
         .render(record)
-        .map_err(|source| EvalError::Template {
+        .map_err(|source| GenerationError::Template {
             task: name(),
             index,
             source,
         })?;
     let references = task
         .references_of(record)
-        .map_err(|problem| EvalError::References {
+        .map_err(|problem| GenerationError::References {
             task: name(),
             index,
             path: task.references.clone(),
@@ -195,7 +197,7 @@ fn generate_one(
         })?;
     let ids = tokenizer.encode(&input, task.add_special_tokens)?;
     if ids.is_empty() {
-        return Err(EvalError::EmptyPrompt {
+        return Err(GenerationError::EmptyPrompt {
             task: name(),
             index,
         });

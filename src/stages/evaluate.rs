@@ -13,6 +13,8 @@ use super::weights::{materialize, Materialized};
 use super::{StageCtx, StageError, StageOutput};
 use crate::data::{read_documents, read_records};
 use crate::eval::choice::{evaluate_items, ChoiceTask};
+use crate::eval::divergence::divergence;
+use crate::eval::generation::{evaluate_generation, GenerationTask};
 use crate::eval::knowledge::{self, probe, probe_units, ProbeOptions, ProbeStyle, Ranking};
 use crate::eval::lama::{load_lama, GoogleRePrompts, LamaOptions, Split};
 use crate::eval::loglik::{PairEncoder, SpecialTokens};
@@ -78,12 +80,19 @@ pub fn run(ctx: &StageCtx, spec: &EvaluateSpec) -> Result<StageOutput, StageErro
             task_file,
             limit,
         } => run_choice(ctx, spec, &weights, dataset, task_file, *limit)?,
-        other => {
-            return Err(StageError::Invalid(format!(
-                "task `{}` is not available in this build",
-                other.name()
-            )))
-        }
+        EvalTask::Divergence {
+            dataset,
+            seqlen,
+            join,
+            limit,
+            reference: _,
+        } => run_divergence(ctx, spec, &weights, dataset, *seqlen, join, *limit)?,
+        EvalTask::Generation {
+            dataset,
+            task_file,
+            limit,
+            max_new_tokens,
+        } => run_generation(ctx, &weights, dataset, task_file, *limit, *max_new_tokens)?,
     };
     ctx.note(&out.summary);
     write_samples(ctx, &out.samples)?;
@@ -336,6 +345,116 @@ fn run_choice(
             "task": task.name(),
             "task_file": task_file.display().to_string(),
             "acc_norm": "log-likelihood / UTF-8 bytes of the choice",
+        }),
+        samples: samples
+            .iter()
+            .map(|r| serde_json::to_value(r).expect("serializable"))
+            .collect(),
+    })
+}
+
+fn run_divergence(
+    ctx: &StageCtx,
+    spec: &EvaluateSpec,
+    weights: &Materialized,
+    dataset: &str,
+    seqlen: usize,
+    join: &str,
+    limit: Option<usize>,
+) -> Result<Outcome, StageError> {
+    let reference = materialize(ctx, ctx.input_node("reference")?, ctx.device)?;
+    let docs = read_documents(&ctx.plan.pipeline.datasets[dataset])?;
+    // The reference's tokenizer cuts the text: both models must share it (checked below).
+    let tokenizer = reference.tokenizer()?;
+    if reference.meta.tokenizer != weights.meta.tokenizer {
+        return Err(StageError::Invalid(
+            "the model and its reference use different tokenizers; divergence compares \
+             next-token distributions over one vocabulary"
+                .into(),
+        ));
+    }
+    let tokens = tokenizer.encode(&docs.join(join), true)?;
+    let n = windows(&tokens, seqlen, limit).len();
+    ctx.progress.start(n as u64, "divergence");
+    let (model, base) = (weights.model()?, reference.model()?);
+    let r = divergence(
+        &model,
+        &base,
+        &tokens,
+        seqlen,
+        limit,
+        spec.batch_size,
+        ctx.device,
+        &mut |n| ctx.tick(n),
+    )
+    .map_err(|e| cancelled_or(ctx, e))?;
+    let mut metrics = Map::new();
+    metrics.insert("js".into(), r.js.into());
+    metrics.insert("kl".into(), r.kl.into());
+    metrics.insert("top1".into(), r.top1.into());
+    metrics.insert("positions".into(), r.positions.into());
+    Ok(Outcome {
+        summary: format!(
+            "JS {:.5} nats, KL {:.5}, top-1 agreement {:.4} over {} positions",
+            r.js, r.kl, r.top1, r.positions
+        ),
+        metrics,
+        settings: json!({
+            "seqlen": seqlen,
+            "windows": r.windows,
+            "stream_tokens": r.stream_tokens,
+            "log_base": "e",
+            "js_max": std::f64::consts::LN_2,
+            "kl": "KL(reference ‖ model)",
+            "reference_weights": reference.meta.content(),
+        }),
+        samples: r
+            .per_window
+            .iter()
+            .enumerate()
+            .map(|(i, w)| json!({"window": i, "js": w.js, "kl": w.kl, "top1": w.top1}))
+            .collect(),
+    })
+}
+
+fn run_generation(
+    ctx: &StageCtx,
+    weights: &Materialized,
+    dataset: &str,
+    task_file: &std::path::Path,
+    limit: Option<usize>,
+    max_new_tokens: Option<usize>,
+) -> Result<Outcome, StageError> {
+    let task = GenerationTask::from_file(task_file)?;
+    let mut records = read_records(&ctx.plan.pipeline.datasets[dataset])?;
+    records.truncate(limit.unwrap_or(records.len()));
+    ctx.progress.start(records.len() as u64, &task.name);
+    let (tok, model) = (weights.tokenizer()?, weights.model()?);
+    let (m, samples) =
+        evaluate_generation(&model, &tok, &task, &records, max_new_tokens, &mut |n| {
+            ctx.tick(n)
+        })
+        .map_err(|e| cancelled_or(ctx, e))?;
+    let mut metrics = Map::new();
+    metrics.insert("em".into(), m.em.into());
+    metrics.insert("f1".into(), m.f1.into());
+    metrics.insert("rouge1".into(), m.rouge1.into());
+    metrics.insert("samples".into(), m.samples.into());
+    metrics.insert("generated_tokens".into(), m.generated_tokens.into());
+    Ok(Outcome {
+        summary: format!(
+            "{}: EM {:.4}, F1 {:.4}, ROUGE-1 {:.4} over {} prompts",
+            task.name, m.em, m.f1, m.rouge1, m.samples
+        ),
+        metrics,
+        settings: json!({
+            "task": task.name,
+            "task_file": task_file.display().to_string(),
+            "max_new_tokens": max_new_tokens.unwrap_or(task.max_new_tokens),
+            "stop": task.stop,
+            "decoding": "greedy",
+            "truncated_prompts": m.truncated_prompts,
+            "scores": "fractions in [0, 1]; SQuAD normalisation for EM/F1, rouge_score tokens for ROUGE-1",
         }),
         samples: samples
             .iter()

@@ -56,6 +56,10 @@ pub enum StageError {
     #[error(transparent)]
     Task(#[from] crate::eval::choice::ChoiceError),
     #[error(transparent)]
+    Generation(#[from] crate::eval::generation::GenerationError),
+    #[error(transparent)]
+    TaskFile(#[from] crate::eval::generation::TaskFileError),
+    #[error(transparent)]
     Cache(#[from] crate::cache::CacheError),
     #[error(transparent)]
     Overlay(#[from] overlay::OverlayError),

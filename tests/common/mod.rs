@@ -71,3 +71,39 @@ pub fn last_run(cache: &std::path::Path) -> whittle::cache::RunRecord {
         .pop()
         .expect("a run record")
 }
+
+/// The cache entry a run produced (or found) for `instance`.
+pub fn entry(
+    cache: &std::path::Path,
+    run: &whittle::cache::RunRecord,
+    instance: &str,
+) -> whittle::cache::Entry {
+    use whittle::cache::{Cache, Lookup};
+    let rec = run
+        .stages
+        .iter()
+        .find(|s| s.instance == instance)
+        .unwrap_or_else(|| {
+            panic!(
+                "no {instance} in {:?}",
+                run.stages.iter().map(|s| &s.instance).collect::<Vec<_>>()
+            )
+        });
+    match Cache::open(cache)
+        .unwrap()
+        .lookup(&rec.key.unwrap())
+        .unwrap()
+    {
+        Lookup::Hit(e) => e,
+        _ => panic!("{instance} not cached"),
+    }
+}
+
+/// The manifest metadata of [`entry`].
+pub fn entry_meta(
+    cache: &std::path::Path,
+    run: &whittle::cache::RunRecord,
+    instance: &str,
+) -> serde_json::Value {
+    entry(cache, run, instance).manifest().meta.clone()
+}

@@ -10,6 +10,7 @@ use super::super::spec::*;
 use super::super::sweep::projection_key;
 use super::{substitute, Fields, WEIGHTS};
 use crate::eval::choice::ChoiceTask;
+use crate::eval::generation::GenerationTask;
 
 const TASKS: [&str; 5] = [
     "perplexity",
@@ -267,7 +268,9 @@ fn task_file(f: &mut Fields, task: &str) -> Option<PathBuf> {
             "multiple-choice" => ChoiceTask::from_file(&path)
                 .map(drop)
                 .map_err(|e| e.to_string()),
-            _ => Ok(()),
+            _ => GenerationTask::from_file(&path)
+                .map(drop)
+                .map_err(|e| e.to_string()),
         };
         return match parsed {
             Ok(()) => Some(path),
