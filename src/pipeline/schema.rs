@@ -456,7 +456,7 @@ pub fn allowed_keys(kind: StageKind) -> &'static [&'static str] {
             "limit",
             "batch_size",
         ],
-        StageKind::Report => &["inputs", "formats"],
+        StageKind::Report => &["inputs", "formats", "tables", "plots"],
     }
 }
 

@@ -38,7 +38,8 @@ pub fn version(kind: StageKind) -> u32 {
         StageKind::Prune => 2,
         StageKind::Quantize => 2,
         StageKind::Evaluate => 2,
-        StageKind::Report => 1,
+        // 2: pivoted tables, LaTeX, plots, provenance.
+        StageKind::Report => 2,
     }
 }
 
