@@ -325,7 +325,8 @@ fn copy_reports(entry: &crate::cache::Entry, out: &Path) -> Result<()> {
 }
 
 /// Whether each node failed in the latest run of the pipeline, itself or through a stage it
-/// needs, and is still not cached (a failure whose key has since changed does not count).
+/// needs, and is still not cached. Run records keep no key for a failed stage, so a failure
+/// counts by instance label unless both keys are known and differ.
 fn failed_nodes(plan: &Plan, statuses: &[Status], last: Option<&RunRecord>) -> Vec<bool> {
     let itself: Vec<bool> = plan
         .nodes
@@ -337,7 +338,7 @@ fn failed_nodes(plan: &Plan, statuses: &[Status], last: Option<&RunRecord>) -> V
                 && run.stages.iter().any(|r| {
                     r.instance == n.label
                         && r.status == StageStatus::Failed
-                        && s.key().is_none_or(|k| r.key == Some(k))
+                        && (r.key.zip(s.key())).is_none_or(|(a, b)| a == b)
                 })
         })
         .collect();

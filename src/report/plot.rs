@@ -94,8 +94,12 @@ fn number(v: &Option<ParamValue>) -> Option<f64> {
     }
 }
 
-/// Adds `p` to the series named `name`, creating it in order of first appearance.
+/// Adds `p` to the series named `name`, creating it in order of first appearance. Infinite or
+/// NaN values (a diverged model) have no place on an axis: they are left out.
 fn push(series: &mut Vec<Series>, name: String, p: (f64, f64, Option<String>)) {
+    if !(p.0.is_finite() && p.1.is_finite()) {
+        return;
+    }
     match series.iter_mut().find(|s| s.name == name) {
         Some(s) => s.points.push(p),
         None => series.push(Series {
@@ -110,6 +114,11 @@ fn unresolved(rows: &[&GridRow], col: usize) -> usize {
     rows.iter()
         .filter(|r| matches!(r.cells[col], Cell::Pending | Cell::Failed))
         .count()
+}
+
+fn not_drawn(r: &MetricRef, n: usize) -> String {
+    let s = if n == 1 { "" } else { "s" };
+    format!("{r}: {n} point{s} not drawn")
 }
 
 /// What `plot` shows of `data`.
@@ -147,11 +156,15 @@ fn log_ok(
     if plot.y_scale != AxisScale::Log {
         return false;
     }
-    let positive = series
+    let ys: Vec<f64> = series
         .iter()
         .flat_map(|s| s.points.iter().map(|p| p.1))
         .chain(base)
-        .all(|y| y > 0.0);
+        .collect();
+    if ys.is_empty() {
+        return false;
+    }
+    let positive = ys.iter().all(|y| *y > 0.0);
     if !positive {
         notes.push("values ≤ 0: linear scale".into());
     }
@@ -202,7 +215,7 @@ fn line_panels(
         });
         let n = unresolved(&g.rows.iter().collect::<Vec<_>>(), j);
         if n > 0 {
-            notes.push(format!("{r}: {n} points not drawn"));
+            notes.push(not_drawn(r, n));
         }
     }
     Ok(panels)
@@ -288,7 +301,7 @@ fn tradeoff_panels(
         let rows: Vec<&GridRow> = g.rows.iter().collect();
         let n = unresolved(&rows, 0).max(unresolved(&rows, col));
         if n > 0 {
-            notes.push(format!("{r}: {n} points not drawn"));
+            notes.push(not_drawn(r, n));
         }
     }
     Ok(panels)
