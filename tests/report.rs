@@ -758,6 +758,74 @@ fn table_and_plot_config_enter_the_key_and_defaults_fill_in() {
     assert_eq!(spec.plots[1].rows, ["sparsity", "method"]);
 }
 
+// ---- Column groups, from a plan ----
+
+#[test]
+fn evaluations_of_the_same_thing_share_columns_unless_their_points_collide() {
+    let shared = require_shared!("models/stories260K");
+    let shared = shared.parent().unwrap().parent().unwrap().to_path_buf();
+    let tmp = tempfile::tempdir().unwrap();
+    let text = format!(
+        "models:\n  s: {s}/models/stories260K\ndatasets:\n  d: {s}/data/tinystories/sample.txt\n\
+         sweep:\n  grid:\n    sparsity: [0.3, 0.5]\nstages:\n  base: {{kind: load, model: s}}\n\
+         \x20 mag: {{kind: prune, model: base, method: magnitude, sparsity: \"${{sparsity}}\"}}\n\
+         \x20 rnd: {{kind: prune, model: base, method: random, sparsity: \"${{sparsity}}\"}}\n\
+         \x20 dense: {{kind: evaluate, model: base, task: perplexity, dataset: d, seqlen: 32}}\n\
+         \x20 e-mag: {{kind: evaluate, model: mag, task: perplexity, dataset: d, seqlen: 32}}\n\
+         \x20 e-rnd: {{kind: evaluate, model: rnd, task: perplexity, dataset: d, seqlen: 32}}\n\
+         \x20 e-long: {{kind: evaluate, model: mag, task: perplexity, dataset: d, seqlen: 64}}\n\
+         \x20 t: {{kind: report, inputs: [dense, e-mag, e-rnd, e-long]}}\n",
+        s = shared.display()
+    );
+    let path = tmp.path().join("g.yaml");
+    std::fs::write(&path, text).unwrap();
+    let pipeline = whittle::pipeline::load(&path).unwrap();
+    let cache = Cache::open(&tmp.path().join("cache")).unwrap();
+    let hasher = whittle::cache::FileHasher::load(&cache).unwrap();
+    let plan = whittle::plan::build(pipeline, &hasher).unwrap();
+    let report = plan.find("t")[0];
+    let data =
+        whittle::report::gather(&plan, report, &|_| whittle::report::InputState::Pending).unwrap();
+    let groups: Vec<(&str, Vec<&str>)> = data
+        .groups
+        .iter()
+        .map(|g| {
+            (
+                g.name.as_str(),
+                g.stages.iter().map(String::as_str).collect(),
+            )
+        })
+        .collect();
+    // e-rnd measures what e-mag does at the same points: its own column. e-long differs (seqlen).
+    assert_eq!(
+        groups,
+        [
+            ("e-mag", vec!["dense", "e-mag"]),
+            ("e-rnd", vec!["e-rnd"]),
+            ("e-long", vec!["e-long"])
+        ]
+    );
+    assert_eq!(data.provenance.points.pending, 7);
+    assert_eq!(data.provenance.models[0].weights, None);
+    let r = render(
+        &data,
+        &ReportSpec {
+            inputs: Vec::new(),
+            formats: vec![ReportFormat::Csv],
+            tables: Vec::new(),
+            plots: Vec::new(),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(r.file("report.csv").unwrap()),
+        "sparsity,e-mag,e-rnd,e-long\n\
+         dense,pending,,\n\
+         0.3,pending,pending,pending\n\
+         0.5,pending,pending,pending\n"
+    );
+}
+
 // ---- A real sweep, run then reported ----
 
 fn bin(dir: &Path, cache: &Path, args: &[&str]) -> Output {

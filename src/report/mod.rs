@@ -8,6 +8,38 @@
 //! - [`plot`]: line and trade-off plots, as SVG and PNG (the font is embedded);
 //! - [`render`]: every file of a report stage, in memory.
 //!
+//! A report stage says what to draw (every key but `inputs` is optional):
+//!
+//! ```yaml
+//! table:
+//!   kind: report
+//!   inputs: [ppl-dense, ppl, wiki-dense, wiki]
+//!   formats: [md, csv, tex, jsonl]       # default [csv, md, jsonl]; jsonl is the long format
+//!   tables:                              # default: one table `report`, rows over every axis
+//!     - name: main                       # files main.md, main.csv, main.tex
+//!       rows: [method, sparsity]         # default: the axes the columns' stages vary over
+//!       columns: [size_mb, ppl.ppl, {metric: wiki.ppl, label: WikiText}]  # default: all
+//!       where: {sparsity: [0.3, 0.5]}    # keep these points (and the dense row)
+//!   plots:
+//!     - name: ppl-vs-sparsity            # files ppl-vs-sparsity.svg, .png
+//!       x: sparsity                      # a numeric axis
+//!       y: [ppl.ppl, wiki.ppl]           # one panel each, side by side
+//!       series: method                   # default: the other axes the y stages vary over
+//!       y_scale: log                     # default linear
+//!       formats: [svg, png]              # default both
+//!     - name: knowledge-vs-ppl
+//!       kind: tradeoff                   # a point per model, joined per series
+//!       x: ppl.ppl
+//!       y: [lama.p@1]
+//!       series: method                   # default: the categorical axes
+//!       label: sparsity                  # default: the other (numeric) axes
+//!       change: ratio                    # none | diff | ratio, against the dense model
+//! ```
+//!
+//! A column `<stage>.<metric>` also shows the stages that measure the same thing (same kind,
+//! parameters and datasets) on other models, such as the dense evaluation: its value fills the
+//! dense baseline row. Every file carries the provenance (`provenance.json` beside the CSV).
+//!
 //! ```no_run
 //! # fn demo(plan: &whittle::plan::Plan, node: usize) -> Result<(), whittle::report::ReportError> {
 //! use whittle::report::{gather, render, InputState};

@@ -91,7 +91,9 @@ pub fn columns(
                 }
             }
         }
-        if names.is_empty() {
+        // Only while nothing of the group is measured: a stage that records no metrics (a
+        // prune stage listed for its size) gets no column.
+        if names.is_empty() && !measured().any(|(o, _)| o.group == g.name) {
             out.push(Column {
                 header: g.name.clone(),
                 source: Source::Status {

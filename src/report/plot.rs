@@ -544,3 +544,46 @@ pub fn png(fig: &Figure) -> Result<Vec<u8>, ReportError> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_drop_trailing_zeros() {
+        assert_eq!(tick(&0.25), "0.25");
+        assert_eq!(tick(&900.0), "900");
+        assert_eq!(tick(&1000.0), "1000");
+        assert_eq!(tick(&0.0), "0");
+        assert_eq!(tick(&2.5e7), "2.500e7");
+    }
+
+    #[test]
+    fn ranges_pad_and_log_ranges_stay_positive() {
+        assert_eq!(padded(0.0, 10.0, false), -0.8..10.8);
+        // One value: a band around it.
+        assert_eq!(padded(5.0, 5.0, false), 4.5..5.5);
+        let r = padded(10.0, 1000.0, true);
+        assert!(r.start > 0.0 && r.start < 10.0 && r.end > 1000.0, "{r:?}");
+    }
+
+    #[test]
+    fn figures_widen_with_panels_and_caption_lines() {
+        let panel = Panel {
+            title: String::new(),
+            x_label: String::new(),
+            y_label: String::new(),
+            series: Vec::new(),
+            baseline: None,
+            log_y: false,
+        };
+        let fig = Figure {
+            panels: vec![panel.clone(), panel.clone(), panel],
+            caption: vec!["a".into(), "b".into()],
+        };
+        assert_eq!(
+            fig.size(),
+            (3 * PANEL_WIDTH, PANEL_HEIGHT + 2 * CAPTION_LINE + 8)
+        );
+    }
+}

@@ -263,3 +263,61 @@ impl Provenance {
         super::table::latex_escape(&s).replace('·', "\\textperiodcentered{}")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Provenance {
+        Provenance {
+            schema: PROVENANCE_SCHEMA,
+            pipeline: PipelineId {
+                name: "p".into(),
+                file: "p.yaml".into(),
+                blake3: "0123456789abcdef".repeat(4),
+            },
+            engine_version: "9.9.9".into(),
+            models: vec![ModelId {
+                name: "m".into(),
+                weights: None,
+            }],
+            datasets: vec![DatasetId {
+                name: "d".into(),
+                blake3: "f".repeat(64),
+            }],
+            seqlen: vec![128, 256],
+            devices: vec!["cpu".into(), "cuda:0".into()],
+            points: Points::default(),
+        }
+    }
+
+    #[test]
+    fn the_line_splits_before_the_data_and_says_what_is_pending() {
+        let p = sample();
+        assert_eq!(
+            p.lines(),
+            [
+                "pipeline p.yaml 0123456789ab · whittle 9.9.9 · model m pending",
+                "data d ffffffffffff · seqlen 128, 256 · devices cpu, cuda:0"
+            ]
+        );
+        assert_eq!(p.missing_note(), None);
+    }
+
+    #[test]
+    fn missing_points_are_counted_by_cause() {
+        let mut p = sample();
+        p.points = Points {
+            total: 10,
+            pending: 0,
+            failed: 3,
+        };
+        assert_eq!(
+            p.missing_note().as_deref(),
+            Some("3 of 10 points missing: 3 failed")
+        );
+        assert!(p
+            .latex_comment()
+            .ends_with("% 3 of 10 points missing: 3 failed\n"));
+    }
+}
