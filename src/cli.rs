@@ -68,6 +68,14 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Render every report stage's tables and plots from what the cache holds; runs nothing.
+    /// Points not computed yet show as `pending`, those whose stage failed as `failed`.
+    Report {
+        file: PathBuf,
+        /// Write the files to DIR/<stage>/ instead of reports/<pipeline>/<stage>/.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
     /// Remove cache entries that no given pipeline reaches, or older than a date.
     Gc {
         /// Pipelines whose current results are kept.
@@ -150,6 +158,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Status { file } => cmd_status(&cli, file),
         Command::Why { file, stage } => cmd_why(&cli, file, stage),
         Command::Export { file, stage, out } => cmd_export(&cli, file, stage, out),
+        Command::Report { file, out } => cmd_report(&cli, file, out.as_deref()),
         Command::Gc {
             files,
             older_than,
@@ -313,6 +322,76 @@ fn copy_reports(entry: &crate::cache::Entry, out: &Path) -> Result<()> {
             .with_context(|| format!("writing {}", dest.display()))?;
     }
     Ok(())
+}
+
+/// Whether each node failed in the latest run of the pipeline, itself or through a stage it
+/// needs, and is still not cached. Run records keep no key for a failed stage, so a failure
+/// counts by instance label unless both keys are known and differ.
+fn failed_nodes(plan: &Plan, statuses: &[Status], last: Option<&RunRecord>) -> Vec<bool> {
+    let itself: Vec<bool> = plan
+        .nodes
+        .iter()
+        .zip(statuses)
+        .map(|(n, s)| {
+            let Some(run) = last else { return false };
+            !s.is_cached()
+                && run.stages.iter().any(|r| {
+                    r.instance == n.label
+                        && r.status == StageStatus::Failed
+                        && (r.key.zip(s.key())).is_none_or(|(a, b)| a == b)
+                })
+        })
+        .collect();
+    (0..plan.nodes.len())
+        .map(|i| !statuses[i].is_cached() && plan::ancestors(plan, &[i]).iter().any(|&a| itself[a]))
+        .collect()
+}
+
+fn cmd_report(cli: &Cli, file: &Path, out: Option<&Path>) -> Result<Outcome> {
+    use crate::report::{gather, render, InputState};
+    let (cache, plan) = open(cli, file)?;
+    let reports: Vec<usize> = (0..plan.nodes.len())
+        .filter(|&i| matches!(plan.nodes[i].spec, StageSpec::Report(_)))
+        .collect();
+    if reports.is_empty() {
+        anyhow::bail!(
+            "{} has no report stage: add one, e.g. `table: {{kind: report, inputs: [<stage>, …]}}`",
+            file.display()
+        );
+    }
+    let pipeline = plan.pipeline.path.display().to_string();
+    let history = History::load(&cache, &pipeline);
+    let statuses = plan::resolve(&plan, &cache, &history)?;
+    let failed = failed_nodes(&plan, &statuses, cache.last_run_for(&pipeline).as_ref());
+    let state = |id: usize| match &statuses[id] {
+        Status::Cached { entry, .. } => InputState::Ready(entry.clone()),
+        Status::Run { .. } if failed[id] => InputState::Failed,
+        Status::Run { .. } => InputState::Pending,
+    };
+    let mut missing = 0;
+    for &i in &reports {
+        let node = &plan.nodes[i];
+        let StageSpec::Report(spec) = &node.spec else {
+            continue;
+        };
+        let data = gather(&plan, i, &state)?;
+        let rendered = render(&data, spec)?;
+        let dir = match out {
+            Some(d) => d.join(&node.stage),
+            None => report_dir(&plan, &node.stage),
+        };
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        rendered.write(&dir)?;
+        println!("\n{}  ({})\n{}", node.label, dir.display(), rendered.text);
+        missing += data.provenance.points.missing();
+    }
+    if missing > 0 {
+        println!(
+            "{missing} points missing; `whittle run {}` computes what is pending",
+            file.display()
+        );
+    }
+    Ok(Outcome::Success)
 }
 
 fn cmd_status(cli: &Cli, file: &Path) -> Result<Outcome> {

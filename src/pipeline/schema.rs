@@ -512,7 +512,7 @@ pub fn allowed_keys(kind: StageKind) -> &'static [&'static str] {
             "task_file",
             "max_new_tokens",
         ],
-        StageKind::Report => &["inputs", "formats"],
+        StageKind::Report => &["inputs", "formats", "tables", "plots"],
     }
 }
 

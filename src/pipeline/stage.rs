@@ -15,6 +15,7 @@ use super::yaml::{join, Mark, Node, NodeKind};
 
 mod compress;
 mod evaluate;
+mod report;
 
 /// What checking an instance needs to know about the rest of the file.
 pub struct Env<'a> {
@@ -489,6 +490,10 @@ fn calibrate(f: &mut Fields) -> Option<StageSpec> {
 
 fn report(f: &mut Fields) -> Option<StageSpec> {
     let mut inputs = Vec::new();
+    let mut stages = report::Inputs {
+        written: Vec::new(),
+        stages: Vec::new(),
+    };
     if !f.has("inputs") {
         f.missing(
             "inputs",
@@ -532,8 +537,16 @@ fn report(f: &mut Fields) -> Option<StageSpec> {
                             stage: r.stage,
                             instance,
                         }));
+                        let axes = f.env.stage_axes[r.stage]
+                            .iter()
+                            .map(|&a| f.env.sweep.axes[a].name.clone())
+                            .collect();
+                        stages
+                            .stages
+                            .push((f.env.stages[r.stage].name.clone(), axes));
                     }
                 }
+                stages.written = seen;
             }
             None => {
                 let msg = format!("expected a list of stage names, found {}", n.describe());
@@ -541,6 +554,7 @@ fn report(f: &mut Fields) -> Option<StageSpec> {
             }
         }
     }
+    let names: Vec<&str> = ReportFormat::ALL.iter().map(|x| x.as_str()).collect();
     let mut formats = Vec::new();
     match f.get("formats") {
         None => {
@@ -555,9 +569,9 @@ fn report(f: &mut Fields) -> Option<StageSpec> {
                 for (i, item) in items.iter().enumerate() {
                     let key = format!("formats[{i}]");
                     let fmt = match item.value() {
-                        Some(ParamValue::Str(s)) if s == "csv" => Some(ReportFormat::Csv),
-                        Some(ParamValue::Str(s)) if s == "md" => Some(ReportFormat::Markdown),
-                        Some(ParamValue::Str(s)) if s == "jsonl" => Some(ReportFormat::Jsonl),
+                        Some(ParamValue::Str(s)) => {
+                            ReportFormat::ALL.into_iter().find(|x| x.as_str() == s)
+                        }
                         _ => None,
                     };
                     match fmt {
@@ -568,22 +582,26 @@ fn report(f: &mut Fields) -> Option<StageSpec> {
                         Some(x) => formats.push(x),
                         None => {
                             let found = item.as_scalar().map_or("", |(s, _)| s);
-                            let s = suggest(found, ["csv", "md", "jsonl"]);
-                            let msg = format!(
-                                "expected `csv`, `md` or `jsonl`, found {}{s}",
-                                item.describe()
-                            );
-                            f.fail(&key, item, &o, msg, Some("`csv`, `md` or `jsonl`"), None);
+                            let s = suggest(found, names.iter().copied());
+                            let expected = one_of(&names);
+                            let msg = format!("expected {expected}, found {}{s}", item.describe());
+                            f.fail(&key, item, &o, msg, Some(&expected), None);
                         }
                     }
                 }
             }
             _ => {
-                let e = "a non-empty list of `csv`, `md`, `jsonl`";
+                let e = format!("a non-empty list of {}", one_of(&names));
                 let msg = format!("expected {e}, found {}", n.describe());
-                f.fail("formats", &n, &o, msg, Some(e), None);
+                f.fail("formats", &n, &o, msg, Some(&e), None);
             }
         },
     }
-    Some(StageSpec::Report(ReportSpec { inputs, formats }))
+    let (tables, plots) = report::tables_and_plots(f, &stages);
+    Some(StageSpec::Report(ReportSpec {
+        inputs,
+        formats,
+        tables,
+        plots,
+    }))
 }

@@ -1,11 +1,17 @@
-//! A results table and its renderings: aligned text for the terminal, CSV, Markdown, JSON Lines.
+//! A results table and its renderings: aligned text for the terminal, CSV, Markdown, LaTeX and
+//! JSON Lines.
 
 use serde_json::{Map, Value};
 
-/// One cell: a number, a string, or missing (a point that did not produce the metric).
+/// One cell: a number, a string, or why there is none.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Cell {
+    /// Nothing to show: the row's model was not measured this way, or the metric was not recorded.
     Missing,
+    /// The measurement is not in the cache yet.
+    Pending,
+    /// The measurement (or a stage it needs) failed in the latest run.
+    Failed,
     Text(String),
     Int(i64),
     /// A measured value: shown with four significant digits.
@@ -18,6 +24,8 @@ impl Cell {
     fn display(&self) -> String {
         match self {
             Cell::Missing => "—".to_string(),
+            Cell::Pending => "pending".to_string(),
+            Cell::Failed => "failed".to_string(),
             Cell::Text(s) => s.clone(),
             Cell::Int(i) => i.to_string(),
             Cell::Num(x) => format_num(*x),
@@ -28,6 +36,8 @@ impl Cell {
     fn csv(&self) -> String {
         match self {
             Cell::Missing => String::new(),
+            // Spelled out, never blank: a reader must not mistake them for "not applicable".
+            Cell::Pending | Cell::Failed => self.display(),
             Cell::Text(s) => csv_quote(s),
             Cell::Int(i) => i.to_string(),
             // Full precision in machine-readable output.
@@ -37,7 +47,7 @@ impl Cell {
 
     fn json(&self) -> Value {
         match self {
-            Cell::Missing => Value::Null,
+            Cell::Missing | Cell::Pending | Cell::Failed => Value::Null,
             Cell::Text(s) => Value::String(s.clone()),
             Cell::Int(i) => Value::from(*i),
             Cell::Num(x) | Cell::Exact(x) => {
@@ -46,9 +56,50 @@ impl Cell {
         }
     }
 
+    fn latex(&self) -> String {
+        match self {
+            Cell::Missing => "--".to_string(),
+            Cell::Pending | Cell::Failed => format!("\\textit{{{}}}", self.display()),
+            Cell::Text(s) => latex_escape(s),
+            _ => self.display(),
+        }
+    }
+
     fn is_numeric(&self) -> bool {
         matches!(self, Cell::Int(_) | Cell::Num(_) | Cell::Exact(_))
     }
+
+    /// The value as a number, if it is one.
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Cell::Int(i) => Some(*i as f64),
+            Cell::Num(x) | Cell::Exact(x) => Some(*x),
+            _ => None,
+        }
+    }
+}
+
+/// Text safe in LaTeX's text mode: its ten special characters, and the ASCII ones that the
+/// default font encoding draws as other glyphs.
+pub fn latex_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\textbackslash{}"),
+            '&' | '%' | '$' | '#' | '_' | '{' | '}' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '~' => out.push_str("\\textasciitilde{}"),
+            '^' => out.push_str("\\textasciicircum{}"),
+            '<' => out.push_str("\\textless{}"),
+            '>' => out.push_str("\\textgreater{}"),
+            '|' => out.push_str("\\textbar{}"),
+            '—' => out.push_str("---"),
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
 /// Four significant digits, switching to scientific notation for very large or small values.
@@ -190,6 +241,27 @@ impl Table {
             ));
         }
         out
+    }
+
+    /// A booktabs `tabular`: text columns left-aligned, numeric ones right-aligned.
+    pub fn to_latex(&self) -> String {
+        let numeric = self.numeric_columns();
+        let spec: String = numeric.iter().map(|n| if *n { 'r' } else { 'l' }).collect();
+        let row = |cells: Vec<String>| format!("{} \\\\\n", cells.join(" & "));
+        let mut out = format!("\\begin{{tabular}}{{{spec}}}\n\\toprule\n");
+        out.push_str(&row(self.columns.iter().map(|c| latex_escape(c)).collect()));
+        out.push_str("\\midrule\n");
+        for r in &self.rows {
+            out.push_str(&row(r.iter().map(Cell::latex).collect()));
+        }
+        out.push_str("\\bottomrule\n\\end{tabular}\n");
+        out
+    }
+
+    fn numeric_columns(&self) -> Vec<bool> {
+        (0..self.columns.len())
+            .map(|c| self.rows.iter().any(|r| r[c].is_numeric()))
+            .collect()
     }
 
     /// One JSON object per row; missing cells are `null`.

@@ -39,7 +39,8 @@ pub fn version(kind: StageKind) -> u32 {
         StageKind::Quantize => 2,
         // 3: per-sample outputs, settings in the manifest.
         StageKind::Evaluate => 3,
-        StageKind::Report => 1,
+        // 2: pivoted tables, LaTeX, plots, provenance.
+        StageKind::Report => 2,
     }
 }
 
