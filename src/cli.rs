@@ -76,6 +76,15 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
+    /// Write the synthetic world the quickstart model learns: `train.txt`, `heldout.txt`
+    /// (documents separated by `<|endoftext|>`) and the facts in LAMA layout under `facts/`.
+    Synth {
+        /// The folder to write into (created if absent; files there are overwritten).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Remove cache entries that no given pipeline reaches, or older than a date.
     Gc {
         /// Pipelines whose current results are kept.
@@ -159,12 +168,32 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Why { file, stage } => cmd_why(&cli, file, stage),
         Command::Export { file, stage, out } => cmd_export(&cli, file, stage, out),
         Command::Report { file, out } => cmd_report(&cli, file, out.as_deref()),
+        Command::Synth { out, seed } => cmd_synth(out, *seed),
         Command::Gc {
             files,
             older_than,
             dry_run,
         } => cmd_gc(&cli, files, older_than.as_deref(), *dry_run),
     }
+}
+
+/// `whittle synth`: the default world with this seed.
+fn cmd_synth(out: &Path, seed: u64) -> Result<Outcome> {
+    let cfg = crate::train::synth::SynthConfig {
+        seed,
+        ..Default::default()
+    };
+    let corpus = crate::train::synth::generate(&cfg)?;
+    corpus.write(out)?;
+    println!(
+        "wrote {} training and {} held-out documents, {} facts on {} people to {}",
+        corpus.train.len(),
+        corpus.heldout.len(),
+        corpus.facts.len(),
+        corpus.entities.len(),
+        out.display()
+    );
+    Ok(Outcome::Success)
 }
 
 /// `cache/` at the root of the git repository holding `start`, or in the current directory.

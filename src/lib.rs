@@ -12,6 +12,7 @@
 //! - [`exec`]: the scheduler (what runs when, on which device) and progress.
 //! - [`stages`]: one module per stage kind; each a function of its inputs.
 //! - [`model`], [`calibrate`], [`compress`], [`eval`], [`report`]: the numerical work.
+//! - [`train`]: the quickstart's own small model, trained on a synthetic world of facts.
 
 pub mod cache;
 pub mod calibrate;
@@ -25,6 +26,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod report;
 pub mod stages;
+pub mod train;
 
 /// The engine version recorded in manifests and run records.
 pub const ENGINE_VERSION: &str = env!("CARGO_PKG_VERSION");

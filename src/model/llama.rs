@@ -599,7 +599,13 @@ impl Llama {
             Some(mask) => scores.broadcast_add(&mask.to_dtype(acc)?)?,
             None => scores,
         };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        // The fused softmax kernel has no backward: when gradients flow (training), the same
+        // function from differentiable ops. Inference keeps the kernel, and its numerics.
+        let probs = if scores.track_op() {
+            softmax_last_dim_differentiable(&scores)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&scores)?
+        };
         let out = probs.reshape((b, nkv, groups * s, kv_len))?.matmul(&v)?;
         Ok(out.reshape((b, nh, s, hd))?.to_dtype(self.dtype)?)
     }
@@ -642,6 +648,14 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let mean_sq = xf.sqr()?.mean_keepdim(D::Minus1)?;
     let normed = xf.broadcast_div(&(mean_sq + eps)?.sqrt()?)?;
     Ok(normed.to_dtype(dtype)?.broadcast_mul(weight)?)
+}
+
+/// softmax over the last axis as exp(x − max) / Σ exp(x − max), with the max held constant (it
+/// cancels out of the value, so its gradient is zero anyway).
+fn softmax_last_dim_differentiable(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
 }
 
 /// Where sums and softmax are computed: f32, or f64 for an f64 model.
