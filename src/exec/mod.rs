@@ -106,6 +106,8 @@ fn estimate_needs(plan: &Plan) -> Vec<Need> {
                     .map(|c| (parameter_count(&c) * 4, c.vocab_size as u64))
                     .unwrap_or((1 << 30, 32_000))
             }
+            // A small model; its vocabulary is the corpus's words.
+            StageSpec::Train(_) => (64 << 20, 8_192),
             _ => node
                 .input("model")
                 .map(|m| model[m])
@@ -136,7 +138,7 @@ fn estimate_needs(plan: &Plan) -> Vec<Need> {
             };
             let factor = match node.kind() {
                 StageKind::Report => 0,
-                StageKind::Load | StageKind::Calibrate | StageKind::Evaluate => 2,
+                StageKind::Load | StageKind::Train | StageKind::Calibrate | StageKind::Evaluate => 2,
                 StageKind::Prune | StageKind::Quantize => 3,
             };
             Need {

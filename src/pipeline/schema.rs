@@ -454,6 +454,22 @@ impl RawStage {
 pub fn allowed_keys(kind: StageKind) -> &'static [&'static str] {
     match kind {
         StageKind::Load => &["model", "dtype"],
+        StageKind::Train => &[
+            "dataset",
+            "vocabulary",
+            "dim",
+            "layers",
+            "heads",
+            "kv_heads",
+            "hidden",
+            "seqlen",
+            "batch",
+            "steps",
+            "lr",
+            "warmup",
+            "weight_decay",
+            "seed",
+        ],
         StageKind::Calibrate => &[
             "model",
             "dataset",
@@ -519,7 +535,7 @@ pub fn allowed_keys(kind: StageKind) -> &'static [&'static str] {
 /// The keys whose values name other stages.
 pub fn ref_keys(kind: StageKind) -> &'static [&'static str] {
     match kind {
-        StageKind::Load => &[],
+        StageKind::Load | StageKind::Train => &[],
         StageKind::Calibrate => &["model"],
         StageKind::Evaluate => &["model", "reference"],
         // A `calibration:` the method ignores still counts: the method may be swept.

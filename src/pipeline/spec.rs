@@ -100,6 +100,7 @@ pub enum TextDocuments {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum StageKind {
     Load,
+    Train,
     Calibrate,
     Prune,
     Quantize,
@@ -108,8 +109,9 @@ pub enum StageKind {
 }
 
 impl StageKind {
-    pub const ALL: [StageKind; 6] = [
+    pub const ALL: [StageKind; 7] = [
         StageKind::Load,
+        StageKind::Train,
         StageKind::Calibrate,
         StageKind::Prune,
         StageKind::Quantize,
@@ -120,6 +122,7 @@ impl StageKind {
     pub fn as_str(self) -> &'static str {
         match self {
             StageKind::Load => "load",
+            StageKind::Train => "train",
             StageKind::Calibrate => "calibrate",
             StageKind::Prune => "prune",
             StageKind::Quantize => "quantize",
@@ -173,6 +176,7 @@ pub struct Instance {
 #[derive(Clone, Debug, PartialEq)]
 pub enum StageSpec {
     Load(LoadSpec),
+    Train(TrainSpec),
     Calibrate(CalibrateSpec),
     Prune(PruneSpec),
     Quantize(QuantizeSpec),
@@ -189,6 +193,7 @@ impl StageSpec {
             StageSpec::Quantize(_) => StageKind::Quantize,
             StageSpec::Evaluate(_) => StageKind::Evaluate,
             StageSpec::Report(_) => StageKind::Report,
+            StageSpec::Train(_) => StageKind::Train,
         }
     }
 }
@@ -208,6 +213,16 @@ impl DType {
             DType::Bf16 => "bf16",
         }
     }
+}
+
+/// Trains a small model from scratch (the quickstart's embedded default model).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainSpec {
+    /// The training documents.
+    pub dataset: String,
+    /// Another dataset whose words join the vocabulary (held-out text), if any.
+    pub vocabulary: Option<String>,
+    pub config: crate::train::TrainConfig,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -896,6 +911,22 @@ impl StageSpec {
             StageSpec::Load(s) => {
                 p.insert("dtype".into(), s.dtype.as_str().into());
             }
+            StageSpec::Train(s) => {
+                // Every setting, as the trainer serializes it: nothing that changes the model
+                // can stay out of the key.
+                let c = serde_json::to_value(&s.config).expect("the config serializes");
+                for (k, v) in c.as_object().expect("a struct") {
+                    let v = match v {
+                        serde_json::Value::Bool(b) => ParamValue::Bool(*b),
+                        serde_json::Value::Number(n) if n.is_i64() || n.is_u64() => {
+                            ParamValue::Int(n.as_i64().unwrap_or(i64::MAX))
+                        }
+                        serde_json::Value::Number(n) => ParamValue::Float(n.as_f64().unwrap_or(0.0)),
+                        other => ParamValue::Str(other.to_string()),
+                    };
+                    p.insert(k.clone(), v);
+                }
+            }
             StageSpec::Calibrate(s) => {
                 p.insert("samples".into(), s.samples.into());
                 p.insert("seqlen".into(), s.seqlen.into());
@@ -1004,7 +1035,7 @@ impl StageSpec {
     /// The stage instances this one reads, by role ("model", "calibration", "input.3", …).
     pub fn inputs(&self) -> Vec<(String, InstanceRef)> {
         match self {
-            StageSpec::Load(_) => vec![],
+            StageSpec::Load(_) | StageSpec::Train(_) => vec![],
             StageSpec::Calibrate(s) => vec![("model".into(), s.model)],
             StageSpec::Prune(s) => {
                 let mut v = vec![("model".into(), s.model)];
@@ -1040,6 +1071,13 @@ impl StageSpec {
     pub fn datasets(&self) -> Vec<(&'static str, &str)> {
         match self {
             StageSpec::Calibrate(s) => vec![("dataset", s.dataset.as_str())],
+            StageSpec::Train(s) => {
+                let mut v = vec![("dataset", s.dataset.as_str())];
+                if let Some(d) = &s.vocabulary {
+                    v.push(("vocabulary", d.as_str()));
+                }
+                v
+            }
             StageSpec::Evaluate(s) => vec![("dataset", s.task.dataset())],
             _ => vec![],
         }

@@ -53,7 +53,7 @@ struct Fields<'e, 's, 'src> {
     bad: bool,
 }
 
-const WEIGHTS: &str = "a stage that outputs weights (load, prune, quantize)";
+const WEIGHTS: &str = "a stage that outputs weights (load, train, prune, quantize)";
 
 impl Fields<'_, '_, '_> {
     fn path(&self, key: &str) -> String {
@@ -361,7 +361,12 @@ impl Fields<'_, '_, '_> {
     fn model_ref(&mut self) -> Option<InstanceRef> {
         self.req_ref(
             "model",
-            &|k| matches!(k, StageKind::Load | StageKind::Prune | StageKind::Quantize),
+            &|k| {
+                matches!(
+                    k,
+                    StageKind::Load | StageKind::Train | StageKind::Prune | StageKind::Quantize
+                )
+            },
             WEIGHTS,
         )
     }
@@ -440,6 +445,7 @@ pub fn check(env: &Env, si: usize, point: &[Node], sink: &mut Sink) -> Option<St
     };
     let spec = match kind {
         StageKind::Load => load(&mut f),
+        StageKind::Train => train(&mut f),
         StageKind::Calibrate => calibrate(&mut f),
         StageKind::Prune => compress::prune(&mut f),
         StageKind::Quantize => compress::quantize(&mut f),
@@ -463,6 +469,44 @@ fn load(f: &mut Fields) -> Option<StageSpec> {
     Some(StageSpec::Load(LoadSpec {
         model: model?,
         dtype,
+    }))
+}
+
+/// Every training setting has the quickstart's default; each given one is range-checked.
+fn train(f: &mut Fields) -> Option<StageSpec> {
+    let dataset = f.name_in("dataset", f.env.datasets, "datasets");
+    let vocabulary = match f.has("vocabulary") {
+        true => Some(f.name_in("vocabulary", f.env.datasets, "datasets")?),
+        false => None,
+    };
+    let d = crate::train::TrainConfig::default();
+    let mut c = d.clone();
+    c.dim = f.count("dim", 8, d.dim);
+    c.layers = f.count("layers", 1, d.layers);
+    c.heads = f.count("heads", 1, d.heads);
+    c.kv_heads = f.count("kv_heads", 1, d.kv_heads);
+    c.hidden = f.count("hidden", 1, d.hidden);
+    c.seqlen = f.count("seqlen", 2, d.seqlen);
+    c.batch = f.count("batch", 1, d.batch);
+    c.steps = f.count("steps", 1, d.steps);
+    c.warmup = f.count("warmup", 0, d.warmup);
+    c.seed = f.count("seed", 0, d.seed as usize) as u64;
+    c.lr = f.number("lr", &|x| x > 0.0 && x < 1.0, "a number in (0, 1)").unwrap_or(d.lr);
+    c.weight_decay = f
+        .number("weight_decay", &|x| (0.0..1.0).contains(&x), "a number in [0, 1)")
+        .unwrap_or(d.weight_decay);
+    if c.heads % c.kv_heads != 0 || c.dim % c.heads != 0 {
+        let help = format!(
+            "`dim` ({}) must divide by `heads` ({}), and `heads` by `kv_heads` ({})",
+            c.dim, c.heads, c.kv_heads
+        );
+        f.fail_key("heads", "the attention heads do not fit".into(), help);
+        return None;
+    }
+    Some(StageSpec::Train(TrainSpec {
+        dataset: dataset?,
+        vocabulary,
+        config: c,
     }))
 }
 

@@ -149,7 +149,7 @@ pub fn materialize_stage(
     let node = &plan.nodes[id];
     if !matches!(
         node.spec,
-        StageSpec::Load(_) | StageSpec::Prune(_) | StageSpec::Quantize(_)
+        StageSpec::Load(_) | StageSpec::Train(_) | StageSpec::Prune(_) | StageSpec::Quantize(_)
     ) {
         return Err(ExportError::NotWeights {
             label: node.label.clone(),

@@ -9,6 +9,16 @@ use super::{StageCtx, StageError, StageOutput};
 use crate::model::{load_weights, tensor_digest, Checkpoint, ModelConfig};
 use crate::pipeline::spec::LoadSpec;
 
+/// The content digest of every tensor, by name.
+pub(super) fn digests(
+    tensors: &crate::model::TensorMap,
+) -> Result<std::collections::BTreeMap<String, crate::cache::Digest>, StageError> {
+    Ok(tensors
+        .par_iter()
+        .map(|(name, t)| Ok((name.clone(), tensor_digest(t)?)))
+        .collect::<Result<_, crate::model::ModelError>>()?)
+}
+
 pub fn run(ctx: &StageCtx, spec: &LoadSpec) -> Result<StageOutput, StageError> {
     let source = &ctx.plan.pipeline.models[&spec.model];
     let checkpoint = Checkpoint::resolve(&source.dir)?;
@@ -16,10 +26,7 @@ pub fn run(ctx: &StageCtx, spec: &LoadSpec) -> Result<StageOutput, StageError> {
     ctx.note(&format!("loading {}", source.dir.display()));
     // Digests are taken on the CPU copy: the same bytes whatever device later stages use.
     let tensors = load_weights(&checkpoint, &config, candle_dtype(spec.dtype), &Device::Cpu)?;
-    let digests = tensors
-        .par_iter()
-        .map(|(name, t)| Ok((name.clone(), tensor_digest(t)?)))
-        .collect::<Result<_, crate::model::ModelError>>()?;
+    let digests = digests(&tensors)?;
     let files = &ctx.node().files;
     let file_digest = |name: &str| {
         files

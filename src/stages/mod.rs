@@ -15,6 +15,7 @@ mod quantize;
 mod replace;
 mod report;
 mod select;
+mod train;
 pub mod weights;
 
 pub use report::TEXT_FILE as REPORT_TEXT_FILE;
@@ -33,6 +34,7 @@ use crate::plan::{Node, NodeId, Plan};
 pub fn version(kind: StageKind) -> u32 {
     match kind {
         StageKind::Load => 1,
+        StageKind::Train => 1,
         StageKind::Calibrate => 1,
         // 2: overlays are packed (`overlay/`), no longer one dense safetensors file.
         StageKind::Prune => 2,
@@ -188,6 +190,7 @@ pub struct StageOutput {
 pub fn execute(ctx: &StageCtx) -> Result<StageOutput, StageError> {
     match ctx.spec() {
         StageSpec::Load(s) => load::run(ctx, s),
+        StageSpec::Train(s) => train::run(ctx, s),
         StageSpec::Calibrate(s) => calibrate::run(ctx, s),
         StageSpec::Prune(s) => prune::run(ctx, s),
         StageSpec::Quantize(s) => quantize::run(ctx, s),

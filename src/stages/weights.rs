@@ -131,7 +131,7 @@ pub fn chain_in(plan: &Plan, mut node: NodeId) -> Result<(NodeId, Vec<NodeId>), 
     let mut overlays = Vec::new();
     loop {
         match &plan.nodes[node].spec {
-            StageSpec::Load(_) => break,
+            StageSpec::Load(_) | StageSpec::Train(_) => break,
             StageSpec::Prune(_) | StageSpec::Quantize(_) => {
                 overlays.push(node);
                 node = plan.nodes[node].input("model").ok_or_else(|| {
@@ -167,13 +167,18 @@ pub fn materialize_in(
     device: &Device,
 ) -> Result<Materialized, StageError> {
     let (base, overlays) = chain_in(plan, node)?;
-    let StageSpec::Load(load) = &plan.nodes[base].spec else {
-        unreachable!("chain() ends at a load node")
+    let (checkpoint, dtype) = match &plan.nodes[base].spec {
+        StageSpec::Load(load) => {
+            let source = &plan.pipeline.models[&load.model];
+            (Checkpoint::resolve(&source.dir)?, candle_dtype(load.dtype))
+        }
+        // A trained model is a Hugging Face folder inside its entry.
+        _ => (
+            Checkpoint::resolve(entry(base)?.path(super::train::MODEL_DIR))?,
+            DType::F32,
+        ),
     };
-    let source = &plan.pipeline.models[&load.model];
-    let checkpoint = Checkpoint::resolve(&source.dir)?;
     let config = ModelConfig::from_file(&checkpoint.config)?;
-    let dtype = candle_dtype(load.dtype);
     let mut tensors = load_weights(&checkpoint, &config, dtype, device)?;
     let overlays = overlays
         .into_iter()

@@ -299,7 +299,12 @@ fn reference(f: &mut Fields, model: InstanceRef) -> Option<InstanceRef> {
             "reference",
             &n,
             &o,
-            &|k| matches!(k, StageKind::Load | StageKind::Prune | StageKind::Quantize),
+            &|k| {
+                matches!(
+                    k,
+                    StageKind::Load | StageKind::Train | StageKind::Prune | StageKind::Quantize
+                )
+            },
             WEIGHTS,
         );
     }
@@ -315,7 +320,7 @@ fn base_of(f: &mut Fields, mut at: InstanceRef) -> Option<InstanceRef> {
     // References were checked acyclic; the bound only guards against a broken file.
     for _ in 0..=env.stages.len() {
         let stage = &env.stages[at.stage];
-        if stage.kind == Some(StageKind::Load) {
+        if matches!(stage.kind, Some(StageKind::Load | StageKind::Train)) {
             return Some(at);
         }
         let raw = stage.param("model")?;

@@ -1,0 +1,170 @@
+//! The two study pipelines, run end to end on a slice of their grids (CI's two cores cannot run
+//! every point in its time budget), then rendered by `whittle report`: every expected row and
+//! column is in the tables, and the plots decode.
+//!
+//! The slice keeps every stage, task, table and plot of the committed file; only the values of
+//! some sweep axes are cut, by rewriting the `sweep:` lines of a copy in a temporary directory.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{run_ok, text, whittle};
+
+/// A copy of `pipelines/<name>` in `dir`, with shared paths made absolute and each
+/// `(line, replacement)` applied (each line must occur exactly once).
+fn sliced_copy(dir: &Path, name: &str, shared: &Path, cuts: &[(&str, &str)]) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut src = std::fs::read_to_string(root.join("pipelines").join(name)).unwrap();
+    for (line, with) in cuts {
+        assert_eq!(src.matches(line).count(), 1, "{line:?} in {name}");
+        src = src.replace(line, with);
+    }
+    let src = src
+        .replace("../../shared", &shared.display().to_string())
+        .replace("../tasks/", &format!("{}/tasks/", root.display()));
+    let path = dir.join(name);
+    std::fs::write(&path, src).unwrap();
+    path
+}
+
+/// The rows of a Markdown table: cells of each line after the header rule.
+fn md_rows(md: &str) -> (Vec<String>, Vec<Vec<String>>) {
+    let lines: Vec<&str> = md.lines().filter(|l| l.starts_with('|')).collect();
+    let cells = |l: &str| -> Vec<String> {
+        l.trim_matches('|')
+            .split('|')
+            .map(|c| c.trim().to_string())
+            .collect()
+    };
+    let header = cells(lines[0]);
+    (header, lines[2..].iter().map(|l| cells(l)).collect())
+}
+
+fn check_png(path: &Path) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut dec = png::Decoder::new(std::io::Cursor::new(bytes))
+        .read_info()
+        .unwrap();
+    let mut buf = vec![0; dec.output_buffer_size().unwrap()];
+    let info = dec.next_frame(&mut buf).unwrap();
+    assert!(info.width >= 400 && info.height >= 200, "{}", path.display());
+    let px = &buf[..info.buffer_size()];
+    assert!(
+        px.chunks(3).any(|p| p != [255, 255, 255]),
+        "{} is blank",
+        path.display()
+    );
+}
+
+/// `whittle report FILE --out DIR` must succeed; returns what it printed.
+fn report(cache: &Path, file: &Path, out: &Path) -> String {
+    let o = whittle(
+        cache,
+        &[
+            "report",
+            file.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "whittle report failed:\n{}", text(&o));
+    text(&o)
+}
+
+#[test]
+fn task_specific_study_runs_and_reports() {
+    let shared = require_shared!("");
+    let tmp = tempfile::tempdir().unwrap();
+    let file = sliced_copy(
+        tmp.path(),
+        "task-specific.yaml",
+        &shared,
+        &[
+            ("sparsity: [0.3, 0.5]", "sparsity: [0.5]"),
+            ("calibration: [c4, alpaca-calib]", "calibration: [c4]"),
+        ],
+    );
+    let cache = tmp.path().join("cache");
+    run_ok(&cache, &file);
+    let out = tmp.path().join("reports");
+    report(&cache, &file, &out);
+    let md = std::fs::read_to_string(out.join("table/task-specific.md")).unwrap();
+    let (header, rows) = md_rows(&md);
+    for col in [
+        "WikiText ppl",
+        "JS (nats)",
+        "top-1 agree",
+        "Alpaca F1",
+        "Alpaca ROUGE-1",
+        "SQuAD EM",
+        "SQuAD F1",
+    ] {
+        assert!(header.iter().any(|h| h == col), "no column {col}: {header:?}");
+    }
+    // The base model, then magnitude, sparsegpt, wanda at 50% on C4.
+    assert_eq!(rows.len(), 4, "{md}");
+    let method = header.iter().position(|h| h == "method").unwrap();
+    let methods: Vec<&str> = rows.iter().map(|r| r[method].as_str()).collect();
+    assert_eq!(&methods[1..], ["magnitude", "sparsegpt", "wanda"], "{md}");
+    for r in &rows {
+        assert!(
+            r.iter().all(|c| c != "pending" && c != "failed"),
+            "{md}"
+        );
+    }
+    for name in ["damage-vs-sparsity", "task-score-vs-perplexity"] {
+        check_png(&out.join(format!("table/{name}.png")));
+        assert!(out.join(format!("table/{name}.svg")).is_file());
+    }
+    assert!(out.join("table/task-specific.tex").is_file());
+    assert!(out.join("table/task-specific.csv").is_file());
+}
+
+#[test]
+fn cost_of_compression_study_runs_and_reports() {
+    let shared = require_shared!("");
+    let tmp = tempfile::tempdir().unwrap();
+    let file = sliced_copy(
+        tmp.path(),
+        "cost-of-compression.yaml",
+        &shared,
+        &[
+            (
+                "sparsity: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]",
+                "sparsity: [0.2, 0.6]",
+            ),
+            ("group: [attention, mlp, all]", "group: [all]"),
+            ("combined: [0.2, 0.4]", "combined: [0.2]"),
+            ("head_sparsity: [0.2, 0.5]", "head_sparsity: [0.5]"),
+        ],
+    );
+    let cache = tmp.path().join("cache");
+    run_ok(&cache, &file);
+    let out = tmp.path().join("reports");
+    report(&cache, &file, &out);
+    let md = std::fs::read_to_string(out.join("pruning/pruning.md")).unwrap();
+    let (header, rows) = md_rows(&md);
+    for col in ["LAMA P@1", "LAMA P@5", "BoolQ", "PIQA", "WinoGrande", "WikiText ppl"] {
+        assert!(header.iter().any(|h| h == col), "no column {col}: {header:?}");
+    }
+    // Dense, then all × {0.2, 0.6}.
+    assert_eq!(rows.len(), 3, "{md}");
+    for r in &rows {
+        assert!(r.iter().all(|c| c != "pending" && c != "failed"), "{md}");
+    }
+    for name in ["knowledge-and-tasks-vs-sparsity", "knowledge-loss-vs-perplexity"] {
+        check_png(&out.join(format!("pruning/{name}.png")));
+    }
+    check_png(&out.join("lm-head/lm-head.png"));
+    for stage in ["quantization", "lm-head"] {
+        let dir = out.join(stage);
+        let md = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .find(|e| e.path().extension().is_some_and(|x| x == "md"))
+            .unwrap_or_else(|| panic!("no Markdown table in {}", dir.display()));
+        let (_, rows) = md_rows(&std::fs::read_to_string(md.path()).unwrap());
+        assert!(rows.len() >= 3, "{stage}: {rows:?}");
+    }
+}
