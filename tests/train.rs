@@ -90,9 +90,12 @@ fn small() -> (SynthConfig, TrainConfig) {
         filler_max: 1,
         ..SynthConfig::default()
     };
+    // 8 windows of 32 tokens keep every activation under 64k values, where candle's CPU backend
+    // would hand elementwise ops to its spinning thread pool (slow on a busy 2-core machine).
     let cfg = TrainConfig {
         seqlen: 32,
-        steps: 300,
+        batch: 8,
+        steps: 500,
         warmup: 15,
         ..TrainConfig::default()
     };
