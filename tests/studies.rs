@@ -48,7 +48,11 @@ fn check_png(path: &Path) {
         .unwrap();
     let mut buf = vec![0; dec.output_buffer_size().unwrap()];
     let info = dec.next_frame(&mut buf).unwrap();
-    assert!(info.width >= 400 && info.height >= 200, "{}", path.display());
+    assert!(
+        info.width >= 400 && info.height >= 200,
+        "{}",
+        path.display()
+    );
     let px = &buf[..info.buffer_size()];
     assert!(
         px.chunks(3).any(|p| p != [255, 255, 255]),
@@ -100,7 +104,10 @@ fn task_specific_study_runs_and_reports() {
         "SQuAD EM",
         "SQuAD F1",
     ] {
-        assert!(header.iter().any(|h| h == col), "no column {col}: {header:?}");
+        assert!(
+            header.iter().any(|h| h == col),
+            "no column {col}: {header:?}"
+        );
     }
     // The base model, then magnitude, sparsegpt, wanda at 50% on C4.
     assert_eq!(rows.len(), 4, "{md}");
@@ -108,10 +115,7 @@ fn task_specific_study_runs_and_reports() {
     let methods: Vec<&str> = rows.iter().map(|r| r[method].as_str()).collect();
     assert_eq!(&methods[1..], ["magnitude", "sparsegpt", "wanda"], "{md}");
     for r in &rows {
-        assert!(
-            r.iter().all(|c| c != "pending" && c != "failed"),
-            "{md}"
-        );
+        assert!(r.iter().all(|c| c != "pending" && c != "failed"), "{md}");
     }
     for name in ["damage-vs-sparsity", "task-score-vs-perplexity"] {
         check_png(&out.join(format!("table/{name}.png")));
@@ -145,15 +149,28 @@ fn cost_of_compression_study_runs_and_reports() {
     report(&cache, &file, &out);
     let md = std::fs::read_to_string(out.join("pruning/pruning.md")).unwrap();
     let (header, rows) = md_rows(&md);
-    for col in ["LAMA P@1", "LAMA P@5", "BoolQ", "PIQA", "WinoGrande", "WikiText ppl"] {
-        assert!(header.iter().any(|h| h == col), "no column {col}: {header:?}");
+    for col in [
+        "LAMA P@1",
+        "LAMA P@5",
+        "BoolQ",
+        "PIQA",
+        "WinoGrande",
+        "WikiText ppl",
+    ] {
+        assert!(
+            header.iter().any(|h| h == col),
+            "no column {col}: {header:?}"
+        );
     }
     // Dense, then all × {0.2, 0.6}.
     assert_eq!(rows.len(), 3, "{md}");
     for r in &rows {
         assert!(r.iter().all(|c| c != "pending" && c != "failed"), "{md}");
     }
-    for name in ["knowledge-and-tasks-vs-sparsity", "knowledge-loss-vs-perplexity"] {
+    for name in [
+        "knowledge-and-tasks-vs-sparsity",
+        "knowledge-loss-vs-perplexity",
+    ] {
         check_png(&out.join(format!("pruning/{name}.png")));
     }
     check_png(&out.join("lm-head/lm-head.png"));

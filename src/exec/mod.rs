@@ -138,7 +138,9 @@ fn estimate_needs(plan: &Plan) -> Vec<Need> {
             };
             let factor = match node.kind() {
                 StageKind::Report => 0,
-                StageKind::Load | StageKind::Train | StageKind::Calibrate | StageKind::Evaluate => 2,
+                StageKind::Load | StageKind::Train | StageKind::Calibrate | StageKind::Evaluate => {
+                    2
+                }
                 StageKind::Prune | StageKind::Quantize => 3,
             };
             Need {

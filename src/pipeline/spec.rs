@@ -921,7 +921,9 @@ impl StageSpec {
                         serde_json::Value::Number(n) if n.is_i64() || n.is_u64() => {
                             ParamValue::Int(n.as_i64().unwrap_or(i64::MAX))
                         }
-                        serde_json::Value::Number(n) => ParamValue::Float(n.as_f64().unwrap_or(0.0)),
+                        serde_json::Value::Number(n) => {
+                            ParamValue::Float(n.as_f64().unwrap_or(0.0))
+                        }
                         other => ParamValue::Str(other.to_string()),
                     };
                     p.insert(k.clone(), v);

@@ -491,9 +491,15 @@ fn train(f: &mut Fields) -> Option<StageSpec> {
     c.steps = f.count("steps", 1, d.steps);
     c.warmup = f.count("warmup", 0, d.warmup);
     c.seed = f.count("seed", 0, d.seed as usize) as u64;
-    c.lr = f.number("lr", &|x| x > 0.0 && x < 1.0, "a number in (0, 1)").unwrap_or(d.lr);
+    c.lr = f
+        .number("lr", &|x| x > 0.0 && x < 1.0, "a number in (0, 1)")
+        .unwrap_or(d.lr);
     c.weight_decay = f
-        .number("weight_decay", &|x| (0.0..1.0).contains(&x), "a number in [0, 1)")
+        .number(
+            "weight_decay",
+            &|x| (0.0..1.0).contains(&x),
+            "a number in [0, 1)",
+        )
         .unwrap_or(d.weight_decay);
     if c.heads % c.kv_heads != 0 || c.dim % c.heads != 0 {
         let help = format!(

@@ -37,9 +37,14 @@ pub fn run(ctx: &StageCtx, spec: &TrainSpec) -> Result<StageOutput, StageError> 
     std::fs::create_dir_all(&out).map_err(StageError::io(format!("creating {}", out.display())))?;
     ctx.progress.start(spec.config.steps as u64, "training");
     // On the CPU, whatever device the stage was given: the trained bytes must not depend on it.
-    let summary = train(&docs, &tokenizer, &spec.config, &Device::Cpu, &out, &mut |_, _| {
-        ctx.tick(1).map_err(|e| TrainError::Config(e.to_string()))
-    })
+    let summary = train(
+        &docs,
+        &tokenizer,
+        &spec.config,
+        &Device::Cpu,
+        &out,
+        &mut |_, _| ctx.tick(1).map_err(|e| TrainError::Config(e.to_string())),
+    )
     .map_err(|e| match ctx.check_cancel() {
         Err(c) => c,
         Ok(()) => train_error(e),
