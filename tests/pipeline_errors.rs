@@ -138,7 +138,7 @@ fn reference_to_a_stage_of_the_wrong_kind() {
         9,
         32,
         "stages.ppl.model",
-        &["`model:` of stage `ppl` must name a stage that outputs weights (load, prune, quantize); \
+        &["`model:` of stage `ppl` must name a stage that outputs weights (load, train, prune, quantize); \
            `calib` is a calibrate stage"],
     );
 }
