@@ -60,10 +60,29 @@ pub fn dataset_file(
     key_path: &str,
     sink: &mut Sink,
 ) -> Option<PathBuf> {
-    let file = base.join(rel);
-    if !file.is_file() {
-        let what = if file.is_dir() {
-            "is a directory, not a file"
+    dataset_path(base, rel, mark, key_path, sink, false)
+}
+
+fn dataset_path(
+    base: &Path,
+    rel: &str,
+    mark: Mark,
+    key_path: &str,
+    sink: &mut Sink,
+    dir: bool,
+) -> Option<PathBuf> {
+    let path = base.join(rel);
+    let (fits, what, problem) = match dir {
+        false => (path.is_file(), "file", "is a directory, not a file"),
+        true => (
+            path.is_dir(),
+            "directory",
+            "is a file; `format: lama` reads a directory holding `relations.jsonl`",
+        ),
+    };
+    if !fits {
+        let problem = if path.exists() {
+            problem
         } else {
             "does not exist"
         };
@@ -71,14 +90,14 @@ pub fn dataset_file(
             mark,
             key_path,
             format!(
-                "dataset file `{rel}` {what} (looked for {})",
-                file.display()
+                "dataset {what} `{rel}` {problem} (looked for {})",
+                path.display()
             ),
         )
         .with_help(PATH_HELP);
         return None;
     }
-    Some(file.canonicalize().unwrap_or(file))
+    Some(path.canonicalize().unwrap_or(path))
 }
 
 /// A dataset directory (LAMA's layout) relative to the pipeline file.
@@ -89,25 +108,7 @@ pub fn dataset_dir(
     key_path: &str,
     sink: &mut Sink,
 ) -> Option<PathBuf> {
-    let dir = base.join(rel);
-    if !dir.is_dir() {
-        let what = if dir.is_file() {
-            "is a file; `format: lama` reads a directory holding `relations.jsonl`"
-        } else {
-            "does not exist"
-        };
-        sink.error(
-            mark,
-            key_path,
-            format!(
-                "dataset directory `{rel}` {what} (looked for {})",
-                dir.display()
-            ),
-        )
-        .with_help(PATH_HELP);
-        return None;
-    }
-    Some(dir.canonicalize().unwrap_or(dir))
+    dataset_path(base, rel, mark, key_path, sink, true)
 }
 
 /// For each stage, the sweep axes it uses (indices into `sweep.axes`, ascending = declaration

@@ -195,12 +195,13 @@ fn run_perplexity(
             json!({"window": i, "tokens": s.tokens, "nll": nll, "ppl": nll.exp()})
         })
         .collect();
-    let mut metrics = Map::new();
-    metrics.insert("ppl".into(), r.ppl.into());
-    metrics.insert("nll".into(), r.nll.into());
-    metrics.insert("tokens".into(), r.tokens.into());
-    metrics.insert("windows".into(), r.windows.into());
-    metrics.insert("seqlen".into(), r.seqlen.into());
+    let metrics = metric_map([
+        ("ppl", r.ppl.into()),
+        ("nll", r.nll.into()),
+        ("tokens", r.tokens.into()),
+        ("windows", r.windows.into()),
+        ("seqlen", r.seqlen.into()),
+    ]);
     let mut settings = json!({
         "mode": mode.as_str(),
         "seqlen": seqlen,
@@ -297,7 +298,7 @@ fn run_knowledge(
         settings,
         samples: results
             .iter()
-            .map(|r| serde_json::to_value(r).expect("serializable"))
+            .map(|r| serde_json::to_value(r).expect("samples serialize"))
             .collect(),
     })
 }
@@ -327,11 +328,12 @@ fn run_choice(
         &mut |n| ctx.tick(n),
     )
     .map_err(|e| cancelled_or(ctx, e))?;
-    let mut metrics = Map::new();
-    metrics.insert("acc".into(), m.acc.into());
-    metrics.insert("acc_norm".into(), m.acc_norm.into());
-    metrics.insert("acc_stderr".into(), m.acc_stderr.into());
-    metrics.insert("samples".into(), m.samples.into());
+    let metrics = metric_map([
+        ("acc", m.acc.into()),
+        ("acc_norm", m.acc_norm.into()),
+        ("acc_stderr", m.acc_stderr.into()),
+        ("samples", m.samples.into()),
+    ]);
     Ok(Outcome {
         summary: format!(
             "{}: acc {:.4}, acc_norm {:.4} over {} items",
@@ -348,7 +350,7 @@ fn run_choice(
         }),
         samples: samples
             .iter()
-            .map(|r| serde_json::to_value(r).expect("serializable"))
+            .map(|r| serde_json::to_value(r).expect("samples serialize"))
             .collect(),
     })
 }
@@ -388,11 +390,12 @@ fn run_divergence(
         &mut |n| ctx.tick(n),
     )
     .map_err(|e| cancelled_or(ctx, e))?;
-    let mut metrics = Map::new();
-    metrics.insert("js".into(), r.js.into());
-    metrics.insert("kl".into(), r.kl.into());
-    metrics.insert("top1".into(), r.top1.into());
-    metrics.insert("positions".into(), r.positions.into());
+    let metrics = metric_map([
+        ("js", r.js.into()),
+        ("kl", r.kl.into()),
+        ("top1", r.top1.into()),
+        ("positions", r.positions.into()),
+    ]);
     Ok(Outcome {
         summary: format!(
             "JS {:.5} nats, KL {:.5}, top-1 agreement {:.4} over {} positions",
@@ -435,12 +438,13 @@ fn run_generation(
             ctx.tick(n)
         })
         .map_err(|e| cancelled_or(ctx, e))?;
-    let mut metrics = Map::new();
-    metrics.insert("em".into(), m.em.into());
-    metrics.insert("f1".into(), m.f1.into());
-    metrics.insert("rouge1".into(), m.rouge1.into());
-    metrics.insert("samples".into(), m.samples.into());
-    metrics.insert("generated_tokens".into(), m.generated_tokens.into());
+    let metrics = metric_map([
+        ("em", m.em.into()),
+        ("f1", m.f1.into()),
+        ("rouge1", m.rouge1.into()),
+        ("samples", m.samples.into()),
+        ("generated_tokens", m.generated_tokens.into()),
+    ]);
     Ok(Outcome {
         summary: format!(
             "{}: EM {:.4}, F1 {:.4}, ROUGE-1 {:.4} over {} prompts",
@@ -458,7 +462,12 @@ fn run_generation(
         }),
         samples: samples
             .iter()
-            .map(|r| serde_json::to_value(r).expect("serializable"))
+            .map(|r| serde_json::to_value(r).expect("samples serialize"))
             .collect(),
     })
+}
+
+/// Metric name → value, in the order given.
+fn metric_map<const N: usize>(pairs: [(&str, Value); N]) -> Map<String, Value> {
+    pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
 }
