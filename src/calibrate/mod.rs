@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::model::{LinearId, Llama, ModelConfig, ModelError, Proj, TensorMap};
+use crate::model::{Capture, LinearId, Llama, ModelConfig, ModelError, Proj, TensorMap};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SampleError {
@@ -229,6 +229,83 @@ fn batches(
         .collect()
 }
 
+/// Tokens per forward pass of a block on the CPU (whole windows, at least one).
+const FORWARD_TOKENS: usize = 1024;
+
+/// Windows of `seqlen` tokens per forward pass of a block inside a batch: it bounds the attention
+/// scores and MLP activations alive at once. Blocks treat windows independently and the CPU
+/// matrix products sum every row in the same order whatever their number of rows, provided it is
+/// not tiny (gemm takes another kernel for products of at most 256 entries), so results are
+/// bit-identical to one pass over the batch; statistics are still accumulated batch by batch.
+/// Other devices run whole batches: their libraries may pick kernels by shape.
+pub fn forward_chunk(seqlen: usize, device: &Device) -> usize {
+    if device.is_cpu() {
+        (FORWARD_TOKENS / seqlen.max(1)).max(1)
+    } else {
+        usize::MAX
+    }
+}
+
+/// Runs block `layer` over the batch `x` [windows, seq, hidden], `chunk` windows per forward
+/// pass, and returns its output. With `stats`, the inputs of the linear layers are gathered over
+/// the whole batch and accumulated as one, so the sums are those of a single pass over `x`.
+fn run_block(
+    model: &Llama,
+    layer: usize,
+    x: &Tensor,
+    chunk: usize,
+    stats: Option<(&mut Stats, Wanted)>,
+) -> Result<Tensor, ModelError> {
+    let Some((stats, wanted)) = stats else {
+        return forward_in_chunks(model, layer, x, chunk, None);
+    };
+    let mut failure = None;
+    let out = {
+        let mut capture = accumulate(stats, wanted, &mut failure);
+        forward_in_chunks(model, layer, x, chunk, Some(&mut capture))
+    };
+    if let Some(e) = failure {
+        return Err(e.into());
+    }
+    out
+}
+
+/// [`Llama::block_forward`] over `x`, `chunk` windows at a time; `capture` sees each linear
+/// layer's input once, for all of `x`.
+fn forward_in_chunks(
+    model: &Llama,
+    layer: usize,
+    x: &Tensor,
+    chunk: usize,
+    capture: Option<Capture<'_>>,
+) -> Result<Tensor, ModelError> {
+    let (n, chunk) = (x.dim(0)?, chunk.max(1));
+    if n <= chunk {
+        return model.block_forward(layer, x, 0, None, capture);
+    }
+    // Each layer's input, chunk by chunk, in the order the block reads them.
+    let mut inputs: Vec<(LinearId, Vec<Tensor>)> = Vec::new();
+    let mut keep = |id: LinearId, input: &Tensor| match inputs.iter_mut().find(|(i, _)| *i == id) {
+        Some((_, parts)) => parts.push(input.clone()),
+        None => inputs.push((id, vec![input.clone()])),
+    };
+    let mut outs = Vec::with_capacity(n.div_ceil(chunk));
+    for start in (0..n).step_by(chunk) {
+        let part = x.narrow(0, start, chunk.min(n - start))?;
+        let keep: Option<Capture<'_>> = match capture {
+            Some(_) => Some(&mut keep),
+            None => None,
+        };
+        outs.push(model.block_forward(layer, &part, 0, None, keep)?);
+    }
+    if let Some(capture) = capture {
+        for (id, parts) in inputs {
+            capture(id, &Tensor::cat(&parts, 0)?);
+        }
+    }
+    Ok(Tensor::cat(&outs, 0)?)
+}
+
 /// Runs `windows` through the dense model in batches and accumulates input statistics.
 /// `tick` is called after each batch with the number of windows done; an error from it stops.
 pub fn collect_stats(
@@ -265,17 +342,10 @@ pub fn collect_stats_first(
         .into_iter()
         .zip(windows.chunks(batch_size.max(1)).map(<[_]>::len))
     {
+        let chunk = forward_chunk(ids.dim(1)?, device);
         let mut x = model.embed(&ids)?;
         for layer in 0..layers.min(model.num_layers()) {
-            let mut failure = None;
-            let out = {
-                let mut capture = accumulate(&mut stats, wanted, &mut failure);
-                model.block_forward(layer, &x, 0, None, Some(&mut capture))
-            };
-            if let Some(e) = failure {
-                return Err(e.into());
-            }
-            x = out?;
+            x = run_block(model, layer, &x, chunk, Some((&mut stats, wanted)))?;
         }
         stats.nsamples += n;
         tick(n as u64)?;
@@ -283,10 +353,13 @@ pub fn collect_stats_first(
     Ok(stats)
 }
 
-/// Calibration windows and how to run them: `batch_size` windows per forward pass on `device`.
+/// Calibration windows and how to run them: `batch_size` windows per batch (statistics are summed
+/// batch by batch), `chunk` windows per forward pass within a batch (see [`forward_chunk`]), on
+/// `device`.
 pub struct Windows<'a> {
     pub windows: &'a [Vec<u32>],
     pub batch_size: usize,
+    pub chunk: usize,
     pub device: &'a Device,
 }
 
@@ -294,6 +367,9 @@ pub struct Windows<'a> {
 /// outputs of blocks 0..i−1 *after* they were compressed, and all linear layers of a block share
 /// one pass. `compress(layer, stats, tensors)` returns the tensors that replace the layer's
 /// weights; they go into `tensors` before the block's outputs are recomputed for the next one.
+///
+/// Memory: the model, the hidden states of every window at one block boundary, and one chunk's
+/// activations inside the block.
 pub fn sequential(
     cfg: &ModelConfig,
     tensors: &mut TensorMap,
@@ -310,23 +386,16 @@ pub fn sequential(
     for layer in 0..cfg.num_layers {
         let mut stats = Stats::default();
         for x in &hidden {
-            let mut failure = None;
-            let out = {
-                let mut capture = accumulate(&mut stats, wanted, &mut failure);
-                model.block_forward(layer, x, 0, None, Some(&mut capture))
-            };
-            if let Some(e) = failure {
-                return Err(e.into());
-            }
-            out?;
+            run_block(&model, layer, x, windows.chunk, Some((&mut stats, wanted)))?;
             stats.nsamples += x.dim(0)?;
         }
         let replaced = compress(layer, &stats, tensors)?;
+        drop(stats);
         tensors.extend(replaced);
         model = Llama::new(cfg, tensors)?;
         // In place, so only one batch's old activations are alive beside the new ones.
         for x in hidden.iter_mut() {
-            *x = model.block_forward(layer, x, 0, None, None)?;
+            *x = run_block(&model, layer, x, windows.chunk, None)?;
         }
         tick(1)?;
     }
@@ -366,6 +435,154 @@ mod tests {
             // The last token of a document is never in a window (randint upper bound).
             assert!(*w.last().unwrap() != 119 && *w.last().unwrap() != 259);
         }
+    }
+
+    /// A 2-block model with random weights: 32 wide, 4 heads over 2 KV heads.
+    fn tiny_model() -> (ModelConfig, TensorMap) {
+        let cfg = ModelConfig::from_json(
+            r#"{"model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
+                "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                "vocab_size": 50, "rms_norm_eps": 1e-5}"#,
+        )
+        .unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let tensors = crate::model::expected_tensors(&cfg)
+            .into_iter()
+            .map(|(name, shape)| {
+                let n: usize = shape.iter().product();
+                let centre = if shape.len() == 1 { 1.0 } else { 0.0 };
+                let v: Vec<f32> = (0..n)
+                    .map(|_| centre + rng.random_range(-0.3f32..0.3))
+                    .collect();
+                (name, Tensor::from_vec(v, shape, &Device::Cpu).unwrap())
+            })
+            .collect();
+        (cfg, tensors)
+    }
+
+    fn tiny_windows(n: usize, seqlen: usize) -> Vec<Vec<u32>> {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        (0..n)
+            .map(|_| (0..seqlen).map(|_| rng.random_range(0..50)).collect())
+            .collect()
+    }
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        t.flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|x| x.to_bits())
+            .collect()
+    }
+
+    fn assert_same_stats(a: &Stats, b: &Stats, what: &str) {
+        assert_eq!(a.nsamples, b.nsamples, "{what}");
+        assert_eq!(a.norms, b.norms, "{what}: norms");
+        assert_eq!(
+            a.xtx.keys().collect::<Vec<_>>(),
+            b.xtx.keys().collect::<Vec<_>>(),
+            "{what}"
+        );
+        for (k, t) in &a.xtx {
+            assert_eq!(bits(t), bits(&b.xtx[k]), "{what}: xtx {k:?}");
+        }
+    }
+
+    const BOTH: Wanted = Wanted {
+        norms: true,
+        hessian: true,
+    };
+
+    #[test]
+    fn forward_chunks_hold_whole_windows_of_about_1024_tokens() {
+        assert_eq!(forward_chunk(512, &Device::Cpu), 2);
+        assert_eq!(forward_chunk(128, &Device::Cpu), 8);
+        assert_eq!(forward_chunk(100, &Device::Cpu), 10);
+        assert_eq!(forward_chunk(4096, &Device::Cpu), 1);
+    }
+
+    #[test]
+    fn chunked_blocks_match_one_pass_bit_for_bit() {
+        let (cfg, tensors) = tiny_model();
+        let model = Llama::new(&cfg, &tensors).unwrap();
+        let ids = &batches(&tiny_windows(5, 64), 5, &Device::Cpu).unwrap()[0];
+        let x = model.embed(ids).unwrap();
+        for layer in 0..2 {
+            // The reference: one forward over all five windows, accumulating as it goes.
+            let mut one = Stats::default();
+            let mut failure = None;
+            let want = {
+                let mut capture = accumulate(&mut one, BOTH, &mut failure);
+                model
+                    .block_forward(layer, &x, 0, None, Some(&mut capture))
+                    .unwrap()
+            };
+            assert!(failure.is_none());
+            assert_eq!(one.xtx.len(), 4);
+            assert_eq!(one.norms.len(), 7);
+            for chunk in [1, 2, 3, 5, 8] {
+                let mut stats = Stats::default();
+                let out = run_block(&model, layer, &x, chunk, Some((&mut stats, BOTH))).unwrap();
+                assert_eq!(bits(&out), bits(&want), "layer {layer} chunk {chunk}");
+                assert_same_stats(&stats, &one, &format!("layer {layer} chunk {chunk}"));
+                let plain = run_block(&model, layer, &x, chunk, None).unwrap();
+                assert_eq!(bits(&plain), bits(&want), "layer {layer} chunk {chunk}");
+            }
+        }
+    }
+
+    #[test]
+    fn sequential_results_do_not_depend_on_the_chunk() {
+        let (cfg, original) = tiny_model();
+        let windows = tiny_windows(7, 64);
+        // Each linear layer shrinks by a factor taken from its statistics, so that any change in
+        // them reaches the weights and, through them, the next block's inputs.
+        let run = |chunk: usize| {
+            let mut tensors = original.clone();
+            let mut seen = Vec::new();
+            let mut compress = |layer: usize, stats: &Stats, t: &TensorMap| {
+                let mut out = TensorMap::new();
+                for p in Proj::ALL {
+                    let id = LinearId::new(layer, p);
+                    let h = stats.hessian(id).unwrap().unwrap();
+                    let f = 1.0
+                        + stats.scaler(id).unwrap()[0] as f64
+                        + h.sum_all()?.to_scalar::<f32>()? as f64 * 1e-3;
+                    out.insert(id.weight_name(), t[&id.weight_name()].affine(1.0 / f, 0.0)?);
+                }
+                seen.push(Stats {
+                    nsamples: stats.nsamples,
+                    norms: stats.norms.clone(),
+                    xtx: stats.xtx.clone(),
+                });
+                Ok(out)
+            };
+            let w = Windows {
+                windows: &windows,
+                batch_size: 4,
+                chunk,
+                device: &Device::Cpu,
+            };
+            sequential(&cfg, &mut tensors, &w, BOTH, &mut compress, &mut |_| Ok(())).unwrap();
+            (tensors, seen)
+        };
+        let (want, want_stats) = run(4);
+        assert_eq!(want_stats.len(), 2);
+        assert_eq!(want_stats[1].nsamples, 7);
+        for chunk in [1, 3] {
+            let (got, stats) = run(chunk);
+            for (a, b) in stats.iter().zip(&want_stats) {
+                assert_same_stats(a, b, &format!("chunk {chunk}"));
+            }
+            for (name, t) in &want {
+                assert_eq!(bits(&got[name]), bits(t), "{name}, chunk {chunk}");
+            }
+        }
+        // The weights did change, block by block.
+        let q = "model.layers.1.self_attn.q_proj.weight";
+        assert_ne!(bits(&want[q]), bits(&original[q]));
     }
 
     #[test]

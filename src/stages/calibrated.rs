@@ -4,9 +4,9 @@
 
 use super::calibrate::{cancelled_or, read_stats, read_windows, CALIBRATION_BATCH};
 use super::replace::Replacement;
-use super::weights::Materialized;
+use super::weights::{Materialized, ReplacementWriter};
 use super::{StageCtx, StageError};
-use crate::calibrate::{sequential, Stats, Wanted, Windows};
+use crate::calibrate::{forward_chunk, sequential, Stats, Wanted, Windows};
 use crate::compress::Matrix;
 use crate::model::{LinearId, ModelError, TensorMap};
 use crate::pipeline::spec::{CalibrationMode, InstanceRef};
@@ -25,14 +25,15 @@ pub struct Calibrated {
 }
 
 /// Runs `per_matrix` over the selected block matrices `names`, layer by layer, updating
-/// `weights.tensors` as it goes. Returns the replacements in order.
+/// `weights.tensors` as it goes and storing each replacement in `out` as soon as it is made.
 pub fn compress_calibrated(
     ctx: &StageCtx,
     calibrated: &Calibrated,
     weights: &mut Materialized,
     names: &[String],
+    out: &mut ReplacementWriter,
     per_matrix: &mut PerMatrix,
-) -> Result<Vec<(String, Replacement)>, StageError> {
+) -> Result<(), StageError> {
     let method = calibrated.method;
     let ids: Vec<(String, LinearId)> = names
         .iter()
@@ -52,7 +53,6 @@ pub fn compress_calibrated(
         .node_of(calibrated.calibration)
         .ok_or_else(|| StageError::Invalid("internal: calibration is not in the plan".into()))?;
     let entry = ctx.entry(node)?;
-    let mut reps = Vec::new();
     let mut failure: Option<StageError> = None;
     let mut layer_fn =
         |layer: usize, stats: &Stats, tensors: &TensorMap| -> Result<TensorMap, ModelError> {
@@ -63,12 +63,14 @@ pub fn compress_calibrated(
                     .map_err(|e| StageError::Invalid(format!("{name}: {e}")))
                     .and_then(|w| {
                         let (rep, dense) = per_matrix(*id, &w, stats)?;
-                        Ok((rep, super::replace::tensor_like(&dense, t)?))
+                        drop(w);
+                        let tensor = super::replace::tensor_like(&dense, t)?;
+                        out.put(name, &rep, t, Some(&tensor))?;
+                        Ok(tensor)
                     });
                 match result {
-                    Ok((rep, tensor)) => {
+                    Ok(tensor) => {
                         replaced.insert(name.clone(), tensor);
-                        reps.push((name.clone(), rep));
                     }
                     Err(e) => {
                         let msg = e.to_string();
@@ -100,6 +102,7 @@ pub fn compress_calibrated(
             let run = Windows {
                 windows: &windows,
                 batch_size: CALIBRATION_BATCH,
+                chunk: forward_chunk(windows.first().map_or(1, Vec::len), ctx.device),
                 device: ctx.device,
             };
             sequential(
@@ -117,6 +120,5 @@ pub fn compress_calibrated(
     if let Some(e) = failure {
         return Err(e);
     }
-    outcome?;
-    Ok(reps)
+    outcome
 }

@@ -6,7 +6,7 @@ use serde_json::json;
 use super::calibrated::{compress_calibrated, Calibrated};
 use super::replace::Replacement;
 use super::select::{selected, weight};
-use super::weights::{materialize, write_replacements, WeightsMeta};
+use super::weights::{materialize, ReplacementWriter, WeightsMeta};
 use super::{StageCtx, StageError, StageOutput};
 use crate::calibrate::{Stats, Wanted};
 use crate::compress::{self, HessianOpts, Mask, Matrix};
@@ -16,7 +16,6 @@ use crate::pipeline::spec::{Pattern, PruneMethod, PruneSpec, Scope};
 pub fn run(ctx: &StageCtx, spec: &PruneSpec) -> Result<StageOutput, StageError> {
     let model_node = ctx.input_node("model")?;
     let mut weights = materialize(ctx, model_node, ctx.device)?;
-    let original = weights.tensors.clone();
     let names = selected(&weights.config, &spec.selection)?;
     // The first override whose regex matches a weight's name sets its sparsity.
     let overrides: Vec<(regex::Regex, f64)> = spec
@@ -39,7 +38,19 @@ pub fn run(ctx: &StageCtx, spec: &PruneSpec) -> Result<StageOutput, StageError> 
         Matrix::from_tensor(t).map_err(|e| StageError::Invalid(format!("{name}: {e}")))
     };
 
-    let mut reps: Vec<(String, Replacement)> = Vec::new();
+    let mut out = ReplacementWriter::new(ctx, weights.dtype)?;
+    let put = |out: &mut ReplacementWriter,
+               tensors: &TensorMap,
+               name: &str,
+               mask: Mask|
+     -> Result<(), StageError> {
+        out.put(
+            name,
+            &Replacement::Masked(mask),
+            weight(tensors, name)?,
+            None,
+        )
+    };
     match &spec.method {
         PruneMethod::Magnitude {
             scope: Scope::Global,
@@ -51,12 +62,10 @@ pub fn run(ctx: &StageCtx, spec: &PruneSpec) -> Result<StageOutput, StageError> 
             let refs: Vec<&Matrix> = mats.iter().collect();
             let masks = compress::magnitude::magnitude_global(&refs, spec.sparsity.get())
                 .map_err(|e| StageError::Invalid(format!("global magnitude: {e}")))?;
-            reps.extend(
-                names
-                    .iter()
-                    .cloned()
-                    .zip(masks.into_iter().map(Replacement::Masked)),
-            );
+            drop(mats);
+            for (name, mask) in names.iter().zip(masks) {
+                put(&mut out, &weights.tensors, name, mask)?;
+            }
         }
         PruneMethod::Magnitude {
             scope: Scope::Layer,
@@ -77,7 +86,7 @@ pub fn run(ctx: &StageCtx, spec: &PruneSpec) -> Result<StageOutput, StageError> 
                     (_, Pattern::Rows) => compress::rows::rows_l1(&w, s),
                 }
                 .map_err(|e| StageError::Invalid(format!("{name}: {e}")))?;
-                reps.push((name.clone(), Replacement::Masked(mask)));
+                put(&mut out, &weights.tensors, name, mask)?;
                 ctx.progress.inc(1);
             }
         }
@@ -95,11 +104,12 @@ pub fn run(ctx: &StageCtx, spec: &PruneSpec) -> Result<StageOutput, StageError> 
                 mode: *mode,
                 wanted,
             };
-            reps = compress_calibrated(
+            compress_calibrated(
                 ctx,
                 &calibrated,
                 &mut weights,
                 &names,
+                &mut out,
                 &mut |id, w, stats| {
                     prune_calibrated(
                         &spec.method,
@@ -115,7 +125,7 @@ pub fn run(ctx: &StageCtx, spec: &PruneSpec) -> Result<StageOutput, StageError> 
     }
 
     let parent = WeightsMeta::from_entry(&ctx.entry(model_node)?)?;
-    let written = write_replacements(ctx, &parent, &original, &weights.tensors, &reps)?;
+    let written = out.finish(ctx, &parent, &weights.tensors)?;
     let records: Vec<serde_json::Value> = written
         .matrices
         .iter()

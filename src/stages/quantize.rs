@@ -6,7 +6,7 @@ use serde_json::json;
 use super::calibrated::{compress_calibrated, Calibrated};
 use super::replace::Replacement;
 use super::select::{selected, weight};
-use super::weights::{materialize, write_replacements, WeightsMeta};
+use super::weights::{materialize, ReplacementWriter, WeightsMeta};
 use super::{StageCtx, StageError, StageOutput};
 use crate::calibrate::Wanted;
 use crate::compress::{self, Grouping, HessianOpts, Matrix, QuantConfig};
@@ -15,7 +15,6 @@ use crate::pipeline::spec::{QuantMethod, QuantizeSpec};
 pub fn run(ctx: &StageCtx, spec: &QuantizeSpec) -> Result<StageOutput, StageError> {
     let model_node = ctx.input_node("model")?;
     let mut weights = materialize(ctx, model_node, ctx.device)?;
-    let original = weights.tensors.clone();
     let names = selected(&weights.config, &spec.selection)?;
     let grid = |bits: u32, group_size: Option<usize>, symmetric: bool| QuantConfig {
         bits,
@@ -25,20 +24,23 @@ pub fn run(ctx: &StageCtx, spec: &QuantizeSpec) -> Result<StageOutput, StageErro
     let kernel =
         |name: &str, e: compress::CompressError| StageError::Invalid(format!("{name}: {e}"));
 
-    let reps: Vec<(String, Replacement)> = match &spec.method {
+    let mut out = ReplacementWriter::new(ctx, weights.dtype)?;
+    match &spec.method {
         QuantMethod::Rtn {
             bits,
             group_size,
             symmetric,
-        } => each_matrix(ctx, &original, &names, |name, w| {
+        } => each_matrix(ctx, &weights.tensors, &names, &mut out, |name, w| {
             let q = compress::rtn::rtn(w, &grid(*bits, *group_size, *symmetric))
                 .map_err(|e| kernel(name, e))?;
             Ok(Replacement::Quantized(q))
         })?,
-        QuantMethod::DynamicInt8 => each_matrix(ctx, &original, &names, |name, w| {
-            let q = compress::dynint8::quantize_weight(w).map_err(|e| kernel(name, e))?;
-            Ok(Replacement::Int8(q))
-        })?,
+        QuantMethod::DynamicInt8 => {
+            each_matrix(ctx, &weights.tensors, &names, &mut out, |name, w| {
+                let q = compress::dynint8::quantize_weight(w).map_err(|e| kernel(name, e))?;
+                Ok(Replacement::Int8(q))
+            })?
+        }
         QuantMethod::Gptq {
             bits,
             group_size,
@@ -72,22 +74,23 @@ pub fn run(ctx: &StageCtx, spec: &QuantizeSpec) -> Result<StageOutput, StageErro
                 &calibrated,
                 &mut weights,
                 &names,
+                &mut out,
                 &mut |id, w, stats| {
                     let h = stats.hessian(id).ok_or_else(|| {
                         StageError::Invalid(format!("the calibration has no Hessian for {id}"))
                     })??;
                     let h = Matrix::from_tensor(&h).map_err(|e| kernel(&id.to_string(), e))?;
-                    let out = compress::gptq::gptq(w, &h, &cfg)
+                    let g = compress::gptq::gptq(w, &h, &cfg)
                         .map_err(|e| kernel(&id.to_string(), e))?;
-                    let dense = out.quantized.dequantize();
-                    Ok((Replacement::Quantized(out.quantized), dense))
+                    let dense = g.quantized.dequantize();
+                    Ok((Replacement::Quantized(g.quantized), dense))
                 },
             )?
         }
-    };
+    }
 
     let parent = WeightsMeta::from_entry(&ctx.entry(model_node)?)?;
-    let written = write_replacements(ctx, &parent, &original, &weights.tensors, &reps)?;
+    let written = out.finish(ctx, &parent, &weights.tensors)?;
     let sq_err: f64 = written.matrices.iter().map(|m| m.sq_err).sum();
     let numel: usize = written.matrices.iter().map(|m| m.numel()).sum();
     let rmse = (sq_err / numel.max(1) as f64).sqrt();
@@ -124,21 +127,24 @@ pub fn run(ctx: &StageCtx, spec: &QuantizeSpec) -> Result<StageOutput, StageErro
     })
 }
 
-/// Applies `f` to every selected matrix, with progress and cancellation.
+/// Applies `f` to every selected matrix and stores the result in `out`, with progress and
+/// cancellation.
 fn each_matrix(
     ctx: &StageCtx,
     tensors: &crate::model::TensorMap,
     names: &[String],
+    out: &mut ReplacementWriter,
     mut f: impl FnMut(&str, &Matrix) -> Result<Replacement, StageError>,
-) -> Result<Vec<(String, Replacement)>, StageError> {
+) -> Result<(), StageError> {
     ctx.progress.start(names.len() as u64, "quantizing");
-    let mut out = Vec::with_capacity(names.len());
     for name in names {
         ctx.check_cancel()?;
-        let w = Matrix::from_tensor(weight(tensors, name)?)
-            .map_err(|e| StageError::Invalid(format!("{name}: {e}")))?;
-        out.push((name.clone(), f(name, &w)?));
+        let t = weight(tensors, name)?;
+        let w = Matrix::from_tensor(t).map_err(|e| StageError::Invalid(format!("{name}: {e}")))?;
+        let rep = f(name, &w)?;
+        drop(w);
+        out.put(name, &rep, t, None)?;
         ctx.progress.inc(1);
     }
-    Ok(out)
+    Ok(())
 }

@@ -218,13 +218,14 @@ pub struct StoredSize {
     pub model_dense_bytes: u64,
 }
 
-/// Finishes a compression stage's overlay (`writer`, whose puts replaced tensors of `original`,
-/// the input weights): returns the new weights' metadata (the digests of the tensors as applied,
-/// so identical weights share keys) and the sizes to record.
+/// Finishes a compression stage's overlay (`writer`, whose puts replaced tensors of the model
+/// whose tensors are `tensors`, input or output: only their names and shapes are read): returns
+/// the new weights' metadata (the digests of the tensors as applied, so identical weights share
+/// keys) and the sizes to record.
 pub fn write_overlay(
     ctx: &StageCtx,
     parent: &WeightsMeta,
-    original: &TensorMap,
+    tensors: &TensorMap,
     writer: OverlayWriter,
 ) -> Result<(WeightsMeta, StoredSize), StageError> {
     let dtype = writer.dtype();
@@ -243,11 +244,11 @@ pub fn write_overlay(
     }
     stored.extend(summary.stored.clone());
     let numel = |name: &str| -> Result<u64, StageError> {
-        Ok(super::select::weight(original, name)?.elem_count() as u64)
+        Ok(super::select::weight(tensors, name)?.elem_count() as u64)
     };
     let (mut model_bytes, mut model_dense_bytes) = (0u64, 0u64);
     let names: std::collections::BTreeSet<&String> =
-        original.keys().chain(summary.stored.keys()).collect();
+        tensors.keys().chain(summary.stored.keys()).collect();
     for name in names {
         let dense = numel(name)? * dtype.size_in_bytes() as u64;
         model_dense_bytes += dense;
@@ -272,51 +273,77 @@ pub struct Written {
     pub size: serde_json::Value,
 }
 
-/// Stores a compression stage's replacements on top of `original` (the input weights);
-/// `updated` holds the values of `Sparse` replacements. One matrix at a time is expanded, so
-/// memory stays at the model and its compressed copy.
-pub fn write_replacements(
-    ctx: &StageCtx,
-    parent: &WeightsMeta,
-    original: &TensorMap,
-    updated: &TensorMap,
-    reps: &[(String, Replacement)],
-) -> Result<Written, StageError> {
-    let dtype = original.values().next().map_or(DType::F32, |t| t.dtype());
-    let mut writer = OverlayWriter::new(ctx.out_path(OVERLAY_DIR), dtype)?;
-    let mut matrices = Vec::new();
-    let matrix = |t: &candle_core::Tensor, name: &str| {
-        crate::compress::Matrix::from_tensor(t)
-            .map_err(|e| StageError::Invalid(format!("{name}: {e}")))
-    };
-    for (name, rep) in reps {
-        let like = super::select::weight(original, name)?;
-        let before = matrix(like, name)?;
+/// A compression stage's overlay, written as the replacements are made: each matrix is stored
+/// and compared with the tensor it replaces at once, so a stage never holds the model's input
+/// weights beside its output (one matrix at a time is expanded).
+pub struct ReplacementWriter {
+    writer: OverlayWriter,
+    matrices: Vec<super::replace::MatrixStats>,
+}
+
+impl ReplacementWriter {
+    /// Starts the stage's overlay, applied in the model's `dtype`.
+    pub fn new(ctx: &StageCtx, dtype: DType) -> Result<Self, StageError> {
+        Ok(Self {
+            writer: OverlayWriter::new(ctx.out_path(OVERLAY_DIR), dtype)?,
+            matrices: Vec::new(),
+        })
+    }
+
+    /// Stores `rep` for `name`: `parent` is the tensor it replaces; `updated` the stage's new
+    /// values, which a `Sparse` replacement stores.
+    pub fn put(
+        &mut self,
+        name: &str,
+        rep: &Replacement,
+        parent: &candle_core::Tensor,
+        updated: Option<&candle_core::Tensor>,
+    ) -> Result<(), StageError> {
+        let matrix = |t: &candle_core::Tensor| {
+            crate::compress::Matrix::from_tensor(t)
+                .map_err(|e| StageError::Invalid(format!("{name}: {e}")))
+        };
+        let before = matrix(parent)?;
         let after = match rep {
             Replacement::Sparse { mask } => {
-                let w = matrix(super::select::weight(updated, name)?, name)?;
-                writer.put_sparse(name, &w, mask)?;
+                let updated = updated.ok_or_else(|| {
+                    StageError::Invalid(format!("internal: no updated values for `{name}`"))
+                })?;
+                let w = matrix(updated)?;
+                self.writer.put_sparse(name, &w, mask)?;
                 w
             }
             Replacement::Masked(mask) => {
-                writer.put_masked(name, like, mask)?;
+                self.writer.put_masked(name, parent, mask)?;
                 rep.dense(&before, None)?
             }
             Replacement::Quantized(q) => {
-                writer.put_quantized(name, q)?;
+                self.writer.put_quantized(name, q)?;
                 rep.dense(&before, None)?
             }
             Replacement::Int8(w) => {
-                writer.put_int8(name, w)?;
+                self.writer.put_int8(name, w)?;
                 rep.dense(&before, None)?
             }
         };
-        matrices.push(super::replace::MatrixStats::of(name, &before, &after));
+        self.matrices
+            .push(super::replace::MatrixStats::of(name, &before, &after));
+        Ok(())
     }
-    let (meta, size) = write_overlay(ctx, parent, original, writer)?;
-    Ok(Written {
-        meta,
-        matrices,
-        size: serde_json::to_value(size).expect("sizes serialize"),
-    })
+
+    /// Finishes the overlay on top of `parent` (the input weights' metadata); `tensors` are the
+    /// model's tensors (input or output: only their shapes are read).
+    pub fn finish(
+        self,
+        ctx: &StageCtx,
+        parent: &WeightsMeta,
+        tensors: &TensorMap,
+    ) -> Result<Written, StageError> {
+        let (meta, size) = write_overlay(ctx, parent, tensors, self.writer)?;
+        Ok(Written {
+            meta,
+            matrices: self.matrices,
+            size: serde_json::to_value(size).expect("sizes serialize"),
+        })
+    }
 }
