@@ -6,59 +6,25 @@ mod common;
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use serde_json::{json, Value};
 use whittle::eval::choice::{evaluate_choices, ChoiceTask};
 use whittle::eval::loglik::{loglikelihood, PairEncoder, Request, SpecialTokens};
 use whittle::model::*;
 
-struct Loaded {
-    cfg: ModelConfig,
-    model: Llama,
-    tok: Tokenizer,
-}
-
-fn load(dir: &Path, dtype: DType) -> Loaded {
-    let ckpt = Checkpoint::resolve(dir).unwrap();
-    let cfg = ModelConfig::from_file(&ckpt.config).unwrap();
-    let weights = load_weights(&ckpt, &cfg, dtype, &Device::Cpu).unwrap();
-    let model = Llama::new(&cfg, &weights).unwrap();
-    let tok = Tokenizer::from_file(&ckpt.tokenizer).unwrap();
-    Loaded { cfg, model, tok }
-}
-
-fn no_tick() -> impl FnMut(u64) -> candle_core::Result<()> {
-    |_| Ok(())
-}
+use common::{load_model as load, log_prob_f64, logit_rows, no_tick};
 
 /// Σ log P(continuation) by the definition: one unpadded sequence, full logits, log-softmax
 /// written out in f64 per position.
 fn reference_loglik(model: &Llama, context: &[u32], continuation: &[u32]) -> (f64, bool) {
     let full: Vec<u32> = context.iter().chain(continuation).copied().collect();
     let input = &full[..full.len() - 1];
-    let ids = Tensor::new(input, &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    let rows: Vec<Vec<f32>> = model
-        .forward(&ids)
-        .unwrap()
-        .squeeze(0)
-        .unwrap()
-        .to_vec2()
-        .unwrap();
+    let rows = logit_rows(model, input);
     let mut total = 0.0;
     let mut greedy = true;
     for (j, &t) in continuation.iter().enumerate() {
         let row = &rows[context.len() - 1 + j];
-        let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
-        let lse = max
-            + row
-                .iter()
-                .map(|&v| (v as f64 - max).exp())
-                .sum::<f64>()
-                .ln();
-        total += row[t as usize] as f64 - lse;
+        total += log_prob_f64(row, t);
         greedy &= row.iter().all(|&v| v <= row[t as usize]);
     }
     (total, greedy)

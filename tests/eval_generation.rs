@@ -12,19 +12,8 @@ use whittle::eval::generation::{evaluate_generation, GenerationError, Generation
 use whittle::eval::text_metrics::{exact_match, rouge1_f, token_f1};
 use whittle::model::*;
 
-struct Loaded {
-    cfg: ModelConfig,
-    model: Llama,
-    tok: Tokenizer,
-}
-
-fn load(dir: &Path) -> Loaded {
-    let ckpt = Checkpoint::resolve(dir).unwrap();
-    let cfg = ModelConfig::from_file(&ckpt.config).unwrap();
-    let weights = load_weights(&ckpt, &cfg, DType::F32, &Device::Cpu).unwrap();
-    let model = Llama::new(&cfg, &weights).unwrap();
-    let tok = Tokenizer::from_file(&ckpt.tokenizer).unwrap();
-    Loaded { cfg, model, tok }
+fn load(dir: &Path) -> common::Loaded {
+    common::load_model(dir, DType::F32)
 }
 
 fn task_file(name: &str) -> PathBuf {
@@ -55,9 +44,7 @@ fn uncached_greedy(model: &Llama, prompt: &[u32], n: usize) -> Vec<u32> {
     seq[prompt.len()..].to_vec()
 }
 
-fn no_ticks() -> impl FnMut(u64) -> candle_core::Result<()> {
-    |_| Ok(())
-}
+use common::no_tick as no_ticks;
 
 fn task(yaml: &str) -> GenerationTask {
     GenerationTask::from_yaml_str(yaml, "test task").unwrap()

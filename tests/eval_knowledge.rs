@@ -7,30 +7,12 @@ mod common;
 use std::path::Path;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use whittle::eval::knowledge::{known_only, probe, probe_units, ProbeOptions, Ranking};
 use whittle::eval::lama::{load_lama, GoogleRePrompts, LamaOptions, LamaSet, Split};
 use whittle::eval::loglik::{PairEncoder, SpecialTokens};
-use whittle::model::*;
 
-struct Loaded {
-    cfg: ModelConfig,
-    model: Llama,
-    tok: Tokenizer,
-}
-
-fn load(dir: &Path, dtype: DType) -> Loaded {
-    let ckpt = Checkpoint::resolve(dir).unwrap();
-    let cfg = ModelConfig::from_file(&ckpt.config).unwrap();
-    let weights = load_weights(&ckpt, &cfg, dtype, &Device::Cpu).unwrap();
-    let model = Llama::new(&cfg, &weights).unwrap();
-    let tok = Tokenizer::from_file(&ckpt.tokenizer).unwrap();
-    Loaded { cfg, model, tok }
-}
-
-fn no_tick() -> impl FnMut(u64) -> candle_core::Result<()> {
-    |_| Ok(())
-}
+use common::{load_model as load, logit_rows, no_tick, Loaded};
 
 /// (relation id, template, [(subject, object)]).
 type FixtureRelation<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
@@ -166,18 +148,7 @@ fn reference_rank(m: &Loaded, enc: &PairEncoder, prompt: &str, object: &str) -> 
     let ctx = [enc.prefix(), &m.tok.encode(prompt, false).unwrap()[..]].concat();
     let whole = m.tok.encode(&format!("{prompt} {object}"), false).unwrap();
     let target = whole[ctx.len() - enc.prefix().len()];
-    let ids = Tensor::new(&ctx[..], &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    let rows: Vec<Vec<f32>> = m
-        .model
-        .forward(&ids)
-        .unwrap()
-        .squeeze(0)
-        .unwrap()
-        .to_vec2()
-        .unwrap();
+    let rows = logit_rows(&m.model, &ctx);
     let last = &rows[ctx.len() - 1];
     let gold = last[target as usize];
     (1 + last.iter().filter(|&&v| v > gold).count(), target)

@@ -5,18 +5,13 @@ mod common;
 
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use whittle::eval::perplexity::{document_perplexity, perplexity, sliding_perplexity};
 use whittle::model::*;
 
 fn load(dir: &Path) -> (Llama, Tokenizer) {
-    let ckpt = Checkpoint::resolve(dir).unwrap();
-    let cfg = ModelConfig::from_file(&ckpt.config).unwrap();
-    let weights = load_weights(&ckpt, &cfg, candle_core::DType::F32, &Device::Cpu).unwrap();
-    (
-        Llama::new(&cfg, &weights).unwrap(),
-        Tokenizer::from_file(&ckpt.tokenizer).unwrap(),
-    )
+    let m = common::load_model(dir, candle_core::DType::F32);
+    (m.model, m.tok)
 }
 
 fn stories() -> Option<Vec<String>> {
@@ -33,35 +28,13 @@ fn stories() -> Option<Vec<String>> {
 
 /// −log p(tokens[j] | tokens[..j]) for j in `from..len`, from one forward pass, in f64.
 fn nll_by_hand(model: &Llama, tokens: &[u32], from: usize) -> f64 {
-    let ids = Tensor::new(tokens, &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    let logits: Vec<Vec<f32>> = model
-        .forward(&ids)
-        .unwrap()
-        .squeeze(0)
-        .unwrap()
-        .to_vec2()
-        .unwrap();
+    let logits = common::logit_rows(model, tokens);
     (from..tokens.len())
-        .map(|j| {
-            let row = &logits[j - 1];
-            let max = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
-            let lse = max
-                + row
-                    .iter()
-                    .map(|&x| (x as f64 - max).exp())
-                    .sum::<f64>()
-                    .ln();
-            lse - row[tokens[j] as usize] as f64
-        })
+        .map(|j| -common::log_prob_f64(&logits[j - 1], tokens[j]))
         .sum()
 }
 
-fn no_tick() -> impl FnMut(u64) -> candle_core::Result<()> {
-    |_| Ok(())
-}
+use common::no_tick;
 
 #[track_caller]
 fn close(a: f64, b: f64, rel: f64, what: &str) {

@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use whittle::model::*;
@@ -19,20 +18,7 @@ fn sample_sentence() -> Option<String> {
     Some(story[..end].to_string())
 }
 
-struct Loaded {
-    cfg: ModelConfig,
-    model: Llama,
-    tok: Tokenizer,
-}
-
-fn load(dir: &Path, dtype: DType) -> Loaded {
-    let ckpt = Checkpoint::resolve(dir).unwrap();
-    let cfg = ModelConfig::from_file(&ckpt.config).unwrap();
-    let weights = load_weights(&ckpt, &cfg, dtype, &Device::Cpu).unwrap();
-    let model = Llama::new(&cfg, &weights).unwrap();
-    let tok = Tokenizer::from_file(&ckpt.tokenizer).unwrap();
-    Loaded { cfg, model, tok }
-}
+use common::load_model as load;
 
 fn ids_tensor(ids: &[u32]) -> Tensor {
     Tensor::new(ids, &Device::Cpu)

@@ -107,3 +107,53 @@ pub fn entry_meta(
 ) -> serde_json::Value {
     entry(cache, run, instance).manifest().meta.clone()
 }
+
+/// A checkpoint loaded for a test: config, model (in `dtype`) and tokenizer.
+pub struct Loaded {
+    pub cfg: whittle::model::ModelConfig,
+    pub model: whittle::model::Llama,
+    pub tok: whittle::model::Tokenizer,
+}
+
+/// Loads the Hugging Face folder (or GGUF) at `dir` on the CPU.
+pub fn load_model(dir: &std::path::Path, dtype: candle_core::DType) -> Loaded {
+    use whittle::model::*;
+    let ckpt = Checkpoint::resolve(dir).unwrap();
+    let cfg = ModelConfig::from_file(&ckpt.config).unwrap();
+    let weights = load_weights(&ckpt, &cfg, dtype, &candle_core::Device::Cpu).unwrap();
+    let model = Llama::new(&cfg, &weights).unwrap();
+    let tok = Tokenizer::from_file(&ckpt.tokenizer).unwrap();
+    Loaded { cfg, model, tok }
+}
+
+/// A progress callback that ignores progress.
+pub fn no_tick() -> impl FnMut(u64) -> candle_core::Result<()> {
+    |_| Ok(())
+}
+
+/// The logits at every position of one unpadded sequence, as rows of f32.
+pub fn logit_rows(model: &whittle::model::Llama, tokens: &[u32]) -> Vec<Vec<f32>> {
+    let ids = candle_core::Tensor::new(tokens, &candle_core::Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    model
+        .forward(&ids)
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_vec2()
+        .unwrap()
+}
+
+/// log softmax(row)[target], written out in f64.
+pub fn log_prob_f64(row: &[f32], target: u32) -> f64 {
+    let max = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
+    let lse = max
+        + row
+            .iter()
+            .map(|&x| (x as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
+    row[target as usize] as f64 - lse
+}
