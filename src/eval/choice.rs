@@ -50,28 +50,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::eval::loglik::{loglikelihood, EvalError, PairEncoder};
+use crate::eval::task_file::{self, Checks, TaskFileError};
 use crate::eval::template::{lookup, scalar_text, Template, TemplateError};
 use crate::model::Llama;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChoiceError {
-    #[error("cannot read task file {}: {source}", path.display())]
-    Io {
-        path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-
-    /// The YAML does not fit the task-file schema (serde_yaml names the key and the line).
-    #[error("task file {origin}: {message}")]
-    Parse { origin: String, message: String },
-
-    #[error("task file {origin}: key `{key}`: {message}")]
-    Invalid {
-        origin: String,
-        key: String,
-        message: String,
-    },
+    /// The task file itself is wrong: it cannot be read, or a key does not hold what it should.
+    #[error(transparent)]
+    File(Box<TaskFileError>),
 
     /// A template of the task cannot be rendered on a record.
     #[error("key `{key}`: {source}")]
@@ -88,6 +75,13 @@ pub enum ChoiceError {
         field: String,
         message: String,
     },
+}
+
+// Boxed: a task-file error carries paths and messages that would bloat every `ChoiceError`.
+impl From<TaskFileError> for ChoiceError {
+    fn from(e: TaskFileError) -> Self {
+        ChoiceError::File(Box::new(e))
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -206,29 +200,18 @@ impl ChoiceItem {
 
 impl ChoiceTask {
     pub fn from_file(path: impl AsRef<Path>) -> Result<ChoiceTask, ChoiceError> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| ChoiceError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        ChoiceTask::from_yaml_str(&text, &path.display().to_string())
+        let (text, origin) = task_file::read(path.as_ref())?;
+        ChoiceTask::from_yaml_str(&text, &origin)
     }
 
     /// Parses a task file's text; `origin` (a path or a label) names it in errors and gives
     /// the task its default name.
     pub fn from_yaml_str(text: &str, origin: &str) -> Result<ChoiceTask, ChoiceError> {
-        let raw: RawTask = serde_yaml::from_str(text).map_err(|e| ChoiceError::Parse {
-            origin: origin.to_string(),
-            message: e.to_string(),
-        })?;
-        let invalid = |key: &str, message: String| ChoiceError::Invalid {
-            origin: origin.to_string(),
-            key: key.to_string(),
-            message,
-        };
-        let template = |key: String, source: &str| {
-            Template::parse(source).map_err(|e| invalid(&key, e.to_string()))
-        };
+        let raw: RawTask = task_file::parse(text, origin)?;
+        let checks = Checks { origin };
+        let invalid = |key: &str, message: String| ChoiceError::from(checks.invalid(key, message));
+        let template =
+            |key: String, source: &str| checks.template(key, source).map_err(ChoiceError::from);
         let templates = |key: &str, list: &[String]| -> Result<Vec<Template>, ChoiceError> {
             if list.is_empty() {
                 return Err(invalid(key, "the list is empty".into()));

@@ -23,7 +23,7 @@ mod task;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use task::{GenerationTask, PromptForm, TaskFileError};
+pub use task::{GenerationTask, PromptForm};
 
 use super::template::{scalar_text, TemplateError};
 use super::text_metrics::{exact_match, rouge1_f, token_f1};

@@ -5,7 +5,8 @@
 //! - [`knowledge`] over [`lama`] facts: P@k and MRR of the object.
 //! - [`choice`]: lm-evaluation-harness multiple choice, scored by [`loglik`].
 //! - [`generation`]: greedy decoding scored by [`text_metrics`] (EM, F1, ROUGE-1).
-//! - [`template`]: the `{{field}}` templates task files write.
+//! - [`task_file`]: reading and checking YAML task files; [`template`]: the `{{field}}`
+//!   templates they write.
 
 pub mod choice;
 pub mod divergence;
@@ -14,5 +15,6 @@ pub mod knowledge;
 pub mod lama;
 pub mod loglik;
 pub mod perplexity;
+pub mod task_file;
 pub mod template;
 pub mod text_metrics;

@@ -61,7 +61,7 @@ pub enum StageError {
     #[error(transparent)]
     Generation(#[from] crate::eval::generation::GenerationError),
     #[error(transparent)]
-    TaskFile(#[from] crate::eval::generation::TaskFileError),
+    TaskFile(#[from] crate::eval::task_file::TaskFileError),
     #[error(transparent)]
     Cache(#[from] crate::cache::CacheError),
     #[error(transparent)]

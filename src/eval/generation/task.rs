@@ -23,41 +23,13 @@
 //! a form without `when` always applies. Fields are read with [`Template`](crate::eval::template)'s
 //! dotted paths.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 
-use crate::eval::template::{lookup, Template, TemplateError};
-
-#[derive(Debug, thiserror::Error)]
-pub enum TaskFileError {
-    #[error("cannot read task file {}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("task file {origin}: {source}")]
-    Yaml {
-        origin: String,
-        #[source]
-        source: serde_yaml::Error,
-    },
-    #[error("task file {origin}: key `{key}`: {message}")]
-    Invalid {
-        origin: String,
-        key: String,
-        message: String,
-    },
-    #[error("task file {origin}: key `{key}`: {source}")]
-    Template {
-        origin: String,
-        key: String,
-        #[source]
-        source: TemplateError,
-    },
-}
+use crate::eval::task_file::{self, Checks, TaskFileError};
+use crate::eval::template::{lookup, Template};
 
 /// The file as written.
 #[derive(Deserialize)]
@@ -122,31 +94,16 @@ pub struct GenerationTask {
 
 impl GenerationTask {
     pub fn from_file(path: &Path) -> Result<Self, TaskFileError> {
-        let text = std::fs::read_to_string(path).map_err(|source| TaskFileError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::from_yaml_str(&text, &path.display().to_string())
+        let (text, origin) = task_file::read(path)?;
+        Self::from_yaml_str(&text, &origin)
     }
 
     /// Parses a task held in memory; `origin` names it in errors.
     pub fn from_yaml_str(text: &str, origin: &str) -> Result<Self, TaskFileError> {
-        let raw: RawTask = serde_yaml::from_str(text).map_err(|source| TaskFileError::Yaml {
-            origin: origin.to_string(),
-            source,
-        })?;
-        let invalid = |key: &str, message: &str| TaskFileError::Invalid {
-            origin: origin.to_string(),
-            key: key.to_string(),
-            message: message.to_string(),
-        };
-        let template = |key: String, source: &str| {
-            Template::parse(source).map_err(|source| TaskFileError::Template {
-                origin: origin.to_string(),
-                key,
-                source,
-            })
-        };
+        let raw: RawTask = task_file::parse(text, origin)?;
+        let checks = Checks { origin };
+        let invalid = |key: &str, message: &str| checks.invalid(key, message);
+        let template = |key: String, source: &str| checks.template(key, source);
         if raw.name.trim().is_empty() {
             return Err(invalid("name", "must not be empty"));
         }
