@@ -7,7 +7,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{entry_meta, text};
+use common::{entry_meta, text, whittle_in};
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -32,13 +32,7 @@ fn quickstart_runs_offline_from_the_repository_alone() {
     }
     assert!(!tmp.path().join("shared").exists());
     let cache = clone.join("cache");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_whittle"))
-        .current_dir(&clone)
-        .args(["run", "pipelines/quickstart.yaml", "--quiet", "--cache-dir"])
-        .arg(&cache)
-        .env_remove("WHITTLE_CACHE_DIR")
-        .output()
-        .unwrap();
+    let out = whittle_in(&clone, &cache, &["run", "pipelines/quickstart.yaml"]);
     let printed = text(&out);
     assert!(out.status.success(), "quickstart failed:\n{printed}");
     assert!(printed.contains("fact recall P@1"), "{printed}");
@@ -79,12 +73,7 @@ fn quickstart_runs_offline_from_the_repository_alone() {
     assert!(png.is_file(), "no plot at {}", png.display());
 
     // A second run finds everything in the cache.
-    let again = std::process::Command::new(env!("CARGO_BIN_EXE_whittle"))
-        .current_dir(&clone)
-        .args(["run", "pipelines/quickstart.yaml", "--quiet", "--cache-dir"])
-        .arg(&cache)
-        .output()
-        .unwrap();
+    let again = whittle_in(&clone, &cache, &["run", "pipelines/quickstart.yaml"]);
     assert!(again.status.success());
     let rerun = common::last_run(&cache);
     assert!(

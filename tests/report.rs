@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use whittle::cache::{Cache, Lookup, ParamValue, RunRecord, StageStatus};
 use whittle::pipeline::spec::{
@@ -828,19 +827,6 @@ fn evaluations_of_the_same_thing_share_columns_unless_their_points_collide() {
 
 // ---- A real sweep, run then reported ----
 
-fn bin(dir: &Path, cache: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_whittle"))
-        .current_dir(dir)
-        .args(args)
-        .arg("--cache-dir")
-        .arg(cache)
-        .arg("--quiet")
-        .env_remove("WHITTLE_CACHE_DIR")
-        .env_remove("WHITTLE_TEST_PAUSE")
-        .output()
-        .expect("the whittle binary runs")
-}
-
 fn sweep(dir: &Path, shared: &Path, calib_seqlen: usize, sparsity: &str) -> PathBuf {
     let text = format!(
         r#"name: report-test
@@ -939,7 +925,7 @@ fn a_run_then_whittle_report_renders_every_row_column_and_provenance() {
     let cache = dir.join("cache");
     let file = sweep(dir, &shared, 32, "[0.3, 0.6]");
 
-    let out = bin(dir, &cache, &["run", file.to_str().unwrap()]);
+    let out = common::whittle_in(dir, &cache, &["run", file.to_str().unwrap()]);
     assert!(out.status.success(), "{}", common::text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -949,7 +935,7 @@ fn a_run_then_whittle_report_renders_every_row_column_and_provenance() {
     let run = common::last_run(&cache);
     let copied = dir.join("reports/report-test/table");
 
-    let out = bin(
+    let out = common::whittle_in(
         dir,
         &cache,
         &["report", file.to_str().unwrap(), "--out", "paper"],
@@ -1089,7 +1075,7 @@ fn a_run_then_whittle_report_renders_every_row_column_and_provenance() {
     // Now the calibration fails (no story is 4000 tokens long) and a sparsity is added: wanda's
     // points are failed, magnitude's new point is pending, the rest still comes from the cache.
     sweep(dir, &shared, 4000, "[0.3, 0.6]");
-    let out = bin(
+    let out = common::whittle_in(
         dir,
         &cache,
         &["run", file.to_str().unwrap(), "--keep-going"],
@@ -1101,7 +1087,7 @@ fn a_run_then_whittle_report_renders_every_row_column_and_provenance() {
         .iter()
         .any(|s| s.instance == "calib" && s.status == StageStatus::Failed));
     sweep(dir, &shared, 4000, "[0.3, 0.6, 0.8]");
-    let out = bin(
+    let out = common::whittle_in(
         dir,
         &cache,
         &["report", file.to_str().unwrap(), "--out", "paper"],

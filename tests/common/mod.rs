@@ -35,8 +35,21 @@ macro_rules! require_shared {
 /// Runs the `whittle` binary with a cache of its own, no progress bars, and none of the
 /// environment that could change what it does.
 pub fn whittle(cache: &std::path::Path, args: &[&str]) -> std::process::Output {
+    whittle_in(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")),
+        cache,
+        args,
+    )
+}
+
+/// `whittle ARGS --cache-dir CACHE --quiet`, run from `dir` as a user would.
+pub fn whittle_in(
+    dir: &std::path::Path,
+    cache: &std::path::Path,
+    args: &[&str],
+) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_whittle"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(dir)
         .args(args)
         .arg("--cache-dir")
         .arg(cache)
