@@ -281,12 +281,15 @@ fn run_knowledge(
     ctx.write_json("relations.json", &per_relation)?;
     let settings = json!({
         "ranking": match ranking { Ranking::Vocabulary => "vocabulary", Ranking::Candidates => "candidates" },
+        "target": match ranking {
+            Ranking::Vocabulary => "first token of \" \" + object; rank among the whole vocabulary",
+            Ranking::Candidates => "the object after the prompt, all its tokens (summed log-probability); rank among the relation's distinct objects",
+        },
         "splits": lama.splits.iter().map(|s| s.name()).collect::<Vec<_>>(),
         "limit_per_relation": lama.limit,
         "known_only": keep_known,
         "facts_loaded": total_facts,
         "skipped": m.skipped,
-        "target": "first token of \" \" + object; rank among the whole vocabulary",
     });
     let p1 = m.p_at.get(&1).copied().unwrap_or(f64::NAN);
     Ok(Outcome {
