@@ -401,6 +401,7 @@ fn line_plot() -> ReportPlot {
         series: vec!["method".into()],
         rows: vec!["sparsity".into(), "method".into()],
         filter: Vec::new(),
+        x_scale: AxisScale::Linear,
         y_scale: AxisScale::Linear,
         formats: vec![PlotFormat::Svg, PlotFormat::Png],
     }
@@ -450,6 +451,7 @@ fn tradeoff_ratio_divides_by_the_dense_values_and_labels_points() {
         series: vec!["method".into()],
         rows: vec!["method".into(), "sparsity".into()],
         filter: Vec::new(),
+        x_scale: AxisScale::Linear,
         y_scale: AxisScale::Linear,
         formats: vec![PlotFormat::Png],
     };
@@ -465,6 +467,46 @@ fn tradeoff_ratio_divides_by_the_dense_values_and_labels_points() {
     data.observations.retain(|o| !o.stage.ends_with("-dense"));
     let e = figure(&data, &plot).unwrap_err();
     assert!(matches!(e, ReportError::NoBaseline { .. }), "{e}");
+}
+
+#[test]
+fn log_scales_apply_per_axis_and_fall_back_to_linear_with_a_note() {
+    let mut data = sample();
+    data.observations[4].outcome = measured(&[("ppl", 180.0)], None);
+    let mut plot = ReportPlot {
+        name: "tradeoff".into(),
+        kind: PlotKind::Tradeoff {
+            x: metric("ppl.ppl"),
+            y: vec![metric("wiki.ppl")],
+            label: vec!["sparsity".into()],
+            change: Change::None,
+        },
+        series: vec!["method".into()],
+        rows: vec!["method".into(), "sparsity".into()],
+        filter: Vec::new(),
+        x_scale: AxisScale::Log,
+        y_scale: AxisScale::Linear,
+        formats: vec![PlotFormat::Png],
+    };
+    let fig = figure(&data, &plot).unwrap();
+    assert!(fig.panels[0].log_x && !fig.panels[0].log_y);
+    assert!(!png(&fig).unwrap().is_empty());
+    plot.y_scale = AxisScale::Log;
+    let fig = figure(&data, &plot).unwrap();
+    assert!(fig.panels[0].log_x && fig.panels[0].log_y);
+    assert!(svg(&fig).unwrap().contains("<svg"));
+    // A difference from the dense model is 0 at the baseline: no logarithm of it.
+    plot.kind = PlotKind::Tradeoff {
+        x: metric("ppl.ppl"),
+        y: vec![metric("wiki.ppl")],
+        label: vec!["sparsity".into()],
+        change: Change::Diff,
+    };
+    let fig = figure(&data, &plot).unwrap();
+    assert!(!fig.panels[0].log_x && !fig.panels[0].log_y);
+    let caption = fig.caption.join("\n");
+    assert!(caption.contains("x values ≤ 0: linear scale"), "{caption}");
+    assert!(caption.contains("y values ≤ 0: linear scale"), "{caption}");
 }
 
 /// Decodes a PNG: (width, height, RGB bytes).

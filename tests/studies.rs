@@ -169,19 +169,56 @@ fn cost_of_compression_study_runs_and_reports() {
     }
     for name in [
         "knowledge-and-tasks-vs-sparsity",
+        "perplexity-vs-sparsity",
         "knowledge-loss-vs-perplexity",
     ] {
         check_png(&out.join(format!("pruning/{name}.png")));
     }
-    check_png(&out.join("lm-head/lm-head.png"));
-    for stage in ["quantization", "lm-head"] {
-        let dir = out.join(stage);
-        let md = std::fs::read_dir(&dir)
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .find(|e| e.path().extension().is_some_and(|x| x == "md"))
-            .unwrap_or_else(|| panic!("no Markdown table in {}", dir.display()));
-        let (_, rows) = md_rows(&std::fs::read_to_string(md.path()).unwrap());
-        assert!(rows.len() >= 3, "{stage}: {rows:?}");
+    for name in ["lm-head-knowledge", "lm-head-perplexity"] {
+        check_png(&out.join(format!("lm-head/{name}.png")));
     }
+    // Dense, int8 of `all`, then 20% pruning followed by int8.
+    let md = std::fs::read_to_string(out.join("quantization/quantization.md")).unwrap();
+    let (header, rows) = md_rows(&md);
+    let want = [
+        "group",
+        "combined",
+        "size (MB)",
+        "LAMA P@1",
+        "LAMA P@5",
+        "BoolQ",
+        "PIQA",
+        "WinoGrande",
+        "WikiText ppl",
+    ];
+    assert_eq!(header, want, "{md}");
+    let keys: Vec<(&str, &str)> = rows.iter().map(|r| (&*r[0], &*r[1])).collect();
+    assert_eq!(keys, [("dense", "—"), ("all", "—"), ("all", "0.2")], "{md}");
+    assert!(rows.iter().flatten().all(|c| c != "pending" && c != "failed"), "{md}");
+    // Dense, then each way of pruning the head at 50%.
+    let md = std::fs::read_to_string(out.join("lm-head/lm-head.md")).unwrap();
+    let (header, rows) = md_rows(&md);
+    let want = [
+        "head_pattern",
+        "head_method",
+        "head_sparsity",
+        "LAMA P@1",
+        "LAMA P@5",
+        "LAMA P@10",
+        "MRR",
+        "WikiText ppl",
+    ];
+    assert_eq!(header, want, "{md}");
+    let keys: Vec<(&str, &str)> = rows.iter().map(|r| (&*r[0], &*r[1])).collect();
+    assert_eq!(
+        keys,
+        [
+            ("dense", "—"),
+            ("unstructured", "magnitude"),
+            ("unstructured", "random"),
+            ("rows", "magnitude"),
+        ],
+        "{md}"
+    );
+    assert!(rows.iter().flatten().all(|c| c != "pending" && c != "failed"), "{md}");
 }

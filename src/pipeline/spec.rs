@@ -800,6 +800,7 @@ pub struct ReportPlot {
     /// Every axis that identifies a point (the x axis of a line plot, series, labels).
     pub rows: Vec<String>,
     pub filter: ReportFilter,
+    pub x_scale: AxisScale,
     pub y_scale: AxisScale,
     pub formats: Vec<PlotFormat>,
 }
@@ -897,6 +898,7 @@ fn report_plot_param(p: &ReportPlot) -> ParamValue {
         strs(&p.series),
         strs(&p.rows),
         filter_param(&p.filter),
+        p.x_scale.as_str().into(),
         p.y_scale.as_str().into(),
         ParamValue::List(formats),
     ])

@@ -25,7 +25,7 @@
 //!       x: sparsity                      # a numeric axis
 //!       y: [ppl.ppl, wiki.ppl]           # one panel each, side by side
 //!       series: method                   # default: the other axes the y stages vary over
-//!       y_scale: log                     # default linear
+//!       y_scale: log                     # default linear (so is x_scale)
 //!       formats: [svg, png]              # default both
 //!     - name: knowledge-vs-ppl
 //!       kind: tradeoff                   # a point per model, joined per series

@@ -8,7 +8,6 @@ use std::ops::Range;
 use std::sync::OnceLock;
 
 use plotters::coord::ranged1d::ValueFormatter;
-use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::element::DashedPathElement;
 use plotters::prelude::*;
@@ -48,6 +47,7 @@ pub struct Panel {
     pub y_label: String,
     pub series: Vec<Series>,
     pub baseline: Option<Baseline>,
+    pub log_x: bool,
     pub log_y: bool,
 }
 
@@ -147,28 +147,32 @@ fn sources(data: &ReportData, refs: &[&MetricRef]) -> Result<Vec<Source>, Report
     refs.iter().map(|r| source(data, r)).collect()
 }
 
+/// Whether an axis asked to be logarithmic can be: every value drawn on it is positive.
 fn log_ok(
-    plot: &ReportPlot,
-    series: &[Series],
-    base: Option<f64>,
+    scale: AxisScale,
+    axis: &str,
+    values: impl Iterator<Item = f64>,
     notes: &mut Vec<String>,
 ) -> bool {
-    if plot.y_scale != AxisScale::Log {
+    if scale != AxisScale::Log {
         return false;
     }
-    let ys: Vec<f64> = series
-        .iter()
-        .flat_map(|s| s.points.iter().map(|p| p.1))
-        .chain(base)
-        .collect();
-    if ys.is_empty() {
+    let mut values = values.peekable();
+    if values.peek().is_none() {
         return false;
     }
-    let positive = ys.iter().all(|y| *y > 0.0);
+    let positive = values.all(|v| v > 0.0);
     if !positive {
-        notes.push("values ≤ 0: linear scale".into());
+        notes.push(format!("{axis} values ≤ 0: linear scale"));
     }
     positive
+}
+
+fn coords(series: &[Series], at: fn(&(f64, f64, Option<String>)) -> f64) -> Vec<f64> {
+    series
+        .iter()
+        .flat_map(|s| s.points.iter().map(at))
+        .collect()
 }
 
 fn line_panels(
@@ -204,13 +208,17 @@ fn line_panels(
             s.points.sort_by(|a, b| a.0.total_cmp(&b.0));
         }
         let base = g.dense().and_then(|d| d.cells[j].as_f64());
-        let log_y = log_ok(plot, &series, base, notes);
+        let xs = coords(&series, |p| p.0);
+        let ys = coords(&series, |p| p.1);
+        let log_x = log_ok(plot.x_scale, "x", xs.into_iter(), notes);
+        let log_y = log_ok(plot.y_scale, "y", ys.into_iter().chain(base), notes);
         panels.push(Panel {
             title: r.to_string(),
             x_label: x.to_string(),
             y_label: r.to_string(),
             series,
             baseline: base.map(Baseline::Level),
+            log_x,
             log_y,
         });
         let n = unresolved(&g.rows.iter().collect::<Vec<_>>(), j);
@@ -285,17 +293,21 @@ fn tradeoff_panels(
                 .map(|(a, b)| Baseline::Point(a, b)),
             _ => None,
         };
-        let base_y = match base {
-            Some(Baseline::Point(_, y)) => Some(y),
-            _ => None,
+        let (base_x, base_y) = match base {
+            Some(Baseline::Point(x, y)) => (Some(x), Some(y)),
+            _ => (None, None),
         };
-        let log_y = log_ok(plot, &series, base_y, notes);
+        let xs = coords(&series, |p| p.0);
+        let ys = coords(&series, |p| p.1);
+        let log_x = log_ok(plot.x_scale, "x", xs.into_iter().chain(base_x), notes);
+        let log_y = log_ok(plot.y_scale, "y", ys.into_iter().chain(base_y), notes);
         panels.push(Panel {
             title: format!("{r} vs {x}"),
             x_label: describe(x),
             y_label: describe(r),
             series,
             baseline: base,
+            log_x,
             log_y,
         });
         let rows: Vec<&GridRow> = g.rows.iter().collect();
@@ -386,7 +398,7 @@ fn ranges(p: &Panel) -> (Range<f64>, Range<f64>) {
     };
     let (xl, xh) = extent(pts().map(|q| q.0).chain(bx)).unwrap_or((0.0, 1.0));
     let (yl, yh) = extent(pts().map(|q| q.1).chain(by)).unwrap_or((0.0, 1.0));
-    (padded(xl, xh, false), padded(yl, yh, p.log_y))
+    (padded(xl, xh, p.log_x), padded(yl, yh, p.log_y))
 }
 
 type DrawResult<DB> = Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
@@ -412,22 +424,27 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel) -> D
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(64);
-    if p.log_y {
-        let chart = b.build_cartesian_2d(xr.clone(), yr.log_scale())?;
-        draw_body(chart, p, xr)
-    } else {
-        let chart = b.build_cartesian_2d(xr.clone(), yr)?;
-        draw_body(chart, p, xr)
+    // Each combination of scales is its own coordinate type.
+    match (p.log_x, p.log_y) {
+        (false, false) => draw_body(b.build_cartesian_2d(xr.clone(), yr)?, p, xr),
+        (false, true) => draw_body(b.build_cartesian_2d(xr.clone(), yr.log_scale())?, p, xr),
+        (true, false) => draw_body(b.build_cartesian_2d(xr.clone().log_scale(), yr)?, p, xr),
+        (true, true) => draw_body(
+            b.build_cartesian_2d(xr.clone().log_scale(), yr.log_scale())?,
+            p,
+            xr,
+        ),
     }
 }
 
-fn draw_body<'a, DB, Y>(
-    mut chart: ChartContext<'a, DB, Cartesian2d<RangedCoordf64, Y>>,
+fn draw_body<'a, DB, X, Y>(
+    mut chart: ChartContext<'a, DB, Cartesian2d<X, Y>>,
     p: &Panel,
     xr: Range<f64>,
 ) -> DrawResult<DB>
 where
     DB: DrawingBackend + 'a,
+    X: Ranged<ValueType = f64> + ValueFormatter<f64>,
     Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
 {
     chart
@@ -575,6 +592,7 @@ mod tests {
             y_label: String::new(),
             series: Vec::new(),
             baseline: None,
+            log_x: false,
             log_y: false,
         };
         let fig = Figure {

@@ -13,8 +13,8 @@ use super::super::yaml::Node;
 use super::Fields;
 
 const TABLE_KEYS: [&str; 4] = ["name", "rows", "columns", "where"];
-const PLOT_KEYS: [&str; 10] = [
-    "name", "kind", "x", "y", "series", "label", "change", "y_scale", "where", "formats",
+const PLOT_KEYS: [&str; 11] = [
+    "name", "kind", "x", "y", "series", "label", "change", "x_scale", "y_scale", "where", "formats",
 ];
 const METRIC: &str = "`<stage>.<metric>` or `size_mb`";
 
@@ -486,13 +486,15 @@ fn plot(
         Some(w) => filter(f, inputs, w, at)?,
         None => Vec::new(),
     };
-    let y_scale = match field(&fields, "y_scale") {
-        Some(n) => match choice(f, n, &format!("{at}.y_scale"), &["linear", "log"])? {
-            "log" => AxisScale::Log,
-            _ => AxisScale::Linear,
+    let mut scale = |key: &str| match field(&fields, key) {
+        Some(n) => match choice(f, n, &format!("{at}.{key}"), &["linear", "log"])? {
+            "log" => Some(AxisScale::Log),
+            _ => Some(AxisScale::Linear),
         },
-        None => AxisScale::Linear,
+        None => Some(AxisScale::Linear),
     };
+    let (x_scale, y_scale) = (scale("x_scale"), scale("y_scale"));
+    let (x_scale, y_scale) = (x_scale?, y_scale?);
     let mut formats = Vec::new();
     match field(&fields, "formats") {
         None => formats = vec![PlotFormat::Svg, PlotFormat::Png],
@@ -668,6 +670,7 @@ fn plot(
         series,
         rows,
         filter,
+        x_scale,
         y_scale,
         formats,
     })
