@@ -194,7 +194,12 @@ fn cost_of_compression_study_runs_and_reports() {
     assert_eq!(header, want, "{md}");
     let keys: Vec<(&str, &str)> = rows.iter().map(|r| (&*r[0], &*r[1])).collect();
     assert_eq!(keys, [("dense", "—"), ("all", "—"), ("all", "0.2")], "{md}");
-    assert!(rows.iter().flatten().all(|c| c != "pending" && c != "failed"), "{md}");
+    assert!(
+        rows.iter()
+            .flatten()
+            .all(|c| c != "pending" && c != "failed"),
+        "{md}"
+    );
     // Dense, then each way of pruning the head at 50%.
     let md = std::fs::read_to_string(out.join("lm-head/lm-head.md")).unwrap();
     let (header, rows) = md_rows(&md);
@@ -215,10 +220,15 @@ fn cost_of_compression_study_runs_and_reports() {
         [
             ("dense", "—"),
             ("unstructured", "magnitude"),
-            ("unstructured", "random"),
             ("rows", "magnitude"),
+            ("unstructured", "random"),
         ],
         "{md}"
     );
-    assert!(rows.iter().flatten().all(|c| c != "pending" && c != "failed"), "{md}");
+    assert!(
+        rows.iter()
+            .flatten()
+            .all(|c| c != "pending" && c != "failed"),
+        "{md}"
+    );
 }
