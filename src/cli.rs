@@ -12,6 +12,7 @@ use crate::cache::{Cache, FileHasher, GcOptions, RunRecord, StageStatus};
 use crate::exec::{DeviceKind, RunOptions};
 use crate::pipeline::spec::StageSpec;
 use crate::plan::{self, Format, History, Plan, Status};
+use crate::report::ReportError;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -344,12 +345,14 @@ fn report_dir(plan: &Plan, stage: &str) -> PathBuf {
 }
 
 fn copy_reports(entry: &crate::cache::Entry, out: &Path) -> Result<()> {
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    for f in &entry.manifest().files {
-        let dest = out.join(&f.path);
-        std::fs::copy(entry.path(&f.path), &dest)
-            .with_context(|| format!("writing {}", dest.display()))?;
-    }
+    crate::report::render::replace_dir(out, |tmp| {
+        for f in &entry.manifest().files {
+            let dest = tmp.join(&f.path);
+            std::fs::copy(entry.path(&f.path), &dest)
+                .map_err(|source| ReportError::Io { path: dest, source })?;
+        }
+        Ok(())
+    })?;
     Ok(())
 }
 
@@ -409,8 +412,7 @@ fn cmd_report(cli: &Cli, file: &Path, out: Option<&Path>) -> Result<Outcome> {
             Some(d) => d.join(&node.stage),
             None => report_dir(&plan, &node.stage),
         };
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        rendered.write(&dir)?;
+        rendered.publish(&dir)?;
         println!("\n{}  ({})\n{}", node.label, dir.display(), rendered.text);
         missing += data.provenance.points.missing();
     }

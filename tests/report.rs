@@ -1173,3 +1173,39 @@ fn a_run_then_whittle_report_renders_every_row_column_and_provenance() {
         "{texts:?}"
     );
 }
+
+#[test]
+fn publishing_replaces_the_whole_directory_or_nothing() {
+    use whittle::report::render::replace_dir;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("reports/p/table");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("old-plot.png"), b"stale").unwrap();
+    std::fs::write(dir.join("table.md"), b"old").unwrap();
+    // A rendering that fails leaves the previous one as it was.
+    let e = replace_dir(&dir, |d| {
+        std::fs::write(d.join("table.md"), b"half").unwrap();
+        Err(ReportError::Draw("boom".into()))
+    })
+    .unwrap_err();
+    assert!(matches!(e, ReportError::Draw(_)));
+    assert_eq!(std::fs::read(dir.join("table.md")).unwrap(), b"old");
+    assert!(dir.join("old-plot.png").is_file());
+    // A rendering that succeeds leaves exactly its own files, and no temporary siblings.
+    replace_dir(&dir, |d| {
+        std::fs::write(d.join("table.md"), b"new").unwrap();
+        Ok(())
+    })
+    .unwrap();
+    let names = |p: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(p)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&dir), ["table.md"]);
+    assert_eq!(std::fs::read(dir.join("table.md")).unwrap(), b"new");
+    assert_eq!(names(dir.parent().unwrap()), ["table"]);
+}

@@ -38,6 +38,11 @@ impl Rendered {
             .map(|(_, b)| b.as_slice())
     }
 
+    /// Makes `dir` hold exactly these files (see [`replace_dir`]).
+    pub fn publish(&self, dir: &Path) -> Result<(), ReportError> {
+        replace_dir(dir, |tmp| self.write(tmp))
+    }
+
     /// Writes every file into `dir` (which must exist).
     pub fn write(&self, dir: &Path) -> Result<(), ReportError> {
         for (name, bytes) in &self.files {
@@ -49,6 +54,46 @@ impl Rendered {
         }
         Ok(())
     }
+}
+
+/// Replaces the directory `dir` with one that `fill` writes from empty, so that files of an
+/// earlier rendering this one no longer writes (a renamed table, a dropped plot) do not linger
+/// beside the new ones. `dir` is swapped by two renames: at any instant it holds either the old
+/// rendering or the new one.
+pub fn replace_dir(
+    dir: &Path,
+    fill: impl FnOnce(&Path) -> Result<(), ReportError>,
+) -> Result<(), ReportError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ReportError::Io { path, source }
+    };
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "report".into());
+    let sibling = |what: &str| parent.join(format!(".{name}.{what}-{}", std::process::id()));
+    let (new, old) = (sibling("new"), sibling("old"));
+    std::fs::create_dir_all(parent).map_err(io(parent))?;
+    for d in [&new, &old] {
+        if d.exists() {
+            std::fs::remove_dir_all(d).map_err(io(d))?;
+        }
+    }
+    std::fs::create_dir(&new).map_err(io(&new))?;
+    if let Err(e) = fill(&new) {
+        let _ = std::fs::remove_dir_all(&new);
+        return Err(e);
+    }
+    if dir.exists() {
+        std::fs::rename(dir, &old).map_err(io(dir))?;
+    }
+    std::fs::rename(&new, dir).map_err(io(dir))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(io(&old))?;
+    }
+    Ok(())
 }
 
 /// The default table: rows over every sweep axis the inputs use, every metric.
