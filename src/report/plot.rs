@@ -140,7 +140,44 @@ pub fn figure(data: &ReportData, plot: &ReportPlot) -> Result<Figure, ReportErro
     if !notes.is_empty() {
         caption.push(notes.join("; "));
     }
+    let width = PANEL_WIDTH * panels.len().max(1) as u32;
+    let caption = caption.iter().flat_map(|l| wrap(l, width)).collect();
     Ok(Figure { panels, caption })
+}
+
+/// Average advance of a caption character, in pixels, with some room (DejaVu Sans at `SMALL`).
+const CAPTION_CHAR: u32 = 5;
+
+/// `line` cut into lines that fit `width` pixels: at ` · ` separators where possible, else at
+/// spaces; a word longer than a line stays whole.
+fn wrap(line: &str, width: u32) -> Vec<String> {
+    let max = ((width.saturating_sub(16)) / CAPTION_CHAR).max(20) as usize;
+    let mut out: Vec<String> = Vec::new();
+    let mut cur = String::new();
+    for part in line.split(" · ") {
+        let sep = if cur.is_empty() { "" } else { " · " };
+        if cur.chars().count() + sep.chars().count() + part.chars().count() <= max {
+            cur.push_str(sep);
+            cur.push_str(part);
+            continue;
+        }
+        if !cur.is_empty() {
+            out.push(std::mem::take(&mut cur));
+        }
+        for word in part.split(' ') {
+            if !cur.is_empty() && cur.chars().count() + 1 + word.chars().count() > max {
+                out.push(std::mem::take(&mut cur));
+            }
+            if !cur.is_empty() {
+                cur.push(' ');
+            }
+            cur.push_str(word);
+        }
+    }
+    if !cur.is_empty() || out.is_empty() {
+        out.push(cur);
+    }
+    out
 }
 
 fn sources(data: &ReportData, refs: &[&MetricRef]) -> Result<Vec<Source>, ReportError> {
@@ -565,6 +602,21 @@ pub fn png(fig: &Figure) -> Result<Vec<u8>, ReportError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn captions_wrap_at_separators_then_spaces() {
+        // 136 px: (136 - 16) / 5 = 24 characters a line.
+        assert_eq!(wrap("short · line", 136), ["short · line"]);
+        assert_eq!(
+            wrap("pipeline p.yaml 1234 · whittle 0.1.0 · seqlen 256", 136),
+            ["pipeline p.yaml 1234", "whittle 0.1.0", "seqlen 256"]
+        );
+        assert_eq!(
+            wrap("a-very-long-unbreakable-word-indeed x", 136),
+            ["a-very-long-unbreakable-word-indeed", "x"]
+        );
+        assert_eq!(wrap("", 136), [""]);
+    }
 
     #[test]
     fn ticks_drop_trailing_zeros() {
