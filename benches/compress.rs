@@ -1,6 +1,8 @@
 //! Wall time of Wanda, SparseGPT and GPTQ (4-bit) over every linear layer of SmolLM2-135M, from
 //! the statistics of 128 × 512 C4 calibration tokens (collected once, outside the timing).
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -110,5 +112,9 @@ fn methods(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, methods);
+criterion_group! {
+    name = benches;
+    config = common::criterion();
+    targets = methods
+}
 criterion_main!(benches);

@@ -2,6 +2,8 @@
 //! stories260K on WikiText-2, and greedy generation with the KV cache (new tokens/s) of
 //! SmolLM2-135M. Models load once, outside the timing.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -82,5 +84,9 @@ fn eval(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, eval);
+criterion_group! {
+    name = benches;
+    config = common::criterion();
+    targets = eval
+}
 criterion_main!(benches);

@@ -2,6 +2,8 @@
 //!
 //! `cargo bench --bench hash -- --warm-up-time 1 --measurement-time 5`
 
+mod common;
+
 use std::fs::File;
 use std::io::{BufWriter, Write};
 
@@ -45,5 +47,9 @@ fn hash_file_cold(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, hash_file_cold);
+criterion_group! {
+    name = benches;
+    config = common::criterion();
+    targets = hash_file_cold
+}
 criterion_main!(benches);

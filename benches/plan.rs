@@ -1,6 +1,8 @@
 //! Planning plus cache lookup for a 10,000-point sweep, and a no-op rerun of the committed
 //! `pipelines/wanda-sweep.yaml` as a whole process.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -126,5 +128,9 @@ fn noop_rerun(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, planning, noop_rerun);
+criterion_group! {
+    name = benches;
+    config = common::criterion();
+    targets = planning, noop_rerun
+}
 criterion_main!(benches);

@@ -380,8 +380,10 @@ const COLORS: [RGBColor; 10] = [
     RGBColor(23, 190, 207),
 ];
 
-/// Registers the embedded font once; plotters looks fonts up by family name.
-fn register_font() -> Result<(), ReportError> {
+/// Registers the embedded font once; plotters looks fonts up by family name. Anything else in the
+/// process that draws with plotters (criterion's HTML reports) needs it too: with plotters'
+/// `ab_glyph` text there are no system fonts to fall back on.
+pub fn register_font() -> Result<(), ReportError> {
     static OK: OnceLock<bool> = OnceLock::new();
     let ok = *OK.get_or_init(|| {
         plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular()).is_ok()
