@@ -435,18 +435,15 @@ fn line_figure_has_a_panel_per_metric_a_series_per_method_and_the_dense_level() 
     assert_eq!(fig.size(), (2 * PANEL_WIDTH, fig.size().1));
 }
 
-#[test]
-fn tradeoff_ratio_divides_by_the_dense_values_and_labels_points() {
-    let mut data = sample();
-    // Complete the wanda 0.5 wiki point so it can be placed.
-    data.observations[4].outcome = measured(&[("ppl", 180.0)], None);
-    let plot = ReportPlot {
+/// `wiki.ppl` against `ppl.ppl`, a series per method, points labelled by sparsity.
+fn tradeoff_plot(change: Change) -> ReportPlot {
+    ReportPlot {
         name: "tradeoff".into(),
         kind: PlotKind::Tradeoff {
             x: metric("ppl.ppl"),
             y: vec![metric("wiki.ppl")],
             label: vec!["sparsity".into()],
-            change: Change::Ratio,
+            change,
         },
         series: vec!["method".into()],
         rows: vec!["method".into(), "sparsity".into()],
@@ -454,7 +451,15 @@ fn tradeoff_ratio_divides_by_the_dense_values_and_labels_points() {
         x_scale: AxisScale::Linear,
         y_scale: AxisScale::Linear,
         formats: vec![PlotFormat::Png],
-    };
+    }
+}
+
+#[test]
+fn tradeoff_ratio_divides_by_the_dense_values_and_labels_points() {
+    let mut data = sample();
+    // Complete the wanda 0.5 wiki point so it can be placed.
+    data.observations[4].outcome = measured(&[("ppl", 180.0)], None);
+    let plot = tradeoff_plot(Change::Ratio);
     let fig = figure(&data, &plot).unwrap();
     let p = &fig.panels[0];
     assert_eq!(p.x_label, "ppl.ppl ÷ dense");
@@ -474,19 +479,8 @@ fn log_scales_apply_per_axis_and_fall_back_to_linear_with_a_note() {
     let mut data = sample();
     data.observations[4].outcome = measured(&[("ppl", 180.0)], None);
     let mut plot = ReportPlot {
-        name: "tradeoff".into(),
-        kind: PlotKind::Tradeoff {
-            x: metric("ppl.ppl"),
-            y: vec![metric("wiki.ppl")],
-            label: vec!["sparsity".into()],
-            change: Change::None,
-        },
-        series: vec!["method".into()],
-        rows: vec!["method".into(), "sparsity".into()],
-        filter: Vec::new(),
         x_scale: AxisScale::Log,
-        y_scale: AxisScale::Linear,
-        formats: vec![PlotFormat::Png],
+        ..tradeoff_plot(Change::None)
     };
     let fig = figure(&data, &plot).unwrap();
     assert!(fig.panels[0].log_x && !fig.panels[0].log_y);
@@ -496,12 +490,7 @@ fn log_scales_apply_per_axis_and_fall_back_to_linear_with_a_note() {
     assert!(fig.panels[0].log_x && fig.panels[0].log_y);
     assert!(svg(&fig).unwrap().contains("<svg"));
     // A difference from the dense model is 0 at the baseline: no logarithm of it.
-    plot.kind = PlotKind::Tradeoff {
-        x: metric("ppl.ppl"),
-        y: vec![metric("wiki.ppl")],
-        label: vec!["sparsity".into()],
-        change: Change::Diff,
-    };
+    plot.kind = tradeoff_plot(Change::Diff).kind;
     let fig = figure(&data, &plot).unwrap();
     assert!(!fig.panels[0].log_x && !fig.panels[0].log_y);
     let caption = fig.caption.join("\n");

@@ -41,6 +41,20 @@ fn md_rows(md: &str) -> (Vec<String>, Vec<Vec<String>>) {
     (header, lines[2..].iter().map(|l| cells(l)).collect())
 }
 
+/// A rendered Markdown table under `out`: its header and rows, every cell computed (none
+/// `pending` or `failed`).
+fn complete_table(out: &Path, rel: &str) -> (Vec<String>, Vec<Vec<String>>) {
+    let md = std::fs::read_to_string(out.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+    let (header, rows) = md_rows(&md);
+    assert!(
+        rows.iter()
+            .flatten()
+            .all(|c| c != "pending" && c != "failed"),
+        "{md}"
+    );
+    (header, rows)
+}
+
 fn check_png(path: &Path) {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut dec = png::Decoder::new(std::io::Cursor::new(bytes))
@@ -93,8 +107,7 @@ fn task_specific_study_runs_and_reports() {
     run_ok(&cache, &file);
     let out = tmp.path().join("reports");
     report(&cache, &file, &out);
-    let md = std::fs::read_to_string(out.join("table/task-specific.md")).unwrap();
-    let (header, rows) = md_rows(&md);
+    let (header, rows) = complete_table(&out, "table/task-specific.md");
     for col in [
         "WikiText ppl",
         "JS (nats)",
@@ -110,13 +123,14 @@ fn task_specific_study_runs_and_reports() {
         );
     }
     // The base model, then magnitude, sparsegpt, wanda at 50% on C4.
-    assert_eq!(rows.len(), 4, "{md}");
+    assert_eq!(rows.len(), 4, "{rows:?}");
     let method = header.iter().position(|h| h == "method").unwrap();
     let methods: Vec<&str> = rows.iter().map(|r| r[method].as_str()).collect();
-    assert_eq!(&methods[1..], ["magnitude", "sparsegpt", "wanda"], "{md}");
-    for r in &rows {
-        assert!(r.iter().all(|c| c != "pending" && c != "failed"), "{md}");
-    }
+    assert_eq!(
+        &methods[1..],
+        ["magnitude", "sparsegpt", "wanda"],
+        "{rows:?}"
+    );
     for name in ["damage-vs-sparsity", "task-score-vs-perplexity"] {
         check_png(&out.join(format!("table/{name}.png")));
         assert!(out.join(format!("table/{name}.svg")).is_file());
@@ -147,8 +161,7 @@ fn cost_of_compression_study_runs_and_reports() {
     run_ok(&cache, &file);
     let out = tmp.path().join("reports");
     report(&cache, &file, &out);
-    let md = std::fs::read_to_string(out.join("pruning/pruning.md")).unwrap();
-    let (header, rows) = md_rows(&md);
+    let (header, rows) = complete_table(&out, "pruning/pruning.md");
     for col in [
         "LAMA P@1",
         "LAMA P@5",
@@ -163,10 +176,7 @@ fn cost_of_compression_study_runs_and_reports() {
         );
     }
     // Dense, then all × {0.2, 0.6}.
-    assert_eq!(rows.len(), 3, "{md}");
-    for r in &rows {
-        assert!(r.iter().all(|c| c != "pending" && c != "failed"), "{md}");
-    }
+    assert_eq!(rows.len(), 3, "{rows:?}");
     for name in [
         "knowledge-and-tasks-vs-sparsity",
         "perplexity-vs-sparsity",
@@ -178,8 +188,7 @@ fn cost_of_compression_study_runs_and_reports() {
         check_png(&out.join(format!("lm-head/{name}.png")));
     }
     // Dense, int8 of `all`, then 20% pruning followed by int8.
-    let md = std::fs::read_to_string(out.join("quantization/quantization.md")).unwrap();
-    let (header, rows) = md_rows(&md);
+    let (header, rows) = complete_table(&out, "quantization/quantization.md");
     let want = [
         "group",
         "combined",
@@ -191,18 +200,15 @@ fn cost_of_compression_study_runs_and_reports() {
         "WinoGrande",
         "WikiText ppl",
     ];
-    assert_eq!(header, want, "{md}");
+    assert_eq!(header, want);
     let keys: Vec<(&str, &str)> = rows.iter().map(|r| (&*r[0], &*r[1])).collect();
-    assert_eq!(keys, [("dense", "—"), ("all", "—"), ("all", "0.2")], "{md}");
-    assert!(
-        rows.iter()
-            .flatten()
-            .all(|c| c != "pending" && c != "failed"),
-        "{md}"
+    assert_eq!(
+        keys,
+        [("dense", "—"), ("all", "—"), ("all", "0.2")],
+        "{rows:?}"
     );
     // Dense, then each way of pruning the head at 50%.
-    let md = std::fs::read_to_string(out.join("lm-head/lm-head.md")).unwrap();
-    let (header, rows) = md_rows(&md);
+    let (header, rows) = complete_table(&out, "lm-head/lm-head.md");
     let want = [
         "head_pattern",
         "head_method",
@@ -213,7 +219,7 @@ fn cost_of_compression_study_runs_and_reports() {
         "MRR",
         "WikiText ppl",
     ];
-    assert_eq!(header, want, "{md}");
+    assert_eq!(header, want);
     let keys: Vec<(&str, &str)> = rows.iter().map(|r| (&*r[0], &*r[1])).collect();
     assert_eq!(
         keys,
@@ -223,12 +229,6 @@ fn cost_of_compression_study_runs_and_reports() {
             ("rows", "magnitude"),
             ("unstructured", "random"),
         ],
-        "{md}"
-    );
-    assert!(
-        rows.iter()
-            .flatten()
-            .all(|c| c != "pending" && c != "failed"),
-        "{md}"
+        "{rows:?}"
     );
 }
