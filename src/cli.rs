@@ -55,8 +55,12 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
-    /// Summarize, per stage, how many instances are cached.
-    Status { file: PathBuf },
+    /// Summarize, per stage, how many instances are cached, corrupt or still to run.
+    Status {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value = "text")]
+        format: plan::StatusFormat,
+    },
     /// Explain why a stage (name or instance label) would run: what changed in its key.
     Why { file: PathBuf, stage: String },
     /// Write a cached weights stage (load, prune or quantize) as a Hugging Face model folder.
@@ -86,7 +90,14 @@ pub enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
-    /// Remove cache entries that no given pipeline reaches, or older than a date.
+    /// Re-hash every cache entry the given pipelines reach (or, with none, every entry), move
+    /// those that fail to quarantine, and exit 1 if any failed.
+    Verify {
+        /// Pipelines whose entries are checked (default: the whole cache).
+        files: Vec<PathBuf>,
+    },
+    /// Remove cache entries that no given pipeline reaches, or older than a date. Entries a
+    /// running job holds are kept. With -v, lists each entry removed (key, stage, size).
     Gc {
         /// Pipelines whose current results are kept.
         files: Vec<PathBuf>,
@@ -159,17 +170,18 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             cmd_run(&cli, file, &opts)
         }
         Command::Plan { file, format } => {
-            let (cache, plan) = open(&cli, file)?;
+            let (cache, plan) = open_read_only(&cli, file)?;
             let history = History::load(&cache, &plan.pipeline.path.display().to_string());
             let statuses = plan::resolve(&plan, &cache, &history)?;
             print!("{}", plan::render(&plan, &statuses, *format));
             Ok(Outcome::Success)
         }
-        Command::Status { file } => cmd_status(&cli, file),
+        Command::Status { file, format } => cmd_status(&cli, file, *format),
         Command::Why { file, stage } => cmd_why(&cli, file, stage),
         Command::Export { file, stage, out } => cmd_export(&cli, file, stage, out),
         Command::Report { file, out } => cmd_report(&cli, file, out.as_deref()),
         Command::Synth { out, seed } => cmd_synth(out, *seed),
+        Command::Verify { files } => cmd_verify(&cli, files),
         Command::Gc {
             files,
             older_than,
@@ -234,6 +246,14 @@ fn open(cli: &Cli, file: &Path) -> Result<(Cache, Plan)> {
     let plan = plan::build(pipeline, &hasher)?;
     hasher.save()?;
     Ok((cache, plan))
+}
+
+/// [`open`] for commands that only read: nothing is created or saved, not even the hash memo.
+fn open_read_only(cli: &Cli, file: &Path) -> Result<(Cache, Plan)> {
+    let pipeline = load_pipeline(file)?;
+    let cache = Cache::open_read_only(&cache_dir(cli, file));
+    let hasher = FileHasher::load(&cache)?;
+    Ok((cache, plan::build(pipeline, &hasher)?))
 }
 
 fn init_tracing(cli: &Cli, log_file: &Path) -> Result<()> {
@@ -324,9 +344,13 @@ fn cmd_run(cli: &Cli, file: &Path, opts: &RunOptions) -> Result<Outcome> {
             f.log.display()
         );
     }
+    let unrun = crate::exec::unrun_report(&summary.record);
+    if !unrun.is_empty() {
+        eprint!("{unrun}");
+    }
     Ok(if summary.interrupted {
         Outcome::Interrupted
-    } else if failed > 0 {
+    } else if failed > 0 || !unrun.is_empty() {
         Outcome::StageFailed
     } else {
         Outcome::Success
@@ -425,50 +449,15 @@ fn cmd_report(cli: &Cli, file: &Path, out: Option<&Path>) -> Result<Outcome> {
     Ok(Outcome::Success)
 }
 
-fn cmd_status(cli: &Cli, file: &Path) -> Result<Outcome> {
-    let (cache, plan) = open(cli, file)?;
+fn cmd_status(cli: &Cli, file: &Path, format: plan::StatusFormat) -> Result<Outcome> {
+    let (cache, plan) = open_read_only(cli, file)?;
     let pipeline = plan.pipeline.path.display().to_string();
     let history = History::load(&cache, &pipeline);
     let statuses = plan::resolve(&plan, &cache, &history)?;
-    let mut table = crate::report::Table::new(
-        ["stage", "kind", "instances", "cached", "to run"]
-            .map(String::from)
-            .to_vec(),
-    );
-    for stage in &plan.pipeline.stages {
-        let ids: Vec<usize> = plan.find(&stage.name);
-        let cached = ids.iter().filter(|&&i| statuses[i].is_cached()).count();
-        use crate::report::Cell;
-        table.push(vec![
-            Cell::Text(stage.name.clone()),
-            Cell::Text(stage.kind.as_str().into()),
-            Cell::Int(ids.len() as i64),
-            Cell::Int(cached as i64),
-            Cell::Int((ids.len() - cached) as i64),
-        ]);
-    }
-    println!("{}", plan.pipeline.path.display());
-    print!("{}", table.to_text());
-    match cache.last_run_for(&pipeline) {
-        Some(run) => {
-            let failed = run
-                .stages
-                .iter()
-                .filter(|s| s.status == StageStatus::Failed)
-                .count();
-            println!(
-                "last run {} started {}{}",
-                run.run_id,
-                run.started,
-                if failed > 0 {
-                    format!(", {failed} failed")
-                } else {
-                    String::new()
-                }
-            );
-        }
-        None => println!("never run with this cache ({})", cache.root().display()),
-    }
+    let last = cache.last_run_for(&pipeline);
+    let root = cache.root().display().to_string();
+    let summary = plan::StatusSummary::new(&plan, &statuses, &root, last.as_ref());
+    print!("{}", summary.render(format));
     Ok(Outcome::Success)
 }
 
@@ -498,7 +487,7 @@ fn cmd_export(cli: &Cli, file: &Path, stage: &str, out: &Path) -> Result<Outcome
 }
 
 fn cmd_why(cli: &Cli, file: &Path, stage: &str) -> Result<Outcome> {
-    let (cache, plan) = open(cli, file)?;
+    let (cache, plan) = open_read_only(cli, file)?;
     let ids = plan.find(stage);
     if ids.is_empty() {
         let names: Vec<&str> = plan
@@ -565,6 +554,63 @@ fn parse_older_than(s: &str) -> Result<jiff::Timestamp> {
     )
 }
 
+/// The cache a command on `files` uses: `--cache-dir`, else the one beside the first file, else
+/// the one of the current directory.
+fn cache_dir_for(cli: &Cli, files: &[PathBuf]) -> PathBuf {
+    match (&cli.cache_dir, files.first()) {
+        (Some(d), _) => d.clone(),
+        (None, Some(f)) => cache_dir(cli, f),
+        (None, None) => default_cache_dir(Path::new(".")),
+    }
+}
+
+fn cmd_verify(cli: &Cli, files: &[PathBuf]) -> Result<Outcome> {
+    let dir = cache_dir_for(cli, files);
+    if !dir.exists() {
+        anyhow::bail!("no cache at {}: nothing to verify", dir.display());
+    }
+    let cache =
+        Cache::open(&dir).with_context(|| format!("opening the cache at {}", dir.display()))?;
+    let report = if files.is_empty() {
+        cache.verify_all()?
+    } else {
+        let hasher = FileHasher::load(&cache)?;
+        let mut keys = std::collections::BTreeSet::new();
+        for f in files {
+            let plan = plan::build(load_pipeline(f)?, &hasher)?;
+            let history = History::load(&cache, &plan.pipeline.path.display().to_string());
+            keys.extend(plan::reachable_keys(&plan, &cache, &history)?);
+        }
+        hasher.save()?;
+        cache.verify_entries(keys)?
+    };
+    for c in &report.corrupt {
+        eprintln!(
+            "corrupt: {} {}: {}",
+            c.key.short(),
+            c.stage.as_deref().unwrap_or("?"),
+            c.reason
+        );
+    }
+    println!(
+        "verified {} entries ({:.1} MB): {} ok, {} corrupt{}",
+        report.ok + report.corrupt.len(),
+        report.bytes as f64 / 1e6,
+        report.ok,
+        report.corrupt.len(),
+        if report.corrupt.is_empty() {
+            String::new()
+        } else {
+            " (moved to quarantine; the next run recomputes them)".to_string()
+        }
+    );
+    Ok(if report.corrupt.is_empty() {
+        Outcome::Success
+    } else {
+        Outcome::StageFailed
+    })
+}
+
 fn cmd_gc(
     cli: &Cli,
     files: &[PathBuf],
@@ -572,11 +618,7 @@ fn cmd_gc(
     dry_run: bool,
 ) -> Result<Outcome> {
     let older_than = older_than.map(parse_older_than).transpose()?;
-    let dir = match (&cli.cache_dir, files.first()) {
-        (Some(d), _) => d.clone(),
-        (None, Some(f)) => cache_dir(cli, f),
-        (None, None) => default_cache_dir(Path::new(".")),
-    };
+    let dir = cache_dir_for(cli, files);
     let cache =
         Cache::open(&dir).with_context(|| format!("opening the cache at {}", dir.display()))?;
     let keep = if files.is_empty() {
@@ -605,6 +647,19 @@ fn cmd_gc(
         dry_run,
     })?;
     let verb = if dry_run { "would remove" } else { "removed" };
+    if cli.verbose > 0 {
+        for r in &report.removed {
+            println!(
+                "{verb} {}  {}  ({:.1} MB)",
+                r.key.short(),
+                r.stage,
+                r.bytes as f64 / 1e6
+            );
+        }
+    }
+    if !report.in_use.is_empty() {
+        println!("kept {} entries a running job holds", report.in_use.len());
+    }
     println!(
         "{verb} {} entries ({:.1} MB), kept {}; cleaned {} unfinished writes",
         report.removed.len(),

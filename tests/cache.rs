@@ -55,6 +55,10 @@ fn hit(cache: &Cache, key: &Digest) -> whittle::cache::Entry {
     }
 }
 
+fn removed(r: &whittle::cache::GcReport) -> Vec<(Digest, u64)> {
+    r.removed.iter().map(|e| (e.key, e.bytes)).collect()
+}
+
 fn dir_names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(dir)
         .unwrap()
@@ -357,7 +361,7 @@ fn gc_keep_older_than_and_dry_run() {
         ..GcOptions::default()
     };
     let r = cache.gc(older.clone()).unwrap();
-    assert_eq!(r.removed, vec![(a.key(), size_a)]);
+    assert_eq!(removed(&r), vec![(a.key(), size_a)]);
     assert_eq!(r.kept, 2);
     assert!(a.dir().exists(), "a dry run removes nothing");
 
@@ -367,7 +371,7 @@ fn gc_keep_older_than_and_dry_run() {
             ..older
         })
         .unwrap();
-    assert_eq!(r.removed, vec![(a.key(), size_a)]);
+    assert_eq!(removed(&r), vec![(a.key(), size_a)]);
     assert_eq!(r.freed_bytes, size_a);
     assert!(matches!(cache.lookup(&a.key()).unwrap(), Lookup::Miss));
     assert!(dir_names(&t.path().join("v1/tmp")).is_empty());
@@ -378,7 +382,7 @@ fn gc_keep_older_than_and_dry_run() {
             ..GcOptions::default()
         })
         .unwrap();
-    assert_eq!(r.removed, vec![(c.key(), size_c)]);
+    assert_eq!(removed(&r), vec![(c.key(), size_c)]);
     assert_eq!(r.kept, 1);
     hit(&cache, &b.key()).verify().unwrap();
     assert!(matches!(cache.lookup(&c.key()).unwrap(), Lookup::Miss));
@@ -610,4 +614,88 @@ fn unwritable_cache_says_what_to_do() {
         }
         fs::set_permissions(ro.join("v1/tmp"), fs::Permissions::from_mode(0o755)).unwrap();
     }
+}
+
+#[test]
+fn build_locks_exclude_a_second_builder_until_released() {
+    let t = tempfile::tempdir().unwrap();
+    let cache = Cache::open(t.path()).unwrap();
+    let key = key_inputs(7).digest();
+    let held = cache.try_lock_build(&key).unwrap().expect("free at first");
+    assert!(
+        cache.try_lock_build(&key).unwrap().is_none(),
+        "two builders"
+    );
+    let other = key_inputs(8).digest();
+    assert!(
+        cache.try_lock_build(&other).unwrap().is_some(),
+        "keys lock apart"
+    );
+    // A waiter gets the lock as soon as the holder lets go.
+    let waiter = std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            let start = Instant::now();
+            let _l = cache.lock_build(&key).unwrap();
+            start.elapsed()
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        drop(held);
+        h.join().unwrap()
+    });
+    assert!(waiter >= Duration::from_millis(250), "{waiter:?}");
+}
+
+#[test]
+fn gc_keeps_entries_a_live_lease_holds() {
+    let t = tempfile::tempdir().unwrap();
+    let cache = Cache::open(t.path()).unwrap();
+    let a = write_entry(&cache, 1, 1, 100);
+    let b = write_entry(&cache, 2, 1, 100);
+    let lease = cache.lease("20260101T000000Z-0001").unwrap();
+    lease.hold(&a.key()).unwrap();
+    let everything = GcOptions {
+        older_than: Some(jiff::Timestamp::now() + jiff::SignedDuration::from_secs(60)),
+        ..GcOptions::default()
+    };
+    let r = cache.gc(everything.clone()).unwrap();
+    assert_eq!(r.in_use, vec![a.key()]);
+    assert_eq!(
+        removed(&r).iter().map(|r| r.0).collect::<Vec<_>>(),
+        [b.key()]
+    );
+    assert_eq!(r.removed[0].stage, "prune[n=2]");
+    hit(&cache, &a.key()).verify().unwrap();
+    // The run is over: its lease goes, and so can the entry.
+    drop(lease);
+    let r = cache.gc(everything).unwrap();
+    assert_eq!(
+        removed(&r).iter().map(|r| r.0).collect::<Vec<_>>(),
+        [a.key()]
+    );
+    assert!(dir_names(&t.path().join("v1/leases")).is_empty());
+}
+
+#[test]
+fn a_dead_runs_lease_holds_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let cache = Cache::open(t.path()).unwrap();
+    let a = write_entry(&cache, 1, 1, 100);
+    // What a SIGKILLed run leaves: a lease file nobody holds a lock on.
+    fs::write(
+        t.path().join("v1/leases/20260101T000000Z-dead.lease"),
+        format!("{}\n", a.key().hex()),
+    )
+    .unwrap();
+    let r = cache
+        .gc(GcOptions {
+            keep: Some(HashSet::new()),
+            ..GcOptions::default()
+        })
+        .unwrap();
+    assert!(r.in_use.is_empty());
+    assert_eq!(
+        removed(&r).iter().map(|r| r.0).collect::<Vec<_>>(),
+        [a.key()]
+    );
+    assert!(dir_names(&t.path().join("v1/leases")).is_empty());
 }

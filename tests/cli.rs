@@ -152,3 +152,32 @@ fn plan_renders_json_dot_and_mermaid() {
     );
     assert!(String::from_utf8_lossy(&mermaid.stdout).starts_with("flowchart LR"));
 }
+
+#[test]
+fn a_run_that_leaves_stages_unrun_exits_nonzero_and_says_why_on_stderr() {
+    let shared = require_shared!("");
+    let tmp = tempfile::tempdir().unwrap();
+    let file = failing_pipeline(tmp.path(), &shared);
+    let cache = tmp.path().join("cache");
+    let out = whittle(&cache, &["run", file.to_str().unwrap(), "--jobs", "1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let run = Cache::open(&cache).unwrap().runs().pop().unwrap();
+    let unrun: Vec<&str> = run
+        .stages
+        .iter()
+        .filter(|s| s.status == StageStatus::Skipped)
+        .map(|s| s.instance.as_str())
+        .collect();
+    assert!(!unrun.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{} of 6 stages were not run", unrun.len())),
+        "{stderr}"
+    );
+    for s in unrun {
+        assert!(
+            stderr.contains(&format!("  {s}: ")),
+            "{s} not named: {stderr}"
+        );
+    }
+}

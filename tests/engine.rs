@@ -346,3 +346,442 @@ fn killed_during_prune_then_resumed_gives_identical_results() {
     assert_eq!(strip(got), strip(want));
     assert_entries_complete(&cache);
 }
+
+/// The cache entry of `instance` in `run`.
+fn entry_of(cache: &Path, run: &RunRecord, instance: &str) -> whittle::cache::Entry {
+    common::entry(cache, run, instance)
+}
+
+/// Flips one bit in the middle of a file: same size, different content.
+fn flip_byte(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Every file under `dir` with its size and modification time: equal snapshots, nothing written.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u64, std::time::SystemTime)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&d).unwrap();
+        out.insert(d.clone(), (meta.len(), meta.modified().unwrap()));
+        if meta.is_dir() {
+            stack.extend(std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    out
+}
+
+/// Rows of a report as comparable maps.
+fn rows_of(rows: Vec<serde_json::Value>) -> Vec<BTreeMap<String, serde_json::Value>> {
+    rows.into_iter()
+        .map(|r| serde_json::from_value(r).unwrap())
+        .collect()
+}
+
+fn output_text(o: &std::process::Output) -> String {
+    common::text(o)
+}
+
+#[test]
+fn same_size_corruption_is_found_by_verify() {
+    let shared = require_shared!("");
+    let tmp = tempfile::tempdir().unwrap();
+    let pipeline = small_pipeline(tmp.path(), &shared);
+    let file = pipeline.to_str().unwrap();
+    let cache = tmp.path().join("cache");
+    let first = run_ok(&cache, &pipeline);
+    let want = rows_of(report_rows(&cache, &first));
+
+    // One flipped byte in an overlay blob, in calibration statistics and tokens, in metrics.json.
+    let pruned = entry_of(&cache, &first, "pruned[method=wanda]");
+    flip_byte(&pruned.path("overlay/t0000.bin"));
+    let calib = entry_of(&cache, &first, "calib");
+    flip_byte(&calib.path("stats.safetensors"));
+    flip_byte(&calib.path("tokens.safetensors"));
+    let ppl = entry_of(&cache, &first, "ppl[method=magnitude]");
+    flip_byte(&ppl.path("metrics.json"));
+
+    let out = whittle(&cache, &["verify", file]);
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for label in ["pruned[method=wanda]", "calib", "ppl[method=magnitude]"] {
+        assert!(stderr.contains(label), "{label} not reported: {stderr}");
+    }
+    assert!(stderr.contains("t0000.bin"), "{stderr}");
+    assert!(stderr.contains("metrics.json"), "{stderr}");
+    assert!(!stderr.contains("pruned[method=magnitude]"), "{stderr}");
+    let quarantined = std::fs::read_dir(cache.join("v1/quarantine"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().is_dir())
+        .count();
+    assert_eq!(quarantined, 3);
+    for e in [&pruned, &calib, &ppl] {
+        assert!(!e.dir().exists(), "{} left in place", e.dir().display());
+    }
+
+    // What is left is sound, for the pipeline and for the whole cache.
+    let out = whittle(&cache, &["verify", file]);
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    let out = whittle(&cache, &["verify"]);
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+
+    // The next run recomputes exactly the quarantined entries, to the same numbers.
+    let again = run_ok(&cache, &pipeline);
+    let ran = by_status(&again, StageStatus::Ran);
+    for label in ["calib", "pruned[method=wanda]", "ppl[method=magnitude]"] {
+        assert!(
+            ran.contains(&label.to_string()),
+            "{label} not rerun: {ran:?}"
+        );
+    }
+    assert!(by_status(&again, StageStatus::Cached).contains(&"pruned[method=magnitude]".into()));
+    assert_eq!(rows_of(report_rows(&cache, &again)), want);
+}
+
+#[test]
+fn reports_never_read_metrics_from_an_edited_manifest() {
+    let shared = require_shared!("");
+    let tmp = tempfile::tempdir().unwrap();
+    let pipeline = small_pipeline(tmp.path(), &shared);
+    let file = pipeline.to_str().unwrap();
+    let cache = tmp.path().join("cache");
+    let first = run_ok(&cache, &pipeline);
+    let ppl = entry_of(&cache, &first, "ppl[method=magnitude]");
+    let real = ppl.manifest().meta["metrics"]["ppl"].as_f64().unwrap();
+
+    let mut m = ppl.manifest().clone();
+    m.meta["metrics"]["ppl"] = serde_json::json!(1.25);
+    std::fs::write(
+        ppl.dir().join("manifest.json"),
+        serde_json::to_vec_pretty(&m).unwrap(),
+    )
+    .unwrap();
+
+    let out = whittle(
+        &cache,
+        &[
+            "report",
+            file,
+            "--out",
+            tmp.path().join("r").to_str().unwrap(),
+        ],
+    );
+    let all = output_text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(all.contains("meta.metrics"), "{all}");
+    assert!(
+        !all.contains("1.25"),
+        "the edited value reached the report: {all}"
+    );
+
+    // verify finds it too; after it, the run recomputes the real value.
+    let out = whittle(&cache, &["verify", file]);
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    let again = run_ok(&cache, &pipeline);
+    let fresh = entry_of(&cache, &again, "ppl[method=magnitude]");
+    assert_eq!(fresh.manifest().meta["metrics"]["ppl"].as_f64(), Some(real));
+}
+
+#[test]
+fn plan_and_status_never_change_the_cache() {
+    let shared = require_shared!("");
+    let tmp = tempfile::tempdir().unwrap();
+    let pipeline = small_pipeline(tmp.path(), &shared);
+    let file = pipeline.to_str().unwrap();
+    let cache = tmp.path().join("cache");
+    let first = run_ok(&cache, &pipeline);
+    // A truncated file: the cheap check behind plan and status sees it.
+    let calib = entry_of(&cache, &first, "calib");
+    let stats = calib.path("stats.safetensors");
+    let len = std::fs::metadata(&stats).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&stats)
+        .unwrap()
+        .set_len(len - 8)
+        .unwrap();
+
+    let before = snapshot(&cache);
+    let plan = whittle(&cache, &["plan", file]);
+    assert!(plan.status.success(), "{}", output_text(&plan));
+    assert!(
+        String::from_utf8_lossy(&plan.stdout).contains("corrupt"),
+        "{}",
+        output_text(&plan)
+    );
+    let status = whittle(&cache, &["status", file]);
+    assert!(status.status.success(), "{}", output_text(&status));
+    let text = String::from_utf8_lossy(&status.stdout).to_string();
+    assert!(text.contains("corrupt"), "{text}");
+    let json = whittle(&cache, &["status", file, "--format", "json"]);
+    assert!(json.status.success(), "{}", output_text(&json));
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let stage = |name: &str| {
+        v["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["stage"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(stage("calib")["corrupt"], 1);
+    assert_eq!(stage("calib")["cached"], 0);
+    assert_eq!(stage("base")["cached"], 1);
+    assert_eq!(stage("pruned")["instances"], 2);
+    assert_eq!(v["last_run"]["run_id"], first.run_id.as_str());
+    let why = whittle(&cache, &["why", file, "calib"]);
+    assert!(
+        output_text(&why).contains("corrupt"),
+        "{}",
+        output_text(&why)
+    );
+    assert_eq!(
+        snapshot(&cache),
+        before,
+        "a read-only command wrote to the cache"
+    );
+    assert!(calib.dir().exists(), "plan or status moved the entry");
+
+    // Status of a cache that does not exist creates none.
+    let nowhere = tmp.path().join("no-cache");
+    let out = whittle(&nowhere, &["status", file]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("never run"));
+    let out = whittle(&nowhere, &["plan", file]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(
+        !nowhere.exists(),
+        "status or plan created {}",
+        nowhere.display()
+    );
+
+    // The run quarantines and recomputes it.
+    let again = run_ok(&cache, &pipeline);
+    assert!(by_status(&again, StageStatus::Ran).contains(&"calib".to_string()));
+}
+
+#[test]
+fn a_corrupt_input_found_mid_run_is_recomputed_not_skipped() {
+    let shared = require_shared!("");
+    let tmp = tempfile::tempdir().unwrap();
+    let pipeline = small_pipeline(tmp.path(), &shared);
+    let cache = tmp.path().join("cache");
+    let first = run_ok(&cache, &pipeline);
+    // Same size: only the full check when a stage is about to read it finds it.
+    flip_byte(&entry_of(&cache, &first, "calib").path("stats.safetensors"));
+    // The evaluations change, so they run and re-hash what they read, calib included.
+    let text = std::fs::read_to_string(&pipeline).unwrap().replace(
+        "task: perplexity, dataset: stories, seqlen: 64",
+        "task: perplexity, dataset: stories, seqlen: 48",
+    );
+    std::fs::write(&pipeline, text).unwrap();
+
+    let out = whittle(&cache, &["run", pipeline.to_str().unwrap(), "--jobs", "1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    let run = common::last_run(&cache);
+    assert!(by_status(&run, StageStatus::Skipped).is_empty(), "{run:?}");
+    assert_eq!(
+        by_status(&run, StageStatus::Ran),
+        [
+            "calib",
+            "ppl[method=magnitude]",
+            "ppl[method=wanda]",
+            "table"
+        ]
+    );
+    // The recomputed calibration is the same, so the prunes below it stay cached.
+    assert_eq!(
+        by_status(&run, StageStatus::Cached),
+        ["base", "pruned[method=magnitude]", "pruned[method=wanda]"]
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 skipped"));
+    assert_entries_complete(&cache);
+}
+
+/// Two runs of one pipeline started together on one cold cache.
+#[test]
+fn concurrent_runs_compute_every_stage_once() {
+    let shared = require_shared!("");
+    let tmp = tempfile::tempdir().unwrap();
+    let pipeline = small_pipeline(tmp.path(), &shared);
+    let cache = tmp.path().join("cache");
+    let spawn = || {
+        Command::new(BIN)
+            .args(["run", pipeline.to_str().unwrap(), "--quiet", "--cache-dir"])
+            .arg(&cache)
+            .env_remove("WHITTLE_TEST_PAUSE")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(a.status.success(), "{}", output_text(&a));
+    assert!(b.status.success(), "{}", output_text(&b));
+
+    let runs = Cache::open(&cache).unwrap().runs();
+    assert_eq!(runs.len(), 2);
+    let nodes = runs[0].stages.len();
+    let mut computed: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &runs {
+        assert_eq!(r.stages.len(), nodes);
+        for s in &r.stages {
+            assert!(
+                matches!(s.status, StageStatus::Ran | StageStatus::Cached),
+                "{}: {:?}",
+                s.instance,
+                s.status
+            );
+            *computed.entry(s.instance.clone()).or_default() +=
+                (s.status == StageStatus::Ran) as usize;
+        }
+    }
+    assert_eq!(computed.len(), nodes);
+    for (instance, n) in &computed {
+        assert_eq!(*n, 1, "{instance} computed {n} times");
+    }
+    let rows_a = rows_of(report_rows(&cache, &runs[0]));
+    assert_eq!(rows_a, rows_of(report_rows(&cache, &runs[1])));
+    assert_eq!(
+        runs[0].stages.iter().map(|s| s.key).collect::<Vec<_>>(),
+        runs[1].stages.iter().map(|s| s.key).collect::<Vec<_>>()
+    );
+    assert_entries_complete(&cache);
+}
+
+/// Waits until a staging directory in `cache` holds `file` (a stage paused before committing).
+fn wait_for_staged(cache: &Path, file: &str, child: &mut std::process::Child) {
+    let start = Instant::now();
+    loop {
+        let staged = std::fs::read_dir(cache.join("v1/tmp"))
+            .map(|d| d.flatten().any(|e| e.path().join(file).exists()))
+            .unwrap_or(false);
+        if staged {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "nothing staged {file}"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "whittle exited early");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn gc_never_removes_what_a_running_job_holds() {
+    let shared = require_shared!("");
+    let tmp = tempfile::tempdir().unwrap();
+    let pipeline = small_pipeline(tmp.path(), &shared);
+    let cache = tmp.path().join("cache");
+    let first = run_ok(&cache, &pipeline);
+    // The evaluations change: the second run reuses base, calib and the prunes, runs the rest.
+    let text = std::fs::read_to_string(&pipeline).unwrap().replace(
+        "task: perplexity, dataset: stories, seqlen: 64",
+        "task: perplexity, dataset: stories, seqlen: 48",
+    );
+    let second = tmp.path().join("second.yaml");
+    std::fs::write(&second, text).unwrap();
+
+    let mut child = Command::new(BIN)
+        .args([
+            "run",
+            second.to_str().unwrap(),
+            "--quiet",
+            "--jobs",
+            "1",
+            "--cache-dir",
+        ])
+        .arg(&cache)
+        .env("WHITTLE_TEST_PAUSE", "evaluate:3000")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_staged(&cache, "metrics.json", &mut child);
+
+    let held = [
+        "base",
+        "calib",
+        "pruned[method=magnitude]",
+        "pruned[method=wanda]",
+    ];
+    let dry = whittle(&cache, &["gc", "--older-than", "0s", "--dry-run", "-v"]);
+    assert!(dry.status.success(), "{}", output_text(&dry));
+    let listing = String::from_utf8_lossy(&dry.stdout).to_string();
+    for instance in ["ppl[method=magnitude]", "ppl[method=wanda]", "table"] {
+        let key = entry_of(&cache, &first, instance).key().short();
+        assert!(
+            listing.contains(&format!("would remove {key}  {instance}  (")),
+            "{instance} not listed: {listing}"
+        );
+    }
+    for instance in held {
+        assert!(
+            !listing.contains(&format!("{instance}  (")),
+            "{instance} listed: {listing}"
+        );
+    }
+    assert!(
+        listing.contains("kept 4 entries a running job holds"),
+        "{listing}"
+    );
+
+    let gc = whittle(&cache, &["gc", "--older-than", "0s"]);
+    assert!(gc.status.success(), "{}", output_text(&gc));
+    for instance in held {
+        assert!(
+            entry_of(&cache, &first, instance).dir().exists(),
+            "{instance} removed"
+        );
+    }
+
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    let run = common::last_run(&cache);
+    assert_eq!(
+        by_status(&run, StageStatus::Ran),
+        ["ppl[method=magnitude]", "ppl[method=wanda]", "table"]
+    );
+    assert_entries_complete(&cache);
+}
+
+/// SIGKILL at random instants of a cold run, resumed each time: never an incomplete entry, and
+/// the same numbers as a run never interrupted.
+#[test]
+fn killed_at_random_instants_then_resumed_gives_identical_results() {
+    let shared = require_shared!("");
+    let tmp = tempfile::tempdir().unwrap();
+    let pipeline = small_pipeline(tmp.path(), &shared);
+    let clean_cache = tmp.path().join("clean");
+    let started = Instant::now();
+    let clean = run_ok(&clean_cache, &pipeline);
+    let full = started.elapsed();
+    let want = rows_of(report_rows(&clean_cache, &clean));
+
+    let cache = tmp.path().join("cache");
+    for _ in 0..5 {
+        let mut child = Command::new(BIN)
+            .args(["run", pipeline.to_str().unwrap(), "--quiet", "--cache-dir"])
+            .arg(&cache)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let ms = rand::random_range(0..full.as_millis().max(2) as u64);
+        std::thread::sleep(Duration::from_millis(ms));
+        let _ = child.kill(); // SIGKILL (a no-op when it already finished)
+        child.wait().unwrap();
+        if cache.join("v1/entries").exists() {
+            assert_entries_complete(&cache);
+        }
+    }
+    let resumed = run_ok(&cache, &pipeline);
+    assert_eq!(rows_of(report_rows(&cache, &resumed)), want);
+    assert_entries_complete(&cache);
+}

@@ -28,6 +28,9 @@ pub enum CacheError {
     #[error("cache entry {} is corrupt ({reason}); it was moved to quarantine, rerun to recompute it", dir.display())]
     Corrupt { dir: PathBuf, reason: String },
 
+    #[error("cache entry {} is corrupt ({reason}); `whittle verify` quarantines it and the next run recomputes it", dir.display())]
+    Unverified { dir: PathBuf, reason: String },
+
     #[error("{} is not valid JSON of the expected shape", path.display())]
     Json {
         path: PathBuf,

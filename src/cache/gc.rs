@@ -4,6 +4,9 @@
 //! Removal is itself crash-safe: an entry is first renamed into `tmp/gc-<pid>-<random>` (one atomic
 //! step after which no lookup can see it), then deleted; a crash in between leaves a `tmp/`
 //! leftover for the next gc.
+//!
+//! Entries a live run holds (its lease, see `lock`) are never removed: gc takes the gc lock, so no
+//! run can add to its lease meanwhile, and skips every key a live lease lists.
 
 use std::collections::HashSet;
 use std::fs;
@@ -29,10 +32,21 @@ pub struct GcOptions {
     pub dry_run: bool,
 }
 
+/// An entry gc removed (or, in a dry run, would remove).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Removed {
+    pub key: Digest,
+    /// The stage instance label from its manifest (`?` when the manifest is unreadable).
+    pub stage: String,
+    pub bytes: u64,
+}
+
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct GcReport {
-    /// Removed entries (or, in a dry run, entries that would be), with their size in bytes.
-    pub removed: Vec<(Digest, u64)>,
+    /// Removed entries (or, in a dry run, entries that would be).
+    pub removed: Vec<Removed>,
+    /// Entries gc would have removed but left because a live run holds them.
+    pub in_use: Vec<Digest>,
     /// Entries left in place.
     pub kept: usize,
     /// Bytes of removed entries, `tmp/` leftovers and quarantined entries together.
@@ -48,6 +62,8 @@ impl Cache {
     /// unreadable, abandoned `tmp/` items and everything in quarantine.
     pub fn gc(&self, opts: GcOptions) -> Result<GcReport, CacheError> {
         let mut report = GcReport::default();
+        let _gc = self.lock_for_gc()?;
+        let leased = self.leased_keys(opts.dry_run)?;
         for (key, manifest) in self.entries()? {
             let remove = match &manifest {
                 // Unreadable manifests are corrupt entries: never usable, always removed.
@@ -66,12 +82,21 @@ impl Cache {
                 report.kept += 1;
                 continue;
             }
+            if leased.contains(&key) {
+                report.kept += 1;
+                report.in_use.push(key);
+                continue;
+            }
             let dir = self.entry_dir(&key);
             let size = tree_size(&dir);
             if !opts.dry_run && !self.remove_tree(&dir)? {
                 continue; // someone else removed it meanwhile
             }
-            report.removed.push((key, size));
+            report.removed.push(Removed {
+                key,
+                stage: manifest.map_or_else(|_| "?".to_string(), |m| m.stage),
+                bytes: size,
+            });
             report.freed_bytes += size;
         }
 

@@ -8,12 +8,16 @@ pub mod filehash;
 mod fsutil;
 pub mod gc;
 pub mod key;
+pub mod lock;
 pub mod runs;
 pub mod store;
+pub mod verify;
 
 pub use error::CacheError;
 pub use filehash::{blake3_file, FileHasher, HashStats};
-pub use gc::{GcOptions, GcReport};
+pub use gc::{GcOptions, GcReport, Removed};
 pub use key::{Digest, KeyInputs, ParamValue, Params};
+pub use lock::{BuildLock, Lease};
 pub use runs::{RunRecord, StageRecord, StageStatus};
 pub use store::{Cache, Entry, EntryMeta, EntryWriter, FileRecord, Lookup, Manifest};
+pub use verify::VerifyReport;

@@ -118,6 +118,9 @@ impl Cache {
     /// Every readable run record, oldest first. Unreadable ones are skipped with a warning.
     pub fn runs(&self) -> Vec<RunRecord> {
         let dir = self.runs_dir();
+        if !dir.exists() {
+            return Vec::new(); // a cache opened read-only that was never written
+        }
         let paths = match read_dir_paths(&dir) {
             Ok(p) => p,
             Err(e) => {

@@ -15,6 +15,7 @@
 //! <root>/v1/runs/<run-id>.json                 run records (see `runs`)
 //! <root>/v1/logs/<run-id>/...                  stage logs
 //! <root>/v1/filehash.json                      memo of input-file hashes (see `filehash`)
+//! <root>/v1/locks/, <root>/v1/leases/          build locks and run leases (see `lock`)
 //! ```
 //!
 //! Crash safety: an entry appears in `entries/` only by one `rename` of a staging directory whose
@@ -39,6 +40,8 @@ pub const LAYOUT_VERSION: u32 = 1;
 pub const MANIFEST_SCHEMA: u32 = 1;
 /// The file whose presence marks an entry complete.
 pub const MANIFEST_FILE: &str = "manifest.json";
+/// An entry's metrics, when it has any; the manifest's `meta.metrics` must match it.
+pub const METRICS_FILE: &str = "metrics.json";
 
 const CACHEDIR_TAG: &str = "Signature: 8a477f597d28d172789f06886806bc55\n\
 # This file is a cache directory tag created by whittle.\n\
@@ -154,7 +157,22 @@ impl Entry {
     /// Re-hashes every file against the manifest. On a mismatch the entry is moved to quarantine
     /// (so the next lookup misses and the stage is recomputed) and [`CacheError::Corrupt`] names why.
     pub fn verify(&self) -> Result<(), CacheError> {
-        let problem = self
+        match self.check()? {
+            None => Ok(()),
+            Some(reason) => {
+                self.quarantine(&reason);
+                Err(CacheError::Corrupt {
+                    dir: self.dir.clone(),
+                    reason,
+                })
+            }
+        }
+    }
+
+    /// Re-hashes every file against the manifest, changing nothing: why the entry is corrupt, or
+    /// `None` when every file matches.
+    pub fn check(&self) -> Result<Option<String>, CacheError> {
+        let problems = self
             .manifest
             .files
             .par_iter()
@@ -180,20 +198,79 @@ impl Entry {
                     )
                 }))
             })
-            .collect::<Result<Vec<_>, _>>()?
-            .into_iter()
-            .flatten()
-            .next();
-        match problem {
-            None => Ok(()),
-            Some(reason) => {
-                move_to_quarantine(&self.quarantine, &self.dir, &self.manifest.key, &reason);
-                Err(CacheError::Corrupt {
-                    dir: self.dir.clone(),
-                    reason,
-                })
-            }
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(p) = problems.into_iter().flatten().next() {
+            return Ok(Some(p));
         }
+        match self.metrics() {
+            Ok(_) => Ok(None),
+            Err(CacheError::Unverified { reason, .. }) => Ok(Some(reason)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The metrics the entry records, read from its `metrics.json` after checking that file's
+    /// hash; `meta.metrics` in the manifest must say the same (an edited manifest is corrupt).
+    /// `None` for entries without metrics.
+    pub fn metrics(
+        &self,
+    ) -> Result<Option<serde_json::Map<String, serde_json::Value>>, CacheError> {
+        let in_manifest = self.manifest.meta.get("metrics");
+        let has_file = self.manifest.files.iter().any(|f| f.path == METRICS_FILE);
+        if !has_file {
+            return match in_manifest {
+                None => Ok(None),
+                Some(_) => Err(self.unverified(format!(
+                    "the manifest records metrics but the entry has no `{METRICS_FILE}`"
+                ))),
+            };
+        }
+        let bytes = self.read_checked(METRICS_FILE)?;
+        let parsed: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| self.unverified(format!("`{METRICS_FILE}` does not parse: {e}")))?;
+        let serde_json::Value::Object(map) = parsed else {
+            return Err(self.unverified(format!("`{METRICS_FILE}` is not a JSON object")));
+        };
+        match in_manifest {
+            Some(serde_json::Value::Object(m)) if *m == map => Ok(Some(map)),
+            None => Ok(Some(map)),
+            Some(_) => Err(self.unverified(format!(
+                "the manifest's `meta.metrics` differs from `{METRICS_FILE}`"
+            ))),
+        }
+    }
+
+    fn unverified(&self, reason: String) -> CacheError {
+        CacheError::Unverified {
+            dir: self.dir.clone(),
+            reason,
+        }
+    }
+
+    /// Reads one of the entry's files, checking it against the hash its manifest records: for
+    /// values the manifest also holds, so an edited manifest cannot pass for the stage's output.
+    pub fn read_checked(&self, rel: &str) -> Result<Vec<u8>, CacheError> {
+        let path = self.dir.join(rel);
+        let corrupt = |reason: String| self.unverified(reason);
+        let Some(rec) = self.manifest.files.iter().find(|f| f.path == rel) else {
+            return Err(corrupt(format!("the manifest lists no `{rel}`")));
+        };
+        let bytes = fs::read(&path).map_err(CacheError::io("read", &path))?;
+        let digest = Digest::of_bytes(&bytes);
+        if digest != rec.blake3 {
+            return Err(corrupt(format!(
+                "file `{rel}` hashes to {}, manifest says {}",
+                digest.short(),
+                rec.blake3.short()
+            )));
+        }
+        Ok(bytes)
+    }
+
+    /// Moves the entry to quarantine, noting why. Returns where it went (`None` when it was
+    /// already gone).
+    pub fn quarantine(&self, reason: &str) -> Option<PathBuf> {
+        move_to_quarantine(&self.quarantine, &self.dir, &self.manifest.key, reason)
     }
 }
 
@@ -227,6 +304,8 @@ impl Cache {
             cache.quarantine_dir(),
             cache.runs_dir(),
             cache.logs_dir(),
+            cache.locks_dir(),
+            cache.leases_dir(),
         ] {
             fs::create_dir_all(&dir).map_err(CacheError::write("create directory", &dir))?;
         }
@@ -241,6 +320,15 @@ impl Cache {
         })?;
         let _ = fs::remove_file(&probe);
         Ok(cache)
+    }
+
+    /// A handle on the cache at `root` for commands that only read: creates nothing, and a
+    /// cache that does not exist reads as empty.
+    pub fn open_read_only(root: &Path) -> Cache {
+        Cache {
+            root: root.to_path_buf(),
+            base: root.join(format!("v{LAYOUT_VERSION}")),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -307,15 +395,9 @@ impl Cache {
     /// Finds the entry for `key`. Cheap: reads the manifest and stats the files, hashes nothing.
     /// An unusable entry is moved to quarantine and reported as [`Lookup::Corrupt`].
     pub fn lookup(&self, key: &Digest) -> Result<Lookup, CacheError> {
-        let dir = self.entry_dir(key);
-        match check_entry(&dir, key)? {
-            Checked::Missing => Ok(Lookup::Miss),
-            Checked::Ok(manifest) => Ok(Lookup::Hit(Entry {
-                dir,
-                manifest: Arc::from(manifest),
-                quarantine: self.quarantine_dir(),
-            })),
-            Checked::Corrupt(reason) => {
+        match self.inspect(key)? {
+            Lookup::Corrupt { reason } => {
+                let dir = self.entry_dir(key);
                 let moved = move_to_quarantine(&self.quarantine_dir(), &dir, key, &reason);
                 let reason = match moved {
                     Some(to) => format!("{reason} (moved to {})", to.display()),
@@ -323,7 +405,22 @@ impl Cache {
                 };
                 Ok(Lookup::Corrupt { reason })
             }
+            found => Ok(found),
         }
+    }
+
+    /// [`Cache::lookup`] for commands that only read: a corrupt entry is reported, not moved.
+    pub fn inspect(&self, key: &Digest) -> Result<Lookup, CacheError> {
+        let dir = self.entry_dir(key);
+        Ok(match check_entry(&dir, key)? {
+            Checked::Missing => Lookup::Miss,
+            Checked::Ok(manifest) => Lookup::Hit(Entry {
+                dir,
+                manifest: Arc::from(manifest),
+                quarantine: self.quarantine_dir(),
+            }),
+            Checked::Corrupt(reason) => Lookup::Corrupt { reason },
+        })
     }
 
     /// Every entry with its manifest (not otherwise checked), for status and gc. Directories
@@ -333,7 +430,13 @@ impl Cache {
     ) -> Result<impl Iterator<Item = (Digest, Result<Manifest, CacheError>)>, CacheError> {
         let mut found = Vec::new();
         let entries_dir = self.entries_dir();
-        for shard in read_dir_paths(&entries_dir)? {
+        // A cache opened read-only may not exist yet: it holds nothing.
+        let shards = if entries_dir.exists() {
+            read_dir_paths(&entries_dir)?
+        } else {
+            Vec::new()
+        };
+        for shard in shards {
             if !shard.is_dir() {
                 continue;
             }

@@ -75,8 +75,10 @@ pub fn run(
     record.devices = pool.kinds().iter().map(|k| k.to_string()).collect();
     let log_dir = cache.log_dir(&record.run_id)?;
     let needs = estimate_needs(plan);
+    let lease = cache.lease(&record.run_id)?;
     let ui = progress::Ui::new(plan.nodes.len() as u64, opts.progress);
-    let sched = scheduler::Scheduler::new(plan, cache, &history, opts, cancel, log_dir, needs);
+    let sched =
+        scheduler::Scheduler::new(plan, cache, &history, opts, cancel, &lease, log_dir, needs);
     let devices: Vec<candle_core::Device> = pool
         .kinds()
         .iter()
@@ -92,6 +94,33 @@ pub fn run(
         record,
         failures,
     })
+}
+
+/// What a run left unrun (skipped or cancelled), one line a stage with why, for stderr; empty
+/// when every stage ran or was cached. A run that leaves any stage unrun has not succeeded.
+pub fn unrun_report(record: &RunRecord) -> String {
+    let unrun: Vec<_> = record
+        .stages
+        .iter()
+        .filter(|s| matches!(s.status, StageStatus::Skipped | StageStatus::Cancelled))
+        .collect();
+    if unrun.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "error: {} of {} stages were not run:\n",
+        unrun.len(),
+        record.stages.len()
+    );
+    for s in unrun {
+        let why = match (&s.status, &s.error) {
+            (_, Some(e)) => e.as_str(),
+            (StageStatus::Cancelled, None) => "cancelled",
+            _ => "not started",
+        };
+        out.push_str(&format!("  {}: {why}\n", s.instance));
+    }
+    out
 }
 
 /// Rough peak memory per node, from the size of the model it works on: enough to keep the

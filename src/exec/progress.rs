@@ -49,6 +49,11 @@ impl Ui {
         self.overall.inc(n);
     }
 
+    /// Counts `n` stages counted done as not done again (a corrupt entry is being recomputed).
+    pub fn undo(&self, n: u64) {
+        self.overall.dec(n);
+    }
+
     /// Prints a line above the bars.
     pub fn println(&self, line: &str) {
         if self.multi.is_hidden() {

@@ -16,7 +16,7 @@ use super::device::{DevicePool, Need};
 use super::progress::Ui;
 use super::RunOptions;
 use crate::cache::key::KeyInputs;
-use crate::cache::{Cache, Entry, EntryMeta, RunRecord, StageRecord, StageStatus};
+use crate::cache::{Cache, Entry, EntryMeta, Lease, Lookup, RunRecord, StageRecord, StageStatus};
 use crate::plan::{self, ancestors, History, NodeId, Plan, Reason, Status};
 use crate::stages::{self, Progress, StageCtx, StageError};
 
@@ -38,7 +38,8 @@ enum State {
 
 struct Finished {
     node: NodeId,
-    result: Result<Entry, StageError>,
+    /// The entry, and whether this run computed it (not another run sharing the cache).
+    result: Result<(Entry, bool), StageError>,
     duration: Duration,
     slot: usize,
     reserved: u64,
@@ -58,6 +59,7 @@ pub(super) struct Scheduler<'a> {
     history: &'a History,
     opts: &'a RunOptions,
     cancel: &'a AtomicBool,
+    lease: &'a Lease,
     states: Vec<State>,
     queue: VecDeque<NodeId>,
     records: Vec<Option<StageRecord>>,
@@ -78,6 +80,7 @@ impl<'a> Scheduler<'a> {
         history: &'a History,
         opts: &'a RunOptions,
         cancel: &'a AtomicBool,
+        lease: &'a Lease,
         log_dir: PathBuf,
         needs: Vec<Need>,
     ) -> Self {
@@ -93,6 +96,7 @@ impl<'a> Scheduler<'a> {
             history,
             opts,
             cancel,
+            lease,
             states,
             queue: VecDeque::new(),
             records: vec![None; n],
@@ -133,6 +137,8 @@ impl<'a> Scheduler<'a> {
         }
         let k = plan::key_inputs(n, &content);
         self.keys[node] = Some(k.clone());
+        // Leased before the lookup, so a concurrent gc either removed it already or keeps it.
+        self.lease.hold(&k.digest())?;
         match plan::lookup(self.cache, &k, self.history.last(&n.label))? {
             Status::Cached { entry, .. } => {
                 self.states[node] = State::Done { entry, ran: false };
@@ -190,39 +196,52 @@ impl<'a> Scheduler<'a> {
             let State::Done { entry, .. } = &self.states[a] else {
                 continue;
             };
-            match entry.verify() {
-                Ok(()) => {
-                    self.verified.insert(a);
-                }
-                Err(e) => {
-                    let label = &self.plan.nodes[a].label;
-                    ui.println(&format!(
-                        "warning: cache entry of {label} is corrupt ({e}); recomputing it"
-                    ));
-                    tracing::warn!(stage = %label, "corrupt cache entry: {e}");
-                    let k = self.keys[a].clone().expect("done nodes have keys");
-                    self.states[a] = State::Queued(k, Reason::Corrupt(e.to_string()));
-                    self.queue.push_front(a);
-                    ok = false;
-                    // verify() moved it to quarantine. Everything below it that has not started waits for it again.
-                    let mut stack = self.plan.dependents(a);
-                    while let Some(d) = stack.pop() {
-                        match &mut self.states[d] {
-                            State::Waiting(p) => {
-                                p.insert(a);
-                            }
-                            State::Queued(..) => {
-                                self.queue.retain(|q| *q != d);
-                                self.states[d] = State::Waiting(BTreeSet::from([a]));
-                            }
-                            _ => {}
-                        }
-                        stack.extend(self.plan.dependents(d));
-                    }
-                }
+            if let Err(e) = entry.verify() {
+                let label = &self.plan.nodes[a].label;
+                ui.println(&format!(
+                    "warning: cache entry of {label} is corrupt ({e}); recomputing it"
+                ));
+                tracing::warn!(stage = %label, "corrupt cache entry: {e}");
+                // verify() moved it to quarantine.
+                self.requeue(ui, a, Reason::Corrupt(e.to_string()));
+                ok = false;
             }
         }
         Ok(ok)
+    }
+
+    /// Puts the done node `a` back in the queue, and everything below it that has not started
+    /// back to waiting on its inputs: their keys, made of `a`'s content, are known again only
+    /// once `a` has been recomputed. Nothing below `a` has started, since starting re-hashes `a`.
+    fn requeue(&mut self, ui: &Ui, a: NodeId, reason: Reason) {
+        let k = self.keys[a].clone().expect("done nodes have keys");
+        self.states[a] = State::Queued(k, reason);
+        self.queue.push_front(a);
+        ui.undo(1);
+        let below: BTreeSet<NodeId> = (0..self.plan.nodes.len())
+            .filter(|&d| d != a && ancestors(self.plan, &[d]).contains(&a))
+            .collect();
+        for &d in &below {
+            let waiting = matches!(self.states[d], State::Waiting(_) | State::Queued(..));
+            let done = matches!(self.states[d], State::Done { .. });
+            if !waiting && !done {
+                continue; // failed or skipped for another reason
+            }
+            if done {
+                ui.undo(1);
+            }
+            self.queue.retain(|q| *q != d);
+            self.verified.remove(&d);
+            let pending = self.plan.nodes[d]
+                .inputs
+                .iter()
+                .map(|(_, i)| *i)
+                .filter(|i| {
+                    *i == a || below.contains(i) || !matches!(self.states[*i], State::Done { .. })
+                })
+                .collect();
+            self.states[d] = State::Waiting(pending);
+        }
     }
 
     pub(super) fn run(
@@ -315,12 +334,16 @@ impl<'a> Scheduler<'a> {
                 let label = self.plan.nodes[done.node].label.clone();
                 ui.done(1);
                 match done.result {
-                    Ok(entry) => {
-                        ui.println(&format!(
-                            "  ran  {label}  ({:.1}s)",
-                            done.duration.as_secs_f64()
-                        ));
-                        self.states[done.node] = State::Done { entry, ran: true };
+                    Ok((entry, ran)) => {
+                        if ran {
+                            ui.println(&format!(
+                                "  ran  {label}  ({:.1}s)",
+                                done.duration.as_secs_f64()
+                            ));
+                        } else {
+                            ui.println(&format!("  reused {label}  (built by another run)"));
+                        }
+                        self.states[done.node] = State::Done { entry, ran };
                         self.complete(ui, done.node)?;
                     }
                     Err(StageError::Cancelled) => {
@@ -347,14 +370,17 @@ impl<'a> Scheduler<'a> {
 
         // Whatever never started.
         let interrupted = self.cancel.load(Ordering::Relaxed);
+        let why = if self.failures.is_empty() {
+            "not started: its inputs never became ready"
+        } else {
+            "not started: the run stopped after a failure (use --keep-going)"
+        };
         for s in &mut self.states {
             if matches!(s, State::Waiting(_) | State::Queued(..)) {
                 *s = if interrupted {
                     State::Cancelled
                 } else {
-                    State::Skipped(
-                        "not started: the run stopped after a failure (use --keep-going)".into(),
-                    )
+                    State::Skipped(why.into())
                 };
             }
         }
@@ -404,7 +430,27 @@ struct Job<'a> {
 }
 
 impl Job<'_> {
-    fn run(self) -> Result<Entry, StageError> {
+    /// Builds the entry, unless another process sharing the cache is building it: then waits for
+    /// that one and reuses its entry (`false`: not computed here).
+    fn run(self) -> Result<(Entry, bool), StageError> {
+        let key = self.key.digest();
+        let label = &self.plan.nodes[self.node].label;
+        let _lock = match self.cache.try_lock_build(&key)? {
+            Some(lock) => lock,
+            None => {
+                eprintln!("waiting for another run building {label}");
+                tracing::info!(stage = %label, "waiting for another run building it");
+                self.cache.lock_build(&key)?
+            }
+        };
+        if let Lookup::Hit(entry) = self.cache.lookup(&key)? {
+            tracing::info!(stage = %label, "reusing the entry another run built");
+            return Ok((entry, false));
+        }
+        self.build().map(|e| (e, true))
+    }
+
+    fn build(self) -> Result<Entry, StageError> {
         let node = &self.plan.nodes[self.node];
         let log_file = std::fs::File::create(&self.log).map_err(StageError::io(format!(
             "creating log {}",

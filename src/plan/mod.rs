@@ -10,13 +10,17 @@
 mod build;
 mod render;
 mod resolve;
+mod summary;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 pub use build::{build, PlanError};
 pub use render::{render, Format};
-pub use resolve::{ancestors, explain, key_inputs, lookup, resolve, History, Reason, Status};
+pub use resolve::{
+    ancestors, explain, key_inputs, lookup, reachable_keys, resolve, History, Reason, Status,
+};
+pub use summary::{StageSummary, StatusFormat, StatusSummary, STATUS_JSON_SCHEMA};
 
 use crate::cache::key::{Digest, Params};
 use crate::pipeline::spec::{InstanceRef, Pipeline, Point, StageKind, StageSpec};

@@ -23,6 +23,7 @@ fn short_key(s: &Status) -> String {
 fn status_word(s: &Status) -> &'static str {
     match s {
         Status::Cached { .. } => "cached",
+        Status::Run { .. } if s.is_corrupt() => "corrupt",
         Status::Run { .. } => "run",
     }
 }

@@ -53,7 +53,7 @@ pub enum Reason {
     Changed(Vec<String>),
     /// Same key as the last run, but its entry is gone (collected or never finished).
     Missing,
-    /// The entry was corrupt and has been quarantined.
+    /// The entry is corrupt: `run` quarantines and recomputes it (read-only commands only say so).
     Corrupt(String),
     /// These inputs must run first; the key is known only after.
     Upstream(Vec<String>),
@@ -65,7 +65,7 @@ impl std::fmt::Display for Reason {
             Reason::New => f.write_str("never run before"),
             Reason::Changed(d) => f.write_str(&d.join("; ")),
             Reason::Missing => f.write_str("same key as last run, but its entry is gone"),
-            Reason::Corrupt(r) => write!(f, "cache entry was corrupt ({r})"),
+            Reason::Corrupt(r) => write!(f, "cache entry is corrupt ({r})"),
             Reason::Upstream(v) => write!(f, "waits on {}", v.join(", ")),
         }
     }
@@ -94,6 +94,17 @@ impl Status {
     pub fn is_cached(&self) -> bool {
         matches!(self, Status::Cached { .. })
     }
+
+    /// Its entry is there but corrupt (it will be recomputed).
+    pub fn is_corrupt(&self) -> bool {
+        matches!(
+            self,
+            Status::Run {
+                reason: Reason::Corrupt(_),
+                ..
+            }
+        )
+    }
 }
 
 /// Why a node whose key is known and not in the cache must run.
@@ -111,13 +122,18 @@ pub fn explain(k: &KeyInputs, last: Option<&KeyInputs>) -> Reason {
     }
 }
 
-/// Looks up `k` in the cache, turning a corrupt entry into a reason to rerun.
+/// Looks up `k` in the cache, turning a corrupt entry into a reason to rerun (and moving it to
+/// quarantine, so the rerun can replace it).
 pub fn lookup(
     cache: &Cache,
     k: &KeyInputs,
     last: Option<&KeyInputs>,
 ) -> Result<Status, CacheError> {
-    Ok(match cache.lookup(&k.digest())? {
+    Ok(status_of(cache.lookup(&k.digest())?, k, last))
+}
+
+fn status_of(found: Lookup, k: &KeyInputs, last: Option<&KeyInputs>) -> Status {
+    match found {
         Lookup::Hit(entry) => Status::Cached {
             key_inputs: k.clone(),
             entry,
@@ -130,10 +146,11 @@ pub fn lookup(
             key_inputs: Some(k.clone()),
             reason: Reason::Corrupt(reason),
         },
-    })
+    }
 }
 
 /// The status of every node, in plan order, as far as it can be known before running anything.
+/// Changes nothing: a corrupt entry is reported as [`Reason::Corrupt`] and left where it is.
 pub fn resolve(plan: &Plan, cache: &Cache, history: &History) -> Result<Vec<Status>, CacheError> {
     let mut out: Vec<Status> = Vec::with_capacity(plan.nodes.len());
     for node in &plan.nodes {
@@ -149,7 +166,7 @@ pub fn resolve(plan: &Plan, cache: &Cache, history: &History) -> Result<Vec<Stat
         }
         let status = if pending.is_empty() {
             let k = key_inputs(node, &content);
-            lookup(cache, &k, history.last(&node.label))?
+            status_of(cache.inspect(&k.digest())?, &k, history.last(&node.label))
         } else {
             pending.dedup();
             Status::Run {
@@ -160,6 +177,20 @@ pub fn resolve(plan: &Plan, cache: &Cache, history: &History) -> Result<Vec<Stat
         out.push(status);
     }
     Ok(out)
+}
+
+/// The keys of every entry the plan reaches in the cache as it is, corrupt ones included: what
+/// `whittle verify FILE` checks.
+pub fn reachable_keys(
+    plan: &Plan,
+    cache: &Cache,
+    history: &History,
+) -> Result<Vec<Digest>, CacheError> {
+    Ok(resolve(plan, cache, history)?
+        .iter()
+        .filter(|s| s.is_cached() || s.is_corrupt())
+        .filter_map(Status::key)
+        .collect())
 }
 
 /// Ids of `ids` and everything they depend on.

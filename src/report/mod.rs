@@ -91,4 +91,6 @@ pub enum ReportError {
     },
     #[error("internal: {0}")]
     Internal(String),
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
 }

@@ -33,7 +33,7 @@ pub enum Outcome {
 /// What an input entry's manifest says.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Measurement {
-    /// `meta.metrics`, in the order the stage recorded them.
+    /// The entry's `metrics.json` (hash-checked), in the order the stage recorded them.
     pub metrics: Vec<(String, Value)>,
     pub task: Option<String>,
     pub dataset: Option<String>,
@@ -46,20 +46,20 @@ pub struct Measurement {
 }
 
 impl Measurement {
-    pub fn from_entry(entry: &Entry) -> Self {
+    /// Reads the entry's metrics from `metrics.json`, checked against its recorded hash (and
+    /// the manifest's copy against it), so neither a flipped byte nor an edited manifest reaches
+    /// a table.
+    pub fn from_entry(entry: &Entry) -> Result<Self, ReportError> {
         let m = entry.manifest();
         let meta = &m.meta;
-        let metrics: Vec<(String, Value)> = meta
-            .get("metrics")
-            .and_then(Value::as_object)
-            .map(|o| o.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-            .unwrap_or_default();
+        let checked = entry.metrics()?.unwrap_or_default();
         let text = |k: &str| meta.get(k).and_then(Value::as_str).map(str::to_string);
         let seqlen = meta
             .get("seqlen")
-            .or_else(|| meta.get("metrics").and_then(|x| x.get("seqlen")))
+            .or_else(|| checked.get("seqlen"))
             .and_then(Value::as_u64);
-        Measurement {
+        let metrics: Vec<(String, Value)> = checked.into_iter().collect();
+        Ok(Measurement {
             metrics,
             task: text("task"),
             dataset: text("dataset"),
@@ -67,7 +67,7 @@ impl Measurement {
             model_bytes: meta.get("model_bytes").and_then(Value::as_u64),
             seqlen,
             device: Some(m.device.clone()),
-        }
+        })
     }
 
     pub fn metric(&self, name: &str) -> Option<&Value> {
@@ -148,7 +148,7 @@ pub fn gather(
         let stage = &pipeline.stages[r.stage];
         let point = stage.instances[r.instance].point.clone();
         let outcome = match state(id) {
-            InputState::Ready(e) => Outcome::Measured(Measurement::from_entry(&e)),
+            InputState::Ready(e) => Outcome::Measured(Measurement::from_entry(&e)?),
             InputState::Pending => Outcome::Pending,
             InputState::Failed => Outcome::Failed,
         };
