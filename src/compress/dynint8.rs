@@ -126,7 +126,7 @@ pub fn quantize_input(x: &[f32]) -> Result<Int8Input> {
 /// the result `tokens × rows`.
 pub fn linear(x: &[f32], w: &Int8Weight, bias: Option<&[f32]>) -> Result<Vec<f32>> {
     let cols = w.cols;
-    if cols == 0 || x.len() % cols != 0 {
+    if cols == 0 || !x.len().is_multiple_of(cols) {
         return Err(CompressError::InputLength { len: x.len(), cols });
     }
     if let Some(b) = bias {

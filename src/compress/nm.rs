@@ -14,7 +14,7 @@ pub fn check_pattern(n: usize, m: usize, cols: usize) -> Result<()> {
     if n == 0 || n >= m {
         return Err(CompressError::NmPattern { n, m });
     }
-    if cols % m != 0 {
+    if !cols.is_multiple_of(m) {
         return Err(CompressError::NmWidth { n, m, cols });
     }
     Ok(())
@@ -50,7 +50,7 @@ pub fn nm_mask(scores: &Matrix, n: usize, m: usize) -> Result<Mask> {
 
 /// Whether every group of `m` columns of every row has exactly `n` pruned entries.
 pub fn follows_pattern(mask: &Mask, n: usize, m: usize) -> bool {
-    mask.cols() % m == 0
+    mask.cols().is_multiple_of(m)
         && (0..mask.rows()).all(|r| {
             (0..mask.cols())
                 .step_by(m)

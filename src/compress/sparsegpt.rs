@@ -58,7 +58,7 @@ pub fn sparsegpt(
         Pattern::NM { n, m } => {
             nm::check_pattern(n, m, w.cols)?;
             // The reference starts N:M groups at in-block offsets i % m == 0.
-            if opts.blocksize % m != 0 {
+            if !opts.blocksize.is_multiple_of(m) {
                 return Err(CompressError::BlockNm {
                     blocksize: opts.blocksize,
                     m,

@@ -74,11 +74,9 @@ pub fn run(
     let mut pool = DevicePool::new(&opts.devices)?;
     record.devices = pool.kinds().iter().map(|k| k.to_string()).collect();
     let log_dir = cache.log_dir(&record.run_id)?;
-    let needs = estimate_needs(plan);
     let lease = cache.lease(&record.run_id)?;
     let ui = progress::Ui::new(plan.nodes.len() as u64, opts.progress);
-    let sched =
-        scheduler::Scheduler::new(plan, cache, &history, opts, cancel, &lease, log_dir, needs);
+    let sched = scheduler::Scheduler::new(plan, cache, &history, opts, cancel, &lease, log_dir);
     let devices: Vec<candle_core::Device> = pool
         .kinds()
         .iter()

@@ -82,7 +82,6 @@ impl<'a> Scheduler<'a> {
         cancel: &'a AtomicBool,
         lease: &'a Lease,
         log_dir: PathBuf,
-        needs: Vec<Need>,
     ) -> Self {
         let n = plan.nodes.len();
         let states = plan
@@ -106,7 +105,7 @@ impl<'a> Scheduler<'a> {
             verified: BTreeSet::new(),
             log_dir,
             stopping: false,
-            needs,
+            needs: super::estimate_needs(plan),
         }
     }
 

@@ -741,7 +741,7 @@ fn decode_quantized(
     }
     let codes = unpack_codes(&blob[..packed], bits, n);
     let tail_bits = n % 8 * bits as usize;
-    if tail_bits % 8 != 0 && blob[packed - 1] >> (tail_bits % 8) != 0 {
+    if !tail_bits.is_multiple_of(8) && blob[packed - 1] >> (tail_bits % 8) != 0 {
         return Err("padding bits after the last code are set".into());
     }
     let mut at = packed;

@@ -114,7 +114,7 @@ impl TrainConfig {
                 return bad(key, "must be at least 1".into());
             }
         }
-        if self.dim % self.heads != 0 || (self.dim / self.heads) % 2 != 0 {
+        if !self.dim.is_multiple_of(self.heads) || !(self.dim / self.heads).is_multiple_of(2) {
             return bad(
                 "heads",
                 format!(
@@ -123,7 +123,7 @@ impl TrainConfig {
                 ),
             );
         }
-        if self.heads % self.kv_heads != 0 {
+        if !self.heads.is_multiple_of(self.kv_heads) {
             return bad(
                 "kv_heads",
                 format!("{} does not divide heads = {}", self.kv_heads, self.heads),
