@@ -558,6 +558,24 @@ fn plan_and_status_never_change_the_cache() {
         "status or plan created {}",
         nowhere.display()
     );
+    // Nor does the default `./cache` appear outside a repository.
+    let cwd = tmp.path().join("elsewhere");
+    std::fs::create_dir(&cwd).unwrap();
+    for cmd in ["status", "plan"] {
+        let out = Command::new(BIN)
+            .current_dir(&cwd)
+            .args([cmd, file, "--quiet"])
+            .env_remove("WHITTLE_CACHE_DIR")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", output_text(&out));
+    }
+    assert_eq!(
+        std::fs::read_dir(&cwd).unwrap().count(),
+        0,
+        "wrote into {}",
+        cwd.display()
+    );
 
     // The run quarantines and recomputes it.
     let again = run_ok(&cache, &pipeline);
