@@ -8,6 +8,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use crate::cache::key::{ParamValue, Params};
+pub use crate::calibrate::Accumulation;
 
 /// A validated pipeline.
 #[derive(Clone, Debug)]
@@ -251,6 +252,8 @@ pub struct CalibrateSpec {
     pub seed: u64,
     /// What to accumulate over the windows (the windows themselves are always kept).
     pub statistics: Vec<Statistic>,
+    /// How the statistics are summed over the windows.
+    pub accumulation: Accumulation,
 }
 
 /// Per-linear-layer input statistics a calibrate stage can record.
@@ -945,6 +948,10 @@ impl StageSpec {
                 }
                 let stats = s.statistics.iter().map(|x| x.as_str().into()).collect();
                 p.insert("statistics".into(), ParamValue::List(stats));
+                // Only when not the default, so that existing keys stay as they were.
+                if s.accumulation != Accumulation::Exact {
+                    p.insert("accumulation".into(), s.accumulation.as_str().into());
+                }
             }
             StageSpec::Prune(s) => {
                 p.insert("method".into(), s.method.name().into());
@@ -952,11 +959,16 @@ impl StageSpec {
                 p.insert("pattern".into(), s.pattern.to_string().into());
                 match &s.method {
                     PruneMethod::Magnitude { scope } => {
-                        let scope = match scope {
+                        let name = match scope {
                             Scope::Layer => "layer",
                             Scope::Global => "global",
                         };
-                        p.insert("scope".into(), scope.into());
+                        p.insert("scope".into(), name.into());
+                        // Global cuts once pruned `|W| <= sorted[floor(N·s)]`; now exactly
+                        // round(N·s) weights: entries of the old rule must not be served.
+                        if *scope == Scope::Global {
+                            p.insert("count".into(), "round(N*s)".into());
+                        }
                     }
                     PruneMethod::Random { seed } => {
                         p.insert("seed".into(), (*seed).into());
