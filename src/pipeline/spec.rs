@@ -259,9 +259,11 @@ pub struct CalibrateSpec {
 /// Per-linear-layer input statistics a calibrate stage can record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Statistic {
-    /// Σ x_j² per input feature (Wanda's scaler × number of samples).
+    /// Σ x_j² per input feature (Wanda's scaler × number of samples), or with
+    /// `accumulation: reference` the scaler itself.
     Norms,
-    /// Σ XᵀX over tokens, per distinct layer input (SparseGPT's and GPTQ's Hessian × n/2).
+    /// Σ XᵀX over tokens, per distinct layer input (SparseGPT's and GPTQ's Hessian × n/2), or
+    /// with `accumulation: reference` the Hessian itself.
     Hessian,
 }
 
