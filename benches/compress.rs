@@ -45,6 +45,7 @@ fn methods(c: &mut Criterion) {
     let wanted = Wanted {
         norms: true,
         hessian: true,
+        ..Wanted::default()
     };
     let stats = collect_stats(&model, &windows, wanted, 8, &Device::Cpu, &mut |_| Ok(())).unwrap();
     eprintln!(

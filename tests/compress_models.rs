@@ -52,6 +52,7 @@ fn setup(model_dir: &Path, docs: Vec<String>, seqlen: usize, layers: usize) -> S
     let wanted = Wanted {
         norms: true,
         hessian: true,
+        ..Wanted::default()
     };
     let stats = collect_stats_first(
         &model,

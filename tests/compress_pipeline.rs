@@ -193,3 +193,65 @@ stages:
     );
     assert!(stored < dense_b / 4.0, "gptq stored {stored} of {dense_b}");
 }
+
+#[test]
+fn reference_accumulation_reaches_every_calibrated_method() {
+    let shared = require_shared!("");
+    let tmp = tempfile::tempdir().unwrap();
+    let file = write(
+        tmp.path(),
+        "accumulation.yaml",
+        &shared,
+        r#"
+sweep:
+  grid:
+    acc: [exact, reference]
+stages:
+  base: {kind: load, model: stories}
+  calib: {kind: calibrate, model: base, dataset: stories, samples: 20, seqlen: 64, statistics: [norms, hessian], accumulation: "${acc}"}
+  wanda-seq: {kind: prune, model: base, method: wanda, sparsity: 0.5, calibration: calib}
+  wanda-dense: {kind: prune, model: base, method: wanda, sparsity: 0.5, calibration: calib, calibration_mode: dense}
+  sgpt-seq: {kind: prune, model: base, method: sparsegpt, sparsity: 0.5, calibration: calib}
+  gptq: {kind: quantize, model: base, method: gptq, bits: 4, group_size: 32, calibration: calib}
+  e-wanda-seq: {kind: evaluate, model: wanda-seq, task: perplexity, dataset: stories, seqlen: 128, limit: 10}
+  e-sgpt-seq: {kind: evaluate, model: sgpt-seq, task: perplexity, dataset: stories, seqlen: 128, limit: 10}
+  e-gptq: {kind: evaluate, model: gptq, task: perplexity, dataset: stories, seqlen: 128, limit: 10}
+"#,
+    );
+    let cache = tmp.path().join("cache");
+    let r = run_ok(&cache, &file);
+    for acc in ["exact", "reference"] {
+        let meta = entry_meta(&cache, &r, &format!("calib[acc={acc}]"));
+        assert_eq!(meta["accumulation"], acc, "the entry records how it summed");
+    }
+    // The reference mode stores the running averages under their own names.
+    let e = common::entry(&cache, &r, "calib[acc=reference]");
+    let stats =
+        candle_core::safetensors::load(e.path("stats.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    assert!(stats.contains_key("layers.0.q_proj.scaler_row"));
+    assert!(stats.contains_key("layers.0.attn_in.hessian"));
+    assert!(!stats.keys().any(|k| k.ends_with("_sum")));
+    // Both modes prune as asked; the numbers differ by f32 rounding only.
+    let digest = |i: &str| entry_meta(&cache, &r, i)["weights"].clone();
+    for m in ["wanda-seq", "wanda-dense", "sgpt-seq"] {
+        for acc in ["exact", "reference"] {
+            let s = entry_meta(&cache, &r, &format!("{m}[acc={acc}]"))["actual_sparsity"]
+                .as_f64()
+                .unwrap();
+            assert!((s - 0.5).abs() < 1.0 / 64.0, "{m} {acc}: {s}");
+        }
+        println!(
+            "{m}: same weights in both modes: {}",
+            digest(&format!("{m}[acc=exact]")) == digest(&format!("{m}[acc=reference]"))
+        );
+    }
+    for e in ["e-wanda-seq", "e-sgpt-seq", "e-gptq"] {
+        let (a, b) = (
+            ppl(&cache, &r, &format!("{e}[acc=exact]")),
+            ppl(&cache, &r, &format!("{e}[acc=reference]")),
+        );
+        println!("{e}: ppl exact {a:.5} reference {b:.5}");
+        assert!((a / b - 1.0).abs() < 0.01, "{e}: {a} vs {b}");
+    }
+}

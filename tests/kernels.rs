@@ -8,7 +8,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use whittle::compress::dynint8;
 use whittle::compress::gptq::{gptq, GptqConfig};
-use whittle::compress::magnitude::{global_threshold, magnitude, magnitude_global, magnitude_nm};
+use whittle::compress::magnitude::{
+    global_cut, global_prune_count, magnitude, magnitude_global, magnitude_nm,
+};
 use whittle::compress::nm::{follows_pattern, nm_mask};
 use whittle::compress::rtn::rtn;
 use whittle::compress::sparsegpt::{sparsegpt, Pattern};
@@ -46,12 +48,13 @@ fn magnitude_2x4_half_with_ties() {
 fn magnitude_global_2_matrices_by_hand() {
     let a = mat(2, 2, &[1.0, -4.0, 2.0, 8.0]);
     let b = mat(1, 4, &[-3.0, 0.5, 6.0, 2.0]);
-    // Union sorted: .5 1 2 2 3 4 6 8; s=.375: index 3 -> 2; prune .5, 1, 2, 2.
+    // Union sorted: .5 1 2 2 3 4 6 8; s=.375: round(8·.375) = 3 pruned: .5, 1 and the first 2
+    // met (a's, a comes first). The layer-wise rule would cut at `<= 2` and take both 2s.
     let masks = magnitude_global(&[&a, &b], 0.375).unwrap();
     assert_eq!(grid(&masks[0]), vec![vec![1, 0], vec![1, 0]]);
-    assert_eq!(grid(&masks[1]), vec![vec![0, 1, 0, 1]]);
-    // Layer-wise at .375 each matrix prunes floor(4*.375)+1 = 2 (no ties) and happens to agree;
-    // at .5 layer-wise b also loses its 3 (index 2 of .5 2 3 6).
+    assert_eq!(grid(&masks[1]), vec![vec![0, 1, 0, 0]]);
+    // Layer-wise at .375 each matrix prunes floor(4*.375)+1 = 2 (no ties); at .5 b also loses
+    // its 3 (index 2 of .5 2 3 6).
     assert_eq!(
         grid(&magnitude(&a, 0.375).unwrap()),
         vec![vec![1, 0], vec![1, 0]]
@@ -532,19 +535,120 @@ fn real_weights_global_matches_full_sort() {
         .map(|n| Matrix::from_tensor(&tensors[*n]).unwrap())
         .collect();
     let refs: Vec<&Matrix> = ws.iter().collect();
-    for s in [0.1, 0.5, 0.9] {
-        let mut all: Vec<f32> = ws
-            .iter()
-            .flat_map(|w| w.data.iter().map(|v| v.abs()))
-            .collect();
-        all.sort_by(f32::total_cmp);
-        let t = all[(all.len() as f64 * s) as usize];
-        assert_eq!(global_threshold(&refs, s).unwrap(), Some(t));
+    let all: Vec<f32> = ws
+        .iter()
+        .flat_map(|w| w.data.iter().map(|v| v.abs()))
+        .collect();
+    for s in [0.1, 0.4, 0.5, 0.9] {
+        let k = (all.len() as f64 * s).round_ties_even() as usize;
+        let want = stable_lowest(&all, k);
+        let cut = global_cut(&refs, s).unwrap().unwrap();
+        let largest = want.iter().map(|&i| all[i]).fold(0.0f32, f32::max);
+        assert_eq!(cut.threshold, largest);
         let masks = magnitude_global(&refs, s).unwrap();
-        let total: usize = masks.iter().map(Mask::count).sum();
-        assert_eq!(total, all.iter().filter(|&&v| v <= t).count());
-        // Layer sparsities differ under a global threshold; the union hits the target.
-        assert!(total as f64 / all.len() as f64 >= s);
+        assert_eq!(flat_pruned(&masks), want, "s = {s}");
+        // Exactly round(N·s), never the layer-wise floor(N·s) + 1.
+        assert_eq!(masks.iter().map(Mask::count).sum::<usize>(), k);
+    }
+}
+
+/// Masks from torch's `global_unstructured(L1Unstructured)`, made by
+/// `tests/fixtures/global_magnitude/make.py`.
+fn torch_global_fixture() -> serde_json::Value {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/global_magnitude/torch_global.json"
+    );
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn global_magnitude_matches_torch_global_unstructured() {
+    let fx = torch_global_fixture();
+    for case in fx["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let ws: Vec<Matrix> = case["matrices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                let data: Vec<f32> = m["data"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap() as f32)
+                    .collect();
+                let dim = |k: &str| m[k].as_u64().unwrap() as usize;
+                mat(dim("rows"), dim("cols"), &data)
+            })
+            .collect();
+        let want: Vec<u8> = case["masks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|m| {
+                m.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|b| b.as_u64().unwrap() as u8)
+            })
+            .collect();
+        let refs: Vec<&Matrix> = ws.iter().collect();
+        let s = case["amount"].as_f64().unwrap();
+        let got = flat_pruned(&magnitude_global(&refs, s).unwrap());
+        let torch: Vec<usize> = (0..want.len()).filter(|&i| want[i] == 1).collect();
+        assert_eq!(got.len(), torch.len(), "{name}: count");
+        let all: Vec<f32> = ws.iter().flat_map(|w| w.data.clone()).collect();
+        let cut = global_cut(&refs, s).unwrap().map(|c| c.threshold);
+        // Away from the cut the masks agree weight for weight; among the weights tied at it
+        // torch's topk picks in its own order, whittle in selection order: the same number.
+        let off_cut = |v: &Vec<usize>| -> Vec<usize> {
+            v.iter()
+                .copied()
+                .filter(|&i| Some(all[i].abs()) != cut)
+                .collect()
+        };
+        assert_eq!(off_cut(&got), off_cut(&torch), "{name}");
+        if !name.starts_with("ties") {
+            assert_eq!(got, torch, "{name}");
+        }
+    }
+    // stories260K, every block linear layer: no ties at these cuts, so every mask is torch's.
+    let real = &fx["real"];
+    let dir = require_shared!("models/stories260K");
+    let tensors =
+        candle_core::safetensors::load(dir.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    let ws: Vec<Matrix> = real["names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| Matrix::from_tensor(&tensors[n.as_str().unwrap()]).unwrap())
+        .collect();
+    let refs: Vec<&Matrix> = ws.iter().collect();
+    for run in real["runs"].as_array().unwrap() {
+        let s = run["amount"].as_f64().unwrap();
+        let masks = magnitude_global(&refs, s).unwrap();
+        let counts: Vec<u64> = masks.iter().map(|m| m.count() as u64).collect();
+        let want: Vec<u64> = run["per_matrix"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        assert_eq!(counts, want, "s = {s}");
+        let bytes: Vec<u8> = masks
+            .iter()
+            .flat_map(|m| {
+                let (r, c) = m.shape();
+                (0..r * c).map(move |i| m.is_pruned(i / c, i % c) as u8)
+            })
+            .collect();
+        assert_eq!(
+            blake3::hash(&bytes).to_hex().as_str(),
+            run["blake3"].as_str().unwrap(),
+            "s = {s}"
+        );
     }
 }
 
@@ -569,6 +673,22 @@ fn stable_lowest(v: &[f32], k: usize) -> Vec<usize> {
 
 fn pruned_in_row(mask: &Mask, r: usize) -> Vec<usize> {
     (0..mask.cols()).filter(|&c| mask.is_pruned(r, c)).collect()
+}
+
+/// Pruned positions of several masks, numbered through their concatenation (row-major each).
+fn flat_pruned(masks: &[Mask]) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut base = 0;
+    for m in masks {
+        let (r, c) = m.shape();
+        out.extend(
+            (0..r * c)
+                .filter(|&i| m.is_pruned(i / c, i % c))
+                .map(|i| base + i),
+        );
+        base += r * c;
+    }
+    out
 }
 
 proptest! {
@@ -598,19 +718,15 @@ proptest! {
     #[test]
     fn magnitude_global_matches_full_sort(
         ws in proptest::collection::vec(matrix(4, 9), 1..4),
-        s in 0.001f64..0.99,
+        s in 0.0f64..0.99,
     ) {
         let refs: Vec<&Matrix> = ws.iter().collect();
         let masks = magnitude_global(&refs, s).unwrap();
-        let mut all: Vec<f32> = ws.iter().flat_map(|w| w.data.iter().map(|v| v.abs())).collect();
-        all.sort_by(f32::total_cmp);
-        let k = (all.len() as f64 * s) as usize;
-        let t = all[k];
-        let total: usize = masks.iter().map(Mask::count).sum();
-        prop_assert_eq!(total, all.iter().filter(|&&v| v <= t).count());
-        prop_assert!(total > k);
-        // One matrix: global and layer-wise are the same computation.
-        prop_assert_eq!(&magnitude_global(&refs[..1], s).unwrap()[0], &magnitude(&ws[0], s).unwrap());
+        let all: Vec<f32> = ws.iter().flat_map(|w| w.data.iter().map(|v| v.abs())).collect();
+        let k = (all.len() as f64 * s).round_ties_even() as usize;
+        prop_assert_eq!(global_prune_count(all.len(), s).unwrap(), k);
+        // The k first of a stable sort of the concatenation: ties in selection order.
+        prop_assert_eq!(flat_pruned(&masks), stable_lowest(&all, k));
     }
 
     #[test]

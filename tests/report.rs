@@ -75,6 +75,7 @@ fn provenance(pending: usize, failed: usize, total: usize) -> Provenance {
         }],
         seqlen: vec![64],
         devices: vec!["cpu".into()],
+        accumulation: Vec::new(),
         points: Points {
             total,
             pending,

@@ -91,9 +91,50 @@ pub fn contiguous_windows(
         .collect())
 }
 
-/// Per linear layer, Σ over calibration tokens of x_j² for every input feature j (f64 sums).
-/// Wanda's `scaler_row` is this divided by the number of sequences.
+/// Per linear layer, one value per input feature j: with [`Accumulation::Exact`] the f64 sum over
+/// calibration tokens of x_j² (Wanda's `scaler_row` is this divided by the number of sequences),
+/// with [`Accumulation::Reference`] `scaler_row` itself (f32 values).
 pub type SqNorms = BTreeMap<LinearId, Vec<f64>>;
+
+/// How input statistics are summed over the calibration sequences.
+///
+/// Near-ties between Wanda scores (or SparseGPT's) are decided by the last bits of these sums,
+/// so on deep models the two modes lead to slightly different masks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Accumulation {
+    /// One sum over every sequence, divided by their number once: Σx_j² in f64 (each batch's
+    /// f32 sum over its tokens added in), ΣXᵀX in f32 batch by batch.
+    #[default]
+    Exact,
+    /// The reference code's f32 running averages, updated once per sequence in window order, as
+    /// its per-sequence forward hooks do: Wanda's `scaler_row` (`lib/layerwrapper.py`) and
+    /// SparseGPT's and GPTQ's `H` (`add_batch`).
+    Reference,
+}
+
+impl Accumulation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accumulation::Exact => "exact",
+            Accumulation::Reference => "reference",
+        }
+    }
+}
+
+/// The reference's rescaling when sequence number `seen + 1` arrives: its statistics are
+/// multiplied by `seen / (seen + 1)` (a Python float, rounded to f32 by the tensor product).
+fn keep_factor(seen: usize) -> f32 {
+    (seen as f64 / (seen + 1) as f64) as f32
+}
+
+/// One step of Wanda's running average for one feature, in f32 and in the reference's order:
+/// `scaler *= seen/(seen+1); scaler += torch.norm(x_j)**2 / (seen+1)`, where `sq` is the
+/// sequence's Σx_j² and the norm is its square root.
+pub fn wanda_reference_step(scaler: f32, sq: f32, seen: usize) -> f32 {
+    let norm = sq.sqrt();
+    let scaled = scaler * keep_factor(seen);
+    scaled + norm * norm / (seen + 1) as f32
+}
 
 /// The distinct inputs of a block's linear layers: q, k and v read one tensor, gate and up another.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -146,34 +187,49 @@ impl InputGroup {
 pub struct Stats {
     /// Sequences seen.
     pub nsamples: usize,
+    pub accumulation: Accumulation,
     pub norms: SqNorms,
-    /// Σ XᵀX (f32, [in, in]) per block and input group.
+    /// Per block and input group (f32, [in, in]): Σ XᵀX when exact, the reference's running
+    /// `H` = (2/n)·ΣXᵀX otherwise.
     pub xtx: BTreeMap<(usize, InputGroup), Tensor>,
 }
 
 impl Stats {
+    pub fn new(accumulation: Accumulation) -> Self {
+        Stats {
+            accumulation,
+            ..Stats::default()
+        }
+    }
+
     /// Wanda's `scaler_row` for a layer: mean over sequences of ‖X_j‖².
     pub fn scaler(&self, id: LinearId) -> Option<Vec<f32>> {
         let n = self.nsamples.max(1) as f64;
-        self.norms
-            .get(&id)
-            .map(|v| v.iter().map(|s| (s / n) as f32).collect())
+        let reference = self.accumulation == Accumulation::Reference;
+        self.norms.get(&id).map(|v| {
+            v.iter()
+                .map(|&s| if reference { s as f32 } else { (s / n) as f32 })
+                .collect()
+        })
     }
 
     /// SparseGPT's and GPTQ's Hessian for a layer: H = (2/n)·ΣXᵀX, n counted in sequences.
     pub fn hessian(&self, id: LinearId) -> Option<candle_core::Result<Tensor>> {
         let n = self.nsamples.max(1) as f64;
-        self.xtx
-            .get(&(id.layer, InputGroup::of(id.proj)))
-            .map(|t| t.affine(2.0 / n, 0.0))
+        let t = self.xtx.get(&(id.layer, InputGroup::of(id.proj)))?;
+        Some(match self.accumulation {
+            Accumulation::Exact => t.affine(2.0 / n, 0.0),
+            Accumulation::Reference => Ok(t.clone()),
+        })
     }
 }
 
-/// What to accumulate.
+/// What to accumulate, and how.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Wanted {
     pub norms: bool,
     pub hessian: bool,
+    pub accumulation: Accumulation,
 }
 
 /// A capture hook accumulating `wanted` statistics into `stats`; the first error is kept.
@@ -188,24 +244,25 @@ fn accumulate<'a>(
         }
         let result = (|| -> candle_core::Result<()> {
             let x = input.to_dtype(DType::F32)?;
-            if wanted.norms {
-                let v = x.sqr()?.sum((0, 1))?.to_vec1::<f32>()?;
-                let a = stats.norms.entry(id).or_insert_with(|| vec![0.0; v.len()]);
-                for (s, x) in a.iter_mut().zip(v) {
-                    *s += x as f64;
-                }
-            }
             let group = InputGroup::of(id.proj);
-            if wanted.hessian && group.leader() == id.proj {
-                let (b, t, d) = x.dims3()?;
-                let x = x.reshape((b * t, d))?;
-                let xtx = x.t()?.matmul(&x)?;
-                let key = (id.layer, group);
-                let sum = match stats.xtx.remove(&key) {
-                    Some(acc) => (acc + xtx)?,
-                    None => xtx,
-                };
-                stats.xtx.insert(key, sum);
+            let hessian = wanted.hessian && group.leader() == id.proj;
+            match stats.accumulation {
+                Accumulation::Exact => {
+                    if wanted.norms {
+                        add_sq_norms(stats, id, &x)?;
+                    }
+                    if hessian {
+                        add_xtx(stats, (id.layer, group), &x)?;
+                    }
+                }
+                Accumulation::Reference => {
+                    if wanted.norms {
+                        running_scaler(stats, id, &x)?;
+                    }
+                    if hessian {
+                        running_hessian(stats, (id.layer, group), &x)?;
+                    }
+                }
             }
             Ok(())
         })();
@@ -213,6 +270,68 @@ fn accumulate<'a>(
             *failure = Some(e);
         }
     }
+}
+
+/// Adds the batch's Σx_j² (an f32 sum over its tokens) to the f64 sums.
+fn add_sq_norms(stats: &mut Stats, id: LinearId, x: &Tensor) -> candle_core::Result<()> {
+    let v = x.sqr()?.sum((0, 1))?.to_vec1::<f32>()?;
+    let a = stats.norms.entry(id).or_insert_with(|| vec![0.0; v.len()]);
+    for (s, x) in a.iter_mut().zip(v) {
+        *s += x as f64;
+    }
+    Ok(())
+}
+
+/// Adds the batch's XᵀX (one f32 product over all its tokens) to the sum.
+fn add_xtx(stats: &mut Stats, key: (usize, InputGroup), x: &Tensor) -> candle_core::Result<()> {
+    let (b, t, d) = x.dims3()?;
+    let x = x.reshape((b * t, d))?;
+    let xtx = x.t()?.matmul(&x)?;
+    let sum = match stats.xtx.remove(&key) {
+        Some(acc) => (acc + xtx)?,
+        None => xtx,
+    };
+    stats.xtx.insert(key, sum);
+    Ok(())
+}
+
+/// Wanda's running `scaler_row`, one update per sequence of the batch (see
+/// [`wanda_reference_step`]); `stats.nsamples` counts the sequences of earlier batches.
+fn running_scaler(stats: &mut Stats, id: LinearId, x: &Tensor) -> candle_core::Result<()> {
+    let d = x.dim(2)?;
+    let per_seq = x.sqr()?.sum(1)?.to_vec2::<f32>()?;
+    let seen = stats.nsamples;
+    let a = stats.norms.entry(id).or_insert_with(|| vec![0.0; d]);
+    for (i, sq) in per_seq.iter().enumerate() {
+        for (s, &q) in a.iter_mut().zip(sq) {
+            *s = f64::from(wanda_reference_step(*s as f32, q, seen + i));
+        }
+    }
+    Ok(())
+}
+
+/// SparseGPT's running `H`, one update per sequence, in f32 and in its order:
+/// `H *= seen/(seen+1); x = sqrt(2/(seen+1))·x; H += xᵀx`.
+fn running_hessian(
+    stats: &mut Stats,
+    key: (usize, InputGroup),
+    x: &Tensor,
+) -> candle_core::Result<()> {
+    let (b, _, d) = x.dims3()?;
+    let seen = stats.nsamples;
+    let mut h = match stats.xtx.remove(&key) {
+        Some(h) => h,
+        None => Tensor::zeros((d, d), DType::F32, x.device())?,
+    };
+    for i in 0..b {
+        let n = seen + i;
+        // math.sqrt in f64, rounded to f32 when it multiplies the f32 input.
+        let scale = (2.0 / (n + 1) as f64).sqrt() as f32;
+        let xi = x.get(i)?.affine(f64::from(scale), 0.0)?;
+        h = (h.affine(f64::from(keep_factor(n)), 0.0)? + xi.t()?.matmul(&xi)?)?;
+    }
+    stats.xtx.insert(key, h);
+    Ok(())
 }
 
 fn batches(
@@ -337,7 +456,7 @@ pub fn collect_stats_first(
     device: &Device,
     tick: &mut dyn FnMut(u64) -> candle_core::Result<()>,
 ) -> Result<Stats, ModelError> {
-    let mut stats = Stats::default();
+    let mut stats = Stats::new(wanted.accumulation);
     for (ids, n) in batches(windows, batch_size, device)?
         .into_iter()
         .zip(windows.chunks(batch_size.max(1)).map(<[_]>::len))
@@ -384,7 +503,7 @@ pub fn sequential(
         .map(|ids| model.embed(ids))
         .collect::<Result<_, _>>()?;
     for layer in 0..cfg.num_layers {
-        let mut stats = Stats::default();
+        let mut stats = Stats::new(wanted.accumulation);
         for x in &hidden {
             run_block(&model, layer, x, windows.chunk, Some((&mut stats, wanted)))?;
             stats.nsamples += x.dim(0)?;
@@ -405,6 +524,8 @@ pub fn sequential(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compress::wanda::wanda;
+    use crate::compress::Matrix;
 
     #[test]
     fn contiguous_takes_the_first_windows() {
@@ -493,6 +614,7 @@ mod tests {
     const BOTH: Wanted = Wanted {
         norms: true,
         hessian: true,
+        accumulation: Accumulation::Exact,
     };
 
     #[test]
@@ -554,6 +676,7 @@ mod tests {
                 }
                 seen.push(Stats {
                     nsamples: stats.nsamples,
+                    accumulation: stats.accumulation,
                     norms: stats.norms.clone(),
                     xtx: stats.xtx.clone(),
                 });
@@ -583,6 +706,109 @@ mod tests {
         // The weights did change, block by block.
         let q = "model.layers.1.self_attn.q_proj.weight";
         assert_ne!(bits(&want[q]), bits(&original[q]));
+    }
+
+    /// The reference's statistics as torch computes them (tests/fixtures/accumulation/make.py).
+    fn torch_reference() -> serde_json::Value {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/accumulation/torch_reference.json"
+        );
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    fn floats(v: &serde_json::Value) -> Vec<f32> {
+        let a = v.as_array().unwrap();
+        a.iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    }
+
+    /// A fixture input [windows, tokens, features].
+    fn fixture_input(case: &serde_json::Value) -> Tensor {
+        let shape: Vec<usize> = case["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap() as usize)
+            .collect();
+        Tensor::from_vec(floats(&case["x"]), shape, &Device::Cpu).unwrap()
+    }
+
+    /// Feeds `x` to the capture hook of one layer 8 windows at a time, as `collect_stats` does.
+    fn accumulate_batches(x: &Tensor, wanted: Wanted) -> Stats {
+        let mut stats = Stats::new(wanted.accumulation);
+        let n = x.dim(0).unwrap();
+        for start in (0..n).step_by(8) {
+            let batch = x.narrow(0, start, 8.min(n - start)).unwrap();
+            let mut failure = None;
+            accumulate(&mut stats, wanted, &mut failure)(LinearId::new(0, Proj::Q), &batch);
+            assert!(failure.is_none());
+            stats.nsamples += batch.dim(0).unwrap();
+        }
+        stats
+    }
+
+    fn f32_bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    #[test]
+    fn near_ties_follow_the_reference_accumulation() {
+        let case = &torch_reference()["near_tie"];
+        let x = fixture_input(case);
+        let id = LinearId::new(0, Proj::Q);
+        let scaler = |accumulation| {
+            let wanted = Wanted {
+                norms: true,
+                hessian: false,
+                accumulation,
+            };
+            accumulate_batches(&x, wanted).scaler(id).unwrap()
+        };
+        let (exact, reference) = (scaler(Accumulation::Exact), scaler(Accumulation::Reference));
+        // Torch's f32 running average, bit for bit, across the two batches.
+        assert_eq!(f32_bits(&reference), f32_bits(&floats(&case["scaler_row"])));
+        // Features 0 and 1 see the same values in another order: equal exact means (13.75),
+        // running averages one f32 step apart.
+        assert_eq!((exact[0], exact[1]), (13.75, 13.75));
+        assert!(reference[1] < reference[0]);
+        // So Wanda on a row of equal weights, pruning 1 of 4, cuts another column: the tie goes
+        // to the lower column, the reference's sums make column 1 the smallest.
+        let w = Matrix::new(1, 4, vec![1.0; 4]).unwrap();
+        let cut = |s: &[f32]| {
+            let m = wanda(&w, s, 0.25).unwrap();
+            (0..4).filter(|&c| m.is_pruned(0, c)).collect::<Vec<_>>()
+        };
+        assert_eq!(cut(&exact), vec![0]);
+        assert_eq!(cut(&reference), vec![1]);
+    }
+
+    #[test]
+    fn reference_hessian_matches_torch_bit_for_bit() {
+        let case = &torch_reference()["one_token"];
+        let x = fixture_input(case);
+        let id = LinearId::new(0, Proj::Q);
+        let run = |accumulation| {
+            let wanted = Wanted {
+                norms: true,
+                hessian: true,
+                accumulation,
+            };
+            accumulate_batches(&x, wanted)
+        };
+        let reference = run(Accumulation::Reference);
+        let h = reference.hessian(id).unwrap().unwrap();
+        assert_eq!(bits(&h), f32_bits(&floats(&case["hessian"])));
+        let scaler = reference.scaler(id).unwrap();
+        assert_eq!(f32_bits(&scaler), f32_bits(&floats(&case["scaler_row"])));
+        // The exact sums give the same statistics up to f32 rounding.
+        let exact = run(Accumulation::Exact).hessian(id).unwrap().unwrap();
+        let (e, r) = (
+            exact.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            h.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        );
+        for (a, b) in e.iter().zip(&r) {
+            assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{a} vs {b}");
+        }
     }
 
     #[test]

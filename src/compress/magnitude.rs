@@ -1,9 +1,11 @@
-//! Magnitude pruning: layer-wise (one threshold per matrix), global (one threshold over several
-//! matrices) and N:M on |W|.
+//! Magnitude pruning: layer-wise (one threshold per matrix), global (one cut over several
+//! matrices) and N:M on |W|. The two scopes follow different reference code:
 //!
-//! The reference (`prune_magnitude` in Wanda's code) takes `thresh = sort(|W|)[int(numel * s)]`
-//! and prunes `|W| <= thresh`, so every weight tied with the threshold goes too: at least
-//! `floor(numel·s) + 1` weights are pruned, more with ties. At `s == 0` it does not prune at all.
+//! - layer-wise is `prune_magnitude` in Wanda's code: `thresh = sort(|W|)[int(numel * s)]`, prune
+//!   `|W| <= thresh`, so every weight tied with the threshold goes too: at least
+//!   `floor(numel·s) + 1` weights, more with ties. At `s == 0` it does not prune at all.
+//! - global is `torch.nn.utils.prune.global_unstructured` with `L1Unstructured` (the knowledge
+//!   study's code): exactly `round(N·s)` weights, the smallest `|W|` over every selected matrix.
 
 use rayon::prelude::*;
 
@@ -36,38 +38,86 @@ pub fn magnitude_nm(w: &Matrix, n: usize, m: usize) -> Result<Mask> {
     nm::nm_mask(&w.abs(), n, m)
 }
 
-/// The global threshold: the value at index `floor(N·s)` of the sorted `|W|` over the union of
-/// all matrices (N = total numel). `None` when nothing is pruned.
+/// How many weights global magnitude prunes: `round(N·s)` with Python's `round` (half to even),
+/// as torch's `_compute_nparams_toprune` does for a float `amount`; `N·s` is an `f64` product.
+pub fn global_prune_count(total: usize, s: f64) -> Result<usize> {
+    if !(s.is_finite() && (0.0..1.0).contains(&s)) {
+        return Err(CompressError::Sparsity(s));
+    }
+    Ok(((total as f64 * s).round_ties_even() as usize).min(total))
+}
+
+/// Where the global cut falls: every `|w|` below `threshold` is pruned, and of the weights tied
+/// at it the first `ties` in selection order (matrix by matrix, row-major within one).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GlobalCut {
+    pub threshold: f32,
+    pub ties: usize,
+}
+
+/// The global cut over the union of all matrices: the `k = round(N·s)` smallest `|W|`, as
+/// `torch.topk(|W|, k, largest=False)` over the concatenated weights (N = total numel). `None`
+/// when nothing is pruned.
 ///
-/// Exact radix selection on the bit pattern of `|w|` (monotone in the value for non-negative
-/// floats): one pass counts the high 16 bits, a second counts the low 16 bits inside the bucket
-/// holding rank `k`. Memory is two histograms; the weights are never copied.
-pub fn global_threshold(ws: &[&Matrix], s: f64) -> Result<Option<f32>> {
+/// Exact radix selection of the value at rank `k − 1` on the bit pattern of `|w|` (monotone in
+/// the value for non-negative floats; NaN ranks above infinity, as in torch's comparator): one
+/// pass counts the high 16 bits, a second the low 16 bits inside the bucket holding that rank.
+/// Memory is two histograms; the weights are never copied.
+pub fn global_cut(ws: &[&Matrix], s: f64) -> Result<Option<GlobalCut>> {
     if ws.is_empty() {
         return Err(CompressError::NoMatrices);
     }
     let total: usize = ws.iter().map(|w| w.numel()).sum();
-    let k = prune_count(total, s)?;
-    if s == 0.0 || total == 0 {
+    let k = global_prune_count(total, s)?;
+    if k == 0 {
         return Ok(None);
     }
-    let key = |v: f32| v.abs().to_bits(); // sign bit cleared: < 2^31
+    let rank = k as u64 - 1;
     let high = histogram(ws, 1 << 15, |v| Some((key(v) >> 16) as usize));
-    let (bucket, below) = rank_bucket(&high, k as u64);
+    let (bucket, below_high) = rank_bucket(&high, rank);
     let low = histogram(ws, 1 << 16, |v| {
         let kv = key(v);
         (kv >> 16 == bucket as u32).then_some((kv & 0xFFFF) as usize)
     });
-    let (lo, _) = rank_bucket(&low, k as u64 - below);
-    Ok(Some(f32::from_bits(((bucket as u32) << 16) | lo as u32)))
+    let (lo, below_low) = rank_bucket(&low, rank - below_high);
+    let less = below_high + below_low;
+    Ok(Some(GlobalCut {
+        threshold: f32::from_bits(((bucket as u32) << 16) | lo as u32),
+        ties: (k as u64 - less) as usize,
+    }))
 }
 
-/// Global magnitude masks, one per input matrix, all cut at [`global_threshold`].
+/// Global magnitude masks, one per input matrix: exactly `round(N·s)` weights pruned in all, the
+/// smallest `|w|`; ties at the cut go in selection order (see [`global_cut`]).
 pub fn magnitude_global(ws: &[&Matrix], s: f64) -> Result<Vec<Mask>> {
-    Ok(match global_threshold(ws, s)? {
-        None => ws.iter().map(|w| Mask::new(w.rows, w.cols)).collect(),
-        Some(t) => ws.iter().map(|w| mask_at_or_below(w, t)).collect(),
-    })
+    let Some(cut) = global_cut(ws, s)? else {
+        return Ok(ws.iter().map(|w| Mask::new(w.rows, w.cols)).collect());
+    };
+    let t = key(cut.threshold);
+    let mut ties = cut.ties;
+    Ok(ws
+        .iter()
+        .map(|w| {
+            let mut mask = Mask::from_values(w.rows, w.cols, &w.data, |v| key(v) < t);
+            if ties > 0 {
+                for (i, &v) in w.data.iter().enumerate() {
+                    if ties == 0 {
+                        break;
+                    }
+                    if key(v) == t {
+                        mask.set_bit(i, true);
+                        ties -= 1;
+                    }
+                }
+            }
+            mask
+        })
+        .collect())
+}
+
+/// The sort key of `|v|`: its bit pattern with the sign cleared (< 2^31).
+fn key(v: f32) -> u32 {
+    v.abs().to_bits()
 }
 
 /// `|w| <= t` with IEEE comparison, like torch's `W_metric <= thresh` (NaN is never pruned).
@@ -151,13 +201,20 @@ mod tests {
     }
 
     #[test]
-    fn global_threshold_spans_matrices() {
+    fn global_magnitude_prunes_round_amount_n() {
         let a = m(1, 4, &[0.1, 0.2, 0.3, 0.4]);
         let b = m(2, 2, &[5.0, -0.05, 6.0, 7.0]);
-        // Union sorted: .05 .1 .2 .3 .4 5 6 7; index floor(8*0.5)=4 -> 0.4.
-        assert_eq!(global_threshold(&[&a, &b], 0.5).unwrap(), Some(0.4));
+        // Union sorted: .05 .1 .2 .3 | .4 5 6 7; round(8·0.5) = 4 pruned. The layer-wise rule
+        // (`<= sorted[4]`) would take the .4 too.
+        assert_eq!(
+            global_cut(&[&a, &b], 0.5).unwrap(),
+            Some(GlobalCut {
+                threshold: 0.3,
+                ties: 1
+            })
+        );
         let masks = magnitude_global(&[&a, &b], 0.5).unwrap();
-        assert_eq!(pruned(&masks[0]), vec![0, 1, 2, 3]);
+        assert_eq!(pruned(&masks[0]), vec![0, 1, 2]);
         assert_eq!(pruned(&masks[1]), vec![1]);
         assert!(matches!(
             magnitude_global(&[], 0.5),
@@ -166,13 +223,53 @@ mod tests {
     }
 
     #[test]
-    fn global_threshold_resolves_low_bits() {
+    fn global_count_rounds_half_to_even() {
+        assert_eq!(global_prune_count(5, 0.5).unwrap(), 2); // 2.5
+        assert_eq!(global_prune_count(7, 0.5).unwrap(), 4); // 3.5
+        assert_eq!(global_prune_count(10, 0.26).unwrap(), 3); // 2.6
+        assert_eq!(global_prune_count(3, 0.9).unwrap(), 3); // 2.7: everything
+        assert_eq!(global_prune_count(8, 0.01).unwrap(), 0);
+        assert!(global_prune_count(8, 1.0).is_err());
+        let w = m(1, 3, &[0.3, 0.1, 0.2]);
+        assert_eq!(
+            pruned(&magnitude_global(&[&w], 0.9).unwrap()[0]),
+            vec![0, 1, 2]
+        );
+        assert_eq!(magnitude_global(&[&w], 0.1).unwrap()[0].count(), 0);
+    }
+
+    #[test]
+    fn global_ties_at_the_cut_go_in_selection_order() {
+        // |W|: a = 1 2 2 3, b = 2 .5; round(6·0.7) = 4: the .5, the 1, then two of the three 2s,
+        // the first two met matrix by matrix (a[1], a[2]); b's 2 stays.
+        let a = m(2, 2, &[1.0, -2.0, 2.0, 3.0]);
+        let b = m(1, 2, &[2.0, -0.5]);
+        let masks = magnitude_global(&[&a, &b], 0.7).unwrap();
+        assert_eq!(pruned(&masks[0]), vec![0, 1, 2]);
+        assert_eq!(pruned(&masks[1]), vec![1]);
+        // The other order: b's 2 comes first, then a[1].
+        let masks = magnitude_global(&[&b, &a], 0.7).unwrap();
+        assert_eq!(pruned(&masks[0]), vec![0, 1]);
+        assert_eq!(pruned(&masks[1]), vec![0, 1]);
+        // Signed zeros are one value.
+        let z = m(1, 4, &[-0.0, 0.0, 1.0, -0.0]);
+        assert_eq!(
+            pruned(&magnitude_global(&[&z], 0.5).unwrap()[0]),
+            vec![0, 1]
+        );
+    }
+
+    #[test]
+    fn global_cut_resolves_low_bits() {
         // Values sharing the high 16 bits of their pattern: the second pass must separate them.
         let base = 1.0f32.to_bits();
         let vals: Vec<f32> = (0..10u32).rev().map(|i| f32::from_bits(base + i)).collect();
         let w = m(2, 5, &vals);
-        let t = global_threshold(&[&w], 0.3).unwrap().unwrap();
-        assert_eq!(t.to_bits(), base + 3);
-        assert_eq!(magnitude_threshold(&w, 0.3).unwrap(), Some(t));
+        let cut = global_cut(&[&w], 0.3).unwrap().unwrap();
+        assert_eq!((cut.threshold.to_bits(), cut.ties), (base + 2, 1));
+        assert_eq!(
+            pruned(&magnitude_global(&[&w], 0.3).unwrap()[0]),
+            vec![7, 8, 9]
+        );
     }
 }

@@ -478,6 +478,7 @@ pub fn allowed_keys(kind: StageKind) -> &'static [&'static str] {
             "sampling",
             "seed",
             "statistics",
+            "accumulation",
         ],
         StageKind::Prune => &[
             "model",

@@ -8,6 +8,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use crate::cache::key::{ParamValue, Params};
+pub use crate::calibrate::Accumulation;
 
 /// A validated pipeline.
 #[derive(Clone, Debug)]
@@ -251,14 +252,18 @@ pub struct CalibrateSpec {
     pub seed: u64,
     /// What to accumulate over the windows (the windows themselves are always kept).
     pub statistics: Vec<Statistic>,
+    /// How the statistics are summed over the windows.
+    pub accumulation: Accumulation,
 }
 
 /// Per-linear-layer input statistics a calibrate stage can record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Statistic {
-    /// Σ x_j² per input feature (Wanda's scaler × number of samples).
+    /// Σ x_j² per input feature (Wanda's scaler × number of samples), or with
+    /// `accumulation: reference` the scaler itself.
     Norms,
-    /// Σ XᵀX over tokens, per distinct layer input (SparseGPT's and GPTQ's Hessian × n/2).
+    /// Σ XᵀX over tokens, per distinct layer input (SparseGPT's and GPTQ's Hessian × n/2), or
+    /// with `accumulation: reference` the Hessian itself.
     Hessian,
 }
 
@@ -945,6 +950,10 @@ impl StageSpec {
                 }
                 let stats = s.statistics.iter().map(|x| x.as_str().into()).collect();
                 p.insert("statistics".into(), ParamValue::List(stats));
+                // Only when not the default, so that existing keys stay as they were.
+                if s.accumulation != Accumulation::Exact {
+                    p.insert("accumulation".into(), s.accumulation.as_str().into());
+                }
             }
             StageSpec::Prune(s) => {
                 p.insert("method".into(), s.method.name().into());
@@ -952,11 +961,16 @@ impl StageSpec {
                 p.insert("pattern".into(), s.pattern.to_string().into());
                 match &s.method {
                     PruneMethod::Magnitude { scope } => {
-                        let scope = match scope {
+                        let name = match scope {
                             Scope::Layer => "layer",
                             Scope::Global => "global",
                         };
-                        p.insert("scope".into(), scope.into());
+                        p.insert("scope".into(), name.into());
+                        // Global cuts once pruned `|W| <= sorted[floor(N·s)]`; now exactly
+                        // round(N·s) weights: entries of the old rule must not be served.
+                        if *scope == Scope::Global {
+                            p.insert("count".into(), "round(N*s)".into());
+                        }
                     }
                     PruneMethod::Random { seed } => {
                         p.insert("seed".into(), (*seed).into());

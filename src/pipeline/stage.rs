@@ -527,6 +527,10 @@ fn calibrate(f: &mut Fields) -> Option<StageSpec> {
     };
     let seed = f.count("seed", 0, 0) as u64;
     let statistics = compress::statistics(f);
+    let accumulation = match f.choice("accumulation", &["exact", "reference"]) {
+        Some("reference") => Accumulation::Reference,
+        _ => Accumulation::Exact,
+    };
     Some(StageSpec::Calibrate(CalibrateSpec {
         model: model?,
         dataset: dataset?,
@@ -535,6 +539,7 @@ fn calibrate(f: &mut Fields) -> Option<StageSpec> {
         sampling,
         seed,
         statistics,
+        accumulation,
     }))
 }
 

@@ -573,6 +573,58 @@ fn statistics_default_to_norms_and_are_sorted() {
 }
 
 #[test]
+fn accumulation_enters_the_calibrate_key_only_when_reference() {
+    let p = ok(&with_base(
+        "",
+        "  c0: {kind: calibrate, model: base, dataset: stories}
+  c1: {kind: calibrate, model: base, dataset: stories, accumulation: exact}
+  c2: {kind: calibrate, model: base, dataset: stories, accumulation: reference}
+",
+    ));
+    let acc = |name| match only_spec(&p, name) {
+        StageSpec::Calibrate(c) => c.accumulation,
+        other => panic!("not a calibrate spec: {other:?}"),
+    };
+    assert_eq!(acc("c0"), Accumulation::Exact);
+    assert_eq!(acc("c1"), Accumulation::Exact);
+    assert_eq!(acc("c2"), Accumulation::Reference);
+    // The default leaves existing keys as they were.
+    let (k0, k1, k2) = (
+        only_spec(&p, "c0").key_params(),
+        only_spec(&p, "c1").key_params(),
+        only_spec(&p, "c2").key_params(),
+    );
+    assert_eq!(k0, k1);
+    assert!(!k0.contains_key("accumulation"));
+    assert_eq!(k2["accumulation"], ParamValue::from("reference"));
+    let d = errs(&with_base(
+        "",
+        "  c: {kind: calibrate, model: base, dataset: stories, accumulation: referense}\n",
+    ));
+    assert_eq!(d.len(), 1, "{d}");
+    let x = &d.0[0];
+    assert_eq!(x.key_path, "stages.c.accumulation");
+    assert!(
+        x.message.contains("`exact` or `reference`") && x.message.contains("did you mean"),
+        "{x}"
+    );
+}
+
+#[test]
+fn global_magnitude_key_names_its_count_rule() {
+    let p = ok(&with_base(
+        "",
+        "  g: {kind: prune, model: base, method: magnitude, scope: global, sparsity: 0.4}
+  l: {kind: prune, model: base, method: magnitude, sparsity: 0.4}
+",
+    ));
+    // Entries made when the global cut was `<= sorted[floor(N·s)]` are not served.
+    let g = only_spec(&p, "g").key_params();
+    assert_eq!(g["count"], ParamValue::from("round(N*s)"));
+    assert!(!only_spec(&p, "l").key_params().contains_key("count"));
+}
+
+#[test]
 fn every_prune_method_parses_with_its_keys_and_defaults() {
     let p = ok(&with_base(
         "",

@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::provenance::Provenance;
 use super::ReportError;
 use crate::cache::Entry;
-use crate::pipeline::spec::{Point, ReportSpec, StageSpec};
+use crate::pipeline::spec::{Accumulation, Point, ReportSpec, StageSpec};
 use crate::plan::{ancestors, instance_label, NodeId, Plan};
 
 /// What the caller knows about a node's output.
@@ -253,6 +253,11 @@ fn provenance(
     let mut p = Provenance::new(pipeline);
     for id in ancestors(plan, inputs) {
         let n = &plan.nodes[id];
+        if let StageSpec::Calibrate(c) = &n.spec {
+            if c.accumulation != Accumulation::Exact {
+                p.add_accumulation(c.accumulation.as_str());
+            }
+        }
         if let StageSpec::Load(l) = &n.spec {
             let weights = match state(id) {
                 InputState::Ready(e) => Some(e.content()),

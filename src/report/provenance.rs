@@ -24,6 +24,9 @@ pub struct Provenance {
     pub seqlen: Vec<u64>,
     /// Devices that computed the evaluations.
     pub devices: Vec<String>,
+    /// How calibrate stages summed their statistics, when not the default (`exact`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub accumulation: Vec<String>,
     pub points: Points,
 }
 
@@ -83,7 +86,14 @@ impl Provenance {
             datasets: Vec::new(),
             seqlen: Vec::new(),
             devices: Vec::new(),
+            accumulation: Vec::new(),
             points: Points::default(),
+        }
+    }
+
+    pub fn add_accumulation(&mut self, a: &str) {
+        if !self.accumulation.iter().any(|x| x == a) {
+            self.accumulation.push(a.to_string());
         }
     }
 
@@ -129,6 +139,7 @@ impl Provenance {
         self.datasets.sort_by(|a, b| a.name.cmp(&b.name));
         self.seqlen.sort_unstable();
         self.devices.sort();
+        self.accumulation.sort();
     }
 
     pub fn to_json(&self) -> String {
@@ -171,6 +182,10 @@ impl Provenance {
                 "device"
             };
             parts.push(format!("{n} {}", self.devices.join(", ")));
+        }
+        if !self.accumulation.is_empty() {
+            let a = self.accumulation.join(", ");
+            parts.push(format!("calibration accumulation {a}"));
         }
         parts
     }
@@ -248,6 +263,10 @@ impl Provenance {
             seq.join(", "),
             self.devices.join(", ")
         ));
+        if !self.accumulation.is_empty() {
+            let a = self.accumulation.join(", ");
+            out.push_str(&format!("% calibration accumulation: {a}\n"));
+        }
         if let Some(m) = self.missing_note() {
             out.push_str(&format!("% {m}\n"));
         }
@@ -287,8 +306,26 @@ mod tests {
             }],
             seqlen: vec![128, 256],
             devices: vec!["cpu".into(), "cuda:0".into()],
+            accumulation: Vec::new(),
             points: Points::default(),
         }
+    }
+
+    #[test]
+    fn a_reference_accumulation_is_named_and_the_default_is_not() {
+        let mut p = sample();
+        assert!(!p.to_json().contains("accumulation"));
+        assert!(!p.line().contains("accumulation"));
+        p.add_accumulation("reference");
+        p.add_accumulation("reference");
+        assert_eq!(p.accumulation, ["reference"]);
+        assert!(p
+            .to_json()
+            .contains("\"accumulation\": [\n    \"reference\"\n  ]"));
+        assert!(p.line().ends_with(" · calibration accumulation reference"));
+        assert!(p
+            .latex_comment()
+            .contains("% calibration accumulation: reference\n"));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::calibrate::{
     collect_stats, contiguous_windows, random_windows, InputGroup, Stats, Wanted,
 };
 use crate::data::read_documents;
-use crate::pipeline::spec::{CalibrateSpec, Sampling, Statistic};
+use crate::pipeline::spec::{Accumulation, CalibrateSpec, Sampling, Statistic};
 
 /// Name of the statistics file in a calibration entry.
 pub const STATS_FILE: &str = "stats.safetensors";
@@ -20,18 +20,36 @@ pub const TOKENS_FILE: &str = "tokens.safetensors";
 /// Windows per forward pass. Fixed: the f32 partial sums depend (slightly) on it.
 pub const CALIBRATION_BATCH: usize = 8;
 
-/// The tensor holding Σx² of a linear layer's input features.
-pub fn sq_norm_name(linear: &str) -> String {
-    format!("{linear}.input_sq_norm_sum")
+/// The suffixes of the tensors holding a linear layer's input norms and a block input's
+/// Hessian statistic: sums when exact (Σx², f64; ΣXᵀX), the running averages otherwise
+/// (Wanda's `scaler_row`, f32; SparseGPT's `H`).
+fn suffixes(accumulation: Accumulation) -> (&'static str, &'static str) {
+    match accumulation {
+        Accumulation::Exact => (".input_sq_norm_sum", ".xtx_sum"),
+        Accumulation::Reference => (".scaler_row", ".hessian"),
+    }
 }
 
-/// The tensor holding ΣXᵀX of one input of a block.
-pub fn xtx_name(layer: usize, group: InputGroup) -> String {
-    format!("layers.{layer}.{}.xtx_sum", group.as_str())
+/// The tensor holding the input norms of a linear layer's features.
+pub fn sq_norm_name(linear: &str, accumulation: Accumulation) -> String {
+    format!("{linear}{}", suffixes(accumulation).0)
 }
 
-/// Reads the statistics a calibrate entry recorded.
-pub fn read_stats(entry: &crate::cache::Entry, device: &Device) -> Result<Stats, StageError> {
+/// The tensor holding the Hessian statistic of one input of a block.
+pub fn xtx_name(layer: usize, group: InputGroup, accumulation: Accumulation) -> String {
+    format!(
+        "layers.{layer}.{}{}",
+        group.as_str(),
+        suffixes(accumulation).1
+    )
+}
+
+/// Reads the statistics a calibrate entry recorded with `accumulation`.
+pub fn read_stats(
+    entry: &crate::cache::Entry,
+    device: &Device,
+    accumulation: Accumulation,
+) -> Result<Stats, StageError> {
     let nsamples = entry.manifest().meta["nsamples"].as_u64().unwrap_or(0) as usize;
     if nsamples == 0 {
         return Err(StageError::Invalid(
@@ -41,15 +59,17 @@ pub fn read_stats(entry: &crate::cache::Entry, device: &Device) -> Result<Stats,
     let tensors = candle_core::safetensors::load(entry.path(STATS_FILE), device)?;
     let mut stats = Stats {
         nsamples,
-        ..Stats::default()
+        ..Stats::new(accumulation)
     };
+    let (norms, hessian) = suffixes(accumulation);
     for (name, t) in tensors {
-        if let Some(linear) = name.strip_suffix(".input_sq_norm_sum") {
+        if let Some(linear) = name.strip_suffix(norms) {
             let id = linear
                 .parse()
                 .map_err(|e: String| StageError::Invalid(format!("calibration entry: {e}")))?;
-            stats.norms.insert(id, t.to_vec1::<f64>()?);
-        } else if let Some(rest) = name.strip_suffix(".xtx_sum") {
+            let v = t.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
+            stats.norms.insert(id, v);
+        } else if let Some(rest) = name.strip_suffix(hessian) {
             let found = rest.strip_prefix("layers.").and_then(|r| {
                 let (layer, group) = r.split_once('.')?;
                 let group = InputGroup::ALL.into_iter().find(|g| g.as_str() == group)?;
@@ -99,6 +119,7 @@ pub fn run(ctx: &StageCtx, spec: &CalibrateSpec) -> Result<StageOutput, StageErr
     let wanted = Wanted {
         norms: spec.statistics.contains(&Statistic::Norms),
         hessian: spec.statistics.contains(&Statistic::Hessian),
+        accumulation: spec.accumulation,
     };
     ctx.progress.start(windows.len() as u64, "calibrating");
     let stats = collect_stats(
@@ -111,16 +132,20 @@ pub fn run(ctx: &StageCtx, spec: &CalibrateSpec) -> Result<StageOutput, StageErr
     )
     .map_err(|e| cancelled_or(ctx, e))?;
 
+    let acc = spec.accumulation;
     let mut out = HashMap::new();
     for (id, sums) in &stats.norms {
         let n = sums.len();
-        out.insert(
-            sq_norm_name(&id.to_string()),
-            Tensor::from_vec(sums.clone(), n, &Device::Cpu)?,
-        );
+        let t = Tensor::from_vec(sums.clone(), n, &Device::Cpu)?;
+        // The reference's scaler_row is an f32 vector: stored as one.
+        let t = match acc {
+            Accumulation::Exact => t,
+            Accumulation::Reference => t.to_dtype(candle_core::DType::F32)?,
+        };
+        out.insert(sq_norm_name(&id.to_string(), acc), t);
     }
     for ((layer, group), t) in &stats.xtx {
-        out.insert(xtx_name(*layer, *group), t.to_device(&Device::Cpu)?);
+        out.insert(xtx_name(*layer, *group, acc), t.to_device(&Device::Cpu)?);
     }
     candle_core::safetensors::save(&out, ctx.out_path(STATS_FILE))?;
     let flat: Vec<u32> = windows.iter().flatten().copied().collect();
@@ -143,6 +168,7 @@ pub fn run(ctx: &StageCtx, spec: &CalibrateSpec) -> Result<StageOutput, StageErr
             "seqlen": spec.seqlen,
             "tokens": windows.len() * spec.seqlen,
             "statistics": spec.statistics.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+            "accumulation": acc.as_str(),
         }),
     })
 }

@@ -9,7 +9,7 @@ use super::{StageCtx, StageError};
 use crate::calibrate::{forward_chunk, sequential, Stats, Wanted, Windows};
 use crate::compress::Matrix;
 use crate::model::{LinearId, ModelError, TensorMap};
-use crate::pipeline::spec::{CalibrationMode, InstanceRef};
+use crate::pipeline::spec::{CalibrationMode, InstanceRef, StageSpec};
 
 /// One matrix's replacement from its layer's input statistics, and the weights the model
 /// computes with from then on.
@@ -21,6 +21,7 @@ pub struct Calibrated {
     pub method: &'static str,
     pub calibration: InstanceRef,
     pub mode: CalibrationMode,
+    /// What to accumulate; how is the calibrate stage's `accumulation`.
     pub wanted: Wanted,
 }
 
@@ -53,6 +54,17 @@ pub fn compress_calibrated(
         .node_of(calibrated.calibration)
         .ok_or_else(|| StageError::Invalid("internal: calibration is not in the plan".into()))?;
     let entry = ctx.entry(node)?;
+    let wanted = match &ctx.plan.nodes[node].spec {
+        StageSpec::Calibrate(c) => Wanted {
+            accumulation: c.accumulation,
+            ..calibrated.wanted
+        },
+        _ => {
+            return Err(StageError::Invalid(
+                "internal: calibration is not a calibrate stage".into(),
+            ))
+        }
+    };
     let mut failure: Option<StageError> = None;
     let mut layer_fn =
         |layer: usize, stats: &Stats, tensors: &TensorMap| -> Result<TensorMap, ModelError> {
@@ -84,7 +96,7 @@ pub fn compress_calibrated(
     let layers = weights.config.num_layers;
     let outcome = match calibrated.mode {
         CalibrationMode::Dense => {
-            let stats = read_stats(&entry, ctx.device)?;
+            let stats = read_stats(&entry, ctx.device, wanted.accumulation)?;
             ctx.progress.start(layers as u64, method);
             (0..layers).try_for_each(|layer| {
                 ctx.check_cancel()?;
@@ -109,7 +121,7 @@ pub fn compress_calibrated(
                 &cfg,
                 &mut weights.tensors,
                 &run,
-                calibrated.wanted,
+                wanted,
                 &mut layer_fn,
                 &mut |n| ctx.tick(n),
             )

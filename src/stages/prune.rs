@@ -97,6 +97,7 @@ pub fn run(ctx: &StageCtx, spec: &PruneSpec) -> Result<StageOutput, StageError> 
             let wanted = Wanted {
                 norms: matches!(spec.method, PruneMethod::Wanda { .. }),
                 hessian: matches!(spec.method, PruneMethod::SparseGpt { .. }),
+                ..Wanted::default()
             };
             let calibrated = Calibrated {
                 method: spec.method.name(),

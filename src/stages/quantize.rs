@@ -62,6 +62,7 @@ pub fn run(ctx: &StageCtx, spec: &QuantizeSpec) -> Result<StageOutput, StageErro
             let wanted = Wanted {
                 norms: false,
                 hessian: true,
+                ..Wanted::default()
             };
             let calibrated = Calibrated {
                 method: "gptq",
