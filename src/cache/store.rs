@@ -151,6 +151,44 @@ impl Entry {
         self.dir.join(rel)
     }
 
+    /// The bytes of one recorded file, checked against its recorded size and hash: what is read
+    /// out of the cache is what was stored. On a mismatch the entry is quarantined, as by
+    /// [`Entry::verify`].
+    pub fn read_verified(&self, rel: &str) -> Result<Vec<u8>, CacheError> {
+        let Some(rec) = self.manifest.files.iter().find(|r| r.path == rel) else {
+            return Err(self.corrupt(format!("file `{rel}` is not in the manifest")));
+        };
+        let path = self.dir.join(&rec.path);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(self.corrupt(format!("file `{rel}` is missing")))
+            }
+            Err(e) => return Err(CacheError::io("read", &path)(e)),
+        };
+        if bytes.len() as u64 != rec.size {
+            return Err(self.corrupt(size_reason(rel, bytes.len() as u64, rec.size)));
+        }
+        let digest = Digest::of_bytes(&bytes);
+        if digest != rec.blake3 {
+            return Err(self.corrupt(format!(
+                "file `{rel}` hashes to {}, manifest says {}",
+                digest.short(),
+                rec.blake3.short()
+            )));
+        }
+        Ok(bytes)
+    }
+
+    /// Moves the entry to quarantine for `reason` and returns the error that says so.
+    pub fn corrupt(&self, reason: String) -> CacheError {
+        move_to_quarantine(&self.quarantine, &self.dir, &self.manifest.key, &reason);
+        CacheError::Corrupt {
+            dir: self.dir.clone(),
+            reason,
+        }
+    }
+
     /// Re-hashes every file against the manifest. On a mismatch the entry is moved to quarantine
     /// (so the next lookup misses and the stage is recomputed) and [`CacheError::Corrupt`] names why.
     pub fn verify(&self) -> Result<(), CacheError> {
@@ -186,13 +224,7 @@ impl Entry {
             .next();
         match problem {
             None => Ok(()),
-            Some(reason) => {
-                move_to_quarantine(&self.quarantine, &self.dir, &self.manifest.key, &reason);
-                Err(CacheError::Corrupt {
-                    dir: self.dir.clone(),
-                    reason,
-                })
-            }
+            Some(reason) => Err(self.corrupt(reason)),
         }
     }
 }

@@ -20,7 +20,6 @@ pub mod weights;
 
 pub use report::TEXT_FILE as REPORT_TEXT_FILE;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -205,15 +204,4 @@ pub fn uses_accelerator(kind: StageKind) -> bool {
         kind,
         StageKind::Calibrate | StageKind::Prune | StageKind::Quantize | StageKind::Evaluate
     )
-}
-
-/// Metrics an evaluation entry reports, by name, for tables.
-pub fn metrics_of(entry: &Entry) -> BTreeMap<String, serde_json::Value> {
-    entry
-        .manifest()
-        .meta
-        .get("metrics")
-        .and_then(|m| m.as_object())
-        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-        .unwrap_or_default()
 }
