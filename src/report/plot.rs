@@ -296,6 +296,7 @@ fn line_panels(
     Ok(panels)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn tradeoff_panels(
     data: &ReportData,
     plot: &ReportPlot,
