@@ -323,10 +323,11 @@ fn cmd_run(cli: &Cli, file: &Path, opts: &RunOptions) -> Result<Outcome> {
         let Some(key) = rec.key else { continue };
         if let crate::cache::Lookup::Hit(entry) = cache.lookup(&key)? {
             let out_dir = report_dir(&plan, &node.stage);
-            let text = std::fs::read_to_string(entry.path(crate::stages::REPORT_TEXT_FILE))
-                .unwrap_or_default();
-            println!("\n{}  ({})\n{text}", node.label, out_dir.display());
+            // Checked as it is copied: a file changed since the run verified it is an error.
+            let text = entry.read_verified(crate::stages::REPORT_TEXT_FILE)?;
             copy_reports(&entry, &out_dir)?;
+            let text = String::from_utf8_lossy(&text);
+            println!("\n{}  ({})\n{text}", node.label, out_dir.display());
         }
     }
     println!(
@@ -368,11 +369,16 @@ fn report_dir(plan: &Plan, stage: &str) -> PathBuf {
     root.join("reports").join(&plan.pipeline.name).join(stage)
 }
 
+/// Copies every file of a report entry, each checked against its recorded hash first.
 fn copy_reports(entry: &crate::cache::Entry, out: &Path) -> Result<()> {
+    let mut files = Vec::new();
+    for f in &entry.manifest().files {
+        files.push((f.path.clone(), entry.read_verified(&f.path)?));
+    }
     crate::report::render::replace_dir(out, |tmp| {
-        for f in &entry.manifest().files {
-            let dest = tmp.join(&f.path);
-            std::fs::copy(entry.path(&f.path), &dest)
+        for (rel, bytes) in &files {
+            let dest = tmp.join(rel);
+            std::fs::write(&dest, bytes)
                 .map_err(|source| ReportError::Io { path: dest, source })?;
         }
         Ok(())
@@ -430,7 +436,15 @@ fn cmd_report(cli: &Cli, file: &Path, out: Option<&Path>) -> Result<Outcome> {
         let StageSpec::Report(spec) = &node.spec else {
             continue;
         };
-        let data = gather(&plan, i, &state)?;
+        let data = match gather(&plan, i, &state) {
+            Ok(d) => d,
+            // A damaged entry is a failed read (exit 1), not a usage error.
+            Err(e @ ReportError::Cache(_)) => {
+                eprintln!("error: {}: {e}", node.label);
+                return Ok(Outcome::StageFailed);
+            }
+            Err(e) => return Err(e.into()),
+        };
         let rendered = render(&data, spec)?;
         let dir = match out {
             Some(d) => d.join(&node.stage),

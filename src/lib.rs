@@ -28,5 +28,7 @@ pub mod report;
 pub mod stages;
 pub mod train;
 
-/// The engine version recorded in manifests and run records.
-pub const ENGINE_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The engine version recorded in manifests, run records and provenance: the crate version, and
+/// `+<commit>` (short git hash, `-dirty` with uncommitted changes) when built from a checkout.
+/// Never part of a cache key: keys stay stable across commits.
+pub const ENGINE_VERSION: &str = env!("WHITTLE_ENGINE_VERSION");

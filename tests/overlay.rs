@@ -293,8 +293,8 @@ fn a_later_overlay_drops_an_earlier_int8_marking() {
     wr.finish().unwrap();
     let mut wr = OverlayWriter::new(&b, DType::F32).unwrap();
     let dq = tensor(&quantize_weight(&w).unwrap().dequantize());
-    wr.put_masked("x", &dq, &random_mask(4, 8, 0.5, 42))
-        .unwrap();
+    let mask = random_mask(4, 8, 0.5, 42);
+    wr.put_masked("x", &dq, &mask).unwrap();
     wr.finish().unwrap();
     let chain = [Overlay::open(&a).unwrap(), Overlay::open(&b).unwrap()];
     let mut tensors = TensorMap::new();
@@ -305,7 +305,14 @@ fn a_later_overlay_drops_an_earlier_int8_marking() {
     let dq: Vec<f32> = dq.flatten_all().unwrap().to_vec1().unwrap();
     assert!(x.iter().zip(&dq).all(|(a, b)| *a == 0.0 || a == b));
     assert!(x.iter().filter(|v| **v == 0.0).count() >= 8);
-    assert_eq!(applied.stored["x"], 24 + 8); // the mask is what x is stored as now
+    // x deploys as sparse now: the mask (header and one u64 word) and its kept f32 values.
+    let pruned = (0..32).filter(|&i| mask.is_pruned(i / 8, i % 8)).count() as u64;
+    assert!(pruned > 0 && pruned < 32);
+    assert_eq!(applied.deployed["x"], 24 + 8 + (32 - pruned) * 4);
+    assert_eq!(
+        Overlay::open(&b).unwrap().deployed().unwrap()["x"],
+        applied.deployed["x"]
+    );
 }
 
 #[test]
@@ -496,7 +503,7 @@ fn int8_linears_run_as_the_integer_product_in_the_materialized_model() {
         },
         dtype: DType::F32,
         int8: chain.int8,
-        stored: chain.stored,
+        deployed: chain.deployed,
     };
     let tokens = Tensor::new(&[[1u32, 403, 407, 261, 378, 9, 13, 52]], &Device::Cpu).unwrap();
     let logits = |model: Llama| -> Vec<f32> {

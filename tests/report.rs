@@ -44,6 +44,7 @@ fn obs(stage: &str, group: &str, axes: &[(&str, ParamValue)], outcome: Outcome) 
         group: group.into(),
         point: point(axes),
         label: format!("{stage}{axes:?}"),
+        compressed: (!axes.is_empty()).then(|| format!("{stage}{axes:?}")),
         outcome,
     }
 }
@@ -284,10 +285,17 @@ fn default_columns_are_size_then_every_metric_but_protocol_settings() {
     let headers: Vec<&str> = c.iter().map(|c| c.header.as_str()).collect();
     assert_eq!(
         headers,
-        ["size_mb", "ppl.ppl", "ppl.nll", "wiki.ppl", "lama"]
+        [
+            "model_mb",
+            "compression",
+            "ppl.ppl",
+            "ppl.nll",
+            "wiki.ppl",
+            "lama"
+        ]
     );
     assert_eq!(
-        c[4].source,
+        c[5].source,
         Source::Status {
             group: "lama".into()
         }
@@ -296,7 +304,7 @@ fn default_columns_are_size_then_every_metric_but_protocol_settings() {
     // Size from the evaluation that recorded it; the pending row's size is pending too.
     assert_eq!(t.rows[0][2], Cell::Num(4.0));
     assert_eq!(t.rows[1][2], Cell::Num(2.0));
-    assert_eq!(t.rows[1][6], Cell::Pending);
+    assert_eq!(t.rows[1][7], Cell::Pending);
     assert_eq!(t.rows[2][2], Cell::Pending);
 }
 
@@ -664,7 +672,7 @@ fn a_metric_needs_stage_dot_name() {
         r,
         at(r, "columns", "ppl"),
         "stages.table.tables[0].columns[0]",
-        &["expected `<stage>.<metric>` or `size_mb`, found `ppl`"],
+        &["expected `<stage>.<metric>`, `model_mb` or `compression`, found `ppl`"],
     );
     assert_eq!(
         x.help.as_deref(),
@@ -1092,7 +1100,7 @@ fn a_run_then_whittle_report_renders_every_row_column_and_provenance() {
     let texts = svg_texts(&std::fs::read_to_string(rep.join("ppl-vs-sparsity.svg")).unwrap());
     for want in [
         "ppl.ppl",
-        "held.ppl",
+        "held_out ppl",
         "sparsity",
         "dense",
         "magnitude",
@@ -1198,4 +1206,396 @@ fn publishing_replaces_the_whole_directory_or_nothing() {
     assert_eq!(names(&dir), ["table.md"]);
     assert_eq!(std::fs::read(dir.join("table.md")).unwrap(), b"new");
     assert_eq!(names(dir.parent().unwrap()), ["table"]);
+}
+
+// ---- Lineage, model size and what is read out of the cache ----
+
+/// A sweep of magnitude pruning, plus one pruned-then-quantized model that uses no sweep axis.
+fn lineage(dir: &Path, shared: &Path) -> PathBuf {
+    let text = format!(
+        r#"name: lineage
+models:
+  stories: {s}/models/stories260K
+datasets:
+  sample:
+    path: {s}/data/tinystories/sample.txt
+    documents: separator
+    separator: "<|endoftext|>"
+sweep:
+  grid:
+    sparsity: [0.3, 0.5]
+stages:
+  base: {{kind: load, model: stories}}
+  mag: {{kind: prune, model: base, method: magnitude, sparsity: "${{sparsity}}"}}
+  p40: {{kind: prune, model: base, method: magnitude, sparsity: 0.4}}
+  pq: {{kind: quantize, model: p40, method: rtn, bits: 8, group_size: -1}}
+  ppl-base: &ppl {{kind: evaluate, model: base, task: perplexity, dataset: sample, seqlen: 32, limit: 2}}
+  ppl: {{<<: *ppl, model: mag}}
+  ppl-pq: {{<<: *ppl, model: pq}}
+  table:
+    kind: report
+    inputs: [ppl-base, ppl, ppl-pq]
+    formats: [csv, jsonl]
+    tables:
+      - name: main
+        rows: [sparsity]
+        columns: [model_mb, compression, ppl.ppl]
+"#,
+        s = shared.display()
+    );
+    let path = dir.join("lineage.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn entry_of(cache: &Path, run: &RunRecord, instance: &str) -> whittle::cache::Entry {
+    let rec = run.stages.iter().find(|s| s.instance == instance).unwrap();
+    match Cache::open(cache)
+        .unwrap()
+        .lookup(&rec.key.unwrap())
+        .unwrap()
+    {
+        Lookup::Hit(e) => e,
+        _ => panic!("{instance} is not cached"),
+    }
+}
+
+/// The rows of `report.jsonl`, by stage label (`stage` plus the sweep point).
+fn long_rows(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn run_lineage() -> Option<(tempfile::TempDir, PathBuf, PathBuf, RunRecord)> {
+    let shared = common::shared("models/stories260K")?;
+    let shared = shared.parent().unwrap().parent().unwrap().to_path_buf();
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let file = lineage(tmp.path(), &shared);
+    let out = common::whittle_in(tmp.path(), &cache, &["run", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    let run = common::last_run(&cache);
+    Some((tmp, cache, file, run))
+}
+
+macro_rules! lineage_or_skip {
+    () => {
+        match run_lineage() {
+            Some(x) => x,
+            None => {
+                let _ = require_shared!("models/stories260K");
+                return;
+            }
+        }
+    };
+}
+
+fn metric_of(e: &whittle::cache::Entry, name: &str) -> f64 {
+    e.manifest().meta["metrics"][name].as_f64().unwrap()
+}
+
+#[test]
+fn a_compressed_model_without_sweep_axes_is_not_shown_as_dense() {
+    let (tmp, cache, _, run) = lineage_or_skip!();
+    let csv = std::fs::read_to_string(tmp.path().join("reports/lineage/table/main.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "sparsity,model_mb,compression,ppl.ppl", "{csv}");
+    assert_eq!(lines.len(), 5, "dense, two sparsities, pq: {csv}");
+    let last = |l: &str| l.rsplit(',').next().unwrap().parse::<f64>().unwrap();
+    // The dense row holds the evaluation of the loaded model, and only it.
+    let base = metric_of(&entry_of(&cache, &run, "ppl-base"), "ppl");
+    let pq = metric_of(&entry_of(&cache, &run, "ppl-pq"), "ppl");
+    assert!(lines[1].starts_with("dense,"), "{csv}");
+    assert_eq!(last(lines[1]), base);
+    assert!(lines[2].starts_with("0.3,") && lines[3].starts_with("0.5,"));
+    // The quantized model is labelled by its own stage and parameters, in the same column.
+    assert!(
+        lines[4].starts_with("\"pq (bits=8, group_size=-1, method=rtn,"),
+        "{csv}"
+    );
+    assert_eq!(last(lines[4]), pq);
+    assert_ne!(base, pq);
+}
+
+#[test]
+fn model_mb_is_the_deployed_model_size_with_its_compression_ratio() {
+    let (tmp, cache, _, run) = lineage_or_skip!();
+    let rows = long_rows(&tmp.path().join("reports/lineage/table/report.jsonl"));
+    let params = entry_of(&cache, &run, "base").manifest().meta["parameters"]
+        .as_u64()
+        .unwrap();
+    let dense = params * 4; // f32
+                            // Each overlay tensor as deployed, from its shape and the overlay's format, by hand.
+    let deployed = |instance: &str| -> (u64, u64) {
+        let e = entry_of(&cache, &run, instance);
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(e.path("overlay/overlay.json")).unwrap())
+                .unwrap();
+        let (mut replaced, mut packed) = (0u64, 0u64);
+        for r in index["tensors"].as_array().unwrap() {
+            let shape: Vec<u64> = r["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap())
+                .collect();
+            let numel = shape[0] * shape[1];
+            replaced += numel * 4;
+            packed += match r["encoding"]["kind"].as_str().unwrap() {
+                // Header, the bitset in u64 words, then the kept values in f32.
+                "masked" => {
+                    let blob =
+                        std::fs::read(e.path(format!("overlay/{}", r["file"].as_str().unwrap())))
+                            .unwrap();
+                    let pruned: u64 = blob[24..].iter().map(|b| b.count_ones() as u64).sum();
+                    24 + numel.div_ceil(64) * 8 + (numel - pruned) * 4
+                }
+                // 8-bit codes, then an f32 scale and a u8 zero per row and group.
+                "quantized" => {
+                    let groups = r["encoding"]["n_groups"].as_u64().unwrap();
+                    numel + shape[0] * groups * 5
+                }
+                k => panic!("unexpected encoding {k}"),
+            };
+        }
+        (replaced, packed)
+    };
+    let row = |stage: &str, sparsity: Option<f64>| {
+        rows.iter()
+            .find(|r| {
+                r["stage"] == stage && sparsity.is_none_or(|s| r["sparsity"].as_f64() == Some(s))
+            })
+            .unwrap_or_else(|| panic!("no {stage} in {rows:?}"))
+    };
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * b.abs();
+    let base = row("ppl-base", None);
+    assert!(close(
+        base["model_mb"].as_f64().unwrap(),
+        dense as f64 / 1e6
+    ));
+    assert_eq!(base["compression"].as_f64().unwrap(), 1.0);
+    for (stage, sparsity, instance) in [
+        ("ppl", Some(0.3), "mag[sparsity=0.3]"),
+        ("ppl", Some(0.5), "mag[sparsity=0.5]"),
+        ("ppl-pq", None, "pq"),
+    ] {
+        let (replaced, packed) = deployed(instance);
+        let bytes = dense - replaced + packed;
+        let r = row(stage, sparsity);
+        let mb = r["model_mb"].as_f64().unwrap();
+        assert!(close(mb, bytes as f64 / 1e6), "{instance}: {mb} vs {bytes}");
+        let ratio = r["compression"].as_f64().unwrap();
+        assert!(
+            close(ratio, dense as f64 / bytes as f64),
+            "{instance}: {ratio}"
+        );
+    }
+    // More pruning, a smaller model; 8-bit codes take about a quarter of f32.
+    let mb = |s| row("ppl", Some(s))["model_mb"].as_f64().unwrap();
+    assert!(mb(0.5) < mb(0.3) && mb(0.3) < dense as f64 / 1e6);
+    assert!(row("ppl-pq", None)["compression"].as_f64().unwrap() > 2.0);
+}
+
+#[test]
+fn size_mb_is_refused_with_a_pointer_to_model_mb() {
+    let r = "    tables:\n      - {name: main, columns: [size_mb]}\n";
+    let x = one(
+        r,
+        at(r, "columns", "size_mb"),
+        "stages.table.tables[0].columns[0]",
+        &["`size_mb` is no longer a report metric"],
+    );
+    assert!(x.help.as_deref().unwrap().contains("`model_mb`"), "{x:?}");
+}
+
+#[test]
+fn a_corrupt_cached_report_is_recomputed_not_copied_out() {
+    let (tmp, cache, file, run) = lineage_or_skip!();
+    let published = tmp.path().join("reports/lineage/table/report.jsonl");
+    let good = std::fs::read(&published).unwrap();
+    let entry = entry_of(&cache, &run, "table");
+    let path = entry.path("report.jsonl");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let i = bytes.iter().position(|b| b.is_ascii_digit()).unwrap();
+    bytes[i] = if bytes[i] == b'9' { b'8' } else { bytes[i] + 1 };
+    std::fs::write(&path, &bytes).unwrap();
+
+    let out = common::whittle_in(tmp.path(), &cache, &["run", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    assert_eq!(std::fs::read(&published).unwrap(), good);
+    let again = common::last_run(&cache);
+    let rec = again.stages.iter().find(|s| s.instance == "table").unwrap();
+    assert_eq!(rec.status, StageStatus::Ran);
+}
+
+#[test]
+fn editing_meta_metrics_in_a_manifest_does_not_change_the_table() {
+    let (tmp, cache, file, run) = lineage_or_skip!();
+    let table = tmp.path().join("reports/lineage/table/main.csv");
+    let good = std::fs::read_to_string(&table).unwrap();
+    let entry = entry_of(&cache, &run, "ppl-pq");
+    let ppl = metric_of(&entry, "ppl");
+    let manifest = entry.path("manifest.json");
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    m["meta"]["metrics"]["ppl"] = serde_json::json!(1.5);
+    std::fs::write(&manifest, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+
+    // Re-rendering from the cache finds the mismatch: no table with the edited value.
+    let out = common::whittle_in(tmp.path(), &cache, &["report", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", common::text(&out));
+    assert!(
+        common::text(&out).contains("meta.metrics"),
+        "{}",
+        common::text(&out)
+    );
+    assert_eq!(std::fs::read_to_string(&table).unwrap(), good);
+    // The entry went to quarantine: the next run recomputes it, and the value is the real one.
+    let out = common::whittle_in(tmp.path(), &cache, &["run", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    let csv = std::fs::read_to_string(&table).unwrap();
+    assert!(!csv.contains(",1.5\n"), "{csv}");
+    let last = csv.lines().last().unwrap().rsplit(',').next().unwrap();
+    assert_eq!(last.parse::<f64>().unwrap(), ppl);
+}
+
+/// A panel whose points sit in every corner of the data area and in its middle.
+fn crowded_panel() -> whittle::report::plot::Panel {
+    use whittle::report::plot::{Panel, Series};
+    let corners = |dy: f64| vec![(0.0, dy, None), (0.5, 0.5, None), (1.0, 1.0 - dy, None)];
+    Panel {
+        title: "t".into(),
+        x_label: "x".into(),
+        y_label: "y".into(),
+        series: vec![
+            Series {
+                name: "magnitude".into(),
+                points: corners(1.0),
+            },
+            Series {
+                name: "sparsegpt".into(),
+                points: corners(0.0),
+            },
+        ],
+        baseline: Some(Baseline::Level(0.9)),
+        log_x: false,
+        log_y: false,
+    }
+}
+
+#[test]
+fn plot_legends_cover_no_point_and_axes_use_the_table_labels() {
+    let fig = whittle::report::plot::Figure {
+        panels: vec![crowded_panel()],
+        caption: vec!["c".into()],
+    };
+    let doc = svg(&fig).unwrap();
+    let xml = roxmltree::Document::parse(&doc).unwrap();
+    let num = |n: &roxmltree::Node, a: &str| n.attribute(a).unwrap().parse::<f64>().unwrap();
+    // The legend box: the framed rectangle around the series names (not the background).
+    let boxes: Vec<(f64, f64, f64, f64)> = xml
+        .descendants()
+        .filter(|n| n.has_tag_name("rect") && n.attribute("stroke").is_some())
+        .filter(|n| (num(n, "x"), num(n, "y")) != (0.0, 0.0))
+        .map(|n| {
+            let (x, y) = (num(&n, "x"), num(&n, "y"));
+            (x, y, x + num(&n, "width"), y + num(&n, "height"))
+        })
+        .collect();
+    assert!(!boxes.is_empty(), "{doc}");
+    let points: Vec<(f64, f64)> = xml
+        .descendants()
+        .filter(|n| n.has_tag_name("circle"))
+        .map(|n| (num(&n, "cx"), num(&n, "cy")))
+        .collect();
+    // Six data points, plus the legend's own swatches (inside its box).
+    let data: Vec<&(f64, f64)> = points
+        .iter()
+        .filter(|(x, y)| {
+            !boxes
+                .iter()
+                .any(|b| *x >= b.0 && *x <= b.2 && *y >= b.1 && *y <= b.3)
+        })
+        .collect();
+    assert_eq!(
+        data.len(),
+        6,
+        "points under a legend: {points:?} boxes {boxes:?}"
+    );
+
+    // Through a report: the plot's axes and titles read as the table's headers.
+    let mut s = spec(vec![ReportFormat::Csv], vec![line_plot()]);
+    s.tables[0].columns = Some(vec![
+        col("ppl.ppl", Some("WikiText ppl")),
+        col("wiki.ppl", None),
+    ]);
+    let r = render(&sample(), &s).unwrap();
+    let texts = svg_texts(std::str::from_utf8(r.file("ppl-vs-sparsity.svg").unwrap()).unwrap());
+    assert!(texts.iter().any(|t| t == "WikiText ppl"), "{texts:?}");
+    assert!(!texts.iter().any(|t| t == "ppl.ppl"), "{texts:?}");
+    assert!(texts.iter().any(|t| t == "wiki.ppl"), "{texts:?}");
+}
+
+#[test]
+fn provenance_lists_a_trained_model_and_the_engine_commit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let facts = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/facts");
+    let text = format!(
+        r#"name: trained
+datasets:
+  bio: {{path: {f}/train.txt, documents: separator, separator: "<|endoftext|>"}}
+  held: {{path: {f}/heldout.txt, documents: separator, separator: "<|endoftext|>"}}
+stages:
+  base: {{kind: train, dataset: bio, vocabulary: held, dim: 16, layers: 1, heads: 2, kv_heads: 1, hidden: 32, seqlen: 16, batch: 2, steps: 2, warmup: 1}}
+  ppl: {{kind: evaluate, model: base, task: perplexity, dataset: held, seqlen: 16, limit: 1}}
+  table: {{kind: report, inputs: [ppl], formats: [csv]}}
+"#,
+        f = facts.display()
+    );
+    let file = tmp.path().join("trained.yaml");
+    std::fs::write(&file, text).unwrap();
+    let cache = tmp.path().join("cache");
+    let out = common::whittle_in(tmp.path(), &cache, &["run", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    let run = common::last_run(&cache);
+    let prov: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(tmp.path().join("reports/trained/table/provenance.json")).unwrap(),
+    )
+    .unwrap();
+    let weights = entry_content(&cache, &run, "base");
+    assert_eq!(
+        prov["models"],
+        serde_json::json!([{"name": "base", "weights": weights}])
+    );
+    // Built from a checkout: the version names the commit.
+    let git = std::process::Command::new("git")
+        .args([
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "rev-parse",
+            "--short=12",
+            "HEAD",
+        ])
+        .output();
+    let version = prov["engine_version"].as_str().unwrap();
+    match git {
+        Ok(o) if o.status.success() => {
+            let commit = String::from_utf8_lossy(&o.stdout).trim().to_string();
+            let want = format!("{}+{commit}", env!("CARGO_PKG_VERSION"));
+            assert!(
+                version == want || version == format!("{want}-dirty"),
+                "{version} vs {want}"
+            );
+        }
+        _ => assert_eq!(version, env!("CARGO_PKG_VERSION")),
+    }
+    // Never in a key: the report's key inputs hold no engine version.
+    let key = entry_of(&cache, &run, "table")
+        .manifest()
+        .key_inputs
+        .clone();
+    assert!(!serde_json::to_string(&key).unwrap().contains(version));
 }

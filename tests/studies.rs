@@ -192,7 +192,7 @@ fn cost_of_compression_study_runs_and_reports() {
     let want = [
         "group",
         "combined",
-        "size (MB)",
+        "model (MB)",
         "LAMA P@1",
         "LAMA P@5",
         "BoolQ",

@@ -154,18 +154,31 @@ impl Entry {
         self.dir.join(rel)
     }
 
+    /// The bytes of one recorded file, checked against its recorded hash: what is read out of
+    /// the cache is what was stored. On a mismatch the entry is quarantined, as by
+    /// [`Entry::verify`].
+    pub fn read_verified(&self, rel: &str) -> Result<Vec<u8>, CacheError> {
+        self.read_checked(rel).map_err(|e| match e {
+            CacheError::Unverified { reason, .. } => self.corrupt(reason),
+            e => e,
+        })
+    }
+
+    /// Moves the entry to quarantine for `reason` and returns the error that says so.
+    pub fn corrupt(&self, reason: String) -> CacheError {
+        self.quarantine(&reason);
+        CacheError::Corrupt {
+            dir: self.dir.clone(),
+            reason,
+        }
+    }
+
     /// Re-hashes every file against the manifest. On a mismatch the entry is moved to quarantine
     /// (so the next lookup misses and the stage is recomputed) and [`CacheError::Corrupt`] names why.
     pub fn verify(&self) -> Result<(), CacheError> {
         match self.check()? {
             None => Ok(()),
-            Some(reason) => {
-                self.quarantine(&reason);
-                Err(CacheError::Corrupt {
-                    dir: self.dir.clone(),
-                    reason,
-                })
-            }
+            Some(reason) => Err(self.corrupt(reason)),
         }
     }
 
@@ -255,7 +268,13 @@ impl Entry {
         let Some(rec) = self.manifest.files.iter().find(|f| f.path == rel) else {
             return Err(corrupt(format!("the manifest lists no `{rel}`")));
         };
-        let bytes = fs::read(&path).map_err(CacheError::io("read", &path))?;
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(corrupt(format!("file `{rel}` is missing")))
+            }
+            Err(e) => return Err(CacheError::io("read", &path)(e)),
+        };
         let digest = Digest::of_bytes(&bytes);
         if digest != rec.blake3 {
             return Err(corrupt(format!(

@@ -17,6 +17,7 @@ use super::progress::Ui;
 use super::RunOptions;
 use crate::cache::key::KeyInputs;
 use crate::cache::{Cache, Entry, EntryMeta, Lease, Lookup, RunRecord, StageRecord, StageStatus};
+use crate::pipeline::spec::StageSpec;
 use crate::plan::{self, ancestors, History, NodeId, Plan, Reason, Status};
 use crate::stages::{self, Progress, StageCtx, StageError};
 
@@ -138,7 +139,17 @@ impl<'a> Scheduler<'a> {
         self.keys[node] = Some(k.clone());
         // Leased before the lookup, so a concurrent gc either removed it already or keeps it.
         self.lease.hold(&k.digest())?;
-        match plan::lookup(self.cache, &k, self.history.last(&n.label))? {
+        let mut status = plan::lookup(self.cache, &k, self.history.last(&n.label))?;
+        // A report's files are copied out of the cache: re-hashed first, like any input.
+        if let (Status::Cached { entry, .. }, StageSpec::Report(_)) = (&status, &n.spec) {
+            if let Err(e) = entry.verify() {
+                status = Status::Run {
+                    key_inputs: Some(k.clone()),
+                    reason: Reason::Corrupt(e.to_string()),
+                };
+            }
+        }
+        match status {
             Status::Cached { entry, .. } => {
                 self.states[node] = State::Done { entry, ran: false };
                 ui.done(1);

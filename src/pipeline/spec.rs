@@ -666,19 +666,29 @@ impl ReportFormat {
 /// What a report cell or plot coordinate shows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MetricRef {
-    /// `<stage>.<metric>`: a metric an input stage recorded (`meta.metrics`).
+    /// `<stage>.<metric>`: a metric an input stage recorded (`metrics.json`).
     Metric { stage: String, metric: String },
-    /// `size_mb`: the stored size of the model a row evaluates, in MB.
-    SizeMb,
+    /// `model_mb`: the size of the row's model as it would be deployed, in MB (10^6 bytes):
+    /// compressed tensors in their packed format, the others dense in the model's dtype.
+    ModelMb,
+    /// `compression`: the dense model's size ÷ `model_mb` (1 for the dense model).
+    Compression,
 }
 
 impl MetricRef {
+    pub const MODEL_MB: &'static str = "model_mb";
+    pub const COMPRESSION: &'static str = "compression";
+    /// The former name of a number that was not a model size; rejected with a pointer to
+    /// `model_mb`.
     pub const SIZE_MB: &'static str = "size_mb";
 
-    /// `size_mb`, or `<stage>.<metric>` split at the first dot (stage names have none).
+    /// `model_mb`, `compression`, or `<stage>.<metric>` split at the first dot (stage names have
+    /// none).
     pub fn parse(s: &str) -> Option<MetricRef> {
-        if s == Self::SIZE_MB {
-            return Some(MetricRef::SizeMb);
+        match s {
+            Self::MODEL_MB => return Some(MetricRef::ModelMb),
+            Self::COMPRESSION => return Some(MetricRef::Compression),
+            _ => {}
         }
         let (stage, metric) = s.split_once('.')?;
         (!stage.is_empty() && !metric.is_empty()).then(|| MetricRef::Metric {
@@ -690,7 +700,7 @@ impl MetricRef {
     pub fn stage(&self) -> Option<&str> {
         match self {
             MetricRef::Metric { stage, .. } => Some(stage),
-            MetricRef::SizeMb => None,
+            MetricRef::ModelMb | MetricRef::Compression => None,
         }
     }
 }
@@ -699,7 +709,8 @@ impl fmt::Display for MetricRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             MetricRef::Metric { stage, metric } => write!(f, "{stage}.{metric}"),
-            MetricRef::SizeMb => f.write_str(Self::SIZE_MB),
+            MetricRef::ModelMb => f.write_str(Self::MODEL_MB),
+            MetricRef::Compression => f.write_str(Self::COMPRESSION),
         }
     }
 }

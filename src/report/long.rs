@@ -2,9 +2,10 @@
 //! what `report.jsonl` holds ("all" the data, for scripts).
 
 use super::observe::{Outcome, ReportData};
-use super::pivot::PROTOCOL_KEYS;
+use super::pivot::{size_value, Source, PROTOCOL_KEYS};
 use super::table::{Cell, Table};
 use crate::cache::key::ParamValue;
+use crate::pipeline::spec::MetricRef;
 
 pub fn long_table(data: &ReportData) -> Table {
     let obs = &data.observations;
@@ -47,7 +48,8 @@ pub fn long_table(data: &ReportData) -> Table {
     }
     columns.push("weights".into());
     if has_size {
-        columns.push("size_mb".into());
+        columns.push(MetricRef::MODEL_MB.into());
+        columns.push(MetricRef::COMPRESSION.into());
     }
     columns.extend(metrics.iter().map(|m| m.to_string()));
     if has_status {
@@ -77,8 +79,10 @@ pub fn long_table(data: &ReportData) -> Table {
         let weights = m.and_then(|m| m.weights.as_ref());
         row.push(weights.map_or(Cell::Missing, |w| Cell::Text(w.chars().take(12).collect())));
         if has_size {
-            let size = m.and_then(|m| m.model_bytes);
-            row.push(size.map_or(Cell::Missing, |b| Cell::Num(b as f64 / 1e6)));
+            for source in [Source::ModelMb, Source::Compression] {
+                let v = m.and_then(|m| size_value(m, &source));
+                row.push(v.map_or(Cell::Missing, Cell::Num));
+            }
         }
         for name in &metrics {
             row.push(super::pivot::metric_cell(m.and_then(|m| m.metric(name))));

@@ -18,7 +18,7 @@
 //!   tables:                              # default: one table `report`, rows over every axis
 //!     - name: main                       # files main.md, main.csv, main.tex
 //!       rows: [method, sparsity]         # default: the axes the columns' stages vary over
-//!       columns: [size_mb, ppl.ppl, {metric: wiki.ppl, label: WikiText}]  # default: all
+//!       columns: [model_mb, ppl.ppl, {metric: wiki.ppl, label: WikiText}]  # default: all
 //!       where: {sparsity: [0.3, 0.5]}    # keep these points (and the dense row)
 //!   plots:
 //!     - name: ppl-vs-sparsity            # files ppl-vs-sparsity.svg, .png
@@ -89,8 +89,8 @@ pub enum ReportError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("internal: {0}")]
-    Internal(String),
     #[error(transparent)]
     Cache(#[from] crate::cache::CacheError),
+    #[error("internal: {0}")]
+    Internal(String),
 }

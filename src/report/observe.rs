@@ -39,7 +39,10 @@ pub struct Measurement {
     pub dataset: Option<String>,
     /// Content digest (hex) of the weights evaluated.
     pub weights: Option<String>,
+    /// The evaluated model's deployed size (see [`crate::pipeline::spec::MetricRef::ModelMb`]).
     pub model_bytes: Option<u64>,
+    /// The same model dense in its dtype.
+    pub dense_bytes: Option<u64>,
     pub seqlen: Option<u64>,
     /// The device that computed the entry.
     pub device: Option<String>,
@@ -54,6 +57,11 @@ impl Measurement {
         let meta = &m.meta;
         let checked = entry.metrics()?.unwrap_or_default();
         let text = |k: &str| meta.get(k).and_then(Value::as_str).map(str::to_string);
+        let size = |k: &str| {
+            meta.get("model_size")
+                .and_then(|s| s.get(k))
+                .and_then(Value::as_u64)
+        };
         let seqlen = meta
             .get("seqlen")
             .or_else(|| checked.get("seqlen"))
@@ -64,7 +72,9 @@ impl Measurement {
             task: text("task"),
             dataset: text("dataset"),
             weights: text("weights"),
-            model_bytes: meta.get("model_bytes").and_then(Value::as_u64),
+            // `model_size`, not the `model_bytes` older entries recorded (the overlay's storage).
+            model_bytes: size("bytes"),
+            dense_bytes: size("dense_bytes"),
             seqlen,
             device: Some(m.device.clone()),
         })
@@ -86,6 +96,10 @@ pub struct Observation {
     pub point: Point,
     /// `stage[axis=value,…]`.
     pub label: String,
+    /// The compression stage whose weights it measures, with its parameters (e.g.
+    /// `pq (method=rtn, bits=8, …)`); `None` when the weights are those of a `load` or `train`
+    /// stage with no compression on the way (the dense baseline) or it measures no weights.
+    pub compressed: Option<String>,
     pub outcome: Outcome,
 }
 
@@ -157,6 +171,7 @@ pub fn gather(
             group: String::new(),
             label: instance_label(&stage.name, &point, &pipeline.axes),
             point,
+            compressed: compressed(plan, id),
             outcome,
         });
     }
@@ -174,6 +189,28 @@ pub fn gather(
         groups,
         provenance,
     })
+}
+
+/// The weights node an input measures: an evaluation's `model`, or the node itself.
+fn weights_of(plan: &Plan, id: NodeId) -> NodeId {
+    match &plan.nodes[id].spec {
+        StageSpec::Evaluate(_) => plan.nodes[id].input("model").unwrap_or(id),
+        _ => id,
+    }
+}
+
+/// Decided by lineage: the outermost compression stage on the way from the weights' `load` or
+/// `train` stage, labelled with its parameters; `None` for uncompressed weights.
+pub fn compressed(plan: &Plan, id: NodeId) -> Option<String> {
+    let (_, chain) = crate::stages::weights::chain_in(plan, weights_of(plan, id)).ok()?;
+    let top = &plan.nodes[*chain.last()?];
+    let params: Vec<String> = top
+        .spec
+        .key_params()
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    Some(format!("{} ({})", top.label, params.join(", ")))
 }
 
 /// Column groups: a stage joins the first group whose stages measure what it measures on other
@@ -203,11 +240,21 @@ fn group_stages(plan: &Plan, spec: &ReportSpec) -> Vec<Group> {
         v.dedup();
         v
     };
-    let points = |s: usize| -> Vec<&Point> {
+    // What tells instances apart: the sweep point and, for instances that use no axis, which
+    // compressed model they measure (a dense and a compressed evaluation share a column).
+    let points = |s: usize| -> Vec<(&Point, Option<String>)> {
         pipeline.stages[s]
             .instances
             .iter()
-            .map(|i| &i.point)
+            .enumerate()
+            .map(|(instance, i)| {
+                let node = plan.node_of(crate::pipeline::spec::InstanceRef { stage: s, instance });
+                let model = match node {
+                    Some(n) if i.point.is_empty() => compressed(plan, n),
+                    _ => None,
+                };
+                (&i.point, model)
+            })
             .collect()
     };
     let mut members: Vec<Vec<usize>> = Vec::new();
@@ -258,12 +305,18 @@ fn provenance(
                 p.add_accumulation(c.accumulation.as_str());
             }
         }
-        if let StageSpec::Load(l) = &n.spec {
+        // The base models: a checkpoint by its `models` name, a trained one by its stage.
+        let base = match &n.spec {
+            StageSpec::Load(l) => Some(l.model.as_str()),
+            StageSpec::Train(_) => Some(n.stage.as_str()),
+            _ => None,
+        };
+        if let Some(name) = base {
             let weights = match state(id) {
                 InputState::Ready(e) => Some(e.content()),
                 _ => None,
             };
-            p.add_model(&l.model, weights);
+            p.add_model(name, weights);
         }
         for (role, name) in n.spec.datasets() {
             if let Some((_, d)) = n.files.get(role) {

@@ -1,11 +1,13 @@
 //! Pivoting observations into a paper table: one row per compressed model (a distinct assignment
-//! of the row axes), one column per metric; instances that use none of the row axes (the
-//! uncompressed model) make the dense baseline row, first. A point with no result shows as
+//! of the row axes), one column per metric; instances that measure the uncompressed model (by
+//! lineage: a `load` or `train` stage's weights, no compression on the way) make the dense
+//! baseline row, first; a compressed model no row axis identifies gets a row named by its stage
+//! and parameters. A point with no result shows as
 //! `pending` or `failed`, never as a number.
 
 use serde_json::Value;
 
-use super::observe::{Observation, Outcome, ReportData};
+use super::observe::{Measurement, Observation, Outcome, ReportData};
 use super::table::{Cell, Table};
 use super::ReportError;
 use crate::cache::key::ParamValue;
@@ -23,8 +25,10 @@ pub const DENSE: &str = "dense";
 pub enum Source {
     /// A metric of the column group's instances.
     Metric { group: String, metric: String },
-    /// The stored size of the row's model, in MB.
-    SizeMb,
+    /// The deployed size of the row's model, in MB.
+    ModelMb,
+    /// The dense size of the row's model ÷ its deployed size.
+    Compression,
     /// A group none of whose instances has a result yet: only their status.
     Status { group: String },
 }
@@ -39,7 +43,8 @@ pub struct Column {
 /// A metric reference as a source.
 pub fn source(data: &ReportData, r: &MetricRef) -> Result<Source, ReportError> {
     match r {
-        MetricRef::SizeMb => Ok(Source::SizeMb),
+        MetricRef::ModelMb => Ok(Source::ModelMb),
+        MetricRef::Compression => Ok(Source::Compression),
         MetricRef::Metric { stage, metric } => {
             let group = data.group_of(stage).ok_or_else(|| {
                 ReportError::Internal(format!("`{r}`: stage `{stage}` is not an input"))
@@ -52,7 +57,8 @@ pub fn source(data: &ReportData, r: &MetricRef) -> Result<Source, ReportError> {
     }
 }
 
-/// The columns a table config asks for; `None`: the model size if known, then every metric of
+/// The columns a table config asks for; `None`: the model size and compression if known, then
+/// every metric of
 /// every group (in the order recorded), protocol settings left out.
 pub fn columns(
     data: &ReportData,
@@ -78,8 +84,12 @@ pub fn columns(
     let mut out = Vec::new();
     if measured().any(|(_, m)| m.model_bytes.is_some()) {
         out.push(Column {
-            header: MetricRef::SIZE_MB.into(),
-            source: Source::SizeMb,
+            header: MetricRef::MODEL_MB.into(),
+            source: Source::ModelMb,
+        });
+        out.push(Column {
+            header: MetricRef::COMPRESSION.into(),
+            source: Source::Compression,
         });
     }
     for g in &data.groups {
@@ -123,12 +133,25 @@ pub struct Grid {
 pub struct GridRow {
     /// The value of each axis; all `None` for the dense baseline.
     pub key: Vec<Option<ParamValue>>,
+    /// A compressed model that no row axis identifies: its stage and parameters (see
+    /// [`Observation::compressed`]). `None` for the dense baseline and for rows the axes tell
+    /// apart.
+    pub model: Option<String>,
     pub cells: Vec<Cell>,
 }
 
 impl GridRow {
+    /// The uncompressed model's row: decided by lineage, not by the absence of axes.
     pub fn is_dense(&self) -> bool {
-        self.key.iter().all(Option::is_none)
+        self.key.iter().all(Option::is_none) && self.model.is_none()
+    }
+
+    /// What the row's first axis column says where the axes say nothing.
+    fn name(&self) -> Option<&str> {
+        if !self.key.iter().all(Option::is_none) {
+            return None;
+        }
+        Some(self.model.as_deref().unwrap_or(DENSE))
     }
 }
 
@@ -156,6 +179,18 @@ pub(crate) fn metric_cell(v: Option<&Value>) -> Cell {
     }
 }
 
+/// `model_mb` or `compression` of a measurement (`None` for other sources, or not recorded).
+pub(crate) fn size_value(m: &Measurement, source: &Source) -> Option<f64> {
+    match source {
+        Source::ModelMb => m.model_bytes.map(|b| b as f64 / 1e6),
+        Source::Compression => match (m.dense_bytes, m.model_bytes) {
+            (Some(d), Some(b)) if b > 0 => Some(d as f64 / b as f64),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 fn status_cell(o: &Observation) -> Option<Cell> {
     match o.outcome {
         Outcome::Pending => Some(Cell::Pending),
@@ -168,13 +203,13 @@ fn status_cell(o: &Observation) -> Option<Cell> {
 fn cell(members: &[&Observation], source: &Source, row: &str) -> Result<Cell, ReportError> {
     let group = match source {
         Source::Metric { group, .. } | Source::Status { group } => group,
-        Source::SizeMb => {
+        Source::ModelMb | Source::Compression => {
             let size = members.iter().find_map(|o| match &o.outcome {
-                Outcome::Measured(m) => m.model_bytes,
+                Outcome::Measured(m) => size_value(m, source),
                 _ => None,
             });
             return Ok(match size {
-                Some(b) => Cell::Num(b as f64 / 1e6),
+                Some(v) => Cell::Num(v),
                 None => members
                     .iter()
                     .filter_map(|o| status_cell(o))
@@ -201,14 +236,14 @@ fn cell(members: &[&Observation], source: &Source, row: &str) -> Result<Cell, Re
     })
 }
 
-fn key_text(axes: &[String], key: &[Option<ParamValue>]) -> String {
+fn key_text(axes: &[String], key: &[Option<ParamValue>], model: Option<&str>) -> String {
     let parts: Vec<String> = axes
         .iter()
         .zip(key)
         .filter_map(|(a, v)| v.as_ref().map(|v| format!("{a}={v}")))
         .collect();
     if parts.is_empty() {
-        DENSE.to_string()
+        model.unwrap_or(DENSE).to_string()
     } else {
         parts.join(",")
     }
@@ -222,10 +257,18 @@ pub fn grid(
     sources: &[Source],
     filter: &ReportFilter,
 ) -> Result<Grid, ReportError> {
-    let mut keys: Vec<Vec<Option<ParamValue>>> = Vec::new();
+    type Key = (Vec<Option<ParamValue>>, Option<String>);
+    let mut keys: Vec<Key> = Vec::new();
     let mut members: Vec<Vec<&Observation>> = Vec::new();
     for o in observations.iter().filter(|o| passes(o, filter)) {
-        let key: Vec<Option<ParamValue>> = axes.iter().map(|a| o.point.get(a).cloned()).collect();
+        let values: Vec<Option<ParamValue>> =
+            axes.iter().map(|a| o.point.get(a).cloned()).collect();
+        // A compressed model the axes do not identify gets its own row, never the dense one.
+        let model = match values.iter().all(Option::is_none) {
+            true => o.compressed.clone(),
+            false => None,
+        };
+        let key = (values, model);
         match keys.iter().position(|k| *k == key) {
             Some(i) => members[i].push(o),
             None => {
@@ -235,13 +278,13 @@ pub fn grid(
         }
     }
     let mut rows = Vec::with_capacity(keys.len());
-    for (key, m) in keys.into_iter().zip(members) {
-        let label = key_text(axes, &key);
+    for ((key, model), m) in keys.into_iter().zip(members) {
+        let label = key_text(axes, &key, model.as_deref());
         let cells = sources
             .iter()
             .map(|s| cell(&m, s, &label))
             .collect::<Result<_, _>>()?;
-        rows.push(GridRow { key, cells });
+        rows.push(GridRow { key, model, cells });
     }
     // Stable: the sweep's order is kept among the others.
     rows.sort_by_key(|r| !r.is_dense());
@@ -260,18 +303,26 @@ fn axis_cell(v: &Option<ParamValue>) -> Cell {
     }
 }
 
-/// The grid as a table: the axes' columns (the dense row says `dense` in the first), then
-/// `headers`.
+/// The column naming a row when the table has no axes but a compressed model's row.
+pub const MODEL: &str = "model";
+
+/// The grid as a table: the axes' columns (the dense row says `dense` in the first, a compressed
+/// model no axis identifies its stage and parameters), then `headers`.
 pub fn to_table(grid: &Grid, headers: &[String]) -> Table {
     let mut columns = grid.axes.clone();
+    let named = columns.is_empty() && grid.rows.iter().any(|r| r.model.is_some());
+    if named {
+        columns.push(MODEL.into());
+    }
     columns.extend(headers.iter().cloned());
     let mut t = Table::new(columns);
     for r in &grid.rows {
         let mut row: Vec<Cell> = r.key.iter().map(axis_cell).collect();
-        if r.is_dense() {
-            if let Some(first) = row.first_mut() {
-                *first = Cell::Text(DENSE.into());
-            }
+        if named {
+            row.push(Cell::Missing);
+        }
+        if let (Some(first), Some(name)) = (row.first_mut(), r.name()) {
+            *first = Cell::Text(name.into());
         }
         row.extend(r.cells.iter().cloned());
         t.push(row);

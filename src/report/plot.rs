@@ -17,7 +17,7 @@ use super::pivot::{grid, source, Grid, GridRow, Source};
 use super::table::Cell;
 use super::ReportError;
 use crate::cache::key::ParamValue;
-use crate::pipeline::spec::{AxisScale, Change, MetricRef, PlotKind, ReportPlot};
+use crate::pipeline::spec::{AxisScale, Change, MetricRef, PlotKind, ReportPlot, ReportTable};
 
 /// One panel's size in pixels.
 pub const PANEL_WIDTH: u32 = 520;
@@ -121,17 +121,46 @@ fn not_drawn(r: &MetricRef, n: usize) -> String {
     format!("{r}: {n} point{s} not drawn")
 }
 
-/// What `plot` shows of `data`.
+/// What `plot` shows of `data`, each metric titled by its reference.
 pub fn figure(data: &ReportData, plot: &ReportPlot) -> Result<Figure, ReportError> {
+    figure_labelled(data, plot, &[])
+}
+
+/// Headers the report's tables give metrics (`{metric: …, label: …}`), first one wins: plots
+/// title their axes as the tables head their columns.
+pub fn metric_labels(tables: &[ReportTable]) -> Vec<(MetricRef, String)> {
+    let mut out: Vec<(MetricRef, String)> = Vec::new();
+    for c in tables.iter().flat_map(|t| t.columns.iter().flatten()) {
+        if let Some(l) = &c.label {
+            if !out.iter().any(|(m, _)| *m == c.value) {
+                out.push((c.value.clone(), l.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// [`figure`], with a metric's axis and panel titles taken from `labels` where it has one.
+pub fn figure_labelled(
+    data: &ReportData,
+    plot: &ReportPlot,
+    labels: &[(MetricRef, String)],
+) -> Result<Figure, ReportError> {
+    let name = |r: &MetricRef| {
+        labels
+            .iter()
+            .find(|(m, _)| m == r)
+            .map_or_else(|| r.to_string(), |(_, l)| l.clone())
+    };
     let mut notes = Vec::new();
     let panels = match &plot.kind {
-        PlotKind::Line { x, y } => line_panels(data, plot, x, y, &mut notes)?,
+        PlotKind::Line { x, y } => line_panels(data, plot, x, y, &name, &mut notes)?,
         PlotKind::Tradeoff {
             x,
             y,
             label,
             change,
-        } => tradeoff_panels(data, plot, x, y, label, *change, &mut notes)?,
+        } => tradeoff_panels(data, plot, x, y, label, *change, &name, &mut notes)?,
     };
     let mut caption = data.provenance.lines();
     if let Some(m) = data.provenance.missing_note() {
@@ -217,6 +246,7 @@ fn line_panels(
     plot: &ReportPlot,
     x: &str,
     y: &[MetricRef],
+    name: &dyn Fn(&MetricRef) -> String,
     notes: &mut Vec<String>,
 ) -> Result<Vec<Panel>, ReportError> {
     let refs: Vec<&MetricRef> = y.iter().collect();
@@ -250,9 +280,9 @@ fn line_panels(
         let log_x = log_ok(plot.x_scale, "x", xs.into_iter(), notes);
         let log_y = log_ok(plot.y_scale, "y", ys.into_iter().chain(base), notes);
         panels.push(Panel {
-            title: r.to_string(),
+            title: name(r),
             x_label: x.to_string(),
-            y_label: r.to_string(),
+            y_label: name(r),
             series,
             baseline: base.map(Baseline::Level),
             log_x,
@@ -266,6 +296,7 @@ fn line_panels(
     Ok(panels)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn tradeoff_panels(
     data: &ReportData,
     plot: &ReportPlot,
@@ -273,6 +304,7 @@ fn tradeoff_panels(
     y: &[MetricRef],
     label: &[String],
     change: Change,
+    name: &dyn Fn(&MetricRef) -> String,
     notes: &mut Vec<String>,
 ) -> Result<Vec<Panel>, ReportError> {
     let mut refs: Vec<&MetricRef> = vec![x];
@@ -300,9 +332,9 @@ fn tradeoff_panels(
         }
     };
     let describe = |r: &MetricRef| match change {
-        Change::None => r.to_string(),
-        Change::Diff => format!("{r} − dense"),
-        Change::Ratio => format!("{r} ÷ dense"),
+        Change::None => name(r),
+        Change::Diff => format!("{} − dense", name(r)),
+        Change::Ratio => format!("{} ÷ dense", name(r)),
     };
     let dense_x = dense.and_then(|d| d.cells[0].as_f64());
     let mut panels = Vec::new();
@@ -322,7 +354,11 @@ fn tradeoff_panels(
             let axes: Vec<String> = series_idx.iter().map(|&i| plot.rows[i].clone()).collect();
             let text: Vec<String> = label_idx.iter().map(|&i| value_text(&row.key[i])).collect();
             let text = (!text.is_empty()).then(|| text.join(","));
-            push(&mut series, series_name(&axes, &keys), (xv, yv, text));
+            let series_of = match &row.model {
+                Some(m) => m.clone(),
+                None => series_name(&axes, &keys),
+            };
+            push(&mut series, series_of, (xv, yv, text));
         }
         let base = match (dense_x, dense_y) {
             (Some(bx), Some(by)) => apply(bx, dense_x)
@@ -339,7 +375,7 @@ fn tradeoff_panels(
         let log_x = log_ok(plot.x_scale, "x", xs.into_iter().chain(base_x), notes);
         let log_y = log_ok(plot.y_scale, "y", ys.into_iter().chain(base_y), notes);
         panels.push(Panel {
-            title: format!("{r} vs {x}"),
+            title: format!("{} vs {}", name(r), name(x)),
             x_label: describe(x),
             y_label: describe(r),
             series,
@@ -456,7 +492,110 @@ fn draw_figure<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, fig: &Figure) 
     root.present()
 }
 
+/// How a legend entry is drawn.
+#[derive(Clone, Copy)]
+enum Swatch {
+    Dashed,
+    Cross,
+    Color(RGBColor),
+}
+
+/// A panel's legend entries, in drawing order.
+fn legend(p: &Panel) -> Vec<(String, Swatch)> {
+    let mut out = Vec::new();
+    match p.baseline {
+        Some(Baseline::Level(_)) => out.push(("dense".to_string(), Swatch::Dashed)),
+        Some(Baseline::Point(..)) => out.push(("dense".to_string(), Swatch::Cross)),
+        None => {}
+    }
+    for (i, s) in p.series.iter().enumerate() {
+        if !s.name.is_empty() {
+            out.push((s.name.clone(), Swatch::Color(COLORS[i % COLORS.len()])));
+        }
+    }
+    out
+}
+
+const SWATCH: i32 = 18;
+const LEGEND_PAD: i32 = 6;
+const LEGEND_ROW: i32 = 18;
+/// Top of the legend in its strip: level with the top of the data area (margin and title).
+const LEGEND_TOP: i32 = 40;
+
+/// Width of the strip right of the data area that holds the legend (0: no legend), so that no
+/// point or line is ever covered; at most half the panel.
+fn legend_width<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    entries: &[(String, Swatch)],
+) -> u32 {
+    if entries.is_empty() {
+        return 0;
+    }
+    let font = TextStyle::from((FONT, NORMAL).into_font());
+    let text = entries
+        .iter()
+        .map(|(t, _)| {
+            area.estimate_text_size(t, &font)
+                .map_or(8 * t.len() as u32, |d| d.0)
+        })
+        .max()
+        .unwrap_or(0);
+    let w = text as i32 + SWATCH + 4 * LEGEND_PAD;
+    (w.max(0) as u32).min(area.dim_in_pixel().0 / 2)
+}
+
+fn draw_legend<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    entries: &[(String, Swatch)],
+) -> DrawResult<DB> {
+    let (w, _) = area.dim_in_pixel();
+    let h = LEGEND_ROW * entries.len() as i32 + LEGEND_PAD;
+    let (x0, y0) = (0, LEGEND_TOP);
+    let x1 = w as i32 - LEGEND_PAD;
+    area.draw(&Rectangle::new([(x0, y0), (x1, y0 + h)], BLACK.mix(0.3)))?;
+    let font =
+        TextStyle::from((FONT, NORMAL).into_font()).pos(plotters::style::text_anchor::Pos::new(
+            plotters::style::text_anchor::HPos::Left,
+            plotters::style::text_anchor::VPos::Center,
+        ));
+    for (i, (name, swatch)) in entries.iter().enumerate() {
+        let y = y0 + LEGEND_PAD / 2 + LEGEND_ROW * i as i32 + LEGEND_ROW / 2;
+        let x = x0 + LEGEND_PAD;
+        match *swatch {
+            Swatch::Dashed => area.draw(&DashedPathElement::new(
+                vec![(x, y), (x + SWATCH, y)],
+                4,
+                3,
+                BLACK.stroke_width(1),
+            ))?,
+            Swatch::Cross => {
+                area.draw(&Cross::new((x + SWATCH / 2, y), 5, BLACK.stroke_width(2)))?
+            }
+            Swatch::Color(c) => {
+                area.draw(&PathElement::new(
+                    vec![(x, y), (x + SWATCH, y)],
+                    c.stroke_width(2),
+                ))?;
+                area.draw(&Circle::new((x + SWATCH / 2, y), 3, c.filled()))?;
+            }
+        }
+        area.draw(&Text::new(
+            name.clone(),
+            (x + SWATCH + LEGEND_PAD, y),
+            font.clone(),
+        ))?;
+    }
+    Ok(())
+}
+
 fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel) -> DrawResult<DB> {
+    let entries = legend(p);
+    let lw = legend_width(area, &entries);
+    let (chart_area, legend_area) = area.split_horizontally(area.dim_in_pixel().0 - lw);
+    if lw > 0 {
+        draw_legend(&legend_area, &entries)?;
+    }
+    let area = &chart_area;
     let (xr, yr) = ranges(p);
     let mut b = ChartBuilder::on(area);
     b.caption(&p.title, (FONT, TITLE))
@@ -497,49 +636,33 @@ where
         .light_line_style(RGBColor(235, 235, 235))
         .bold_line_style(RGBColor(215, 215, 215))
         .draw()?;
-    let mut legend = false;
+    // The legend is drawn beside the data area (see `draw_legend`), never on it.
     match p.baseline {
         Some(Baseline::Level(y)) => {
             let style = BLACK.stroke_width(1);
-            chart
-                .draw_series(DashedLineSeries::new(
-                    vec![(xr.start, y), (xr.end, y)],
-                    6,
-                    4,
-                    style,
-                ))?
-                .label("dense")
-                .legend(move |(x, y)| {
-                    DashedPathElement::new(vec![(x, y), (x + 18, y)], 4, 3, style)
-                });
-            legend = true;
+            chart.draw_series(DashedLineSeries::new(
+                vec![(xr.start, y), (xr.end, y)],
+                6,
+                4,
+                style,
+            ))?;
         }
         Some(Baseline::Point(x, y)) => {
             let style = BLACK.stroke_width(2);
-            chart
-                .draw_series(std::iter::once(Cross::new((x, y), 6, style)))?
-                .label("dense")
-                .legend(move |(x, y)| Cross::new((x + 9, y), 5, style));
+            chart.draw_series(std::iter::once(Cross::new((x, y), 6, style)))?;
             chart.draw_series(std::iter::once(
                 EmptyElement::at((x, y))
                     + Text::new("dense".to_string(), (7, -14), (FONT, SMALL).into_font()),
             ))?;
-            legend = true;
         }
         None => {}
     }
     for (i, s) in p.series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
-        let line = chart.draw_series(LineSeries::new(
+        chart.draw_series(LineSeries::new(
             s.points.iter().map(|q| (q.0, q.1)),
             color.stroke_width(2),
         ))?;
-        if !s.name.is_empty() {
-            line.label(s.name.clone()).legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-            });
-            legend = true;
-        }
         chart.draw_series(
             s.points
                 .iter()
@@ -553,15 +676,6 @@ where
             EmptyElement::at((x, y))
                 + Text::new(t, (5, -14), (FONT, SMALL).into_font().color(&color))
         }))?;
-    }
-    if legend {
-        chart
-            .configure_series_labels()
-            .label_font((FONT, NORMAL))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.3))
-            .position(SeriesLabelPosition::UpperLeft)
-            .draw()?;
     }
     Ok(())
 }

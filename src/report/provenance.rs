@@ -15,8 +15,8 @@ pub struct Provenance {
     pub schema: u32,
     pub pipeline: PipelineId,
     pub engine_version: String,
-    /// Each base model (a `load` stage's model) and the content digest of its weights; `None`
-    /// while the load is not in the cache.
+    /// Each base model (a `load` stage's model, or a `train` stage by its name) and the content
+    /// digest of its weights; `None` while that stage is not in the cache.
     pub models: Vec<ModelId>,
     /// Every dataset the reported stages read (calibration included), with its file's blake3.
     pub datasets: Vec<DatasetId>,

@@ -7,7 +7,7 @@ use std::path::Path;
 use super::long::long_table;
 use super::observe::ReportData;
 use super::pivot::{columns, pivot};
-use super::plot::{figure, png, svg};
+use super::plot::{figure_labelled, metric_labels, png, svg};
 use super::table::Table;
 use super::ReportError;
 use crate::pipeline::spec::{PlotFormat, ReportFormat, ReportSpec, ReportTable};
@@ -171,8 +171,9 @@ pub fn render(data: &ReportData, spec: &ReportSpec) -> Result<Rendered, ReportEr
     if spec.formats.contains(&ReportFormat::Jsonl) {
         files.push((JSONL_FILE.into(), long_table(data).to_jsonl().into_bytes()));
     }
+    let labels = metric_labels(&spec.tables);
     for plot in &spec.plots {
-        let fig = figure(data, plot)?;
+        let fig = figure_labelled(data, plot, &labels)?;
         for f in &plot.formats {
             let bytes = match f {
                 PlotFormat::Svg => svg(&fig)?.into_bytes(),

@@ -103,7 +103,10 @@ pub fn run(ctx: &StageCtx, spec: &EvaluateSpec) -> Result<StageOutput, StageErro
             "task": spec.task.name(),
             "dataset": spec.task.dataset(),
             "weights": weights.meta.content(),
-            "model_bytes": weights.stored_bytes(),
+            "model_size": {
+                "bytes": weights.model_bytes(),
+                "dense_bytes": weights.dense_bytes(),
+            },
             "metrics": out.metrics,
             "settings": out.settings,
             "samples": out.samples.len(),

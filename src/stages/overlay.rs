@@ -36,6 +36,11 @@
 //! group of column `c` is `c / group_size` unless group indices are stored (GPTQ act-order).
 //! `quantized` records `bits`, `group_size`, `n_groups`, `sym` and `act_order`.
 //!
+//! A tensor's *deployed* size ([`Overlay::deployed`]) is what it takes in the packed format
+//! a reader would ship: its blob for every kind but `masked`, whose kept values live in the
+//! tensor beneath; a `masked` tensor deploys as `sparse` (its mask, then its kept values in
+//! `dtype`).
+//!
 //! Applying is exact: the tensors are bit-identical to the dense result the stage computed, which
 //! is also what the writer digests for the cache (see [`OverlaySummary::digests`]).
 
@@ -185,6 +190,14 @@ pub struct AppliedOverlay {
     pub replaced: Vec<String>,
     /// The replaced linears that run as dynamic int8.
     pub int8: BTreeMap<String, Int8Linear>,
+    /// Each replaced tensor's deployed size in bytes (see the module doc).
+    pub deployed: BTreeMap<String, u64>,
+}
+
+/// Deployed bytes of a `masked` tensor: stored as `sparse`, the mask and the kept values.
+fn masked_deployed(mask_bytes: u64, mask: &Mask, dtype: DType) -> u64 {
+    let kept = (mask.rows() * mask.cols()).saturating_sub(mask.count());
+    mask_bytes + (kept * dtype.size_in_bytes()) as u64
 }
 
 /// Writes an overlay directory, one `put` per replaced tensor, then [`OverlayWriter::finish`].
@@ -475,6 +488,8 @@ impl Overlay {
                         ));
                     }
                     let mask = parse_mask(&blob, r.shape[0], r.shape[1]).map_err(&corrupt)?;
+                    out.deployed
+                        .insert(r.name.clone(), masked_deployed(r.bytes, &mask, self.dtype));
                     zero_pruned(parent, &mask, self.dtype)?
                 }
                 Encoding::Sparse => {
@@ -492,7 +507,36 @@ impl Overlay {
                 Encoding::Dense => decode_dense(&blob, &r.shape, self.dtype).map_err(&corrupt)?,
             };
             tensors.insert(r.name.clone(), t.to_device(device)?);
+            out.deployed.entry(r.name.clone()).or_insert(r.bytes);
             out.replaced.push(r.name.clone());
+        }
+        Ok(out)
+    }
+
+    /// Each tensor's deployed size in bytes (see the module doc), without applying anything:
+    /// only `masked` blobs are read (and checked against the index).
+    pub fn deployed(&self) -> Result<BTreeMap<String, u64>> {
+        let mut out = BTreeMap::new();
+        for r in &self.index.tensors {
+            let bytes = match r.encoding {
+                Encoding::Masked => {
+                    let path = self.dir.join(&r.file);
+                    let blob = std::fs::read(&path).map_err(io("reading", &path))?;
+                    let corrupt = |reason: String| OverlayError::Corrupt {
+                        path: path.clone(),
+                        tensor: r.name.clone(),
+                        reason,
+                    };
+                    if blob.len() as u64 != r.bytes || Digest::of_bytes(&blob) != r.blake3 {
+                        return Err(corrupt("the blob does not match the index".into()));
+                    }
+                    check_shape(&r.shape, 2).map_err(&corrupt)?;
+                    let mask = parse_mask(&blob, r.shape[0], r.shape[1]).map_err(&corrupt)?;
+                    masked_deployed(r.bytes, &mask, self.dtype)
+                }
+                _ => r.bytes,
+            };
+            out.insert(r.name.clone(), bytes);
         }
         Ok(out)
     }
@@ -503,8 +547,8 @@ impl Overlay {
 pub struct AppliedChain {
     /// The linears that run as dynamic int8: those whose last replacement was `int8`.
     pub int8: BTreeMap<String, Int8Linear>,
-    /// Each replaced tensor's blob size, from the overlay that replaced it last.
-    pub stored: BTreeMap<String, u64>,
+    /// Each replaced tensor's deployed size in bytes, from the overlay that replaced it last.
+    pub deployed: BTreeMap<String, u64>,
 }
 
 /// Applies `overlays` in order (innermost first) to `tensors`.
@@ -521,9 +565,7 @@ pub fn apply_chain(
             out.int8.remove(name);
         }
         out.int8.extend(applied.int8);
-        for r in &overlay.index.tensors {
-            out.stored.insert(r.name.clone(), r.bytes);
-        }
+        out.deployed.extend(applied.deployed);
     }
     Ok(out)
 }

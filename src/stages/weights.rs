@@ -81,8 +81,9 @@ pub struct Materialized {
     pub dtype: DType,
     /// The linears that run as dynamic int8 (their dequantized weights are in `tensors`).
     pub int8: BTreeMap<String, Int8Linear>,
-    /// Bytes on disk of each tensor an overlay of the chain holds (the last one to replace it).
-    pub stored: BTreeMap<String, u64>,
+    /// Deployed bytes of each tensor an overlay of the chain holds (the last one to replace it),
+    /// in its packed format (see [`super::overlay`]).
+    pub deployed: BTreeMap<String, u64>,
 }
 
 impl Materialized {
@@ -99,12 +100,13 @@ impl Materialized {
         Ok(Tokenizer::from_file(&self.checkpoint.tokenizer)?)
     }
 
-    /// The model's size as stored: overlay tensors packed, every other tensor dense in `dtype`.
-    pub fn stored_bytes(&self) -> u64 {
+    /// The model's size as it would be deployed: compressed tensors in their packed format,
+    /// every other tensor dense in `dtype`.
+    pub fn model_bytes(&self) -> u64 {
         self.tensors
             .iter()
             .map(|(name, t)| {
-                self.stored
+                self.deployed
                     .get(name)
                     .copied()
                     .unwrap_or((t.elem_count() * self.dtype.size_in_bytes()) as u64)
@@ -184,7 +186,7 @@ pub fn materialize_in(
         .into_iter()
         .map(|o| Ok(Overlay::open(entry(o)?.path(OVERLAY_DIR))?))
         .collect::<Result<Vec<_>, StageError>>()?;
-    let AppliedChain { int8, stored } = apply_chain(&overlays, &mut tensors, device)?;
+    let AppliedChain { int8, deployed } = apply_chain(&overlays, &mut tensors, device)?;
     for t in tensors.values_mut() {
         if t.dtype() != dtype {
             *t = t.to_dtype(dtype)?;
@@ -198,7 +200,7 @@ pub fn materialize_in(
         meta,
         dtype,
         int8,
-        stored,
+        deployed,
     })
 }
 
@@ -211,8 +213,8 @@ pub struct StoredSize {
     pub stored_bytes: u64,
     /// The overlay's tensors dense in f32.
     pub dense_bytes: u64,
-    /// The whole model as stored: packed where an overlay holds a tensor, dense in the model
-    /// dtype elsewhere.
+    /// The whole model as deployed: packed where an overlay holds a tensor (a `masked` one as
+    /// mask and kept values), dense in the model dtype elsewhere.
     pub model_bytes: u64,
     /// The whole model dense in the model dtype.
     pub model_dense_bytes: u64,
@@ -238,11 +240,9 @@ pub fn write_overlay(
     let mut stored = BTreeMap::new();
     for o in chain {
         let overlay = Overlay::open(ctx.entry(o)?.path(OVERLAY_DIR))?;
-        for r in &overlay.index().tensors {
-            stored.insert(r.name.clone(), r.bytes);
-        }
+        stored.extend(overlay.deployed()?);
     }
-    stored.extend(summary.stored.clone());
+    stored.extend(Overlay::open(ctx.out_path(OVERLAY_DIR))?.deployed()?);
     let numel = |name: &str| -> Result<u64, StageError> {
         Ok(super::select::weight(tensors, name)?.elem_count() as u64)
     };

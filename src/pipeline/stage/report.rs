@@ -16,7 +16,7 @@ const TABLE_KEYS: [&str; 4] = ["name", "rows", "columns", "where"];
 const PLOT_KEYS: [&str; 11] = [
     "name", "kind", "x", "y", "series", "label", "change", "x_scale", "y_scale", "where", "formats",
 ];
-const METRIC: &str = "`<stage>.<metric>` or `size_mb`";
+const METRIC: &str = "`<stage>.<metric>`, `model_mb` or `compression`";
 
 /// The report's input stages as written, and what is known of each.
 pub(super) struct Inputs {
@@ -175,9 +175,22 @@ fn name(
     Some(n)
 }
 
-/// `<stage>.<metric>` naming an input, or `size_mb`.
+/// `<stage>.<metric>` naming an input, `model_mb` or `compression`.
 fn metric(f: &mut Fields, inputs: &Inputs, node: &Node, at: &str) -> Option<MetricRef> {
     let s = text(f, node, at, METRIC)?;
+    if s == MetricRef::SIZE_MB {
+        let msg = format!(
+            "`{s}` is no longer a report metric: it showed the compressed tensors' cache storage, \
+             not the model's size"
+        );
+        let help = format!(
+            "use `{}` (the model as deployed, in MB) or `{}` (dense size ÷ model size)",
+            MetricRef::MODEL_MB,
+            MetricRef::COMPRESSION
+        );
+        fail_help(f, at, node, msg, help);
+        return None;
+    }
     let Some(r) = MetricRef::parse(&s) else {
         let stages: Vec<&str> = inputs.written.iter().map(String::as_str).collect();
         let help = match (inputs.written.contains(&s), stages.first()) {
