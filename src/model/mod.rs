@@ -28,6 +28,7 @@ mod checkpoint;
 mod config;
 mod error;
 mod generate;
+mod hf_class;
 mod llama;
 mod tokenizer;
 mod weights;
@@ -41,7 +42,7 @@ pub use generate::{greedy, greedy_until, Decoded, Finish};
 pub use llama::{
     rms_norm, Capture, KvCache, LayerKvCache, LinearId, Llama, ModuleGroup, Proj, LM_HEAD,
 };
-pub use tokenizer::Tokenizer;
+pub use tokenizer::{Tokenizer, TokenizerSemantics};
 pub use weights::{
     expected_tensors, gguf_name, load_weights, tensor_digest, unpermute_rope_rows, TensorMap,
 };

@@ -466,9 +466,17 @@ fn load(f: &mut Fields) -> Option<StageSpec> {
         Some("bf16") => DType::Bf16,
         _ => DType::F32,
     };
+    let tokenizer_semantics = f
+        .choice(
+            "tokenizer_semantics",
+            &crate::model::TokenizerSemantics::NAMES,
+        )
+        .and_then(crate::model::TokenizerSemantics::from_name)
+        .unwrap_or_default();
     Some(StageSpec::Load(LoadSpec {
         model: model?,
         dtype,
+        tokenizer_semantics,
     }))
 }
 

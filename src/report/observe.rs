@@ -258,7 +258,7 @@ fn provenance(
                 InputState::Ready(e) => Some(e.content()),
                 _ => None,
             };
-            p.add_model(&l.model, weights);
+            p.add_model(&l.model, weights, l.tokenizer_semantics);
         }
         for (role, name) in n.spec.datasets() {
             if let Some((_, d)) = n.files.get(role) {

@@ -39,6 +39,8 @@ pub struct PipelineId {
 pub struct ModelId {
     pub name: String,
     pub weights: Option<String>,
+    /// Which reading of `tokenizer.json` made the token ids: `tokenizers` or `transformers`.
+    pub tokenizer_semantics: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -87,16 +89,21 @@ impl Provenance {
         }
     }
 
-    pub fn add_model(&mut self, name: &str, weights: Option<Digest>) {
+    pub fn add_model(
+        &mut self,
+        name: &str,
+        weights: Option<Digest>,
+        tokenizer_semantics: crate::model::TokenizerSemantics,
+    ) {
         let weights = weights.map(|d| d.hex());
-        if !self
-            .models
-            .iter()
-            .any(|m| m.name == name && m.weights == weights)
-        {
+        let tokenizer_semantics = tokenizer_semantics.as_str().to_string();
+        if !self.models.iter().any(|m| {
+            m.name == name && m.weights == weights && m.tokenizer_semantics == tokenizer_semantics
+        }) {
             self.models.push(ModelId {
                 name: name.to_string(),
                 weights,
+                tokenizer_semantics,
             });
         }
     }
@@ -124,8 +131,13 @@ impl Provenance {
 
     /// A canonical order, so that equal inputs give byte-equal files.
     pub fn sort(&mut self) {
-        self.models
-            .sort_by(|a, b| (&a.name, &a.weights).cmp(&(&b.name, &b.weights)));
+        self.models.sort_by(|a, b| {
+            (&a.name, &a.weights, &a.tokenizer_semantics).cmp(&(
+                &b.name,
+                &b.weights,
+                &b.tokenizer_semantics,
+            ))
+        });
         self.datasets.sort_by(|a, b| a.name.cmp(&b.name));
         self.seqlen.sort_unstable();
         self.devices.sort();
@@ -150,7 +162,10 @@ impl Provenance {
                 .weights
                 .as_deref()
                 .map_or("pending".into(), |w| code(short(w)));
-            parts.push(format!("model {} {w}", m.name));
+            parts.push(format!(
+                "model {} {w} ({} semantics)",
+                m.name, m.tokenizer_semantics
+            ));
         }
         if !self.datasets.is_empty() {
             let d: Vec<String> = self
@@ -234,9 +249,10 @@ impl Provenance {
         );
         for m in &self.models {
             out.push_str(&format!(
-                "% model: {}, weights {}\n",
+                "% model: {}, weights {}, tokenizer semantics {}\n",
                 m.name,
-                m.weights.as_deref().unwrap_or("pending")
+                m.weights.as_deref().unwrap_or("pending"),
+                m.tokenizer_semantics
             ));
         }
         for d in &self.datasets {
@@ -280,6 +296,7 @@ mod tests {
             models: vec![ModelId {
                 name: "m".into(),
                 weights: None,
+                tokenizer_semantics: "transformers".into(),
             }],
             datasets: vec![DatasetId {
                 name: "d".into(),
@@ -297,7 +314,7 @@ mod tests {
         assert_eq!(
             p.lines(),
             [
-                "pipeline p.yaml 0123456789ab · whittle 9.9.9 · model m pending",
+                "pipeline p.yaml 0123456789ab · whittle 9.9.9 · model m pending (transformers semantics)",
                 "data d ffffffffffff · seqlen 128, 256 · devices cpu, cuda:0"
             ]
         );
