@@ -52,6 +52,41 @@ const NAMED_SPECIAL: [&str; 7] = [
     "mask_token",
 ];
 
+/// Classes transformers 5 loads `tokenizer.json` as written for.
+const AS_WRITTEN: [&str; 2] = ["PreTrainedTokenizerFast", "TokenizersBackend"];
+/// Classes whose rebuilding rules are implemented here.
+const REBUILT: [&str; 4] = [
+    "LlamaTokenizer",
+    "LlamaTokenizerFast",
+    "GPT2Tokenizer",
+    "GPT2TokenizerFast",
+];
+
+/// The class transformers 5 would rebuild the tokenizer in `dir` as (`None`: the file as
+/// written); an error when its rules are not implemented. Reads only `tokenizer_config.json`.
+pub fn check(dir: &Path) -> Result<Option<String>, String> {
+    match read_object(&dir.join(CONFIG_FILE))? {
+        Some(config) => class_of(&config),
+        None => Ok(None),
+    }
+}
+
+fn class_of(config: &Map<String, Value>) -> Result<Option<String>, String> {
+    match config.get("tokenizer_class") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(c)) if AS_WRITTEN.contains(&c.as_str()) => Ok(None),
+        Some(Value::String(c)) if REBUILT.contains(&c.as_str()) => Ok(Some(c.clone())),
+        Some(Value::String(c)) => Err(format!(
+            "{CONFIG_FILE} names `{c}`, whose transformers 5 rules are not implemented \
+             (known: LlamaTokenizer, GPT2Tokenizer, PreTrainedTokenizerFast); use \
+             `tokenizer_semantics: tokenizers`"
+        )),
+        Some(other) => Err(format!(
+            "{CONFIG_FILE}: `tokenizer_class` must be a string, found {other}"
+        )),
+    }
+}
+
 /// `tok` (loaded from `dir/tokenizer.json`) as transformers 5 rebuilds it; also returns the class
 /// whose rules applied (`None`: the file as written). Errors are messages about the files in
 /// `dir`.
@@ -59,14 +94,8 @@ pub fn rebuild(mut tok: Tokenizer, dir: &Path) -> Result<(Tokenizer, Option<Stri
     let Some(config) = read_object(&dir.join(CONFIG_FILE))? else {
         return Ok((tok, None));
     };
-    let class = match config.get("tokenizer_class") {
-        None | Some(Value::Null) => return Ok((tok, None)),
-        Some(Value::String(c)) => c.clone(),
-        Some(other) => {
-            return Err(format!(
-                "{CONFIG_FILE}: `tokenizer_class` must be a string, found {other}"
-            ))
-        }
+    let Some(class) = class_of(&config)? else {
+        return Ok((tok, None));
     };
     let flag = |key: &str| -> Result<Option<bool>, String> {
         match config.get(key) {
@@ -78,7 +107,6 @@ pub fn rebuild(mut tok: Tokenizer, dir: &Path) -> Result<(Tokenizer, Option<Stri
         }
     };
     match class.as_str() {
-        "PreTrainedTokenizerFast" | "TokenizersBackend" => return Ok((tok, None)),
         "LlamaTokenizer" | "LlamaTokenizerFast" => {
             let add_prefix_space = flag("add_prefix_space")?.unwrap_or(true);
             let legacy = flag("legacy")?.unwrap_or(false);
@@ -120,13 +148,7 @@ pub fn rebuild(mut tok: Tokenizer, dir: &Path) -> Result<(Tokenizer, Option<Stri
             tok.with_pre_tokenizer(Some(ByteLevel::new(add_prefix_space, true, true)));
             tok.with_decoder(Some(ByteLevel::default()));
         }
-        other => {
-            return Err(format!(
-                "{CONFIG_FILE} names `{other}`, whose transformers 5 rules are not implemented \
-                 (known: LlamaTokenizer, GPT2Tokenizer, PreTrainedTokenizerFast); use \
-                 `tokenizer_semantics: tokenizers`"
-            ))
-        }
+        other => return Err(format!("internal: no rules for `{other}`")),
     }
     let specials = named_specials(&config, dir)?;
     added_tokens(&mut tok, &config, &specials)?;

@@ -39,6 +39,7 @@ pub use checkpoint::{shards_of, Checkpoint, WeightFiles};
 pub use config::{Family, ModelConfig, RawConfig, RopeScaling, TokenIds};
 pub use error::{ModelError, Result};
 pub use generate::{greedy, greedy_until, Decoded, Finish};
+pub use hf_class::check as check_transformers_class;
 pub use llama::{
     rms_norm, Capture, KvCache, LayerKvCache, LinearId, Llama, ModuleGroup, Proj, LM_HEAD,
 };

@@ -1070,3 +1070,30 @@ fn tokenizer_semantics_enters_the_load_key_only_when_not_default() {
         "{d}"
     );
 }
+
+#[test]
+fn tokenizer_semantics_transformers_on_a_class_it_cannot_rebuild_is_a_pipeline_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let m = dir.path().join("models/t5");
+    std::fs::create_dir_all(&m).expect("mkdir");
+    std::fs::write(m.join("config.json"), "{}").expect("write");
+    std::fs::write(
+        m.join("tokenizer_config.json"),
+        r#"{"tokenizer_class": "T5Tokenizer"}"#,
+    )
+    .expect("write");
+    let path = dir.path().join("p.yaml");
+    let src = "models:\n  t5: models/t5\nstages:\n  ok: {kind: load, model: t5}\n  hf: {kind: load, model: t5, tokenizer_semantics: transformers}\n";
+    std::fs::write(&path, src).expect("write");
+    let d = load(&path).expect_err("an unknown class");
+    assert_eq!(d.len(), 1, "{d}");
+    let x = &d.0[0];
+    assert_eq!(
+        (x.line, x.key_path.as_str()),
+        (5, "stages.hf.tokenizer_semantics")
+    );
+    assert!(
+        x.message.contains("T5Tokenizer") && x.message.contains("tokenizer_config.json"),
+        "{x}"
+    );
+}
