@@ -106,8 +106,15 @@ pub fn rebuild(mut tok: Tokenizer, dir: &Path) -> Result<(Tokenizer, Option<Stri
             )),
         }
     };
+    // The class's defaults for the named special tokens the files leave out.
+    let defaults: [(&str, &str); 3];
     match class.as_str() {
         "LlamaTokenizer" | "LlamaTokenizerFast" => {
+            defaults = [
+                ("unk_token", "<unk>"),
+                ("bos_token", "<s>"),
+                ("eos_token", "</s>"),
+            ];
             let add_prefix_space = flag("add_prefix_space")?.unwrap_or(true);
             let legacy = flag("legacy")?.unwrap_or(false);
             let scheme = match (add_prefix_space, legacy) {
@@ -136,6 +143,7 @@ pub fn rebuild(mut tok: Tokenizer, dir: &Path) -> Result<(Tokenizer, Option<Stri
             tok.with_decoder(Some(DecoderSequence::new(decoders)));
         }
         "GPT2Tokenizer" | "GPT2TokenizerFast" => {
+            defaults = ["unk_token", "bos_token", "eos_token"].map(|k| (k, "<|endoftext|>"));
             let add_prefix_space = flag("add_prefix_space")?.unwrap_or(false);
             let mut bpe = bpe_of(&tok, &class)?;
             bpe.unk_token = None;
@@ -150,7 +158,7 @@ pub fn rebuild(mut tok: Tokenizer, dir: &Path) -> Result<(Tokenizer, Option<Stri
         }
         other => return Err(format!("internal: no rules for `{other}`")),
     }
-    let specials = named_specials(&config, dir)?;
+    let specials = named_specials(&config, dir, &defaults)?;
     added_tokens(&mut tok, &config, &specials)?;
     if flag("add_bos_token")?.is_some() || flag("add_eos_token")?.is_some() {
         let bos = flag("add_bos_token")?
@@ -216,8 +224,13 @@ fn added_token(v: &Value, special: bool) -> Option<AddedToken> {
 fn named_specials(
     config: &Map<String, Value>,
     dir: &Path,
+    defaults: &[(&str, &str)],
 ) -> Result<Vec<(String, AddedToken)>, String> {
-    let mut merged = config.clone();
+    let mut merged: Map<String, Value> = defaults
+        .iter()
+        .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+        .collect();
+    merged.extend(config.clone());
     if !config.contains_key("added_tokens_decoder") {
         if let Some(map) = read_object(&dir.join(SPECIAL_TOKENS_FILE))? {
             merged.extend(map);

@@ -8,7 +8,8 @@
 //!   Hugging Face names; [`tensor_digest`] is a tensor's content identity for the cache;
 //! - [`Llama`] runs the model: [`Llama::embed`], [`Llama::block_forward`] (with a capture hook per
 //!   [`LinearId`]), [`Llama::head`], or [`Llama::forward`] / [`Llama::forward_cached`] end to end;
-//! - [`Tokenizer`] and [`greedy`] turn text into ids and back.
+//! - [`Tokenizer`] and [`greedy`] turn text into ids and back; [`TokenizerSemantics`] says whose
+//!   reading of `tokenizer.json` (the `tokenizers` library's, or transformers 5's) makes the ids.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), whittle::model::ModelError> {

@@ -6,7 +6,9 @@ use serde_json::json;
 
 use super::weights::{candle_dtype, WeightsMeta};
 use super::{StageCtx, StageError, StageOutput};
-use crate::model::{load_weights, tensor_digest, Checkpoint, ModelConfig, Tokenizer};
+use crate::model::{
+    load_weights, tensor_digest, Checkpoint, ModelConfig, Tokenizer, TokenizerSemantics,
+};
 use crate::pipeline::spec::LoadSpec;
 
 /// The content digest of every tensor, by name.
@@ -50,9 +52,14 @@ pub fn run(ctx: &StageCtx, spec: &LoadSpec) -> Result<StageOutput, StageError> {
     };
     let params: usize = tensors.values().map(|t| t.elem_count()).sum();
     ctx.note(&format!("{} tensors, {params} parameters", tensors.len()));
-    // Read the tokenizer now, so that a file the chosen semantics cannot read fails here.
-    let tokenizer = Tokenizer::load(&checkpoint.tokenizer, semantics)?;
-    let rebuilt_as = tokenizer.class().map(str::to_string);
+    // A rebuilt tokenizer is read now, so that files it cannot read fail here; the default
+    // reading is left to the stages that tokenize, as before the setting.
+    let rebuilt_as = match semantics {
+        TokenizerSemantics::Tokenizers => None,
+        TokenizerSemantics::Transformers => Tokenizer::load(&checkpoint.tokenizer, semantics)?
+            .class()
+            .map(str::to_string),
+    };
     if let Some(class) = &rebuilt_as {
         ctx.note(&format!("tokenizer rebuilt as transformers 5's {class}"));
     }
