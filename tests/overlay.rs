@@ -500,6 +500,8 @@ fn int8_linears_run_as_the_integer_product_in_the_materialized_model() {
             tokenizer: Digest([0; 32]),
             dtype: "f32".into(),
             tensors: Default::default(),
+            tokenizer_semantics: Default::default(),
+            tokenizer_files: Default::default(),
         },
         dtype: DType::F32,
         int8: chain.int8,

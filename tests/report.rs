@@ -69,6 +69,7 @@ fn provenance(pending: usize, failed: usize, total: usize) -> Provenance {
         models: vec![ModelId {
             name: "tiny".into(),
             weights: Some("cd".repeat(32)),
+            tokenizer_semantics: "tokenizers".into(),
         }],
         datasets: vec![DatasetId {
             name: "wiki".into(),
@@ -366,13 +367,16 @@ fn every_format_carries_provenance_and_the_missing_count() {
     let md = text("main.md");
     let footer = format!(
         "\n*Provenance:* pipeline demo.yaml `abababababab` · whittle {} · model tiny \
-         `cdcdcdcdcdcd` · data wiki `efefefefefef` · seqlen 64 · device cpu. \
+         `cdcdcdcdcdcd` (tokenizers semantics) · data wiki `efefefefefef` · seqlen 64 · device cpu. \
          **2 of 7 points missing: 1 pending, 1 failed.**\n",
         whittle::ENGINE_VERSION
     );
     assert!(md.ends_with(&footer), "{md}");
     let tex = text("main.tex");
-    assert!(tex.contains(&format!("% model: tiny, weights {}\n", "cd".repeat(32))));
+    assert!(tex.contains(&format!(
+        "% model: tiny, weights {}, tokenizer semantics tokenizers\n",
+        "cd".repeat(32)
+    )));
     assert!(
         tex.contains("\\caption{pipeline demo.yaml abababababab \\textperiodcentered{} whittle")
     );
@@ -1086,7 +1090,10 @@ fn a_run_then_whittle_report_renders_every_row_column_and_provenance() {
     );
     assert!(md.contains(&format!("report-test.yaml `{}`", &file_hash[..12])));
     let tex = std::fs::read_to_string(rep.join("main.tex")).unwrap();
-    assert!(tex.contains(&format!("% model: stories, weights {weights}\n")));
+    assert!(tex.contains(&format!(
+        "% model: stories, weights {weights}, tokenizer semantics tokenizers\n"
+    )));
+    assert_eq!(prov["models"][0]["tokenizer_semantics"], "tokenizers");
     assert!(tex.contains("held\\_out ppl"));
     assert!(tex.contains("\\caption{pipeline report-test.yaml"));
     assert!(printed.contains(&format!(

@@ -8,7 +8,8 @@
 //!   Hugging Face names; [`tensor_digest`] is a tensor's content identity for the cache;
 //! - [`Llama`] runs the model: [`Llama::embed`], [`Llama::block_forward`] (with a capture hook per
 //!   [`LinearId`]), [`Llama::head`], or [`Llama::forward`] / [`Llama::forward_cached`] end to end;
-//! - [`Tokenizer`] and [`greedy`] turn text into ids and back.
+//! - [`Tokenizer`] and [`greedy`] turn text into ids and back; [`TokenizerSemantics`] says whose
+//!   reading of `tokenizer.json` (the `tokenizers` library's, or transformers 5's) makes the ids.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), whittle::model::ModelError> {
@@ -28,6 +29,7 @@ mod checkpoint;
 mod config;
 mod error;
 mod generate;
+mod hf_class;
 mod llama;
 mod tokenizer;
 mod weights;
@@ -38,10 +40,11 @@ pub use checkpoint::{shards_of, Checkpoint, WeightFiles};
 pub use config::{Family, ModelConfig, RawConfig, RopeScaling, TokenIds};
 pub use error::{ModelError, Result};
 pub use generate::{greedy, greedy_until, Decoded, Finish};
+pub use hf_class::check as check_transformers_class;
 pub use llama::{
     rms_norm, Capture, KvCache, LayerKvCache, LinearId, Llama, ModuleGroup, Proj, LM_HEAD,
 };
-pub use tokenizer::Tokenizer;
+pub use tokenizer::{Tokenizer, TokenizerSemantics};
 pub use weights::{
     expected_tensors, gguf_name, load_weights, tensor_digest, unpermute_rope_rows, TensorMap,
 };

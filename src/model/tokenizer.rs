@@ -2,25 +2,85 @@
 
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
+
 use super::error::{ModelError, Result};
+
+/// Which library's reading of `tokenizer.json` turns text into token ids: the two differ on
+/// some texts (see [`super::hf_class`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenizerSemantics {
+    /// The file as the `tokenizers` library applies it: what transformers 4.x does, and what
+    /// the models were trained with.
+    #[default]
+    Tokenizers,
+    /// As transformers 5 rebuilds it from the class named in `tokenizer_config.json`.
+    Transformers,
+}
+
+impl TokenizerSemantics {
+    pub const NAMES: [&'static str; 2] = ["tokenizers", "transformers"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenizerSemantics::Tokenizers => "tokenizers",
+            TokenizerSemantics::Transformers => "transformers",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Self> {
+        match s {
+            "tokenizers" => Some(TokenizerSemantics::Tokenizers),
+            "transformers" => Some(TokenizerSemantics::Transformers),
+            _ => None,
+        }
+    }
+
+    pub fn is_default(&self) -> bool {
+        *self == TokenizerSemantics::default()
+    }
+
+    /// The files beside `tokenizer.json` that this reading also depends on.
+    pub fn extra_files(self) -> &'static [&'static str] {
+        match self {
+            TokenizerSemantics::Tokenizers => &[],
+            TokenizerSemantics::Transformers => &[
+                super::hf_class::CONFIG_FILE,
+                super::hf_class::SPECIAL_TOKENS_FILE,
+            ],
+        }
+    }
+}
 
 /// A fast tokenizer loaded from `tokenizer.json`.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     path: PathBuf,
+    semantics: TokenizerSemantics,
+    /// The transformers class whose rules rebuilt the file, if any.
+    class: Option<String>,
 }
 
 impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tokenizer")
             .field("path", &self.path)
+            .field("semantics", &self.semantics)
             .field("vocab_size", &self.vocab_size())
             .finish()
     }
 }
 
 impl Tokenizer {
+    /// `tokenizer.json` as the `tokenizers` library applies it.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Tokenizer> {
+        Self::load(path, TokenizerSemantics::Tokenizers)
+    }
+
+    /// `tokenizer.json` read with `semantics` (the transformers reading also reads
+    /// `tokenizer_config.json` and `special_tokens_map.json` beside it).
+    pub fn load(path: impl AsRef<Path>, semantics: TokenizerSemantics) -> Result<Tokenizer> {
         let path = path.as_ref().to_path_buf();
         if !path.is_file() {
             return Err(ModelError::Tokenizer {
@@ -32,11 +92,35 @@ impl Tokenizer {
             path: path.clone(),
             message: format!("cannot load: {e}"),
         })?;
-        Ok(Tokenizer { inner, path })
+        let (inner, class) = match semantics {
+            TokenizerSemantics::Tokenizers => (inner, None),
+            TokenizerSemantics::Transformers => {
+                let dir = path.parent().unwrap_or(Path::new("."));
+                super::hf_class::rebuild(inner, dir).map_err(|message| ModelError::Tokenizer {
+                    path: path.clone(),
+                    message: format!("transformers semantics: {message}"),
+                })?
+            }
+        };
+        Ok(Tokenizer {
+            inner,
+            path,
+            semantics,
+            class,
+        })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    pub fn semantics(&self) -> TokenizerSemantics {
+        self.semantics
+    }
+
+    /// The transformers class whose rules rebuilt the file (`None`: applied as written).
+    pub fn class(&self) -> Option<&str> {
+        self.class.as_deref()
     }
 
     /// Token ids of `text`. `add_special_tokens` applies the file's post-processor (e.g. the

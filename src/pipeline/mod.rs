@@ -109,6 +109,7 @@ pub fn load_str(path_for_messages: &Path, source: &str) -> Result<spec::Pipeline
         stage_axes: &stage_axes,
         instance_index: &instance_index,
         models: &model_names,
+        model_sources: &models,
         datasets: &dataset_names,
         dataset_sources: &datasets,
         base,

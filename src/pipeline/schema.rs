@@ -453,7 +453,7 @@ impl RawStage {
 /// The keys each kind accepts (besides `kind`).
 pub fn allowed_keys(kind: StageKind) -> &'static [&'static str] {
     match kind {
-        StageKind::Load => &["model", "dtype"],
+        StageKind::Load => &["model", "dtype", "tokenizer_semantics"],
         StageKind::Train => &[
             "dataset",
             "vocabulary",

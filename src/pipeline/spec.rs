@@ -231,6 +231,8 @@ pub struct LoadSpec {
     /// Name of the entry in `models`.
     pub model: String,
     pub dtype: DType,
+    /// How text becomes token ids for every stage that reads this model.
+    pub tokenizer_semantics: crate::model::TokenizerSemantics,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -928,6 +930,13 @@ impl StageSpec {
         match self {
             StageSpec::Load(s) => {
                 p.insert("dtype".into(), s.dtype.as_str().into());
+                // The default stays out, so keys from before the setting still hold.
+                if !s.tokenizer_semantics.is_default() {
+                    p.insert(
+                        "tokenizer_semantics".into(),
+                        s.tokenizer_semantics.as_str().into(),
+                    );
+                }
             }
             StageSpec::Train(s) => {
                 // Every setting, as the trainer serializes it: nothing that changes the model

@@ -27,6 +27,8 @@ pub struct Env<'a> {
     pub instance_index: &'a [HashMap<String, usize>],
     /// Every declared model / dataset name.
     pub models: &'a [String],
+    /// The models that passed their checks.
+    pub model_sources: &'a std::collections::BTreeMap<String, ModelSource>,
     pub datasets: &'a [String],
     /// The datasets that passed their checks.
     pub dataset_sources: &'a std::collections::BTreeMap<String, DatasetSource>,
@@ -466,9 +468,33 @@ fn load(f: &mut Fields) -> Option<StageSpec> {
         Some("bf16") => DType::Bf16,
         _ => DType::F32,
     };
+    let tokenizer_semantics = f
+        .choice(
+            "tokenizer_semantics",
+            &crate::model::TokenizerSemantics::NAMES,
+        )
+        .and_then(crate::model::TokenizerSemantics::from_name)
+        .unwrap_or_default();
+    // A tokenizer class the transformers reading cannot rebuild is a pipeline error, not a
+    // failure at run time.
+    let source = model.as_ref().and_then(|m| f.env.model_sources.get(m));
+    if let (crate::model::TokenizerSemantics::Transformers, Some(source)) =
+        (tokenizer_semantics, source)
+    {
+        if let Err(e) = crate::model::check_transformers_class(&source.dir) {
+            f.fail_key(
+                "tokenizer_semantics",
+                format!("model `{}`: {e}", source.name),
+                "`transformers` knows LlamaTokenizer and GPT2Tokenizer; leave the key out to \
+                 read tokenizer.json as the `tokenizers` library does"
+                    .into(),
+            );
+        }
+    }
     Some(StageSpec::Load(LoadSpec {
         model: model?,
         dtype,
+        tokenizer_semantics,
     }))
 }
 

@@ -460,7 +460,8 @@ fn no_sweep_is_one_empty_point_and_defaults_apply() {
         p.stages[0].instances[0].spec,
         StageSpec::Load(LoadSpec {
             model: "tiny".into(),
-            dtype: DType::F32
+            dtype: DType::F32,
+            tokenizer_semantics: Default::default(),
         })
     );
 }
@@ -1089,4 +1090,62 @@ fn compression_key_mistakes_are_all_reported() {
         assert_eq!(*kp, ekp, "{d}");
         assert!(msg.contains(frag), "{msg:?} lacks {frag:?}");
     }
+}
+
+#[test]
+fn tokenizer_semantics_enters_the_load_key_only_when_not_default() {
+    let p = ok(&format!(
+        "{HEAD}stages:\n  a: {{kind: load, model: tiny}}\n  b: {{kind: load, model: tiny, tokenizer_semantics: tokenizers}}\n  c: {{kind: load, model: tiny, tokenizer_semantics: transformers}}\n"
+    ));
+    let params = |name: &str| only_spec(&p, name).key_params();
+    // The default leaves the key as it was before the setting existed.
+    let mut before = crate::cache::key::Params::new();
+    before.insert("dtype".into(), "f32".into());
+    assert_eq!(params("a"), before);
+    assert_eq!(params("b"), before);
+    let mut c = before.clone();
+    c.insert("tokenizer_semantics".into(), "transformers".into());
+    assert_eq!(params("c"), c);
+    let StageSpec::Load(l) = only_spec(&p, "c") else {
+        panic!("not a load")
+    };
+    assert_eq!(
+        l.tokenizer_semantics,
+        crate::model::TokenizerSemantics::Transformers
+    );
+    let d = errs(&format!(
+        "{HEAD}stages:\n  a: {{kind: load, model: tiny, tokenizer_semantics: transformer}}\n"
+    ));
+    let m = &d.0[0].message;
+    assert!(
+        m.contains("`tokenizers` or `transformers`") && m.contains("transformer"),
+        "{d}"
+    );
+}
+
+#[test]
+fn tokenizer_semantics_transformers_on_a_class_it_cannot_rebuild_is_a_pipeline_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let m = dir.path().join("models/t5");
+    std::fs::create_dir_all(&m).expect("mkdir");
+    std::fs::write(m.join("config.json"), "{}").expect("write");
+    std::fs::write(
+        m.join("tokenizer_config.json"),
+        r#"{"tokenizer_class": "T5Tokenizer"}"#,
+    )
+    .expect("write");
+    let path = dir.path().join("p.yaml");
+    let src = "models:\n  t5: models/t5\nstages:\n  ok: {kind: load, model: t5}\n  hf: {kind: load, model: t5, tokenizer_semantics: transformers}\n";
+    std::fs::write(&path, src).expect("write");
+    let d = load(&path).expect_err("an unknown class");
+    assert_eq!(d.len(), 1, "{d}");
+    let x = &d.0[0];
+    assert_eq!(
+        (x.line, x.key_path.as_str()),
+        (5, "stages.hf.tokenizer_semantics")
+    );
+    assert!(
+        x.message.contains("T5Tokenizer") && x.message.contains("tokenizer_config.json"),
+        "{x}"
+    );
 }

@@ -251,6 +251,13 @@ fn stage_files(p: &Pipeline) -> Result<HashMap<InstanceRef, FileRoles>, PlanErro
                     checkpoints.insert(l.model.clone(), files);
                 }
                 roles.extend(checkpoints[&l.model].iter().cloned());
+                // The files a non-default tokenizer reading also reads change the token ids.
+                for name in l.tokenizer_semantics.extra_files() {
+                    let f = p.models[&l.model].dir.join(name);
+                    if f.is_file() {
+                        roles.push((format!("model/{name}"), f));
+                    }
+                }
             }
             for (role, name) in inst.spec.datasets() {
                 let ds = &p.datasets[name];

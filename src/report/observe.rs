@@ -9,6 +9,7 @@ use serde_json::Value;
 use super::provenance::Provenance;
 use super::ReportError;
 use crate::cache::Entry;
+use crate::model::TokenizerSemantics;
 use crate::pipeline::spec::{Accumulation, Point, ReportSpec, StageSpec};
 use crate::plan::{ancestors, instance_label, NodeId, Plan};
 
@@ -307,16 +308,17 @@ fn provenance(
         }
         // The base models: a checkpoint by its `models` name, a trained one by its stage.
         let base = match &n.spec {
-            StageSpec::Load(l) => Some(l.model.as_str()),
-            StageSpec::Train(_) => Some(n.stage.as_str()),
+            StageSpec::Load(l) => Some((l.model.as_str(), l.tokenizer_semantics)),
+            // A trained model's tokenizer is its own word-level file, applied as written.
+            StageSpec::Train(_) => Some((n.stage.as_str(), TokenizerSemantics::default())),
             _ => None,
         };
-        if let Some(name) = base {
+        if let Some((name, semantics)) = base {
             let weights = match state(id) {
                 InputState::Ready(e) => Some(e.content()),
                 _ => None,
             };
-            p.add_model(name, weights);
+            p.add_model(name, weights, semantics);
         }
         for (role, name) in n.spec.datasets() {
             if let Some((_, d)) = n.files.get(role) {

@@ -42,6 +42,8 @@ pub struct PipelineId {
 pub struct ModelId {
     pub name: String,
     pub weights: Option<String>,
+    /// Which reading of `tokenizer.json` made the token ids: `tokenizers` or `transformers`.
+    pub tokenizer_semantics: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -97,16 +99,21 @@ impl Provenance {
         }
     }
 
-    pub fn add_model(&mut self, name: &str, weights: Option<Digest>) {
+    pub fn add_model(
+        &mut self,
+        name: &str,
+        weights: Option<Digest>,
+        tokenizer_semantics: crate::model::TokenizerSemantics,
+    ) {
         let weights = weights.map(|d| d.hex());
-        if !self
-            .models
-            .iter()
-            .any(|m| m.name == name && m.weights == weights)
-        {
+        let tokenizer_semantics = tokenizer_semantics.as_str().to_string();
+        if !self.models.iter().any(|m| {
+            m.name == name && m.weights == weights && m.tokenizer_semantics == tokenizer_semantics
+        }) {
             self.models.push(ModelId {
                 name: name.to_string(),
                 weights,
+                tokenizer_semantics,
             });
         }
     }
@@ -134,8 +141,13 @@ impl Provenance {
 
     /// A canonical order, so that equal inputs give byte-equal files.
     pub fn sort(&mut self) {
-        self.models
-            .sort_by(|a, b| (&a.name, &a.weights).cmp(&(&b.name, &b.weights)));
+        self.models.sort_by(|a, b| {
+            (&a.name, &a.weights, &a.tokenizer_semantics).cmp(&(
+                &b.name,
+                &b.weights,
+                &b.tokenizer_semantics,
+            ))
+        });
         self.datasets.sort_by(|a, b| a.name.cmp(&b.name));
         self.seqlen.sort_unstable();
         self.devices.sort();
@@ -161,7 +173,10 @@ impl Provenance {
                 .weights
                 .as_deref()
                 .map_or("pending".into(), |w| code(short(w)));
-            parts.push(format!("model {} {w}", m.name));
+            parts.push(format!(
+                "model {} {w} ({} semantics)",
+                m.name, m.tokenizer_semantics
+            ));
         }
         if !self.datasets.is_empty() {
             let d: Vec<String> = self
@@ -249,9 +264,10 @@ impl Provenance {
         );
         for m in &self.models {
             out.push_str(&format!(
-                "% model: {}, weights {}\n",
+                "% model: {}, weights {}, tokenizer semantics {}\n",
                 m.name,
-                m.weights.as_deref().unwrap_or("pending")
+                m.weights.as_deref().unwrap_or("pending"),
+                m.tokenizer_semantics
             ));
         }
         for d in &self.datasets {
@@ -299,6 +315,7 @@ mod tests {
             models: vec![ModelId {
                 name: "m".into(),
                 weights: None,
+                tokenizer_semantics: "transformers".into(),
             }],
             datasets: vec![DatasetId {
                 name: "d".into(),
@@ -334,7 +351,7 @@ mod tests {
         assert_eq!(
             p.lines(),
             [
-                "pipeline p.yaml 0123456789ab · whittle 9.9.9 · model m pending",
+                "pipeline p.yaml 0123456789ab · whittle 9.9.9 · model m pending (transformers semantics)",
                 "data d ffffffffffff · seqlen 128, 256 · devices cpu, cuda:0"
             ]
         );

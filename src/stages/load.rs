@@ -6,7 +6,9 @@ use serde_json::json;
 
 use super::weights::{candle_dtype, WeightsMeta};
 use super::{StageCtx, StageError, StageOutput};
-use crate::model::{load_weights, tensor_digest, Checkpoint, ModelConfig};
+use crate::model::{
+    load_weights, tensor_digest, Checkpoint, ModelConfig, Tokenizer, TokenizerSemantics,
+};
 use crate::pipeline::spec::LoadSpec;
 
 /// The content digest of every tensor, by name.
@@ -34,20 +36,43 @@ pub fn run(ctx: &StageCtx, spec: &LoadSpec) -> Result<StageOutput, StageError> {
             .map(|(_, d)| *d)
             .ok_or_else(|| StageError::Invalid(format!("internal: {name} was not hashed")))
     };
+    let semantics = spec.tokenizer_semantics;
+    let tokenizer_files = semantics
+        .extra_files()
+        .iter()
+        .filter_map(|name| Some((name.to_string(), files.get(&format!("model/{name}"))?.1)))
+        .collect();
     let meta = WeightsMeta {
         config: file_digest("config.json")?,
         tokenizer: file_digest("tokenizer.json")?,
         dtype: spec.dtype.as_str().to_string(),
         tensors: digests,
+        tokenizer_semantics: semantics,
+        tokenizer_files,
     };
     let params: usize = tensors.values().map(|t| t.elem_count()).sum();
     ctx.note(&format!("{} tensors, {params} parameters", tensors.len()));
+    // A rebuilt tokenizer is read now, so that files it cannot read fail here; the default
+    // reading is left to the stages that tokenize, as before the setting.
+    let rebuilt_as = match semantics {
+        TokenizerSemantics::Tokenizers => None,
+        TokenizerSemantics::Transformers => Tokenizer::load(&checkpoint.tokenizer, semantics)?
+            .class()
+            .map(str::to_string),
+    };
+    if let Some(class) = &rebuilt_as {
+        ctx.note(&format!("tokenizer rebuilt as transformers 5's {class}"));
+    }
     Ok(StageOutput {
         content: Some(meta.content()),
         meta: json!({
             "checkpoint": source.dir.display().to_string(),
             "parameters": params,
             "layers": config.num_layers,
+            "tokenizer": {
+                "semantics": semantics.as_str(),
+                "transformers_class": rebuilt_as,
+            },
             "weights": meta,
         }),
     })

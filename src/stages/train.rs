@@ -64,6 +64,9 @@ pub fn run(ctx: &StageCtx, spec: &TrainSpec) -> Result<StageOutput, StageError> 
         tokenizer: hash(&checkpoint.tokenizer)?,
         dtype: "f32".into(),
         tensors: digests(&tensors)?,
+        // A trained model's word-level file reads the same either way.
+        tokenizer_semantics: Default::default(),
+        tokenizer_files: Default::default(),
     };
     Ok(StageOutput {
         content: Some(meta.content()),

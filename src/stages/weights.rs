@@ -18,7 +18,9 @@ use super::replace::Replacement;
 use super::{StageCtx, StageError};
 use crate::cache::key::{Digest, KeyHasher};
 use crate::cache::Entry;
-use crate::model::{load_weights, Checkpoint, Llama, ModelConfig, TensorMap, Tokenizer};
+use crate::model::{
+    load_weights, Checkpoint, Llama, ModelConfig, TensorMap, Tokenizer, TokenizerSemantics,
+};
 use crate::pipeline::spec::{self, StageSpec};
 use crate::plan::{NodeId, Plan};
 
@@ -29,6 +31,13 @@ pub struct WeightsMeta {
     pub tokenizer: Digest,
     pub dtype: String,
     pub tensors: BTreeMap<String, Digest>,
+    /// How text becomes token ids; the default is left out of the manifest and the digest, so
+    /// weights recorded before the setting keep their identity.
+    #[serde(default, skip_serializing_if = "TokenizerSemantics::is_default")]
+    pub tokenizer_semantics: TokenizerSemantics,
+    /// The other files that reading depends on (`tokenizer_config.json`, ...), by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tokenizer_files: BTreeMap<String, Digest>,
 }
 
 impl WeightsMeta {
@@ -40,6 +49,11 @@ impl WeightsMeta {
         h.digest(&self.tokenizer);
         h.str(&self.dtype);
         h.digest_map(&self.tensors);
+        if !self.tokenizer_semantics.is_default() {
+            h.str("tokenizer_semantics");
+            h.str(self.tokenizer_semantics.as_str());
+            h.digest_map(&self.tokenizer_files);
+        }
         h.finish()
     }
 
@@ -96,8 +110,12 @@ impl Materialized {
         Ok(model)
     }
 
+    /// The tokenizer, read with the semantics its `load` stage recorded.
     pub fn tokenizer(&self) -> Result<Tokenizer, StageError> {
-        Ok(Tokenizer::from_file(&self.checkpoint.tokenizer)?)
+        Ok(Tokenizer::load(
+            &self.checkpoint.tokenizer,
+            self.meta.tokenizer_semantics,
+        )?)
     }
 
     /// The model's size as it would be deployed: compressed tensors in their packed format,
@@ -345,5 +363,48 @@ impl ReplacementWriter {
             matrices: self.matrices,
             size: serde_json::to_value(size).expect("sizes serialize"),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> WeightsMeta {
+        WeightsMeta {
+            config: Digest([1; 32]),
+            tokenizer: Digest([2; 32]),
+            dtype: "f32".into(),
+            tensors: [("w".to_string(), Digest([3; 32]))].into(),
+            tokenizer_semantics: TokenizerSemantics::Tokenizers,
+            tokenizer_files: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn tokenizer_semantics_changes_the_weights_identity_only_when_not_default() {
+        // The digest as computed before the setting existed: default weights keep it.
+        let m = meta();
+        let mut h = KeyHasher::new();
+        h.str("weights/v1");
+        h.digest(&m.config);
+        h.digest(&m.tokenizer);
+        h.str(&m.dtype);
+        h.digest_map(&m.tensors);
+        assert_eq!(m.content(), h.finish());
+        let json = serde_json::to_value(&m).unwrap();
+        assert!(json.get("tokenizer_semantics").is_none(), "{json}");
+        assert_eq!(serde_json::from_value::<WeightsMeta>(json).unwrap(), m);
+
+        let mut t = meta();
+        t.tokenizer_semantics = TokenizerSemantics::Transformers;
+        assert_ne!(t.content(), m.content());
+        let mut t2 = t.clone();
+        t2.tokenizer_files
+            .insert("tokenizer_config.json".into(), Digest([4; 32]));
+        assert_ne!(t2.content(), t.content());
+        let json = serde_json::to_value(&t2).unwrap();
+        assert_eq!(json["tokenizer_semantics"], "transformers");
+        assert_eq!(serde_json::from_value::<WeightsMeta>(json).unwrap(), t2);
     }
 }

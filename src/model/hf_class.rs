@@ -1,0 +1,336 @@
+//! A `tokenizer.json` rebuilt as transformers 5 rebuilds it.
+//!
+//! transformers 5's `AutoTokenizer` does not apply `tokenizer.json` as written when
+//! `tokenizer_config.json` names a class with a constructor of its own: it keeps the file's
+//! vocabulary, merges, added tokens and post-processor, and takes the normalizer, pre-tokenizer
+//! and decoder from the class. The rules here follow transformers 5.x
+//! (`models/llama/tokenization_llama.py`, `models/gpt2/tokenization_gpt2.py`,
+//! `tokenization_utils_tokenizers.py`):
+//! - no `tokenizer_config.json`, no `tokenizer_class`, or `PreTrainedTokenizerFast` /
+//!   `TokenizersBackend`: the file as written;
+//! - `LlamaTokenizer(Fast)`: no normalizer; a `Metaspace("▁")` pre-tokenizer that prepends `▁`
+//!   only where the text does not already start with one (`always` with `legacy: true`, `first`
+//!   otherwise, `never` with `add_prefix_space: false`); the BPE without an unknown token;
+//! - `GPT2Tokenizer(Fast)`: no normalizer and a lone `ByteLevel` pre-tokenizer (a file's
+//!   `Digits` split goes), `add_prefix_space` from the config (false);
+//! - the post-processor is rebuilt from `bos_token` / `eos_token` when the config sets
+//!   `add_bos_token` or `add_eos_token`; the added tokens are the config's
+//!   `added_tokens_decoder` if it has one, else the file's; named special tokens missing from
+//!   them are added.
+
+use std::path::Path;
+
+use serde_json::{Map, Value};
+use tokenizers::decoders::byte_fallback::ByteFallback;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+use tokenizers::decoders::strip::Strip;
+use tokenizers::models::bpe::BPE;
+use tokenizers::normalizers::replace::Replace;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
+use tokenizers::processors::template::TemplateProcessing;
+use tokenizers::{
+    AddedToken, AddedVocabulary, DecoderWrapper, ModelWrapper, NormalizerWrapper,
+    PostProcessorWrapper, Tokenizer,
+};
+
+/// Beside `tokenizer.json`: the class and its settings.
+pub const CONFIG_FILE: &str = "tokenizer_config.json";
+/// Beside `tokenizer.json`: the named special tokens (read when the config has no
+/// `added_tokens_decoder`, as transformers 5 does).
+pub const SPECIAL_TOKENS_FILE: &str = "special_tokens_map.json";
+
+/// The named special tokens transformers reads from the config.
+const NAMED_SPECIAL: [&str; 7] = [
+    "bos_token",
+    "eos_token",
+    "unk_token",
+    "sep_token",
+    "pad_token",
+    "cls_token",
+    "mask_token",
+];
+
+/// Classes transformers 5 loads `tokenizer.json` as written for.
+const AS_WRITTEN: [&str; 2] = ["PreTrainedTokenizerFast", "TokenizersBackend"];
+/// Classes whose rebuilding rules are implemented here.
+const REBUILT: [&str; 4] = [
+    "LlamaTokenizer",
+    "LlamaTokenizerFast",
+    "GPT2Tokenizer",
+    "GPT2TokenizerFast",
+];
+
+/// The class transformers 5 would rebuild the tokenizer in `dir` as (`None`: the file as
+/// written); an error when its rules are not implemented. Reads only `tokenizer_config.json`.
+pub fn check(dir: &Path) -> Result<Option<String>, String> {
+    match read_object(&dir.join(CONFIG_FILE))? {
+        Some(config) => class_of(&config),
+        None => Ok(None),
+    }
+}
+
+fn class_of(config: &Map<String, Value>) -> Result<Option<String>, String> {
+    match config.get("tokenizer_class") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(c)) if AS_WRITTEN.contains(&c.as_str()) => Ok(None),
+        Some(Value::String(c)) if REBUILT.contains(&c.as_str()) => Ok(Some(c.clone())),
+        Some(Value::String(c)) => Err(format!(
+            "{CONFIG_FILE} names `{c}`, whose transformers 5 rules are not implemented \
+             (known: LlamaTokenizer, GPT2Tokenizer, PreTrainedTokenizerFast); use \
+             `tokenizer_semantics: tokenizers`"
+        )),
+        Some(other) => Err(format!(
+            "{CONFIG_FILE}: `tokenizer_class` must be a string, found {other}"
+        )),
+    }
+}
+
+/// `tok` (loaded from `dir/tokenizer.json`) as transformers 5 rebuilds it; also returns the class
+/// whose rules applied (`None`: the file as written). Errors are messages about the files in
+/// `dir`.
+pub fn rebuild(mut tok: Tokenizer, dir: &Path) -> Result<(Tokenizer, Option<String>), String> {
+    let Some(config) = read_object(&dir.join(CONFIG_FILE))? else {
+        return Ok((tok, None));
+    };
+    let Some(class) = class_of(&config)? else {
+        return Ok((tok, None));
+    };
+    let flag = |key: &str| -> Result<Option<bool>, String> {
+        match config.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(other) => Err(format!(
+                "{CONFIG_FILE}: `{key}` must be true or false, found {other}"
+            )),
+        }
+    };
+    // The class's defaults for the named special tokens the files leave out.
+    let defaults: [(&str, &str); 3];
+    match class.as_str() {
+        "LlamaTokenizer" | "LlamaTokenizerFast" => {
+            defaults = [
+                ("unk_token", "<unk>"),
+                ("bos_token", "<s>"),
+                ("eos_token", "</s>"),
+            ];
+            let add_prefix_space = flag("add_prefix_space")?.unwrap_or(true);
+            let legacy = flag("legacy")?.unwrap_or(false);
+            let scheme = match (add_prefix_space, legacy) {
+                (false, _) => PrependScheme::Never,
+                (true, true) => PrependScheme::Always,
+                (true, false) => PrependScheme::First,
+            };
+            let mut bpe = bpe_of(&tok, &class)?;
+            bpe.unk_token = None;
+            bpe.fuse_unk = true;
+            bpe.byte_fallback = true;
+            bpe.dropout = None;
+            tok.with_model(bpe);
+            tok.with_normalizer(None::<NormalizerWrapper>);
+            tok.with_pre_tokenizer(Some(Metaspace::new('▁', scheme, false)));
+            let mut decoders: Vec<DecoderWrapper> = vec![
+                Replace::new("▁", " ")
+                    .map_err(|e| format!("internal: {e}"))?
+                    .into(),
+                ByteFallback::new().into(),
+                Fuse::new().into(),
+            ];
+            if add_prefix_space {
+                decoders.push(Strip::new(' ', 1, 0).into());
+            }
+            tok.with_decoder(Some(DecoderSequence::new(decoders)));
+        }
+        "GPT2Tokenizer" | "GPT2TokenizerFast" => {
+            defaults = ["unk_token", "bos_token", "eos_token"].map(|k| (k, "<|endoftext|>"));
+            let add_prefix_space = flag("add_prefix_space")?.unwrap_or(false);
+            let mut bpe = bpe_of(&tok, &class)?;
+            bpe.unk_token = None;
+            bpe.continuing_subword_prefix = Some(String::new());
+            bpe.end_of_word_suffix = Some(String::new());
+            bpe.fuse_unk = false;
+            bpe.dropout = None;
+            tok.with_model(bpe);
+            tok.with_normalizer(None::<NormalizerWrapper>);
+            tok.with_pre_tokenizer(Some(ByteLevel::new(add_prefix_space, true, true)));
+            tok.with_decoder(Some(ByteLevel::default()));
+        }
+        other => return Err(format!("internal: no rules for `{other}`")),
+    }
+    let specials = named_specials(&config, dir, &defaults)?;
+    added_tokens(&mut tok, &config, &specials)?;
+    if flag("add_bos_token")?.is_some() || flag("add_eos_token")?.is_some() {
+        let bos = flag("add_bos_token")?
+            .unwrap_or(false)
+            .then(|| special(&specials, "bos_token", &tok))
+            .transpose()?;
+        let eos = flag("add_eos_token")?
+            .unwrap_or(false)
+            .then(|| special(&specials, "eos_token", &tok))
+            .transpose()?;
+        tok.with_post_processor(Some(template(bos, eos)?));
+    }
+    Ok((tok, Some(class)))
+}
+
+fn read_object(path: &Path) -> Result<Option<Map<String, Value>>, String> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {name}: {e}")),
+    };
+    match serde_json::from_str(&text) {
+        Ok(Value::Object(m)) => Ok(Some(m)),
+        Ok(_) => Err(format!("{name}: expected a JSON object")),
+        Err(e) => Err(format!("{name} is not valid JSON: {e}")),
+    }
+}
+
+fn bpe_of(tok: &Tokenizer, class: &str) -> Result<BPE, String> {
+    match tok.get_model() {
+        ModelWrapper::BPE(b) => Ok(b.clone()),
+        _ => Err(format!(
+            "{CONFIG_FILE} names `{class}`, which transformers 5 builds as a BPE model, but \
+             tokenizer.json holds another kind; use `tokenizer_semantics: tokenizers`"
+        )),
+    }
+}
+
+/// A token as the config writes it: a string or an `AddedToken` object.
+fn added_token(v: &Value, special: bool) -> Option<AddedToken> {
+    match v {
+        Value::String(s) => Some(AddedToken::from(s.clone(), special)),
+        Value::Object(o) => {
+            let content = o.get("content")?.as_str()?;
+            let b = |k: &str, d: bool| o.get(k).and_then(Value::as_bool).unwrap_or(d);
+            let special = b("special", special);
+            Some(AddedToken {
+                content: content.to_string(),
+                single_word: b("single_word", false),
+                lstrip: b("lstrip", false),
+                rstrip: b("rstrip", false),
+                normalized: b("normalized", !special),
+                special,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// The named special tokens: `special_tokens_map.json` over the config, unless the config has
+/// `added_tokens_decoder` (then the config alone).
+fn named_specials(
+    config: &Map<String, Value>,
+    dir: &Path,
+    defaults: &[(&str, &str)],
+) -> Result<Vec<(String, AddedToken)>, String> {
+    let mut merged: Map<String, Value> = defaults
+        .iter()
+        .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+        .collect();
+    merged.extend(config.clone());
+    if !config.contains_key("added_tokens_decoder") {
+        if let Some(map) = read_object(&dir.join(SPECIAL_TOKENS_FILE))? {
+            merged.extend(map);
+        }
+    }
+    Ok(NAMED_SPECIAL
+        .iter()
+        .filter_map(|k| {
+            let t = added_token(merged.get(*k)?, true)?;
+            Some((k.to_string(), AddedToken { special: true, ..t }))
+        })
+        .collect())
+}
+
+fn special(
+    specials: &[(String, AddedToken)],
+    key: &str,
+    tok: &Tokenizer,
+) -> Result<(String, u32), String> {
+    let (_, t) = specials
+        .iter()
+        .find(|(k, _)| k == key)
+        .ok_or_else(|| format!("{CONFIG_FILE} asks for `add_{key}` but names no `{key}`"))?;
+    let id = tok.token_to_id(&t.content).ok_or_else(|| {
+        format!(
+            "{CONFIG_FILE}: `{key}` `{}` is not in the vocabulary",
+            t.content
+        )
+    })?;
+    Ok((t.content.clone(), id))
+}
+
+/// The added tokens, in id order, rebuilt against the new normalizer.
+fn added_tokens(
+    tok: &mut Tokenizer,
+    config: &Map<String, Value>,
+    specials: &[(String, AddedToken)],
+) -> Result<(), String> {
+    let mut tokens: Vec<(u32, AddedToken)> = match config.get("added_tokens_decoder") {
+        Some(Value::Object(m)) => m
+            .iter()
+            .map(|(id, v)| {
+                let id = id.parse::<u32>().ok();
+                match (id, added_token(v, false)) {
+                    (Some(id), Some(t)) => Ok((id, t)),
+                    _ => Err(format!(
+                        "{CONFIG_FILE}: `added_tokens_decoder` entry `{id:?}` is not an id and a token"
+                    )),
+                }
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => {
+            return Err(format!(
+                "{CONFIG_FILE}: `added_tokens_decoder` must be an object of id → token"
+            ))
+        }
+        None => tok.get_added_tokens_decoder().into_iter().collect(),
+    };
+    tokens.sort_by_key(|(id, _)| *id);
+    let mut list: Vec<AddedToken> = tokens.into_iter().map(|(_, t)| t).collect();
+    for (_, t) in specials {
+        if !list.iter().any(|x| x.content == t.content) {
+            list.push(AddedToken {
+                normalized: false,
+                ..t.clone()
+            });
+        }
+    }
+    tok.with_added_vocabulary(AddedVocabulary::new());
+    tok.add_tokens(&list);
+    Ok(())
+}
+
+/// transformers' `update_post_processor`: `bos $A eos` with the flags given.
+fn template(
+    bos: Option<(String, u32)>,
+    eos: Option<(String, u32)>,
+) -> Result<PostProcessorWrapper, String> {
+    let part =
+        |t: &Option<(String, u32)>, type_id: u32| t.as_ref().map(|(s, _)| format!("{s}:{type_id}"));
+    let single: Vec<String> = [part(&bos, 0), Some("$A:0".into()), part(&eos, 0)]
+        .into_iter()
+        .flatten()
+        .collect();
+    let pair: Vec<String> = single
+        .iter()
+        .cloned()
+        .chain(
+            [part(&bos, 1), Some("$B:1".into()), part(&eos, 1)]
+                .into_iter()
+                .flatten(),
+        )
+        .collect();
+    let specials: Vec<(String, u32)> = [bos, eos].into_iter().flatten().collect();
+    let t = TemplateProcessing::builder()
+        .try_single(single.join(" "))
+        .and_then(|b| b.try_pair(pair.join(" ")))
+        .map_err(|e| format!("internal: {e}"))?
+        .special_tokens(specials)
+        .build()
+        .map_err(|e| format!("internal: {e}"))?;
+    Ok(t.into())
+}

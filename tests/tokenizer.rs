@@ -1,0 +1,255 @@
+//! Both tokenizer semantics against token ids the reference libraries produced
+//! (`tests/fixtures/tokenizer/make.py`: the `tokenizers` library, and transformers 5).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use whittle::model::{Tokenizer, TokenizerSemantics};
+
+const FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/tokenizer/ids.json"
+);
+const WIKI: &str = "data/wikitext-2-raw/wiki.test.raw";
+
+fn fixture() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(FIXTURE).unwrap()).unwrap()
+}
+
+/// The fixture's texts, those from shared files rebuilt as `make.py` builds them.
+fn texts(fx: &Value, wiki: &Path) -> Vec<String> {
+    // Python's text mode: CRLF reads as LF.
+    let raw = std::fs::read_to_string(wiki).unwrap().replace("\r\n", "\n");
+    let lines: Vec<&str> = raw.split_inclusive('\n').collect();
+    fx["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            if let Some(s) = t["text"].as_str() {
+                s.to_string()
+            } else if let Some(n) = t["wikitext_lines"].as_u64() {
+                lines[..n as usize].concat()
+            } else {
+                let n = t["wikitext_rows"].as_u64().unwrap() as usize;
+                let rows: Vec<&str> = lines[..n]
+                    .iter()
+                    .map(|l| if *l == "\n" { "" } else { l })
+                    .collect();
+                rows.join("\n\n")
+            }
+        })
+        .collect()
+}
+
+/// The model folder of a fixture variant: its tokenizer files, `tokenizer_config.json` patched
+/// with the variant's keys or left out.
+fn variant_dir(shared: &Path, m: &Value, tmp: &Path) -> PathBuf {
+    let src = shared.join(m["dir"].as_str().unwrap());
+    let dst = tmp.join(m["name"].as_str().unwrap().replace(' ', "_"));
+    std::fs::create_dir_all(&dst).unwrap();
+    for f in ["config.json", "tokenizer.json", "special_tokens_map.json"] {
+        if src.join(f).is_file() {
+            std::fs::copy(src.join(f), dst.join(f)).unwrap();
+        }
+    }
+    if let Some(patch) = m["config"].as_object() {
+        let mut cfg: serde_json::Map<String, Value> = serde_json::from_str(
+            &std::fs::read_to_string(src.join("tokenizer_config.json")).unwrap(),
+        )
+        .unwrap();
+        cfg.extend(patch.clone());
+        std::fs::write(
+            dst.join("tokenizer_config.json"),
+            serde_json::to_string(&cfg).unwrap(),
+        )
+        .unwrap();
+    }
+    dst
+}
+
+/// Every variant and text of the fixture under `semantics`, against the ids under `key`.
+fn check(semantics: TokenizerSemantics, key: &str) {
+    let shared = require_shared!("models/stories260K")
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let wiki = require_shared!(WIKI);
+    let fx = fixture();
+    let texts = texts(&fx, &wiki);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut checked = 0;
+    for m in fx["models"].as_array().unwrap() {
+        let dir = variant_dir(&shared, m, tmp.path());
+        let tok = Tokenizer::load(dir.join("tokenizer.json"), semantics).unwrap();
+        let name = m["name"].as_str().unwrap();
+        for (text, ids) in texts.iter().zip(m["ids"].as_array().unwrap()) {
+            for (special, k) in [(true, key.to_string()), (false, format!("{key}_plain"))] {
+                let want: Vec<u32> = serde_json::from_value(ids[&k].clone()).unwrap();
+                let got = tok.encode(text, special).unwrap();
+                assert_eq!(got, want, "{name}, {k}, text {text:?}");
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 6 * 20 * 2);
+}
+
+#[test]
+fn tokenizer_semantics_tokenizers_matches_the_tokenizers_library() {
+    check(TokenizerSemantics::Tokenizers, "tokenizers");
+}
+
+#[test]
+fn tokenizer_semantics_transformers_matches_transformers_5() {
+    check(TokenizerSemantics::Transformers, "transformers");
+}
+
+/// The two differences the semantics setting exists for, as the reference libraries give them.
+#[test]
+fn tokenizer_semantics_differ_on_a_leading_space_and_on_blank_lines_before_a_digit() {
+    let stories = require_shared!("models/stories260K/tokenizer.json");
+    let smol = require_shared!("models/smollm2-135m/tokenizer.json");
+    let enc = |path: &Path, s: TokenizerSemantics, text: &str| {
+        Tokenizer::load(path, s)
+            .unwrap()
+            .encode(text, true)
+            .unwrap()
+    };
+    use TokenizerSemantics::*;
+    assert_eq!(enc(&stories, Tokenizers, " hi"), [1, 410, 270, 417]);
+    assert_eq!(enc(&stories, Transformers, " hi"), [1, 270, 417]);
+    assert_eq!(enc(&smol, Tokenizers, "\n\n1"), [1116, 33]);
+    assert_eq!(enc(&smol, Transformers, "\n\n1"), [198, 198, 33]);
+    let t = Tokenizer::load(&smol, Transformers).unwrap();
+    assert_eq!(t.class(), Some("GPT2Tokenizer"));
+    // Decoding is the same either way on these models.
+    assert_eq!(t.decode(&[446, 6356]).unwrap(), " = Robert");
+}
+
+#[test]
+fn tokenizer_semantics_transformers_names_a_class_it_cannot_rebuild() {
+    let src = require_shared!("models/stories260K/tokenizer.json");
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(&src, tmp.path().join("tokenizer.json")).unwrap();
+    std::fs::write(
+        tmp.path().join("tokenizer_config.json"),
+        r#"{"tokenizer_class": "T5Tokenizer"}"#,
+    )
+    .unwrap();
+    let path = tmp.path().join("tokenizer.json");
+    let e = Tokenizer::load(&path, TokenizerSemantics::Transformers)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("T5Tokenizer") && e.contains("tokenizer_semantics: tokenizers"),
+        "{e}"
+    );
+    assert!(Tokenizer::load(&path, TokenizerSemantics::Tokenizers).is_ok());
+}
+
+/// The setting flows from `load` through a prune to the evaluation that tokenizes, into its key,
+/// the weights' identity and the report's provenance.
+#[test]
+fn tokenizer_semantics_is_recorded_in_the_keys_and_the_provenance() {
+    let shared = require_shared!("models/stories260K")
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let wiki = require_shared!(WIKI);
+    let fx = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    // The first four lines of WikiText-2: read as rows and joined, the fixture's last text.
+    let raw = std::fs::read_to_string(&wiki).unwrap();
+    let head: String = raw.split_inclusive('\n').take(4).collect();
+    std::fs::write(dir.path().join("wiki.txt"), head).unwrap();
+    let file = dir.path().join("semantics.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+models:
+  stories: {s}/models/stories260K
+datasets:
+  wiki: {{path: {d}/wiki.txt, documents: lines}}
+stages:
+  base: {{kind: load, model: stories}}
+  hf5: {{kind: load, model: stories, tokenizer_semantics: transformers}}
+  pruned5: {{kind: prune, model: hf5, method: magnitude, sparsity: 0.5}}
+  ppl: {{kind: evaluate, model: base, task: perplexity, dataset: wiki, seqlen: 64}}
+  ppl5: {{kind: evaluate, model: hf5, task: perplexity, dataset: wiki, seqlen: 64}}
+  ppl-pruned5: {{kind: evaluate, model: pruned5, task: perplexity, dataset: wiki, seqlen: 64}}
+  table: {{kind: report, inputs: [ppl, ppl5], formats: [md]}}
+"#,
+            s = shared.display(),
+            d = dir.path().display()
+        ),
+    )
+    .unwrap();
+    let run = common::run_ok(&cache, &file);
+    let stories = fx["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "stories260K")
+        .unwrap();
+    let want = |key: &str| {
+        let last = stories["ids"].as_array().unwrap().last().unwrap();
+        last[key].as_array().unwrap().len() as u64
+    };
+    let stream = |instance: &str| {
+        common::entry_meta(&cache, &run, instance)["settings"]["stream_tokens"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(stream("ppl"), want("tokenizers"));
+    assert_eq!(stream("ppl5"), want("transformers"));
+    assert_eq!(stream("ppl-pruned5"), want("transformers"));
+    assert_ne!(want("tokenizers"), want("transformers"));
+
+    let base = common::entry_meta(&cache, &run, "base");
+    let hf5 = common::entry_meta(&cache, &run, "hf5");
+    assert_eq!(base["tokenizer"]["semantics"], "tokenizers");
+    assert_eq!(base["tokenizer"]["transformers_class"], Value::Null);
+    assert_eq!(hf5["tokenizer"]["semantics"], "transformers");
+    assert_eq!(hf5["tokenizer"]["transformers_class"], "LlamaTokenizerFast");
+    assert!(base["weights"].get("tokenizer_semantics").is_none());
+    assert_eq!(hf5["weights"]["tokenizer_semantics"], "transformers");
+    let config = blake3::hash(
+        &std::fs::read(shared.join("models/stories260K/tokenizer_config.json")).unwrap(),
+    );
+    assert_eq!(
+        hf5["weights"]["tokenizer_files"]["tokenizer_config.json"],
+        config.to_hex().as_str()
+    );
+    let pruned = common::entry_meta(&cache, &run, "pruned5");
+    assert_eq!(pruned["weights"]["tokenizer_semantics"], "transformers");
+    let content = |i: &str| common::entry(&cache, &run, i).content();
+    assert_ne!(content("base"), content("hf5"));
+
+    let rep = common::entry(&cache, &run, "table");
+    let prov: Value =
+        serde_json::from_slice(&std::fs::read(rep.path("provenance.json")).unwrap()).unwrap();
+    let semantics: Vec<&str> = prov["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["tokenizer_semantics"].as_str().unwrap())
+        .collect();
+    assert_eq!(semantics.len(), 2);
+    assert!(semantics.contains(&"tokenizers") && semantics.contains(&"transformers"));
+    let md = std::fs::read_dir(rep.path(""))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "md"))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .expect("a Markdown table");
+    assert!(md.contains("(transformers semantics)"), "{md}");
+}
