@@ -1575,7 +1575,7 @@ stages:
     let weights = entry_content(&cache, &run, "base");
     assert_eq!(
         prov["models"],
-        serde_json::json!([{"name": "base", "weights": weights}])
+        serde_json::json!([{"name": "base", "weights": weights, "tokenizer_semantics": "tokenizers"}])
     );
     // Built from a checkout: the version names the commit.
     let git = std::process::Command::new("git")
