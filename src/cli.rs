@@ -1,5 +1,18 @@
 //! Command-line interface: parses arguments, calls the library, prints, and picks the exit code.
 
+/// `println!` that a closed stdout cannot crash (see [`out`]).
+macro_rules! outln {
+    () => { $crate::cli::out::write(format_args!("\n")) };
+    ($($t:tt)*) => { $crate::cli::out::write(format_args!("{}\n", format_args!($($t)*))) };
+}
+/// `print!` that a closed stdout cannot crash.
+macro_rules! out {
+    ($($t:tt)*) => { $crate::cli::out::write(format_args!($($t)*)) };
+}
+
+mod exit;
+pub mod out;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,11 +27,15 @@ use crate::pipeline::spec::StageSpec;
 use crate::plan::{self, Format, History, Plan, Status};
 use crate::report::ReportError;
 
+pub use exit::{outcome_of, Outcome, EXIT_CODES};
+use exit::{Invalid, Usage};
+
 #[derive(Parser, Debug)]
 #[command(
     name = "whittle",
     version,
-    about = "Declarative LLM-compression experiments: YAML pipelines, a DAG scheduler, a content-addressed cache"
+    about = "Declarative LLM-compression experiments: YAML pipelines, a DAG scheduler, a content-addressed cache",
+    after_help = EXIT_CODES
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -32,16 +49,36 @@ pub struct Cli {
     /// No progress bars.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Where `run` and `report` copy reports: DIR/<pipeline>/<stage>/ (default: `reports/` at
+    /// the root of the repository holding the pipeline).
+    #[arg(long, global = true, value_name = "DIR", env = "WHITTLE_REPORTS_DIR")]
+    pub reports_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run a pipeline: every stage not already in the cache.
+    /// Run a pipeline: every stage not already in the cache (or only the targets named, and
+    /// what they need).
+    #[command(after_help = EXIT_CODES)]
     Run {
         file: PathBuf,
-        /// Stages running at once.
-        #[arg(short, long, default_value_t = 1)]
-        jobs: usize,
+        /// Run only these stages or instances (`ppl[sparsity=0.5]`) and the stages they need.
+        #[arg(value_name = "STAGE")]
+        targets: Vec<String>,
+        /// Same as naming targets after the file (repeatable, or comma-separated).
+        #[arg(long, value_name = "STAGE", value_delimiter = ',')]
+        only: Vec<String>,
+        /// Recompute these stages or instances even if cached; stages below them rerun only
+        /// if the recomputed output differs.
+        #[arg(long, value_name = "STAGE", value_delimiter = ',')]
+        force: Vec<String>,
+        /// Print the plan (what would run and why) and stop; nothing runs or is written.
+        #[arg(short = 'n', long)]
+        dry_run: bool,
+        /// Stages running at once (default: one per device in `--devices`; each device's
+        /// memory still limits what shares it).
+        #[arg(short, long)]
+        jobs: Option<usize>,
         /// Devices to run on, e.g. `cpu` or `cpu,cuda:0,cuda:1` (CUDA needs `--features cuda`).
         #[arg(long, value_delimiter = ',', default_value = "cpu")]
         devices: Vec<String>,
@@ -57,6 +94,13 @@ pub enum Command {
     },
     /// Summarize, per stage, how many instances are cached.
     Status { file: PathBuf },
+    /// Print the results the cache holds for the pipeline's evaluate stages: one row per
+    /// instance, its sweep axes and its metrics (`pending` where not computed yet); runs nothing.
+    Show {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value = "table")]
+        format: crate::report::show::ShowFormat,
+    },
     /// Explain why a stage (name or instance label) would run: what changed in its key.
     Why { file: PathBuf, stage: String },
     /// Write a cached weights stage (load, prune or quantize) as a Hugging Face model folder.
@@ -99,42 +143,24 @@ pub enum Command {
     },
 }
 
-/// What the process reports to its caller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Success,
-    /// The run finished but some stage failed.
-    StageFailed,
-    /// The pipeline or the arguments are wrong; nothing ran.
-    Usage,
-    Interrupted,
-}
-
-impl From<Outcome> for ExitCode {
-    fn from(o: Outcome) -> ExitCode {
-        ExitCode::from(match o {
-            Outcome::Success => 0,
-            Outcome::StageFailed => 1,
-            Outcome::Usage => 2,
-            Outcome::Interrupted => 130,
-        })
-    }
-}
-
-/// A pipeline that failed validation: already printed, exit 2.
-#[derive(Debug, thiserror::Error)]
-#[error("the pipeline has errors")]
-struct Invalid;
-
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
-        Ok(o) => o.into(),
-        Err(e) if e.is::<Invalid>() => Outcome::Usage.into(),
+    let outcome = match run(cli) {
+        Ok(o) => o,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            Outcome::Usage.into()
+            if !e.is::<Invalid>() {
+                eprintln!("error: {}", exit::describe(&e));
+            }
+            outcome_of(&e)
         }
+    };
+    out::flush();
+    match out::failure() {
+        Some(e) if outcome == Outcome::Success => {
+            eprintln!("error: writing to standard output: {e}");
+            Outcome::Failed.into()
+        }
+        _ => outcome.into(),
     }
 }
 
@@ -142,6 +168,10 @@ pub fn run(cli: Cli) -> Result<Outcome> {
     match &cli.command {
         Command::Run {
             file,
+            targets,
+            only,
+            force,
+            dry_run,
             jobs,
             devices,
             keep_going,
@@ -151,21 +181,36 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                 .map(|d| DeviceKind::parse(d))
                 .collect::<Result<Vec<_>, _>>()?;
             let opts = RunOptions {
-                jobs: *jobs,
+                jobs: jobs.unwrap_or_else(|| crate::exec::default_jobs(&devices)),
                 devices,
                 keep_going: *keep_going,
                 progress: !cli.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
             };
-            cmd_run(&cli, file, &opts)
+            let targets: Vec<String> = targets.iter().chain(only).cloned().collect();
+            let sel = Selection {
+                targets: &targets,
+                force,
+            };
+            if *dry_run {
+                return cmd_dry_run(&cli, file, &sel);
+            }
+            cmd_run(&cli, file, &opts, &sel)
         }
         Command::Plan { file, format } => {
             let (cache, plan) = open(&cli, file)?;
             let history = History::load(&cache, &plan.pipeline.path.display().to_string());
             let statuses = plan::resolve(&plan, &cache, &history)?;
-            print!("{}", plan::render(&plan, &statuses, *format));
+            out!("{}", plan::render(&plan, &statuses, *format));
             Ok(Outcome::Success)
         }
         Command::Status { file } => cmd_status(&cli, file),
+        Command::Show { file, format } => {
+            let (cache, plan) = open_read_only(&cli, file)?;
+            let history = History::load(&cache, &plan.pipeline.path.display().to_string());
+            let statuses = plan::resolve(&plan, &cache, &history)?;
+            out!("{}", crate::report::show::render(&plan, &statuses, *format));
+            Ok(Outcome::Success)
+        }
         Command::Why { file, stage } => cmd_why(&cli, file, stage),
         Command::Export { file, stage, out } => cmd_export(&cli, file, stage, out),
         Command::Report { file, out } => cmd_report(&cli, file, out.as_deref()),
@@ -186,7 +231,7 @@ fn cmd_synth(out: &Path, seed: u64) -> Result<Outcome> {
     };
     let corpus = crate::train::synth::generate(&cfg)?;
     corpus.write(out)?;
-    println!(
+    outln!(
         "wrote {} training and {} held-out documents, {} facts on {} people to {}",
         corpus.train.len(),
         corpus.heldout.len(),
@@ -226,14 +271,82 @@ fn load_pipeline(file: &Path) -> Result<crate::pipeline::spec::Pipeline> {
 }
 
 fn open(cli: &Cli, file: &Path) -> Result<(Cache, Plan)> {
+    open_with(cli, file, true)
+}
+
+/// As [`open`], without saving the file-hash memo (for commands that must not write).
+fn open_read_only(cli: &Cli, file: &Path) -> Result<(Cache, Plan)> {
+    open_with(cli, file, false)
+}
+
+fn open_with(cli: &Cli, file: &Path, save_hashes: bool) -> Result<(Cache, Plan)> {
     let pipeline = load_pipeline(file)?;
     let dir = cache_dir(cli, file);
     let cache =
         Cache::open(&dir).with_context(|| format!("opening the cache at {}", dir.display()))?;
     let hasher = FileHasher::load(&cache)?;
     let plan = plan::build(pipeline, &hasher)?;
-    hasher.save()?;
+    if save_hashes {
+        hasher.save()?;
+    }
     Ok((cache, plan))
+}
+
+/// What `run` was asked to do besides "everything": targets, and stages to recompute.
+struct Selection<'a> {
+    targets: &'a [String],
+    force: &'a [String],
+}
+
+/// The nodes each name selects; an unknown name is a usage error naming the stages there are.
+fn select(plan: &Plan, names: &[String], file: &Path) -> Result<Vec<plan::NodeId>> {
+    let mut ids = Vec::new();
+    for name in names {
+        let found = plan.find(name);
+        if found.is_empty() {
+            let hint = crate::pipeline::diag::suggest(
+                name.split('[').next().unwrap_or(name),
+                plan.pipeline.stages.iter().map(|s| s.name.as_str()),
+            );
+            return Err(Usage(format!(
+                "no stage or instance `{name}` in {}{hint}",
+                file.display()
+            ))
+            .into());
+        }
+        ids.extend(found);
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
+/// The plan restricted to the targets (all of it when none are named).
+fn selected(plan: Plan, sel: &Selection, file: &Path) -> Result<Plan> {
+    if sel.targets.is_empty() {
+        return Ok(plan);
+    }
+    let ids = select(&plan, sel.targets, file)?;
+    Ok(plan::restrict(plan, &ids))
+}
+
+/// `run --dry-run`: the plan of what `run` would do, with `--force` applied; writes nothing.
+fn cmd_dry_run(cli: &Cli, file: &Path, sel: &Selection) -> Result<Outcome> {
+    let (cache, plan) = open_read_only(cli, file)?;
+    let plan = selected(plan, sel, file)?;
+    let forced = select(&plan, sel.force, file)?;
+    let history = History::load(&cache, &plan.pipeline.path.display().to_string());
+    let mut statuses = plan::resolve(&plan, &cache, &history)?;
+    for &i in &forced {
+        if let Status::Cached { key_inputs, .. } = &statuses[i] {
+            statuses[i] = Status::Run {
+                key_inputs: Some(key_inputs.clone()),
+                reason: plan::Reason::Forced,
+            };
+        }
+    }
+    out!("{}", plan::render(&plan, &statuses, Format::Text));
+    Ok(Outcome::Success)
 }
 
 fn init_tracing(cli: &Cli, log_file: &Path) -> Result<()> {
@@ -264,9 +377,15 @@ fn init_tracing(cli: &Cli, log_file: &Path) -> Result<()> {
     Ok(())
 }
 
-fn cmd_run(cli: &Cli, file: &Path, opts: &RunOptions) -> Result<Outcome> {
+fn cmd_run(cli: &Cli, file: &Path, opts: &RunOptions, sel: &Selection) -> Result<Outcome> {
     let started = std::time::Instant::now();
     let (cache, plan) = open(cli, file)?;
+    let plan = selected(plan, sel, file)?;
+    let forced = select(&plan, sel.force, file)?;
+    if !forced.is_empty() {
+        let history = History::load(&cache, &plan.pipeline.path.display().to_string());
+        crate::exec::force(&plan, &cache, &history, &forced)?;
+    }
     let record = RunRecord::start(
         plan.pipeline.path.display().to_string(),
         plan.pipeline.source_digest,
@@ -302,14 +421,14 @@ fn cmd_run(cli: &Cli, file: &Path, opts: &RunOptions) -> Result<Outcome> {
         let rec = &summary.record.stages[i];
         let Some(key) = rec.key else { continue };
         if let crate::cache::Lookup::Hit(entry) = cache.lookup(&key)? {
-            let out_dir = report_dir(&plan, &node.stage);
+            let out_dir = report_dir(cli, &plan, &node.stage);
             let text = std::fs::read_to_string(entry.path(crate::stages::REPORT_TEXT_FILE))
                 .unwrap_or_default();
-            println!("\n{}  ({})\n{text}", node.label, out_dir.display());
+            outln!("\n{}  ({})\n{text}", node.label, out_dir.display());
             copy_reports(&entry, &out_dir)?;
         }
     }
-    println!(
+    outln!(
         "{} stages: {ran} ran, {cached} cached, {failed} failed, {skipped} skipped{} in {:.1}s (run {})",
         plan.nodes.len(),
         if cancelled > 0 { format!(", {cancelled} cancelled") } else { String::new() },
@@ -317,7 +436,7 @@ fn cmd_run(cli: &Cli, file: &Path, opts: &RunOptions) -> Result<Outcome> {
         summary.record.run_id,
     );
     for f in &summary.failures {
-        println!(
+        outln!(
             "  failed: {}: {}\n          log: {}",
             f.label,
             f.error,
@@ -327,21 +446,25 @@ fn cmd_run(cli: &Cli, file: &Path, opts: &RunOptions) -> Result<Outcome> {
     Ok(if summary.interrupted {
         Outcome::Interrupted
     } else if failed > 0 {
-        Outcome::StageFailed
+        Outcome::Failed
     } else {
         Outcome::Success
     })
 }
 
 /// Reports are copied out of the cache to `reports/<pipeline>/<stage>/` at the root of the
-/// repository holding the pipeline (or the current directory).
-fn report_dir(plan: &Plan, stage: &str) -> PathBuf {
-    let start = plan.pipeline.path.parent().unwrap_or(Path::new("."));
-    let root = default_cache_dir(start)
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    root.join("reports").join(&plan.pipeline.name).join(stage)
+/// repository holding the pipeline (or the current directory), or under `--reports-dir`.
+/// Both names were checked to be plain folder names, so this stays inside that folder.
+fn report_dir(cli: &Cli, plan: &Plan, stage: &str) -> PathBuf {
+    let root = cli.reports_dir.clone().unwrap_or_else(|| {
+        let start = plan.pipeline.path.parent().unwrap_or(Path::new("."));
+        default_cache_dir(start)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+            .join("reports")
+    });
+    root.join(&plan.pipeline.name).join(stage)
 }
 
 fn copy_reports(entry: &crate::cache::Entry, out: &Path) -> Result<()> {
@@ -386,10 +509,11 @@ fn cmd_report(cli: &Cli, file: &Path, out: Option<&Path>) -> Result<Outcome> {
         .filter(|&i| matches!(plan.nodes[i].spec, StageSpec::Report(_)))
         .collect();
     if reports.is_empty() {
-        anyhow::bail!(
+        return Err(Usage(format!(
             "{} has no report stage: add one, e.g. `table: {{kind: report, inputs: [<stage>, …]}}`",
             file.display()
-        );
+        ))
+        .into());
     }
     let pipeline = plan.pipeline.path.display().to_string();
     let history = History::load(&cache, &pipeline);
@@ -410,14 +534,14 @@ fn cmd_report(cli: &Cli, file: &Path, out: Option<&Path>) -> Result<Outcome> {
         let rendered = render(&data, spec)?;
         let dir = match out {
             Some(d) => d.join(&node.stage),
-            None => report_dir(&plan, &node.stage),
+            None => report_dir(cli, &plan, &node.stage),
         };
         rendered.publish(&dir)?;
-        println!("\n{}  ({})\n{}", node.label, dir.display(), rendered.text);
+        outln!("\n{}  ({})\n{}", node.label, dir.display(), rendered.text);
         missing += data.provenance.points.missing();
     }
     if missing > 0 {
-        println!(
+        outln!(
             "{missing} points missing; `whittle run {}` computes what is pending",
             file.display()
         );
@@ -447,8 +571,8 @@ fn cmd_status(cli: &Cli, file: &Path) -> Result<Outcome> {
             Cell::Int((ids.len() - cached) as i64),
         ]);
     }
-    println!("{}", plan.pipeline.path.display());
-    print!("{}", table.to_text());
+    outln!("{}", plan.pipeline.path.display());
+    out!("{}", table.to_text());
     match cache.last_run_for(&pipeline) {
         Some(run) => {
             let failed = run
@@ -456,7 +580,7 @@ fn cmd_status(cli: &Cli, file: &Path) -> Result<Outcome> {
                 .iter()
                 .filter(|s| s.status == StageStatus::Failed)
                 .count();
-            println!(
+            outln!(
                 "last run {} started {}{}",
                 run.run_id,
                 run.started,
@@ -467,7 +591,7 @@ fn cmd_status(cli: &Cli, file: &Path) -> Result<Outcome> {
                 }
             );
         }
-        None => println!("never run with this cache ({})", cache.root().display()),
+        None => outln!("never run with this cache ({})", cache.root().display()),
     }
     Ok(Outcome::Success)
 }
@@ -475,7 +599,7 @@ fn cmd_status(cli: &Cli, file: &Path) -> Result<Outcome> {
 fn cmd_export(cli: &Cli, file: &Path, stage: &str, out: &Path) -> Result<Outcome> {
     let (cache, plan) = open(cli, file)?;
     let e = crate::stages::export::export(&plan, &cache, stage, out)?;
-    println!(
+    outln!(
         "exported {} to {}: {} tensors in {}, {:.1} MB{}",
         e.label,
         e.dir.display(),
@@ -485,10 +609,10 @@ fn cmd_export(cli: &Cli, file: &Path, stage: &str, out: &Path) -> Result<Outcome
         if e.untied { ", LM head untied" } else { "" }
     );
     if let Some(note) = &e.dtype_note {
-        println!("note: {note}");
+        outln!("note: {note}");
     }
     if e.int8_linears > 0 {
-        println!(
+        outln!(
             "note: {} linears run as dynamic int8 in whittle; the folder holds their dequantized \
              weights, which transformers runs in floating point",
             e.int8_linears
@@ -512,7 +636,11 @@ fn cmd_why(cli: &Cli, file: &Path, stage: &str) -> Result<Outcome> {
             .min_by_key(|n| strsim::levenshtein(n, stage))
             .map(|n| format!("; did you mean `{n}`?"))
             .unwrap_or_default();
-        anyhow::bail!("no stage or instance `{stage}` in {}{hint}", file.display());
+        return Err(Usage(format!(
+            "no stage or instance `{stage}` in {}{hint}",
+            file.display()
+        ))
+        .into());
     }
     let pipeline = plan.pipeline.path.display().to_string();
     let history = History::load(&cache, &pipeline);
@@ -520,7 +648,7 @@ fn cmd_why(cli: &Cli, file: &Path, stage: &str) -> Result<Outcome> {
     for i in ids {
         let node = &plan.nodes[i];
         match &statuses[i] {
-            Status::Cached { entry, .. } => println!(
+            Status::Cached { entry, .. } => outln!(
                 "{}: cached (key {}, computed {} in {:.1}s)",
                 node.label,
                 entry.manifest().key.short(),
@@ -531,7 +659,7 @@ fn cmd_why(cli: &Cli, file: &Path, stage: &str) -> Result<Outcome> {
                 let key = key_inputs
                     .as_ref()
                     .map_or("pending".to_string(), |k| k.digest().short());
-                println!("{}: will run (key {key}): {reason}", node.label);
+                outln!("{}: will run (key {key}): {reason}", node.label);
                 if let plan::Reason::Upstream(_) = reason {
                     // Say what changed at the root of it.
                     for a in plan::ancestors(&plan, &[i]) {
@@ -540,7 +668,7 @@ fn cmd_why(cli: &Cli, file: &Path, stage: &str) -> Result<Outcome> {
                             key_inputs: Some(_),
                         } = &statuses[a]
                         {
-                            println!("  because {}: {reason}", plan.nodes[a].label);
+                            outln!("  because {}: {reason}", plan.nodes[a].label);
                         }
                     }
                 }
@@ -560,9 +688,10 @@ fn parse_older_than(s: &str) -> Result<jiff::Timestamp> {
     if let Ok(span) = s.parse::<jiff::Span>() {
         return Ok(jiff::Zoned::now().checked_sub(span)?.timestamp());
     }
-    anyhow::bail!(
+    Err(Usage(format!(
         "--older-than `{s}`: expected a date (2026-11-01), a timestamp, or a span (7d, 12h)"
-    )
+    ))
+    .into())
 }
 
 fn cmd_gc(
@@ -597,7 +726,7 @@ fn cmd_gc(
         Some(keep)
     };
     if keep.is_none() && older_than.is_none() {
-        println!("no pipeline and no --older-than given: only cleaning unfinished writes");
+        outln!("no pipeline and no --older-than given: only cleaning unfinished writes");
     }
     let report = cache.gc(GcOptions {
         keep,
@@ -605,7 +734,7 @@ fn cmd_gc(
         dry_run,
     })?;
     let verb = if dry_run { "would remove" } else { "removed" };
-    println!(
+    outln!(
         "{verb} {} entries ({:.1} MB), kept {}; cleaned {} unfinished writes",
         report.removed.len(),
         report.freed_bytes as f64 / 1e6,
