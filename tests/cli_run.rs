@@ -294,3 +294,81 @@ fn report_into_a_closed_pipe_exits_quietly() {
     // It still did its work.
     assert!(tmp.path().join("a/b/repo/reports/small/table").is_dir());
 }
+
+/// stories260K copied into `dir`, with `tokenizer.json` replaced when given.
+fn model_copy(shared: &Path, dir: &Path, tokenizer: Option<&str>) {
+    std::fs::create_dir_all(dir).unwrap();
+    for f in ["config.json", "tokenizer.json", "model.safetensors"] {
+        std::fs::copy(shared.join("models/stories260K").join(f), dir.join(f)).unwrap();
+    }
+    if let Some(t) = tokenizer {
+        std::fs::write(dir.join("tokenizer.json"), t).unwrap();
+    }
+}
+
+#[test]
+fn a_tokenizer_that_does_not_parse_fails_load_and_is_not_cached() {
+    let shared = require_shared!("models/stories260K");
+    let shared = shared.parent().unwrap().parent().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("m");
+    model_copy(shared, &model, Some("{\"version\": oops"));
+    let file = tmp.path().join("p.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "models:\n  m: {}\nstages:\n  base: {{kind: load, model: m}}\n",
+            model.display()
+        ),
+    )
+    .unwrap();
+    let cache = tmp.path().join("cache");
+    let out = whittle(&cache, &["run", arg(&file)]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(arg(&model.join("tokenizer.json"))),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(Cache::open(&cache).unwrap().entries().unwrap().count(), 0);
+}
+
+#[test]
+fn an_empty_or_short_dataset_names_the_file_and_the_reason() {
+    let shared = require_shared!("models/stories260K");
+    let shared = shared.parent().unwrap().parent().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let empty = tmp.path().join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    let short = tmp.path().join("short.txt");
+    std::fs::write(&short, "Once upon a time.").unwrap();
+    let file = tmp.path().join("p.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "models:\n  m: {s}/models/stories260K\ndatasets:\n  empty: {{path: {e}, documents: separator, separator: \"<|endoftext|>\"}}\n  short: {h}\nstages:\n  base: {{kind: load, model: m}}\n  a: {{kind: evaluate, model: base, task: perplexity, dataset: empty, seqlen: 32}}\n  b: {{kind: evaluate, model: base, task: perplexity, dataset: short, seqlen: 32}}\n",
+            s = shared.display(),
+            e = empty.display(),
+            h = short.display()
+        ),
+    )
+    .unwrap();
+    let cache = tmp.path().join("cache");
+    let out = whittle(&cache, &["run", arg(&file), "--keep-going"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let all = text(&out);
+    let line = |label: &str| {
+        all.lines()
+            .find(|l| l.contains(&format!("failed: {label}:")))
+            .unwrap_or_else(|| panic!("no failure of {label}: {all}"))
+            .to_string()
+    };
+    let a = line("a");
+    assert!(
+        a.contains(arg(&empty)) && a.contains("holds no documents"),
+        "{a}"
+    );
+    let b = line("b");
+    assert!(b.contains(arg(&short)), "{b}");
+    assert!(b.contains("too few for one window of seqlen = 32"), "{b}");
+}

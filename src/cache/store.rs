@@ -248,13 +248,12 @@ impl Cache {
     pub fn set_aside(&self, entry: &Entry, reason: &str) -> Result<(), CacheError> {
         let key = entry.manifest().key;
         let dir = self.entry_dir(&key);
-        if dir.exists() && move_to_quarantine(&self.quarantine_dir(), &dir, &key, reason).is_none()
-        {
-            if dir.exists() {
-                return Err(CacheError::write("move aside", &dir)(
-                    std::io::Error::other("rename into the quarantine failed"),
-                ));
-            }
+        let moved = !dir.exists()
+            || move_to_quarantine(&self.quarantine_dir(), &dir, &key, reason).is_some();
+        if !moved && dir.exists() {
+            return Err(CacheError::write("move aside", &dir)(
+                std::io::Error::other("rename into the quarantine failed"),
+            ));
         }
         Ok(())
     }

@@ -83,3 +83,34 @@ pub fn describe(e: &anyhow::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("stage `base`: {source}")]
+    struct Quoting {
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn a_message_quoting_its_cause_is_printed_once() {
+        let e = anyhow::Error::new(Quoting {
+            source: std::io::Error::other("no weights in m"),
+        });
+        assert_eq!(describe(&e), "stage `base`: no weights in m");
+        let e = anyhow::Error::new(std::io::Error::other("disk full")).context("writing x");
+        assert_eq!(describe(&e), "writing x: disk full");
+    }
+
+    #[test]
+    fn io_failures_exit_1_and_caller_mistakes_exit_2() {
+        let io = anyhow::Error::new(std::io::Error::from_raw_os_error(28)).context("writing x");
+        assert_eq!(outcome_of(&io), Outcome::Failed);
+        assert_eq!(outcome_of(&anyhow::Error::new(Invalid)), Outcome::Usage);
+        assert_eq!(outcome_of(&Usage("no stage".into()).into()), Outcome::Usage);
+        let dev = DeviceError::Unknown("tpu".into());
+        assert_eq!(outcome_of(&dev.into()), Outcome::Usage);
+    }
+}

@@ -1,7 +1,7 @@
 //! Standard output that a departing reader cannot crash: after `whittle report p.yaml | head`,
-//! `println!` would panic on EPIPE. Here a broken pipe silently ends the output (the command still
-//! finishes its work, e.g. writes its reports, and exits 0, as `cat` and `ls` do for the reader's
-//! sake); any other write error is kept, and turns a success into exit 1 at the end.
+//! `println!` would panic on EPIPE. Here a broken pipe silently ends the output; the command
+//! still finishes its work (a run is not cut short, reports are still written) and keeps its exit
+//! code. Any other write error is kept, and turns a success into exit 1 at the end.
 
 use std::fmt;
 use std::io::{ErrorKind, Write};

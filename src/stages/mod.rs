@@ -78,7 +78,7 @@ pub enum StageError {
     TensorFile {
         action: &'static str,
         path: PathBuf,
-        source: candle_core::Error,
+        source: Box<candle_core::Error>,
     },
     #[error("{0}")]
     Invalid(String),
@@ -94,7 +94,7 @@ pub fn read_tensors(
     candle_core::safetensors::load(path, device).map_err(|source| StageError::TensorFile {
         action: "reading",
         path: path.to_path_buf(),
-        source,
+        source: Box::new(source),
     })
 }
 
@@ -106,7 +106,7 @@ pub fn write_tensors(
     candle_core::safetensors::save(tensors, path).map_err(|source| StageError::TensorFile {
         action: "writing",
         path: path.to_path_buf(),
-        source,
+        source: Box::new(source),
     })
 }
 
