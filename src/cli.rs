@@ -65,12 +65,12 @@ pub enum Command {
         /// Run only these stages or instances (`ppl[sparsity=0.5]`) and the stages they need.
         #[arg(value_name = "STAGE")]
         targets: Vec<String>,
-        /// Same as naming targets after the file (repeatable, or comma-separated).
-        #[arg(long, value_name = "STAGE", value_delimiter = ',')]
+        /// Same as naming targets after the file (repeatable; labels hold commas, so one per flag).
+        #[arg(long, value_name = "STAGE")]
         only: Vec<String>,
         /// Recompute these stages or instances even if cached; stages below them rerun only
-        /// if the recomputed output differs.
-        #[arg(long, value_name = "STAGE", value_delimiter = ',')]
+        /// if the recomputed output differs (repeatable).
+        #[arg(long, value_name = "STAGE")]
         force: Vec<String>,
         /// Print the plan (what would run and why) and stop; nothing runs or is written.
         #[arg(short = 'n', long)]

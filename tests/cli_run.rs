@@ -213,6 +213,36 @@ fn run_targets_dry_run_force_show_and_reports_dir() {
         ]
     );
 
+    // Labels hold commas: `--only` and `--force` take one each, never split.
+    let out = whittle(
+        &cache,
+        &[
+            "run",
+            arg(&file),
+            "--only",
+            target,
+            "--force",
+            "pruned[sparsity=0.25,method=magnitude]",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let mut got = ran(&cache);
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        got,
+        [
+            ("base".to_string(), StageStatus::Cached),
+            (
+                "ppl[method=magnitude,sparsity=0.25]".to_string(),
+                StageStatus::Cached
+            ),
+            (
+                "pruned[method=magnitude,sparsity=0.25]".to_string(),
+                StageStatus::Ran
+            ),
+        ]
+    );
+
     // Reports go where asked.
     let reports = tmp.path().join("elsewhere");
     let out = whittle(

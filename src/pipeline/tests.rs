@@ -1069,6 +1069,13 @@ fn pipeline_name_cannot_leave_the_reports_folder() {
         "name: wanda.v2_sweep-1\n{HEAD}stages:\n  base: {{kind: load, model: tiny}}\n"
     ));
     assert_eq!(p.name, "wanda.v2_sweep-1");
+    // Stage, table and plot names become paths too (`reports/<pipeline>/<stage>/<table>.md`).
+    let d = errs(&format!(
+        "{HEAD}stages:\n  base: {{kind: load, model: tiny}}\n  ppl: {{kind: evaluate, model: base, task: perplexity, dataset: wiki}}\n  \"../up\": {{kind: report, inputs: [ppl], tables: [{{name: ../t}}], plots: [{{name: /p, x: ppl.ppl, y: ppl.ppl}}]}}\n"
+    ));
+    for frag in ["stage name `../up`", "table name `../t`", "plot name `/p`"] {
+        assert!(d.iter().any(|x| x.message.contains(frag)), "{frag}: {d}");
+    }
 }
 
 /// Without `name:`, the file stem is the name: `...yaml` would name `reports/..`.
