@@ -648,6 +648,18 @@ mod tests {
     }
 
     #[test]
+    fn unknown_axis_help_never_ends_in_an_empty_list() {
+        let mut sink = Sink::new(PathBuf::from("t.yaml"), "");
+        let src = "sweep:\n  exclude: [{m: a}]\n";
+        let root = super::super::yaml::parse(src, &mut sink).unwrap();
+        parse(Some(&root.as_map().unwrap()[0].1), &mut sink);
+        let d = sink.finish();
+        let help = d.0[0].help.clone().unwrap();
+        assert!(!help.trim_end().ends_with(':'), "{help}");
+        assert!(help.contains("no axes are declared"), "{help}");
+    }
+
+    #[test]
     fn excluding_everything_is_an_error() {
         let (s, d) = expand("sweep:\n  grid: {m: [a, b]}\n  exclude: [{m: a}, {m: b}]\n");
         assert!(s.points.is_empty());
