@@ -1,5 +1,18 @@
 //! Command-line interface: parses arguments, calls the library, prints, and picks the exit code.
 
+/// `println!` that a closed stdout cannot crash (see [`out`]).
+macro_rules! outln {
+    () => { $crate::cli::out::write(format_args!("\n")) };
+    ($($t:tt)*) => { $crate::cli::out::write(format_args!("{}\n", format_args!($($t)*))) };
+}
+/// `print!` that a closed stdout cannot crash.
+macro_rules! out {
+    ($($t:tt)*) => { $crate::cli::out::write(format_args!($($t)*)) };
+}
+
+mod exit;
+pub mod out;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,11 +27,15 @@ use crate::pipeline::spec::StageSpec;
 use crate::plan::{self, Format, History, Plan, Status};
 use crate::report::ReportError;
 
+pub use exit::{outcome_of, Outcome, EXIT_CODES};
+use exit::{Invalid, Usage};
+
 #[derive(Parser, Debug)]
 #[command(
     name = "whittle",
     version,
-    about = "Declarative LLM-compression experiments: YAML pipelines, a DAG scheduler, a content-addressed cache"
+    about = "Declarative LLM-compression experiments: YAML pipelines, a DAG scheduler, a content-addressed cache",
+    after_help = EXIT_CODES
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -32,16 +49,36 @@ pub struct Cli {
     /// No progress bars.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Where `run` and `report` copy reports: DIR/<pipeline>/<stage>/ (default: `reports/` at
+    /// the root of the repository holding the pipeline).
+    #[arg(long, global = true, value_name = "DIR", env = "WHITTLE_REPORTS_DIR")]
+    pub reports_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run a pipeline: every stage not already in the cache.
+    /// Run a pipeline: every stage not already in the cache (or only the targets named, and
+    /// what they need).
+    #[command(after_help = EXIT_CODES)]
     Run {
         file: PathBuf,
-        /// Stages running at once.
-        #[arg(short, long, default_value_t = 1)]
-        jobs: usize,
+        /// Run only these stages or instances (`ppl[sparsity=0.5]`) and the stages they need.
+        #[arg(value_name = "STAGE")]
+        targets: Vec<String>,
+        /// Same as naming targets after the file (repeatable; labels hold commas, so one per flag).
+        #[arg(long, value_name = "STAGE")]
+        only: Vec<String>,
+        /// Recompute these stages or instances even if cached; stages below them rerun only
+        /// if the recomputed output differs (repeatable).
+        #[arg(long, value_name = "STAGE")]
+        force: Vec<String>,
+        /// Print the plan (what would run and why) and stop; nothing runs or is written.
+        #[arg(short = 'n', long)]
+        dry_run: bool,
+        /// Stages running at once (default: one per device in `--devices`; each device's
+        /// memory still limits what shares it).
+        #[arg(short, long)]
+        jobs: Option<usize>,
         /// Devices to run on, e.g. `cpu` or `cpu,cuda:0,cuda:1` (CUDA needs `--features cuda`).
         #[arg(long, value_delimiter = ',', default_value = "cpu")]
         devices: Vec<String>,
@@ -60,6 +97,13 @@ pub enum Command {
         file: PathBuf,
         #[arg(long, value_enum, default_value = "text")]
         format: plan::StatusFormat,
+    },
+    /// Print the results the cache holds for the pipeline's evaluate stages: one row per
+    /// instance, its sweep axes and its metrics (`pending` where not computed yet); runs nothing.
+    Show {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value = "table")]
+        format: crate::report::show::ShowFormat,
     },
     /// Explain why a stage (name or instance label) would run: what changed in its key.
     Why { file: PathBuf, stage: String },
@@ -110,42 +154,24 @@ pub enum Command {
     },
 }
 
-/// What the process reports to its caller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Success,
-    /// The run finished but some stage failed.
-    StageFailed,
-    /// The pipeline or the arguments are wrong; nothing ran.
-    Usage,
-    Interrupted,
-}
-
-impl From<Outcome> for ExitCode {
-    fn from(o: Outcome) -> ExitCode {
-        ExitCode::from(match o {
-            Outcome::Success => 0,
-            Outcome::StageFailed => 1,
-            Outcome::Usage => 2,
-            Outcome::Interrupted => 130,
-        })
-    }
-}
-
-/// A pipeline that failed validation: already printed, exit 2.
-#[derive(Debug, thiserror::Error)]
-#[error("the pipeline has errors")]
-struct Invalid;
-
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
-        Ok(o) => o.into(),
-        Err(e) if e.is::<Invalid>() => Outcome::Usage.into(),
+    let outcome = match run(cli) {
+        Ok(o) => o,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            Outcome::Usage.into()
+            if !e.is::<Invalid>() {
+                eprintln!("error: {}", exit::describe(&e));
+            }
+            outcome_of(&e)
         }
+    };
+    out::flush();
+    match out::failure() {
+        Some(e) if outcome == Outcome::Success => {
+            eprintln!("error: writing to standard output: {e}");
+            Outcome::Failed.into()
+        }
+        _ => outcome.into(),
     }
 }
 
@@ -153,6 +179,10 @@ pub fn run(cli: Cli) -> Result<Outcome> {
     match &cli.command {
         Command::Run {
             file,
+            targets,
+            only,
+            force,
+            dry_run,
             jobs,
             devices,
             keep_going,
@@ -162,21 +192,36 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                 .map(|d| DeviceKind::parse(d))
                 .collect::<Result<Vec<_>, _>>()?;
             let opts = RunOptions {
-                jobs: *jobs,
+                jobs: jobs.unwrap_or_else(|| crate::exec::default_jobs(&devices)),
                 devices,
                 keep_going: *keep_going,
                 progress: !cli.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
             };
-            cmd_run(&cli, file, &opts)
+            let targets: Vec<String> = targets.iter().chain(only).cloned().collect();
+            let sel = Selection {
+                targets: &targets,
+                force,
+            };
+            if *dry_run {
+                return cmd_dry_run(&cli, file, &sel);
+            }
+            cmd_run(&cli, file, &opts, &sel)
         }
         Command::Plan { file, format } => {
             let (cache, plan) = open_read_only(&cli, file)?;
             let history = History::load(&cache, &plan.pipeline.path.display().to_string());
             let statuses = plan::resolve(&plan, &cache, &history)?;
-            print!("{}", plan::render(&plan, &statuses, *format));
+            out!("{}", plan::render(&plan, &statuses, *format));
             Ok(Outcome::Success)
         }
         Command::Status { file, format } => cmd_status(&cli, file, *format),
+        Command::Show { file, format } => {
+            let (cache, plan) = open_read_only(&cli, file)?;
+            let history = History::load(&cache, &plan.pipeline.path.display().to_string());
+            let statuses = plan::resolve(&plan, &cache, &history)?;
+            out!("{}", crate::report::show::render(&plan, &statuses, *format));
+            Ok(Outcome::Success)
+        }
         Command::Why { file, stage } => cmd_why(&cli, file, stage),
         Command::Export { file, stage, out } => cmd_export(&cli, file, stage, out),
         Command::Report { file, out } => cmd_report(&cli, file, out.as_deref()),
@@ -198,7 +243,7 @@ fn cmd_synth(out: &Path, seed: u64) -> Result<Outcome> {
     };
     let corpus = crate::train::synth::generate(&cfg)?;
     corpus.write(out)?;
-    println!(
+    outln!(
         "wrote {} training and {} held-out documents, {} facts on {} people to {}",
         corpus.train.len(),
         corpus.heldout.len(),
@@ -256,6 +301,63 @@ fn open_read_only(cli: &Cli, file: &Path) -> Result<(Cache, Plan)> {
     Ok((cache, plan::build(pipeline, &hasher)?))
 }
 
+/// What `run` was asked to do besides "everything": targets, and stages to recompute.
+struct Selection<'a> {
+    targets: &'a [String],
+    force: &'a [String],
+}
+
+/// The nodes each name selects; an unknown name is a usage error naming the stages there are.
+fn select(plan: &Plan, names: &[String], file: &Path) -> Result<Vec<plan::NodeId>> {
+    let mut ids = Vec::new();
+    for name in names {
+        let found = plan.find(name);
+        if found.is_empty() {
+            let hint = crate::pipeline::diag::suggest(
+                name.split('[').next().unwrap_or(name),
+                plan.pipeline.stages.iter().map(|s| s.name.as_str()),
+            );
+            return Err(Usage(format!(
+                "no stage or instance `{name}` in {}{hint}",
+                file.display()
+            ))
+            .into());
+        }
+        ids.extend(found);
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
+/// The plan restricted to the targets (all of it when none are named).
+fn selected(plan: Plan, sel: &Selection, file: &Path) -> Result<Plan> {
+    if sel.targets.is_empty() {
+        return Ok(plan);
+    }
+    let ids = select(&plan, sel.targets, file)?;
+    Ok(plan::restrict(plan, &ids))
+}
+
+/// `run --dry-run`: the plan of what `run` would do, with `--force` applied; writes nothing.
+fn cmd_dry_run(cli: &Cli, file: &Path, sel: &Selection) -> Result<Outcome> {
+    let (cache, plan) = open_read_only(cli, file)?;
+    let plan = selected(plan, sel, file)?;
+    let forced = select(&plan, sel.force, file)?;
+    let history = History::load(&cache, &plan.pipeline.path.display().to_string());
+    let mut statuses = plan::resolve(&plan, &cache, &history)?;
+    for &i in &forced {
+        if let Status::Cached { key_inputs, .. } = &statuses[i] {
+            statuses[i] = Status::Run {
+                key_inputs: Some(key_inputs.clone()),
+                reason: plan::Reason::Forced,
+            };
+        }
+    }
+    out!("{}", plan::render(&plan, &statuses, Format::Text));
+    Ok(Outcome::Success)
+}
+
 fn init_tracing(cli: &Cli, log_file: &Path) -> Result<()> {
     use tracing_subscriber::prelude::*;
     use tracing_subscriber::{filter::LevelFilter, fmt};
@@ -284,9 +386,15 @@ fn init_tracing(cli: &Cli, log_file: &Path) -> Result<()> {
     Ok(())
 }
 
-fn cmd_run(cli: &Cli, file: &Path, opts: &RunOptions) -> Result<Outcome> {
+fn cmd_run(cli: &Cli, file: &Path, opts: &RunOptions, sel: &Selection) -> Result<Outcome> {
     let started = std::time::Instant::now();
     let (cache, plan) = open(cli, file)?;
+    let plan = selected(plan, sel, file)?;
+    let forced = select(&plan, sel.force, file)?;
+    if !forced.is_empty() {
+        let history = History::load(&cache, &plan.pipeline.path.display().to_string());
+        crate::exec::force(&plan, &cache, &history, &forced)?;
+    }
     let record = RunRecord::start(
         plan.pipeline.path.display().to_string(),
         plan.pipeline.source_digest,
@@ -322,15 +430,15 @@ fn cmd_run(cli: &Cli, file: &Path, opts: &RunOptions) -> Result<Outcome> {
         let rec = &summary.record.stages[i];
         let Some(key) = rec.key else { continue };
         if let crate::cache::Lookup::Hit(entry) = cache.lookup(&key)? {
-            let out_dir = report_dir(&plan, &node.stage);
+            let out_dir = report_dir(cli, &plan, &node.stage);
             // Checked as it is copied: a file changed since the run verified it is an error.
             let text = entry.read_verified(crate::stages::REPORT_TEXT_FILE)?;
             copy_reports(&entry, &out_dir)?;
             let text = String::from_utf8_lossy(&text);
-            println!("\n{}  ({})\n{text}", node.label, out_dir.display());
+            outln!("\n{}  ({})\n{text}", node.label, out_dir.display());
         }
     }
-    println!(
+    outln!(
         "{} stages: {ran} ran, {cached} cached, {failed} failed, {skipped} skipped{} in {:.1}s (run {})",
         plan.nodes.len(),
         if cancelled > 0 { format!(", {cancelled} cancelled") } else { String::new() },
@@ -338,7 +446,7 @@ fn cmd_run(cli: &Cli, file: &Path, opts: &RunOptions) -> Result<Outcome> {
         summary.record.run_id,
     );
     for f in &summary.failures {
-        println!(
+        outln!(
             "  failed: {}: {}\n          log: {}",
             f.label,
             f.error,
@@ -352,21 +460,25 @@ fn cmd_run(cli: &Cli, file: &Path, opts: &RunOptions) -> Result<Outcome> {
     Ok(if summary.interrupted {
         Outcome::Interrupted
     } else if failed > 0 || !unrun.is_empty() {
-        Outcome::StageFailed
+        Outcome::Failed
     } else {
         Outcome::Success
     })
 }
 
 /// Reports are copied out of the cache to `reports/<pipeline>/<stage>/` at the root of the
-/// repository holding the pipeline (or the current directory).
-fn report_dir(plan: &Plan, stage: &str) -> PathBuf {
-    let start = plan.pipeline.path.parent().unwrap_or(Path::new("."));
-    let root = default_cache_dir(start)
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    root.join("reports").join(&plan.pipeline.name).join(stage)
+/// repository holding the pipeline (or the current directory), or under `--reports-dir`.
+/// Both names were checked to be plain folder names, so this stays inside that folder.
+fn report_dir(cli: &Cli, plan: &Plan, stage: &str) -> PathBuf {
+    let root = cli.reports_dir.clone().unwrap_or_else(|| {
+        let start = plan.pipeline.path.parent().unwrap_or(Path::new("."));
+        default_cache_dir(start)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+            .join("reports")
+    });
+    root.join(&plan.pipeline.name).join(stage)
 }
 
 /// Copies every file of a report entry, each checked against its recorded hash first.
@@ -416,10 +528,11 @@ fn cmd_report(cli: &Cli, file: &Path, out: Option<&Path>) -> Result<Outcome> {
         .filter(|&i| matches!(plan.nodes[i].spec, StageSpec::Report(_)))
         .collect();
     if reports.is_empty() {
-        anyhow::bail!(
+        return Err(Usage(format!(
             "{} has no report stage: add one, e.g. `table: {{kind: report, inputs: [<stage>, …]}}`",
             file.display()
-        );
+        ))
+        .into());
     }
     let pipeline = plan.pipeline.path.display().to_string();
     let history = History::load(&cache, &pipeline);
@@ -441,21 +554,21 @@ fn cmd_report(cli: &Cli, file: &Path, out: Option<&Path>) -> Result<Outcome> {
             // A damaged entry is a failed read (exit 1), not a usage error.
             Err(e @ ReportError::Cache(_)) => {
                 eprintln!("error: {}: {e}", node.label);
-                return Ok(Outcome::StageFailed);
+                return Ok(Outcome::Failed);
             }
             Err(e) => return Err(e.into()),
         };
         let rendered = render(&data, spec)?;
         let dir = match out {
             Some(d) => d.join(&node.stage),
-            None => report_dir(&plan, &node.stage),
+            None => report_dir(cli, &plan, &node.stage),
         };
         rendered.publish(&dir)?;
-        println!("\n{}  ({})\n{}", node.label, dir.display(), rendered.text);
+        outln!("\n{}  ({})\n{}", node.label, dir.display(), rendered.text);
         missing += data.provenance.points.missing();
     }
     if missing > 0 {
-        println!(
+        outln!(
             "{missing} points missing; `whittle run {}` computes what is pending",
             file.display()
         );
@@ -471,14 +584,14 @@ fn cmd_status(cli: &Cli, file: &Path, format: plan::StatusFormat) -> Result<Outc
     let last = cache.last_run_for(&pipeline);
     let root = cache.root().display().to_string();
     let summary = plan::StatusSummary::new(&plan, &statuses, &root, last.as_ref());
-    print!("{}", summary.render(format));
+    out!("{}", summary.render(format));
     Ok(Outcome::Success)
 }
 
 fn cmd_export(cli: &Cli, file: &Path, stage: &str, out: &Path) -> Result<Outcome> {
     let (cache, plan) = open(cli, file)?;
     let e = crate::stages::export::export(&plan, &cache, stage, out)?;
-    println!(
+    outln!(
         "exported {} to {}: {} tensors in {}, {:.1} MB{}",
         e.label,
         e.dir.display(),
@@ -488,10 +601,10 @@ fn cmd_export(cli: &Cli, file: &Path, stage: &str, out: &Path) -> Result<Outcome
         if e.untied { ", LM head untied" } else { "" }
     );
     if let Some(note) = &e.dtype_note {
-        println!("note: {note}");
+        outln!("note: {note}");
     }
     if e.int8_linears > 0 {
-        println!(
+        outln!(
             "note: {} linears run as dynamic int8 in whittle; the folder holds their dequantized \
              weights, which transformers runs in floating point",
             e.int8_linears
@@ -515,7 +628,11 @@ fn cmd_why(cli: &Cli, file: &Path, stage: &str) -> Result<Outcome> {
             .min_by_key(|n| strsim::levenshtein(n, stage))
             .map(|n| format!("; did you mean `{n}`?"))
             .unwrap_or_default();
-        anyhow::bail!("no stage or instance `{stage}` in {}{hint}", file.display());
+        return Err(Usage(format!(
+            "no stage or instance `{stage}` in {}{hint}",
+            file.display()
+        ))
+        .into());
     }
     let pipeline = plan.pipeline.path.display().to_string();
     let history = History::load(&cache, &pipeline);
@@ -523,7 +640,7 @@ fn cmd_why(cli: &Cli, file: &Path, stage: &str) -> Result<Outcome> {
     for i in ids {
         let node = &plan.nodes[i];
         match &statuses[i] {
-            Status::Cached { entry, .. } => println!(
+            Status::Cached { entry, .. } => outln!(
                 "{}: cached (key {}, computed {} in {:.1}s)",
                 node.label,
                 entry.manifest().key.short(),
@@ -534,7 +651,7 @@ fn cmd_why(cli: &Cli, file: &Path, stage: &str) -> Result<Outcome> {
                 let key = key_inputs
                     .as_ref()
                     .map_or("pending".to_string(), |k| k.digest().short());
-                println!("{}: will run (key {key}): {reason}", node.label);
+                outln!("{}: will run (key {key}): {reason}", node.label);
                 if let plan::Reason::Upstream(_) = reason {
                     // Say what changed at the root of it.
                     for a in plan::ancestors(&plan, &[i]) {
@@ -543,7 +660,7 @@ fn cmd_why(cli: &Cli, file: &Path, stage: &str) -> Result<Outcome> {
                             key_inputs: Some(_),
                         } = &statuses[a]
                         {
-                            println!("  because {}: {reason}", plan.nodes[a].label);
+                            outln!("  because {}: {reason}", plan.nodes[a].label);
                         }
                     }
                 }
@@ -563,9 +680,10 @@ fn parse_older_than(s: &str) -> Result<jiff::Timestamp> {
     if let Ok(span) = s.parse::<jiff::Span>() {
         return Ok(jiff::Zoned::now().checked_sub(span)?.timestamp());
     }
-    anyhow::bail!(
+    Err(Usage(format!(
         "--older-than `{s}`: expected a date (2026-11-01), a timestamp, or a span (7d, 12h)"
-    )
+    ))
+    .into())
 }
 
 /// The cache a command on `files` uses: `--cache-dir`, else the one beside the first file, else
@@ -606,7 +724,7 @@ fn cmd_verify(cli: &Cli, files: &[PathBuf]) -> Result<Outcome> {
             c.reason
         );
     }
-    println!(
+    outln!(
         "verified {} entries ({:.1} MB): {} ok, {} corrupt{}",
         report.ok + report.corrupt.len(),
         report.bytes as f64 / 1e6,
@@ -621,7 +739,7 @@ fn cmd_verify(cli: &Cli, files: &[PathBuf]) -> Result<Outcome> {
     Ok(if report.corrupt.is_empty() {
         Outcome::Success
     } else {
-        Outcome::StageFailed
+        Outcome::Failed
     })
 }
 
@@ -653,7 +771,7 @@ fn cmd_gc(
         Some(keep)
     };
     if keep.is_none() && older_than.is_none() {
-        println!("no pipeline and no --older-than given: only cleaning unfinished writes");
+        outln!("no pipeline and no --older-than given: only cleaning unfinished writes");
     }
     let report = cache.gc(GcOptions {
         keep,
@@ -663,7 +781,7 @@ fn cmd_gc(
     let verb = if dry_run { "would remove" } else { "removed" };
     if cli.verbose > 0 {
         for r in &report.removed {
-            println!(
+            outln!(
                 "{verb} {}  {}  ({:.1} MB)",
                 r.key.short(),
                 r.stage,
@@ -672,9 +790,9 @@ fn cmd_gc(
         }
     }
     if !report.in_use.is_empty() {
-        println!("kept {} entries a running job holds", report.in_use.len());
+        outln!("kept {} entries a running job holds", report.in_use.len());
     }
-    println!(
+    outln!(
         "{verb} {} entries ({:.1} MB), kept {}; cleaned {} unfinished writes",
         report.removed.len(),
         report.freed_bytes as f64 / 1e6,

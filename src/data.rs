@@ -40,8 +40,25 @@ impl DataError {
     }
 }
 
-/// The documents of a dataset, in file order.
+/// The documents of a dataset, in file order; an error if there is no text at all.
 pub fn read_documents(ds: &DatasetSource) -> Result<Vec<String>, DataError> {
+    let docs = documents(ds)?;
+    if docs.iter().all(|d| d.trim().is_empty()) {
+        let what = if docs.is_empty() {
+            "holds no documents"
+        } else {
+            "holds only blank documents"
+        };
+        return Err(DataError::invalid(
+            ds,
+            &ds.path,
+            format!("{what}: the file is empty or has no text where `documents:`/`field:` look"),
+        ));
+    }
+    Ok(docs)
+}
+
+fn documents(ds: &DatasetSource) -> Result<Vec<String>, DataError> {
     match &ds.format {
         DatasetFormat::Text { documents } => Ok(split_text(&read(ds, &ds.path)?, documents)),
         DatasetFormat::Jsonl { field } | DatasetFormat::Json { field } => read_records(ds)?

@@ -21,7 +21,10 @@ fn env() -> tempfile::TempDir {
     for d in ["models/tiny", "models/empty", "data"] {
         std::fs::create_dir_all(root.join(d)).expect("mkdir");
     }
-    std::fs::write(root.join("models/tiny/config.json"), "{}").expect("write");
+    // Validation reads the config and looks for the tokenizer and weights files.
+    std::fs::write(root.join("models/tiny/config.json"), r#"{"model_type": "llama", "hidden_size": 64, "intermediate_size": 172, "num_hidden_layers": 2, "num_attention_heads": 8, "vocab_size": 512}"#).expect("write");
+    std::fs::write(root.join("models/tiny/tokenizer.json"), "{}").expect("write");
+    std::fs::write(root.join("models/tiny/model.safetensors"), "").expect("write");
     std::fs::write(root.join("data/wiki.txt"), "a\nb\n").expect("write");
     std::fs::write(root.join("data/stories.txt"), "x<|endoftext|>y").expect("write");
     std::fs::write(root.join("data/c4.jsonl"), "{\"text\":\"x\"}\n").expect("write");
@@ -730,4 +733,78 @@ fn missing_task_file() {
         "stages.boolq.task_file",
         &["task file `tasks/boolq-typo.yaml` does not exist"],
     );
+}
+
+/// Loads `src` written into a fresh `env()`, after `prepare` adds files there.
+fn load_with(src: &str, prepare: impl FnOnce(&Path)) -> Diagnostics {
+    let dir = env();
+    prepare(dir.path());
+    let path = dir.path().join("p.yaml");
+    std::fs::write(&path, src).expect("write");
+    match pipeline::load(&path) {
+        Ok(_) => panic!("should not load:\n{src}"),
+        Err(d) => d,
+    }
+}
+
+#[test]
+fn unsupported_model_type_fails_validation() {
+    let d = load_with(
+        "models:\n  gpt: models/gpt\nstages:\n  base: {kind: load, model: gpt}\n",
+        |root| {
+            let m = root.join("models/gpt");
+            std::fs::create_dir_all(&m).unwrap();
+            std::fs::write(m.join("config.json"), r#"{"model_type": "gpt2"}"#).unwrap();
+            std::fs::write(m.join("tokenizer.json"), "{}").unwrap();
+            std::fs::write(m.join("model.safetensors"), "").unwrap();
+        },
+    );
+    assert_eq!(d.len(), 1, "{d}");
+    check(
+        &d.0[0],
+        2,
+        8,
+        "models.gpt",
+        &["model_type", "`gpt2` is not supported", "config.json"],
+    );
+}
+
+#[test]
+fn pytorch_bin_only_model_is_reported_once_with_its_position() {
+    let d = load_with(
+        "models:\n  pt: models/pt\nstages:\n  base: {kind: load, model: pt}\n",
+        |root| {
+            let m = root.join("models/pt");
+            std::fs::create_dir_all(&m).unwrap();
+            std::fs::copy(root.join("models/tiny/config.json"), m.join("config.json")).unwrap();
+            std::fs::write(m.join("tokenizer.json"), "{}").unwrap();
+            std::fs::write(m.join("pytorch_model.bin"), "x").unwrap();
+        },
+    );
+    assert_eq!(d.len(), 1, "{d}");
+    check(
+        &d.0[0],
+        2,
+        7,
+        "models.pt",
+        &["pytorch_model.bin", "model.safetensors"],
+    );
+    assert_eq!(
+        d.0[0].message.matches("pytorch_model.bin").count(),
+        1,
+        "{d}"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn a_device_dataset_is_not_called_a_directory() {
+    let d = load_with(
+        "models:\n  tiny: models/tiny\ndatasets:\n  z: /dev/zero\nstages:\n  base: {kind: load, model: tiny}\n",
+        |_| {},
+    );
+    assert_eq!(d.len(), 1, "{d}");
+    let m = &d.0[0].message;
+    assert!(!m.contains("directory"), "{d}");
+    assert!(m.contains("is not a regular file (it is a device)"), "{d}");
 }

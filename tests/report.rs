@@ -600,7 +600,10 @@ fn load(report: &str) -> Result<whittle::pipeline::spec::Pipeline, whittle::pipe
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("models/tiny")).unwrap();
     std::fs::create_dir_all(dir.path().join("data")).unwrap();
-    std::fs::write(dir.path().join("models/tiny/config.json"), "{}").unwrap();
+    let tiny = dir.path().join("models/tiny");
+    std::fs::write(tiny.join("config.json"), r#"{"model_type": "llama", "hidden_size": 64, "intermediate_size": 172, "num_hidden_layers": 2, "num_attention_heads": 8, "vocab_size": 512}"#).unwrap();
+    std::fs::write(tiny.join("tokenizer.json"), "{}").unwrap();
+    std::fs::write(tiny.join("model.safetensors"), "").unwrap();
     std::fs::write(dir.path().join("data/wiki.txt"), "a\nb\n").unwrap();
     let path = dir.path().join("p.yaml");
     std::fs::write(&path, format!("{HEAD}{report}")).unwrap();

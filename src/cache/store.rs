@@ -350,6 +350,21 @@ impl Cache {
         }
     }
 
+    /// Moves an entry out of `entries/` into the quarantine (with `reason`), so that its key
+    /// is computed again; a no-op if it is already gone.
+    pub fn set_aside(&self, entry: &Entry, reason: &str) -> Result<(), CacheError> {
+        let key = entry.manifest().key;
+        let dir = self.entry_dir(&key);
+        let moved = !dir.exists()
+            || move_to_quarantine(&self.quarantine_dir(), &dir, &key, reason).is_some();
+        if !moved && dir.exists() {
+            return Err(CacheError::write("move aside", &dir)(
+                std::io::Error::other("rename into the quarantine failed"),
+            ));
+        }
+        Ok(())
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }

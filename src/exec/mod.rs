@@ -121,6 +121,34 @@ pub fn unrun_report(record: &RunRecord) -> String {
     out
 }
 
+/// `--jobs` when not given: one stage per device at a time (each device's memory still decides
+/// what may share it).
+pub fn default_jobs(devices: &[DeviceKind]) -> usize {
+    let mut distinct: Vec<DeviceKind> = devices.to_vec();
+    distinct.sort_by_key(|d| d.to_string());
+    distinct.dedup();
+    distinct.len().max(1)
+}
+
+/// `run --force`: sets aside the cache entries of `nodes` that are cached now, so the run
+/// computes them again. Nodes below them keep their entries and rerun only if the recomputed
+/// output differs (their keys hold their inputs' content).
+pub fn force(
+    plan: &Plan,
+    cache: &Cache,
+    history: &History,
+    nodes: &[crate::plan::NodeId],
+) -> Result<(), CacheError> {
+    let statuses = crate::plan::resolve(plan, cache, history)?;
+    for &i in nodes {
+        if let crate::plan::Status::Cached { entry, .. } = &statuses[i] {
+            cache.set_aside(entry, "run --force")?;
+            tracing::info!(stage = %plan.nodes[i].label, "entry set aside by --force");
+        }
+    }
+    Ok(())
+}
+
 /// Rough peak memory per node, from the size of the model it works on: enough to keep the
 /// scheduler from packing two large stages onto one device.
 fn estimate_needs(plan: &Plan) -> Vec<Need> {

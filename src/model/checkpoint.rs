@@ -111,6 +111,13 @@ fn find_weights(dir: &Path) -> Result<WeightFiles> {
         .collect();
     ggufs.sort();
     match ggufs.len() {
+        0 if dir.join("pytorch_model.bin").is_file() => Err(ModelError::Weights {
+            path: dir.join("pytorch_model.bin"),
+            message: "PyTorch pickle weights are not read (loading them runs code); save the \
+                      model as model.safetensors: `model.save_pretrained(dir, \
+                      safe_serialization=True)`"
+                .into(),
+        }),
         0 => Err(ModelError::NoWeights {
             dir: dir.to_path_buf(),
         }),

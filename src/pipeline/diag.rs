@@ -195,6 +195,13 @@ impl<'a> Sink<'a> {
         self.diags.last_mut().expect("just pushed")
     }
 
+    /// Replaces the help of the last problem recorded.
+    pub fn last_help(&mut self, help: impl Into<String>) {
+        if let Some(d) = self.diags.last_mut() {
+            d.help = Some(help.into());
+        }
+    }
+
     pub fn has_errors(&self) -> bool {
         !self.diags.is_empty()
     }

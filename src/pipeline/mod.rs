@@ -144,16 +144,24 @@ pub fn load_str(path_for_messages: &Path, source: &str) -> Result<spec::Pipeline
         }
     }
 
+    // Without `name:`, the file's stem names the reports folder: it must be as safe.
+    let name = top.name.unwrap_or_else(|| {
+        let stem = path_for_messages
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if !schema::is_pipeline_name(&stem) {
+            schema::bad_pipeline_name(Mark { line: 1, col: 1 }, &stem, &mut sink);
+            sink.last_help(
+                "the file name gives the default name; add a `name:` line to choose one",
+            );
+        }
+        stem
+    });
     if sink.has_errors() {
         return Err(sink.finish());
     }
     let path = canonical(path_for_messages);
-    let name = top.name.unwrap_or_else(|| {
-        path_for_messages
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "pipeline".into())
-    });
     Ok(spec::Pipeline {
         path,
         source_digest: Digest::of_bytes(source.as_bytes()),

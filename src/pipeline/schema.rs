@@ -16,6 +16,32 @@ pub fn is_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// A pipeline name: it names the folder `reports/<name>/`, so it must be one plain path
+/// component: `[A-Za-z0-9_-][A-Za-z0-9._-]*` (no separator, no `..`, nothing hidden or absolute).
+pub fn is_pipeline_name(s: &str) -> bool {
+    let mut bytes = s.bytes();
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+}
+
+/// The error for a pipeline name that is not [`is_pipeline_name`].
+pub fn bad_pipeline_name(mark: Mark, name: &str, sink: &mut Sink) {
+    sink.error(
+        mark,
+        "name",
+        format!(
+            "pipeline name `{}` is not a plain folder name: it may only contain letters, digits, \
+             `_`, `-` and `.` (not first)",
+            name.escape_debug()
+        ),
+    )
+    .with_help(
+        "the name is the folder of the reports, `reports/<name>/`; e.g. `name: wanda-sweep`",
+    );
+}
+
 /// The entries of a map node as `(key text, key node, value)`; reports a node that is not a map
 /// and keys that are not scalars.
 pub fn entries<'n>(
@@ -102,7 +128,16 @@ pub fn top_level<'n>(root: &'n Node, sink: &mut Sink) -> TopLevel<'n> {
                     .with_help("this whittle reads version 1 pipeline files");
                 }
             }
-            "name" => top.name = string(v, "name", "a name", sink).map(str::to_string),
+            "name" => {
+                if let Some(n) = string(v, "name", "a name", sink) {
+                    if is_pipeline_name(n) {
+                        top.name = Some(n.to_string());
+                    } else {
+                        bad_pipeline_name(v.mark, n, sink);
+                        top.name = Some("pipeline".into());
+                    }
+                }
+            }
             "models" => top.models = Some(v),
             "datasets" => top.datasets = Some(v),
             "sweep" => top.sweep = Some(v),

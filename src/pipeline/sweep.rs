@@ -93,8 +93,9 @@ fn check_value(n: &Node, path: &str, sink: &mut Sink) -> bool {
     false
 }
 
-/// A non-empty list of distinct sweep values.
-fn value_list(n: &Node, path: &str, sink: &mut Sink) -> Option<Vec<Node>> {
+/// A non-empty list of sweep values, distinct if `distinct` (a grid axis; a zip group's axes
+/// may repeat values as long as its tuples differ).
+fn value_list(n: &Node, path: &str, distinct: bool, sink: &mut Sink) -> Option<Vec<Node>> {
     let Some(items) = n.as_seq() else {
         sink.error(
             n.mark,
@@ -114,7 +115,7 @@ fn value_list(n: &Node, path: &str, sink: &mut Sink) -> Option<Vec<Node>> {
         let p = format!("{path}[{i}]");
         if !check_value(v, &p, sink) {
             ok = false;
-        } else if !seen.insert(value_key(v)) {
+        } else if distinct && !seen.insert(value_key(v)) {
             sink.error(
                 v.mark,
                 p,
@@ -198,7 +199,7 @@ pub fn parse(node: Option<&Node>, sink: &mut Sink) -> Sweep {
     if let Some(g) = grid.filter(|g| !g.is_null()) {
         for (name, k, v) in entries(g, "sweep.grid", sink).unwrap_or_default() {
             let path = join("sweep.grid", name);
-            let values = value_list(v, &path, sink);
+            let values = value_list(v, &path, true, sink);
             let Some(idx) = declare(&mut sweep, name, k, &path, sink) else {
                 continue;
             };
@@ -239,7 +240,7 @@ pub fn parse(node: Option<&Node>, sink: &mut Sink) -> Sweep {
                     let mut first_len: Option<(String, usize)> = None;
                     for (name, k, v) in fields {
                         let path = join(&gpath, name);
-                        let Some(values) = value_list(v, &path, sink) else {
+                        let Some(values) = value_list(v, &path, false, sink) else {
                             if let Some(idx) = declare(&mut sweep, name, k, &path, sink) {
                                 sweep.broken[idx] = true;
                                 axes.push(idx);
@@ -277,7 +278,7 @@ pub fn parse(node: Option<&Node>, sink: &mut Sink) -> Sweep {
                     // Unequal or broken lists were reported; keep the sweep non-empty so stages
                     // are still checked.
                     let len = columns.iter().map(Vec::len).max().unwrap_or(0);
-                    let rows = (0..len)
+                    let rows: Vec<Vec<Node>> = (0..len)
                         .map(|i| {
                             columns
                                 .iter()
@@ -290,7 +291,35 @@ pub fn parse(node: Option<&Node>, sink: &mut Sink) -> Sweep {
                             sweep.broken[*a] = true;
                         }
                     }
+                    if axes.iter().all(|&a| !sweep.broken[a]) {
+                        repeated_tuples(&rows, &axes, &sweep, &gpath, sink);
+                    }
                     dims.push(Dim { axes, rows });
+                }
+            }
+        }
+    }
+
+    // Without `grid` or `zip`, the `include` points are the whole sweep and declare its axes.
+    let include_only = dims.is_empty()
+        && include
+            .and_then(Node::as_seq)
+            .is_some_and(|l| !l.is_empty());
+    if include_only {
+        for (i, e) in include
+            .and_then(Node::as_seq)
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            let Some(fields) = e.as_map() else { continue };
+            let path = format!("sweep.include[{i}]");
+            for (k, _) in fields {
+                let Some((name, _)) = k.as_scalar() else {
+                    continue;
+                };
+                if sweep.axis_index(name).is_none() {
+                    declare(&mut sweep, name, k, &join(&path, name), sink);
                 }
             }
         }
@@ -312,7 +341,11 @@ pub fn parse(node: Option<&Node>, sink: &mut Sink) -> Sweep {
         sweep.points = Vec::new();
         return sweep;
     }
-    let mut points: Vec<Vec<Node>> = vec![vec![placeholder; n_axes]];
+    let mut points: Vec<Vec<Node>> = if include_only {
+        Vec::new()
+    } else {
+        vec![vec![placeholder; n_axes]]
+    };
     for dim in &dims {
         let mut next = Vec::with_capacity(points.len() * dim.rows.len());
         for p in &points {
@@ -337,11 +370,18 @@ pub fn parse(node: Option<&Node>, sink: &mut Sink) -> Sweep {
             match known.iter().position(|a| a == name) {
                 None => {
                     let s = suggest(name, known.iter().map(String::as_str));
-                    sink.error(k.mark, p, format!("unknown sweep axis `{name}`{s}"))
-                        .with_help(format!(
+                    let help = if known.is_empty() {
+                        "no axes are declared: declare them under `grid` or `zip`, or give \
+                         every point under `include`"
+                            .to_string()
+                    } else {
+                        format!(
                             "the axes are declared under `grid` and `zip`: {}",
                             known.join(", ")
-                        ));
+                        )
+                    };
+                    sink.error(k.mark, p, format!("unknown sweep axis `{name}`{s}"))
+                        .with_help(help);
                     ok = false;
                 }
                 Some(i) => {
@@ -464,6 +504,47 @@ pub fn parse(node: Option<&Node>, sink: &mut Sink) -> Sweep {
     sweep
 }
 
+/// Reports a zip group's rows that repeat an earlier one: each would be the same point twice.
+fn repeated_tuples(
+    rows: &[Vec<Node>],
+    axes: &[usize],
+    sweep: &Sweep,
+    gpath: &str,
+    sink: &mut Sink,
+) {
+    let all: Vec<usize> = (0..axes.len()).collect();
+    let mut first: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for (i, row) in rows.iter().enumerate() {
+        let Some(&prev) = first.get(&projection_key(row, &all)) else {
+            first.insert(projection_key(row, &all), i);
+            continue;
+        };
+        let tuple: Vec<String> = axes
+            .iter()
+            .zip(row)
+            .map(|(&a, v)| {
+                format!(
+                    "{}={}",
+                    sweep.axes[a].name,
+                    v.as_scalar().map_or("", |s| s.0)
+                )
+            })
+            .collect();
+        let name = &sweep.axes[axes[0]].name;
+        sink.error(
+            row[0].mark,
+            format!("{}[{i}]", join(gpath, name)),
+            format!(
+                "zip point {} (position {}) repeats position {}",
+                tuple.join(", "),
+                i + 1,
+                prev + 1
+            ),
+        )
+        .with_help("each position of a zip group must differ from the others in some axis");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -564,6 +645,18 @@ mod tests {
         assert!(s.points.is_empty());
         assert_eq!(d.len(), 1);
         assert!(d[0].message.contains("1000000 points"), "{}", d[0].message);
+    }
+
+    #[test]
+    fn unknown_axis_help_never_ends_in_an_empty_list() {
+        let mut sink = Sink::new(PathBuf::from("t.yaml"), "");
+        let src = "sweep:\n  exclude: [{m: a}]\n";
+        let root = super::super::yaml::parse(src, &mut sink).unwrap();
+        parse(Some(&root.as_map().unwrap()[0].1), &mut sink);
+        let d = sink.finish();
+        let help = d.0[0].help.clone().unwrap();
+        assert!(!help.trim_end().ends_with(':'), "{help}");
+        assert!(help.contains("no axes are declared"), "{help}");
     }
 
     #[test]

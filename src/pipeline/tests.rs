@@ -12,7 +12,10 @@ fn load_in_env(src: &str) -> (tempfile::TempDir, Result<Pipeline, Diagnostics>) 
     let root = dir.path();
     std::fs::create_dir_all(root.join("models/tiny")).expect("mkdir");
     std::fs::create_dir_all(root.join("data")).expect("mkdir");
-    std::fs::write(root.join("models/tiny/config.json"), "{}").expect("write");
+    // Validation reads the config and looks for the tokenizer and weights files.
+    std::fs::write(root.join("models/tiny/config.json"), r#"{"model_type": "llama", "hidden_size": 64, "intermediate_size": 172, "num_hidden_layers": 2, "num_attention_heads": 8, "vocab_size": 512}"#).expect("write");
+    std::fs::write(root.join("models/tiny/tokenizer.json"), "{}").expect("write");
+    std::fs::write(root.join("models/tiny/model.safetensors"), "").expect("write");
     std::fs::write(root.join("data/wiki.txt"), "a\n").expect("write");
     std::fs::write(root.join("data/stories.txt"), "x").expect("write");
     std::fs::write(root.join("data/c4.jsonl"), "{}\n").expect("write");
@@ -1123,6 +1126,55 @@ fn tokenizer_semantics_enters_the_load_key_only_when_not_default() {
     );
 }
 
+/// `name:` names the folder `reports/<name>/` that runs replace: it must not climb out.
+#[test]
+fn pipeline_name_cannot_leave_the_reports_folder() {
+    for bad in [
+        "../../victim",
+        "/tmp/victim",
+        "a/b",
+        "a\\\\b",
+        "..",
+        ".hidden",
+        "\"\"",
+    ] {
+        let src = format!("name: {bad}\n{HEAD}stages:\n  base: {{kind: load, model: tiny}}\n");
+        let d = errs(&src);
+        assert_eq!(d.len(), 1, "{bad}: {d}");
+        let x = &d.0[0];
+        assert_eq!(
+            (x.line, x.col, x.key_path.as_str()),
+            (1, 7, "name"),
+            "{bad}: {d}"
+        );
+        assert!(x.message.contains("is not a plain folder name"), "{d}");
+    }
+    let p = ok(&format!(
+        "name: wanda.v2_sweep-1\n{HEAD}stages:\n  base: {{kind: load, model: tiny}}\n"
+    ));
+    assert_eq!(p.name, "wanda.v2_sweep-1");
+    // Stage, table and plot names become paths too (`reports/<pipeline>/<stage>/<table>.md`).
+    let d = errs(&format!(
+        "{HEAD}stages:\n  base: {{kind: load, model: tiny}}\n  ppl: {{kind: evaluate, model: base, task: perplexity, dataset: wiki}}\n  \"../up\": {{kind: report, inputs: [ppl], tables: [{{name: ../t}}], plots: [{{name: /p, x: ppl.ppl, y: ppl.ppl}}]}}\n"
+    ));
+    for frag in ["stage name `../up`", "table name `../t`", "plot name `/p`"] {
+        assert!(d.iter().any(|x| x.message.contains(frag)), "{frag}: {d}");
+    }
+}
+
+/// Without `name:`, the file stem is the name: `...yaml` would name `reports/..`.
+#[test]
+fn pipeline_name_from_the_file_stem_is_checked_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("...yaml");
+    let d = load_str(&path, "stages:\n  s: {kind: report, inputs: []}\n").unwrap_err();
+    assert!(
+        d.iter()
+            .any(|x| x.key_path == "name" && x.message.contains("`..`")),
+        "{d}"
+    );
+}
+
 #[test]
 fn tokenizer_semantics_transformers_on_a_class_it_cannot_rebuild_is_a_pipeline_error() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -1147,5 +1199,84 @@ fn tokenizer_semantics_transformers_on_a_class_it_cannot_rebuild_is_a_pipeline_e
     assert!(
         x.message.contains("T5Tokenizer") && x.message.contains("tokenizer_config.json"),
         "{x}"
+    );
+}
+
+#[test]
+fn zip_accepts_repeated_values_within_an_axis() {
+    let src = format!(
+        "{HEAD}sweep:\n  zip:\n    - {{group: [all, attention, mlp, all], amount: [0.3, 0.5, 0.5, 0.4]}}\nstages:\n  base: {{kind: load, model: tiny}}\n  p: {{kind: prune, model: base, method: magnitude, sparsity: \"${{amount}}\", modules: \"${{group}}\"}}\n"
+    );
+    let (_dir, r) = load_in_env(&src);
+    let p = r.unwrap_or_else(|d| panic!("{d}"));
+    let (_, st) = stage(&p, "p");
+    let pts: Vec<(String, f64)> = st
+        .instances
+        .iter()
+        .map(|i| {
+            let g = i.point["group"].to_string();
+            let a = match i.point["amount"] {
+                ParamValue::Float(x) => x,
+                ref v => panic!("{v:?}"),
+            };
+            (g, a)
+        })
+        .collect();
+    assert_eq!(
+        pts,
+        [
+            ("all".to_string(), 0.3),
+            ("attention".to_string(), 0.5),
+            ("mlp".to_string(), 0.5),
+            ("all".to_string(), 0.4)
+        ]
+    );
+    // Whole tuples must still differ: position 3 repeats position 1.
+    let d = errs(&format!(
+        "{HEAD}sweep:\n  zip:\n    - {{group: [all, mlp, all], amount: [0.3, 0.5, 0.3]}}\nstages:\n  base: {{kind: load, model: tiny}}\n  p: {{kind: prune, model: base, method: magnitude, sparsity: \"${{amount}}\", modules: \"${{group}}\"}}\n"
+    ));
+    assert_eq!(d.len(), 1, "{d}");
+    assert!(d.0[0].message.contains("repeats position 1"), "{d}");
+    assert_eq!((d.0[0].line, d.0[0].col), (9, 26), "{d}");
+}
+
+#[test]
+fn include_only_sweep_declares_its_axes() {
+    let src = format!(
+        "{HEAD}sweep:\n  include:\n    - {{method: magnitude, sparsity: 0.5}}\n    - {{method: wanda, sparsity: 0.6}}\nstages:\n  base: {{kind: load, model: tiny}}\n  calib: {{kind: calibrate, model: base, dataset: wiki}}\n  p: {{kind: prune, model: base, method: \"${{method}}\", sparsity: \"${{sparsity}}\", calibration: calib}}\n"
+    );
+    let p = ok(&src);
+    assert_eq!(p.axes, ["method", "sparsity"]);
+    let (_, st) = stage(&p, "p");
+    assert_eq!(
+        prune_points(st),
+        [("magnitude".to_string(), 0.5), ("wanda".to_string(), 0.6)]
+    );
+    // A point missing an axis the others give is still an error.
+    let d = errs(&format!(
+        "{HEAD}sweep:\n  include:\n    - {{method: magnitude, sparsity: 0.5}}\n    - {{method: wanda}}\nstages:\n  base: {{kind: load, model: tiny}}\n  calib: {{kind: calibrate, model: base, dataset: wiki}}\n  p: {{kind: prune, model: base, method: \"${{method}}\", sparsity: \"${{sparsity}}\", calibration: calib}}\n"
+    ));
+    assert!(
+        d.iter()
+            .any(|x| x.message.contains("missing axis `sparsity`")),
+        "{d}"
+    );
+}
+
+#[test]
+fn tab_error_points_at_the_line_with_the_tab() {
+    // The scanner blamed the start of `load` on the line before the tab.
+    let src = format!("{HEAD}stages:\n  base:\n    kind: load\n  \tmodel: tiny\n");
+    let d = errs(&src);
+    let tab_line = HEAD.lines().count() + 4;
+    assert_eq!(d.len(), 1, "{d}");
+    assert_eq!((d.0[0].line, d.0[0].col), (tab_line, 3), "{d}");
+    assert!(d.0[0].message.contains("tab"), "{d}");
+    // Where the position was already right, it stays.
+    let d = errs(&format!("{HEAD}stages:\n\tbase: {{kind: load}}\n"));
+    assert_eq!(
+        (d.0[0].line, d.0[0].col),
+        (HEAD.lines().count() + 2, 1),
+        "{d}"
     );
 }

@@ -29,6 +29,7 @@ pub fn model_dir(
         } else {
             "does not exist"
         };
+        let what = format!("{what}{}", kind_note(&dir));
         sink.error(
             mark,
             key_path,
@@ -49,7 +50,40 @@ pub fn model_dir(
         .with_help("point at a Hugging Face model folder (config.json, tokenizer.json, weights)");
         return None;
     }
+    // The run would fail on these at its first stage: find them now, nothing runs until the
+    // whole file is valid.
+    let checked = crate::model::Checkpoint::resolve(&dir)
+        .and_then(|c| crate::model::ModelConfig::from_file(&c.config));
+    if let Err(e) = checked {
+        sink.error(mark, key_path, format!("model directory `{rel}`: {e}"))
+            .with_help(
+                "point at a Hugging Face model folder (config.json, tokenizer.json, weights)",
+            );
+        return None;
+    }
     Some(dir.canonicalize().unwrap_or(dir))
+}
+
+/// What a path that exists but is not a regular file or directory is, for messages.
+fn kind_note(path: &Path) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if let Ok(m) = std::fs::metadata(path) {
+            let t = m.file_type();
+            if t.is_char_device() || t.is_block_device() {
+                return " (it is a device)";
+            }
+            if t.is_fifo() {
+                return " (it is a named pipe)";
+            }
+            if t.is_socket() {
+                return " (it is a socket)";
+            }
+        }
+    }
+    let _ = path;
+    ""
 }
 
 /// A dataset file: must exist and be a file. Returns it canonicalized.
@@ -81,10 +115,12 @@ fn dataset_path(
         ),
     };
     if !fits {
-        let problem = if path.exists() {
-            problem
+        let problem = if !path.exists() {
+            "does not exist".to_string()
+        } else if path.is_dir() || path.is_file() {
+            problem.to_string()
         } else {
-            "does not exist"
+            format!("is not a regular {what}{}", kind_note(&path))
         };
         sink.error(
             mark,

@@ -371,6 +371,18 @@ pub fn parse(source: &str, sink: &mut Sink) -> Option<Node> {
             Ok(x) => x,
             Err(e) => {
                 let mark = Mark::from_marker(*e.marker());
+                // The scanner may report a tab at the start of the scalar before it, lines up.
+                if e.info().contains("tab") {
+                    if let Some(at) = first_tab(source, mark) {
+                        sink.error(
+                            at,
+                            "",
+                            format!("YAML syntax error: a tab character ({})", e.info()),
+                        )
+                        .with_help("YAML indents with spaces only: replace the tab with spaces");
+                        return None;
+                    }
+                }
                 sink.error(mark, "", format!("YAML syntax error: {}", e.info()))
                     .with_help("check the indentation and quoting around this position");
                 return None;
@@ -412,6 +424,19 @@ pub fn parse(source: &str, sink: &mut Sink) -> Option<Node> {
     }
     let root = b.root?;
     Some(normalize(root, "", sink))
+}
+
+/// The first tab on `from`'s line or after it.
+fn first_tab(source: &str, from: Mark) -> Option<Mark> {
+    for (i, line) in source.lines().enumerate().skip(from.line.saturating_sub(1)) {
+        if let Some(c) = line.chars().position(|c| c == '\t') {
+            return Some(Mark {
+                line: i + 1,
+                col: c + 1,
+            });
+        }
+    }
+    None
 }
 
 /// Joins a key path: `a` + `b` → `a.b`.

@@ -10,6 +10,7 @@
 mod build;
 mod render;
 mod resolve;
+mod select;
 mod summary;
 
 use std::collections::BTreeMap;
@@ -20,6 +21,7 @@ pub use render::{render, Format};
 pub use resolve::{
     ancestors, explain, key_inputs, lookup, reachable_keys, resolve, History, Reason, Status,
 };
+pub use select::restrict;
 pub use summary::{StageSummary, StatusFormat, StatusSummary, STATUS_JSON_SCHEMA};
 
 use crate::cache::key::{Digest, Params};
@@ -82,12 +84,53 @@ impl Plan {
             .collect()
     }
 
-    /// Nodes matching a stage name or an instance label.
+    /// Nodes matching a stage name or an instance label. A label's axes may come in any order,
+    /// and naming only some axes selects every instance agreeing on them
+    /// (`ppl[sparsity=0.5]`: that sparsity, every method).
     pub fn find(&self, name: &str) -> Vec<NodeId> {
+        let parsed = parse_label(name);
         (0..self.nodes.len())
-            .filter(|&i| self.nodes[i].stage == name || self.nodes[i].label == name)
+            .filter(|&i| {
+                let n = &self.nodes[i];
+                let Some((stage, axes)) = &parsed else {
+                    return n.label == name;
+                };
+                n.label == name
+                    || n.stage == *stage
+                        && axes.iter().all(|(a, v)| {
+                            n.point
+                                .get(*a)
+                                .is_some_and(|have| same_value(&have.to_string(), v))
+                        })
+            })
             .collect()
     }
+}
+
+/// `stage` or `stage[a=1, b=x]` as the stage and its `(axis, value)` pairs; `None` when the
+/// brackets are malformed.
+fn parse_label(label: &str) -> Option<(&str, Vec<(&str, &str)>)> {
+    let label = label.trim();
+    let Some(open) = label.find('[') else {
+        return Some((label, Vec::new()));
+    };
+    let inner = label[open + 1..].strip_suffix(']')?;
+    let mut axes = Vec::new();
+    for part in inner.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (a, v) = part.split_once('=')?;
+        axes.push((a.trim(), v.trim()));
+    }
+    Some((label[..open].trim(), axes))
+}
+
+/// A value as written on the command line against one in the plan: equal text, or equal numbers
+/// (`0.50` is `0.5`).
+fn same_value(have: &str, given: &str) -> bool {
+    have == given
+        || matches!(
+            (have.parse::<f64>(), given.parse::<f64>()),
+            (Ok(a), Ok(b)) if a == b
+        )
 }
 
 /// `stage` or `stage[a=1,b=x]`, axes in the pipeline's declaration order.

@@ -57,6 +57,8 @@ pub enum Reason {
     Corrupt(String),
     /// These inputs must run first; the key is known only after.
     Upstream(Vec<String>),
+    /// Cached, but named by `run --force`.
+    Forced,
 }
 
 impl std::fmt::Display for Reason {
@@ -67,6 +69,7 @@ impl std::fmt::Display for Reason {
             Reason::Missing => f.write_str("same key as last run, but its entry is gone"),
             Reason::Corrupt(r) => write!(f, "cache entry is corrupt ({r})"),
             Reason::Upstream(v) => write!(f, "waits on {}", v.join(", ")),
+            Reason::Forced => f.write_str("cached, recomputed as --force asks"),
         }
     }
 }

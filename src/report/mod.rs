@@ -57,6 +57,7 @@ pub mod pivot;
 pub mod plot;
 pub mod provenance;
 pub mod render;
+pub mod show;
 pub mod table;
 
 use std::path::PathBuf;

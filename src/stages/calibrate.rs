@@ -56,7 +56,7 @@ pub fn read_stats(
             "the calibration entry records no samples".into(),
         ));
     }
-    let tensors = candle_core::safetensors::load(entry.path(STATS_FILE), device)?;
+    let tensors = super::read_tensors(&entry.path(STATS_FILE), device)?;
     let mut stats = Stats {
         nsamples,
         ..Stats::new(accumulation)
@@ -86,7 +86,7 @@ pub fn read_stats(
 
 /// The sampled windows a calibrate entry holds.
 pub fn read_windows(entry: &crate::cache::Entry) -> Result<Vec<Vec<u32>>, StageError> {
-    let t = candle_core::safetensors::load(entry.path(TOKENS_FILE), &Device::Cpu)?;
+    let t = super::read_tensors(&entry.path(TOKENS_FILE), &Device::Cpu)?;
     let tokens = t
         .get("tokens")
         .ok_or_else(|| StageError::Invalid("calibration entry has no `tokens`".into()))?;
@@ -113,7 +113,11 @@ pub fn run(ctx: &StageCtx, spec: &CalibrateSpec) -> Result<StageOutput, StageErr
             contiguous_windows(&ids, spec.samples, spec.seqlen)
         }
     }
-    .map_err(|e| StageError::Invalid(format!("dataset `{}`: {e}", spec.dataset)))?;
+    .map_err(|e| crate::data::DataError::Invalid {
+        name: spec.dataset.clone(),
+        path: dataset.path.clone(),
+        message: e.to_string(),
+    })?;
 
     let model = weights.model()?;
     let wanted = Wanted {
@@ -147,12 +151,12 @@ pub fn run(ctx: &StageCtx, spec: &CalibrateSpec) -> Result<StageOutput, StageErr
     for ((layer, group), t) in &stats.xtx {
         out.insert(xtx_name(*layer, *group, acc), t.to_device(&Device::Cpu)?);
     }
-    candle_core::safetensors::save(&out, ctx.out_path(STATS_FILE))?;
+    super::write_tensors(&out, &ctx.out_path(STATS_FILE))?;
     let flat: Vec<u32> = windows.iter().flatten().copied().collect();
     let tokens = Tensor::from_vec(flat, (windows.len(), spec.seqlen), &Device::Cpu)?;
-    candle_core::safetensors::save(
+    super::write_tensors(
         &HashMap::from([("tokens".to_string(), tokens)]),
-        ctx.out_path(TOKENS_FILE),
+        &ctx.out_path(TOKENS_FILE),
     )?;
     ctx.note(&format!(
         "{} windows of {} tokens, statistics of {} linear layers, {} Hessians",

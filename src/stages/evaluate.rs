@@ -116,16 +116,16 @@ pub fn run(ctx: &StageCtx, spec: &EvaluateSpec) -> Result<StageOutput, StageErro
 
 fn write_samples(ctx: &StageCtx, samples: &[Value]) -> Result<(), StageError> {
     let path = ctx.out_path(SAMPLES_FILE);
-    let io = StageError::io(format!("writing {SAMPLES_FILE}"));
+    let io = StageError::io(format!("writing {}", path.display()));
     let file = std::fs::File::create(&path).map_err(io)?;
     let mut w = std::io::BufWriter::new(file);
     for s in samples {
         serde_json::to_writer(&mut w, s).expect("JSON values serialize");
         w.write_all(b"\n")
-            .map_err(StageError::io(format!("writing {SAMPLES_FILE}")))?;
+            .map_err(StageError::io(format!("writing {}", path.display())))?;
     }
     w.flush()
-        .map_err(StageError::io(format!("writing {SAMPLES_FILE}")))
+        .map_err(StageError::io(format!("writing {}", path.display())))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -139,16 +139,32 @@ fn run_perplexity(
     limit: Option<usize>,
     mode: PplMode,
 ) -> Result<Outcome, StageError> {
-    let docs = read_documents(&ctx.plan.pipeline.datasets[dataset])?;
+    let source = &ctx.plan.pipeline.datasets[dataset];
+    let docs = read_documents(source)?;
     let tokenizer = weights.tokenizer()?;
     let model = weights.model()?;
     let tick = &mut |n| ctx.tick(n);
+    // Too little text is the dataset's problem: say which file, and what would fit.
+    let too_short = |tokens: usize, need: &str| -> StageError {
+        crate::data::DataError::Invalid {
+            name: dataset.to_string(),
+            path: source.path.clone(),
+            message: format!(
+                "{tokens} tokens after tokenizing, too few for {need}: use more text or a \
+                 smaller `seqlen`"
+            ),
+        }
+        .into()
+    };
     let r: Perplexity = match mode {
         PplMode::Windows | PplMode::Sliding { .. } => {
             // Tokenized once as a whole, with the tokenizer's special tokens, as the protocol does.
             let tokens = tokenizer.encode(&docs.join(join), true)?;
             if let PplMode::Sliding { stride } = mode {
                 let n = sliding_windows(&tokens, seqlen, stride, limit).len();
+                if n == 0 {
+                    return Err(too_short(tokens.len(), "a window of two tokens"));
+                }
                 ctx.progress.start(n as u64, "perplexity");
                 sliding_perplexity(
                     &model,
@@ -162,6 +178,12 @@ fn run_perplexity(
                 )
             } else {
                 let n = windows(&tokens, seqlen, limit).len();
+                if n == 0 {
+                    return Err(too_short(
+                        tokens.len(),
+                        &format!("one window of seqlen = {seqlen}"),
+                    ));
+                }
                 ctx.progress.start(n as u64, "perplexity");
                 perplexity(
                     &model,
@@ -184,6 +206,10 @@ fn run_perplexity(
                 .iter()
                 .map(|t| t.chunks(seqlen).filter(|c| c.len() >= 2).count())
                 .sum();
+            if n == 0 {
+                let total = tokens.iter().map(Vec::len).sum();
+                return Err(too_short(total, "two tokens in any document"));
+            }
             ctx.progress.start(n as u64, "perplexity");
             document_perplexity(&model, &tokens, seqlen, spec.batch_size, ctx.device, tick)
         }

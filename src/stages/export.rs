@@ -383,7 +383,10 @@ pub fn write_safetensors(path: &Path, tensors: &TensorMap, dtype: DType) -> Resu
     result.map_err(write_err)?;
     for t in tensors.values() {
         let t = t.to_dtype(dtype)?;
-        t.write_bytes(&mut w)?;
+        t.write_bytes(&mut w).map_err(|e| match e {
+            candle_core::Error::Io(source) => io("writing", path)(source),
+            other => ExportError::Candle(other),
+        })?;
     }
     w.flush().map_err(io("writing", path))?;
     Ok((8 + head.len() + offset) as u64)

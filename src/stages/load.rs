@@ -25,6 +25,9 @@ pub fn run(ctx: &StageCtx, spec: &LoadSpec) -> Result<StageOutput, StageError> {
     let source = &ctx.plan.pipeline.models[&spec.model];
     let checkpoint = Checkpoint::resolve(&source.dir)?;
     let config = ModelConfig::from_file(&checkpoint.config)?;
+    // Every later stage reads the tokenizer: a file that does not parse must fail here rather
+    // than be cached as a good model.
+    crate::model::Tokenizer::from_file(&checkpoint.tokenizer)?;
     ctx.note(&format!("loading {}", source.dir.display()));
     // Digests are taken on the CPU copy: the same bytes whatever device later stages use.
     let tensors = load_weights(&checkpoint, &config, candle_dtype(spec.dtype), &Device::Cpu)?;

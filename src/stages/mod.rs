@@ -72,10 +72,41 @@ pub enum StageError {
         context: String,
         source: std::io::Error,
     },
+    /// Reading or writing a tensor file failed (candle's own errors name no file).
+    #[error("{action} {}: {source}", path.display())]
+    TensorFile {
+        action: &'static str,
+        path: PathBuf,
+        source: Box<candle_core::Error>,
+    },
     #[error("{0}")]
     Invalid(String),
     #[error("cancelled")]
     Cancelled,
+}
+
+/// Reads a safetensors file, naming it in any error.
+pub fn read_tensors(
+    path: &Path,
+    device: &candle_core::Device,
+) -> Result<std::collections::HashMap<String, candle_core::Tensor>, StageError> {
+    candle_core::safetensors::load(path, device).map_err(|source| StageError::TensorFile {
+        action: "reading",
+        path: path.to_path_buf(),
+        source: Box::new(source),
+    })
+}
+
+/// Writes a safetensors file, naming it in any error.
+pub fn write_tensors(
+    tensors: &std::collections::HashMap<String, candle_core::Tensor>,
+    path: &Path,
+) -> Result<(), StageError> {
+    candle_core::safetensors::save(tensors, path).map_err(|source| StageError::TensorFile {
+        action: "writing",
+        path: path.to_path_buf(),
+        source: Box::new(source),
+    })
 }
 
 impl StageError {
@@ -171,8 +202,9 @@ impl StageCtx<'_> {
 
     pub fn write_json(&self, name: &str, value: &serde_json::Value) -> Result<(), StageError> {
         let text = serde_json::to_string_pretty(value).expect("JSON values serialize");
-        std::fs::write(self.out_path(name), text + "\n")
-            .map_err(StageError::io(format!("writing {name}")))
+        let path = self.out_path(name);
+        std::fs::write(&path, text + "\n")
+            .map_err(StageError::io(format!("writing {}", path.display())))
     }
 }
 
