@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 pub use device::{DeviceKind, DevicePool, Need};
 pub use scheduler::Failure;
 
-use crate::cache::{Cache, CacheError, RunRecord, StageStatus};
+use crate::cache::{Cache, CacheError, Lease, RunRecord, StageStatus};
 use crate::model::ModelConfig;
 use crate::pipeline::spec::{EvalTask, StageKind, StageSpec};
 use crate::plan::{History, Plan};
@@ -49,6 +49,9 @@ pub struct RunSummary {
     pub record: RunRecord,
     pub failures: Vec<Failure>,
     pub interrupted: bool,
+    /// Held until the summary is dropped: gc keeps this run's entries while the caller still
+    /// reads them (the reports it copies out).
+    _lease: Lease,
 }
 
 impl RunSummary {
@@ -91,6 +94,7 @@ pub fn run(
         interrupted: cancel.load(std::sync::atomic::Ordering::Relaxed),
         record,
         failures,
+        _lease: lease,
     })
 }
 

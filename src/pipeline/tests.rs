@@ -1180,7 +1180,9 @@ fn tokenizer_semantics_transformers_on_a_class_it_cannot_rebuild_is_a_pipeline_e
     let dir = tempfile::tempdir().expect("temp dir");
     let m = dir.path().join("models/t5");
     std::fs::create_dir_all(&m).expect("mkdir");
-    std::fs::write(m.join("config.json"), "{}").expect("write");
+    std::fs::write(m.join("config.json"), r#"{"model_type": "llama", "hidden_size": 64, "intermediate_size": 172, "num_hidden_layers": 2, "num_attention_heads": 8, "vocab_size": 512}"#).expect("write");
+    std::fs::write(m.join("tokenizer.json"), "{}").expect("write");
+    std::fs::write(m.join("model.safetensors"), "").expect("write");
     std::fs::write(
         m.join("tokenizer_config.json"),
         r#"{"tokenizer_class": "T5Tokenizer"}"#,
