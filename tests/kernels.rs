@@ -8,12 +8,11 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use whittle::compress::dynint8;
 use whittle::compress::gptq::{gptq, GptqConfig};
-use whittle::compress::magnitude::{
-    global_cut, global_prune_count, magnitude, magnitude_global, magnitude_nm,
-};
+use whittle::compress::magnitude::{global_cut, magnitude, magnitude_global, magnitude_nm};
 use whittle::compress::nm::{follows_pattern, nm_mask};
 use whittle::compress::rtn::rtn;
 use whittle::compress::sparsegpt::{sparsegpt, Pattern};
+use whittle::compress::torch_prune_count;
 use whittle::compress::wanda::{row_lowest, wanda, wanda_nm, wanda_score};
 use whittle::compress::{Grouping, HessianOpts, Mask, Matrix, QuantConfig};
 
@@ -724,7 +723,7 @@ proptest! {
         let masks = magnitude_global(&refs, s).unwrap();
         let all: Vec<f32> = ws.iter().flat_map(|w| w.data.iter().map(|v| v.abs())).collect();
         let k = (all.len() as f64 * s).round_ties_even() as usize;
-        prop_assert_eq!(global_prune_count(all.len(), s).unwrap(), k);
+        prop_assert_eq!(torch_prune_count(all.len(), s).unwrap(), k);
         // The k first of a stable sort of the concatenation: ties in selection order.
         prop_assert_eq!(flat_pruned(&masks), stable_lowest(&all, k));
     }

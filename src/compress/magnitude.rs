@@ -9,7 +9,7 @@
 
 use rayon::prelude::*;
 
-use super::{nm, prune_count, CompressError, Mask, Matrix, Result};
+use super::{nm, prune_count, torch_prune_count, CompressError, Mask, Matrix, Result};
 
 /// The layer-wise threshold: the value at index `floor(numel·s)` of the sorted `|W|`, found by
 /// O(n) selection. `None` when nothing is pruned (`s == 0` or an empty matrix).
@@ -38,15 +38,6 @@ pub fn magnitude_nm(w: &Matrix, n: usize, m: usize) -> Result<Mask> {
     nm::nm_mask(&w.abs(), n, m)
 }
 
-/// How many weights global magnitude prunes: `round(N·s)` with Python's `round` (half to even),
-/// as torch's `_compute_nparams_toprune` does for a float `amount`; `N·s` is an `f64` product.
-pub fn global_prune_count(total: usize, s: f64) -> Result<usize> {
-    if !(s.is_finite() && (0.0..1.0).contains(&s)) {
-        return Err(CompressError::Sparsity(s));
-    }
-    Ok(((total as f64 * s).round_ties_even() as usize).min(total))
-}
-
 /// Where the global cut falls: every `|w|` below `threshold` is pruned, and of the weights tied
 /// at it the first `ties` in selection order (matrix by matrix, row-major within one).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -68,7 +59,7 @@ pub fn global_cut(ws: &[&Matrix], s: f64) -> Result<Option<GlobalCut>> {
         return Err(CompressError::NoMatrices);
     }
     let total: usize = ws.iter().map(|w| w.numel()).sum();
-    let k = global_prune_count(total, s)?;
+    let k = torch_prune_count(total, s)?;
     if k == 0 {
         return Ok(None);
     }
@@ -224,12 +215,12 @@ mod tests {
 
     #[test]
     fn global_count_rounds_half_to_even() {
-        assert_eq!(global_prune_count(5, 0.5).unwrap(), 2); // 2.5
-        assert_eq!(global_prune_count(7, 0.5).unwrap(), 4); // 3.5
-        assert_eq!(global_prune_count(10, 0.26).unwrap(), 3); // 2.6
-        assert_eq!(global_prune_count(3, 0.9).unwrap(), 3); // 2.7: everything
-        assert_eq!(global_prune_count(8, 0.01).unwrap(), 0);
-        assert!(global_prune_count(8, 1.0).is_err());
+        assert_eq!(torch_prune_count(5, 0.5).unwrap(), 2); // 2.5
+        assert_eq!(torch_prune_count(7, 0.5).unwrap(), 4); // 3.5
+        assert_eq!(torch_prune_count(10, 0.26).unwrap(), 3); // 2.6
+        assert_eq!(torch_prune_count(3, 0.9).unwrap(), 3); // 2.7: everything
+        assert_eq!(torch_prune_count(8, 0.01).unwrap(), 0);
+        assert!(torch_prune_count(8, 1.0).is_err());
         let w = m(1, 3, &[0.3, 0.1, 0.2]);
         assert_eq!(
             pruned(&magnitude_global(&[&w], 0.9).unwrap()[0]),

@@ -39,6 +39,16 @@ pub use rtn::{Grouping, QuantConfig, QuantParams, QuantizedMatrix};
 /// Result type of the compression kernels.
 pub type Result<T> = std::result::Result<T, CompressError>;
 
+/// The count `torch.nn.utils.prune` takes (`_compute_nparams_toprune`): `round(n·s)`, Python's
+/// round, half to even; a count of `n` prunes everything. The knowledge study's code prunes with
+/// it: global magnitude, and on the LM head `random_unstructured` and `ln_structured`.
+pub fn torch_prune_count(n: usize, s: f64) -> Result<usize> {
+    if !(s.is_finite() && (0.0..1.0).contains(&s)) {
+        return Err(CompressError::Sparsity(s));
+    }
+    Ok(((n as f64 * s).round_ties_even() as usize).min(n))
+}
+
 /// Checks a sparsity fraction and returns how many of `numel` weights the reference prunes:
 /// `int(numel * s)`, in `f64` like Python. The reference indexes the sorted scores at that
 /// position, so `s` must lie in `[0, 1)`.

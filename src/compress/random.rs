@@ -3,12 +3,13 @@
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::{prune_count, Mask, Matrix, Result};
+use super::{torch_prune_count, Mask, Matrix, Result};
 
-/// Prunes exactly `floor(numel·s)` weights chosen uniformly at random. The same seed gives the
-/// same mask (ChaCha8, stable across platforms and versions of this crate).
+/// Prunes exactly `round(numel·s)` weights (half to even, as torch's `random_unstructured`
+/// counts) chosen uniformly at random. The same seed gives the same mask (ChaCha8, stable across
+/// platforms and versions of this crate; torch's generator cannot be matched, only its count).
 pub fn random(w: &Matrix, s: f64, seed: u64) -> Result<Mask> {
-    let k = prune_count(w.numel(), s)?;
+    let k = torch_prune_count(w.numel(), s)?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut mask = Mask::new(w.rows, w.cols);
     for i in rand::seq::index::sample(&mut rng, w.numel(), k) {
@@ -25,7 +26,7 @@ mod tests {
     fn exact_count_and_seeded() {
         let w = Matrix::new(7, 9, vec![1.0; 63]).unwrap();
         let a = random(&w, 0.5, 3).unwrap();
-        assert_eq!(a.count(), 31); // floor(63 · 0.5)
+        assert_eq!(a.count(), 32); // round(31.5), half to even; floor would give 31
         assert_eq!(random(&w, 0.5, 3).unwrap(), a);
         assert_ne!(random(&w, 0.5, 4).unwrap(), a);
         assert_eq!(random(&w, 0.0, 3).unwrap().count(), 0);

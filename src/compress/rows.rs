@@ -1,10 +1,11 @@
 //! Structured row pruning: whole output rows (neurons), those with the smallest L1 norm.
 
-use super::{prune_count, Mask, Matrix, Result};
+use super::{torch_prune_count, Mask, Matrix, Result};
 
-/// Zeros the `floor(rows·s)` rows of smallest L1 norm (ties: the lower row index first).
+/// Zeros the `round(rows·s)` rows of smallest L1 norm (half to even, as torch's `ln_structured`
+/// counts; ties: the lower row index first).
 pub fn rows_l1(w: &Matrix, s: f64) -> Result<Mask> {
-    let k = prune_count(w.rows, s)?;
+    let k = torch_prune_count(w.rows, s)?;
     let norms: Vec<f64> = (0..w.rows)
         .map(|r| w.row(r).iter().map(|x| x.abs() as f64).sum())
         .collect();
@@ -36,5 +37,16 @@ mod tests {
         let m = rows_l1(&w, 0.3).unwrap();
         assert_eq!(m.row_count(1), 2);
         assert_eq!(m.count(), 2);
+    }
+
+    #[test]
+    fn rows_count_as_torch_ln_structured() {
+        // 5 rows at s = 0.3: 1.5 rounds (half to even) to 2, as torch counts; floor gave 1.
+        let w = Matrix::new(5, 1, vec![5.0, 1.0, 4.0, 2.0, 3.0]).unwrap();
+        let m = rows_l1(&w, 0.3).unwrap();
+        let pruned: Vec<usize> = (0..5).filter(|&r| m.row_count(r) == 1).collect();
+        assert_eq!(pruned, vec![1, 3]);
+        // 0.5 rounds to 0.
+        assert_eq!(rows_l1(&w, 0.1).unwrap().count(), 0);
     }
 }

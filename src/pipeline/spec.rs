@@ -994,6 +994,8 @@ impl StageSpec {
                     }
                     PruneMethod::Random { seed } => {
                         p.insert("seed".into(), (*seed).into());
+                        // Once floor(n·s); now torch's round(n·s), as for global magnitude.
+                        p.insert("count".into(), "round(N*s)".into());
                     }
                     PruneMethod::Wanda { mode, .. } => {
                         p.insert("calibration_mode".into(), mode.as_str().into());
@@ -1008,6 +1010,9 @@ impl StageSpec {
                         p.insert("percdamp".into(), (*percdamp).into());
                         p.insert("blocksize".into(), (*blocksize).into());
                     }
+                }
+                if s.pattern == Pattern::Rows && !p.contains_key("count") {
+                    p.insert("count".into(), "round(N*s)".into());
                 }
                 selection_params(&s.selection, &mut p);
                 if !s.overrides.is_empty() {

@@ -615,16 +615,21 @@ fn accumulation_enters_the_calibrate_key_only_when_reference() {
 }
 
 #[test]
-fn global_magnitude_key_names_its_count_rule() {
+fn torch_counted_prunes_name_their_count_rule_in_the_key() {
     let p = ok(&with_base(
         "",
         "  g: {kind: prune, model: base, method: magnitude, scope: global, sparsity: 0.4}
   l: {kind: prune, model: base, method: magnitude, sparsity: 0.4}
+  r: {kind: prune, model: base, method: random, sparsity: 0.4}
+  rows: {kind: prune, model: base, method: magnitude, pattern: rows, sparsity: 0.4}
 ",
     ));
-    // Entries made when the global cut was `<= sorted[floor(N·s)]` are not served.
-    let g = only_spec(&p, "g").key_params();
-    assert_eq!(g["count"], ParamValue::from("round(N*s)"));
+    // Entries made when these counted floor(N·s) (or cut at `<= sorted[floor(N·s)]`) are not
+    // served: the LM-head controls follow torch's count too.
+    for name in ["g", "r", "rows"] {
+        let k = only_spec(&p, name).key_params();
+        assert_eq!(k["count"], ParamValue::from("round(N*s)"), "{name}");
+    }
     assert!(!only_spec(&p, "l").key_params().contains_key("count"));
 }
 

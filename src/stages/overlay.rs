@@ -447,28 +447,36 @@ impl Overlay {
         self.dtype
     }
 
+    /// The blob of `r`, checked against the size and digest the index records.
+    fn blob(&self, r: &Record) -> Result<Vec<u8>> {
+        let path = self.dir.join(&r.file);
+        let blob = std::fs::read(&path).map_err(io("reading", &path))?;
+        if blob.len() as u64 != r.bytes {
+            let reason = format!("{} bytes, the index says {}", blob.len(), r.bytes);
+            return Err(self.corrupt(r, reason));
+        }
+        if Digest::of_bytes(&blob) != r.blake3 {
+            let reason = "its blake3 digest does not match the index".into();
+            return Err(self.corrupt(r, reason));
+        }
+        Ok(blob)
+    }
+
+    fn corrupt(&self, r: &Record, reason: String) -> OverlayError {
+        OverlayError::Corrupt {
+            path: self.dir.join(&r.file),
+            tensor: r.name.clone(),
+            reason,
+        }
+    }
+
     /// Replaces the overlay's tensors in `tensors` (on `device`); `masked` tensors apply on top of
     /// the tensor already there.
     pub fn apply(&self, tensors: &mut TensorMap, device: &Device) -> Result<AppliedOverlay> {
         let mut out = AppliedOverlay::default();
         for r in &self.index.tensors {
-            let path = self.dir.join(&r.file);
-            let blob = std::fs::read(&path).map_err(io("reading", &path))?;
-            let corrupt = |reason: String| OverlayError::Corrupt {
-                path: path.clone(),
-                tensor: r.name.clone(),
-                reason,
-            };
-            if blob.len() as u64 != r.bytes {
-                return Err(corrupt(format!(
-                    "{} bytes, the index says {}",
-                    blob.len(),
-                    r.bytes
-                )));
-            }
-            if Digest::of_bytes(&blob) != r.blake3 {
-                return Err(corrupt("its blake3 digest does not match the index".into()));
-            }
+            let blob = self.blob(r)?;
+            let corrupt = |reason: String| self.corrupt(r, reason);
             let t = match &r.encoding {
                 Encoding::Masked => {
                     // A tied model's LM head is its embedding until something replaces it.
@@ -520,16 +528,8 @@ impl Overlay {
         for r in &self.index.tensors {
             let bytes = match r.encoding {
                 Encoding::Masked => {
-                    let path = self.dir.join(&r.file);
-                    let blob = std::fs::read(&path).map_err(io("reading", &path))?;
-                    let corrupt = |reason: String| OverlayError::Corrupt {
-                        path: path.clone(),
-                        tensor: r.name.clone(),
-                        reason,
-                    };
-                    if blob.len() as u64 != r.bytes || Digest::of_bytes(&blob) != r.blake3 {
-                        return Err(corrupt("the blob does not match the index".into()));
-                    }
+                    let blob = self.blob(r)?;
+                    let corrupt = |reason: String| self.corrupt(r, reason);
                     check_shape(&r.shape, 2).map_err(&corrupt)?;
                     let mask = parse_mask(&blob, r.shape[0], r.shape[1]).map_err(&corrupt)?;
                     masked_deployed(r.bytes, &mask, self.dtype)
