@@ -39,14 +39,7 @@ fn failing_pipeline(dir: &Path, shared: &Path) -> PathBuf {
     // needs it cannot run, and the magnitude branch does not care.
     let text = format!(
         r#"
-models:
-  stories: {s}/models/stories260K
-datasets:
-  stories:
-    path: {s}/data/tinystories/sample.txt
-    documents: separator
-    separator: "<|endoftext|>"
-stages:
+{stories}stages:
   base: {{kind: load, model: stories}}
   calib: {{kind: calibrate, model: base, dataset: stories, samples: 4, seqlen: 4000}}
   wanda: {{kind: prune, model: base, method: wanda, sparsity: 0.5, calibration: calib}}
@@ -54,7 +47,7 @@ stages:
   ppl-wanda: {{kind: evaluate, model: wanda, task: perplexity, dataset: stories, seqlen: 64}}
   ppl-mag: {{kind: evaluate, model: mag, task: perplexity, dataset: stories, seqlen: 64}}
 "#,
-        s = shared.display()
+        stories = common::stories_sections(shared)
     );
     let path = dir.join("failing.yaml");
     std::fs::write(&path, text).unwrap();

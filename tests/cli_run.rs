@@ -17,14 +17,7 @@ fn small_repo(shared: &Path, name_line: &str) -> (tempfile::TempDir, PathBuf) {
     std::fs::create_dir_all(repo.join("pipelines")).unwrap();
     let text = format!(
         r#"{name_line}
-models:
-  stories: {s}/models/stories260K
-datasets:
-  stories:
-    path: {s}/data/tinystories/sample.txt
-    documents: separator
-    separator: "<|endoftext|>"
-sweep:
+{stories}sweep:
   grid:
     method: [magnitude, random]
     sparsity: [0.25, 0.5]
@@ -34,7 +27,7 @@ stages:
   ppl: {{kind: evaluate, model: pruned, task: perplexity, dataset: stories, seqlen: 32, limit: 2}}
   table: {{kind: report, inputs: [ppl]}}
 "#,
-        s = shared.display()
+        stories = common::stories_sections(shared)
     );
     let file = repo.join("pipelines/small.yaml");
     std::fs::write(&file, text).unwrap();

@@ -243,14 +243,7 @@ fn wanda_sweep_end_to_end() {
 fn small_pipeline(dir: &Path, shared: &Path) -> PathBuf {
     let text = format!(
         r#"
-models:
-  stories: {s}/models/stories260K
-datasets:
-  stories:
-    path: {s}/data/tinystories/sample.txt
-    documents: separator
-    separator: "<|endoftext|>"
-sweep:
+{stories}sweep:
   grid:
     method: [magnitude, wanda]
 stages:
@@ -260,7 +253,7 @@ stages:
   ppl: {{kind: evaluate, model: pruned, task: perplexity, dataset: stories, seqlen: 64}}
   table: {{kind: report, inputs: [ppl]}}
 "#,
-        s = shared.display()
+        stories = common::stories_sections(shared)
     );
     let path = dir.join("small.yaml");
     std::fs::write(&path, text).unwrap();

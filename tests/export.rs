@@ -17,19 +17,12 @@ use whittle::stages::export::{materialize_stage, write_safetensors};
 fn pipeline(dir: &Path, shared: &Path, sparsity: f64) -> PathBuf {
     let text = format!(
         r#"
-models:
-  stories: {s}/models/stories260K
-datasets:
-  stories:
-    path: {s}/data/tinystories/sample.txt
-    documents: separator
-    separator: "<|endoftext|>"
-stages:
+{stories}stages:
   base: {{kind: load, model: stories}}
   calib: {{kind: calibrate, model: base, dataset: stories, samples: 2, seqlen: 16}}
   pruned: {{kind: prune, model: base, method: magnitude, sparsity: {sparsity}}}
 "#,
-        s = shared.display()
+        stories = common::stories_sections(shared)
     );
     let path = dir.join(format!("export-{sparsity}.yaml"));
     std::fs::write(&path, text).unwrap();

@@ -32,6 +32,22 @@ macro_rules! require_shared {
     };
 }
 
+/// The `models:` and `datasets:` sections most pipeline tests share: stories260K and its sample
+/// stories, from the shared assets at `shared`.
+pub fn stories_sections(shared: &std::path::Path) -> String {
+    let s = shared.display();
+    format!(
+        r#"models:
+  stories: {s}/models/stories260K
+datasets:
+  stories:
+    path: {s}/data/tinystories/sample.txt
+    documents: separator
+    separator: "<|endoftext|>"
+"#
+    )
+}
+
 /// Runs the `whittle` binary with a cache of its own, no progress bars, and none of the
 /// environment that could change what it does.
 pub fn whittle(cache: &std::path::Path, args: &[&str]) -> std::process::Output {
