@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor};
 
 use whittle::cache::{Cache, FileHasher};
 use whittle::compress::{magnitude::magnitude, Matrix};
-use whittle::model::{load_weights, Checkpoint, Llama, ModelConfig, TensorMap};
+use whittle::model::{load_weights, CausalLm, Checkpoint, Llama, ModelConfig, TensorMap};
 use whittle::stages::export::{materialize_stage, write_safetensors};
 
 fn pipeline(dir: &Path, shared: &Path, sparsity: f64) -> PathBuf {
@@ -29,7 +29,7 @@ fn pipeline(dir: &Path, shared: &Path, sparsity: f64) -> PathBuf {
     path
 }
 
-fn logits(model: &Llama, tokens: &[u32]) -> Vec<f32> {
+fn logits(model: &dyn CausalLm, tokens: &[u32]) -> Vec<f32> {
     let t = Tensor::new(tokens, &Device::Cpu)
         .unwrap()
         .unsqueeze(0)

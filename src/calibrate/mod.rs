@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::model::{Capture, LinearId, Llama, ModelConfig, ModelError, Proj, TensorMap};
+use crate::model::{Blocks, Capture, LinearId, ModelConfig, ModelError, Proj, TensorMap};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SampleError {
@@ -369,7 +369,7 @@ pub fn forward_chunk(seqlen: usize, device: &Device) -> usize {
 /// pass, and returns its output. With `stats`, the inputs of the linear layers are gathered over
 /// the whole batch and accumulated as one, so the sums are those of a single pass over `x`.
 fn run_block(
-    model: &Llama,
+    model: &dyn Blocks,
     layer: usize,
     x: &Tensor,
     chunk: usize,
@@ -389,10 +389,10 @@ fn run_block(
     out
 }
 
-/// [`Llama::block_forward`] over `x`, `chunk` windows at a time; `capture` sees each linear
+/// [`Blocks::block_forward`] over `x`, `chunk` windows at a time; `capture` sees each linear
 /// layer's input once, for all of `x`.
 fn forward_in_chunks(
-    model: &Llama,
+    model: &dyn Blocks,
     layer: usize,
     x: &Tensor,
     chunk: usize,
@@ -428,7 +428,7 @@ fn forward_in_chunks(
 /// Runs `windows` through the dense model in batches and accumulates input statistics.
 /// `tick` is called after each batch with the number of windows done; an error from it stops.
 pub fn collect_stats(
-    model: &Llama,
+    model: &dyn Blocks,
     windows: &[Vec<u32>],
     wanted: Wanted,
     batch_size: usize,
@@ -448,7 +448,7 @@ pub fn collect_stats(
 
 /// [`collect_stats`] for the first `layers` blocks only.
 pub fn collect_stats_first(
-    model: &Llama,
+    model: &dyn Blocks,
     layers: usize,
     windows: &[Vec<u32>],
     wanted: Wanted,
@@ -497,7 +497,8 @@ pub fn sequential(
     compress: &mut dyn FnMut(usize, &Stats, &TensorMap) -> Result<TensorMap, ModelError>,
     tick: &mut dyn FnMut(u64) -> candle_core::Result<()>,
 ) -> Result<(), ModelError> {
-    let mut model = Llama::new(cfg, tensors)?;
+    let arch = cfg.architecture();
+    let mut model = arch.causal_lm(cfg, tensors, Vec::new())?;
     let mut hidden: Vec<Tensor> = batches(windows.windows, windows.batch_size, windows.device)?
         .iter()
         .map(|ids| model.embed(ids))
@@ -505,16 +506,16 @@ pub fn sequential(
     for layer in 0..cfg.num_layers {
         let mut stats = Stats::new(wanted.accumulation);
         for x in &hidden {
-            run_block(&model, layer, x, windows.chunk, Some((&mut stats, wanted)))?;
+            run_block(&*model, layer, x, windows.chunk, Some((&mut stats, wanted)))?;
             stats.nsamples += x.dim(0)?;
         }
         let replaced = compress(layer, &stats, tensors)?;
         drop(stats);
         tensors.extend(replaced);
-        model = Llama::new(cfg, tensors)?;
+        model = arch.causal_lm(cfg, tensors, Vec::new())?;
         // In place, so only one batch's old activations are alive beside the new ones.
         for x in hidden.iter_mut() {
-            *x = run_block(&model, layer, x, windows.chunk, None)?;
+            *x = run_block(&*model, layer, x, windows.chunk, None)?;
         }
         tick(1)?;
     }
@@ -628,7 +629,8 @@ mod tests {
     #[test]
     fn chunked_blocks_match_one_pass_bit_for_bit() {
         let (cfg, tensors) = tiny_model();
-        let model = Llama::new(&cfg, &tensors).unwrap();
+        let model = cfg.architecture().causal_lm(&cfg, &tensors, Vec::new());
+        let model: &dyn Blocks = &*model.unwrap();
         let ids = &batches(&tiny_windows(5, 64), 5, &Device::Cpu).unwrap()[0];
         let x = model.embed(ids).unwrap();
         for layer in 0..2 {
@@ -646,10 +648,10 @@ mod tests {
             assert_eq!(one.norms.len(), 7);
             for chunk in [1, 2, 3, 5, 8] {
                 let mut stats = Stats::default();
-                let out = run_block(&model, layer, &x, chunk, Some((&mut stats, BOTH))).unwrap();
+                let out = run_block(model, layer, &x, chunk, Some((&mut stats, BOTH))).unwrap();
                 assert_eq!(bits(&out), bits(&want), "layer {layer} chunk {chunk}");
                 assert_same_stats(&stats, &one, &format!("layer {layer} chunk {chunk}"));
-                let plain = run_block(&model, layer, &x, chunk, None).unwrap();
+                let plain = run_block(model, layer, &x, chunk, None).unwrap();
                 assert_eq!(bits(&plain), bits(&want), "layer {layer} chunk {chunk}");
             }
         }

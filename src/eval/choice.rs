@@ -52,7 +52,7 @@ use serde_json::Value;
 use crate::eval::loglik::{loglikelihood, EvalError, PairEncoder};
 use crate::eval::task_file::{self, Checks, TaskFileError};
 use crate::eval::template::{lookup, scalar_text, Template, TemplateError};
-use crate::model::Llama;
+use crate::model::CausalLm;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChoiceError {
@@ -655,7 +655,7 @@ pub fn choice_metrics(samples: &[ChoiceSample]) -> ChoiceMetrics {
 /// `tick` receives the number of (context, continuation) pairs scored; an item with n choices
 /// counts n (see [`ChoiceItem::num_choices`]).
 pub fn evaluate_items(
-    model: &Llama,
+    model: &dyn CausalLm,
     encoder: &PairEncoder,
     items: &[ChoiceItem],
     batch_size: usize,
@@ -706,7 +706,7 @@ pub fn evaluate_items(
 
 /// [`ChoiceTask::prepare`] then [`evaluate_items`].
 pub fn evaluate_choices(
-    model: &Llama,
+    model: &dyn CausalLm,
     encoder: &PairEncoder,
     task: &ChoiceTask,
     records: &[Value],

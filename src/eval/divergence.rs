@@ -19,7 +19,7 @@ use candle_core::{DType, Device, Tensor, D};
 use serde::{Deserialize, Serialize};
 
 use super::perplexity::windows;
-use crate::model::{Llama, ModelError};
+use crate::model::{CausalLm, ModelError};
 
 /// Means over one window's positions.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -176,8 +176,8 @@ pub fn lowest_argmax(logits: &Tensor) -> candle_core::Result<Vec<u32>> {
 /// is called with the number of windows done after each batch.
 #[allow(clippy::too_many_arguments)]
 pub fn divergence(
-    model: &Llama,
-    reference: &Llama,
+    model: &dyn CausalLm,
+    reference: &dyn CausalLm,
     tokens: &[u32],
     seqlen: usize,
     limit: Option<usize>,

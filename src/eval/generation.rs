@@ -27,7 +27,7 @@ pub use task::{GenerationTask, PromptForm};
 
 use super::template::{scalar_text, TemplateError};
 use super::text_metrics::{exact_match, rouge1_f, token_f1};
-use crate::model::{greedy_until, Finish, Llama, ModelError, Tokenizer};
+use crate::model::{greedy_until, CausalLm, Finish, ModelError, Tokenizer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GenerationError {
@@ -109,7 +109,7 @@ pub struct GenerationMetrics {
 /// Generates for every record and scores the predictions. `max_new_tokens_override` replaces the
 /// task's limit; `tick` is called with 1 after each sample (its error aborts the run).
 pub fn evaluate_generation(
-    model: &Llama,
+    model: &dyn CausalLm,
     tokenizer: &Tokenizer,
     task: &GenerationTask,
     records: &[Value],
@@ -165,7 +165,7 @@ struct Limits {
 }
 
 fn generate_one(
-    model: &Llama,
+    model: &dyn CausalLm,
     tokenizer: &Tokenizer,
     task: &GenerationTask,
     limits: &Limits,

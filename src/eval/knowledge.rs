@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::eval::lama::{Fact, LamaSet, Split};
 use crate::eval::loglik::{logits_at, loglikelihood, EvalError, PairEncoder, Request};
-use crate::model::Llama;
+use crate::model::CausalLm;
 
 /// How a model is asked for the object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -189,7 +189,7 @@ fn check_ks(ks: &[usize]) -> Result<Vec<usize>, EvalError> {
 
 /// Probes every fact of `set`. `tick` receives units as [`probe_units`] counts them.
 pub fn probe(
-    model: &Llama,
+    model: &dyn CausalLm,
     encoder: &PairEncoder,
     set: &LamaSet,
     opts: &ProbeOptions,
@@ -256,7 +256,7 @@ fn result(set: &LamaSet, q: &Query) -> FactResult {
 }
 
 fn probe_vocabulary(
-    model: &Llama,
+    model: &dyn CausalLm,
     encoder: &PairEncoder,
     set: &LamaSet,
     opts: &ProbeOptions,
@@ -338,7 +338,7 @@ fn vocabulary_ranks(
 }
 
 fn probe_candidates(
-    model: &Llama,
+    model: &dyn CausalLm,
     encoder: &PairEncoder,
     set: &LamaSet,
     opts: &ProbeOptions,

@@ -29,7 +29,7 @@
 use candle_core::{DType, Device, Tensor, D};
 use serde::Serialize;
 
-use crate::model::{Llama, ModelConfig, ModelError, Tokenizer};
+use crate::model::{CausalLm, ModelConfig, ModelError, Tokenizer};
 
 /// Errors of the evaluation routines (the model, a request, a record of a task).
 #[derive(Debug, thiserror::Error)]
@@ -241,7 +241,7 @@ fn prepare(i: usize, r: &Request, max_len: usize) -> Result<Prepared, EvalError>
 /// Next-token logits [picks.len(), vocab] (f32) at `(row, position)` of `rows`, which run as one
 /// right-padded batch. Only the picked positions go through the LM head.
 pub fn logits_at(
-    model: &Llama,
+    model: &dyn CausalLm,
     rows: &[&[u32]],
     picks: &[(usize, usize)],
     device: &Device,
@@ -293,7 +293,7 @@ pub fn target_logprobs(
 /// (the model's context, [`PairEncoder::max_len`]). `tick` receives the number of requests
 /// finished after each batch.
 pub fn loglikelihood(
-    model: &Llama,
+    model: &dyn CausalLm,
     requests: &[Request],
     max_len: usize,
     batch_size: usize,

@@ -3,7 +3,7 @@
 use candle_core::{DType, Device, Tensor, D};
 use serde::Serialize;
 
-use crate::model::{Llama, ModelError};
+use crate::model::{CausalLm, ModelError};
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Perplexity {
@@ -94,7 +94,7 @@ pub fn token_nlls(logits: &Tensor, targets: &Tensor) -> candle_core::Result<Vec<
 /// positions. With a causal mask, padding after a sequence cannot change its scores, so the
 /// result does not depend on `batch_size`.
 fn score(
-    model: &Llama,
+    model: &dyn CausalLm,
     jobs: &[Job],
     batch_size: usize,
     device: &Device,
@@ -148,7 +148,7 @@ fn too_short(tokens: usize, what: String) -> ModelError {
 /// Perplexity of `model` on `tokens`, `batch_size` windows per forward pass. The result does not
 /// depend on `batch_size`. `tick` is called with the number of windows done after each batch.
 pub fn perplexity(
-    model: &Llama,
+    model: &dyn CausalLm,
     tokens: &[u32],
     seqlen: usize,
     limit: Option<usize>,
@@ -173,7 +173,7 @@ pub fn perplexity(
 /// Sliding-window perplexity (see [`sliding_windows`]); `limit` caps the number of windows.
 #[allow(clippy::too_many_arguments)]
 pub fn sliding_perplexity(
-    model: &Llama,
+    model: &dyn CausalLm,
     tokens: &[u32],
     seqlen: usize,
     stride: usize,
@@ -197,7 +197,7 @@ pub fn sliding_perplexity(
 /// into chunks of at most `seqlen` tokens, none dropped; every position after a chunk's first is
 /// scored. Documents of fewer than two tokens add nothing.
 pub fn document_perplexity(
-    model: &Llama,
+    model: &dyn CausalLm,
     documents: &[Vec<u32>],
     seqlen: usize,
     batch_size: usize,

@@ -211,11 +211,5 @@ fn estimate_needs(plan: &Plan) -> Vec<Need> {
 }
 
 fn parameter_count(c: &ModelConfig) -> u64 {
-    let h = c.hidden_size as u64;
-    let q = c.q_dim() as u64;
-    let kv = c.kv_dim() as u64;
-    let ff = c.intermediate_size as u64;
-    let per_layer = h * q * 2 + h * kv * 2 + 3 * h * ff + 2 * h;
-    let embed = c.vocab_size as u64 * h * if c.tie_word_embeddings { 1 } else { 2 };
-    per_layer * c.num_layers as u64 + embed + h
+    c.architecture().parameter_count(c)
 }

@@ -4,7 +4,7 @@ use candle_core::{IndexOp, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::error::{ModelError, Result};
-use super::llama::{KvCache, Llama};
+use super::lm::CausalLm;
 
 /// Why greedy decoding ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,7 +28,7 @@ pub struct Decoded {
 /// Greedily extends `prompt_ids` by up to `max_new_tokens` tokens and returns only the new ones.
 /// Stops early after producing `eos` (which is not included in the result).
 pub fn greedy(
-    model: &Llama,
+    model: &dyn CausalLm,
     prompt_ids: &[u32],
     max_new_tokens: usize,
     eos: Option<u32>,
@@ -42,7 +42,7 @@ pub fn greedy(
 /// token is kept: the caller decides what to cut). The prompt is read once; each later step feeds
 /// only the last token through the KV cache.
 pub fn greedy_until(
-    model: &Llama,
+    model: &dyn CausalLm,
     prompt_ids: &[u32],
     max_new_tokens: usize,
     eos: &[u32],
@@ -53,7 +53,7 @@ pub fn greedy_until(
             "greedy decoding needs a non-empty prompt".into(),
         ));
     }
-    let mut cache = KvCache::new(model.config());
+    let mut cache = model.new_cache();
     let mut out = Vec::with_capacity(max_new_tokens);
     let mut input = prompt_ids.to_vec();
     while out.len() < max_new_tokens {

@@ -11,10 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use super::config::{ModelConfig, RopeScaling};
 use super::error::{ModelError, Result};
-use super::weights::{expected_tensors, TensorMap};
-
-/// The LM head's weight name; present in a tied model's tensors only once something replaced it.
-pub const LM_HEAD: &str = "lm_head.weight";
+use super::family::{Architecture, ModuleGroup, LLAMA};
+use super::weights::TensorMap;
 
 /// The seven linear layers of a decoder block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -27,14 +25,6 @@ pub enum Proj {
     Gate,
     Up,
     Down,
-}
-
-/// Which sub-module of a block a linear layer belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ModuleGroup {
-    Attention,
-    Mlp,
 }
 
 impl Proj {
@@ -72,7 +62,7 @@ impl Proj {
     fn parent(self) -> &'static str {
         match self.group() {
             ModuleGroup::Attention => "self_attn",
-            ModuleGroup::Mlp => "mlp",
+            _ => "mlp",
         }
     }
 }
@@ -300,7 +290,7 @@ impl Llama {
     /// Builds the model from tensors under their HF names (see [`expected_tensors`]); every
     /// tensor must have the config's shape and one dtype on one device.
     pub fn new(cfg: &ModelConfig, weights: &TensorMap) -> Result<Llama> {
-        let embed_name = "model.embed_tokens.weight";
+        let embed_name = LLAMA.embed_name();
         let first = weights.get(embed_name).ok_or_else(|| missing(embed_name))?;
         let (dtype, device) = (first.dtype(), first.device().clone());
         if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16 | DType::F64) {
@@ -308,7 +298,7 @@ impl Llama {
                 "weights are {dtype:?}; the model runs in f32, f16, bf16 (or f64 for reference)"
             )));
         }
-        for (name, shape) in expected_tensors(cfg) {
+        for (name, shape) in LLAMA.tensors(cfg) {
             let t = weights.get(&name).ok_or_else(|| missing(&name))?;
             if t.dims() != shape.as_slice() {
                 return Err(ModelError::ShapeMismatch {
@@ -352,10 +342,10 @@ impl Llama {
         let embed = get(embed_name);
         // A compression stage that changed the LM head of a tied model stores `lm_head.weight`:
         // from then on the head is its own matrix.
-        let head = match weights.get(LM_HEAD) {
+        let head = match weights.get(LLAMA.head_name()) {
             Some(w) => w.clone(),
             None if cfg.tie_word_embeddings => embed.clone(),
-            None => return Err(missing(LM_HEAD)),
+            None => return Err(missing(LLAMA.head_name())),
         };
         let lm_head = Linear {
             inner: candle_nn::Linear::new(head, None),
@@ -366,7 +356,7 @@ impl Llama {
             cfg: cfg.clone(),
             embed,
             blocks,
-            norm: get("model.norm.weight"),
+            norm: get(super::family::llama::NORM),
             lm_head,
             inv_freq,
             dtype,
@@ -406,7 +396,7 @@ impl Llama {
         weight: crate::compress::dynint8::Int8Weight,
     ) -> Result<Self> {
         let device = self.device.clone();
-        let linear = if name == LM_HEAD {
+        let linear = if name == LLAMA.head_name() {
             &mut self.lm_head
         } else {
             let id = LinearId::from_weight_name(name).ok_or_else(|| {

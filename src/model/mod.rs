@@ -6,7 +6,10 @@
 //! - [`ModelConfig`] is `config.json` resolved, every default filled;
 //! - [`load_weights`] reads safetensors (single or sharded) or GGUF into a [`TensorMap`] under
 //!   Hugging Face names; [`tensor_digest`] is a tensor's content identity for the cache;
-//! - [`Llama`] runs the model: [`Llama::embed`], [`Llama::block_forward`] (with a capture hook per
+//! - [`Architecture`] describes a model family (LLaMA the only one so far): its tensors, linear
+//!   layers by [`ModuleGroup`], parameter count, and how to build its runtime;
+//! - [`CausalLm`] (with [`Blocks`]) is what evaluators, calibration and training ask of a model;
+//! - [`Llama`] runs the LLaMA family: [`Llama::embed`], [`Llama::block_forward`] (with a capture hook per
 //!   [`LinearId`]), [`Llama::head`], or [`Llama::forward`] / [`Llama::forward_cached`] end to end;
 //! - [`Tokenizer`] and [`greedy`] turn text into ids and back; [`TokenizerSemantics`] says whose
 //!   reading of `tokenizer.json` (the `tokenizers` library's, or transformers 5's) makes the ids.
@@ -28,9 +31,11 @@
 mod checkpoint;
 mod config;
 mod error;
+pub mod family;
 mod generate;
 mod hf_class;
 mod llama;
+mod lm;
 mod tokenizer;
 mod weights;
 
@@ -39,11 +44,11 @@ use candle_core::Device;
 pub use checkpoint::{shards_of, Checkpoint, WeightFiles};
 pub use config::{Family, ModelConfig, RawConfig, RopeScaling, TokenIds};
 pub use error::{ModelError, Result};
+pub use family::{tensor_or_tied, Architecture, LinearLayer, ModuleGroup};
 pub use generate::{greedy, greedy_until, Decoded, Finish};
 pub use hf_class::check as check_transformers_class;
-pub use llama::{
-    rms_norm, Capture, KvCache, LayerKvCache, LinearId, Llama, ModuleGroup, Proj, LM_HEAD,
-};
+pub use llama::{rms_norm, Capture, KvCache, LayerKvCache, LinearId, Llama, Proj};
+pub use lm::{Blocks, CausalLm};
 pub use tokenizer::{Tokenizer, TokenizerSemantics};
 pub use weights::{
     expected_tensors, gguf_name, load_weights, tensor_digest, unpermute_rope_rows, TensorMap,

@@ -19,42 +19,9 @@ use crate::cache::key::Digest;
 /// Tensors by Hugging Face name, in a stable order.
 pub type TensorMap = BTreeMap<String, Tensor>;
 
-/// The tensors a config implies, by HF name, with their expected shapes.
+/// The tensors a config implies, by HF name, with their expected shapes (its family's).
 pub fn expected_tensors(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
-    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
-    let (q, kv) = (cfg.q_dim(), cfg.kv_dim());
-    let mut out = vec![(
-        "model.embed_tokens.weight".to_string(),
-        vec![cfg.vocab_size, h],
-    )];
-    for l in 0..cfg.num_layers {
-        let p = format!("model.layers.{l}");
-        let mut push = |name: String, shape: Vec<usize>| out.push((name, shape));
-        for (proj, rows, cols, bias) in [
-            ("q_proj", q, h, cfg.qkv_bias),
-            ("k_proj", kv, h, cfg.qkv_bias),
-            ("v_proj", kv, h, cfg.qkv_bias),
-            ("o_proj", h, q, cfg.o_bias),
-        ] {
-            push(format!("{p}.self_attn.{proj}.weight"), vec![rows, cols]);
-            if bias {
-                push(format!("{p}.self_attn.{proj}.bias"), vec![rows]);
-            }
-        }
-        for (proj, rows, cols) in [("gate_proj", i, h), ("up_proj", i, h), ("down_proj", h, i)] {
-            push(format!("{p}.mlp.{proj}.weight"), vec![rows, cols]);
-            if cfg.mlp_bias {
-                push(format!("{p}.mlp.{proj}.bias"), vec![rows]);
-            }
-        }
-        push(format!("{p}.input_layernorm.weight"), vec![h]);
-        push(format!("{p}.post_attention_layernorm.weight"), vec![h]);
-    }
-    out.push(("model.norm.weight".to_string(), vec![h]));
-    if !cfg.tie_word_embeddings {
-        out.push(("lm_head.weight".to_string(), vec![cfg.vocab_size, h]));
-    }
-    out
+    cfg.architecture().tensors(cfg)
 }
 
 /// Loads every tensor the config implies, converted to `dtype` (f32, f16 or bf16; f64 for

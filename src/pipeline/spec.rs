@@ -334,28 +334,8 @@ impl Default for Selection {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ModuleGroup {
-    /// Every linear layer of the blocks (not the LM head).
-    All,
-    /// q, k, v and o projections.
-    Attention,
-    /// gate, up and down projections (the feed-forward network).
-    Mlp,
-    /// The final dense layer only (untied from the embedding if they were tied).
-    LmHead,
-}
-
-impl ModuleGroup {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ModuleGroup::All => "all",
-            ModuleGroup::Attention => "attention",
-            ModuleGroup::Mlp => "mlp",
-            ModuleGroup::LmHead => "lm_head",
-        }
-    }
-}
+/// Module groups are the model families' (see [`crate::model::family`]).
+pub use crate::model::ModuleGroup;
 
 /// Where a calibrated method gets its layer inputs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -193,8 +193,8 @@ pub fn export(plan: &Plan, cache: &Cache, stage: &str, out: &Path) -> Result<Exp
 
     let ckpt = &weights.checkpoint;
     let (dtype, dtype_note) = export_dtype(&weights, checkpoint_dtype(ckpt)?)?;
-    let untied =
-        weights.config.tie_word_embeddings && weights.tensors.contains_key("lm_head.weight");
+    let arch = weights.config.architecture();
+    let untied = arch.tied(&weights.config) && weights.tensors.contains_key(arch.head_name());
 
     let config_path = &ckpt.config;
     let text = std::fs::read_to_string(config_path).map_err(io("reading", config_path))?;

@@ -54,9 +54,7 @@ use serde::{Deserialize, Serialize};
 use crate::cache::key::Digest;
 use crate::compress::dynint8::Int8Weight;
 use crate::compress::{Mask, Matrix, QuantizedMatrix};
-use crate::model::{tensor_digest, TensorMap, LM_HEAD};
-
-const EMBED: &str = "model.embed_tokens.weight";
+use crate::model::{tensor_digest, tensor_or_tied, TensorMap};
 
 /// The directory of the overlay inside a compression stage's entry.
 pub const OVERLAY_DIR: &str = "overlay";
@@ -480,9 +478,7 @@ impl Overlay {
             let t = match &r.encoding {
                 Encoding::Masked => {
                     // A tied model's LM head is its embedding until something replaces it.
-                    let parent = tensors
-                        .get(&r.name)
-                        .or_else(|| (r.name == LM_HEAD).then(|| tensors.get(EMBED)).flatten())
+                    let parent = tensor_or_tied(tensors, &r.name)
                         .ok_or_else(|| OverlayError::MissingParent(r.name.clone()))?;
                     check_shape(&r.shape, 2).map_err(&corrupt)?;
                     if parent.dims() != r.shape.as_slice() {

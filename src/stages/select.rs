@@ -6,8 +6,8 @@ use regex::Regex;
 use super::StageError;
 use candle_core::Tensor;
 
-use crate::model::{LinearId, ModelConfig, Proj, TensorMap, LM_HEAD};
-use crate::pipeline::spec::{ModuleGroup, Selection};
+use crate::model::{tensor_or_tied, ModelConfig, TensorMap};
+use crate::pipeline::spec::Selection;
 
 /// The selected weight names, block by block in projection order (the LM head last).
 pub fn selected(cfg: &ModelConfig, sel: &Selection) -> Result<Vec<String>, StageError> {
@@ -19,20 +19,13 @@ pub fn selected(cfg: &ModelConfig, sel: &Selection) -> Result<Vec<String>, Stage
     };
     let targets = compile(&sel.targets)?;
     let ignore = compile(&sel.ignore)?;
-    let in_group = |p: Proj| match sel.group {
-        ModuleGroup::All => true,
-        ModuleGroup::Attention => matches!(p, Proj::Q | Proj::K | Proj::V | Proj::O),
-        ModuleGroup::Mlp => matches!(p, Proj::Gate | Proj::Up | Proj::Down),
-        ModuleGroup::LmHead => false,
-    };
-    let mut names: Vec<String> = (0..cfg.num_layers)
-        .flat_map(|l| Proj::ALL.map(|p| LinearId::new(l, p)))
-        .filter(|id| in_group(id.proj))
-        .map(|id| id.weight_name())
+    let mut names: Vec<String> = cfg
+        .architecture()
+        .linears(cfg)
+        .into_iter()
+        .filter(|l| sel.group.selects(l.group))
+        .map(|l| l.name)
         .collect();
-    if sel.group == ModuleGroup::LmHead {
-        names.push(LM_HEAD.to_string());
-    }
     names.retain(|n| {
         (targets.is_empty() || targets.iter().any(|r| r.is_match(n)))
             && !ignore.iter().any(|r| r.is_match(n))
@@ -51,19 +44,14 @@ pub fn selected(cfg: &ModelConfig, sel: &Selection) -> Result<Vec<String>, Stage
 
 /// A weight by name; the LM head of a tied model is its embedding.
 pub fn weight<'a>(tensors: &'a TensorMap, name: &str) -> Result<&'a Tensor, StageError> {
-    tensors
-        .get(name)
-        .or_else(|| {
-            (name == LM_HEAD)
-                .then(|| tensors.get("model.embed_tokens.weight"))
-                .flatten()
-        })
+    tensor_or_tied(tensors, name)
         .ok_or_else(|| StageError::Invalid(format!("the model has no weight `{name}`")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::spec::ModuleGroup;
 
     fn cfg() -> ModelConfig {
         ModelConfig::from_json(

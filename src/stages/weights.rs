@@ -19,7 +19,7 @@ use super::{StageCtx, StageError};
 use crate::cache::key::{Digest, KeyHasher};
 use crate::cache::Entry;
 use crate::model::{
-    load_weights, Checkpoint, Llama, ModelConfig, TensorMap, Tokenizer, TokenizerSemantics,
+    load_weights, CausalLm, Checkpoint, ModelConfig, TensorMap, Tokenizer, TokenizerSemantics,
 };
 use crate::pipeline::spec::{self, StageSpec};
 use crate::plan::{NodeId, Plan};
@@ -102,12 +102,13 @@ pub struct Materialized {
 
 impl Materialized {
     /// The model, with the dynamic-int8 linears running as the emulated integer product.
-    pub fn model(&self) -> Result<Llama, StageError> {
-        let mut model = Llama::new(&self.config, &self.tensors)?;
-        for (name, lin) in &self.int8 {
-            model = model.with_dynamic_int8(name, lin.weight.clone())?;
-        }
-        Ok(model)
+    pub fn model(&self) -> Result<Box<dyn CausalLm>, StageError> {
+        let int8 = self.int8.iter();
+        let int8 = int8.map(|(name, lin)| (name.clone(), lin.weight.clone()));
+        Ok(self
+            .config
+            .architecture()
+            .causal_lm(&self.config, &self.tensors, int8.collect())?)
     }
 
     /// The tokenizer, read with the semantics its `load` stage recorded.

@@ -4,7 +4,7 @@
 //! - [`synth`] generates the world: people, one fact per relation each, biographies stating them
 //!   among filler sentences, and the facts in the LAMA layout the knowledge probe reads;
 //! - [`tokenizer`] builds a word-level `tokenizer.json` over a corpus;
-//! - [`trainer`] trains a LLaMA-architecture [`crate::model::Llama`] with candle's autograd and
+//! - [`trainer`] trains a LLaMA-architecture [`crate::model::CausalLm`] with candle's autograd and
 //!   writes a Hugging Face folder (`config.json`, `tokenizer.json`, `model.safetensors`);
 //! - [`recall`] measures P@1 on the facts, the check that training worked.
 //!

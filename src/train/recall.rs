@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::synth::{fill, Fact, RELATIONS};
 use super::TrainError;
-use crate::model::Llama;
+use crate::model::CausalLm;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Recall {
@@ -28,7 +28,7 @@ pub struct RelationRecall {
 
 /// P@1 of `model` on `facts`.
 pub fn fact_recall(
-    model: &Llama,
+    model: &dyn CausalLm,
     tok: &tokenizers::Tokenizer,
     facts: &[Fact],
     device: &Device,

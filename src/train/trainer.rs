@@ -1,6 +1,6 @@
 //! Training a small LLaMA-architecture model from scratch with candle's autograd.
 //!
-//! The model is the runtime's own [`Llama`], built on [`Var`]s, so what is trained is exactly what
+//! The model is the runtime's own LLaMA-family [`CausalLm`], built on [`Var`]s, so what is trained is exactly what
 //! the rest of whittle loads. Next-token cross-entropy on random windows of `seqlen + 1` tokens of
 //! the corpus (each document tokenized with its `<s>`, documents concatenated); AdamW with
 //! linear warmup then cosine decay; global gradient-norm clipping. Initialisation and data order
@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::tokenizer::{BOS_ID, EOS_ID};
 use super::TrainError;
-use crate::model::{expected_tensors, Llama, ModelConfig, TensorMap};
+use crate::model::{expected_tensors, CausalLm, ModelConfig, TensorMap};
 
 /// What to train. The default is the quickstart's model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -303,7 +303,7 @@ fn batch(
 
 /// Mean next-token cross-entropy of `inputs` [b, s] against `targets` [b·s].
 pub(crate) fn batch_loss(
-    model: &Llama,
+    model: &dyn CausalLm,
     inputs: &Tensor,
     targets: &Tensor,
 ) -> Result<Tensor, TrainError> {
@@ -364,12 +364,16 @@ fn normals(rng: &mut ChaCha8Rng, n: usize) -> Vec<f64> {
 }
 
 /// The runtime model over the variables (it shares their storage, so optimizer steps show).
-pub(crate) fn model_of(model_cfg: &ModelConfig, params: &Params) -> Result<Llama, TrainError> {
+pub(crate) fn model_of(
+    model_cfg: &ModelConfig,
+    params: &Params,
+) -> Result<Box<dyn CausalLm>, TrainError> {
     let map: TensorMap = params
         .iter()
         .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
         .collect();
-    Ok(Llama::new(model_cfg, &map)?)
+    let arch = model_cfg.architecture();
+    Ok(arch.causal_lm(model_cfg, &map, Vec::new())?)
 }
 
 /// Scales every gradient by `max_norm / ‖g‖` when the global norm ‖g‖ exceeds `max_norm`.
@@ -466,9 +470,9 @@ mod tests {
         let (inputs, targets) = data(&dev);
         let get = |name: &str| params.iter().find(|(n, _)| n == name).unwrap().1.clone();
         let (embed, norm) = (get("model.embed_tokens.weight"), get("model.norm.weight"));
-        // `Llama::head` returns f32 logits, too coarse for finite differences: the same head
+        // `CausalLm::head` returns f32 logits, too coarse for finite differences: the same head
         // (final RMSNorm, tied LM head) in f64 here.
-        let loss_tensor = |m: &Llama| {
+        let loss_tensor = |m: &dyn CausalLm| {
             let mut x = m.embed(&inputs).unwrap();
             for l in 0..m.num_layers() {
                 x = m.block_forward(l, &x, 0, None, None).unwrap();
@@ -478,8 +482,8 @@ mod tests {
             let logits = logits.reshape((10, 11)).unwrap();
             candle_nn::loss::cross_entropy(&logits, &targets).unwrap()
         };
-        let loss = |m: &Llama| loss_tensor(m).to_scalar::<f64>().unwrap();
-        let grads = loss_tensor(&model).backward().unwrap();
+        let loss = |m: &dyn CausalLm| loss_tensor(m).to_scalar::<f64>().unwrap();
+        let grads = loss_tensor(&*model).backward().unwrap();
         let mut checked = 0;
         for (name, var) in &params {
             // q and k reach the loss only through the softmax.
@@ -510,7 +514,7 @@ mod tests {
                     w[idx] += delta;
                     var.set(&Tensor::from_vec(w, var.shape(), &dev).unwrap())
                         .unwrap();
-                    loss(&model)
+                    loss(&*model)
                 };
                 let numeric = (at(h) - at(-h)) / (2.0 * h);
                 at(0.0);
@@ -538,7 +542,10 @@ mod tests {
             .iter()
             .map(|(n, v)| (n.clone(), v.as_tensor().detach()))
             .collect();
-        let plain = Llama::new(&model_cfg, &plain_map).unwrap();
+        let plain = model_cfg
+            .architecture()
+            .causal_lm(&model_cfg, &plain_map, Vec::new());
+        let plain = plain.unwrap();
         let (inputs, _) = data(&dev);
         let a: Vec<f32> = tracked
             .forward(&inputs)

@@ -1,0 +1,159 @@
+//! Model families: what each architecture looks like from outside its runtime.
+//!
+//! An [`Architecture`] names a family's tensors and linear layers, groups the linear layers into
+//! [`ModuleGroup`]s, counts its parameters and builds its runtime behind [`CausalLm`]. Selection,
+//! calibration, overlays, export and memory estimates ask it instead of spelling LLaMA's names.
+//! LLaMA (with Mistral, Qwen2 and SmolLM, which share its layout) is the only family today.
+
+pub(crate) mod llama;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::config::ModelConfig;
+use super::error::Result;
+use super::llama::LinearId;
+use super::lm::CausalLm;
+use super::weights::TensorMap;
+use crate::compress::dynint8::Int8Weight;
+
+pub use llama::LLAMA;
+
+/// Which part of a model a linear layer belongs to; as a selector, [`ModuleGroup::All`] stands
+/// for every linear layer inside the blocks (no layer's own group is `All`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModuleGroup {
+    /// Every linear layer of the blocks (not the LM head).
+    All,
+    /// The attention projections (q, k, v and o in LLaMA).
+    Attention,
+    /// The feed-forward network (gate, up and down in LLaMA).
+    Mlp,
+    /// The final dense layer only (untied from the embedding if they were tied).
+    LmHead,
+}
+
+impl ModuleGroup {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModuleGroup::All => "all",
+            ModuleGroup::Attention => "attention",
+            ModuleGroup::Mlp => "mlp",
+            ModuleGroup::LmHead => "lm_head",
+        }
+    }
+
+    /// Whether this selector takes a linear layer of `group`.
+    pub fn selects(self, group: ModuleGroup) -> bool {
+        match self {
+            ModuleGroup::All => group != ModuleGroup::LmHead,
+            _ => self == group,
+        }
+    }
+}
+
+impl fmt::Display for ModuleGroup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One linear layer of a model: its weight's name, its group, and, inside a block, its id (the
+/// LM head has none: it runs after the blocks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinearLayer {
+    pub name: String,
+    pub group: ModuleGroup,
+    pub block: Option<LinearId>,
+}
+
+/// A model family's architecture, as the rest of whittle needs to know it.
+///
+/// Names are Hugging Face tensor names. Families to come (GPT-2, OPT, BERT-style encoders, T5)
+/// implement the same description; encoders and encoder-decoders will build a masked or
+/// sequence-to-sequence model instead of [`CausalLm`] (see [`super::lm`]).
+pub trait Architecture: Sync {
+    /// The family's name, e.g. `llama`.
+    fn name(&self) -> &'static str;
+
+    /// The token embedding's weight name.
+    fn embed_name(&self) -> &'static str;
+
+    /// The LM head's weight name; in a tied model present only once something replaced it.
+    fn head_name(&self) -> &'static str;
+
+    /// Whether the LM head reuses the embedding matrix.
+    fn tied(&self, cfg: &ModelConfig) -> bool;
+
+    /// The linear layers of block `layer`, in the order the block runs them.
+    fn block_linears(&self, layer: usize) -> Vec<LinearId>;
+
+    /// The weight name of a block's linear layer.
+    fn weight_name(&self, id: LinearId) -> String;
+
+    /// The group a block's linear layer belongs to.
+    fn group(&self, id: LinearId) -> ModuleGroup;
+
+    /// Every tensor the config implies, by name, with its shape.
+    fn tensors(&self, cfg: &ModelConfig) -> Vec<(String, Vec<usize>)>;
+
+    /// The model's runtime, from tensors under the names of [`Architecture::tensors`], with the
+    /// named linear layers running as dynamic int8 with these weights.
+    fn causal_lm(
+        &self,
+        cfg: &ModelConfig,
+        weights: &TensorMap,
+        int8: Vec<(String, Int8Weight)>,
+    ) -> Result<Box<dyn CausalLm>>;
+
+    /// Every linear layer: block by block in run order, then the LM head.
+    fn linears(&self, cfg: &ModelConfig) -> Vec<LinearLayer> {
+        let blocks = (0..cfg.num_layers).flat_map(|l| self.block_linears(l));
+        let mut out: Vec<LinearLayer> = blocks
+            .map(|id| LinearLayer {
+                name: self.weight_name(id),
+                group: self.group(id),
+                block: Some(id),
+            })
+            .collect();
+        out.push(LinearLayer {
+            name: self.head_name().to_string(),
+            group: ModuleGroup::LmHead,
+            block: None,
+        });
+        out
+    }
+
+    /// The number of parameters: the elements of every tensor the config implies (the head of a
+    /// tied model counted once, as the embedding).
+    fn parameter_count(&self, cfg: &ModelConfig) -> u64 {
+        self.tensors(cfg)
+            .iter()
+            .map(|(_, shape)| shape.iter().product::<usize>() as u64)
+            .sum()
+    }
+}
+
+/// Every family whittle knows.
+const FAMILIES: [&dyn Architecture; 1] = [&LLAMA];
+
+impl ModelConfig {
+    /// The architecture of this config's family.
+    pub fn architecture(&self) -> &'static dyn Architecture {
+        // Every family the config reader accepts today shares LLaMA's layout.
+        &LLAMA
+    }
+}
+
+/// The tensor called `name`, or, for the LM head of a tied model (absent until something
+/// replaced it), the embedding it shares.
+pub fn tensor_or_tied<'a>(tensors: &'a TensorMap, name: &str) -> Option<&'a candle_core::Tensor> {
+    tensors.get(name).or_else(|| {
+        FAMILIES
+            .iter()
+            .filter(|f| f.head_name() == name)
+            .find_map(|f| tensors.get(f.embed_name()))
+    })
+}
