@@ -50,9 +50,7 @@ pub use hf_class::check as check_transformers_class;
 pub use llama::{rms_norm, Capture, KvCache, LayerKvCache, LinearId, Llama, Proj};
 pub use lm::{Blocks, CausalLm};
 pub use tokenizer::{Tokenizer, TokenizerSemantics};
-pub use weights::{
-    expected_tensors, gguf_name, load_weights, tensor_digest, unpermute_rope_rows, TensorMap,
-};
+pub use weights::{expected_tensors, load_weights, tensor_digest, unpermute_rope_rows, TensorMap};
 
 /// Parses a device name: `cpu` or `cuda:N` (the latter needs the `cuda` cargo feature).
 pub fn device_from_str(spec: &str) -> Result<Device> {

@@ -104,32 +104,6 @@ fn load_safetensors(
     Ok(out)
 }
 
-/// llama.cpp's name for an HF tensor name, or `None` for names it has no counterpart for.
-pub fn gguf_name(hf: &str) -> Option<String> {
-    match hf {
-        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
-        "model.norm.weight" => return Some("output_norm.weight".into()),
-        "lm_head.weight" => return Some("output.weight".into()),
-        _ => {}
-    }
-    let rest = hf.strip_prefix("model.layers.")?;
-    let (layer, rest) = rest.split_once('.')?;
-    let (module, kind) = rest.rsplit_once('.')?;
-    let short = match module {
-        "self_attn.q_proj" => "attn_q",
-        "self_attn.k_proj" => "attn_k",
-        "self_attn.v_proj" => "attn_v",
-        "self_attn.o_proj" => "attn_output",
-        "mlp.gate_proj" => "ffn_gate",
-        "mlp.up_proj" => "ffn_up",
-        "mlp.down_proj" => "ffn_down",
-        "input_layernorm" => "attn_norm",
-        "post_attention_layernorm" => "ffn_norm",
-        _ => return None,
-    };
-    Some(format!("blk.{layer}.{short}.{kind}"))
-}
-
 fn load_gguf(
     path: &Path,
     cfg: &ModelConfig,
@@ -148,8 +122,11 @@ fn load_gguf(
     let content = gguf_file::Content::read(&mut reader)
         .map_err(|e| werr(format!("not a readable GGUF file: {e}")))?;
     let mut out = TensorMap::new();
+    let arch = cfg.architecture();
     for (name, _) in expected {
-        let gname = gguf_name(name).ok_or_else(|| werr(format!("no GGUF name for `{name}`")))?;
+        let gname = arch
+            .gguf_name(name)
+            .ok_or_else(|| werr(format!("no GGUF name for `{name}`")))?;
         if !content.tensor_infos.contains_key(&gname) {
             return Err(ModelError::MissingTensor {
                 name: name.clone(),
@@ -215,6 +192,7 @@ pub fn tensor_digest(t: &Tensor) -> Result<Digest> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::family::{Architecture, LLAMA};
 
     #[test]
     fn gguf_names_follow_llama_cpp() {
@@ -245,9 +223,9 @@ mod tests {
             ("lm_head.weight", "output.weight"),
         ];
         for (hf, gg) in pairs {
-            assert_eq!(gguf_name(hf).as_deref(), Some(gg), "{hf}");
+            assert_eq!(LLAMA.gguf_name(hf).as_deref(), Some(gg), "{hf}");
         }
-        assert_eq!(gguf_name("model.layers.0.rotary_emb.inv_freq"), None);
+        assert_eq!(LLAMA.gguf_name("model.layers.0.rotary_emb.inv_freq"), None);
     }
 
     /// llama.cpp's converter, written out: row (a, b) of each head moves to (b, a).

@@ -82,6 +82,31 @@ impl Architecture for LlamaFamily {
         out
     }
 
+    fn gguf_name(&self, hf: &str) -> Option<String> {
+        match hf {
+            EMBED => return Some("token_embd.weight".into()),
+            NORM => return Some("output_norm.weight".into()),
+            LM_HEAD => return Some("output.weight".into()),
+            _ => {}
+        }
+        let rest = hf.strip_prefix("model.layers.")?;
+        let (layer, rest) = rest.split_once('.')?;
+        let (module, kind) = rest.rsplit_once('.')?;
+        let short = match module {
+            "self_attn.q_proj" => "attn_q",
+            "self_attn.k_proj" => "attn_k",
+            "self_attn.v_proj" => "attn_v",
+            "self_attn.o_proj" => "attn_output",
+            "mlp.gate_proj" => "ffn_gate",
+            "mlp.up_proj" => "ffn_up",
+            "mlp.down_proj" => "ffn_down",
+            "input_layernorm" => "attn_norm",
+            "post_attention_layernorm" => "ffn_norm",
+            _ => return None,
+        };
+        Some(format!("blk.{layer}.{short}.{kind}"))
+    }
+
     fn causal_lm(
         &self,
         cfg: &ModelConfig,

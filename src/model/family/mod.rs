@@ -99,6 +99,9 @@ pub trait Architecture: Sync {
     /// Every tensor the config implies, by name, with its shape.
     fn tensors(&self, cfg: &ModelConfig) -> Vec<(String, Vec<usize>)>;
 
+    /// llama.cpp's GGUF name for a tensor name, or `None` for names it has no counterpart for.
+    fn gguf_name(&self, hf: &str) -> Option<String>;
+
     /// The model's runtime, from tensors under the names of [`Architecture::tensors`], with the
     /// named linear layers running as dynamic int8 with these weights.
     fn causal_lm(
