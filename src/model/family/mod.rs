@@ -7,8 +7,6 @@
 
 pub(crate) mod llama;
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 
 use super::config::ModelConfig;
@@ -51,12 +49,6 @@ impl ModuleGroup {
             ModuleGroup::All => group != ModuleGroup::LmHead,
             _ => self == group,
         }
-    }
-}
-
-impl fmt::Display for ModuleGroup {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
