@@ -2,16 +2,17 @@
 
 /// `println!` that a closed stdout cannot crash (see [`out`]).
 macro_rules! outln {
-    () => { $crate::cli::out::write(format_args!("\n")) };
-    ($($t:tt)*) => { $crate::cli::out::write(format_args!("{}\n", format_args!($($t)*))) };
+    () => { crate::cli::out::write(format_args!("\n")) };
+    ($($t:tt)*) => { crate::cli::out::write(format_args!("{}\n", format_args!($($t)*))) };
 }
 /// `print!` that a closed stdout cannot crash.
 macro_rules! out {
-    ($($t:tt)*) => { $crate::cli::out::write(format_args!($($t)*)) };
+    ($($t:tt)*) => { crate::cli::out::write(format_args!($($t)*)) };
 }
 
 mod exit;
-pub mod out;
+mod formats;
+mod out;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -21,11 +22,11 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use crate::cache::{Cache, FileHasher, GcOptions, RunRecord, StageStatus};
-use crate::exec::{DeviceKind, RunOptions};
-use crate::pipeline::spec::StageSpec;
-use crate::plan::{self, Format, History, Plan, Status};
-use crate::report::ReportError;
+use whittle::cache::{Cache, FileHasher, GcOptions, RunRecord, StageStatus};
+use whittle::exec::{DeviceKind, RunOptions};
+use whittle::pipeline::spec::StageSpec;
+use whittle::plan::{self, Format, History, Plan, Status};
+use whittle::report::ReportError;
 
 pub use exit::{outcome_of, Outcome, EXIT_CODES};
 use exit::{Invalid, Usage};
@@ -89,21 +90,21 @@ pub enum Command {
     /// Show each stage instance, its key, and whether it is cached or will run (and why).
     Plan {
         file: PathBuf,
-        #[arg(long, value_enum, default_value = "text")]
+        #[arg(long, default_value = "text", value_parser = formats::plan())]
         format: Format,
     },
     /// Summarize, per stage, how many instances are cached, corrupt or still to run.
     Status {
         file: PathBuf,
-        #[arg(long, value_enum, default_value = "text")]
+        #[arg(long, default_value = "text", value_parser = formats::status())]
         format: plan::StatusFormat,
     },
     /// Print the results the cache holds for the pipeline's evaluate stages: one row per
     /// instance, its sweep axes and its metrics (`pending` where not computed yet); runs nothing.
     Show {
         file: PathBuf,
-        #[arg(long, value_enum, default_value = "table")]
-        format: crate::report::show::ShowFormat,
+        #[arg(long, default_value = "table", value_parser = formats::show())]
+        format: whittle::report::show::ShowFormat,
     },
     /// Explain why a stage (name or instance label) would run: what changed in its key.
     Why { file: PathBuf, stage: String },
@@ -192,7 +193,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                 .map(|d| DeviceKind::parse(d))
                 .collect::<Result<Vec<_>, _>>()?;
             let opts = RunOptions {
-                jobs: jobs.unwrap_or_else(|| crate::exec::default_jobs(&devices)),
+                jobs: jobs.unwrap_or_else(|| whittle::exec::default_jobs(&devices)),
                 devices,
                 keep_going: *keep_going,
                 progress: !cli.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
@@ -219,7 +220,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             let (cache, plan) = open_read_only(&cli, file)?;
             let history = History::load(&cache, &plan.pipeline.path.display().to_string());
             let statuses = plan::resolve(&plan, &cache, &history)?;
-            out!("{}", crate::report::show::render(&plan, &statuses, *format));
+            out!("{}", whittle::report::show::render(&plan, &statuses, *format));
             Ok(Outcome::Success)
         }
         Command::Why { file, stage } => cmd_why(&cli, file, stage),
@@ -237,11 +238,11 @@ pub fn run(cli: Cli) -> Result<Outcome> {
 
 /// `whittle synth`: the default world with this seed.
 fn cmd_synth(out: &Path, seed: u64) -> Result<Outcome> {
-    let cfg = crate::train::synth::SynthConfig {
+    let cfg = whittle::train::synth::SynthConfig {
         seed,
         ..Default::default()
     };
-    let corpus = crate::train::synth::generate(&cfg)?;
+    let corpus = whittle::train::synth::generate(&cfg)?;
     corpus.write(out)?;
     outln!(
         "wrote {} training and {} held-out documents, {} facts on {} people to {}",
@@ -275,8 +276,8 @@ fn cache_dir(cli: &Cli, near: &Path) -> PathBuf {
     })
 }
 
-fn load_pipeline(file: &Path) -> Result<crate::pipeline::spec::Pipeline> {
-    crate::pipeline::load(file).map_err(|diags| {
+fn load_pipeline(file: &Path) -> Result<whittle::pipeline::spec::Pipeline> {
+    whittle::pipeline::load(file).map_err(|diags| {
         eprint!("{diags}");
         anyhow::Error::new(Invalid)
     })
@@ -313,7 +314,7 @@ fn select(plan: &Plan, names: &[String], file: &Path) -> Result<Vec<plan::NodeId
     for name in names {
         let found = plan.find(name);
         if found.is_empty() {
-            let hint = crate::pipeline::diag::suggest(
+            let hint = whittle::pipeline::diag::suggest(
                 name.split('[').next().unwrap_or(name),
                 plan.pipeline.stages.iter().map(|s| s.name.as_str()),
             );
@@ -393,7 +394,7 @@ fn cmd_run(cli: &Cli, file: &Path, opts: &RunOptions, sel: &Selection) -> Result
     let forced = select(&plan, sel.force, file)?;
     if !forced.is_empty() {
         let history = History::load(&cache, &plan.pipeline.path.display().to_string());
-        crate::exec::force(&plan, &cache, &history, &forced)?;
+        whittle::exec::force(&plan, &cache, &history, &forced)?;
     }
     let record = RunRecord::start(
         plan.pipeline.path.display().to_string(),
@@ -414,7 +415,7 @@ fn cmd_run(cli: &Cli, file: &Path, opts: &RunOptions, sel: &Selection) -> Result
             }
         });
     }
-    let summary = crate::exec::run(&plan, &cache, opts, &cancel, record)?;
+    let summary = whittle::exec::run(&plan, &cache, opts, &cancel, record)?;
 
     let ran = summary.count(StageStatus::Ran);
     let cached = summary.count(StageStatus::Cached);
@@ -429,10 +430,10 @@ fn cmd_run(cli: &Cli, file: &Path, opts: &RunOptions, sel: &Selection) -> Result
         }
         let rec = &summary.record.stages[i];
         let Some(key) = rec.key else { continue };
-        if let crate::cache::Lookup::Hit(entry) = cache.lookup(&key)? {
+        if let whittle::cache::Lookup::Hit(entry) = cache.lookup(&key)? {
             let out_dir = report_dir(cli, &plan, &node.stage);
             // Checked as it is copied: a file changed since the run verified it is an error.
-            let text = entry.read_verified(crate::stages::REPORT_TEXT_FILE)?;
+            let text = entry.read_verified(whittle::stages::REPORT_TEXT_FILE)?;
             copy_reports(&entry, &out_dir)?;
             let text = String::from_utf8_lossy(&text);
             outln!("\n{}  ({})\n{text}", node.label, out_dir.display());
@@ -453,7 +454,7 @@ fn cmd_run(cli: &Cli, file: &Path, opts: &RunOptions, sel: &Selection) -> Result
             f.log.display()
         );
     }
-    let unrun = crate::exec::unrun_report(&summary.record);
+    let unrun = whittle::exec::unrun_report(&summary.record);
     if !unrun.is_empty() {
         eprint!("{unrun}");
     }
@@ -482,12 +483,12 @@ fn report_dir(cli: &Cli, plan: &Plan, stage: &str) -> PathBuf {
 }
 
 /// Copies every file of a report entry, each checked against its recorded hash first.
-fn copy_reports(entry: &crate::cache::Entry, out: &Path) -> Result<()> {
+fn copy_reports(entry: &whittle::cache::Entry, out: &Path) -> Result<()> {
     let mut files = Vec::new();
     for f in &entry.manifest().files {
         files.push((f.path.clone(), entry.read_verified(&f.path)?));
     }
-    crate::report::render::replace_dir(out, |tmp| {
+    whittle::report::render::replace_dir(out, |tmp| {
         for (rel, bytes) in &files {
             let dest = tmp.join(rel);
             std::fs::write(&dest, bytes)
@@ -522,7 +523,7 @@ fn failed_nodes(plan: &Plan, statuses: &[Status], last: Option<&RunRecord>) -> V
 }
 
 fn cmd_report(cli: &Cli, file: &Path, out: Option<&Path>) -> Result<Outcome> {
-    use crate::report::{gather, render, InputState};
+    use whittle::report::{gather, render, InputState};
     let (cache, plan) = open(cli, file)?;
     let reports: Vec<usize> = (0..plan.nodes.len())
         .filter(|&i| matches!(plan.nodes[i].spec, StageSpec::Report(_)))
@@ -590,7 +591,7 @@ fn cmd_status(cli: &Cli, file: &Path, format: plan::StatusFormat) -> Result<Outc
 
 fn cmd_export(cli: &Cli, file: &Path, stage: &str, out: &Path) -> Result<Outcome> {
     let (cache, plan) = open(cli, file)?;
-    let e = crate::stages::export::export(&plan, &cache, stage, out)?;
+    let e = whittle::stages::export::export(&plan, &cache, stage, out)?;
     outln!(
         "exported {} to {}: {} tensors in {}, {:.1} MB{}",
         e.label,

@@ -16,7 +16,6 @@
 
 pub mod cache;
 pub mod calibrate;
-pub mod cli;
 pub mod compress;
 pub mod data;
 pub mod eval;
