@@ -87,6 +87,22 @@ pub enum Command {
         #[arg(long)]
         keep_going: bool,
     },
+    /// Compute exactly one stage instance into the cache (what a cluster job runs): its inputs
+    /// must be cached already. Prints the entry's key.
+    #[command(hide = true, after_help = EXIT_CODES)]
+    RunNode {
+        file: PathBuf,
+        /// The instance, by label (`pruned[sparsity=0.5]`), or a stage with one instance.
+        #[arg(long, value_name = "STAGE", required_unless_present = "key", conflicts_with = "key")]
+        node: Option<String>,
+        /// The instance, by its cache key (`whittle plan --format json` lists them); a unique
+        /// prefix will do.
+        #[arg(long)]
+        key: Option<String>,
+        /// The device to run on: `cpu` or `cuda:N`.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
     /// Show each stage instance, its key, and whether it is cached or will run (and why).
     Plan {
         file: PathBuf,
@@ -208,6 +224,12 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             }
             cmd_run(&cli, file, &opts, &sel)
         }
+        Command::RunNode {
+            file,
+            node,
+            key,
+            device,
+        } => cmd_run_node(&cli, file, node.as_deref(), key.as_deref(), device),
         Command::Plan { file, format } => {
             let (cache, plan) = open_read_only(&cli, file)?;
             let history = History::load(&cache, &plan.pipeline.path.display().to_string());
@@ -465,6 +487,76 @@ fn cmd_run(cli: &Cli, file: &Path, opts: &RunOptions, sel: &Selection) -> Result
     } else {
         Outcome::Success
     })
+}
+
+/// `whittle run-node`: one instance, found by label or key, computed into the cache.
+fn cmd_run_node(
+    cli: &Cli,
+    file: &Path,
+    node: Option<&str>,
+    key: Option<&str>,
+    device: &str,
+) -> Result<Outcome> {
+    let device = DeviceKind::parse(device)?;
+    let (cache, plan) = open(cli, file)?;
+    let id = match (node, key) {
+        (Some(name), _) => match select(&plan, &[name.to_string()], file)?.as_slice() {
+            [id] => *id,
+            many => {
+                return Err(Usage(format!(
+                    "`{name}` names {} instances in {}; give one label",
+                    many.len(),
+                    file.display()
+                ))
+                .into())
+            }
+        },
+        (None, Some(key)) => node_with_key(&cache, &plan, key, file)?,
+        (None, None) => unreachable!("clap requires --node or --key"),
+    };
+    let cancel = Arc::new(AtomicBool::new(false));
+    {
+        let cancel = cancel.clone();
+        let _ = ctrlc::set_handler(move || {
+            if cancel.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+        });
+    }
+    match whittle::exec::run_node(&plan, &cache, id, device, &cancel) {
+        Ok(built) => {
+            outln!("{}", built.entry.manifest().key);
+            Ok(Outcome::Success)
+        }
+        Err(whittle::exec::NodeError::Job {
+            source: whittle::exec::JobError::Cancelled(_),
+            ..
+        }) => Ok(Outcome::Interrupted),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The node whose key (as far as the cache lets it be known now) is `key` or starts with it.
+fn node_with_key(cache: &Cache, plan: &Plan, key: &str, file: &Path) -> Result<plan::NodeId> {
+    let history = History::load(cache, &plan.pipeline.path.display().to_string());
+    let statuses = plan::resolve(plan, cache, &history)?;
+    let key = key.to_ascii_lowercase();
+    let found: Vec<usize> = (0..plan.nodes.len())
+        .filter(|&i| statuses[i].key().is_some_and(|k| k.hex().starts_with(&key)))
+        .collect();
+    match found.as_slice() {
+        [id] if !key.is_empty() => Ok(*id),
+        [] | [_] => Err(Usage(format!(
+            "no instance of {} has key `{key}` (a key is known once its inputs are cached; `whittle plan` shows them)",
+            file.display()
+        ))
+        .into()),
+        _ => Err(Usage(format!(
+            "key `{key}` is the prefix of {} instances' keys; give more of it",
+            found.len()
+        ))
+        .into()),
+    }
 }
 
 /// Reports are copied out of the cache to `reports/<pipeline>/<stage>/` at the root of the
