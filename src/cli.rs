@@ -93,7 +93,12 @@ pub enum Command {
     RunNode {
         file: PathBuf,
         /// The instance, by label (`pruned[sparsity=0.5]`), or a stage with one instance.
-        #[arg(long, value_name = "STAGE", required_unless_present = "key", conflicts_with = "key")]
+        #[arg(
+            long,
+            value_name = "STAGE",
+            required_unless_present = "key",
+            conflicts_with = "key"
+        )]
         node: Option<String>,
         /// The instance, by its cache key (`whittle plan --format json` lists them); a unique
         /// prefix will do.
@@ -242,7 +247,10 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             let (cache, plan) = open_read_only(&cli, file)?;
             let history = History::load(&cache, &plan.pipeline.path.display().to_string());
             let statuses = plan::resolve(&plan, &cache, &history)?;
-            out!("{}", whittle::report::show::render(&plan, &statuses, *format));
+            out!(
+                "{}",
+                whittle::report::show::render(&plan, &statuses, *format)
+            );
             Ok(Outcome::Success)
         }
         Command::Why { file, stage } => cmd_why(&cli, file, stage),

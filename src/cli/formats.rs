@@ -35,7 +35,9 @@ pub fn show() -> impl TypedValueParser<Value = ShowFormat> {
         (
             "json",
             ShowFormat::Json,
-            Some("An array of objects, one per instance; `null` where a value is missing or pending"),
+            Some(
+                "An array of objects, one per instance; `null` where a value is missing or pending",
+            ),
         ),
     ])
 }

@@ -262,7 +262,10 @@ mod tests {
     fn a_device_travels_as_its_name() {
         let json = serde_json::to_string(&DeviceKind::Cpu).unwrap();
         assert_eq!(json, "\"cpu\"");
-        assert_eq!(serde_json::from_str::<DeviceKind>(&json).unwrap(), DeviceKind::Cpu);
+        assert_eq!(
+            serde_json::from_str::<DeviceKind>(&json).unwrap(),
+            DeviceKind::Cpu
+        );
         assert!(serde_json::from_str::<DeviceKind>("\"tpu\"").is_err());
     }
 
