@@ -417,6 +417,19 @@ fn init_tracing(cli: &Cli, log_file: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The run's cancel flag. First Ctrl-C: schedule nothing new and stop running stages at their
+/// next check. Second: leave at once (entries are atomic, so nothing is left half-written).
+fn cancel_on_ctrl_c() -> Arc<AtomicBool> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let flag = cancel.clone();
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    });
+    cancel
+}
+
 fn cmd_run(cli: &Cli, file: &Path, opts: &RunOptions, sel: &Selection) -> Result<Outcome> {
     let started = std::time::Instant::now();
     let (cache, plan) = open(cli, file)?;
@@ -434,17 +447,7 @@ fn cmd_run(cli: &Cli, file: &Path, opts: &RunOptions, sel: &Selection) -> Result
     init_tracing(cli, &log_dir.join("run.log"))?;
     tracing::info!(pipeline = %plan.pipeline.path.display(), nodes = plan.nodes.len(), "run {}", record.run_id);
 
-    let cancel = Arc::new(AtomicBool::new(false));
-    {
-        let cancel = cancel.clone();
-        // First Ctrl-C: schedule nothing new and stop running stages at their next check.
-        // Second: leave at once (entries are atomic, so nothing is left half-written).
-        let _ = ctrlc::set_handler(move || {
-            if cancel.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-        });
-    }
+    let cancel = cancel_on_ctrl_c();
     let summary = whittle::exec::run(&plan, &cache, opts, &cancel, record)?;
 
     let ran = summary.count(StageStatus::Ran);
@@ -522,24 +525,17 @@ fn cmd_run_node(
         (None, Some(key)) => node_with_key(&cache, &plan, key, file)?,
         (None, None) => unreachable!("clap requires --node or --key"),
     };
-    let cancel = Arc::new(AtomicBool::new(false));
-    {
-        let cancel = cancel.clone();
-        let _ = ctrlc::set_handler(move || {
-            if cancel.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-        });
-    }
+    let cancel = cancel_on_ctrl_c();
     match whittle::exec::run_node(&plan, &cache, id, device, &cancel) {
         Ok(built) => {
             outln!("{}", built.entry.manifest().key);
             Ok(Outcome::Success)
         }
-        Err(whittle::exec::NodeError::Job {
-            source: whittle::exec::JobError::Cancelled(_),
-            ..
-        }) => Ok(Outcome::Interrupted),
+        Err(whittle::exec::NodeError::Job { source, .. })
+            if matches!(*source, whittle::exec::JobError::Cancelled(_)) =>
+        {
+            Ok(Outcome::Interrupted)
+        }
         Err(e) => Err(e.into()),
     }
 }

@@ -22,7 +22,10 @@ pub enum NodeError {
         reason: String,
     },
     #[error("{stage}: {source}")]
-    Job { stage: String, source: JobError },
+    Job {
+        stage: String,
+        source: Box<JobError>,
+    },
     #[error(transparent)]
     Cache(#[from] CacheError),
     #[error(transparent)]
@@ -109,6 +112,6 @@ pub fn run_node(
     };
     job::execute(plan, cache, &job, &device.open()?, &handle).map_err(|source| NodeError::Job {
         stage: job.label.clone(),
-        source,
+        source: Box::new(source),
     })
 }
