@@ -249,4 +249,13 @@ mod tests {
         let text = serde_json::to_string(&job).unwrap();
         assert_eq!(serde_json::from_str::<Job>(&text).unwrap(), job);
     }
+
+    #[test]
+    fn a_cancelled_stage_ends_as_cancelled_not_failed() {
+        let from_stage = JobError::from(StageError::from(Cancelled));
+        assert!(matches!(from_stage, JobError::Cancelled(Cancelled)));
+        let failed = JobError::from(StageError::Invalid("bad".into()));
+        assert!(matches!(failed, JobError::Stage(_)));
+        assert_eq!(from_stage.to_string(), "cancelled");
+    }
 }

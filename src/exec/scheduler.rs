@@ -1,9 +1,11 @@
 //! The scheduler: walks the plan in dependency order, asks the rebuilder whether each node is
-//! cached, and runs the rest on the device pool, `jobs` at a time.
+//! cached, and hands the rest, as [`Job`]s on a device of the pool, to an [`Executor`], `jobs`
+//! at a time.
 //!
-//! It decides only *what runs when and where*; whether a node must run is `plan::lookup`'s call
-//! and what it does is `stages::execute`'s. Stopping (a failure without `--keep-going`, or Ctrl-C)
-//! means scheduling nothing new: running stages finish, or stop at their next cancellation check.
+//! It decides only *what runs when and where*; whether a node must run is `plan::lookup`'s call,
+//! how a job is run is the executor's, and what it does is `stages::execute`'s. Stopping (a
+//! failure without `--keep-going`, or Ctrl-C) means scheduling nothing new: running stages
+//! finish, or stop at their next cancellation check.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
