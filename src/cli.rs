@@ -2,16 +2,17 @@
 
 /// `println!` that a closed stdout cannot crash (see [`out`]).
 macro_rules! outln {
-    () => { $crate::cli::out::write(format_args!("\n")) };
-    ($($t:tt)*) => { $crate::cli::out::write(format_args!("{}\n", format_args!($($t)*))) };
+    () => { crate::cli::out::write(format_args!("\n")) };
+    ($($t:tt)*) => { crate::cli::out::write(format_args!("{}\n", format_args!($($t)*))) };
 }
 /// `print!` that a closed stdout cannot crash.
 macro_rules! out {
-    ($($t:tt)*) => { $crate::cli::out::write(format_args!($($t)*)) };
+    ($($t:tt)*) => { crate::cli::out::write(format_args!($($t)*)) };
 }
 
 mod exit;
-pub mod out;
+mod formats;
+mod out;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -21,11 +22,11 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use crate::cache::{Cache, FileHasher, GcOptions, RunRecord, StageStatus};
-use crate::exec::{DeviceKind, RunOptions};
-use crate::pipeline::spec::StageSpec;
-use crate::plan::{self, Format, History, Plan, Status};
-use crate::report::ReportError;
+use whittle::cache::{Cache, FileHasher, GcOptions, RunRecord, StageStatus};
+use whittle::exec::{DeviceKind, RunOptions};
+use whittle::pipeline::spec::StageSpec;
+use whittle::plan::{self, Format, History, Plan, Status};
+use whittle::report::ReportError;
 
 pub use exit::{outcome_of, Outcome, EXIT_CODES};
 use exit::{Invalid, Usage};
@@ -86,24 +87,45 @@ pub enum Command {
         #[arg(long)]
         keep_going: bool,
     },
+    /// Compute exactly one stage instance into the cache (what a cluster job runs): its inputs
+    /// must be cached already. Prints the entry's key.
+    #[command(hide = true, after_help = EXIT_CODES)]
+    RunNode {
+        file: PathBuf,
+        /// The instance, by label (`pruned[sparsity=0.5]`), or a stage with one instance.
+        #[arg(
+            long,
+            value_name = "STAGE",
+            required_unless_present = "key",
+            conflicts_with = "key"
+        )]
+        node: Option<String>,
+        /// The instance, by its cache key (`whittle plan --format json` lists them); a unique
+        /// prefix will do.
+        #[arg(long)]
+        key: Option<String>,
+        /// The device to run on: `cpu` or `cuda:N`.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
     /// Show each stage instance, its key, and whether it is cached or will run (and why).
     Plan {
         file: PathBuf,
-        #[arg(long, value_enum, default_value = "text")]
+        #[arg(long, default_value = "text", value_parser = formats::plan())]
         format: Format,
     },
     /// Summarize, per stage, how many instances are cached, corrupt or still to run.
     Status {
         file: PathBuf,
-        #[arg(long, value_enum, default_value = "text")]
+        #[arg(long, default_value = "text", value_parser = formats::status())]
         format: plan::StatusFormat,
     },
     /// Print the results the cache holds for the pipeline's evaluate stages: one row per
     /// instance, its sweep axes and its metrics (`pending` where not computed yet); runs nothing.
     Show {
         file: PathBuf,
-        #[arg(long, value_enum, default_value = "table")]
-        format: crate::report::show::ShowFormat,
+        #[arg(long, default_value = "table", value_parser = formats::show())]
+        format: whittle::report::show::ShowFormat,
     },
     /// Explain why a stage (name or instance label) would run: what changed in its key.
     Why { file: PathBuf, stage: String },
@@ -192,7 +214,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                 .map(|d| DeviceKind::parse(d))
                 .collect::<Result<Vec<_>, _>>()?;
             let opts = RunOptions {
-                jobs: jobs.unwrap_or_else(|| crate::exec::default_jobs(&devices)),
+                jobs: jobs.unwrap_or_else(|| whittle::exec::default_jobs(&devices)),
                 devices,
                 keep_going: *keep_going,
                 progress: !cli.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
@@ -207,6 +229,12 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             }
             cmd_run(&cli, file, &opts, &sel)
         }
+        Command::RunNode {
+            file,
+            node,
+            key,
+            device,
+        } => cmd_run_node(&cli, file, node.as_deref(), key.as_deref(), device),
         Command::Plan { file, format } => {
             let (cache, plan) = open_read_only(&cli, file)?;
             let history = History::load(&cache, &plan.pipeline.path.display().to_string());
@@ -219,7 +247,10 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             let (cache, plan) = open_read_only(&cli, file)?;
             let history = History::load(&cache, &plan.pipeline.path.display().to_string());
             let statuses = plan::resolve(&plan, &cache, &history)?;
-            out!("{}", crate::report::show::render(&plan, &statuses, *format));
+            out!(
+                "{}",
+                whittle::report::show::render(&plan, &statuses, *format)
+            );
             Ok(Outcome::Success)
         }
         Command::Why { file, stage } => cmd_why(&cli, file, stage),
@@ -237,11 +268,11 @@ pub fn run(cli: Cli) -> Result<Outcome> {
 
 /// `whittle synth`: the default world with this seed.
 fn cmd_synth(out: &Path, seed: u64) -> Result<Outcome> {
-    let cfg = crate::train::synth::SynthConfig {
+    let cfg = whittle::train::synth::SynthConfig {
         seed,
         ..Default::default()
     };
-    let corpus = crate::train::synth::generate(&cfg)?;
+    let corpus = whittle::train::synth::generate(&cfg)?;
     corpus.write(out)?;
     outln!(
         "wrote {} training and {} held-out documents, {} facts on {} people to {}",
@@ -275,8 +306,8 @@ fn cache_dir(cli: &Cli, near: &Path) -> PathBuf {
     })
 }
 
-fn load_pipeline(file: &Path) -> Result<crate::pipeline::spec::Pipeline> {
-    crate::pipeline::load(file).map_err(|diags| {
+fn load_pipeline(file: &Path) -> Result<whittle::pipeline::spec::Pipeline> {
+    whittle::pipeline::load(file).map_err(|diags| {
         eprint!("{diags}");
         anyhow::Error::new(Invalid)
     })
@@ -313,7 +344,7 @@ fn select(plan: &Plan, names: &[String], file: &Path) -> Result<Vec<plan::NodeId
     for name in names {
         let found = plan.find(name);
         if found.is_empty() {
-            let hint = crate::pipeline::diag::suggest(
+            let hint = whittle::pipeline::diag::suggest(
                 name.split('[').next().unwrap_or(name),
                 plan.pipeline.stages.iter().map(|s| s.name.as_str()),
             );
@@ -386,6 +417,19 @@ fn init_tracing(cli: &Cli, log_file: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The run's cancel flag. First Ctrl-C: schedule nothing new and stop running stages at their
+/// next check. Second: leave at once (entries are atomic, so nothing is left half-written).
+fn cancel_on_ctrl_c() -> Arc<AtomicBool> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let flag = cancel.clone();
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    });
+    cancel
+}
+
 fn cmd_run(cli: &Cli, file: &Path, opts: &RunOptions, sel: &Selection) -> Result<Outcome> {
     let started = std::time::Instant::now();
     let (cache, plan) = open(cli, file)?;
@@ -393,7 +437,7 @@ fn cmd_run(cli: &Cli, file: &Path, opts: &RunOptions, sel: &Selection) -> Result
     let forced = select(&plan, sel.force, file)?;
     if !forced.is_empty() {
         let history = History::load(&cache, &plan.pipeline.path.display().to_string());
-        crate::exec::force(&plan, &cache, &history, &forced)?;
+        whittle::exec::force(&plan, &cache, &history, &forced)?;
     }
     let record = RunRecord::start(
         plan.pipeline.path.display().to_string(),
@@ -403,18 +447,8 @@ fn cmd_run(cli: &Cli, file: &Path, opts: &RunOptions, sel: &Selection) -> Result
     init_tracing(cli, &log_dir.join("run.log"))?;
     tracing::info!(pipeline = %plan.pipeline.path.display(), nodes = plan.nodes.len(), "run {}", record.run_id);
 
-    let cancel = Arc::new(AtomicBool::new(false));
-    {
-        let cancel = cancel.clone();
-        // First Ctrl-C: schedule nothing new and stop running stages at their next check.
-        // Second: leave at once (entries are atomic, so nothing is left half-written).
-        let _ = ctrlc::set_handler(move || {
-            if cancel.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-        });
-    }
-    let summary = crate::exec::run(&plan, &cache, opts, &cancel, record)?;
+    let cancel = cancel_on_ctrl_c();
+    let summary = whittle::exec::run(&plan, &cache, opts, &cancel, record)?;
 
     let ran = summary.count(StageStatus::Ran);
     let cached = summary.count(StageStatus::Cached);
@@ -429,10 +463,10 @@ fn cmd_run(cli: &Cli, file: &Path, opts: &RunOptions, sel: &Selection) -> Result
         }
         let rec = &summary.record.stages[i];
         let Some(key) = rec.key else { continue };
-        if let crate::cache::Lookup::Hit(entry) = cache.lookup(&key)? {
+        if let whittle::cache::Lookup::Hit(entry) = cache.lookup(&key)? {
             let out_dir = report_dir(cli, &plan, &node.stage);
             // Checked as it is copied: a file changed since the run verified it is an error.
-            let text = entry.read_verified(crate::stages::REPORT_TEXT_FILE)?;
+            let text = entry.read_verified(whittle::stages::REPORT_TEXT_FILE)?;
             copy_reports(&entry, &out_dir)?;
             let text = String::from_utf8_lossy(&text);
             outln!("\n{}  ({})\n{text}", node.label, out_dir.display());
@@ -453,7 +487,7 @@ fn cmd_run(cli: &Cli, file: &Path, opts: &RunOptions, sel: &Selection) -> Result
             f.log.display()
         );
     }
-    let unrun = crate::exec::unrun_report(&summary.record);
+    let unrun = whittle::exec::unrun_report(&summary.record);
     if !unrun.is_empty() {
         eprint!("{unrun}");
     }
@@ -464,6 +498,69 @@ fn cmd_run(cli: &Cli, file: &Path, opts: &RunOptions, sel: &Selection) -> Result
     } else {
         Outcome::Success
     })
+}
+
+/// `whittle run-node`: one instance, found by label or key, computed into the cache.
+fn cmd_run_node(
+    cli: &Cli,
+    file: &Path,
+    node: Option<&str>,
+    key: Option<&str>,
+    device: &str,
+) -> Result<Outcome> {
+    let device = DeviceKind::parse(device)?;
+    let (cache, plan) = open(cli, file)?;
+    let id = match (node, key) {
+        (Some(name), _) => match select(&plan, &[name.to_string()], file)?.as_slice() {
+            [id] => *id,
+            many => {
+                return Err(Usage(format!(
+                    "`{name}` names {} instances in {}; give one label",
+                    many.len(),
+                    file.display()
+                ))
+                .into())
+            }
+        },
+        (None, Some(key)) => node_with_key(&cache, &plan, key, file)?,
+        (None, None) => unreachable!("clap requires --node or --key"),
+    };
+    let cancel = cancel_on_ctrl_c();
+    match whittle::exec::run_node(&plan, &cache, id, device, &cancel) {
+        Ok(built) => {
+            outln!("{}", built.entry.manifest().key);
+            Ok(Outcome::Success)
+        }
+        Err(whittle::exec::NodeError::Job { source, .. })
+            if matches!(*source, whittle::exec::JobError::Cancelled(_)) =>
+        {
+            Ok(Outcome::Interrupted)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The node whose key (as far as the cache lets it be known now) is `key` or starts with it.
+fn node_with_key(cache: &Cache, plan: &Plan, key: &str, file: &Path) -> Result<plan::NodeId> {
+    let history = History::load(cache, &plan.pipeline.path.display().to_string());
+    let statuses = plan::resolve(plan, cache, &history)?;
+    let key = key.to_ascii_lowercase();
+    let found: Vec<usize> = (0..plan.nodes.len())
+        .filter(|&i| statuses[i].key().is_some_and(|k| k.hex().starts_with(&key)))
+        .collect();
+    match found.as_slice() {
+        [id] if !key.is_empty() => Ok(*id),
+        [] | [_] => Err(Usage(format!(
+            "no instance of {} has key `{key}` (a key is known once its inputs are cached; `whittle plan` shows them)",
+            file.display()
+        ))
+        .into()),
+        _ => Err(Usage(format!(
+            "key `{key}` is the prefix of {} instances' keys; give more of it",
+            found.len()
+        ))
+        .into()),
+    }
 }
 
 /// Reports are copied out of the cache to `reports/<pipeline>/<stage>/` at the root of the
@@ -482,12 +579,12 @@ fn report_dir(cli: &Cli, plan: &Plan, stage: &str) -> PathBuf {
 }
 
 /// Copies every file of a report entry, each checked against its recorded hash first.
-fn copy_reports(entry: &crate::cache::Entry, out: &Path) -> Result<()> {
+fn copy_reports(entry: &whittle::cache::Entry, out: &Path) -> Result<()> {
     let mut files = Vec::new();
     for f in &entry.manifest().files {
         files.push((f.path.clone(), entry.read_verified(&f.path)?));
     }
-    crate::report::render::replace_dir(out, |tmp| {
+    whittle::report::render::replace_dir(out, |tmp| {
         for (rel, bytes) in &files {
             let dest = tmp.join(rel);
             std::fs::write(&dest, bytes)
@@ -522,7 +619,7 @@ fn failed_nodes(plan: &Plan, statuses: &[Status], last: Option<&RunRecord>) -> V
 }
 
 fn cmd_report(cli: &Cli, file: &Path, out: Option<&Path>) -> Result<Outcome> {
-    use crate::report::{gather, render, InputState};
+    use whittle::report::{gather, render, InputState};
     let (cache, plan) = open(cli, file)?;
     let reports: Vec<usize> = (0..plan.nodes.len())
         .filter(|&i| matches!(plan.nodes[i].spec, StageSpec::Report(_)))
@@ -590,7 +687,7 @@ fn cmd_status(cli: &Cli, file: &Path, format: plan::StatusFormat) -> Result<Outc
 
 fn cmd_export(cli: &Cli, file: &Path, stage: &str, out: &Path) -> Result<Outcome> {
     let (cache, plan) = open(cli, file)?;
-    let e = crate::stages::export::export(&plan, &cache, stage, out)?;
+    let e = whittle::stages::export::export(&plan, &cache, stage, out)?;
     outln!(
         "exported {} to {}: {} tensors in {}, {:.1} MB{}",
         e.label,

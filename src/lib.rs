@@ -9,14 +9,14 @@
 //! - [`pipeline`]: YAML with positions, sweeps, validation into typed [`pipeline::spec`] values.
 //! - [`plan`]: the DAG and each node's cache key; why a node must run.
 //! - [`cache`]: atomic entries with manifests, file-hash memo, run records, gc.
-//! - [`exec`]: the scheduler (what runs when, on which device) and progress.
+//! - [`exec`]: the scheduler (what runs when, on which device), the executor that runs each job,
+//!   and progress.
 //! - [`stages`]: one module per stage kind; each a function of its inputs.
 //! - [`model`], [`calibrate`], [`compress`], [`eval`], [`report`]: the numerical work.
 //! - [`train`]: the quickstart's own small model, trained on a synthetic world of facts.
 
 pub mod cache;
 pub mod calibrate;
-pub mod cli;
 pub mod compress;
 pub mod data;
 pub mod eval;

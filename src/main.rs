@@ -1,3 +1,7 @@
+//! The `whittle` command: the library's engine behind a command line (clap, anyhow).
+
+mod cli;
+
 fn main() -> std::process::ExitCode {
-    whittle::cli::main()
+    cli::main()
 }

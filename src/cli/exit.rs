@@ -2,8 +2,8 @@
 
 use std::process::ExitCode;
 
-use crate::exec::device::DeviceError;
-use crate::stages::export::ExportError;
+use whittle::exec::device::DeviceError;
+use whittle::stages::export::ExportError;
 
 /// The exit codes, as `--help` states them.
 pub const EXIT_CODES: &str = "\

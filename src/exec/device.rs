@@ -2,7 +2,10 @@
 
 use std::fmt;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A device by name: `cpu`, `cuda:N`, or `cuda` for `cuda:0` (as torch reads it). The one
+/// parser of device names ([`DeviceKind::parse`]); a job carries it as that name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum DeviceKind {
     Cpu,
     Cuda(usize),
@@ -30,6 +33,26 @@ pub enum DeviceError {
     },
     #[error("--devices lists no device")]
     Empty,
+}
+
+impl From<DeviceKind> for String {
+    fn from(d: DeviceKind) -> String {
+        d.to_string()
+    }
+}
+
+impl TryFrom<String> for DeviceKind {
+    type Error = DeviceError;
+    fn try_from(s: String) -> Result<Self, DeviceError> {
+        DeviceKind::parse(&s)
+    }
+}
+
+impl std::str::FromStr for DeviceKind {
+    type Err = DeviceError;
+    fn from_str(s: &str) -> Result<Self, DeviceError> {
+        DeviceKind::parse(s)
+    }
 }
 
 impl DeviceKind {
@@ -208,16 +231,42 @@ mod tests {
     #[test]
     fn parse_devices() {
         assert_eq!(DeviceKind::parse("cpu").unwrap(), DeviceKind::Cpu);
-        assert!(matches!(
-            DeviceKind::parse("tpu:0"),
-            Err(DeviceError::Unknown(_))
-        ));
-        if !cfg!(feature = "cuda") {
-            assert!(matches!(
-                DeviceKind::parse("cuda:0"),
-                Err(DeviceError::NoCuda(_))
-            ));
+        assert_eq!(DeviceKind::parse(" cpu ").unwrap(), DeviceKind::Cpu);
+        for bad in ["tpu:0", "gpu", "cuda:x", "cuda:-1", "cuda:", "", "CPU"] {
+            let e = DeviceKind::parse(bad).unwrap_err();
+            assert!(matches!(e, DeviceError::Unknown(_)), "{bad}: {e:?}");
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "unknown device `{bad}`: expected `cpu` or `cuda:N` (e.g. --devices cpu,cuda:0)"
+                )
+            );
         }
+        // A bare `cuda` is `cuda:0`, as torch reads it.
+        for (name, index) in [("cuda", 0), ("cuda:0", 0), ("cuda:3", 3)] {
+            match DeviceKind::parse(name) {
+                Ok(d) if cfg!(feature = "cuda") => assert_eq!(d, DeviceKind::Cuda(index)),
+                Ok(d) => panic!("{name}: {d} without CUDA"),
+                Err(e) => {
+                    assert!(matches!(e, DeviceError::NoCuda(_)), "{name}: {e:?}");
+                    assert_eq!(
+                        e.to_string(),
+                        format!("`{name}` needs a build with CUDA: cargo build --release --features cuda")
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_device_travels_as_its_name() {
+        let json = serde_json::to_string(&DeviceKind::Cpu).unwrap();
+        assert_eq!(json, "\"cpu\"");
+        assert_eq!(
+            serde_json::from_str::<DeviceKind>(&json).unwrap(),
+            DeviceKind::Cpu
+        );
+        assert!(serde_json::from_str::<DeviceKind>("\"tpu\"").is_err());
     }
 
     #[test]

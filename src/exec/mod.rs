@@ -1,12 +1,21 @@
 //! Execution: runs a plan's nodes on a device pool, records the run, reports failures.
+//!
+//! The scheduler decides what runs when and on which device; an [`Executor`] runs each
+//! [`Job`] (local threads: [`LocalExecutor`]); [`job::execute`] turns one job into an entry.
 
 pub mod device;
+mod executor;
+pub mod job;
+mod node;
 mod progress;
 mod scheduler;
 
 use std::sync::atomic::AtomicBool;
 
 pub use device::{DeviceKind, DevicePool, Need};
+pub use executor::{Event, Executor, LocalExecutor};
+pub use job::{Built, Handle, Job, JobError};
+pub use node::{run_node, NodeError};
 pub use scheduler::Failure;
 
 use crate::cache::{Cache, CacheError, Lease, RunRecord, StageStatus};
@@ -80,12 +89,15 @@ pub fn run(
     let lease = cache.lease(&record.run_id)?;
     let ui = progress::Ui::new(plan.nodes.len() as u64, opts.progress);
     let sched = scheduler::Scheduler::new(plan, cache, &history, opts, cancel, &lease, log_dir);
-    let devices: Vec<candle_core::Device> = pool
+    let devices: Vec<(DeviceKind, candle_core::Device)> = pool
         .kinds()
-        .iter()
-        .map(|k| k.open())
-        .collect::<Result<_, _>>()?;
-    let result = sched.run(&mut pool, &devices, &ui, &mut record);
+        .into_iter()
+        .map(|k| Ok((k, k.open()?)))
+        .collect::<Result<_, device::DeviceError>>()?;
+    let result = std::thread::scope(|scope| {
+        let mut local = LocalExecutor::new(scope, plan, cache, &devices);
+        sched.run(&mut pool, &mut local, &ui, &mut record)
+    });
     ui.finish();
     let failures = result?;
     record.finish();

@@ -1,25 +1,27 @@
 //! The scheduler: walks the plan in dependency order, asks the rebuilder whether each node is
-//! cached, and runs the rest on the device pool, `jobs` at a time.
+//! cached, and hands the rest, as [`Job`]s on a device of the pool, to an [`Executor`], `jobs`
+//! at a time.
 //!
-//! It decides only *what runs when and where*; whether a node must run is `plan::lookup`'s call
-//! and what it does is `stages::execute`'s. Stopping (a failure without `--keep-going`, or Ctrl-C)
-//! means scheduling nothing new: running stages finish, or stop at their next cancellation check.
+//! It decides only *what runs when and where*; whether a node must run is `plan::lookup`'s call,
+//! how a job is run is the executor's, and what it does is `stages::execute`'s. Stopping (a
+//! failure without `--keep-going`, or Ctrl-C) means scheduling nothing new: running stages
+//! finish, or stop at their next cancellation check.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::io::Write;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::device::{DevicePool, Need};
+use super::executor::Executor;
+use super::job::{Built, Handle, Job, JobError};
 use super::progress::Ui;
 use super::RunOptions;
 use crate::cache::key::KeyInputs;
-use crate::cache::{Cache, Entry, EntryMeta, Lease, Lookup, RunRecord, StageRecord, StageStatus};
+use crate::cache::{Cache, Entry, Lease, RunRecord, StageRecord, StageStatus};
 use crate::pipeline::spec::StageSpec;
 use crate::plan::{self, ancestors, History, NodeId, Plan, Reason, Status};
-use crate::stages::{self, Progress, StageCtx, StageError};
+use crate::stages::Progress;
 
 #[derive(Debug)]
 enum State {
@@ -35,15 +37,6 @@ enum State {
     Failed(String),
     Skipped(String),
     Cancelled,
-}
-
-struct Finished {
-    node: NodeId,
-    /// The entry, and whether this run computed it (not another run sharing the cache).
-    result: Result<(Entry, bool), StageError>,
-    duration: Duration,
-    slot: usize,
-    reserved: u64,
 }
 
 /// One stage that failed, for the summary.
@@ -72,6 +65,8 @@ pub(super) struct Scheduler<'a> {
     log_dir: PathBuf,
     stopping: bool,
     needs: Vec<Need>,
+    /// The device slot and memory each running node holds.
+    reserved: Vec<Option<(usize, u64)>>,
 }
 
 impl<'a> Scheduler<'a> {
@@ -107,22 +102,12 @@ impl<'a> Scheduler<'a> {
             log_dir,
             stopping: false,
             needs: super::estimate_needs(plan),
+            reserved: vec![None; n],
         }
     }
 
     fn log_path(&self, node: NodeId) -> PathBuf {
-        let safe: String = self.plan.nodes[node]
-            .label
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || "-_.=,".contains(c) {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        self.log_dir.join(format!("{node:03}-{safe}.log"))
+        super::job::log_path(&self.log_dir, node, &self.plan.nodes[node].label)
     }
 
     /// A node whose inputs are all done: cached, or queued to run.
@@ -254,10 +239,32 @@ impl<'a> Scheduler<'a> {
         }
     }
 
+    /// The job that computes `node` (key `k`) on `device`: plain data, the entries it reads
+    /// named by their keys.
+    fn job(&self, node: NodeId, k: KeyInputs, device: super::DeviceKind) -> Job {
+        let inputs = ancestors(self.plan, &[node])
+            .into_iter()
+            .filter_map(|a| match &self.states[a] {
+                State::Done { entry, .. } => {
+                    Some((self.plan.nodes[a].label.clone(), entry.manifest().key))
+                }
+                _ => None,
+            })
+            .collect();
+        Job {
+            pipeline: self.plan.pipeline.path.clone(),
+            label: self.plan.nodes[node].label.clone(),
+            key: k,
+            inputs,
+            device,
+            log: self.log_path(node),
+        }
+    }
+
     pub(super) fn run(
         mut self,
         pool: &mut DevicePool,
-        devices: &[candle_core::Device],
+        executor: &mut dyn Executor<'a>,
         ui: &Ui,
         record: &mut RunRecord,
     ) -> Result<Vec<Failure>, crate::cache::CacheError> {
@@ -266,117 +273,91 @@ impl<'a> Scheduler<'a> {
                 self.activate(ui, i)?;
             }
         }
-        let (tx, rx) = mpsc::channel::<Finished>();
         let mut running = 0usize;
-        std::thread::scope(|scope| -> Result<(), crate::cache::CacheError> {
-            loop {
-                if self.cancel.load(Ordering::Relaxed) && !self.stopping {
-                    self.stopping = true;
-                    ui.println("interrupted: finishing the stages that run, starting no new one (Ctrl-C again to abort)");
-                }
-                // Dispatch what fits.
-                while !self.stopping && running < self.opts.jobs.max(1) {
-                    let Some(pos) = self.queue.iter().position(|&n| {
-                        pool.acquire(&self.needs[n])
-                            .map(|(s, m)| pool.release(s, m))
-                            .is_some()
-                    }) else {
-                        break;
-                    };
-                    let node = self.queue[pos];
-                    if !self.verify_inputs(ui, node)? {
-                        continue;
-                    }
-                    let node = self.queue.remove(pos).expect("position is in range");
-                    let Some((slot, reserved)) = pool.acquire(&self.needs[node]) else {
-                        self.queue.push_front(node);
-                        break;
-                    };
-                    let State::Queued(k, reason) =
-                        std::mem::replace(&mut self.states[node], State::Running)
-                    else {
-                        unreachable!("only queued nodes are in the queue")
-                    };
-                    let label = self.plan.nodes[node].label.clone();
-                    tracing::info!(stage = %label, device = %pool.kind(slot), "run: {reason}");
-                    let entries: HashMap<NodeId, Entry> = ancestors(self.plan, &[node])
-                        .into_iter()
-                        .filter_map(|a| match &self.states[a] {
-                            State::Done { entry, .. } => Some((a, entry.clone())),
-                            _ => None,
-                        })
-                        .collect();
-                    let job = Job {
-                        plan: self.plan,
-                        cache: self.cache,
-                        node,
-                        key: k,
-                        device: devices[slot].clone(),
-                        device_name: pool.kind(slot).to_string(),
-                        bar: ui.stage_bar(&label),
-                        cancel: self.cancel,
-                        log: self.log_path(node),
-                        entries,
-                    };
-                    let tx = tx.clone();
-                    running += 1;
-                    scope.spawn(move || {
-                        let start = Instant::now();
-                        let result = job.run();
-                        let _ = tx.send(Finished {
-                            node,
-                            result,
-                            duration: start.elapsed(),
-                            slot,
-                            reserved,
-                        });
-                    });
-                }
-                if running == 0 {
+        loop {
+            if self.cancel.load(Ordering::Relaxed) && !self.stopping {
+                self.stopping = true;
+                ui.println("interrupted: finishing the stages that run, starting no new one (Ctrl-C again to abort)");
+            }
+            // Dispatch what fits.
+            while !self.stopping && running < self.opts.jobs.max(1) {
+                let Some(pos) = self.queue.iter().position(|&n| {
+                    pool.acquire(&self.needs[n])
+                        .map(|(s, m)| pool.release(s, m))
+                        .is_some()
+                }) else {
                     break;
-                }
-                let Ok(done) = rx.recv_timeout(Duration::from_millis(100)) else {
-                    continue;
                 };
-                running -= 1;
-                pool.release(done.slot, done.reserved);
-                self.durations[done.node] = done.duration.as_secs_f64();
-                let label = self.plan.nodes[done.node].label.clone();
-                ui.done(1);
-                match done.result {
-                    Ok((entry, ran)) => {
-                        if ran {
-                            ui.println(&format!(
-                                "  ran  {label}  ({:.1}s)",
-                                done.duration.as_secs_f64()
-                            ));
-                        } else {
-                            ui.println(&format!("  reused {label}  (built by another run)"));
-                        }
-                        self.states[done.node] = State::Done { entry, ran };
-                        self.complete(ui, done.node)?;
+                let node = self.queue[pos];
+                if !self.verify_inputs(ui, node)? {
+                    continue;
+                }
+                let node = self.queue.remove(pos).expect("position is in range");
+                let Some((slot, reserved)) = pool.acquire(&self.needs[node]) else {
+                    self.queue.push_front(node);
+                    break;
+                };
+                let State::Queued(k, reason) =
+                    std::mem::replace(&mut self.states[node], State::Running)
+                else {
+                    unreachable!("only queued nodes are in the queue")
+                };
+                let label = self.plan.nodes[node].label.clone();
+                tracing::info!(stage = %label, device = %pool.kind(slot), "run: {reason}");
+                let job = self.job(node, k, pool.kind(slot));
+                let handle = Handle {
+                    progress: Progress(ui.stage_bar(&label)),
+                    cancel: self.cancel,
+                };
+                self.reserved[node] = Some((slot, reserved));
+                running += 1;
+                executor.start(node, job, handle);
+            }
+            if running == 0 {
+                break;
+            }
+            let Some(done) = executor.next(Duration::from_millis(100)) else {
+                continue;
+            };
+            running -= 1;
+            if let Some((slot, reserved)) = self.reserved[done.node].take() {
+                pool.release(slot, reserved);
+            }
+            self.durations[done.node] = done.duration.as_secs_f64();
+            let label = self.plan.nodes[done.node].label.clone();
+            ui.done(1);
+            match done.outcome {
+                Ok(Built { entry, ran }) => {
+                    if ran {
+                        ui.println(&format!(
+                            "  ran  {label}  ({:.1}s)",
+                            done.duration.as_secs_f64()
+                        ));
+                    } else {
+                        ui.println(&format!("  reused {label}  (built by another run)"));
                     }
-                    Err(StageError::Cancelled) => {
-                        self.states[done.node] = State::Cancelled;
-                    }
-                    Err(e) => {
-                        let log = self.log_path(done.node);
-                        ui.println(&format!("  FAILED {label}: {e}"));
-                        self.failures.push(Failure {
-                            label: label.clone(),
-                            error: e.to_string(),
-                            log,
-                        });
-                        self.states[done.node] = State::Failed(e.to_string());
-                        self.skip_dependents(ui, done.node, &format!("input {label} failed"));
-                        if !self.opts.keep_going {
-                            self.stopping = true;
-                        }
+                    self.states[done.node] = State::Done { entry, ran };
+                    self.complete(ui, done.node)?;
+                }
+                Err(JobError::Cancelled(_)) => {
+                    self.states[done.node] = State::Cancelled;
+                }
+                Err(e) => {
+                    let log = self.log_path(done.node);
+                    ui.println(&format!("  FAILED {label}: {e}"));
+                    self.failures.push(Failure {
+                        label: label.clone(),
+                        error: e.to_string(),
+                        log,
+                    });
+                    self.states[done.node] = State::Failed(e.to_string());
+                    self.skip_dependents(ui, done.node, &format!("input {label} failed"));
+                    if !self.opts.keep_going {
+                        self.stopping = true;
                     }
                 }
             }
-            Ok(())
-        })?;
+        }
 
         // Whatever never started.
         let interrupted = self.cancel.load(Ordering::Relaxed);
@@ -422,120 +403,5 @@ impl<'a> Scheduler<'a> {
         }
         record.stages = self.records.into_iter().flatten().collect();
         Ok(self.failures)
-    }
-}
-
-/// One stage's execution, on a worker thread.
-struct Job<'a> {
-    plan: &'a Plan,
-    cache: &'a Cache,
-    node: NodeId,
-    key: KeyInputs,
-    device: candle_core::Device,
-    device_name: String,
-    bar: indicatif::ProgressBar,
-    cancel: &'a AtomicBool,
-    log: PathBuf,
-    entries: HashMap<NodeId, Entry>,
-}
-
-impl Job<'_> {
-    /// Builds the entry, unless another process sharing the cache is building it: then waits for
-    /// that one and reuses its entry (`false`: not computed here).
-    fn run(self) -> Result<(Entry, bool), StageError> {
-        let key = self.key.digest();
-        let label = &self.plan.nodes[self.node].label;
-        let _lock = match self.cache.try_lock_build(&key)? {
-            Some(lock) => lock,
-            None => {
-                eprintln!("waiting for another run building {label}");
-                tracing::info!(stage = %label, "waiting for another run building it");
-                self.cache.lock_build(&key)?
-            }
-        };
-        if let Lookup::Hit(entry) = self.cache.lookup(&key)? {
-            tracing::info!(stage = %label, "reusing the entry another run built");
-            return Ok((entry, false));
-        }
-        self.build().map(|e| (e, true))
-    }
-
-    fn build(self) -> Result<Entry, StageError> {
-        let node = &self.plan.nodes[self.node];
-        let log_file = std::fs::File::create(&self.log).map_err(StageError::io(format!(
-            "creating log {}",
-            self.log.display()
-        )))?;
-        let log_file = Mutex::new(log_file);
-        let log = |line: &str| {
-            if let Ok(mut f) = log_file.lock() {
-                let _ = writeln!(f, "{} {line}", jiff::Timestamp::now());
-            }
-        };
-        log(&format!(
-            "{} ({}) on {}, key {}",
-            node.label,
-            node.kind(),
-            self.device_name,
-            self.key.digest()
-        ));
-        let start = Instant::now();
-        let result = (|| {
-            let writer = self.cache.writer(self.key.digest())?;
-            let progress = Progress(self.bar.clone());
-            let entries = |id: NodeId| self.entries.get(&id).cloned();
-            let ctx = StageCtx {
-                plan: self.plan,
-                node: self.node,
-                entries: &entries,
-                out: writer.dir(),
-                device: &self.device,
-                progress: &progress,
-                cancel: self.cancel,
-                log: &log,
-            };
-            let out = stages::execute(&ctx)?;
-            fault_pause(node.kind().as_str());
-            let mut meta = EntryMeta::new(self.key.clone(), node.label.clone());
-            meta.pipeline = Some(self.plan.pipeline.path.display().to_string());
-            meta.device = self.device_name.clone();
-            meta.duration_s = start.elapsed().as_secs_f64();
-            meta.meta = out.meta;
-            meta.content = out.content;
-            Ok(writer.finish(meta)?)
-        })();
-        self.bar.finish_and_clear();
-        match &result {
-            Ok(e) => log(&format!(
-                "done in {:.2}s: entry {}",
-                start.elapsed().as_secs_f64(),
-                e.manifest().key
-            )),
-            Err(e) => {
-                log(&format!("failed: {e}"));
-                let mut src = std::error::Error::source(e);
-                while let Some(s) = src {
-                    log(&format!("  caused by: {s}"));
-                    src = s.source();
-                }
-            }
-        }
-        result
-    }
-}
-
-/// Fault injection for crash tests: `WHITTLE_TEST_PAUSE=prune:2000` holds every prune stage for
-/// 2 s after its files are staged and before its entry is committed, so a test can kill the
-/// process at exactly that point.
-fn fault_pause(kind: &str) {
-    let Ok(spec) = std::env::var("WHITTLE_TEST_PAUSE") else {
-        return;
-    };
-    if let Some((k, ms)) = spec.split_once(':') {
-        if k == kind {
-            if let Ok(ms) = ms.parse() {
-                std::thread::sleep(Duration::from_millis(ms));
-            }
-        }
     }
 }

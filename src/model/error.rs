@@ -61,9 +61,6 @@ pub enum ModelError {
     #[error("tokenizer {}: {message}", path.display())]
     Tokenizer { path: PathBuf, message: String },
 
-    #[error("device `{spec}`: {message}")]
-    Device { spec: String, message: String },
-
     /// A caller-side misuse that no file can explain (bad token ids, sequence too long, ...).
     #[error("{0}")]
     Invalid(String),

@@ -19,7 +19,7 @@
 //! use whittle::model::*;
 //! let ckpt = Checkpoint::resolve("models/stories260K")?;
 //! let cfg = ModelConfig::from_file(&ckpt.config)?;
-//! let device = device_from_str("cpu")?;
+//! let device = candle_core::Device::Cpu;
 //! let weights = load_weights(&ckpt, &cfg, candle_core::DType::F32, &device)?;
 //! let model = Llama::new(&cfg, &weights)?;
 //! let tok = Tokenizer::from_file(&ckpt.tokenizer)?;
@@ -39,8 +39,6 @@ mod lm;
 mod tokenizer;
 mod weights;
 
-use candle_core::Device;
-
 pub use checkpoint::{shards_of, Checkpoint, WeightFiles};
 pub use config::{Family, ModelConfig, RawConfig, RopeScaling, TokenIds};
 pub use error::{ModelError, Result};
@@ -51,44 +49,3 @@ pub use llama::{rms_norm, Capture, KvCache, LayerKvCache, LinearId, Llama, Proj}
 pub use lm::{Blocks, CausalLm};
 pub use tokenizer::{Tokenizer, TokenizerSemantics};
 pub use weights::{expected_tensors, load_weights, tensor_digest, unpermute_rope_rows, TensorMap};
-
-/// Parses a device name: `cpu` or `cuda:N` (the latter needs the `cuda` cargo feature).
-pub fn device_from_str(spec: &str) -> Result<Device> {
-    let err = |message: String| ModelError::Device {
-        spec: spec.to_string(),
-        message,
-    };
-    if spec == "cpu" {
-        return Ok(Device::Cpu);
-    }
-    let Some(ordinal) = spec.strip_prefix("cuda:") else {
-        return Err(err("expected `cpu` or `cuda:N` (e.g. `cuda:0`)".into()));
-    };
-    let ordinal: usize = ordinal
-        .parse()
-        .map_err(|_| err(format!("`{ordinal}` is not a device number")))?;
-    if !cfg!(feature = "cuda") {
-        return Err(err(
-            "this whittle was built without CUDA; rebuild with `--features cuda`".into(),
-        ));
-    }
-    Device::new_cuda(ordinal).map_err(|e| err(format!("cannot open CUDA device {ordinal}: {e}")))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn device_names() {
-        assert!(device_from_str("cpu").unwrap().is_cpu());
-        for bad in ["gpu", "cuda", "cuda:x", "cuda:-1"] {
-            let e = device_from_str(bad).unwrap_err().to_string();
-            assert!(e.contains(bad), "{e}");
-        }
-        if !cfg!(feature = "cuda") {
-            let e = device_from_str("cuda:0").unwrap_err().to_string();
-            assert!(e.contains("--features cuda"), "{e}");
-        }
-    }
-}

@@ -7,7 +7,7 @@ use super::{Plan, Status};
 /// Version of the JSON plan format.
 pub const PLAN_JSON_SCHEMA: u32 = 1;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
     Text,
     Json,

@@ -10,7 +10,7 @@ use crate::report::{Cell, Table};
 /// Version of the JSON status format.
 pub const STATUS_JSON_SCHEMA: u32 = 1;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StatusFormat {
     Text,
     Json,

@@ -9,7 +9,7 @@ use crate::cache::key::ParamValue;
 use crate::pipeline::spec::StageKind;
 use crate::plan::{Plan, Status};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ShowFormat {
     /// Aligned columns for the terminal.
     Table,

@@ -132,7 +132,7 @@ pub fn run(ctx: &StageCtx, spec: &CalibrateSpec) -> Result<StageOutput, StageErr
         wanted,
         CALIBRATION_BATCH,
         ctx.device,
-        &mut |n| ctx.tick(n),
+        &mut |n| ctx.tick(n).map_err(candle_core::Error::from),
     )
     .map_err(|e| cancelled_or(ctx, e))?;
 

@@ -123,7 +123,7 @@ pub fn compress_calibrated(
                 &run,
                 wanted,
                 &mut layer_fn,
-                &mut |n| ctx.tick(n),
+                &mut |n| ctx.tick(n).map_err(candle_core::Error::from),
             )
             .map_err(|e| cancelled_or(ctx, e))
         }

@@ -143,7 +143,7 @@ fn run_perplexity(
     let docs = read_documents(source)?;
     let tokenizer = weights.tokenizer()?;
     let model = weights.model()?;
-    let tick = &mut |n| ctx.tick(n);
+    let tick = &mut |n| ctx.tick(n).map_err(candle_core::Error::from);
     // Too little text is the dataset's problem: say which file, and what would fit.
     let too_short = |tokens: usize, need: &str| -> StageError {
         crate::data::DataError::Invalid {
@@ -275,7 +275,7 @@ fn run_knowledge(
         ks: KS.to_vec(),
         batch_size: spec.batch_size,
     };
-    let tick = &mut |n| ctx.tick(n);
+    let tick = &mut |n| ctx.tick(n).map_err(candle_core::Error::from);
     let units = probe_units(&set, &opts);
     let total_facts = set.num_facts();
     if keep_known {
@@ -357,7 +357,7 @@ fn run_choice(
         &items,
         spec.batch_size,
         ctx.device,
-        &mut |n| ctx.tick(n),
+        &mut |n| ctx.tick(n).map_err(candle_core::Error::from),
     )
     .map_err(|e| cancelled_or(ctx, e))?;
     let metrics = metric_map([
@@ -419,7 +419,7 @@ fn run_divergence(
         limit,
         spec.batch_size,
         ctx.device,
-        &mut |n| ctx.tick(n),
+        &mut |n| ctx.tick(n).map_err(candle_core::Error::from),
     )
     .map_err(|e| cancelled_or(ctx, e))?;
     let metrics = metric_map([
@@ -467,7 +467,7 @@ fn run_generation(
     let (tok, model) = (weights.tokenizer()?, weights.model()?);
     let (m, samples) =
         evaluate_generation(&model, &tok, &task, &records, max_new_tokens, &mut |n| {
-            ctx.tick(n)
+            ctx.tick(n).map_err(candle_core::Error::from)
         })
         .map_err(|e| cancelled_or(ctx, e))?;
     let metrics = metric_map([

@@ -6,6 +6,7 @@
 
 mod calibrate;
 mod calibrated;
+mod cancel;
 mod evaluate;
 pub mod export;
 mod load;
@@ -18,6 +19,7 @@ mod select;
 mod train;
 pub mod weights;
 
+pub use cancel::Cancelled;
 pub use report::TEXT_FILE as REPORT_TEXT_FILE;
 
 use std::path::{Path, PathBuf};
@@ -173,22 +175,20 @@ impl StageCtx<'_> {
             .ok_or_else(|| StageError::Invalid(format!("internal: no input `{role}`")))
     }
 
-    pub fn check_cancel(&self) -> Result<(), StageError> {
+    pub fn check_cancel(&self) -> Result<(), Cancelled> {
         if self.cancel.load(Ordering::Relaxed) {
-            Err(StageError::Cancelled)
+            Err(Cancelled)
         } else {
             Ok(())
         }
     }
 
     /// Advances the progress bar by `n` and stops the computation if the run was cancelled
-    /// (the error becomes [`StageError::Cancelled`] through `calibrate::cancelled_or`).
-    pub fn tick(&self, n: u64) -> candle_core::Result<()> {
+    /// (inside a kernel the error becomes [`StageError::Cancelled`] again through
+    /// `calibrate::cancelled_or`).
+    pub fn tick(&self, n: u64) -> Result<(), Cancelled> {
         self.progress.inc(n);
-        if self.cancel.load(Ordering::Relaxed) {
-            candle_core::bail!("cancelled");
-        }
-        Ok(())
+        self.check_cancel()
     }
 
     pub fn note(&self, msg: &str) {

@@ -46,7 +46,7 @@ pub fn run(ctx: &StageCtx, spec: &TrainSpec) -> Result<StageOutput, StageError> 
         &mut |_, _| ctx.tick(1).map_err(|e| TrainError::Config(e.to_string())),
     )
     .map_err(|e| match ctx.check_cancel() {
-        Err(c) => c,
+        Err(c) => c.into(),
         Ok(()) => train_error(e),
     })?;
     ctx.note(&format!(

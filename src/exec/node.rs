@@ -1,0 +1,117 @@
+//! One node run on its own, outside a whole-pipeline run (`whittle run-node`): its inputs must
+//! be in the cache already; it is computed with the same build lock, lease and atomic write as
+//! in a run, through [`job::execute`].
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
+
+use super::device::{DeviceError, DeviceKind};
+use super::job::{self, Built, Handle, Job, JobError};
+use crate::cache::{Cache, CacheError, RunRecord};
+use crate::plan::{self, ancestors, History, NodeId, Plan, Status};
+use crate::stages::Progress;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("{stage}: input {input} is not in the cache; run it first (`whittle run FILE --only '{input}'`)")]
+    NotCached { stage: String, input: String },
+    #[error("{stage}: the cache entry of input {input} is corrupt ({reason}); `whittle run` recomputes it")]
+    Corrupt {
+        stage: String,
+        input: String,
+        reason: String,
+    },
+    #[error("{stage}: {source}")]
+    Job {
+        stage: String,
+        source: Box<JobError>,
+    },
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+}
+
+/// The job of `node`, if every node it reads is cached (and intact).
+pub fn job_for(
+    plan: &Plan,
+    cache: &Cache,
+    node: NodeId,
+    device: DeviceKind,
+    log: std::path::PathBuf,
+) -> Result<Job, NodeError> {
+    let history = History::load(cache, &plan.pipeline.path.display().to_string());
+    let statuses = plan::resolve(plan, cache, &history)?;
+    let stage = plan.nodes[node].label.clone();
+    let mut inputs = BTreeMap::new();
+    for a in ancestors(plan, &[node]) {
+        if a == node {
+            continue;
+        }
+        let input = plan.nodes[a].label.clone();
+        let Status::Cached { entry, .. } = &statuses[a] else {
+            return Err(NodeError::NotCached { stage, input });
+        };
+        if let Some(reason) = entry.check()? {
+            return Err(NodeError::Corrupt {
+                stage,
+                input,
+                reason,
+            });
+        }
+        inputs.insert(input, entry.manifest().key);
+    }
+    let key = match &statuses[node] {
+        Status::Cached { key_inputs, .. }
+        | Status::Run {
+            key_inputs: Some(key_inputs),
+            ..
+        } => key_inputs.clone(),
+        Status::Run {
+            key_inputs: None, ..
+        } => unreachable!("a node whose inputs are cached has a key"),
+    };
+    Ok(Job {
+        pipeline: plan.pipeline.path.clone(),
+        label: stage,
+        key,
+        inputs,
+        device,
+        log,
+    })
+}
+
+/// Computes `node` of `plan` into the cache (or finds it there) on `device`.
+pub fn run_node(
+    plan: &Plan,
+    cache: &Cache,
+    node: NodeId,
+    device: DeviceKind,
+    cancel: &AtomicBool,
+) -> Result<Built, NodeError> {
+    let record = RunRecord::start(
+        plan.pipeline.path.display().to_string(),
+        plan.pipeline.source_digest,
+    );
+    let log = job::log_path(
+        &cache.log_dir(&record.run_id)?,
+        node,
+        &plan.nodes[node].label,
+    );
+    let job = job_for(plan, cache, node, device, log)?;
+    // Held before the entries are looked up again, so gc either removed them already (and the
+    // job finds them missing) or keeps them.
+    let lease = cache.lease(&record.run_id)?;
+    for key in job.inputs.values() {
+        lease.hold(key)?;
+    }
+    lease.hold(&job.key.digest())?;
+    let handle = Handle {
+        progress: Progress::hidden(),
+        cancel,
+    };
+    job::execute(plan, cache, &job, &device.open()?, &handle).map_err(|source| NodeError::Job {
+        stage: job.label.clone(),
+        source: Box::new(source),
+    })
+}
