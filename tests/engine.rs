@@ -613,6 +613,61 @@ fn a_corrupt_input_found_mid_run_is_recomputed_not_skipped() {
     assert_entries_complete(&cache);
 }
 
+/// What the rebuilder re-hashes before a node runs: the cached entries it reads, nearest the
+/// base first; once one fails, what lies below it is left alone (it is looked up again after
+/// the recomputation) and stays where it is.
+#[test]
+fn a_corrupt_input_is_quarantined_and_nothing_below_it_checked() {
+    let shared = require_shared!("");
+    let tmp = tempfile::tempdir().unwrap();
+    let path = small_pipeline(tmp.path(), &shared);
+    let pipeline = whittle::pipeline::load(&path).unwrap_or_else(|d| panic!("{d}"));
+    let hasher = whittle::cache::filehash::FileHasher::empty(tmp.path().join("memo"));
+    let plan = whittle::plan::build(pipeline, &hasher).unwrap();
+    let cache = Cache::open(&tmp.path().join("cache")).unwrap();
+    // An entry per node, its key the node's structural digest (any key serves here).
+    let entries: Vec<whittle::cache::Entry> = plan
+        .nodes
+        .iter()
+        .map(|n| {
+            let mut k = whittle::cache::key::KeyInputs::new(n.kind().as_str(), n.version);
+            k.params
+                .insert("structure".into(), n.structural.hex().into());
+            let w = cache.writer(k.digest()).unwrap();
+            std::fs::write(w.dir().join("out.bin"), n.label.repeat(8)).unwrap();
+            w.finish(whittle::cache::EntryMeta::new(k, n.label.clone()))
+                .unwrap()
+        })
+        .collect();
+    let id = |label: &str| plan.nodes.iter().position(|n| n.label == label).unwrap();
+    let ppl = id("ppl[method=wanda]");
+    let labels = |c: Vec<whittle::plan::Corrupt>| -> Vec<String> {
+        c.iter().map(|c| plan.nodes[c.node].label.clone()).collect()
+    };
+
+    assert!(whittle::plan::corrupt_inputs(&plan, ppl, |a| Some(&entries[a])).is_empty());
+    let base = &entries[id("base")];
+    let pruned = &entries[id("pruned[method=wanda]")];
+    flip_byte(&base.path("out.bin"));
+    flip_byte(&pruned.path("out.bin"));
+    let found = whittle::plan::corrupt_inputs(&plan, ppl, |a| Some(&entries[a]));
+    assert!(matches!(
+        found[0].reason(),
+        whittle::plan::Reason::Corrupt(_)
+    ));
+    assert_eq!(labels(found), ["base"]);
+    assert!(!base.dir().exists(), "quarantined");
+    assert!(
+        pruned.dir().exists(),
+        "below the corrupt input: not checked, not moved"
+    );
+    // Only the entries the caller says are cached are checked.
+    let found = whittle::plan::corrupt_inputs(&plan, ppl, |a| {
+        (a == id("pruned[method=wanda]")).then(|| &entries[a])
+    });
+    assert_eq!(labels(found), ["pruned[method=wanda]"]);
+}
+
 /// Two runs of one pipeline started together on one cold cache.
 #[test]
 fn concurrent_runs_compute_every_stage_once() {

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use whittle::cache::filehash::FileHasher;
+use whittle::pipeline::spec::StageKind;
 
 fn pipelines() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
@@ -49,36 +50,83 @@ fn record(path: &Path) -> serde_json::Value {
     serde_json::Value::Object(nodes)
 }
 
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keys")
+}
+
+/// Compares the keys of the pipeline at `path` with `fixtures/<name>.json`, adding each node
+/// whose record differs to `changed`; under `WHITTLE_RECORD_KEYS=1`, records them instead.
+fn check(name: &str, path: &Path, changed: &mut Vec<String>) {
+    let got = record(path);
+    let file = fixtures().join(format!("{name}.json"));
+    if std::env::var("WHITTLE_RECORD_KEYS").is_ok_and(|v| v == "1") {
+        let text = serde_json::to_string_pretty(&got).unwrap() + "\n";
+        std::fs::write(&file, text).unwrap();
+        return;
+    }
+    let want: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display())),
+    )
+    .unwrap();
+    let (got, want) = (got.as_object().unwrap(), want.as_object().unwrap());
+    for label in want.keys().chain(got.keys()) {
+        if got.get(label) != want.get(label) {
+            changed.push(format!(
+                "{name}: {label}\n  recorded: {}\n  now:      {}",
+                want.get(label).map_or("absent".into(), |v| v.to_string()),
+                got.get(label).map_or("absent".into(), |v| v.to_string()),
+            ));
+        }
+    }
+}
+
 #[test]
 fn keys_of_every_committed_pipeline_are_unchanged() {
     let _ = require_shared!("models");
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keys");
-    let record_mode = std::env::var("WHITTLE_RECORD_KEYS").is_ok_and(|v| v == "1");
     let mut changed = Vec::new();
     for path in pipelines() {
         let name = path.file_stem().unwrap().to_string_lossy().into_owned();
-        let got = record(&path);
-        let file = fixtures.join(format!("{name}.json"));
-        if record_mode {
-            let text = serde_json::to_string_pretty(&got).unwrap() + "\n";
-            std::fs::write(&file, text).unwrap();
-            continue;
-        }
-        let want: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display())),
-        )
-        .unwrap();
-        let (got, want) = (got.as_object().unwrap(), want.as_object().unwrap());
-        for label in want.keys().chain(got.keys()) {
-            if got.get(label) != want.get(label) {
-                changed.push(format!(
-                    "{name}: {label}\n  recorded: {}\n  now:      {}",
-                    want.get(label).map_or("absent".into(), |v| v.to_string()),
-                    got.get(label).map_or("absent".into(), |v| v.to_string()),
-                ));
-            }
-        }
+        check(&name, &path, &mut changed);
     }
     changed.dedup();
     assert!(changed.is_empty(), "keys changed:\n{}", changed.join("\n"));
+}
+
+/// The golden key of every stage kind, method and variant (`fixtures/keys/every-kind.yaml`): a
+/// change to how any kind's parameters enter its key shows here, node by node.
+#[test]
+fn keys_of_every_stage_kind_are_unchanged() {
+    let _ = require_shared!("models");
+    let mut changed = Vec::new();
+    check(
+        "every-kind",
+        &fixtures().join("every-kind.yaml"),
+        &mut changed,
+    );
+    changed.dedup();
+    assert!(changed.is_empty(), "keys changed:\n{}", changed.join("\n"));
+}
+
+/// A new stage kind needs a golden key: an instance of it in `every-kind.yaml`, recorded.
+#[test]
+fn every_stage_kind_has_a_recorded_key() {
+    let file = fixtures().join("every-kind.json");
+    let recorded: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let kinds: Vec<&str> = recorded
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(|n| n["key_inputs"]["kind"].as_str())
+        .collect();
+    let missing: Vec<&str> = StageKind::ALL
+        .iter()
+        .map(|k| k.as_str())
+        .filter(|k| !kinds.contains(k))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "no recorded key for the stage kinds {missing:?}: add an instance of each to \
+         tests/fixtures/keys/every-kind.yaml and record it (WHITTLE_RECORD_KEYS=1)"
+    );
 }

@@ -154,7 +154,7 @@ impl<'a> Scheduler<'a> {
 
     /// `node` is done: dependents waiting only on it become active.
     fn complete(&mut self, ui: &Ui, node: NodeId) -> Result<(), crate::cache::CacheError> {
-        for d in self.plan.dependents(node) {
+        for &d in self.plan.dependents(node) {
             let ready = match &mut self.states[d] {
                 State::Waiting(pending) => {
                     pending.remove(&node);
@@ -170,7 +170,7 @@ impl<'a> Scheduler<'a> {
     }
 
     fn skip_dependents(&mut self, ui: &Ui, node: NodeId, why: &str) {
-        let mut stack = self.plan.dependents(node);
+        let mut stack = self.plan.dependents(node).to_vec();
         while let Some(d) = stack.pop() {
             if matches!(self.states[d], State::Waiting(_) | State::Queued(..)) {
                 self.states[d] = State::Skipped(why.to_string());
@@ -181,28 +181,23 @@ impl<'a> Scheduler<'a> {
         }
     }
 
-    /// Re-hashes the entries `node` will read. A corrupt one is quarantined and recomputed first.
+    /// Re-hashes the entries `node` will read (`plan::corrupt_inputs`); a corrupt one is
+    /// requeued, to be recomputed first.
     fn verify_inputs(&mut self, ui: &Ui, node: NodeId) -> Result<bool, crate::cache::CacheError> {
-        let mut ok = true;
-        for a in ancestors(self.plan, &[node]) {
-            if a == node || self.verified.contains(&a) {
-                continue;
-            }
-            let State::Done { entry, .. } = &self.states[a] else {
-                continue;
-            };
-            if let Err(e) = entry.verify() {
-                let label = &self.plan.nodes[a].label;
-                ui.println(&format!(
-                    "warning: cache entry of {label} is corrupt ({e}); recomputing it"
-                ));
-                tracing::warn!(stage = %label, "corrupt cache entry: {e}");
-                // verify() moved it to quarantine.
-                self.requeue(ui, a, Reason::Corrupt(e.to_string()));
-                ok = false;
-            }
+        let corrupt = plan::corrupt_inputs(self.plan, node, |a| match &self.states[a] {
+            State::Done { entry, .. } if !self.verified.contains(&a) => Some(entry),
+            _ => None,
+        });
+        for c in &corrupt {
+            let label = &self.plan.nodes[c.node].label;
+            let e = &c.error;
+            ui.println(&format!(
+                "warning: cache entry of {label} is corrupt ({e}); recomputing it"
+            ));
+            tracing::warn!(stage = %label, "corrupt cache entry: {e}");
+            self.requeue(ui, c.node, c.reason());
         }
-        Ok(ok)
+        Ok(corrupt.is_empty())
     }
 
     /// Puts the done node `a` back in the queue, and everything below it that has not started

@@ -6,11 +6,11 @@ use std::path::PathBuf;
 use petgraph::graph::DiGraph;
 use rayon::prelude::*;
 
-use super::{instance_label, Node, NodeId, Plan};
+use super::{instance_label, key, Node, NodeId, Plan};
 use crate::cache::filehash::FileHasher;
-use crate::cache::key::{Digest, KeyInputs, ParamValue};
+use crate::cache::key::Digest;
 use crate::model::Checkpoint;
-use crate::pipeline::spec::{DatasetFormat, InstanceRef, Pipeline, StageSpec, TextDocuments};
+use crate::pipeline::spec::{DatasetFormat, InstanceRef, Pipeline, StageSpec};
 use crate::stages;
 
 #[derive(Debug, thiserror::Error)]
@@ -96,51 +96,13 @@ pub fn build(pipeline: Pipeline, hasher: &FileHasher) -> Result<Plan, PlanError>
             .into_iter()
             .map(|(role, ir)| (role, node_of[&ir]))
             .collect();
-        let mut params = inst.spec.key_params();
-        if let StageSpec::Report(rep) = &inst.spec {
-            // Row labels are part of what a report shows, so they belong to its key.
-            let rows = rep
-                .inputs
-                .iter()
-                .map(|ir| {
-                    let s = &pipeline.stages[ir.stage];
-                    ParamValue::Str(instance_label(
-                        &s.name,
-                        &s.instances[ir.instance].point,
-                        &pipeline.axes,
-                    ))
-                })
-                .collect();
-            params.insert("rows".into(), ParamValue::List(rows));
-        }
-        for (role, name) in inst.spec.datasets() {
-            // How a file is cut into documents changes what a stage reads.
-            let format = dataset_format(&pipeline.datasets[name].format);
-            params.insert(format!("{role}.format"), ParamValue::Str(format));
-        }
         let node_files: BTreeMap<String, (PathBuf, Digest)> = files
             .get(&r)
             .into_iter()
             .flatten()
             .map(|(role, p)| (role.clone(), (p.clone(), digests[p])))
             .collect();
-        let version = stages::version(inst.spec.kind());
-        let mut k = KeyInputs::new(inst.spec.kind().as_str(), version);
-        k.params = params.clone();
-        for (role, n) in &inputs {
-            k.inputs.insert(role.clone(), nodes[*n].structural);
-        }
-        for (role, (_, d)) in &node_files {
-            k.files.insert(role.clone(), *d);
-        }
-        let structural = k.digest();
-        if let Some(&n) = by_structure.get(&structural) {
-            nodes[n].instances.push(r);
-            node_of.insert(r, n);
-            continue;
-        }
-        let id = nodes.len();
-        nodes.push(Node {
+        let mut node = Node {
             label: instance_label(&stage.name, &inst.point, &pipeline.axes),
             stage: stage.name.clone(),
             spec: inst.spec.clone(),
@@ -148,26 +110,30 @@ pub fn build(pipeline: Pipeline, hasher: &FileHasher) -> Result<Plan, PlanError>
             instances: vec![r],
             inputs,
             files: node_files,
-            version,
-            params,
-            structural,
-        });
+            version: stages::version(inst.spec.kind()),
+            params: key::params(&pipeline, &inst.spec),
+            // Set below, from the node itself.
+            structural: Digest([0; 32]),
+        };
+        let structure: BTreeMap<String, Digest> = node
+            .inputs
+            .iter()
+            .map(|(role, n)| (role.clone(), nodes[*n].structural))
+            .collect();
+        let structural = key::key_inputs(&node, &structure).digest();
+        if let Some(&n) = by_structure.get(&structural) {
+            nodes[n].instances.push(r);
+            node_of.insert(r, n);
+            continue;
+        }
+        node.structural = structural;
+        let id = nodes.len();
+        nodes.push(node);
         by_structure.insert(structural, id);
         node_of.insert(r, id);
     }
 
-    let mut graph = DiGraph::new();
-    let handles: Vec<_> = (0..nodes.len()).map(|i| graph.add_node(i)).collect();
-    for (i, n) in nodes.iter().enumerate() {
-        for (role, j) in &n.inputs {
-            graph.add_edge(handles[*j], handles[i], role.clone());
-        }
-    }
-    Ok(Plan {
-        pipeline,
-        nodes,
-        graph,
-    })
+    Ok(Plan::new(pipeline, nodes))
 }
 
 /// A topological order that otherwise follows the file: among the instances whose inputs are
@@ -202,20 +168,6 @@ fn file_order_toposort(
     match g.node_indices().find(|n| indegree[n.index()] > 0) {
         Some(n) => Err(g[n]),
         None => Ok(order),
-    }
-}
-
-fn dataset_format(f: &DatasetFormat) -> String {
-    match f {
-        DatasetFormat::Text { documents } => match documents {
-            TextDocuments::Whole => "text".into(),
-            TextDocuments::Lines => "text:lines".into(),
-            TextDocuments::Separator(s) => format!("text:separator:{s}"),
-        },
-        DatasetFormat::Jsonl { field } => format!("jsonl:{field}"),
-        DatasetFormat::Json { field } => format!("json:{field}"),
-        DatasetFormat::Squad => "squad".into(),
-        DatasetFormat::Lama => "lama".into(),
     }
 }
 

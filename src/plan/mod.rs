@@ -8,6 +8,7 @@
 //! identical weights reached by two routes share what comes after them).
 
 mod build;
+mod key;
 mod render;
 mod resolve;
 mod select;
@@ -17,9 +18,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 pub use build::{build, PlanError};
+pub use key::key_inputs;
 pub use render::{render, Format};
 pub use resolve::{
-    ancestors, explain, key_inputs, lookup, reachable_keys, resolve, History, Reason, Status,
+    ancestors, corrupt_inputs, explain, lookup, reachable_keys, resolve, Corrupt, History, Reason,
+    Status,
 };
 pub use select::restrict;
 pub use summary::{StageSummary, StatusFormat, StatusSummary, STATUS_JSON_SCHEMA};
@@ -35,7 +38,8 @@ pub struct Plan {
     pub pipeline: Pipeline,
     /// Nodes in a topological order: every input comes before its consumers.
     pub nodes: Vec<Node>,
-    pub graph: petgraph::graph::DiGraph<NodeId, String>,
+    /// For each node, the nodes that read its output, in plan order.
+    dependents: Vec<Vec<NodeId>>,
 }
 
 #[derive(Clone, Debug)]
@@ -70,18 +74,30 @@ impl Node {
 }
 
 impl Plan {
+    /// The plan of `nodes` (in a topological order), with who reads what worked out once.
+    pub fn new(pipeline: Pipeline, nodes: Vec<Node>) -> Self {
+        let mut dependents = vec![Vec::new(); nodes.len()];
+        for (j, n) in nodes.iter().enumerate() {
+            for (_, i) in &n.inputs {
+                if !dependents[*i].contains(&j) {
+                    dependents[*i].push(j);
+                }
+            }
+        }
+        Plan {
+            pipeline,
+            nodes,
+            dependents,
+        }
+    }
+
     pub fn node_of(&self, r: InstanceRef) -> Option<NodeId> {
         self.nodes.iter().position(|n| n.instances.contains(&r))
     }
 
     /// Nodes that read `id`'s output.
-    pub fn dependents(&self, id: NodeId) -> Vec<NodeId> {
-        self.nodes
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| n.inputs.iter().any(|(_, i)| *i == id))
-            .map(|(j, _)| j)
-            .collect()
+    pub fn dependents(&self, id: NodeId) -> &[NodeId] {
+        &self.dependents[id]
     }
 
     /// Nodes matching a stage name or an instance label. A label's axes may come in any order,

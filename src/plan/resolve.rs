@@ -2,20 +2,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::{Node, NodeId, Plan};
+use super::key::key_inputs;
+use super::{NodeId, Plan};
 use crate::cache::key::{Digest, KeyInputs};
 use crate::cache::{Cache, CacheError, Entry, Lookup};
-
-/// The key inputs of a node, given the content digests of its inputs by role.
-pub fn key_inputs(node: &Node, input_content: &BTreeMap<String, Digest>) -> KeyInputs {
-    let mut k = KeyInputs::new(node.kind().as_str(), node.version);
-    k.params = node.params.clone();
-    k.inputs = input_content.clone();
-    for (role, (_, d)) in &node.files {
-        k.files.insert(role.clone(), *d);
-    }
-    k
-}
 
 /// What earlier runs of this pipeline computed, by instance label: explains why a node reruns.
 #[derive(Default, Debug)]
@@ -150,6 +140,54 @@ fn status_of(found: Lookup, k: &KeyInputs, last: Option<&KeyInputs>) -> Status {
             reason: Reason::Corrupt(reason),
         },
     }
+}
+
+/// A cached entry a node was about to read that failed its re-hash: it is in quarantine now, and
+/// `node` must be recomputed before anything below it runs.
+#[derive(Clone, Debug)]
+pub struct Corrupt {
+    pub node: NodeId,
+    /// Why the entry failed.
+    pub error: String,
+}
+
+impl Corrupt {
+    pub fn reason(&self) -> Reason {
+        Reason::Corrupt(self.error.clone())
+    }
+}
+
+/// Re-hashes the cached entries `node` will read before it runs: every ancestor that `cached`
+/// gives an entry for. A failing entry moves to quarantine and is returned; what lies below it
+/// is not checked, since it is recomputed or looked up again once that input is.
+pub fn corrupt_inputs<'e>(
+    plan: &Plan,
+    node: NodeId,
+    cached: impl Fn(NodeId) -> Option<&'e Entry>,
+) -> Vec<Corrupt> {
+    let mut corrupt: Vec<Corrupt> = Vec::new();
+    for a in ancestors(plan, &[node]) {
+        if a == node {
+            continue;
+        }
+        let Some(entry) = cached(a) else {
+            continue;
+        };
+        if corrupt
+            .iter()
+            .any(|c| ancestors(plan, &[a]).contains(&c.node))
+        {
+            continue;
+        }
+        if let Err(e) = entry.verify() {
+            // verify() moved it to quarantine.
+            corrupt.push(Corrupt {
+                node: a,
+                error: e.to_string(),
+            });
+        }
+    }
+    corrupt
 }
 
 /// The status of every node, in plan order, as far as it can be known before running anything.

@@ -23,16 +23,5 @@ pub fn restrict(plan: Plan, targets: &[NodeId]) -> Plan {
             n
         })
         .collect();
-    let mut graph = petgraph::graph::DiGraph::new();
-    let handles: Vec<_> = (0..nodes.len()).map(|i| graph.add_node(i)).collect();
-    for (i, n) in nodes.iter().enumerate() {
-        for (role, j) in &n.inputs {
-            graph.add_edge(handles[*j], handles[i], role.clone());
-        }
-    }
-    Plan {
-        pipeline,
-        nodes,
-        graph,
-    }
+    Plan::new(pipeline, nodes)
 }

@@ -4,13 +4,16 @@
 //! The same function serves the report stage (every input is in the cache) and `whittle report`
 //! (inputs may be pending or failed), so both render the same files from the same data.
 
+use std::collections::HashMap;
+
 use serde_json::Value;
 
 use super::provenance::Provenance;
 use super::ReportError;
+use crate::cache::key::Params;
 use crate::cache::Entry;
 use crate::model::TokenizerSemantics;
-use crate::pipeline::spec::{Accumulation, Point, ReportSpec, StageSpec};
+use crate::pipeline::spec::{Accumulation, Point, ReportSpec, StageKind, StageSpec};
 use crate::plan::{ancestors, instance_label, NodeId, Plan};
 
 /// What the caller knows about a node's output.
@@ -214,6 +217,16 @@ pub fn compressed(plan: &Plan, id: NodeId) -> Option<String> {
     Some(format!("{} ({})", top.label, params.join(", ")))
 }
 
+/// What an instance measures, for grouping: its kind, its key parameters and the datasets it
+/// reads. The point it is on stays out unless it sets one of these: stages that measure the same
+/// thing on other points share a column.
+#[derive(PartialEq)]
+struct Measure<'p> {
+    kind: StageKind,
+    params: Params,
+    datasets: Vec<(&'static str, &'p str)>,
+}
+
 /// Column groups: a stage joins the first group whose stages measure what it measures on other
 /// sweep points (no instance of it has the point of an instance already in the group).
 fn group_stages(plan: &Plan, spec: &ReportSpec) -> Vec<Group> {
@@ -224,23 +237,24 @@ fn group_stages(plan: &Plan, spec: &ReportSpec) -> Vec<Group> {
             stages.push(r.stage);
         }
     }
-    let signature = |s: usize| -> Vec<String> {
-        let mut v: Vec<String> = pipeline.stages[s]
-            .instances
-            .iter()
-            .map(|i| {
-                format!(
-                    "{}|{:?}|{:?}",
-                    i.spec.kind(),
-                    i.spec.key_params(),
-                    i.spec.datasets()
-                )
-            })
-            .collect();
-        v.sort();
-        v.dedup();
-        v
-    };
+    // What each stage's instances measure, once per stage.
+    let signatures: HashMap<usize, Vec<Measure>> = stages
+        .iter()
+        .map(|&s| {
+            let mut v: Vec<Measure> = Vec::new();
+            for i in &pipeline.stages[s].instances {
+                let m = Measure {
+                    kind: i.spec.kind(),
+                    params: i.spec.key_params(),
+                    datasets: i.spec.datasets(),
+                };
+                if !v.contains(&m) {
+                    v.push(m);
+                }
+            }
+            (s, v)
+        })
+        .collect();
     // What tells instances apart: the sweep point and, for instances that use no axis, which
     // compressed model they measure (a dense and a compressed evaluation share a column).
     let points = |s: usize| -> Vec<(&Point, Option<String>)> {
@@ -260,11 +274,11 @@ fn group_stages(plan: &Plan, spec: &ReportSpec) -> Vec<Group> {
     };
     let mut members: Vec<Vec<usize>> = Vec::new();
     for &s in &stages {
-        let sig = signature(s);
+        let sig = &signatures[&s];
         let pts = points(s);
         let joins = members.iter().position(|g| {
             g.iter()
-                .any(|&m| signature(m).iter().any(|x| sig.contains(x)))
+                .any(|&m| signatures[&m].iter().any(|x| sig.contains(x)))
                 && g.iter()
                     .all(|&m| points(m).iter().all(|p| !pts.contains(p)))
         });

@@ -1,0 +1,62 @@
+//! What enters a node's cache key, in one place: planning (inputs by structural digest) and
+//! execution (inputs by content digest) assemble it with the same function.
+
+use std::collections::BTreeMap;
+
+use super::{instance_label, Node};
+use crate::cache::key::{Digest, KeyInputs, ParamValue, Params};
+use crate::pipeline::spec::{DatasetFormat, Pipeline, StageSpec, TextDocuments};
+
+/// The parameters of an instance's key: its spec's own, and what only the pipeline knows of it
+/// (a report's row labels, how each dataset it reads is cut into documents).
+pub(super) fn params(pipeline: &Pipeline, spec: &StageSpec) -> Params {
+    let mut params = spec.key_params();
+    if let StageSpec::Report(rep) = spec {
+        // Row labels are part of what a report shows, so they belong to its key.
+        let rows = rep
+            .inputs
+            .iter()
+            .map(|ir| {
+                let s = &pipeline.stages[ir.stage];
+                ParamValue::Str(instance_label(
+                    &s.name,
+                    &s.instances[ir.instance].point,
+                    &pipeline.axes,
+                ))
+            })
+            .collect();
+        params.insert("rows".into(), ParamValue::List(rows));
+    }
+    for (role, name) in spec.datasets() {
+        // How a file is cut into documents changes what a stage reads.
+        let format = dataset_format(&pipeline.datasets[name].format);
+        params.insert(format!("{role}.format"), ParamValue::Str(format));
+    }
+    params
+}
+
+/// The key inputs of a node, given its inputs' digests by role: their structural digests while
+/// planning, their content digests once they are cached.
+pub fn key_inputs(node: &Node, inputs: &BTreeMap<String, Digest>) -> KeyInputs {
+    let mut k = KeyInputs::new(node.kind().as_str(), node.version);
+    k.params = node.params.clone();
+    k.inputs = inputs.clone();
+    for (role, (_, d)) in &node.files {
+        k.files.insert(role.clone(), *d);
+    }
+    k
+}
+
+fn dataset_format(f: &DatasetFormat) -> String {
+    match f {
+        DatasetFormat::Text { documents } => match documents {
+            TextDocuments::Whole => "text".into(),
+            TextDocuments::Lines => "text:lines".into(),
+            TextDocuments::Separator(s) => format!("text:separator:{s}"),
+        },
+        DatasetFormat::Jsonl { field } => format!("jsonl:{field}"),
+        DatasetFormat::Json { field } => format!("json:{field}"),
+        DatasetFormat::Squad => "squad".into(),
+        DatasetFormat::Lama => "lama".into(),
+    }
+}
