@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use candle_core::{DType, Device};
 use criterion::{criterion_group, criterion_main, Criterion};
-use whittle::calibrate::{collect_stats, random_windows, Wanted};
+use whittle::capture::{collect_stats, random_windows, Wanted};
 use whittle::compress::{self, gptq, Grouping, HessianOpts, Matrix, QuantConfig};
 use whittle::model::{load_weights, Checkpoint, Llama, ModelConfig, Tokenizer};
 

@@ -26,7 +26,7 @@ use whittle::cache::{Cache, FileHasher, GcOptions, RunRecord, StageStatus};
 use whittle::exec::{DeviceKind, RunOptions};
 use whittle::pipeline::spec::StageSpec;
 use whittle::plan::{self, Format, History, Plan, Status};
-use whittle::report::ReportError;
+use whittle::stages::report::ReportError;
 
 pub use exit::{outcome_of, Outcome, EXIT_CODES};
 use exit::{Invalid, Usage};
@@ -125,7 +125,7 @@ pub enum Command {
     Show {
         file: PathBuf,
         #[arg(long, default_value = "table", value_parser = formats::show())]
-        format: whittle::report::show::ShowFormat,
+        format: whittle::plan::show::ShowFormat,
     },
     /// Explain why a stage (name or instance label) would run: what changed in its key.
     Why { file: PathBuf, stage: String },
@@ -247,10 +247,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             let (cache, plan) = open_read_only(&cli, file)?;
             let history = History::load(&cache, &plan.pipeline.path.display().to_string());
             let statuses = plan::resolve(&plan, &cache, &history)?;
-            out!(
-                "{}",
-                whittle::report::show::render(&plan, &statuses, *format)
-            );
+            out!("{}", whittle::plan::show::render(&plan, &statuses, *format));
             Ok(Outcome::Success)
         }
         Command::Why { file, stage } => cmd_why(&cli, file, stage),
@@ -584,7 +581,7 @@ fn copy_reports(entry: &whittle::cache::Entry, out: &Path) -> Result<()> {
     for f in &entry.manifest().files {
         files.push((f.path.clone(), entry.read_verified(&f.path)?));
     }
-    whittle::report::render::replace_dir(out, |tmp| {
+    whittle::stages::report::render::replace_dir(out, |tmp| {
         for (rel, bytes) in &files {
             let dest = tmp.join(rel);
             std::fs::write(&dest, bytes)
@@ -619,7 +616,7 @@ fn failed_nodes(plan: &Plan, statuses: &[Status], last: Option<&RunRecord>) -> V
 }
 
 fn cmd_report(cli: &Cli, file: &Path, out: Option<&Path>) -> Result<Outcome> {
-    use whittle::report::{gather, render, InputState};
+    use whittle::stages::report::{gather, render, InputState};
     let (cache, plan) = open(cli, file)?;
     let reports: Vec<usize> = (0..plan.nodes.len())
         .filter(|&i| matches!(plan.nodes[i].spec, StageSpec::Report(_)))
@@ -687,7 +684,7 @@ fn cmd_status(cli: &Cli, file: &Path, format: plan::StatusFormat) -> Result<Outc
 
 fn cmd_export(cli: &Cli, file: &Path, stage: &str, out: &Path) -> Result<Outcome> {
     let (cache, plan) = open(cli, file)?;
-    let e = whittle::stages::export::export(&plan, &cache, stage, out)?;
+    let e = whittle::export::export(&plan, &cache, stage, out)?;
     outln!(
         "exported {} to {}: {} tensors in {}, {:.1} MB{}",
         e.label,

@@ -5,7 +5,70 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::pipeline::spec::{DatasetFormat, DatasetSource, TextDocuments};
+#[derive(Clone, Debug, PartialEq)]
+pub struct DatasetSource {
+    pub name: String,
+    /// A file, or a directory for [`DatasetFormat::Lama`].
+    pub path: PathBuf,
+    pub format: DatasetFormat,
+    /// One label per line, merged into record i as its field `label` (PIQA's and SIQA's
+    /// releases keep the labels in a file of their own).
+    pub labels: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum DatasetFormat {
+    /// Plain text, cut into documents as `documents` says.
+    Text { documents: TextDocuments },
+    /// JSON Lines: one record per line; as documents, each record's `field`.
+    Jsonl { field: String },
+    /// A JSON array of records (Alpaca's release); as documents, each record's `field`.
+    Json { field: String },
+    /// The SQuAD v1.1 JSON release: one record per question (`id`, `title`, `context`,
+    /// `question`, `answers` as a list of strings).
+    Squad,
+    /// A LAMA directory: `relations.jsonl` with `TREx/`, `Google_RE/` and `Squad/` beside it.
+    Lama,
+}
+
+impl DatasetFormat {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DatasetFormat::Text { .. } => "text",
+            DatasetFormat::Jsonl { .. } => "jsonl",
+            DatasetFormat::Json { .. } => "json",
+            DatasetFormat::Squad => "squad",
+            DatasetFormat::Lama => "lama",
+        }
+    }
+
+    /// Whether the dataset reads as a list of text documents (perplexity, calibration).
+    pub fn has_documents(&self) -> bool {
+        matches!(
+            self,
+            DatasetFormat::Text { .. } | DatasetFormat::Jsonl { .. } | DatasetFormat::Json { .. }
+        )
+    }
+
+    /// Whether the dataset reads as JSON records (multiple-choice and generation tasks).
+    pub fn has_records(&self) -> bool {
+        matches!(
+            self,
+            DatasetFormat::Jsonl { .. } | DatasetFormat::Json { .. } | DatasetFormat::Squad
+        )
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum TextDocuments {
+    /// The whole file is one document.
+    Whole,
+    /// One document per line, as Hugging Face's `text` loader gives them (the newline kept, blank
+    /// lines as empty documents): the rows WikiText's perplexity protocol joins with "\n\n".
+    Lines,
+    /// Split on a separator string; each piece trimmed, empty pieces dropped.
+    Separator(String),
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {

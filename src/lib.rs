@@ -12,19 +12,20 @@
 //! - [`exec`]: the scheduler (what runs when, on which device), the executor that runs each job,
 //!   and progress.
 //! - [`stages`]: one module per stage kind; each a function of its inputs.
-//! - [`model`], [`calibrate`], [`compress`], [`eval`], [`report`]: the numerical work.
+//! - [`model`], [`capture`], [`compress`], [`eval`], [`report`]: the numerical work.
 //! - [`train`]: the quickstart's own small model, trained on a synthetic world of facts.
 
 pub mod cache;
-pub mod calibrate;
+pub mod capture;
 pub mod compress;
 pub mod data;
 pub mod eval;
 pub mod exec;
+pub mod export;
 pub mod model;
+pub mod overlay;
 pub mod pipeline;
 pub mod plan;
-pub mod report;
 pub mod stages;
 pub mod train;
 

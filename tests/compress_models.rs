@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use whittle::calibrate::{collect_stats_first, random_windows, InputGroup, Stats, Wanted};
+use whittle::capture::{collect_stats_first, random_windows, InputGroup, Stats, Wanted};
 use whittle::compress::{self, gptq, Grouping, HessianOpts, Matrix, QuantConfig};
 use whittle::model::{load_weights, Checkpoint, LinearId, Llama, ModelConfig, Proj, Tokenizer};
 

@@ -11,8 +11,8 @@ use candle_core::{DType, Device, Tensor};
 
 use whittle::cache::{Cache, FileHasher};
 use whittle::compress::{magnitude::magnitude, Matrix};
+use whittle::export::{materialize_stage, write_safetensors};
 use whittle::model::{load_weights, CausalLm, Checkpoint, Llama, ModelConfig, TensorMap};
-use whittle::stages::export::{materialize_stage, write_safetensors};
 
 fn pipeline(dir: &Path, shared: &Path, sparsity: f64) -> PathBuf {
     let text = format!(

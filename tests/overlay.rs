@@ -16,7 +16,7 @@ use whittle::compress::{Grouping, Mask, Matrix, QuantConfig};
 use whittle::model::{
     load_weights, tensor_digest, CausalLm, Checkpoint, Llama, ModelConfig, TensorMap,
 };
-use whittle::stages::overlay::{
+use whittle::overlay::{
     apply_chain, pack_codes, Overlay, OverlayError, OverlaySummary, OverlayWriter, INDEX_FILE,
 };
 use whittle::stages::weights::{Materialized, WeightsMeta};

@@ -7,15 +7,18 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use whittle::cache::{Cache, Lookup, ParamValue, RunRecord, StageStatus};
-use whittle::pipeline::spec::{
-    AxisScale, Change, MetricRef, PlotFormat, PlotKind, ReportColumn, ReportFormat, ReportPlot,
-    ReportSpec, ReportTable, StageSpec,
+use whittle::stages::report::observe::Group;
+use whittle::stages::report::pivot::{columns, pivot, Source};
+use whittle::stages::report::plot::{figure, png, svg, Baseline, PANEL_HEIGHT, PANEL_WIDTH};
+use whittle::stages::report::provenance::{DatasetId, ModelId, PipelineId, Points, Provenance};
+use whittle::stages::report::{
+    render, Cell, Measurement, Observation, Outcome, ReportData, ReportError,
 };
-use whittle::report::observe::Group;
-use whittle::report::pivot::{columns, pivot, Source};
-use whittle::report::plot::{figure, png, svg, Baseline, PANEL_HEIGHT, PANEL_WIDTH};
-use whittle::report::provenance::{DatasetId, ModelId, PipelineId, Points, Provenance};
-use whittle::report::{render, Cell, Measurement, Observation, Outcome, ReportData, ReportError};
+use whittle::stages::report::{
+    AxisScale, Change, MetricRef, PlotFormat, PlotKind, ReportColumn, ReportFormat, ReportPlot,
+    ReportSpec, ReportTable,
+};
+use whittle::stages::StageSpec;
 
 // ---- Hand-made observations ----
 
@@ -165,7 +168,7 @@ fn rows() -> Vec<String> {
     vec!["method".into(), "sparsity".into()]
 }
 
-fn main_table(data: &ReportData, cols: &[ReportColumn]) -> whittle::report::Table {
+fn main_table(data: &ReportData, cols: &[ReportColumn]) -> whittle::stages::report::Table {
     let c = columns(data, Some(cols)).unwrap();
     pivot(data, &rows(), &c, &Vec::new()).unwrap()
 }
@@ -830,8 +833,10 @@ fn evaluations_of_the_same_thing_share_columns_unless_their_points_collide() {
     let hasher = whittle::cache::FileHasher::load(&cache).unwrap();
     let plan = whittle::plan::build(pipeline, &hasher).unwrap();
     let report = plan.find("t")[0];
-    let data =
-        whittle::report::gather(&plan, report, &|_| whittle::report::InputState::Pending).unwrap();
+    let data = whittle::stages::report::gather(&plan, report, &|_| {
+        whittle::stages::report::InputState::Pending
+    })
+    .unwrap();
     let groups: Vec<(&str, Vec<&str>)> = data
         .groups
         .iter()
@@ -1184,7 +1189,7 @@ fn a_run_then_whittle_report_renders_every_row_column_and_provenance() {
 
 #[test]
 fn publishing_replaces_the_whole_directory_or_nothing() {
-    use whittle::report::render::replace_dir;
+    use whittle::stages::report::render::replace_dir;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("reports/p/table");
     std::fs::create_dir_all(&dir).unwrap();
@@ -1473,8 +1478,8 @@ fn editing_meta_metrics_in_a_manifest_does_not_change_the_table() {
 }
 
 /// A panel whose points sit in every corner of the data area and in its middle.
-fn crowded_panel() -> whittle::report::plot::Panel {
-    use whittle::report::plot::{Panel, Series};
+fn crowded_panel() -> whittle::stages::report::plot::Panel {
+    use whittle::stages::report::plot::{Panel, Series};
     let corners = |dy: f64| vec![(0.0, dy, None), (0.5, 0.5, None), (1.0, 1.0 - dy, None)];
     Panel {
         title: "t".into(),
@@ -1498,7 +1503,7 @@ fn crowded_panel() -> whittle::report::plot::Panel {
 
 #[test]
 fn plot_legends_cover_no_point_and_axes_use_the_table_labels() {
-    let fig = whittle::report::plot::Figure {
+    let fig = whittle::stages::report::plot::Figure {
         panels: vec![crowded_panel()],
         caption: vec!["c".into()],
     };

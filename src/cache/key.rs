@@ -157,6 +157,122 @@ pub fn canonical_float(x: f64) -> String {
 /// A stage's parameters as they enter its key, ordered by name.
 pub type Params = BTreeMap<String, ParamValue>;
 
+/// A value as it enters a key: each type spells itself once, here or beside its definition.
+pub trait KeyValue {
+    fn key_value(&self) -> ParamValue;
+}
+
+macro_rules! key_value_from {
+    ($($t:ty),*) => {$(
+        impl KeyValue for $t {
+            fn key_value(&self) -> ParamValue {
+                ParamValue::from(self.clone())
+            }
+        }
+    )*};
+}
+key_value_from!(bool, i64, u64, usize, f64, String);
+
+impl KeyValue for u32 {
+    fn key_value(&self) -> ParamValue {
+        ParamValue::Int(i64::from(*self))
+    }
+}
+
+impl KeyValue for str {
+    fn key_value(&self) -> ParamValue {
+        ParamValue::Str(self.to_string())
+    }
+}
+
+impl KeyValue for ParamValue {
+    fn key_value(&self) -> ParamValue {
+        self.clone()
+    }
+}
+
+impl<T: KeyValue + ?Sized> KeyValue for &T {
+    fn key_value(&self) -> ParamValue {
+        (**self).key_value()
+    }
+}
+
+impl<T: KeyValue> KeyValue for [T] {
+    fn key_value(&self) -> ParamValue {
+        ParamValue::List(self.iter().map(KeyValue::key_value).collect())
+    }
+}
+
+impl<T: KeyValue> KeyValue for Vec<T> {
+    fn key_value(&self) -> ParamValue {
+        self.as_slice().key_value()
+    }
+}
+
+/// Implements [`KeyValue`] for types whose key spelling is their `as_str()`.
+#[macro_export]
+macro_rules! key_value_as_str {
+    ($($t:ty),* $(,)?) => {$(
+        impl $crate::cache::key::KeyValue for $t {
+            fn key_value(&self) -> $crate::cache::key::ParamValue {
+                $crate::cache::key::ParamValue::Str(self.as_str().to_string())
+            }
+        }
+    )*};
+}
+
+/// What a stage's spec contributes to its cache key, decided by the type itself (as uv's
+/// `CacheKey` does): exactly the settings that can change the output, and nothing that only
+/// changes how it is computed.
+pub trait CacheKey {
+    fn cache_key(&self, key: &mut KeyWriter);
+}
+
+/// Collects the named parameters of a key.
+#[derive(Debug, Default)]
+pub struct KeyWriter {
+    params: Params,
+}
+
+impl KeyWriter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn put(&mut self, name: impl Into<String>, value: impl KeyValue) -> &mut Self {
+        self.params.insert(name.into(), value.key_value());
+        self
+    }
+
+    /// Writes the value when there is one: settings added later stay out of the keys of stages
+    /// that leave them unset.
+    pub fn put_some<V: KeyValue>(
+        &mut self,
+        name: impl Into<String>,
+        value: Option<V>,
+    ) -> &mut Self {
+        if let Some(v) = value {
+            self.put(name, v);
+        }
+        self
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.params.contains_key(name)
+    }
+
+    pub fn finish(self) -> Params {
+        self.params
+    }
+}
+
+/// The key parameters of a value.
+pub fn params_of(value: &(impl CacheKey + ?Sized)) -> Params {
+    let mut w = KeyWriter::new();
+    value.cache_key(&mut w);
+    w.finish()
+}
+
 /// Everything that determines a stage's output. Its digest is the stage's cache key.
 ///
 /// `inputs` holds, per input role, the *content* digest of what that input produced, so identical

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use whittle::exec::device::DeviceError;
-use whittle::stages::export::ExportError;
+use whittle::export::ExportError;
 
 /// The exit codes, as `--help` states them.
 pub const EXIT_CODES: &str = "\

@@ -53,6 +53,15 @@ pub enum Ranking {
     Candidates,
 }
 
+impl Ranking {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ranking::Vocabulary => "vocabulary",
+            Ranking::Candidates => "candidates",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProbeOptions {

@@ -85,6 +85,12 @@ pub enum Split {
 }
 
 impl Split {
+    pub const ALL: [Split; 3] = [Split::Trex, Split::GoogleRe, Split::Squad];
+
+    pub fn as_str(self) -> &'static str {
+        self.name()
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Split::Trex => "trex",

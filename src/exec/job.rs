@@ -161,7 +161,7 @@ fn build(
         let writer = cache.writer(job.key.digest())?;
         let entries = |id: NodeId| entries.get(&id).cloned();
         let ctx = StageCtx {
-            plan,
+            dag: plan,
             node: id,
             entries: &entries,
             out: writer.dir(),

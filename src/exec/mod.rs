@@ -19,9 +19,8 @@ pub use node::{run_node, NodeError};
 pub use scheduler::Failure;
 
 use crate::cache::{Cache, CacheError, Lease, RunRecord, StageStatus};
-use crate::model::ModelConfig;
-use crate::pipeline::spec::{EvalTask, StageKind, StageSpec};
 use crate::plan::{History, Plan};
+use crate::stages::{ModelSize, OVERHEAD};
 
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -165,63 +164,23 @@ pub fn force(
     Ok(())
 }
 
-/// Rough peak memory per node, from the size of the model it works on: enough to keep the
-/// scheduler from packing two large stages onto one device.
+/// Rough peak memory per node, each kind's estimate from the size of the model it works on:
+/// enough to keep the scheduler from packing two large stages onto one device.
 fn estimate_needs(plan: &Plan) -> Vec<Need> {
-    // (f32 bytes of the model, vocabulary size) of the model each node works on.
-    let mut model = vec![(0u64, 0u64); plan.nodes.len()];
+    let mut model = vec![ModelSize::NONE; plan.nodes.len()];
     for (i, node) in plan.nodes.iter().enumerate() {
-        model[i] = match &node.spec {
-            StageSpec::Load(l) => {
-                ModelConfig::from_file(plan.pipeline.models[&l.model].dir.join("config.json"))
-                    .map(|c| (parameter_count(&c) * 4, c.vocab_size as u64))
-                    .unwrap_or((1 << 30, 32_000))
-            }
-            // A small model; its vocabulary is the corpus's words.
-            StageSpec::Train(_) => (64 << 20, 8_192),
-            _ => node
-                .input("model")
+        model[i] = node.spec.source_model(&plan.pipeline).unwrap_or_else(|| {
+            node.input("model")
                 .map(|m| model[m])
-                .unwrap_or((64 << 20, 0)),
-        };
+                .unwrap_or(ModelSize::NONE)
+        });
     }
     plan.nodes
         .iter()
         .zip(&model)
-        .map(|(node, &(bytes, vocab))| {
-            let activations = match &node.spec {
-                StageSpec::Evaluate(e) => match &e.task {
-                    // Logits and their log-softmax for one batch, f32.
-                    EvalTask::Perplexity { seqlen, .. } => {
-                        (e.batch_size * seqlen) as u64 * vocab * 8
-                    }
-                    // Both models' logits and log-probabilities, and the mixture's.
-                    EvalTask::Divergence { seqlen, .. } => {
-                        (e.batch_size * seqlen) as u64 * vocab * 24 + bytes
-                    }
-                    // Short prompts: a batch's logits over a few hundred positions.
-                    EvalTask::Knowledge { .. } | EvalTask::MultipleChoice { .. } => {
-                        (e.batch_size as u64 * 512) * vocab * 8 + bytes
-                    }
-                    EvalTask::Generation { .. } => 2048 * vocab * 8,
-                },
-                _ => 0,
-            };
-            let factor = match node.kind() {
-                StageKind::Report => 0,
-                StageKind::Load | StageKind::Train | StageKind::Calibrate | StageKind::Evaluate => {
-                    2
-                }
-                StageKind::Prune | StageKind::Quantize => 3,
-            };
-            Need {
-                accelerated: crate::stages::uses_accelerator(node.kind()),
-                memory: bytes * factor + activations + (64 << 20),
-            }
+        .map(|(node, &m)| Need {
+            accelerated: node.kind().accelerated(),
+            memory: node.spec.memory(m) + OVERHEAD,
         })
         .collect()
-}
-
-fn parameter_count(c: &ModelConfig) -> u64 {
-    c.architecture().parameter_count(c)
 }

@@ -8,7 +8,7 @@
 //! - `sweep`: the axes and the list of sweep points;
 //! - `validate`: files on disk, which axes each stage uses, reference cycles;
 //! - `stage`: each stage instance substituted (`interp`) and read into its typed spec (the prune
-//!   and quantize stages, their methods, selections and overrides in `stage::compress`).
+//!   and quantize stages, their methods, selections and overrides in `fields::compress`).
 //!
 //! ```no_run
 //! let pipeline = whittle::pipeline::load(std::path::Path::new("pipelines/wanda.yaml"))
@@ -19,13 +19,13 @@
 //! ```
 
 pub mod diag;
-mod interp;
-mod schema;
+pub(crate) mod fields;
+pub(crate) mod interp;
+pub(crate) mod schema;
 pub mod spec;
-mod stage;
-mod sweep;
+pub(crate) mod sweep;
 mod validate;
-mod yaml;
+pub(crate) mod yaml;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -103,7 +103,7 @@ pub fn load_str(path_for_messages: &Path, source: &str) -> Result<spec::Pipeline
         instance_points.push(points);
     }
 
-    let env = stage::Env {
+    let env = fields::Env {
         stages: &raw,
         sweep: &sweep,
         stage_axes: &stage_axes,
@@ -119,7 +119,7 @@ pub fn load_str(path_for_messages: &Path, source: &str) -> Result<spec::Pipeline
         let mut instances = Vec::new();
         for &pi in &instance_points[si] {
             let point = &sweep.points[pi];
-            if let Some(spec) = stage::check(&env, si, point, &mut sink) {
+            if let Some(spec) = fields::check(&env, si, point, &mut sink) {
                 let point: spec::Point = stage_axes[si]
                     .iter()
                     .map(|&a| {

@@ -485,101 +485,6 @@ impl RawStage {
     }
 }
 
-/// The keys each kind accepts (besides `kind`).
-pub fn allowed_keys(kind: StageKind) -> &'static [&'static str] {
-    match kind {
-        StageKind::Load => &["model", "dtype", "tokenizer_semantics"],
-        StageKind::Train => &[
-            "dataset",
-            "vocabulary",
-            "dim",
-            "layers",
-            "heads",
-            "kv_heads",
-            "hidden",
-            "seqlen",
-            "batch",
-            "steps",
-            "lr",
-            "warmup",
-            "weight_decay",
-            "seed",
-        ],
-        StageKind::Calibrate => &[
-            "model",
-            "dataset",
-            "samples",
-            "seqlen",
-            "sampling",
-            "seed",
-            "statistics",
-            "accumulation",
-        ],
-        StageKind::Prune => &[
-            "model",
-            "method",
-            "sparsity",
-            "pattern",
-            "calibration",
-            "calibration_mode",
-            "scope",
-            "seed",
-            "percdamp",
-            "blocksize",
-            "modules",
-            "targets",
-            "ignore",
-            "overrides",
-        ],
-        StageKind::Quantize => &[
-            "model",
-            "method",
-            "bits",
-            "group_size",
-            "symmetric",
-            "act_order",
-            "percdamp",
-            "blocksize",
-            "calibration",
-            "calibration_mode",
-            "modules",
-            "targets",
-            "ignore",
-        ],
-        StageKind::Evaluate => &[
-            "model",
-            "task",
-            "dataset",
-            "seqlen",
-            "join",
-            "limit",
-            "batch_size",
-            "mode",
-            "stride",
-            "reference",
-            "ranking",
-            "splits",
-            "relations",
-            "known_only",
-            "task_file",
-            "max_new_tokens",
-        ],
-        StageKind::Report => &["inputs", "formats", "tables", "plots"],
-    }
-}
-
-/// The keys whose values name other stages.
-pub fn ref_keys(kind: StageKind) -> &'static [&'static str] {
-    match kind {
-        StageKind::Load | StageKind::Train => &[],
-        StageKind::Calibrate => &["model"],
-        StageKind::Evaluate => &["model", "reference"],
-        // A `calibration:` the method ignores still counts: the method may be swept.
-        StageKind::Prune | StageKind::Quantize => &["model", "calibration"],
-        StageKind::Report => &["inputs"],
-    }
-}
-
 pub fn raw_stages(node: Option<&Node>, sink: &mut Sink) -> Vec<RawStage> {
     let Some(node) = node else {
         return Vec::new();
@@ -635,7 +540,7 @@ pub fn raw_stages(node: Option<&Node>, sink: &mut Sink) -> Vec<RawStage> {
             .with_expected(one_of(&kinds));
         }
         if let Some(kind) = kind {
-            let allowed = allowed_keys(kind);
+            let allowed = kind.keys();
             for (key, kmark, _) in &params {
                 if allowed.contains(&key.as_str()) {
                     continue;
@@ -650,7 +555,7 @@ pub fn raw_stages(node: Option<&Node>, sink: &mut Sink) -> Vec<RawStage> {
                 if s.is_empty() {
                     if let Some(other) = StageKind::ALL
                         .into_iter()
-                        .find(|o| allowed_keys(*o).contains(&key.as_str()))
+                        .find(|o| o.keys().contains(&key.as_str()))
                     {
                         d.with_help(format!(
                             "`{key}` is a key of {other} stages; {kind} stages take {}",

@@ -5,6 +5,13 @@ use std::path::Path;
 use super::spec::*;
 use super::*;
 use crate::cache::key::ParamValue;
+use crate::stages::calibrate::{Accumulation, Sampling, Statistic};
+use crate::stages::compress::{CalibrationMode, ModuleGroup, NameRegex, Selection};
+use crate::stages::evaluate::{EvalTask, EvaluateSpec, PplMode};
+use crate::stages::load::{DType, LoadSpec};
+use crate::stages::prune::{Pattern, PruneMethod, PruneSpec, Scope};
+use crate::stages::quantize::{QuantMethod, QuantizeSpec};
+use crate::stages::report::ReportFormat;
 
 /// A temp dir with a fake model and small data files, and the pipeline written into it.
 fn load_in_env(src: &str) -> (tempfile::TempDir, Result<Pipeline, Diagnostics>) {
@@ -755,26 +762,33 @@ fn selections_parse_on_prune_and_quantize() {
         prune_of(&p, "p1").selection,
         Selection {
             group: ModuleGroup::Attention,
-            targets: vec![r"layers\.[0-3]\.".into(), "q_proj$".into()],
-            ignore: vec![r"layers\.0\.".into()],
+            targets: regexes(&[r"layers\.[0-3]\.", "q_proj$"]),
+            ignore: regexes(&[r"layers\.0\."]),
         }
     );
     assert_eq!(prune_of(&p, "p2").selection.group, ModuleGroup::Mlp);
     let p3 = prune_of(&p, "p3").selection;
     assert_eq!(
         (p3.group, p3.targets),
-        (ModuleGroup::Mlp, vec!["down_proj".to_string()])
+        (ModuleGroup::Mlp, regexes(&["down_proj"]))
     );
     let q1 = quant_of(&p, "q1").selection;
     assert_eq!(
         (q1.group, q1.ignore),
-        (ModuleGroup::LmHead, vec!["x".to_string()])
+        (ModuleGroup::LmHead, regexes(&["x"]))
     );
     assert_eq!(quant_of(&p, "q2").selection.group, ModuleGroup::Mlp);
     assert_eq!(quant_of(&p, "q3").selection, Selection::default());
     // The default selection leaves the key as it was before selections existed.
     let q3 = StageSpec::Quantize(quant_of(&p, "q3")).key_params();
     assert!(!q3.contains_key("modules") && !q3.contains_key("ignore"));
+}
+
+fn regexes(patterns: &[&str]) -> Vec<NameRegex> {
+    patterns
+        .iter()
+        .map(|p| NameRegex::new(p).unwrap())
+        .collect()
 }
 
 #[test]
@@ -795,7 +809,7 @@ fn overrides_keep_file_order() {
     let o: Vec<(String, f64)> = prune_of(&p, "p")
         .overrides
         .iter()
-        .map(|o| (o.pattern.clone(), o.sparsity.get()))
+        .map(|o| (o.pattern.as_str().to_string(), o.sparsity.get()))
         .collect();
     assert_eq!(
         o,

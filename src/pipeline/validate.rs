@@ -7,7 +7,7 @@ use petgraph::graph::{DiGraph, NodeIndex};
 
 use super::diag::{suggest, Sink};
 use super::interp::{self, Piece};
-use super::schema::{ref_keys, text_of, RawStage};
+use super::schema::{text_of, RawStage};
 use super::spec::StageKind;
 use super::sweep::Sweep;
 use super::yaml::{join, Mark, Node};
@@ -195,7 +195,7 @@ pub fn stage_axes(stages: &[RawStage], sweep: &Sweep, sink: &mut Sink) -> Vec<Ve
     let idx: Vec<NodeIndex> = (0..n).map(|i| g.add_node(i)).collect();
     for (i, st) in stages.iter().enumerate() {
         let Some(kind) = st.kind else { continue };
-        for key in ref_keys(kind) {
+        for key in kind.ref_keys() {
             let Some(node) = st.param(key) else { continue };
             let items: Vec<&Node> = match node.as_seq() {
                 Some(items) => items.iter().collect(),

@@ -10,8 +10,7 @@ use super::{instance_label, key, Node, NodeId, Plan};
 use crate::cache::filehash::FileHasher;
 use crate::cache::key::Digest;
 use crate::model::Checkpoint;
-use crate::pipeline::spec::{DatasetFormat, InstanceRef, Pipeline, StageSpec};
-use crate::stages;
+use crate::pipeline::spec::{DatasetFormat, InstanceRef, Pipeline};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
@@ -110,7 +109,7 @@ pub fn build(pipeline: Pipeline, hasher: &FileHasher) -> Result<Plan, PlanError>
             instances: vec![r],
             inputs,
             files: node_files,
-            version: stages::version(inst.spec.kind()),
+            version: inst.spec.kind().version(),
             params: key::params(&pipeline, &inst.spec),
             // Set below, from the node itself.
             structural: Digest([0; 32]),
@@ -180,9 +179,9 @@ fn stage_files(p: &Pipeline) -> Result<HashMap<InstanceRef, FileRoles>, PlanErro
     for (s, stage) in p.stages.iter().enumerate() {
         for (i, inst) in stage.instances.iter().enumerate() {
             let mut roles = Vec::new();
-            if let StageSpec::Load(l) = &inst.spec {
-                if !checkpoints.contains_key(&l.model) {
-                    let dir = &p.models[&l.model].dir;
+            for (model, extra) in inst.spec.models() {
+                if !checkpoints.contains_key(model) {
+                    let dir = &p.models[model].dir;
                     let ckpt =
                         Checkpoint::resolve(dir).map_err(|source| PlanError::Checkpoint {
                             stage: stage.name.clone(),
@@ -200,12 +199,11 @@ fn stage_files(p: &Pipeline) -> Result<HashMap<InstanceRef, FileRoles>, PlanErro
                             (format!("model/{role}"), f)
                         })
                         .collect();
-                    checkpoints.insert(l.model.clone(), files);
+                    checkpoints.insert(model.to_string(), files);
                 }
-                roles.extend(checkpoints[&l.model].iter().cloned());
-                // The files a non-default tokenizer reading also reads change the token ids.
-                for name in l.tokenizer_semantics.extra_files() {
-                    let f = p.models[&l.model].dir.join(name);
+                roles.extend(checkpoints[model].iter().cloned());
+                for name in extra {
+                    let f = p.models[model].dir.join(name);
                     if f.is_file() {
                         roles.push((format!("model/{name}"), f));
                     }

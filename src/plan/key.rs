@@ -3,36 +3,24 @@
 
 use std::collections::BTreeMap;
 
-use super::{instance_label, Node};
-use crate::cache::key::{Digest, KeyInputs, ParamValue, Params};
+use super::Node;
+use crate::cache::key::{CacheKey, Digest, KeyInputs, KeyWriter, Params};
 use crate::pipeline::spec::{DatasetFormat, Pipeline, StageSpec, TextDocuments};
 
 /// The parameters of an instance's key: its spec's own, and what only the pipeline knows of it
 /// (a report's row labels, how each dataset it reads is cut into documents).
 pub(super) fn params(pipeline: &Pipeline, spec: &StageSpec) -> Params {
-    let mut params = spec.key_params();
-    if let StageSpec::Report(rep) = spec {
-        // Row labels are part of what a report shows, so they belong to its key.
-        let rows = rep
-            .inputs
-            .iter()
-            .map(|ir| {
-                let s = &pipeline.stages[ir.stage];
-                ParamValue::Str(instance_label(
-                    &s.name,
-                    &s.instances[ir.instance].point,
-                    &pipeline.axes,
-                ))
-            })
-            .collect();
-        params.insert("rows".into(), ParamValue::List(rows));
-    }
+    let mut key = KeyWriter::new();
+    spec.cache_key(&mut key);
+    spec.pipeline_key(pipeline, &mut key);
     for (role, name) in spec.datasets() {
         // How a file is cut into documents changes what a stage reads.
-        let format = dataset_format(&pipeline.datasets[name].format);
-        params.insert(format!("{role}.format"), ParamValue::Str(format));
+        key.put(
+            format!("{role}.format"),
+            dataset_format(&pipeline.datasets[name].format),
+        );
     }
-    params
+    key.finish()
 }
 
 /// The key inputs of a node, given its inputs' digests by role: their structural digests while

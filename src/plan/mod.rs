@@ -12,26 +12,26 @@ mod key;
 mod render;
 mod resolve;
 mod select;
+pub mod show;
 mod summary;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+pub use crate::pipeline::spec::instance_label;
+pub use crate::stages::{ancestors, NodeId};
 pub use build::{build, PlanError};
 pub use key::key_inputs;
 pub use render::{render, Format};
 pub use resolve::{
-    ancestors, corrupt_inputs, explain, lookup, reachable_keys, resolve, Corrupt, History, Reason,
-    Status,
+    corrupt_inputs, explain, lookup, reachable_keys, resolve, Corrupt, History, Reason, Status,
 };
 pub use select::restrict;
 pub use summary::{StageSummary, StatusFormat, StatusSummary, STATUS_JSON_SCHEMA};
 
 use crate::cache::key::{Digest, Params};
 use crate::pipeline::spec::{InstanceRef, Pipeline, Point, StageKind, StageSpec};
-
-/// Index of a node in [`Plan::nodes`].
-pub type NodeId = usize;
+use crate::stages::Dag;
 
 #[derive(Debug)]
 pub struct Plan {
@@ -149,14 +149,33 @@ fn same_value(have: &str, given: &str) -> bool {
         )
 }
 
-/// `stage` or `stage[a=1,b=x]`, axes in the pipeline's declaration order.
-pub fn instance_label(stage: &str, point: &Point, axes: &[String]) -> String {
-    if point.is_empty() {
-        return stage.to_string();
+/// What a stage sees of the plan.
+impl Dag for Plan {
+    fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
     }
-    let parts: Vec<String> = axes
-        .iter()
-        .filter_map(|a| point.get(a).map(|v| format!("{a}={v}")))
-        .collect();
-    format!("{stage}[{}]", parts.join(","))
+    fn len(&self) -> usize {
+        self.nodes.len()
+    }
+    fn label(&self, id: NodeId) -> &str {
+        &self.nodes[id].label
+    }
+    fn stage(&self, id: NodeId) -> &str {
+        &self.nodes[id].stage
+    }
+    fn spec(&self, id: NodeId) -> &StageSpec {
+        &self.nodes[id].spec
+    }
+    fn point(&self, id: NodeId) -> &Point {
+        &self.nodes[id].point
+    }
+    fn inputs(&self, id: NodeId) -> &[(String, NodeId)] {
+        &self.nodes[id].inputs
+    }
+    fn files(&self, id: NodeId) -> &BTreeMap<String, (PathBuf, Digest)> {
+        &self.nodes[id].files
+    }
+    fn node_of(&self, r: InstanceRef) -> Option<NodeId> {
+        Plan::node_of(self, r)
+    }
 }

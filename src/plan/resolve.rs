@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::key::key_inputs;
-use super::{NodeId, Plan};
+use super::{ancestors, NodeId, Plan};
 use crate::cache::key::{Digest, KeyInputs};
 use crate::cache::{Cache, CacheError, Entry, Lookup};
 
@@ -232,17 +232,4 @@ pub fn reachable_keys(
         .filter(|s| s.is_cached() || s.is_corrupt())
         .filter_map(Status::key)
         .collect())
-}
-
-/// Ids of `ids` and everything they depend on.
-pub fn ancestors(plan: &Plan, ids: &[NodeId]) -> Vec<NodeId> {
-    let mut seen = vec![false; plan.nodes.len()];
-    let mut stack = ids.to_vec();
-    while let Some(i) = stack.pop() {
-        if std::mem::replace(&mut seen[i], true) {
-            continue;
-        }
-        stack.extend(plan.nodes[i].inputs.iter().map(|(_, j)| *j));
-    }
-    (0..plan.nodes.len()).filter(|&i| seen[i]).collect()
 }

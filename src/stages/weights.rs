@@ -1,7 +1,7 @@
 //! The weights artifact: a base checkpoint plus the overlays that compression stages wrote.
 //!
 //! A `load` entry stores no tensors, only the digests of the checkpoint's tensors; each prune or
-//! quantize entry stores an overlay (`overlay/`, packed: see [`super::overlay`]) with the tensors
+//! quantize entry stores an overlay (`overlay/`, packed: see [`crate::overlay`]) with the tensors
 //! it replaced. The weights a node stands for are its `load` ancestor's checkpoint with the
 //! overlays along the `model` inputs applied in order; linears an overlay stored as dynamic int8
 //! run as the emulated integer product. Their content identity is a digest over config, tokenizer and every tensor's digest, so
@@ -12,17 +12,16 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 
-use super::overlay::{apply_chain, AppliedChain, Overlay};
-pub use super::overlay::{Int8Linear, OverlayWriter, OVERLAY_DIR};
-use super::replace::Replacement;
-use super::{StageCtx, StageError};
+use super::StageSpec;
+use super::{Dag, NodeId, StageCtx, StageError};
 use crate::cache::key::{Digest, KeyHasher};
 use crate::cache::Entry;
 use crate::model::{
     load_weights, CausalLm, Checkpoint, ModelConfig, TensorMap, Tokenizer, TokenizerSemantics,
 };
-use crate::pipeline::spec::{self, StageSpec};
-use crate::plan::{NodeId, Plan};
+use crate::overlay::{apply_chain, AppliedChain, Overlay};
+pub use crate::overlay::{Int8Linear, OverlayWriter, OVERLAY_DIR};
+use crate::stages::compress::replace::Replacement;
 
 /// What the manifest of any weights-producing entry records under `meta.weights`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -78,11 +77,11 @@ impl WeightsMeta {
     }
 }
 
-pub fn candle_dtype(d: spec::DType) -> DType {
+pub fn candle_dtype(d: super::load::DType) -> DType {
     match d {
-        spec::DType::F32 => DType::F32,
-        spec::DType::F16 => DType::F16,
-        spec::DType::Bf16 => DType::BF16,
+        super::load::DType::F32 => DType::F32,
+        super::load::DType::F16 => DType::F16,
+        super::load::DType::Bf16 => DType::BF16,
     }
 }
 
@@ -96,7 +95,7 @@ pub struct Materialized {
     /// The linears that run as dynamic int8 (their dequantized weights are in `tensors`).
     pub int8: BTreeMap<String, Int8Linear>,
     /// Deployed bytes of each tensor an overlay of the chain holds (the last one to replace it),
-    /// in its packed format (see [`super::overlay`]).
+    /// in its packed format (see [`crate::overlay`]).
     pub deployed: BTreeMap<String, u64>,
 }
 
@@ -144,18 +143,18 @@ impl Materialized {
 
 /// The `load` ancestor of a weights node and the compression nodes between, outermost last.
 pub fn chain(ctx: &StageCtx, node: NodeId) -> Result<(NodeId, Vec<NodeId>), StageError> {
-    chain_in(ctx.plan, node)
+    chain_in(ctx.dag, node)
 }
 
-/// [`chain`] in any plan.
-pub fn chain_in(plan: &Plan, mut node: NodeId) -> Result<(NodeId, Vec<NodeId>), StageError> {
+/// [`chain`] in any DAG.
+pub fn chain_in(dag: &dyn Dag, mut node: NodeId) -> Result<(NodeId, Vec<NodeId>), StageError> {
     let mut overlays = Vec::new();
     loop {
-        match &plan.nodes[node].spec {
+        match dag.spec(node) {
             StageSpec::Load(_) | StageSpec::Train(_) => break,
             StageSpec::Prune(_) | StageSpec::Quantize(_) => {
                 overlays.push(node);
-                node = plan.nodes[node].input("model").ok_or_else(|| {
+                node = dag.input(node, "model").ok_or_else(|| {
                     StageError::Invalid("internal: compression stage without model".into())
                 })?;
             }
@@ -177,20 +176,20 @@ pub fn materialize(
     node: NodeId,
     device: &Device,
 ) -> Result<Materialized, StageError> {
-    materialize_in(ctx.plan, &|id| ctx.entry(id), node, device)
+    materialize_in(ctx.dag, &|id| ctx.entry(id), node, device)
 }
 
 /// [`materialize`] with the entries of the chain found by `entry`.
 pub fn materialize_in(
-    plan: &Plan,
+    dag: &dyn Dag,
     entry: &dyn Fn(NodeId) -> Result<Entry, StageError>,
     node: NodeId,
     device: &Device,
 ) -> Result<Materialized, StageError> {
-    let (base, overlays) = chain_in(plan, node)?;
-    let (checkpoint, dtype) = match &plan.nodes[base].spec {
+    let (base, overlays) = chain_in(dag, node)?;
+    let (checkpoint, dtype) = match dag.spec(base) {
         StageSpec::Load(load) => {
-            let source = &plan.pipeline.models[&load.model];
+            let source = &dag.pipeline().models[&load.model];
             (Checkpoint::resolve(&source.dir)?, candle_dtype(load.dtype))
         }
         // A trained model is a Hugging Face folder inside its entry.
@@ -263,7 +262,7 @@ pub fn write_overlay(
     }
     stored.extend(Overlay::open(ctx.out_path(OVERLAY_DIR))?.deployed()?);
     let numel = |name: &str| -> Result<u64, StageError> {
-        Ok(super::select::weight(tensors, name)?.elem_count() as u64)
+        Ok(super::compress::select::weight(tensors, name)?.elem_count() as u64)
     };
     let (mut model_bytes, mut model_dense_bytes) = (0u64, 0u64);
     let names: std::collections::BTreeSet<&String> =
@@ -287,7 +286,7 @@ pub fn write_overlay(
 pub struct Written {
     pub meta: WeightsMeta,
     /// Each replaced matrix as the model now computes with it.
-    pub matrices: Vec<super::replace::MatrixStats>,
+    pub matrices: Vec<super::compress::replace::MatrixStats>,
     /// Stored and dense sizes in bytes.
     pub size: serde_json::Value,
 }
@@ -297,7 +296,7 @@ pub struct Written {
 /// weights beside its output (one matrix at a time is expanded).
 pub struct ReplacementWriter {
     writer: OverlayWriter,
-    matrices: Vec<super::replace::MatrixStats>,
+    matrices: Vec<super::compress::replace::MatrixStats>,
 }
 
 impl ReplacementWriter {
@@ -346,7 +345,9 @@ impl ReplacementWriter {
             }
         };
         self.matrices
-            .push(super::replace::MatrixStats::of(name, &before, &after));
+            .push(super::compress::replace::MatrixStats::of(
+                name, &before, &after,
+            ));
         Ok(())
     }
 

@@ -1,0 +1,138 @@
+//! The flow shared by every calibrated method (Wanda, SparseGPT, GPTQ): statistics from the
+//! calibrate entry (dense) or block by block from the compressed model (sequential), and one
+//! call per selected matrix.
+
+use super::CalibrationMode;
+use crate::capture::{forward_chunk, sequential, Stats, Wanted, Windows};
+use crate::compress::Matrix;
+use crate::model::{LinearId, ModelError, TensorMap};
+use crate::pipeline::spec::InstanceRef;
+use crate::stages::calibrate::{cancelled_or, read_stats, read_windows, CALIBRATION_BATCH};
+use crate::stages::compress::replace::Replacement;
+use crate::stages::weights::{Materialized, ReplacementWriter};
+use crate::stages::StageSpec;
+use crate::stages::{StageCtx, StageError};
+
+/// One matrix's replacement from its layer's input statistics, and the weights the model
+/// computes with from then on.
+pub type PerMatrix<'a> =
+    dyn FnMut(LinearId, &Matrix, &Stats) -> Result<(Replacement, Matrix), StageError> + 'a;
+
+/// A calibrated method's source of statistics.
+pub struct Calibrated {
+    pub method: &'static str,
+    pub calibration: InstanceRef,
+    pub mode: CalibrationMode,
+    /// What to accumulate; how is the calibrate stage's `accumulation`.
+    pub wanted: Wanted,
+}
+
+/// Runs `per_matrix` over the selected block matrices `names`, layer by layer, updating
+/// `weights.tensors` as it goes and storing each replacement in `out` as soon as it is made.
+pub fn compress_calibrated(
+    ctx: &StageCtx,
+    calibrated: &Calibrated,
+    weights: &mut Materialized,
+    names: &[String],
+    out: &mut ReplacementWriter,
+    per_matrix: &mut PerMatrix,
+) -> Result<(), StageError> {
+    let method = calibrated.method;
+    let ids: Vec<(String, LinearId)> = names
+        .iter()
+        .map(|n| {
+            LinearId::from_weight_name(n)
+                .map(|id| (n.clone(), id))
+                .ok_or_else(|| {
+                    StageError::Invalid(format!(
+                        "{method} works on the linear layers of the blocks, not `{n}`: use \
+                     magnitude, random or RTN for the LM head"
+                    ))
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    let node = ctx
+        .dag
+        .node_of(calibrated.calibration)
+        .ok_or_else(|| StageError::Invalid("internal: calibration is not in the plan".into()))?;
+    let entry = ctx.entry(node)?;
+    let wanted = match ctx.dag.spec(node) {
+        StageSpec::Calibrate(c) => Wanted {
+            accumulation: c.accumulation,
+            ..calibrated.wanted
+        },
+        _ => {
+            return Err(StageError::Invalid(
+                "internal: calibration is not a calibrate stage".into(),
+            ))
+        }
+    };
+    let mut failure: Option<StageError> = None;
+    let mut layer_fn =
+        |layer: usize, stats: &Stats, tensors: &TensorMap| -> Result<TensorMap, ModelError> {
+            let mut replaced = TensorMap::new();
+            for (name, id) in ids.iter().filter(|(_, id)| id.layer == layer) {
+                let t = &tensors[name];
+                let result = Matrix::from_tensor(t)
+                    .map_err(|e| StageError::Invalid(format!("{name}: {e}")))
+                    .and_then(|w| {
+                        let (rep, dense) = per_matrix(*id, &w, stats)?;
+                        drop(w);
+                        let tensor = super::replace::tensor_like(&dense, t)?;
+                        out.put(name, &rep, t, Some(&tensor))?;
+                        Ok(tensor)
+                    });
+                match result {
+                    Ok(tensor) => {
+                        replaced.insert(name.clone(), tensor);
+                    }
+                    Err(e) => {
+                        let msg = e.to_string();
+                        failure = Some(e);
+                        return Err(ModelError::Invalid(msg));
+                    }
+                }
+            }
+            Ok(replaced)
+        };
+    let layers = weights.config.num_layers;
+    let outcome = match calibrated.mode {
+        CalibrationMode::Dense => {
+            let stats = read_stats(&entry, ctx.device, wanted.accumulation)?;
+            ctx.progress.start(layers as u64, method);
+            (0..layers).try_for_each(|layer| {
+                ctx.check_cancel()?;
+                let replaced = layer_fn(layer, &stats, &weights.tensors)?;
+                weights.tensors.extend(replaced);
+                ctx.progress.inc(1);
+                Ok(())
+            })
+        }
+        CalibrationMode::Sequential => {
+            let windows = read_windows(&entry)?;
+            ctx.progress
+                .start(layers as u64, &format!("{method}, block by block"));
+            let cfg = weights.config.clone();
+            let run = Windows {
+                windows: &windows,
+                batch_size: CALIBRATION_BATCH,
+                chunk: forward_chunk(windows.first().map_or(1, Vec::len), ctx.device),
+                device: ctx.device,
+            };
+            sequential(
+                &cfg,
+                &mut weights.tensors,
+                &run,
+                wanted,
+                &mut layer_fn,
+                &mut |n| ctx.tick(n).map_err(candle_core::Error::from),
+            )
+            .map_err(|e| cancelled_or(ctx, e))
+        }
+    };
+    // An error of our own inside the driver comes back as a model error: report the original.
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    outcome
+}

@@ -1,0 +1,98 @@
+//! What the compressing kinds (prune, quantize) share: which weights they touch, where a
+//! calibrated method gets its inputs, how updated weights become an overlay.
+
+pub(crate) mod calibrated;
+pub(crate) mod read;
+pub mod replace;
+pub mod select;
+
+pub(crate) use read::statistics;
+
+use regex::Regex;
+
+use crate::cache::key::KeyWriter;
+use crate::key_value_as_str;
+/// Module groups are the model families' (see [`crate::model::family`]).
+pub use crate::model::ModuleGroup;
+
+/// A weight-name regex, compiled once when the pipeline is read.
+#[derive(Clone, Debug)]
+pub struct NameRegex(Regex);
+
+impl NameRegex {
+    pub fn new(pattern: &str) -> Result<Self, regex::Error> {
+        Regex::new(pattern).map(NameRegex)
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+
+    pub fn is_match(&self, name: &str) -> bool {
+        self.0.is_match(name)
+    }
+}
+
+/// Two regexes are the same setting when they are written the same.
+impl PartialEq for NameRegex {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+/// Which linear layers a compression stage touches, by module group and by weight-name regexes
+/// (Hugging Face names such as `model.layers.3.self_attn.q_proj.weight`, `lm_head.weight`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Selection {
+    pub group: ModuleGroup,
+    /// If non-empty, only weights whose name matches one of these (the llm-compressor convention).
+    pub targets: Vec<NameRegex>,
+    /// Weights whose name matches one of these are left alone.
+    pub ignore: Vec<NameRegex>,
+}
+
+impl Default for Selection {
+    fn default() -> Self {
+        Selection {
+            group: ModuleGroup::All,
+            targets: Vec::new(),
+            ignore: Vec::new(),
+        }
+    }
+}
+
+impl Selection {
+    /// The selection's parameters, as they enter a key. Defaults are left out so that adding
+    /// the feature did not change the keys of stages that do not use it.
+    pub fn cache_key(&self, key: &mut KeyWriter) {
+        if self.group != ModuleGroup::All {
+            key.put("modules", self.group);
+        }
+        if !self.targets.is_empty() {
+            key.put("targets", &self.targets);
+        }
+        if !self.ignore.is_empty() {
+            key.put("ignore", &self.ignore);
+        }
+    }
+}
+
+/// Where a calibrated method gets its layer inputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CalibrationMode {
+    /// Block i sees the outputs of blocks 0..i−1 after they were compressed (the reference).
+    Sequential,
+    /// Statistics of the uncompressed model, from the calibrate stage: one entry serves a sweep.
+    Dense,
+}
+
+impl CalibrationMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CalibrationMode::Sequential => "sequential",
+            CalibrationMode::Dense => "dense",
+        }
+    }
+}
+
+key_value_as_str!(NameRegex, ModuleGroup, CalibrationMode);

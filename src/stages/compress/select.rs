@@ -1,0 +1,98 @@
+//! Which weights a compression stage touches: a module group, then `targets` / `ignore` regexes
+//! over Hugging Face weight names (the llm-compressor convention).
+
+use candle_core::Tensor;
+
+use super::{NameRegex, Selection};
+use crate::model::{tensor_or_tied, ModelConfig, TensorMap};
+use crate::stages::StageError;
+
+/// The selected weight names, block by block in projection order (the LM head last).
+pub fn selected(cfg: &ModelConfig, sel: &Selection) -> Result<Vec<String>, StageError> {
+    let (targets, ignore) = (&sel.targets, &sel.ignore);
+    let mut names: Vec<String> = cfg
+        .architecture()
+        .linears(cfg)
+        .into_iter()
+        .filter(|l| sel.group.selects(l.group))
+        .map(|l| l.name)
+        .collect();
+    names.retain(|n| {
+        (targets.is_empty() || targets.iter().any(|r| r.is_match(n)))
+            && !ignore.iter().any(|r| r.is_match(n))
+    });
+    if names.is_empty() {
+        return Err(StageError::Invalid(format!(
+            "the selection (modules: {}, targets: {:?}, ignore: {:?}) matches no weight: \
+             weight names look like `model.layers.0.self_attn.q_proj.weight` and `lm_head.weight`",
+            sel.group.as_str(),
+            written(targets),
+            written(ignore)
+        )));
+    }
+    Ok(names)
+}
+
+fn written(regexes: &[NameRegex]) -> Vec<&str> {
+    regexes.iter().map(NameRegex::as_str).collect()
+}
+
+/// A weight by name; the LM head of a tied model is its embedding.
+pub fn weight<'a>(tensors: &'a TensorMap, name: &str) -> Result<&'a Tensor, StageError> {
+    tensor_or_tied(tensors, name)
+        .ok_or_else(|| StageError::Invalid(format!("the model has no weight `{name}`")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stages::compress::ModuleGroup;
+
+    fn cfg() -> ModelConfig {
+        ModelConfig::from_json(
+            r#"{"model_type": "llama", "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 2,
+                "num_attention_heads": 2, "vocab_size": 10, "rms_norm_eps": 1e-5}"#,
+        )
+        .unwrap()
+    }
+
+    fn sel(group: ModuleGroup, targets: &[&str], ignore: &[&str]) -> Selection {
+        Selection {
+            group,
+            targets: targets.iter().map(|s| NameRegex::new(s).unwrap()).collect(),
+            ignore: ignore.iter().map(|s| NameRegex::new(s).unwrap()).collect(),
+        }
+    }
+
+    #[test]
+    fn groups() {
+        let all = selected(&cfg(), &Selection::default()).unwrap();
+        assert_eq!(all.len(), 14);
+        assert_eq!(all[0], "model.layers.0.self_attn.q_proj.weight");
+        let att = selected(&cfg(), &sel(ModuleGroup::Attention, &[], &[])).unwrap();
+        assert_eq!(att.len(), 8);
+        assert!(att.iter().all(|n| n.contains("self_attn")));
+        let mlp = selected(&cfg(), &sel(ModuleGroup::Mlp, &[], &[])).unwrap();
+        assert_eq!(mlp.len(), 6);
+        assert!(mlp.iter().all(|n| n.contains(".mlp.")));
+        assert_eq!(
+            selected(&cfg(), &sel(ModuleGroup::LmHead, &[], &[])).unwrap(),
+            vec!["lm_head.weight"]
+        );
+    }
+
+    #[test]
+    fn targets_and_ignore() {
+        let s = sel(ModuleGroup::All, &[r"layers\.1\."], &["down_proj"]);
+        let names = selected(&cfg(), &s).unwrap();
+        assert_eq!(names.len(), 6);
+        assert!(names
+            .iter()
+            .all(|n| n.contains("layers.1.") && !n.contains("down")));
+        let none = sel(ModuleGroup::All, &["nothing"], &[]);
+        assert!(selected(&cfg(), &none)
+            .unwrap_err()
+            .to_string()
+            .contains("matches no weight"));
+    }
+}

@@ -1,0 +1,81 @@
+//! The one interface of a stage kind: what the pipeline reads, the planner keys, the scheduler
+//! places and the executor runs. Each kind implements it in its own module (`stages/<kind>/`)
+//! and is registered once in [`super`].
+
+use std::path::Path;
+
+use super::{StageCtx, StageError, StageOutput};
+use crate::cache::key::CacheKey;
+use crate::pipeline::fields::Fields;
+use crate::pipeline::spec::{InstanceRef, Pipeline};
+
+/// The size of the model a stage works on, for its memory estimate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModelSize {
+    /// The weights in f32.
+    pub bytes: u64,
+    pub vocab: u64,
+}
+
+impl ModelSize {
+    /// What a stage that reads no model is charged for.
+    pub const NONE: ModelSize = ModelSize {
+        bytes: 64 << 20,
+        vocab: 0,
+    };
+}
+
+/// Room for the process itself, added to every estimate.
+pub const OVERHEAD: u64 = 64 << 20;
+
+pub trait Kind: CacheKey + Sized {
+    /// The `kind:` of the stage in a pipeline file.
+    const NAME: &'static str;
+    /// The algorithm version. Bump it when the implementation changes what the kind outputs:
+    /// every entry of the kind (and everything downstream) is then recomputed.
+    const VERSION: u32;
+    /// The keys a stage of this kind accepts (besides `kind`).
+    const KEYS: &'static [&'static str];
+    /// Those of [`Kind::KEYS`] whose values name other stages.
+    const REF_KEYS: &'static [&'static str] = &[];
+    /// Whether the kind can use an accelerator (otherwise it runs on a CPU slot).
+    const ACCELERATED: bool = false;
+
+    /// Reads and checks one instance's keys; `None` when anything was wrong (reported).
+    fn read(f: &mut Fields) -> Option<Self>;
+
+    /// The stage instances this one reads, by role ("model", "calibration", "input.3", …).
+    fn inputs(&self) -> Vec<(String, InstanceRef)> {
+        Vec::new()
+    }
+
+    /// Datasets read directly, by role.
+    fn datasets(&self) -> Vec<(&'static str, &str)> {
+        Vec::new()
+    }
+
+    /// Entries of `models:` read directly, each with the files beside its checkpoint that it
+    /// also reads (their digests enter the key, as the checkpoint's do).
+    fn models(&self) -> Vec<(&str, &'static [&'static str])> {
+        Vec::new()
+    }
+
+    /// Files other than datasets the stage reads, by role (their digests enter the key).
+    fn extra_files(&self) -> Vec<(&'static str, &Path)> {
+        Vec::new()
+    }
+
+    /// Key parameters only the pipeline knows of (a report's row labels).
+    fn pipeline_key(&self, _pipeline: &Pipeline, _key: &mut crate::cache::key::KeyWriter) {}
+
+    /// The model the stage brings in, if it does not work on its `model` input's.
+    fn source_model(&self, _pipeline: &Pipeline) -> Option<ModelSize> {
+        None
+    }
+
+    /// Rough peak memory, given the model it works on: enough to keep the scheduler from
+    /// packing two large stages onto one device.
+    fn memory(&self, model: ModelSize) -> u64;
+
+    fn run(&self, ctx: &StageCtx) -> Result<StageOutput, StageError>;
+}
