@@ -160,10 +160,7 @@ pub fn materialize_stage(
     let statuses = plan::resolve(plan, cache, &history)?;
     let entry_of = |i: NodeId| match &statuses[i] {
         Status::Cached { entry, .. } => Ok(entry.clone()),
-        Status::Run { .. } => Err(StageError::Invalid(format!(
-            "`{}` is not in the cache",
-            plan.nodes[i].label
-        ))),
+        Status::Run { .. } => Err(StageError::NotCached(plan.nodes[i].label.clone())),
     };
     let entry = match &statuses[id] {
         Status::Cached { entry, .. } => entry.clone(),

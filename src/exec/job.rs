@@ -254,7 +254,7 @@ mod tests {
     fn a_cancelled_stage_ends_as_cancelled_not_failed() {
         let from_stage = JobError::from(StageError::from(Cancelled));
         assert!(matches!(from_stage, JobError::Cancelled(Cancelled)));
-        let failed = JobError::from(StageError::Invalid("bad".into()));
+        let failed = JobError::from(StageError::NotCached("bad".into()));
         assert!(matches!(failed, JobError::Stage(_)));
         assert_eq!(from_stage.to_string(), "cancelled");
     }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::cancel::Cancelled;
 use super::dag::{Dag, NodeId};
-use super::{StageError, StageSpec};
+use super::{Invariant, StageError, StageSpec};
 use crate::cache::key::Digest;
 use crate::cache::Entry;
 
@@ -57,18 +57,14 @@ impl StageCtx<'_> {
     }
 
     pub fn entry(&self, id: NodeId) -> Result<Entry, StageError> {
-        (self.entries)(id).ok_or_else(|| {
-            StageError::Invalid(format!(
-                "internal: input `{}` has no entry",
-                self.dag.label(id)
-            ))
-        })
+        (self.entries)(id)
+            .ok_or_else(|| StageError::Internal(Invariant::NoEntry(self.dag.label(id).to_string())))
     }
 
     pub fn input_node(&self, role: &str) -> Result<NodeId, StageError> {
         self.dag
             .input(self.node, role)
-            .ok_or_else(|| StageError::Invalid(format!("internal: no input `{role}`")))
+            .ok_or_else(|| StageError::Internal(Invariant::NoInput(role.to_string())))
     }
 
     pub fn check_cancel(&self) -> Result<(), Cancelled> {

@@ -27,7 +27,7 @@ pub mod train;
 pub use cancel::Cancelled;
 pub use ctx::{Progress, StageCtx, StageOutput};
 pub use dag::{ancestors, Dag, NodeId};
-pub use error::{read_tensors, write_tensors, StageError};
+pub use error::{read_tensors, write_tensors, Invariant, StageError};
 pub use kind::{Kind, ModelSize, OVERHEAD};
 pub use report::TEXT_FILE as REPORT_TEXT_FILE;
 

@@ -12,8 +12,9 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 
+use super::compress::kernel;
 use super::StageSpec;
-use super::{Dag, NodeId, StageCtx, StageError};
+use super::{Dag, Invariant, NodeId, StageCtx, StageError};
 use crate::cache::key::{Digest, KeyHasher};
 use crate::cache::Entry;
 use crate::model::{
@@ -62,17 +63,13 @@ impl WeightsMeta {
             .meta
             .get("weights")
             .cloned()
-            .ok_or_else(|| {
-                StageError::Invalid(format!(
-                    "cache entry {} holds no weights metadata",
-                    entry.manifest().key.short()
-                ))
+            .ok_or_else(|| StageError::BadEntry {
+                entry: entry.manifest().key.short(),
+                problem: "it holds no weights metadata".into(),
             })?;
-        serde_json::from_value(w).map_err(|e| {
-            StageError::Invalid(format!(
-                "cache entry {} has malformed weights metadata: {e}",
-                entry.manifest().key.short()
-            ))
+        serde_json::from_value(w).map_err(|e| StageError::BadEntry {
+            entry: entry.manifest().key.short(),
+            problem: format!("its weights metadata is malformed: {e}"),
         })
     }
 }
@@ -154,16 +151,9 @@ pub fn chain_in(dag: &dyn Dag, mut node: NodeId) -> Result<(NodeId, Vec<NodeId>)
             StageSpec::Load(_) | StageSpec::Train(_) => break,
             StageSpec::Prune(_) | StageSpec::Quantize(_) => {
                 overlays.push(node);
-                node = dag.input(node, "model").ok_or_else(|| {
-                    StageError::Invalid("internal: compression stage without model".into())
-                })?;
+                node = dag.input(node, "model").ok_or(Invariant::NoModelInput)?;
             }
-            other => {
-                return Err(StageError::Invalid(format!(
-                    "a {} stage does not produce weights",
-                    other.kind()
-                )))
-            }
+            other => return Err(Invariant::NoWeights(other.kind()).into()),
         }
     }
     overlays.reverse();
@@ -318,15 +308,12 @@ impl ReplacementWriter {
         updated: Option<&candle_core::Tensor>,
     ) -> Result<(), StageError> {
         let matrix = |t: &candle_core::Tensor| {
-            crate::compress::Matrix::from_tensor(t)
-                .map_err(|e| StageError::Invalid(format!("{name}: {e}")))
+            crate::compress::Matrix::from_tensor(t).map_err(|e| kernel(name, e))
         };
         let before = matrix(parent)?;
         let after = match rep {
             Replacement::Sparse { mask } => {
-                let updated = updated.ok_or_else(|| {
-                    StageError::Invalid(format!("internal: no updated values for `{name}`"))
-                })?;
+                let updated = updated.ok_or_else(|| Invariant::NoUpdate(name.to_string()))?;
                 let w = matrix(updated)?;
                 self.writer.put_sparse(name, &w, mask)?;
                 w

@@ -52,9 +52,7 @@ pub fn read_stats(
 ) -> Result<Stats, StageError> {
     let nsamples = entry.manifest().meta["nsamples"].as_u64().unwrap_or(0) as usize;
     if nsamples == 0 {
-        return Err(StageError::Invalid(
-            "the calibration entry records no samples".into(),
-        ));
+        return Err(bad_entry(entry, "it records no samples".into()));
     }
     let tensors = crate::stages::read_tensors(&entry.path(STATS_FILE), device)?;
     let mut stats = Stats {
@@ -64,9 +62,7 @@ pub fn read_stats(
     let (norms, hessian) = suffixes(accumulation);
     for (name, t) in tensors {
         if let Some(linear) = name.strip_suffix(norms) {
-            let id = linear
-                .parse()
-                .map_err(|e: String| StageError::Invalid(format!("calibration entry: {e}")))?;
+            let id = linear.parse().map_err(|e: String| bad_entry(entry, e))?;
             let v = t.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
             stats.norms.insert(id, v);
         } else if let Some(rest) = name.strip_suffix(hessian) {
@@ -75,9 +71,8 @@ pub fn read_stats(
                 let group = InputGroup::ALL.into_iter().find(|g| g.as_str() == group)?;
                 Some((layer.parse().ok()?, group))
             });
-            let key = found.ok_or_else(|| {
-                StageError::Invalid(format!("calibration entry: unexpected tensor `{name}`"))
-            })?;
+            let key =
+                found.ok_or_else(|| bad_entry(entry, format!("unexpected tensor `{name}`")))?;
             stats.xtx.insert(key, t);
         }
     }
@@ -89,8 +84,16 @@ pub fn read_windows(entry: &crate::cache::Entry) -> Result<Vec<Vec<u32>>, StageE
     let t = crate::stages::read_tensors(&entry.path(TOKENS_FILE), &Device::Cpu)?;
     let tokens = t
         .get("tokens")
-        .ok_or_else(|| StageError::Invalid("calibration entry has no `tokens`".into()))?;
+        .ok_or_else(|| bad_entry(entry, "it has no `tokens`".into()))?;
     Ok(tokens.to_vec2::<u32>()?)
+}
+
+/// A calibration entry that does not hold what a calibrate stage writes.
+fn bad_entry(entry: &crate::cache::Entry, problem: String) -> StageError {
+    StageError::BadEntry {
+        entry: format!("{} (calibration)", entry.manifest().key.short()),
+        problem,
+    }
 }
 
 pub(super) fn run(ctx: &StageCtx, spec: &CalibrateSpec) -> Result<StageOutput, StageError> {

@@ -8,8 +8,10 @@ use crate::compress::Matrix;
 use crate::model::{LinearId, ModelError, TensorMap};
 use crate::pipeline::spec::InstanceRef;
 use crate::stages::calibrate::{cancelled_or, read_stats, read_windows, CALIBRATION_BATCH};
+use crate::stages::compress::kernel;
 use crate::stages::compress::replace::Replacement;
 use crate::stages::weights::{Materialized, ReplacementWriter};
+use crate::stages::Invariant;
 use crate::stages::StageSpec;
 use crate::stages::{StageCtx, StageError};
 
@@ -43,29 +45,23 @@ pub fn compress_calibrated(
         .map(|n| {
             LinearId::from_weight_name(n)
                 .map(|id| (n.clone(), id))
-                .ok_or_else(|| {
-                    StageError::Invalid(format!(
-                        "{method} works on the linear layers of the blocks, not `{n}`: use \
-                     magnitude, random or RTN for the LM head"
-                    ))
+                .ok_or_else(|| StageError::NotInBlocks {
+                    method,
+                    weight: n.clone(),
                 })
         })
         .collect::<Result<_, _>>()?;
     let node = ctx
         .dag
         .node_of(calibrated.calibration)
-        .ok_or_else(|| StageError::Invalid("internal: calibration is not in the plan".into()))?;
+        .ok_or(Invariant::CalibrationNotInDag)?;
     let entry = ctx.entry(node)?;
     let wanted = match ctx.dag.spec(node) {
         StageSpec::Calibrate(c) => Wanted {
             accumulation: c.accumulation,
             ..calibrated.wanted
         },
-        _ => {
-            return Err(StageError::Invalid(
-                "internal: calibration is not a calibrate stage".into(),
-            ))
-        }
+        _ => return Err(Invariant::NotCalibrate.into()),
     };
     let mut failure: Option<StageError> = None;
     let mut layer_fn =
@@ -74,7 +70,7 @@ pub fn compress_calibrated(
             for (name, id) in ids.iter().filter(|(_, id)| id.layer == layer) {
                 let t = &tensors[name];
                 let result = Matrix::from_tensor(t)
-                    .map_err(|e| StageError::Invalid(format!("{name}: {e}")))
+                    .map_err(|e| kernel(name, e))
                     .and_then(|w| {
                         let (rep, dense) = per_matrix(*id, &w, stats)?;
                         drop(w);

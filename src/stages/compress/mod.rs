@@ -10,10 +10,19 @@ pub(crate) use read::statistics;
 
 use regex::Regex;
 
+use super::StageError;
 use crate::cache::key::KeyWriter;
 use crate::key_value_as_str;
 /// Module groups are the model families' (see [`crate::model::family`]).
 pub use crate::model::ModuleGroup;
+
+/// A kernel's refusal of a weight matrix, naming the weight.
+pub(crate) fn kernel(weight: &str, source: crate::compress::CompressError) -> StageError {
+    StageError::Kernel {
+        weight: weight.to_string(),
+        source,
+    }
+}
 
 /// A weight-name regex, compiled once when the pipeline is read.
 #[derive(Clone, Debug)]

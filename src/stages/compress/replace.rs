@@ -5,6 +5,7 @@ use serde_json::json;
 
 use crate::compress::dynint8::Int8Weight;
 use crate::compress::{Mask, Matrix, QuantizedMatrix};
+use crate::stages::Invariant;
 
 /// A weight matrix's replacement, in the form that stores it most compactly.
 #[derive(Debug, Clone)]
@@ -27,17 +28,15 @@ impl Replacement {
         parent: &Matrix,
         updated: Option<&Matrix>,
     ) -> Result<Matrix, crate::stages::StageError> {
-        let invalid =
-            |e: crate::compress::CompressError| crate::stages::StageError::Invalid(e.to_string());
         Ok(match self {
             Replacement::Masked(mask) => {
                 let mut w = parent.clone();
-                mask.apply(&mut w).map_err(invalid)?;
+                mask.apply(&mut w).map_err(|e| super::kernel("mask", e))?;
                 w
             }
-            Replacement::Sparse { .. } => updated.cloned().ok_or_else(|| {
-                crate::stages::StageError::Invalid("internal: updated weights missing".into())
-            })?,
+            Replacement::Sparse { .. } => updated
+                .cloned()
+                .ok_or_else(|| Invariant::NoUpdate("a sparse replacement".into()))?,
             Replacement::Quantized(q) => q.dequantize(),
             Replacement::Int8(q) => q.dequantize(),
         })
@@ -99,6 +98,6 @@ impl MatrixStats {
 /// The tensor of `w`, on the device and in the dtype of `like`.
 pub fn tensor_like(w: &Matrix, like: &Tensor) -> Result<Tensor, crate::stages::StageError> {
     Ok(w.to_tensor(like.device())
-        .map_err(|e| crate::stages::StageError::Invalid(e.to_string()))?
+        .map_err(|e| super::kernel("tensor", e))?
         .to_dtype(like.dtype())?)
 }

@@ -22,25 +22,22 @@ pub fn selected(cfg: &ModelConfig, sel: &Selection) -> Result<Vec<String>, Stage
             && !ignore.iter().any(|r| r.is_match(n))
     });
     if names.is_empty() {
-        return Err(StageError::Invalid(format!(
-            "the selection (modules: {}, targets: {:?}, ignore: {:?}) matches no weight: \
-             weight names look like `model.layers.0.self_attn.q_proj.weight` and `lm_head.weight`",
-            sel.group.as_str(),
-            written(targets),
-            written(ignore)
-        )));
+        return Err(StageError::NothingSelected {
+            modules: sel.group.as_str(),
+            targets: written(targets),
+            ignore: written(ignore),
+        });
     }
     Ok(names)
 }
 
-fn written(regexes: &[NameRegex]) -> Vec<&str> {
-    regexes.iter().map(NameRegex::as_str).collect()
+fn written(regexes: &[NameRegex]) -> Vec<String> {
+    regexes.iter().map(|r| r.as_str().to_string()).collect()
 }
 
 /// A weight by name; the LM head of a tied model is its embedding.
 pub fn weight<'a>(tensors: &'a TensorMap, name: &str) -> Result<&'a Tensor, StageError> {
-    tensor_or_tied(tensors, name)
-        .ok_or_else(|| StageError::Invalid(format!("the model has no weight `{name}`")))
+    tensor_or_tied(tensors, name).ok_or_else(|| StageError::NoSuchWeight(name.to_string()))
 }
 
 #[cfg(test)]

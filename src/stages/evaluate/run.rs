@@ -390,11 +390,7 @@ fn run_divergence(
     // The reference's tokenizer cuts the text: both models must share it (checked below).
     let tokenizer = reference.tokenizer()?;
     if reference.meta.tokenizer != weights.meta.tokenizer {
-        return Err(StageError::Invalid(
-            "the model and its reference use different tokenizers; divergence compares \
-             next-token distributions over one vocabulary"
-                .into(),
-        ));
+        return Err(StageError::TokenizersDiffer);
     }
     let tokens = tokenizer.encode(&docs.join(join), true)?;
     let n = windows(&tokens, seqlen, limit).len();

@@ -9,7 +9,7 @@ use crate::model::{
     load_weights, tensor_digest, Checkpoint, ModelConfig, Tokenizer, TokenizerSemantics,
 };
 use crate::stages::weights::{candle_dtype, WeightsMeta};
-use crate::stages::{StageCtx, StageError, StageOutput};
+use crate::stages::{Invariant, StageCtx, StageError, StageOutput};
 
 /// The content digest of every tensor, by name.
 pub(crate) fn digests(
@@ -37,7 +37,7 @@ pub(super) fn run(ctx: &StageCtx, spec: &LoadSpec) -> Result<StageOutput, StageE
         files
             .get(&format!("model/{name}"))
             .map(|(_, d)| *d)
-            .ok_or_else(|| StageError::Invalid(format!("internal: {name} was not hashed")))
+            .ok_or_else(|| StageError::from(Invariant::NotHashed(name.to_string())))
     };
     let semantics = spec.tokenizer_semantics;
     let tokenizer_files = semantics

@@ -8,9 +8,11 @@ use crate::capture::{Stats, Wanted};
 use crate::compress::{self, HessianOpts, Mask, Matrix};
 use crate::model::{LinearId, TensorMap};
 use crate::stages::compress::calibrated::{compress_calibrated, Calibrated};
+use crate::stages::compress::kernel;
 use crate::stages::compress::replace::Replacement;
 use crate::stages::compress::select::{selected, weight};
 use crate::stages::weights::{materialize, ReplacementWriter, WeightsMeta};
+use crate::stages::Invariant;
 use crate::stages::{StageCtx, StageError, StageOutput};
 
 pub(super) fn run(ctx: &StageCtx, spec: &PruneSpec) -> Result<StageOutput, StageError> {
@@ -26,7 +28,7 @@ pub(super) fn run(ctx: &StageCtx, spec: &PruneSpec) -> Result<StageOutput, Stage
     };
     let matrix = |tensors: &TensorMap, name: &str| -> Result<Matrix, StageError> {
         let t = weight(tensors, name)?;
-        Matrix::from_tensor(t).map_err(|e| StageError::Invalid(format!("{name}: {e}")))
+        Matrix::from_tensor(t).map_err(|e| kernel(name, e))
     };
 
     let mut out = ReplacementWriter::new(ctx, weights.dtype)?;
@@ -52,7 +54,7 @@ pub(super) fn run(ctx: &StageCtx, spec: &PruneSpec) -> Result<StageOutput, Stage
                 .collect::<Result<_, _>>()?;
             let refs: Vec<&Matrix> = mats.iter().collect();
             let masks = compress::magnitude::magnitude_global(&refs, spec.sparsity.get())
-                .map_err(|e| StageError::Invalid(format!("global magnitude: {e}")))?;
+                .map_err(|e| kernel("global magnitude", e))?;
             drop(mats);
             for (name, mask) in names.iter().zip(masks) {
                 put(&mut out, &weights.tensors, name, mask)?;
@@ -76,7 +78,7 @@ pub(super) fn run(ctx: &StageCtx, spec: &PruneSpec) -> Result<StageOutput, Stage
                     (_, Pattern::NM { n, m }) => compress::magnitude::magnitude_nm(&w, n, m),
                     (_, Pattern::Rows) => compress::rows::rows_l1(&w, s),
                 }
-                .map_err(|e| StageError::Invalid(format!("{name}: {e}")))?;
+                .map_err(|e| kernel(name, e))?;
                 put(&mut out, &weights.tensors, name, mask)?;
                 ctx.progress.inc(1);
             }
@@ -162,18 +164,18 @@ fn prune_calibrated(
     w: &Matrix,
     stats: &Stats,
 ) -> Result<(Replacement, Matrix), StageError> {
-    let missing =
-        |what: &str| StageError::Invalid(format!("the calibration has no {what} for {id}"));
-    let kernel = |e: compress::CompressError| StageError::Invalid(format!("{id}: {e}"));
+    let missing = |what: &'static str| Invariant::NoStatistic {
+        what,
+        layer: id.to_string(),
+    };
+    let kernel = |e: compress::CompressError| kernel(&id.to_string(), e);
     match method {
         PruneMethod::Wanda { .. } => {
             let scaler = stats.scaler(id).ok_or_else(|| missing("input norms"))?;
             let mask: Mask = match pattern {
                 Pattern::Unstructured => compress::wanda::wanda(w, &scaler, s),
                 Pattern::NM { n, m } => compress::wanda::wanda_nm(w, &scaler, n, m),
-                Pattern::Rows => {
-                    return Err(StageError::Invalid("wanda does not prune rows".into()))
-                }
+                Pattern::Rows => return Err(Invariant::NoRows("wanda").into()),
             }
             .map_err(kernel)?;
             let mut pruned = w.clone();
@@ -189,7 +191,7 @@ fn prune_calibrated(
             let h = Matrix::from_tensor(&h).map_err(kernel)?;
             let pattern = pattern
                 .for_sparsegpt(s)
-                .ok_or_else(|| StageError::Invalid("sparsegpt does not prune rows".into()))?;
+                .ok_or(Invariant::NoRows("sparsegpt"))?;
             let opts = HessianOpts {
                 blocksize: *blocksize,
                 percdamp: *percdamp,

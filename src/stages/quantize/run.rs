@@ -7,9 +7,11 @@ use super::{QuantMethod, QuantizeSpec};
 use crate::capture::Wanted;
 use crate::compress::{self, Grouping, HessianOpts, Matrix, QuantConfig};
 use crate::stages::compress::calibrated::{compress_calibrated, Calibrated};
+use crate::stages::compress::kernel;
 use crate::stages::compress::replace::Replacement;
 use crate::stages::compress::select::{selected, weight};
 use crate::stages::weights::{materialize, ReplacementWriter, WeightsMeta};
+use crate::stages::Invariant;
 use crate::stages::{StageCtx, StageError, StageOutput};
 
 pub(super) fn run(ctx: &StageCtx, spec: &QuantizeSpec) -> Result<StageOutput, StageError> {
@@ -21,8 +23,6 @@ pub(super) fn run(ctx: &StageCtx, spec: &QuantizeSpec) -> Result<StageOutput, St
         grouping: group_size.map_or(Grouping::PerChannel, Grouping::Group),
         sym: symmetric,
     };
-    let kernel =
-        |name: &str, e: compress::CompressError| StageError::Invalid(format!("{name}: {e}"));
 
     let mut out = ReplacementWriter::new(ctx, weights.dtype)?;
     match &spec.method {
@@ -77,8 +77,9 @@ pub(super) fn run(ctx: &StageCtx, spec: &QuantizeSpec) -> Result<StageOutput, St
                 &names,
                 &mut out,
                 &mut |id, w, stats| {
-                    let h = stats.hessian(id).ok_or_else(|| {
-                        StageError::Invalid(format!("the calibration has no Hessian for {id}"))
+                    let h = stats.hessian(id).ok_or_else(|| Invariant::NoStatistic {
+                        what: "Hessian",
+                        layer: id.to_string(),
                     })??;
                     let h = Matrix::from_tensor(&h).map_err(|e| kernel(&id.to_string(), e))?;
                     let g = compress::gptq::gptq(w, &h, &cfg)
@@ -141,7 +142,7 @@ fn each_matrix(
     for name in names {
         ctx.check_cancel()?;
         let t = weight(tensors, name)?;
-        let w = Matrix::from_tensor(t).map_err(|e| StageError::Invalid(format!("{name}: {e}")))?;
+        let w = Matrix::from_tensor(t).map_err(|e| kernel(name, e))?;
         let rep = f(name, &w)?;
         drop(w);
         out.put(name, &rep, t, None)?;

@@ -4,21 +4,11 @@
 use serde_json::json;
 
 use super::ReportSpec;
-use crate::stages::report::{gather, render, InputState, ReportError};
-use crate::stages::{StageCtx, StageError, StageOutput};
+use crate::stages::report::{gather, render, InputState};
+use crate::stages::{Invariant, StageCtx, StageError, StageOutput};
 
 /// The terminal rendering, printed at the end of a run.
 pub const TEXT_FILE: &str = crate::stages::report::render::TEXT_FILE;
-
-fn invalid(e: ReportError) -> StageError {
-    match e {
-        ReportError::Io { path, source } => StageError::Io {
-            context: format!("writing {}", path.display()),
-            source,
-        },
-        e => StageError::Invalid(e.to_string()),
-    }
-}
 
 pub(super) fn run(ctx: &StageCtx, spec: &ReportSpec) -> Result<StageOutput, StageError> {
     // The scheduler hands over every entry this node reads: each input is ready.
@@ -26,15 +16,13 @@ pub(super) fn run(ctx: &StageCtx, spec: &ReportSpec) -> Result<StageOutput, Stag
         Some(e) => InputState::Ready(e),
         None => InputState::Pending,
     };
-    let data = gather(ctx.dag, ctx.node, &state).map_err(invalid)?;
+    let data = gather(ctx.dag, ctx.node, &state)?;
     let missing = data.provenance.points.missing();
     if missing > 0 {
-        return Err(StageError::Invalid(format!(
-            "internal: {missing} report inputs have no entry"
-        )));
+        return Err(Invariant::ReportInputs(missing).into());
     }
-    let rendered = render(&data, spec).map_err(invalid)?;
-    rendered.write(ctx.out).map_err(invalid)?;
+    let rendered = render(&data, spec)?;
+    rendered.write(ctx.out)?;
     let files: Vec<&str> = rendered.files.iter().map(|(n, _)| n.as_str()).collect();
     ctx.note(&format!("wrote {}", files.join(", ")));
     Ok(StageOutput {

@@ -25,14 +25,13 @@ pub(super) fn run(ctx: &StageCtx, spec: &TrainSpec) -> Result<StageOutput, Stage
         Some(name) => read_documents(&datasets[name])?
             .iter()
             .map(|d| crate::train::tokenizer::split_words(d))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(train_error)?
+            .collect::<Result<Vec<_>, _>>()?
             .into_iter()
             .flatten()
             .collect(),
         None => Default::default(),
     };
-    let tokenizer = build_tokenizer(&docs, &extra).map_err(train_error)?;
+    let tokenizer = build_tokenizer(&docs, &extra)?;
     let out = ctx.out_path(MODEL_DIR);
     std::fs::create_dir_all(&out).map_err(StageError::io(format!("creating {}", out.display())))?;
     ctx.progress.start(spec.config.steps as u64, "training");
@@ -46,8 +45,8 @@ pub(super) fn run(ctx: &StageCtx, spec: &TrainSpec) -> Result<StageOutput, Stage
         &mut |_, _| ctx.tick(1).map_err(|e| TrainError::Config(e.to_string())),
     )
     .map_err(|e| match ctx.check_cancel() {
-        Err(c) => c.into(),
-        Ok(()) => train_error(e),
+        Err(c) => StageError::from(c),
+        Ok(()) => e.into(),
     })?;
     ctx.note(&format!(
         "trained {} parameters for {} steps: final loss {:.4} nats/token ({:.1} s)",
@@ -82,8 +81,4 @@ pub(super) fn run(ctx: &StageCtx, spec: &TrainSpec) -> Result<StageOutput, Stage
             "weights": meta,
         }),
     })
-}
-
-fn train_error(e: TrainError) -> StageError {
-    StageError::Invalid(format!("training failed: {e}"))
 }
