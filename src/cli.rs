@@ -125,7 +125,7 @@ pub enum Command {
     Show {
         file: PathBuf,
         #[arg(long, default_value = "table", value_parser = formats::show())]
-        format: whittle::plan::show::ShowFormat,
+        format: whittle::show::ShowFormat,
     },
     /// Explain why a stage (name or instance label) would run: what changed in its key.
     Why { file: PathBuf, stage: String },
@@ -247,7 +247,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             let (cache, plan) = open_read_only(&cli, file)?;
             let history = History::load(&cache, &plan.pipeline.path.display().to_string());
             let statuses = plan::resolve(&plan, &cache, &history)?;
-            out!("{}", whittle::plan::show::render(&plan, &statuses, *format));
+            out!("{}", whittle::show::render(&plan, &statuses, *format));
             Ok(Outcome::Success)
         }
         Command::Why { file, stage } => cmd_why(&cli, file, stage),

@@ -26,7 +26,9 @@ pub mod model;
 pub mod overlay;
 pub mod pipeline;
 pub mod plan;
+pub mod show;
 pub mod stages;
+pub mod table;
 pub mod train;
 
 /// The engine version recorded in manifests, run records and provenance: the crate version, and

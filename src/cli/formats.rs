@@ -2,8 +2,8 @@
 //! nothing of clap; the names and help lines a user types and reads are spelled here.
 
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
-use whittle::plan::show::ShowFormat;
 use whittle::plan::{Format, StatusFormat};
+use whittle::show::ShowFormat;
 
 /// `plan --format`.
 pub fn plan() -> impl TypedValueParser<Value = Format> {

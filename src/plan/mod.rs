@@ -12,7 +12,6 @@ mod key;
 mod render;
 mod resolve;
 mod select;
-pub mod show;
 mod summary;
 
 use std::collections::BTreeMap;

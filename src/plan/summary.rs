@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::{Plan, Status};
 use crate::cache::RunRecord;
-use crate::stages::report::{Cell, Table};
+use crate::table::{Cell, Table};
 
 /// Version of the JSON status format.
 pub const STATUS_JSON_SCHEMA: u32 = 1;

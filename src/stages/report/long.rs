@@ -4,8 +4,8 @@
 use super::observe::{Outcome, ReportData};
 use super::pivot::{size_value, Source, PROTOCOL_KEYS};
 use super::spec::MetricRef;
-use super::table::{Cell, Table};
 use crate::cache::key::ParamValue;
+use crate::table::{Cell, Table};
 
 pub fn long_table(data: &ReportData) -> Table {
     let obs = &data.observations;

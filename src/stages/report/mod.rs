@@ -4,7 +4,7 @@
 //!   from the cache through a plan, and the provenance of them all;
 //! - [`pivot`]: observations into a table with a row per compressed model (the dense baseline
 //!   first) and a column per metric; [`long`]: the unpivoted table of everything;
-//! - [`table`]: a table's renderings (text, Markdown, CSV, LaTeX, JSON Lines);
+//! - [`crate::table`]: a table's renderings (text, Markdown, CSV, LaTeX, JSON Lines);
 //! - [`plot`]: line and trade-off plots, as SVG and PNG (the font is embedded);
 //! - [`render`]: every file of a report stage, in memory.
 //!
@@ -60,7 +60,6 @@ mod read;
 pub mod render;
 mod run;
 mod spec;
-pub mod table;
 
 use std::path::PathBuf;
 
@@ -110,10 +109,10 @@ impl Kind for ReportSpec {
     }
 }
 
+pub use crate::table::{Cell, Table};
 pub use observe::{gather, InputState, Measurement, Observation, Outcome, ReportData};
 pub use provenance::Provenance;
 pub use render::{render, Rendered};
-pub use table::{Cell, Table};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {

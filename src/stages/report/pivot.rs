@@ -9,9 +9,9 @@ use serde_json::Value;
 
 use super::observe::{Measurement, Observation, Outcome, ReportData};
 use super::spec::{MetricRef, ReportColumn, ReportFilter};
-use super::table::{Cell, Table};
 use super::ReportError;
 use crate::cache::key::ParamValue;
+use crate::table::{Cell, Table};
 
 /// Recorded by evaluations to describe the protocol rather than its result: left out of default
 /// columns (still available by name).

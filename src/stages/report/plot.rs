@@ -15,9 +15,9 @@ use plotters::prelude::*;
 use super::observe::ReportData;
 use super::pivot::{grid, source, Grid, GridRow, Source};
 use super::spec::{AxisScale, Change, MetricRef, PlotKind, ReportPlot, ReportTable};
-use super::table::Cell;
 use super::ReportError;
 use crate::cache::key::ParamValue;
+use crate::table::Cell;
 
 /// One panel's size in pixels.
 pub const PANEL_WIDTH: u32 = 520;
@@ -433,7 +433,7 @@ pub fn register_font() -> Result<(), ReportError> {
 
 /// Tick labels: four significant digits, no trailing zeros.
 fn tick(v: &f64) -> String {
-    let s = super::table::format_num(*v);
+    let s = crate::table::format_num(*v);
     if s.contains('.') && !s.contains('e') {
         s.trim_end_matches('0').trim_end_matches('.').to_string()
     } else {

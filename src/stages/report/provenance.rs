@@ -295,7 +295,7 @@ impl Provenance {
         if let Some(m) = self.missing_note() {
             s.push_str(&format!(" {m}."));
         }
-        super::table::latex_escape(&s).replace('·', "\\textperiodcentered{}")
+        crate::table::latex_escape(&s).replace('·', "\\textperiodcentered{}")
     }
 }
 

@@ -9,8 +9,8 @@ use super::observe::ReportData;
 use super::pivot::{columns, pivot};
 use super::plot::{figure_labelled, metric_labels, png, svg};
 use super::spec::{PlotFormat, ReportFormat, ReportSpec, ReportTable};
-use super::table::Table;
 use super::ReportError;
+use crate::table::Table;
 
 /// The terminal rendering, printed at the end of a run.
 pub const TEXT_FILE: &str = "report.txt";

@@ -3,11 +3,11 @@
 
 use serde_json::Value;
 
-use super::{Plan, Status};
 use crate::cache::key::ParamValue;
 use crate::pipeline::spec::StageKind;
+use crate::plan::{Plan, Status};
 use crate::stages::report::observe::Measurement;
-use crate::stages::report::table::{Cell, Table};
+use crate::table::{Cell, Table};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ShowFormat {
