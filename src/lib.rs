@@ -16,6 +16,7 @@
 //! - [`train`]: the quickstart's own small model, trained on a synthetic world of facts.
 
 pub mod cache;
+pub mod cancel;
 pub mod capture;
 pub mod compress;
 pub mod data;

@@ -320,11 +320,12 @@ fn records_that_do_not_fit_the_task_are_named() {
     assert!(e.contains("record 2") && e.contains("`r`"), "{e}");
     assert!(run(&[]).contains("no records"));
     // A cancelled run stops at the tick.
-    let e = evaluate_generation(&m.model, &m.tok, &t, &[ok], None, &mut |_| {
-        candle_core::bail!("cancelled")
+    let err = evaluate_generation(&m.model, &m.tok, &t, &[ok], None, &mut |_| {
+        Err(whittle::cancel::Cancelled)
     })
-    .unwrap_err()
-    .to_string();
+    .unwrap_err();
+    assert!(whittle::cancel::is_cancelled(&err), "{err}");
+    let e = err.to_string();
     assert!(e.contains("cancelled"), "{e}");
 }
 

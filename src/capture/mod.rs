@@ -433,7 +433,7 @@ pub fn collect_stats(
     wanted: Wanted,
     batch_size: usize,
     device: &Device,
-    tick: &mut dyn FnMut(u64) -> candle_core::Result<()>,
+    tick: crate::cancel::Tick,
 ) -> Result<Stats, ModelError> {
     collect_stats_first(
         model,
@@ -454,7 +454,7 @@ pub fn collect_stats_first(
     wanted: Wanted,
     batch_size: usize,
     device: &Device,
-    tick: &mut dyn FnMut(u64) -> candle_core::Result<()>,
+    tick: crate::cancel::Tick,
 ) -> Result<Stats, ModelError> {
     let mut stats = Stats::new(wanted.accumulation);
     for (ids, n) in batches(windows, batch_size, device)?
@@ -487,16 +487,20 @@ pub struct Windows<'a> {
 /// one pass. `compress(layer, stats, tensors)` returns the tensors that replace the layer's
 /// weights; they go into `tensors` before the block's outputs are recomputed for the next one.
 ///
+/// `compress` fails with the caller's own error type, which the driver returns as it is.
+///
 /// Memory: the model, the hidden states of every window at one block boundary, and one chunk's
 /// activations inside the block.
-pub fn sequential(
+pub fn sequential<
+    E: From<ModelError> + From<candle_core::Error> + From<crate::cancel::Cancelled>,
+>(
     cfg: &ModelConfig,
     tensors: &mut TensorMap,
     windows: &Windows,
     wanted: Wanted,
-    compress: &mut dyn FnMut(usize, &Stats, &TensorMap) -> Result<TensorMap, ModelError>,
-    tick: &mut dyn FnMut(u64) -> candle_core::Result<()>,
-) -> Result<(), ModelError> {
+    compress: &mut dyn FnMut(usize, &Stats, &TensorMap) -> Result<TensorMap, E>,
+    tick: crate::cancel::Tick,
+) -> Result<(), E> {
     let arch = cfg.architecture();
     let mut model = arch.causal_lm(cfg, tensors, Vec::new())?;
     let mut hidden: Vec<Tensor> = batches(windows.windows, windows.batch_size, windows.device)?
@@ -690,7 +694,8 @@ mod tests {
                 chunk,
                 device: &Device::Cpu,
             };
-            sequential(&cfg, &mut tensors, &w, BOTH, &mut compress, &mut |_| Ok(())).unwrap();
+            sequential::<ModelError>(&cfg, &mut tensors, &w, BOTH, &mut compress, &mut |_| Ok(()))
+                .unwrap();
             (tensors, seen)
         };
         let (want, want_stats) = run(4);

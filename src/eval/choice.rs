@@ -660,7 +660,7 @@ pub fn evaluate_items(
     items: &[ChoiceItem],
     batch_size: usize,
     device: &Device,
-    tick: &mut dyn FnMut(u64) -> candle_core::Result<()>,
+    tick: crate::cancel::Tick,
 ) -> Result<(ChoiceMetrics, Vec<ChoiceSample>), EvalError> {
     if items.is_empty() {
         return Err(EvalError::Invalid("no records to score".into()));
@@ -712,7 +712,7 @@ pub fn evaluate_choices(
     records: &[Value],
     batch_size: usize,
     device: &Device,
-    tick: &mut dyn FnMut(u64) -> candle_core::Result<()>,
+    tick: crate::cancel::Tick,
 ) -> Result<(ChoiceMetrics, Vec<ChoiceSample>), EvalError> {
     let items = task.prepare(records)?;
     evaluate_items(model, encoder, &items, batch_size, device, tick)

@@ -183,7 +183,7 @@ pub fn divergence(
     limit: Option<usize>,
     batch_size: usize,
     device: &Device,
-    tick: &mut dyn FnMut(u64) -> candle_core::Result<()>,
+    tick: crate::cancel::Tick,
 ) -> Result<Divergence, ModelError> {
     let (vm, vr) = (model.config().vocab_size, reference.config().vocab_size);
     if vm != vr {

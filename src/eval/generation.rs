@@ -114,7 +114,7 @@ pub fn evaluate_generation(
     task: &GenerationTask,
     records: &[Value],
     max_new_tokens_override: Option<usize>,
-    tick: &mut dyn FnMut(u64) -> candle_core::Result<()>,
+    tick: crate::cancel::Tick,
 ) -> Result<(GenerationMetrics, Vec<GenSample>), GenerationError> {
     if records.is_empty() {
         return Err(GenerationError::NoRecords {

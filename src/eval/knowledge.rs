@@ -203,7 +203,7 @@ pub fn probe(
     set: &LamaSet,
     opts: &ProbeOptions,
     device: &Device,
-    tick: &mut dyn FnMut(u64) -> candle_core::Result<()>,
+    tick: crate::cancel::Tick,
 ) -> Result<(KnowledgeMetrics, Vec<FactResult>), EvalError> {
     let ks = check_ks(&opts.ks)?;
     let ProbeStyle::Causal = opts.style;
@@ -270,7 +270,7 @@ fn probe_vocabulary(
     set: &LamaSet,
     opts: &ProbeOptions,
     device: &Device,
-    tick: &mut dyn FnMut(u64) -> candle_core::Result<()>,
+    tick: crate::cancel::Tick,
 ) -> Result<Vec<FactResult>, EvalError> {
     let qs = queries(encoder, set)?;
     let max_len = encoder.max_len();
@@ -352,7 +352,7 @@ fn probe_candidates(
     set: &LamaSet,
     opts: &ProbeOptions,
     device: &Device,
-    tick: &mut dyn FnMut(u64) -> candle_core::Result<()>,
+    tick: crate::cancel::Tick,
 ) -> Result<Vec<FactResult>, EvalError> {
     let qs = queries(encoder, set)?;
     let cands: Vec<Vec<&str>> = set.relations.iter().map(|r| candidates(&r.facts)).collect();

@@ -34,6 +34,8 @@ use crate::model::{CausalLm, ModelConfig, ModelError, Tokenizer};
 /// Errors of the evaluation routines (the model, a request, a record of a task).
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
+    #[error("cancelled")]
+    Cancelled(#[from] crate::cancel::Cancelled),
     #[error(transparent)]
     Model(#[from] ModelError),
 
@@ -298,7 +300,7 @@ pub fn loglikelihood(
     max_len: usize,
     batch_size: usize,
     device: &Device,
-    tick: &mut dyn FnMut(u64) -> candle_core::Result<()>,
+    tick: crate::cancel::Tick,
 ) -> Result<Vec<Scored>, EvalError> {
     let prepared = requests
         .iter()

@@ -37,7 +37,7 @@ struct Job<'a> {
     from: usize,
 }
 
-type Tick<'a> = &'a mut dyn FnMut(u64) -> candle_core::Result<()>;
+use crate::cancel::Tick;
 
 /// Non-overlapping windows of `seqlen` tokens; the remainder is dropped; at most `limit` windows.
 pub fn windows(tokens: &[u32], seqlen: usize, limit: Option<usize>) -> Vec<&[u32]> {

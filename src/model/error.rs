@@ -6,6 +6,8 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum ModelError {
+    #[error("cancelled")]
+    Cancelled(#[from] crate::cancel::Cancelled),
     #[error("cannot read {}: {source}", path.display())]
     Io {
         path: PathBuf,

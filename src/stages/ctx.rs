@@ -4,11 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::cancel::Cancelled;
 use super::dag::{Dag, NodeId};
 use super::{Invariant, StageError, StageSpec};
 use crate::cache::key::Digest;
 use crate::cache::Entry;
+use crate::cancel::Cancelled;
 
 /// Progress of the running stage, shown as a bar by the executor.
 #[derive(Clone)]
@@ -75,9 +75,8 @@ impl StageCtx<'_> {
         }
     }
 
-    /// Advances the progress bar by `n` and stops the computation if the run was cancelled
-    /// (inside a kernel the error becomes [`StageError::Cancelled`] again through
-    /// `capture::cancelled_or`).
+    /// Advances the progress bar by `n` and stops the computation if the run was cancelled: the
+    /// [`crate::cancel::Tick`] every long kernel takes.
     pub fn tick(&self, n: u64) -> Result<(), Cancelled> {
         self.progress.inc(n);
         self.check_cancel()

@@ -2,20 +2,22 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::cancel::Cancelled;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
     #[error(transparent)]
-    Model(#[from] crate::model::ModelError),
+    Model(crate::model::ModelError),
     #[error(transparent)]
     Data(#[from] crate::data::DataError),
     #[error(transparent)]
-    Eval(#[from] crate::eval::loglik::EvalError),
+    Eval(crate::eval::loglik::EvalError),
     #[error(transparent)]
-    Lama(#[from] crate::eval::lama::LamaError),
+    Lama(crate::eval::lama::LamaError),
     #[error(transparent)]
-    Task(#[from] crate::eval::choice::ChoiceError),
+    Task(crate::eval::choice::ChoiceError),
     #[error(transparent)]
-    Generation(#[from] crate::eval::generation::GenerationError),
+    Generation(crate::eval::generation::GenerationError),
     #[error(transparent)]
     TaskFile(#[from] crate::eval::task_file::TaskFileError),
     #[error(transparent)]
@@ -39,7 +41,7 @@ pub enum StageError {
     #[error(transparent)]
     Report(#[from] crate::stages::report::ReportError),
     #[error("training failed: {0}")]
-    Train(#[from] crate::train::TrainError),
+    Train(crate::train::TrainError),
     /// A compression kernel refused a weight matrix.
     #[error("{weight}: {source}")]
     Kernel {
@@ -113,6 +115,37 @@ pub enum Invariant {
     ReportInputs(usize),
 }
 
+/// A kernel's error becomes the stage's; a cancellation inside it becomes
+/// [`StageError::Cancelled`], whatever error type carried it out.
+macro_rules! from_kernel_error {
+    ($($variant:ident($t:ty)),* $(,)?) => {$(
+        impl From<$t> for StageError {
+            fn from(e: $t) -> Self {
+                if crate::cancel::is_cancelled(&e) {
+                    StageError::Cancelled
+                } else {
+                    StageError::$variant(e)
+                }
+            }
+        }
+    )*};
+}
+
+from_kernel_error!(
+    Model(crate::model::ModelError),
+    Eval(crate::eval::loglik::EvalError),
+    Lama(crate::eval::lama::LamaError),
+    Task(crate::eval::choice::ChoiceError),
+    Generation(crate::eval::generation::GenerationError),
+    Train(crate::train::TrainError),
+);
+
+impl From<Cancelled> for StageError {
+    fn from(_: Cancelled) -> Self {
+        StageError::Cancelled
+    }
+}
+
 /// Reads a safetensors file, naming it in any error.
 pub fn read_tensors(
     path: &Path,
@@ -141,5 +174,22 @@ impl StageError {
     pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StageError {
         let context = context.into();
         move |source| StageError::Io { context, source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eval::loglik::EvalError;
+    use crate::model::ModelError;
+
+    #[test]
+    fn a_cancellation_inside_a_kernel_error_is_the_stage_cancelled() {
+        let nested = EvalError::Model(ModelError::Cancelled(Cancelled));
+        assert!(matches!(StageError::from(nested), StageError::Cancelled));
+        let train = crate::train::TrainError::from(Cancelled);
+        assert!(matches!(StageError::from(train), StageError::Cancelled));
+        let failed = ModelError::Invalid("bad".into());
+        assert!(matches!(StageError::from(failed), StageError::Model(_)));
     }
 }

@@ -8,7 +8,6 @@
 //! the executor makes the entry atomic. Stages see the DAG through [`Dag`] and the entries they
 //! are handed, never the cache's layout, the planner or the scheduler.
 
-mod cancel;
 mod ctx;
 pub mod dag;
 mod error;
@@ -24,7 +23,7 @@ pub mod quantize;
 pub mod report;
 pub mod train;
 
-pub use cancel::Cancelled;
+pub use crate::cancel::Cancelled;
 pub use ctx::{Progress, StageCtx, StageOutput};
 pub use dag::{ancestors, Dag, NodeId};
 pub use error::{read_tensors, write_tensors, Invariant, StageError};

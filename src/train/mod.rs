@@ -31,6 +31,8 @@ pub use trainer::{train, TrainConfig, TrainSummary};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
+    #[error("cancelled")]
+    Cancelled(#[from] crate::cancel::Cancelled),
     /// A configuration value that cannot work; the message names the key.
     #[error("{0}")]
     Config(String),

@@ -156,7 +156,7 @@ pub fn load_model(dir: &std::path::Path, dtype: candle_core::DType) -> Loaded {
 }
 
 /// A progress callback that ignores progress.
-pub fn no_tick() -> impl FnMut(u64) -> candle_core::Result<()> {
+pub fn no_tick() -> impl FnMut(u64) -> Result<(), whittle::cancel::Cancelled> {
     |_| Ok(())
 }
 

@@ -4,7 +4,7 @@
 mod read;
 mod run;
 
-pub(crate) use run::{cancelled_or, read_stats, read_windows, CALIBRATION_BATCH};
+pub(crate) use run::{read_stats, read_windows, CALIBRATION_BATCH};
 
 use super::{Kind, ModelSize, StageCtx, StageError, StageOutput};
 use crate::cache::key::{CacheKey, KeyWriter};

@@ -135,9 +135,8 @@ pub(super) fn run(ctx: &StageCtx, spec: &CalibrateSpec) -> Result<StageOutput, S
         wanted,
         CALIBRATION_BATCH,
         ctx.device,
-        &mut |n| ctx.tick(n).map_err(candle_core::Error::from),
-    )
-    .map_err(|e| cancelled_or(ctx, e))?;
+        &mut |n| ctx.tick(n),
+    )?;
 
     let acc = spec.accumulation;
     let mut out = HashMap::new();
@@ -178,13 +177,4 @@ pub(super) fn run(ctx: &StageCtx, spec: &CalibrateSpec) -> Result<StageOutput, S
             "accumulation": acc.as_str(),
         }),
     })
-}
-
-/// An error raised because the user cancelled becomes `Cancelled`.
-pub(crate) fn cancelled_or(ctx: &StageCtx, e: impl Into<StageError>) -> StageError {
-    if ctx.check_cancel().is_err() {
-        StageError::Cancelled
-    } else {
-        e.into()
-    }
 }

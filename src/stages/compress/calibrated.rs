@@ -5,9 +5,9 @@
 use super::CalibrationMode;
 use crate::capture::{forward_chunk, sequential, Stats, Wanted, Windows};
 use crate::compress::Matrix;
-use crate::model::{LinearId, ModelError, TensorMap};
+use crate::model::{LinearId, TensorMap};
 use crate::pipeline::spec::InstanceRef;
-use crate::stages::calibrate::{cancelled_or, read_stats, read_windows, CALIBRATION_BATCH};
+use crate::stages::calibrate::{read_stats, read_windows, CALIBRATION_BATCH};
 use crate::stages::compress::kernel;
 use crate::stages::compress::replace::Replacement;
 use crate::stages::weights::{Materialized, ReplacementWriter};
@@ -63,36 +63,22 @@ pub fn compress_calibrated(
         },
         _ => return Err(Invariant::NotCalibrate.into()),
     };
-    let mut failure: Option<StageError> = None;
     let mut layer_fn =
-        |layer: usize, stats: &Stats, tensors: &TensorMap| -> Result<TensorMap, ModelError> {
+        |layer: usize, stats: &Stats, tensors: &TensorMap| -> Result<TensorMap, StageError> {
             let mut replaced = TensorMap::new();
             for (name, id) in ids.iter().filter(|(_, id)| id.layer == layer) {
                 let t = &tensors[name];
-                let result = Matrix::from_tensor(t)
-                    .map_err(|e| kernel(name, e))
-                    .and_then(|w| {
-                        let (rep, dense) = per_matrix(*id, &w, stats)?;
-                        drop(w);
-                        let tensor = super::replace::tensor_like(&dense, t)?;
-                        out.put(name, &rep, t, Some(&tensor))?;
-                        Ok(tensor)
-                    });
-                match result {
-                    Ok(tensor) => {
-                        replaced.insert(name.clone(), tensor);
-                    }
-                    Err(e) => {
-                        let msg = e.to_string();
-                        failure = Some(e);
-                        return Err(ModelError::Invalid(msg));
-                    }
-                }
+                let w = Matrix::from_tensor(t).map_err(|e| kernel(name, e))?;
+                let (rep, dense) = per_matrix(*id, &w, stats)?;
+                drop(w);
+                let tensor = super::replace::tensor_like(&dense, t)?;
+                out.put(name, &rep, t, Some(&tensor))?;
+                replaced.insert(name.clone(), tensor);
             }
             Ok(replaced)
         };
     let layers = weights.config.num_layers;
-    let outcome = match calibrated.mode {
+    match calibrated.mode {
         CalibrationMode::Dense => {
             let stats = read_stats(&entry, ctx.device, wanted.accumulation)?;
             ctx.progress.start(layers as u64, method);
@@ -121,14 +107,8 @@ pub fn compress_calibrated(
                 &run,
                 wanted,
                 &mut layer_fn,
-                &mut |n| ctx.tick(n).map_err(candle_core::Error::from),
+                &mut |n| ctx.tick(n),
             )
-            .map_err(|e| cancelled_or(ctx, e))
         }
-    };
-    // An error of our own inside the driver comes back as a model error: report the original.
-    if let Some(e) = failure {
-        return Err(e);
     }
-    outcome
 }

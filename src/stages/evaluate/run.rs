@@ -19,7 +19,6 @@ use crate::eval::loglik::{PairEncoder, SpecialTokens};
 use crate::eval::perplexity::{
     document_perplexity, perplexity, sliding_perplexity, sliding_windows, windows, Perplexity,
 };
-use crate::stages::calibrate::cancelled_or;
 use crate::stages::weights::{materialize, Materialized};
 use crate::stages::{StageCtx, StageError, StageOutput};
 
@@ -132,7 +131,7 @@ fn run_perplexity(
     let docs = read_documents(source)?;
     let tokenizer = weights.tokenizer()?;
     let model = weights.model()?;
-    let tick = &mut |n| ctx.tick(n).map_err(candle_core::Error::from);
+    let tick = &mut |n| ctx.tick(n);
     // Too little text is the dataset's problem: say which file, and what would fit.
     let too_short = |tokens: usize, need: &str| -> StageError {
         crate::data::DataError::Invalid {
@@ -202,8 +201,7 @@ fn run_perplexity(
             ctx.progress.start(n as u64, "perplexity");
             document_perplexity(&model, &tokens, seqlen, spec.batch_size, ctx.device, tick)
         }
-    }
-    .map_err(|e| cancelled_or(ctx, e))?;
+    }?;
     let samples = r
         .per_window
         .iter()
@@ -264,7 +262,7 @@ fn run_knowledge(
         ks: KS.to_vec(),
         batch_size: spec.batch_size,
     };
-    let tick = &mut |n| ctx.tick(n).map_err(candle_core::Error::from);
+    let tick = &mut |n| ctx.tick(n);
     let units = probe_units(&set, &opts);
     let total_facts = set.num_facts();
     if keep_known {
@@ -274,8 +272,7 @@ fn run_knowledge(
         let enc = PairEncoder::new(&tok, &base.config, SpecialTokens::FromTokenizer)?;
         ctx.progress
             .start(2 * units, "knowledge (reference, then model)");
-        let (_, results) =
-            probe(&model, &enc, &set, &opts, ctx.device, tick).map_err(|e| cancelled_or(ctx, e))?;
+        let (_, results) = probe(&model, &enc, &set, &opts, ctx.device, tick)?;
         set = knowledge::known_only(&set, &results);
         ctx.progress.start(probe_units(&set, &opts), "knowledge");
     } else {
@@ -283,8 +280,7 @@ fn run_knowledge(
     }
     let (tok, model) = (weights.tokenizer()?, weights.model()?);
     let enc = PairEncoder::new(&tok, &weights.config, SpecialTokens::FromTokenizer)?;
-    let (m, results) =
-        probe(&model, &enc, &set, &opts, ctx.device, tick).map_err(|e| cancelled_or(ctx, e))?;
+    let (m, results) = probe(&model, &enc, &set, &opts, ctx.device, tick)?;
     let mut metrics = Map::new();
     for (k, p) in &m.p_at {
         metrics.insert(format!("p@{k}"), (*p).into());
@@ -346,9 +342,8 @@ fn run_choice(
         &items,
         spec.batch_size,
         ctx.device,
-        &mut |n| ctx.tick(n).map_err(candle_core::Error::from),
-    )
-    .map_err(|e| cancelled_or(ctx, e))?;
+        &mut |n| ctx.tick(n),
+    )?;
     let metrics = metric_map([
         ("acc", m.acc.into()),
         ("acc_norm", m.acc_norm.into()),
@@ -404,9 +399,8 @@ fn run_divergence(
         limit,
         spec.batch_size,
         ctx.device,
-        &mut |n| ctx.tick(n).map_err(candle_core::Error::from),
-    )
-    .map_err(|e| cancelled_or(ctx, e))?;
+        &mut |n| ctx.tick(n),
+    )?;
     let metrics = metric_map([
         ("js", r.js.into()),
         ("kl", r.kl.into()),
@@ -452,9 +446,8 @@ fn run_generation(
     let (tok, model) = (weights.tokenizer()?, weights.model()?);
     let (m, samples) =
         evaluate_generation(&model, &tok, &task, &records, max_new_tokens, &mut |n| {
-            ctx.tick(n).map_err(candle_core::Error::from)
-        })
-        .map_err(|e| cancelled_or(ctx, e))?;
+            ctx.tick(n)
+        })?;
     let metrics = metric_map([
         ("em", m.em.into()),
         ("f1", m.f1.into()),

@@ -12,7 +12,7 @@ use crate::model::{load_weights, Checkpoint, ModelConfig};
 use crate::stages::load::digests;
 use crate::stages::weights::WeightsMeta;
 use crate::stages::{StageCtx, StageError, StageOutput};
-use crate::train::{tokenizer::build_tokenizer, train, TrainError};
+use crate::train::{tokenizer::build_tokenizer, train};
 
 /// The Hugging Face folder inside a train entry.
 pub const MODEL_DIR: &str = "model";
@@ -42,12 +42,8 @@ pub(super) fn run(ctx: &StageCtx, spec: &TrainSpec) -> Result<StageOutput, Stage
         &spec.config,
         &Device::Cpu,
         &out,
-        &mut |_, _| ctx.tick(1).map_err(|e| TrainError::Config(e.to_string())),
-    )
-    .map_err(|e| match ctx.check_cancel() {
-        Err(c) => StageError::from(c),
-        Ok(()) => e.into(),
-    })?;
+        &mut |_, _| Ok(ctx.tick(1)?),
+    )?;
     ctx.note(&format!(
         "trained {} parameters for {} steps: final loss {:.4} nats/token ({:.1} s)",
         summary.parameters, spec.config.steps, summary.final_loss, summary.seconds
