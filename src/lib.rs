@@ -5,15 +5,17 @@
 //! into a graph of stage instances keyed by content ([`plan`]), and runs what is not already in the
 //! content-addressed [`cache`] on the devices it has ([`exec`]).
 //!
-//! The layers, from the outside in:
-//! - [`pipeline`]: YAML with positions, sweeps, validation into typed [`pipeline::spec`] values.
-//! - [`plan`]: the DAG and each node's cache key; why a node must run.
-//! - [`cache`]: atomic entries with manifests, file-hash memo, run records, gc.
-//! - [`exec`]: the scheduler (what runs when, on which device), the executor that runs each job,
-//!   and progress.
-//! - [`stages`]: one module per stage kind; each a function of its inputs.
-//! - [`model`], [`capture`], [`compress`], [`eval`], [`report`]: the numerical work.
-//! - [`train`]: the quickstart's own small model, trained on a synthetic world of facts.
+//! The layers, from the outside in (ARCHITECTURE.md draws them; `tests/layers.rs` keeps every
+//! import pointing down):
+//! - [`exec`], [`export`], [`show`]: the scheduler (what runs when, on which device), the
+//!   executor that runs each job; the read-only and export commands.
+//! - [`plan`]: the rebuilder: the DAG and each node's cache key; why a node must run.
+//! - [`pipeline`] and [`stages`]: YAML with positions, sweeps and field accessors; one folder per
+//!   stage kind (its spec, key, reader and execution) behind the [`stages::Kind`] trait.
+//! - [`capture`], [`eval`], [`train`], [`overlay`]: calibration statistics, evaluators, the
+//!   quickstart's own small model, the stored format of compressed weights.
+//! - [`model`]: model families behind one seam; [`compress`], [`cache`], [`data`], [`table`],
+//!   [`cancel`]: kernels, the content-addressed cache, datasets, tables, cancellation.
 
 pub mod cache;
 pub mod cancel;

@@ -1,6 +1,8 @@
 //! One node run on its own, outside a whole-pipeline run (`whittle run-node`): its inputs must
 //! be in the cache already; it is computed with the same build lock, lease and atomic write as
-//! in a run, through [`job::execute`].
+//! in a run, through [`job::execute`]. It writes the stage's log (`cache/v1/logs/<id>/`) and
+//! traces its start and end (`-v`), but no run record: it is one step of whatever run drives it
+//! (another process, later a cluster job), which records the run.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
@@ -110,8 +112,13 @@ pub fn run_node(
         progress: Progress::hidden(),
         cancel,
     };
-    job::execute(plan, cache, &job, &device.open()?, &handle).map_err(|source| NodeError::Job {
-        stage: job.label.clone(),
-        source: Box::new(source),
-    })
+    tracing::info!(stage = %job.label, key = %job.key.digest().short(), %device, "run-node");
+    let built = job::execute(plan, cache, &job, &device.open()?, &handle).map_err(|source| {
+        NodeError::Job {
+            stage: job.label.clone(),
+            source: Box::new(source),
+        }
+    })?;
+    tracing::info!(stage = %job.label, ran = built.ran, "run-node finished");
+    Ok(built)
 }

@@ -19,7 +19,6 @@ use super::progress::Ui;
 use super::RunOptions;
 use crate::cache::key::KeyInputs;
 use crate::cache::{Cache, Entry, Lease, RunRecord, StageRecord, StageStatus};
-use crate::pipeline::spec::StageSpec;
 use crate::plan::{self, ancestors, History, NodeId, Plan, Reason, Status};
 use crate::stages::Progress;
 
@@ -60,8 +59,6 @@ pub(super) struct Scheduler<'a> {
     keys: Vec<Option<KeyInputs>>,
     durations: Vec<f64>,
     failures: Vec<Failure>,
-    /// Entries already re-hashed this run.
-    verified: BTreeSet<NodeId>,
     log_dir: PathBuf,
     stopping: bool,
     needs: Vec<Need>,
@@ -98,7 +95,6 @@ impl<'a> Scheduler<'a> {
             keys: vec![None; n],
             durations: vec![0.0; n],
             failures: Vec::new(),
-            verified: BTreeSet::new(),
             log_dir,
             stopping: false,
             needs: super::estimate_needs(plan),
@@ -124,17 +120,7 @@ impl<'a> Scheduler<'a> {
         self.keys[node] = Some(k.clone());
         // Leased before the lookup, so a concurrent gc either removed it already or keeps it.
         self.lease.hold(&k.digest())?;
-        let mut status = plan::lookup(self.cache, &k, self.history.last(&n.label))?;
-        // A report's files are copied out of the cache: re-hashed first, like any input.
-        if let (Status::Cached { entry, .. }, StageSpec::Report(_)) = (&status, &n.spec) {
-            if let Err(e) = entry.verify() {
-                status = Status::Run {
-                    key_inputs: Some(k.clone()),
-                    reason: Reason::Corrupt(e.to_string()),
-                };
-            }
-        }
-        match status {
+        match plan::lookup_to_serve(self.cache, n, &k, self.history.last(&n.label))? {
             Status::Cached { entry, .. } => {
                 self.states[node] = State::Done { entry, ran: false };
                 ui.done(1);
@@ -185,7 +171,7 @@ impl<'a> Scheduler<'a> {
     /// requeued, to be recomputed first.
     fn verify_inputs(&mut self, ui: &Ui, node: NodeId) -> Result<bool, crate::cache::CacheError> {
         let corrupt = plan::corrupt_inputs(self.plan, node, |a| match &self.states[a] {
-            State::Done { entry, .. } if !self.verified.contains(&a) => Some(entry),
+            State::Done { entry, .. } => Some(entry),
             _ => None,
         });
         for c in &corrupt {
@@ -221,7 +207,6 @@ impl<'a> Scheduler<'a> {
                 ui.undo(1);
             }
             self.queue.retain(|q| *q != d);
-            self.verified.remove(&d);
             let pending = self.plan.nodes[d]
                 .inputs
                 .iter()

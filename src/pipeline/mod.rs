@@ -7,8 +7,8 @@
 //! - `schema`: the top level, `models`, `datasets`, and the stages as written;
 //! - `sweep`: the axes and the list of sweep points;
 //! - `validate`: files on disk, which axes each stage uses, reference cycles;
-//! - `stage`: each stage instance substituted (`interp`) and read into its typed spec (the prune
-//!   and quantize stages, their methods, selections and overrides in `fields::compress`).
+//! - `fields`: each stage instance substituted (`interp`) and read into its typed spec by its
+//!   kind's reader (`stages/<kind>/read.rs`) through typed field accessors.
 //!
 //! ```no_run
 //! let pipeline = whittle::pipeline::load(std::path::Path::new("pipelines/wanda.yaml"))

@@ -1,5 +1,5 @@
 //! The file's sections: the top level, `models`, `datasets`, and the stages as written (their
-//! typed, per-instance reading is in [`super::stage`]).
+//! typed, per-instance reading is in each kind's reader, through [`super::fields`]).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -554,7 +554,7 @@ pub fn raw_stages(node: Option<&Node>, sink: &mut Sink) -> Vec<RawStage> {
                 d.with_expected(one_of(allowed));
                 if s.is_empty() {
                     if let Some(other) = StageKind::ALL
-                        .into_iter()
+                        .iter()
                         .find(|o| o.keys().contains(&key.as_str()))
                     {
                         d.with_help(format!(

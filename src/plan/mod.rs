@@ -23,7 +23,8 @@ pub use build::{build, PlanError};
 pub use key::key_inputs;
 pub use render::{render, Format};
 pub use resolve::{
-    corrupt_inputs, explain, lookup, reachable_keys, resolve, Corrupt, History, Reason, Status,
+    corrupt_inputs, explain, lookup, lookup_to_serve, reachable_keys, resolve, Corrupt, History,
+    Reason, Status,
 };
 pub use select::restrict;
 pub use summary::{StageSummary, StatusFormat, StatusSummary, STATUS_JSON_SCHEMA};

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::key::key_inputs;
-use super::{ancestors, NodeId, Plan};
+use super::{ancestors, Node, NodeId, Plan};
 use crate::cache::key::{Digest, KeyInputs};
 use crate::cache::{Cache, CacheError, Entry, Lookup};
 
@@ -123,6 +123,28 @@ pub fn lookup(
     last: Option<&KeyInputs>,
 ) -> Result<Status, CacheError> {
     Ok(status_of(cache.lookup(&k.digest())?, k, last))
+}
+
+/// [`lookup`] for a node about to be scheduled: a cached entry whose files the run hands out
+/// (a report's) is re-hashed first, and a corrupt one must run.
+pub fn lookup_to_serve(
+    cache: &Cache,
+    node: &Node,
+    k: &KeyInputs,
+    last: Option<&KeyInputs>,
+) -> Result<Status, CacheError> {
+    let status = lookup(cache, k, last)?;
+    if let Status::Cached { entry, .. } = &status {
+        if node.kind().served() {
+            if let Err(e) = entry.verify() {
+                return Ok(Status::Run {
+                    key_inputs: Some(k.clone()),
+                    reason: Reason::Corrupt(e.to_string()),
+                });
+            }
+        }
+    }
+    Ok(status)
 }
 
 fn status_of(found: Lookup, k: &KeyInputs, last: Option<&KeyInputs>) -> Status {

@@ -7,19 +7,19 @@ use crate::cancel::Cancelled;
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
     #[error(transparent)]
-    Model(crate::model::ModelError),
+    Model(Box<crate::model::ModelError>),
     #[error(transparent)]
     Data(#[from] crate::data::DataError),
     #[error(transparent)]
-    Eval(crate::eval::loglik::EvalError),
+    Eval(Box<crate::eval::loglik::EvalError>),
     #[error(transparent)]
-    Lama(crate::eval::lama::LamaError),
+    Lama(Box<crate::eval::lama::LamaError>),
     #[error(transparent)]
-    Task(crate::eval::choice::ChoiceError),
+    Task(Box<crate::eval::choice::ChoiceError>),
     #[error(transparent)]
-    Generation(crate::eval::generation::GenerationError),
+    Generation(Box<crate::eval::generation::GenerationError>),
     #[error(transparent)]
-    TaskFile(#[from] crate::eval::task_file::TaskFileError),
+    TaskFile(Box<crate::eval::task_file::TaskFileError>),
     #[error(transparent)]
     Cache(#[from] crate::cache::CacheError),
     #[error(transparent)]
@@ -41,7 +41,7 @@ pub enum StageError {
     #[error(transparent)]
     Report(#[from] crate::stages::report::ReportError),
     #[error("training failed: {0}")]
-    Train(crate::train::TrainError),
+    Train(Box<crate::train::TrainError>),
     /// A compression kernel refused a weight matrix.
     #[error("{weight}: {source}")]
     Kernel {
@@ -124,7 +124,7 @@ macro_rules! from_kernel_error {
                 if crate::cancel::is_cancelled(&e) {
                     StageError::Cancelled
                 } else {
-                    StageError::$variant(e)
+                    StageError::$variant(Box::new(e))
                 }
             }
         }
@@ -139,6 +139,12 @@ from_kernel_error!(
     Generation(crate::eval::generation::GenerationError),
     Train(crate::train::TrainError),
 );
+
+impl From<crate::eval::task_file::TaskFileError> for StageError {
+    fn from(e: crate::eval::task_file::TaskFileError) -> Self {
+        StageError::TaskFile(Box::new(e))
+    }
+}
 
 impl From<Cancelled> for StageError {
     fn from(_: Cancelled) -> Self {

@@ -40,6 +40,9 @@ pub trait Kind: CacheKey + Sized {
     const REF_KEYS: &'static [&'static str] = &[];
     /// Whether the kind can use an accelerator (otherwise it runs on a CPU slot).
     const ACCELERATED: bool = false;
+    /// Whether `whittle run` hands the entry's files out (a report's): the rebuilder then
+    /// re-hashes a cached entry before serving it, as it does before a stage reads one.
+    const SERVED: bool = false;
 
     /// Reads and checks one instance's keys; `None` when anything was wrong (reported).
     fn read(f: &mut Fields) -> Option<Self>;

@@ -82,6 +82,13 @@ macro_rules! stage_kinds {
                     $(StageKind::$variant => <$spec as Kind>::ACCELERATED),*
                 }
             }
+
+            /// Whether a run hands the entry's files out (see [`Kind::SERVED`]).
+            pub fn served(self) -> bool {
+                match self {
+                    $(StageKind::$variant => <$spec as Kind>::SERVED),*
+                }
+            }
         }
 
         /// What a stage instance does, with every reference resolved.

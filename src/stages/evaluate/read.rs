@@ -75,7 +75,7 @@ pub(super) fn read(f: &mut Fields) -> Option<EvaluateSpec> {
             limit,
         },
         _ => EvalTask::Generation {
-            task_file: task_file(f, task, |p| GenerationTask::from_file(p))?,
+            task_file: task_file(f, task, GenerationTask::from_file)?,
             max_new_tokens: f
                 .int("max_new_tokens", 1, 4096, "an integer from 1 to 4096")
                 .map(|m| m as usize),

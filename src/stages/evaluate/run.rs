@@ -445,7 +445,7 @@ fn run_generation(
     ctx.progress.start(records.len() as u64, &task.name);
     let (tok, model) = (weights.tokenizer()?, weights.model()?);
     let (m, samples) =
-        evaluate_generation(&model, &tok, &task, &records, max_new_tokens, &mut |n| {
+        evaluate_generation(&model, &tok, task, &records, max_new_tokens, &mut |n| {
             ctx.tick(n)
         })?;
     let metrics = metric_map([

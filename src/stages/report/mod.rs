@@ -77,6 +77,8 @@ impl Kind for ReportSpec {
     const VERSION: u32 = 2;
     const KEYS: &'static [&'static str] = &["inputs", "formats", "tables", "plots"];
     const REF_KEYS: &'static [&'static str] = &["inputs"];
+    // `whittle run` copies the tables and plots out of the entry.
+    const SERVED: bool = true;
 
     fn read(f: &mut Fields) -> Option<Self> {
         read::read(f)
