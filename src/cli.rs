@@ -83,6 +83,10 @@ pub enum Command {
         /// Devices to run on, e.g. `cpu` or `cpu,cuda:0,cuda:1` (CUDA needs `--features cuda`).
         #[arg(long, value_delimiter = ',', default_value = "cpu")]
         devices: Vec<String>,
+        /// Memory each stage may hold (`24G`, `4096M`; default: the device's). A model larger
+        /// than half of it is read block by block instead of held whole.
+        #[arg(long, value_parser = parse_bytes)]
+        memory: Option<u64>,
         /// After a failure, keep running the stages that do not depend on it.
         #[arg(long)]
         keep_going: bool,
@@ -107,6 +111,9 @@ pub enum Command {
         /// The device to run on: `cpu` or `cuda:N`.
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// Memory the stage may hold, as for `run --memory`.
+        #[arg(long, value_parser = parse_bytes)]
+        memory: Option<u64>,
     },
     /// Show each stage instance, its key, and whether it is cached or will run (and why).
     Plan {
@@ -155,6 +162,29 @@ pub enum Command {
         out: PathBuf,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+    },
+    /// Write a random-weight checkpoint shaped like a real model (sharded safetensors, config,
+    /// tokenizer), for memory and time measurements at scale. Its outputs mean nothing.
+    SynthModel {
+        /// The architecture to imitate: llama2-7b or llama2-13b.
+        #[arg(long, default_value = "llama2-7b")]
+        preset: String,
+        /// Blocks (default: the preset's).
+        #[arg(long)]
+        layers: Option<usize>,
+        /// Width and MLP width, e.g. `512:1376` (default: the preset's).
+        #[arg(long)]
+        width: Option<String>,
+        /// Stored dtype: bf16, f16 or f32.
+        #[arg(long, default_value = "bf16")]
+        dtype: String,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Largest shard.
+        #[arg(long, default_value = "2G", value_parser = parse_bytes)]
+        shard_size: u64,
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Re-hash every cache entry the given pipelines reach (or, with none, every entry), move
     /// those that fail to quarantine, and exit 1 if any failed.
@@ -208,6 +238,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             jobs,
             devices,
             keep_going,
+            memory,
         } => {
             let devices = devices
                 .iter()
@@ -218,6 +249,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                 devices,
                 keep_going: *keep_going,
                 progress: !cli.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                memory: *memory,
             };
             let targets: Vec<String> = targets.iter().chain(only).cloned().collect();
             let sel = Selection {
@@ -234,7 +266,8 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             node,
             key,
             device,
-        } => cmd_run_node(&cli, file, node.as_deref(), key.as_deref(), device),
+            memory,
+        } => cmd_run_node(&cli, file, node.as_deref(), key.as_deref(), device, *memory),
         Command::Plan { file, format } => {
             let (cache, plan) = open_read_only(&cli, file)?;
             let history = History::load(&cache, &plan.pipeline.path.display().to_string());
@@ -254,6 +287,23 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Export { file, stage, out } => cmd_export(&cli, file, stage, out),
         Command::Report { file, out } => cmd_report(&cli, file, out.as_deref()),
         Command::Synth { out, seed } => cmd_synth(out, *seed),
+        Command::SynthModel {
+            preset,
+            layers,
+            width,
+            dtype,
+            seed,
+            shard_size,
+            out,
+        } => cmd_synth_model(
+            preset,
+            *layers,
+            width.as_deref(),
+            dtype,
+            *seed,
+            *shard_size,
+            out,
+        ),
         Command::Verify { files } => cmd_verify(&cli, files),
         Command::Gc {
             files,
@@ -277,6 +327,65 @@ fn cmd_synth(out: &Path, seed: u64) -> Result<Outcome> {
         corpus.heldout.len(),
         corpus.facts.len(),
         corpus.entities.len(),
+        out.display()
+    );
+    Ok(Outcome::Success)
+}
+
+/// `whittle synth-model`.
+fn cmd_synth_model(
+    preset: &str,
+    layers: Option<usize>,
+    width: Option<&str>,
+    dtype: &str,
+    seed: u64,
+    shard_bytes: u64,
+    out: &Path,
+) -> Result<Outcome> {
+    use whittle::model::synthetic::{write, Preset, SynthSpec};
+    let preset = Preset::parse(preset).ok_or_else(|| {
+        Usage(format!(
+            "--preset `{preset}` is not known: use one of {}",
+            Preset::NAMES.join(", ")
+        ))
+    })?;
+    let hidden = match width {
+        None => None,
+        Some(w) => {
+            let parsed = w
+                .split_once(':')
+                .and_then(|(h, i)| Some((h.parse().ok()?, i.parse().ok()?)))
+                .filter(|&(h, i): &(usize, usize)| h > 0 && i > 0 && h % 128 == 0);
+            Some(parsed.ok_or_else(|| {
+                Usage(format!(
+                    "--width `{w}` is not WIDTH:MLP_WIDTH with WIDTH a multiple of 128, e.g. 512:1376"
+                ))
+            })?)
+        }
+    };
+    let dtype = match dtype {
+        "bf16" => candle_core::DType::BF16,
+        "f16" => candle_core::DType::F16,
+        "f32" => candle_core::DType::F32,
+        other => return Err(Usage(format!("--dtype `{other}`: use bf16, f16 or f32")).into()),
+    };
+    if layers == Some(0) {
+        return Err(Usage("--layers must be at least 1".into()).into());
+    }
+    let spec = SynthSpec {
+        preset,
+        layers,
+        hidden,
+        dtype,
+        seed,
+        shard_bytes,
+    };
+    let w = write(&spec, out)?;
+    outln!(
+        "wrote {} parameters ({:.2} GB, {} shards) to {} (random weights: for measurements only)",
+        w.parameters,
+        w.bytes as f64 / 1e9,
+        w.shards,
         out.display()
     );
     Ok(Outcome::Success)
@@ -504,6 +613,7 @@ fn cmd_run_node(
     node: Option<&str>,
     key: Option<&str>,
     device: &str,
+    memory: Option<u64>,
 ) -> Result<Outcome> {
     let device = DeviceKind::parse(device)?;
     let (cache, plan) = open(cli, file)?;
@@ -523,7 +633,7 @@ fn cmd_run_node(
         (None, None) => unreachable!("clap requires --node or --key"),
     };
     let cancel = cancel_on_ctrl_c();
-    match whittle::exec::run_node(&plan, &cache, id, device, &cancel) {
+    match whittle::exec::run_node(&plan, &cache, id, device, memory, &cancel) {
         Ok(built) => {
             outln!("{}", built.entry.manifest().key);
             Ok(Outcome::Success)
@@ -894,4 +1004,34 @@ fn cmd_gc(
         report.tmp_cleaned
     );
     Ok(Outcome::Success)
+}
+
+/// A byte count with an optional binary unit: `4G`, `4GiB`, `512M`, `1048576`.
+fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let shift = match unit
+        .trim()
+        .to_ascii_lowercase()
+        .trim_end_matches("ib")
+        .trim_end_matches('b')
+    {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        "t" => 40,
+        _ => {
+            return Err(format!(
+                "`{s}` is not a size: use a number with K, M, G or T, e.g. 4G"
+            ))
+        }
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size: use a number with K, M, G or T, e.g. 4G"))?;
+    Ok((n * (1u64 << shift) as f64) as u64)
 }

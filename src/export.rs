@@ -25,7 +25,7 @@ use crate::cache::{Cache, CacheError, Entry};
 use crate::model::{Checkpoint, TensorMap, WeightFiles};
 use crate::pipeline::spec::StageSpec;
 use crate::plan::{self, History, NodeId, Plan, Status};
-use crate::stages::weights::{materialize_in, Materialized};
+use crate::stages::weights::{materialize_in, Hold, Materialized};
 use crate::stages::StageError;
 
 /// Tokenizer and generation files copied beside the weights when the checkpoint has them.
@@ -172,7 +172,7 @@ pub fn materialize_stage(
             })
         }
     };
-    let weights = materialize_in(plan, &entry_of, id, device)?;
+    let weights = materialize_in(plan, &entry_of, id, device, Hold::Whole)?;
     Ok((weights, entry))
 }
 
@@ -191,7 +191,7 @@ pub fn export(plan: &Plan, cache: &Cache, stage: &str, out: &Path) -> Result<Exp
     let ckpt = &weights.checkpoint;
     let (dtype, dtype_note) = export_dtype(&weights, checkpoint_dtype(ckpt)?)?;
     let arch = weights.config.architecture();
-    let untied = arch.tied(&weights.config) && weights.tensors.contains_key(arch.head_name());
+    let untied = arch.tied(&weights.config) && weights.tensors.contains(arch.head_name());
 
     let config_path = &ckpt.config;
     let text = std::fs::read_to_string(config_path).map_err(io("reading", config_path))?;
@@ -218,7 +218,7 @@ pub fn export(plan: &Plan, cache: &Cache, stage: &str, out: &Path) -> Result<Exp
     }
 
     // Tied and not replaced: there is no `lm_head.weight`; transformers ties it to the embedding.
-    let tensors = &weights.tensors;
+    let tensors = &weights.tensors.to_map()?;
     let st = out.join("model.safetensors");
     let bytes = write_safetensors(&st, tensors, dtype)?;
     write_json(
@@ -328,7 +328,7 @@ fn export_dtype(w: &Materialized, ckpt: DType) -> Result<(DType, Option<String>)
     if ckpt == w.dtype {
         return Ok((ckpt, None));
     }
-    for (name, t) in &w.tensors {
+    for (name, t) in &w.tensors.to_map()? {
         let back = t.to_dtype(ckpt)?.to_dtype(w.dtype)?;
         if bytes_of(&back)? != bytes_of(t)? {
             return Ok((

@@ -54,7 +54,7 @@ use serde::{Deserialize, Serialize};
 use crate::cache::key::Digest;
 use crate::compress::dynint8::Int8Weight;
 use crate::compress::{Mask, Matrix, QuantizedMatrix};
-use crate::model::{tensor_digest, tensor_or_tied, TensorMap};
+use crate::model::{tensor_digest, tensor_or_tied, CheckpointReader, TensorMap, TensorSource};
 
 /// The directory of the overlay inside a compression stage's entry.
 pub const OVERLAY_DIR: &str = "overlay";
@@ -99,6 +99,23 @@ pub enum OverlayError {
     Dtype(DType),
     #[error("tensor operation failed: {0}")]
     Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Checkpoint(Box<crate::model::ModelError>),
+}
+
+impl From<crate::model::ModelError> for OverlayError {
+    fn from(e: crate::model::ModelError) -> Self {
+        OverlayError::Checkpoint(Box::new(e))
+    }
+}
+
+impl From<OverlayError> for crate::model::ModelError {
+    fn from(e: OverlayError) -> Self {
+        match e {
+            OverlayError::Checkpoint(e) => *e,
+            e => crate::model::ModelError::Source(Box::new(e)),
+        }
+    }
 }
 
 type Result<T> = std::result::Result<T, OverlayError>;
@@ -473,48 +490,62 @@ impl Overlay {
     pub fn apply(&self, tensors: &mut TensorMap, device: &Device) -> Result<AppliedOverlay> {
         let mut out = AppliedOverlay::default();
         for r in &self.index.tensors {
-            let blob = self.blob(r)?;
-            let corrupt = |reason: String| self.corrupt(r, reason);
-            let t = match &r.encoding {
-                Encoding::Masked => {
-                    // A tied model's LM head is its embedding until something replaces it.
-                    let parent = tensor_or_tied(tensors, &r.name)
-                        .ok_or_else(|| OverlayError::MissingParent(r.name.clone()))?;
-                    check_shape(&r.shape, 2).map_err(&corrupt)?;
-                    if parent.dims() != r.shape.as_slice() {
-                        return Err(invalid(
-                            &r.name,
-                            format!(
-                                "the mask is {:?} but the model's tensor is {:?}",
-                                r.shape,
-                                parent.dims()
-                            ),
-                        ));
-                    }
-                    let mask = parse_mask(&blob, r.shape[0], r.shape[1]).map_err(&corrupt)?;
-                    out.deployed
-                        .insert(r.name.clone(), masked_deployed(r.bytes, &mask, self.dtype));
-                    zero_pruned(parent, &mask, self.dtype)?
-                }
-                Encoding::Sparse => {
-                    check_shape(&r.shape, 2).map_err(&corrupt)?;
-                    decode_sparse(&blob, r.shape[0], r.shape[1], self.dtype).map_err(&corrupt)?
-                }
-                e @ Encoding::Quantized { .. } => {
-                    decode_quantized(&blob, &r.shape, e, self.dtype).map_err(&corrupt)?
-                }
-                Encoding::Int8 => {
-                    let (t, w) = decode_int8(&blob, &r.shape, self.dtype).map_err(&corrupt)?;
-                    out.int8.insert(r.name.clone(), Int8Linear { weight: w });
-                    t
-                }
-                Encoding::Dense => decode_dense(&blob, &r.shape, self.dtype).map_err(&corrupt)?,
-            };
-            tensors.insert(r.name.clone(), t.to_device(device)?);
-            out.deployed.entry(r.name.clone()).or_insert(r.bytes);
+            // A tied model's LM head is its embedding until something replaces it.
+            let parent = tensor_or_tied(tensors, &r.name);
+            let decoded = self.decode(r, parent)?;
+            if let Some(w) = decoded.int8 {
+                out.int8.insert(r.name.clone(), Int8Linear { weight: w });
+            }
+            out.deployed.insert(r.name.clone(), decoded.deployed);
+            tensors.insert(r.name.clone(), decoded.tensor.to_device(device)?);
             out.replaced.push(r.name.clone());
         }
         Ok(out)
+    }
+
+    /// Record `r` applied on `parent` (the tensor beneath, which only `masked` reads).
+    fn decode(&self, r: &Record, parent: Option<&Tensor>) -> Result<Decoded> {
+        let blob = self.blob(r)?;
+        let corrupt = |reason: String| self.corrupt(r, reason);
+        let mut deployed = r.bytes;
+        let mut int8 = None;
+        let tensor = match &r.encoding {
+            Encoding::Masked => {
+                let parent = parent.ok_or_else(|| OverlayError::MissingParent(r.name.clone()))?;
+                check_shape(&r.shape, 2).map_err(&corrupt)?;
+                if parent.dims() != r.shape.as_slice() {
+                    return Err(invalid(
+                        &r.name,
+                        format!(
+                            "the mask is {:?} but the model's tensor is {:?}",
+                            r.shape,
+                            parent.dims()
+                        ),
+                    ));
+                }
+                let mask = parse_mask(&blob, r.shape[0], r.shape[1]).map_err(&corrupt)?;
+                deployed = masked_deployed(r.bytes, &mask, self.dtype);
+                zero_pruned(parent, &mask, self.dtype)?
+            }
+            Encoding::Sparse => {
+                check_shape(&r.shape, 2).map_err(&corrupt)?;
+                decode_sparse(&blob, r.shape[0], r.shape[1], self.dtype).map_err(&corrupt)?
+            }
+            e @ Encoding::Quantized { .. } => {
+                decode_quantized(&blob, &r.shape, e, self.dtype).map_err(&corrupt)?
+            }
+            Encoding::Int8 => {
+                let (t, w) = decode_int8(&blob, &r.shape, self.dtype).map_err(&corrupt)?;
+                int8 = Some(w);
+                t
+            }
+            Encoding::Dense => decode_dense(&blob, &r.shape, self.dtype).map_err(&corrupt)?,
+        };
+        Ok(Decoded {
+            tensor,
+            int8,
+            deployed,
+        })
     }
 
     /// Each tensor's deployed size in bytes (see the module doc), without applying anything:
@@ -535,6 +566,171 @@ impl Overlay {
             out.insert(r.name.clone(), bytes);
         }
         Ok(out)
+    }
+}
+
+/// One record applied.
+struct Decoded {
+    tensor: Tensor,
+    int8: Option<Int8Weight>,
+    deployed: u64,
+}
+
+/// A checkpoint with a chain of overlays on top, read one tensor at a time: each tensor is read
+/// from the checkpoint and every overlay that replaced it is applied in order, in the reader's
+/// dtype on its device. Tensors put with [`ChainSource::set`] win over both (a sequential stage's
+/// replacements of the block it is working on).
+pub struct ChainSource {
+    base: CheckpointReader,
+    overlays: Vec<Overlay>,
+    /// For each replaced tensor: (overlay, record) pairs, innermost first.
+    records: BTreeMap<String, Vec<(usize, usize)>>,
+    set: std::sync::RwLock<TensorMap>,
+    /// What models built on this source hold for their lifetime, read once.
+    held: std::sync::Mutex<TensorMap>,
+}
+
+impl ChainSource {
+    pub fn new(base: CheckpointReader, overlays: Vec<Overlay>) -> Self {
+        let mut records: BTreeMap<String, Vec<(usize, usize)>> = BTreeMap::new();
+        for (o, overlay) in overlays.iter().enumerate() {
+            for (i, r) in overlay.index.tensors.iter().enumerate() {
+                records.entry(r.name.clone()).or_default().push((o, i));
+            }
+        }
+        ChainSource {
+            base,
+            overlays,
+            records,
+            set: Default::default(),
+            held: Default::default(),
+        }
+    }
+
+    pub fn reader(&self) -> &CheckpointReader {
+        &self.base
+    }
+
+    /// Every tensor name the chain holds: the checkpoint's and the overlays'.
+    pub fn names(&self) -> std::collections::BTreeSet<String> {
+        let mut names: std::collections::BTreeSet<String> =
+            self.base.expected().keys().cloned().collect();
+        names.extend(self.records.keys().cloned());
+        names
+    }
+
+    /// Every tensor's name and shape.
+    pub fn shapes(&self) -> BTreeMap<String, Vec<usize>> {
+        let mut out = self.base.expected().clone();
+        for overlay in &self.overlays {
+            for r in &overlay.index.tensors {
+                out.insert(r.name.clone(), r.shape.clone());
+            }
+        }
+        out
+    }
+
+    /// Each replaced tensor's deployed size, from the overlay that replaced it last.
+    pub fn deployed(&self) -> Result<BTreeMap<String, u64>> {
+        let mut out = BTreeMap::new();
+        for overlay in &self.overlays {
+            out.extend(overlay.deployed()?);
+        }
+        Ok(out)
+    }
+
+    /// Makes `tensors` what [`TensorSource::tensor`] returns for their names.
+    pub fn set(&self, tensors: TensorMap) {
+        if let Ok(mut set) = self.set.write() {
+            set.extend(tensors);
+        }
+    }
+
+    /// Forgets everything [`ChainSource::set`] put.
+    pub fn clear(&self) {
+        if let Ok(mut set) = self.set.write() {
+            set.clear();
+        }
+    }
+
+    fn applied(&self, name: &str) -> Result<(Tensor, Option<Int8Weight>)> {
+        let records = self.records.get(name).map_or(&[][..], Vec::as_slice);
+        let from_base = |name: &str| -> Result<Option<Tensor>> {
+            if self.base.expected().contains_key(name) {
+                Ok(Some(self.base.tensor(name)?))
+            } else {
+                Ok(None)
+            }
+        };
+        let mut current = from_base(name)?;
+        if current.is_none() && records.is_empty() {
+            return Err(OverlayError::MissingParent(name.to_string()));
+        }
+        let mut int8 = None;
+        for &(o, i) in records {
+            let overlay = &self.overlays[o];
+            let r = &overlay.index.tensors[i];
+            let parent = match &current {
+                Some(t) => Some(t.clone()),
+                // A tied model's LM head is its embedding until something replaces it.
+                None => crate::model::family::tied_parent(name)
+                    .map(from_base)
+                    .transpose()?
+                    .flatten(),
+            };
+            let d = overlay.decode(r, parent.as_ref())?;
+            int8 = d.int8;
+            current = Some(d.tensor);
+        }
+        let t = current.ok_or_else(|| OverlayError::MissingParent(name.to_string()))?;
+        Ok((
+            t.to_dtype(self.base.dtype())?
+                .to_device(self.base.device())?,
+            int8,
+        ))
+    }
+}
+
+impl TensorSource for ChainSource {
+    fn tensor(&self, name: &str) -> crate::model::Result<Tensor> {
+        if let Some(t) = self.set.read().ok().and_then(|s| s.get(name).cloned()) {
+            return Ok(t);
+        }
+        Ok(self.applied(name)?.0)
+    }
+
+    fn held(&self, name: &str) -> crate::model::Result<Tensor> {
+        if self.set.read().is_ok_and(|s| s.contains_key(name)) {
+            return self.tensor(name);
+        }
+        let mut held = self
+            .held
+            .lock()
+            .map_err(|_| crate::model::ModelError::Invalid("tensor memo poisoned".into()))?;
+        if let Some(t) = held.get(name) {
+            return Ok(t.clone());
+        }
+        let t = self.tensor(name)?;
+        held.insert(name.to_string(), t.clone());
+        Ok(t)
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.base.expected().contains_key(name) || self.records.contains_key(name)
+    }
+
+    fn int8(&self, name: &str) -> crate::model::Result<Option<Int8Weight>> {
+        let last_int8 = self
+            .records
+            .get(name)
+            .and_then(|r| r.last())
+            .is_some_and(|&(o, i)| {
+                matches!(self.overlays[o].index.tensors[i].encoding, Encoding::Int8)
+            });
+        if !last_int8 || self.set.read().is_ok_and(|s| s.contains_key(name)) {
+            return Ok(None);
+        }
+        Ok(self.applied(name)?.1)
     }
 }
 

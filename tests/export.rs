@@ -307,7 +307,7 @@ fn weights_keep_the_checkpoint_dtype_only_when_it_holds_them_exactly() {
             &Device::Cpu,
         )
         .unwrap();
-        for (name, t) in &m.tensors {
+        for (name, t) in &m.tensors.to_map().unwrap() {
             assert_eq!(values(&back[name]), values(t), "{stage}: {name}");
         }
     }

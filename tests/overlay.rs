@@ -496,7 +496,7 @@ fn int8_linears_run_as_the_integer_product_in_the_materialized_model() {
     let m = Materialized {
         checkpoint: ckpt,
         config: cfg.clone(),
-        tensors,
+        tensors: whittle::stages::weights::Tensors::Held(tensors),
         meta: WeightsMeta {
             config: Digest([0; 32]),
             tokenizer: Digest([0; 32]),
@@ -521,11 +521,11 @@ fn int8_linears_run_as_the_integer_product_in_the_materialized_model() {
     };
     let got = logits(&m.model().unwrap());
     // Independently: the int8 layers built from the base weights, not from the overlay.
-    let mut expected = Llama::new(&cfg, &m.tensors).unwrap();
+    let mut expected = Llama::new(&cfg, &m.tensors.to_map().unwrap()).unwrap();
     for name in &names {
         expected = expected.with_dynamic_int8(name, int8(name)).unwrap();
     }
     assert_eq!(got, logits(&expected));
-    let float = logits(&Llama::new(&cfg, &m.tensors).unwrap());
+    let float = logits(&Llama::new(&cfg, &m.tensors.to_map().unwrap()).unwrap());
     assert_ne!(got, float, "the int8 layers change the output");
 }

@@ -27,11 +27,34 @@ pub const FILEHASH_SCHEMA: u32 = 1;
 /// Files modified more recently than this are not memoised.
 pub const RACY_WINDOW: Duration = Duration::from_secs(2);
 
-/// blake3 of a file's bytes: memory-mapped and hashed on the rayon pool for large files, plain
-/// reads for small ones. No memo.
+/// blake3 of a file's bytes, read a buffer at a time and each buffer hashed on the rayon pool.
+/// No memo. Not memory-mapped: a mapped checkpoint's pages count as the process's resident
+/// memory, so hashing a 13 GB model would look like holding it.
 pub fn blake3_file(path: &Path) -> std::io::Result<Digest> {
+    use std::io::Read;
+    const BUFFER: usize = 8 << 20;
+    let mut file = fs::File::open(path)?;
     let mut h = blake3::Hasher::new();
-    h.update_mmap_rayon(path)?;
+    let mut buf = vec![0u8; BUFFER];
+    loop {
+        // Fill the buffer (reads may come short) so each rayon update gets a large slice.
+        let mut filled = 0;
+        while filled < BUFFER {
+            match file.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if filled == 0 {
+            break;
+        }
+        h.update_rayon(&buf[..filled]);
+        if filled < BUFFER {
+            break;
+        }
+    }
     Ok(h.finalize().into())
 }
 
@@ -262,8 +285,8 @@ mod tests {
     #[test]
     fn digest_is_blake3_of_the_bytes() {
         let t = tempfile::tempdir().unwrap();
-        // Below and above blake3's mmap threshold (16 KiB), and above one chunk group.
-        for len in [0usize, 5, 20_000, 3 << 20] {
+        // Empty, small, above one chunk group, and across read buffers (8 MiB) with a remainder.
+        for len in [0usize, 5, 20_000, 3 << 20, (16 << 20) + 12_345] {
             let bytes: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
             let p = t.path().join(format!("f{len}"));
             fs::write(&p, &bytes).unwrap();

@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::model::{Blocks, Capture, LinearId, ModelConfig, ModelError, Proj, TensorMap};
+use crate::model::{Blocks, Capture, CausalLm, LinearId, ModelError, Proj};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SampleError {
@@ -457,10 +457,29 @@ pub fn collect_stats_first(
     tick: crate::cancel::Tick,
 ) -> Result<Stats, ModelError> {
     let mut stats = Stats::new(wanted.accumulation);
-    for (ids, n) in batches(windows, batch_size, device)?
-        .into_iter()
-        .zip(windows.chunks(batch_size.max(1)).map(<[_]>::len))
-    {
+    let sizes: Vec<usize> = windows.chunks(batch_size.max(1)).map(<[_]>::len).collect();
+    if model.is_streamed() {
+        // Layer-wise, so each block is read once. A layer's statistics see the batches in the
+        // same order, with the same running count, as batch by batch: the same numbers.
+        let ids = batches(windows, batch_size, device)?;
+        let mut hidden = ids
+            .iter()
+            .map(|i| model.embed(i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let chunk = forward_chunk(windows.first().map_or(1, Vec::len), device);
+        for layer in 0..layers.min(model.num_layers()) {
+            stats.nsamples = 0;
+            for (x, n) in hidden.iter_mut().zip(&sizes) {
+                *x = run_block(model, layer, x, chunk, Some((&mut stats, wanted)))?;
+                stats.nsamples += n;
+            }
+            tick(0)?;
+        }
+        model.release();
+        tick(windows.len() as u64)?;
+        return Ok(stats);
+    }
+    for (ids, n) in batches(windows, batch_size, device)?.into_iter().zip(sizes) {
         let chunk = forward_chunk(ids.dim(1)?, device);
         let mut x = model.embed(&ids)?;
         for layer in 0..layers.min(model.num_layers()) {
@@ -482,45 +501,48 @@ pub struct Windows<'a> {
     pub device: &'a Device,
 }
 
+/// A sequential compressor's step: replace block `layer`'s weights from its statistics and
+/// return the model that computes with them.
+pub type CompressBlock<'a, E> = dyn FnMut(usize, &Stats) -> Result<Box<dyn CausalLm>, E> + 'a;
+
 /// Compresses a model block by block, the reference way: block i's statistics come from the
 /// outputs of blocks 0..i−1 *after* they were compressed, and all linear layers of a block share
-/// one pass. `compress(layer, stats, tensors)` returns the tensors that replace the layer's
-/// weights; they go into `tensors` before the block's outputs are recomputed for the next one.
+/// one pass. `compress(layer, stats)` replaces the layer's weights and returns the model that
+/// computes with them; the block's outputs are recomputed with it for the next block.
 ///
 /// `compress` fails with the caller's own error type, which the driver returns as it is.
 ///
-/// Memory: the model, the hidden states of every window at one block boundary, and one chunk's
-/// activations inside the block.
+/// Memory: what the model holds (all of it, or one block when streamed), the hidden states of
+/// every window at one block boundary, and one chunk's activations inside the block.
 pub fn sequential<
     E: From<ModelError> + From<candle_core::Error> + From<crate::cancel::Cancelled>,
 >(
-    cfg: &ModelConfig,
-    tensors: &mut TensorMap,
+    model: Box<dyn CausalLm>,
+    layers: usize,
     windows: &Windows,
     wanted: Wanted,
-    compress: &mut dyn FnMut(usize, &Stats, &TensorMap) -> Result<TensorMap, E>,
+    compress: &mut CompressBlock<E>,
     tick: crate::cancel::Tick,
 ) -> Result<(), E> {
-    let arch = cfg.architecture();
-    let mut model = arch.causal_lm(cfg, tensors, Vec::new())?;
+    let mut model = model;
     let mut hidden: Vec<Tensor> = batches(windows.windows, windows.batch_size, windows.device)?
         .iter()
         .map(|ids| model.embed(ids))
         .collect::<Result<_, _>>()?;
-    for layer in 0..cfg.num_layers {
+    for layer in 0..layers {
         let mut stats = Stats::new(wanted.accumulation);
         for x in &hidden {
             run_block(&*model, layer, x, windows.chunk, Some((&mut stats, wanted)))?;
             stats.nsamples += x.dim(0)?;
         }
-        let replaced = compress(layer, &stats, tensors)?;
+        model.release();
+        model = compress(layer, &stats)?;
         drop(stats);
-        tensors.extend(replaced);
-        model = arch.causal_lm(cfg, tensors, Vec::new())?;
         // In place, so only one batch's old activations are alive beside the new ones.
         for x in hidden.iter_mut() {
             *x = run_block(&*model, layer, x, windows.chunk, None)?;
         }
+        model.release();
         tick(1)?;
     }
     Ok(())
@@ -531,6 +553,7 @@ mod tests {
     use super::*;
     use crate::compress::wanda::wanda;
     use crate::compress::Matrix;
+    use crate::model::{ModelConfig, TensorMap};
 
     #[test]
     fn contiguous_takes_the_first_windows() {
@@ -670,15 +693,16 @@ mod tests {
         let run = |chunk: usize| {
             let mut tensors = original.clone();
             let mut seen = Vec::new();
-            let mut compress = |layer: usize, stats: &Stats, t: &TensorMap| {
-                let mut out = TensorMap::new();
+            let arch = cfg.architecture();
+            let mut compress = |layer: usize, stats: &Stats| {
                 for p in Proj::ALL {
                     let id = LinearId::new(layer, p);
                     let h = stats.hessian(id).unwrap().unwrap();
                     let f = 1.0
                         + stats.scaler(id).unwrap()[0] as f64
                         + h.sum_all()?.to_scalar::<f32>()? as f64 * 1e-3;
-                    out.insert(id.weight_name(), t[&id.weight_name()].affine(1.0 / f, 0.0)?);
+                    let scaled = tensors[&id.weight_name()].affine(1.0 / f, 0.0)?;
+                    tensors.insert(id.weight_name(), scaled);
                 }
                 seen.push(Stats {
                     nsamples: stats.nsamples,
@@ -686,7 +710,7 @@ mod tests {
                     norms: stats.norms.clone(),
                     xtx: stats.xtx.clone(),
                 });
-                Ok(out)
+                arch.causal_lm(&cfg, &tensors, Vec::new())
             };
             let w = Windows {
                 windows: &windows,
@@ -694,8 +718,8 @@ mod tests {
                 chunk,
                 device: &Device::Cpu,
             };
-            sequential::<ModelError>(&cfg, &mut tensors, &w, BOTH, &mut compress, &mut |_| Ok(()))
-                .unwrap();
+            let model = arch.causal_lm(&cfg, &original, Vec::new()).unwrap();
+            sequential::<ModelError>(model, 2, &w, BOTH, &mut compress, &mut |_| Ok(())).unwrap();
             (tensors, seen)
         };
         let (want, want_stats) = run(4);

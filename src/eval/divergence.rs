@@ -19,7 +19,7 @@ use candle_core::{DType, Device, Tensor, D};
 use serde::{Deserialize, Serialize};
 
 use super::perplexity::windows;
-use crate::model::{CausalLm, ModelError};
+use crate::model::{for_each_final_hidden, CausalLm, ModelError};
 
 /// Means over one window's positions.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -204,15 +204,16 @@ pub fn divergence(
     }
     let mut per_window = Vec::with_capacity(wins.len());
     let (mut js, mut kl, mut agree) = (0.0f64, 0.0f64, 0usize);
-    for batch in wins.chunks(batch_size.max(1)) {
-        let flat: Vec<u32> = batch.iter().flat_map(|w| w.iter().copied()).collect();
-        let ids = Tensor::from_vec(flat, (batch.len(), seqlen), device)?;
-        let sums = {
-            let p = reference.forward(&ids)?;
-            let q = model.forward(&ids)?;
-            divergence_sums(&p, &q)?
-        };
-        for r in 0..batch.len() {
+    let batches: Vec<&[&[u32]]> = wins.chunks(batch_size.max(1)).collect();
+    let ids = batches
+        .iter()
+        .map(|batch| {
+            let flat: Vec<u32> = batch.iter().flat_map(|w| w.iter().copied()).collect();
+            Tensor::from_vec(flat, (batch.len(), seqlen), device)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut add = |sums: DivergenceSums| {
+        for r in 0..sums.js.len() {
             js += sums.js[r];
             kl += sums.kl[r];
             agree += sums.agree[r];
@@ -223,7 +224,39 @@ pub fn divergence(
                 top1: sums.agree[r] as f64 / n,
             });
         }
-        tick(batch.len() as u64)?;
+    };
+    if model.is_streamed() || reference.is_streamed() {
+        // Layer-wise, one model after the other: the final hidden states of every window are
+        // kept (hidden-sized, unlike logits), then both heads run one batch at a time.
+        let finals = |m: &dyn CausalLm, tick: crate::cancel::Tick| {
+            let mut out = Vec::with_capacity(ids.len());
+            for_each_final_hidden::<ModelError>(
+                m,
+                &ids,
+                &mut |_, x| {
+                    out.push(x);
+                    Ok(0)
+                },
+                tick,
+            )?;
+            Ok::<_, ModelError>(out)
+        };
+        let p = finals(reference, tick)?;
+        let q = finals(model, tick)?;
+        for ((batch, p), q) in batches.iter().zip(p).zip(q) {
+            add(divergence_sums(&reference.head(&p)?, &model.head(&q)?)?);
+            tick(batch.len() as u64)?;
+        }
+    } else {
+        for (batch, ids) in batches.iter().zip(&ids) {
+            let sums = {
+                let p = reference.forward(ids)?;
+                let q = model.forward(ids)?;
+                divergence_sums(&p, &q)?
+            };
+            add(sums);
+            tick(batch.len() as u64)?;
+        }
     }
     let positions = wins.len() * seqlen;
     let n = positions as f64;

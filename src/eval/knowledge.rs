@@ -32,7 +32,7 @@ use candle_core::{DType, Device, Tensor, D};
 use serde::{Deserialize, Serialize};
 
 use crate::eval::lama::{Fact, LamaSet, Split};
-use crate::eval::loglik::{logits_at, loglikelihood, EvalError, PairEncoder, Request};
+use crate::eval::loglik::{logits_at, loglikelihood, EvalError, PairEncoder, Picks, Request};
 use crate::model::CausalLm;
 
 /// How a model is asked for the object.
@@ -289,29 +289,42 @@ fn probe_vocabulary(
             .then_with(|| inputs[a].cmp(inputs[b]))
     });
     let mut out: Vec<Option<FactResult>> = vec![None; qs.len()];
-    for batch in order.chunks(opts.batch_size.max(1)) {
-        let rows: Vec<&[u32]> = batch.iter().map(|&i| inputs[i]).collect();
-        let picks: Vec<(usize, usize)> = rows
-            .iter()
-            .enumerate()
-            .map(|(r, x)| (r, x.len() - 1))
-            .collect();
-        let targets: Vec<u32> = batch
-            .iter()
-            .map(|&i| qs[i].request.continuation[0])
-            .collect();
-        let logits = logits_at(model, &rows, &picks, device)?;
-        let ranked = vocabulary_ranks(&logits, &targets, device)?;
-        for (&i, (rank, logprob, top)) in batch.iter().zip(ranked) {
-            let mut r = result(set, &qs[i]);
-            r.rank = rank;
-            r.ranked = logits.dims()[1];
-            r.logprob = logprob;
-            r.top_prediction = encoder.tokenizer().decode(&[top])?;
-            out[i] = Some(r);
-        }
-        tick(batch.len() as u64)?;
-    }
+    let order: Vec<&[usize]> = order.chunks(opts.batch_size.max(1)).collect();
+    let batches: Vec<Picks> = order
+        .iter()
+        .map(|batch| {
+            let rows: Vec<&[u32]> = batch.iter().map(|&i| inputs[i]).collect();
+            let picks = rows
+                .iter()
+                .enumerate()
+                .map(|(r, x)| (r, x.len() - 1))
+                .collect();
+            Picks { rows, picks }
+        })
+        .collect();
+    logits_at(
+        model,
+        &batches,
+        device,
+        &mut |b, logits| {
+            let batch = order[b];
+            let targets: Vec<u32> = batch
+                .iter()
+                .map(|&i| qs[i].request.continuation[0])
+                .collect();
+            let ranked = vocabulary_ranks(&logits, &targets, device)?;
+            for (&i, (rank, logprob, top)) in batch.iter().zip(ranked) {
+                let mut r = result(set, &qs[i]);
+                r.rank = rank;
+                r.ranked = logits.dims()[1];
+                r.logprob = logprob;
+                r.top_prediction = encoder.tokenizer().decode(&[top])?;
+                out[i] = Some(r);
+            }
+            Ok(batch.len() as u64)
+        },
+        tick,
+    )?;
     Ok(out.into_iter().flatten().collect())
 }
 

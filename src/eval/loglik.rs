@@ -240,36 +240,69 @@ fn prepare(i: usize, r: &Request, max_len: usize) -> Result<Prepared, EvalError>
     })
 }
 
-/// Next-token logits [picks.len(), vocab] (f32) at `(row, position)` of `rows`, which run as one
-/// right-padded batch. Only the picked positions go through the LM head.
+/// Rows that run as one right-padded batch, and the `(row, position)` pairs whose next-token
+/// logits are wanted.
+pub struct Picks<'r> {
+    pub rows: Vec<&'r [u32]>,
+    pub picks: Vec<(usize, usize)>,
+}
+
+impl Picks<'_> {
+    fn width(&self) -> usize {
+        self.rows.iter().map(|r| r.len()).max().unwrap_or(0)
+    }
+
+    fn ids(&self, device: &Device) -> Result<Tensor, ModelError> {
+        let width = self.width();
+        let mut flat = Vec::with_capacity(self.rows.len() * width);
+        for r in &self.rows {
+            flat.extend_from_slice(r);
+            // Any valid id pads: the causal mask keeps it out of the real positions.
+            flat.resize(flat.len() + width - r.len(), 0);
+        }
+        Ok(Tensor::from_vec(flat, (self.rows.len(), width), device)?)
+    }
+
+    /// Logits [picks.len(), vocab] (f32) from the batch's final hidden states: only the picked
+    /// positions go through the LM head.
+    fn logits(&self, model: &dyn CausalLm, x: &Tensor) -> Result<Tensor, ModelError> {
+        let width = self.width();
+        let index: Vec<u32> = self
+            .picks
+            .iter()
+            .map(|&(row, pos)| (row * width + pos) as u32)
+            .collect();
+        let index = Tensor::from_vec(index, self.picks.len(), x.device())?;
+        let picked = x
+            .reshape((self.rows.len() * width, x.dims()[2]))?
+            .index_select(&index, 0)?;
+        Ok(model.head(&picked.unsqueeze(0)?)?.squeeze(0)?)
+    }
+}
+
+/// Hands `each(i, logits)` the next-token logits [picks.len(), vocab] (f32) of batch `i` at its
+/// picks; `each` returns how many units of work it finished, for `tick`. A streamed model runs
+/// every batch through block i before block i + 1 ([`crate::model::for_each_final_hidden`]).
 pub fn logits_at(
     model: &dyn CausalLm,
-    rows: &[&[u32]],
-    picks: &[(usize, usize)],
+    batches: &[Picks],
     device: &Device,
-) -> Result<Tensor, ModelError> {
-    let width = rows.iter().map(|r| r.len()).max().unwrap_or(0);
-    let mut flat = Vec::with_capacity(rows.len() * width);
-    for r in rows {
-        flat.extend_from_slice(r);
-        // Any valid id pads: the causal mask keeps it out of the real positions.
-        flat.resize(flat.len() + width - r.len(), 0);
-    }
-    let ids = Tensor::from_vec(flat, (rows.len(), width), device)?;
-    let mut x = model.embed(&ids)?;
-    for layer in 0..model.num_layers() {
-        x = model.block_forward(layer, &x, 0, None, None)?;
-    }
-    let hidden = x.dims()[2];
-    let index: Vec<u32> = picks
+    each: &mut dyn FnMut(usize, Tensor) -> Result<u64, EvalError>,
+    tick: crate::cancel::Tick,
+) -> Result<(), EvalError> {
+    let ids = batches
         .iter()
-        .map(|&(row, pos)| (row * width + pos) as u32)
-        .collect();
-    let index = Tensor::from_vec(index, picks.len(), device)?;
-    let picked = x
-        .reshape((rows.len() * width, hidden))?
-        .index_select(&index, 0)?;
-    Ok(model.head(&picked.unsqueeze(0)?)?.squeeze(0)?)
+        .map(|b| b.ids(device))
+        .collect::<Result<Vec<_>, _>>()?;
+    crate::model::for_each_final_hidden::<EvalError>(
+        model,
+        &ids,
+        &mut |i, x| {
+            let logits = batches[i].logits(model, &x)?;
+            each(i, logits)
+        },
+        tick,
+    )
 }
 
 /// Log-probability of `targets` under each row of `logits` [n, vocab], and whether any logit of
@@ -322,28 +355,46 @@ pub fn loglikelihood(
         };
         requests.len()
     ];
-    for batch in order.chunks(batch_size.max(1)) {
-        let rows: Vec<&[u32]> = batch.iter().map(|&i| &prepared[i].input[..]).collect();
-        let mut picks = Vec::new();
-        let mut targets = Vec::new();
-        for (row, &i) in batch.iter().enumerate() {
-            let p = &prepared[i];
-            picks.extend((0..p.targets.len()).map(|j| (row, p.first + j)));
-            targets.extend_from_slice(&p.targets);
-        }
-        let logits = logits_at(model, &rows, &picks, device)?;
-        let (logp, beaten) = target_logprobs(&logits, &targets, device)?;
-        let mut at = 0;
-        for &i in batch {
-            let n = prepared[i].targets.len();
-            out[i] = Scored {
-                logprob: logp[at..at + n].iter().map(|&v| v as f64).sum(),
-                greedy: !beaten[at..at + n].iter().any(|&b| b),
-            };
-            at += n;
-        }
-        tick(batch.len() as u64)?;
-    }
+    let order: Vec<&[usize]> = order.chunks(batch_size.max(1)).collect();
+    let batches: Vec<Picks> = order
+        .iter()
+        .map(|batch| {
+            let rows = batch.iter().map(|&i| &prepared[i].input[..]).collect();
+            let picks = batch
+                .iter()
+                .enumerate()
+                .flat_map(|(row, &i)| {
+                    let p = &prepared[i];
+                    (0..p.targets.len()).map(move |j| (row, p.first + j))
+                })
+                .collect();
+            Picks { rows, picks }
+        })
+        .collect();
+    logits_at(
+        model,
+        &batches,
+        device,
+        &mut |b, logits| {
+            let batch = order[b];
+            let targets: Vec<u32> = batch
+                .iter()
+                .flat_map(|&i| prepared[i].targets.iter().copied())
+                .collect();
+            let (logp, beaten) = target_logprobs(&logits, &targets, device)?;
+            let mut at = 0;
+            for &i in batch {
+                let n = prepared[i].targets.len();
+                out[i] = Scored {
+                    logprob: logp[at..at + n].iter().map(|&v| v as f64).sum(),
+                    greedy: !beaten[at..at + n].iter().any(|&b| b),
+                };
+                at += n;
+            }
+            Ok(batch.len() as u64)
+        },
+        tick,
+    )?;
     Ok(out)
 }
 

@@ -92,7 +92,9 @@ pub fn token_nlls(logits: &Tensor, targets: &Tensor) -> candle_core::Result<Vec<
 
 /// Runs each job (right-padded into batches of `batch_size`) and sums the NLL of its scored
 /// positions. With a causal mask, padding after a sequence cannot change its scores, so the
-/// result does not depend on `batch_size`.
+/// result does not depend on `batch_size`. A streamed model runs layer-wise: every batch through
+/// block i before block i + 1, so each block is read once; the operations on each batch are the
+/// same, so are the numbers.
 fn score(
     model: &dyn CausalLm,
     jobs: &[Job],
@@ -100,30 +102,53 @@ fn score(
     device: &Device,
     tick: Tick,
 ) -> Result<Vec<Scored>, ModelError> {
+    let batches: Vec<&[Job]> = jobs.chunks(batch_size.max(1)).collect();
+    let ids = batches
+        .iter()
+        .map(|batch| padded(batch, device))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut out = Vec::with_capacity(jobs.len());
-    for batch in jobs.chunks(batch_size.max(1)) {
-        let width = batch.iter().map(|j| j.tokens.len()).max().unwrap_or(0);
-        let mut flat = Vec::with_capacity(batch.len() * width);
-        for j in batch {
-            flat.extend_from_slice(j.tokens);
-            flat.resize(flat.len() + width - j.tokens.len(), 0);
-        }
-        let ids = Tensor::from_vec(flat, (batch.len(), width), device)?;
-        let logits = model.forward(&ids)?;
-        let inputs = logits.narrow(1, 0, width - 1)?;
-        let targets = ids.narrow(1, 1, width - 1)?.contiguous()?;
-        let nlls = token_nlls(&inputs, &targets)?;
-        for (j, row) in batch.iter().zip(nlls) {
+    crate::model::for_each_final_hidden::<ModelError>(
+        model,
+        &ids,
+        &mut |i, x| {
+            out.extend(scored(batches[i], &ids[i], &model.head(&x)?)?);
+            Ok(batches[i].len() as u64)
+        },
+        tick,
+    )?;
+    Ok(out)
+}
+
+/// The batch's token ids, right-padded with 0 to its longest sequence: [batch, width].
+fn padded(batch: &[Job], device: &Device) -> Result<Tensor, ModelError> {
+    let width = batch.iter().map(|j| j.tokens.len()).max().unwrap_or(0);
+    let mut flat = Vec::with_capacity(batch.len() * width);
+    for j in batch {
+        flat.extend_from_slice(j.tokens);
+        flat.resize(flat.len() + width - j.tokens.len(), 0);
+    }
+    Ok(Tensor::from_vec(flat, (batch.len(), width), device)?)
+}
+
+/// The summed NLL of each job's scored positions, from the batch's logits.
+fn scored(batch: &[Job], ids: &Tensor, logits: &Tensor) -> Result<Vec<Scored>, ModelError> {
+    let width = ids.dim(1)?;
+    let inputs = logits.narrow(1, 0, width - 1)?;
+    let targets = ids.narrow(1, 1, width - 1)?.contiguous()?;
+    let nlls = token_nlls(&inputs, &targets)?;
+    Ok(batch
+        .iter()
+        .zip(nlls)
+        .map(|(j, row)| {
             // Position p is predicted by row entry p − 1.
             let scored = &row[j.from - 1..j.tokens.len() - 1];
-            out.push(Scored {
+            Scored {
                 nll_sum: scored.iter().map(|&x| x as f64).sum(),
                 tokens: scored.len(),
-            });
-        }
-        tick(batch.len() as u64)?;
-    }
-    Ok(out)
+            }
+        })
+        .collect())
 }
 
 fn summarize(per_window: Vec<Scored>, seqlen: usize, stream_tokens: usize) -> Perplexity {

@@ -86,7 +86,7 @@ impl DeviceKind {
     }
 
     /// Total memory in bytes: available RAM for the CPU, the card's memory for a GPU.
-    fn total_memory(self) -> u64 {
+    pub fn total_memory(self) -> u64 {
         match self {
             DeviceKind::Cpu => cpu_available_memory().unwrap_or(8 << 30),
             DeviceKind::Cuda(i) => cuda_memory(i).unwrap_or(16 << 30),

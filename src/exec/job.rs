@@ -29,6 +29,10 @@ pub struct Job {
     /// The entry key of every node it reads, directly or not, by instance label.
     pub inputs: BTreeMap<String, Digest>,
     pub device: DeviceKind,
+    /// The memory the stage may hold, in bytes (`None`: the device's); a model larger than
+    /// half of it is streamed block by block.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<u64>,
     /// The stage's log file.
     pub log: PathBuf,
 }
@@ -166,6 +170,7 @@ fn build(
             entries: &entries,
             out: writer.dir(),
             device,
+            memory: job.memory.unwrap_or_else(|| job.device.total_memory()),
             progress: &handle.progress,
             cancel: handle.cancel,
             log: &log,
@@ -244,6 +249,7 @@ mod tests {
             key: KeyInputs::new("prune", 2),
             inputs,
             device: DeviceKind::Cpu,
+            memory: Some(4 << 30),
             log: "cache/logs/r/001-pruned.log".into(),
         };
         let text = serde_json::to_string(&job).unwrap();

@@ -31,6 +31,8 @@ pub struct RunOptions {
     pub keep_going: bool,
     /// Draw progress bars.
     pub progress: bool,
+    /// The memory each stage may hold, in bytes (`None`: its device's); larger models stream.
+    pub memory: Option<u64>,
 }
 
 impl Default for RunOptions {
@@ -40,6 +42,7 @@ impl Default for RunOptions {
             devices: vec![DeviceKind::Cpu],
             keep_going: false,
             progress: false,
+            memory: None,
         }
     }
 }
@@ -166,7 +169,9 @@ pub fn force(
 
 /// Rough peak memory per node, each kind's estimate from the size of the model it works on:
 /// enough to keep the scheduler from packing two large stages onto one device.
-fn estimate_needs(plan: &Plan) -> Vec<Need> {
+fn estimate_needs(plan: &Plan, memory: Option<u64>) -> Vec<Need> {
+    // A stage may use the run's `--memory`, or its device's.
+    let budget = memory.unwrap_or_else(|| DeviceKind::Cpu.total_memory());
     let mut model = vec![ModelSize::NONE; plan.nodes.len()];
     for (i, node) in plan.nodes.iter().enumerate() {
         model[i] = node.spec.source_model(&plan.pipeline).unwrap_or_else(|| {
@@ -180,7 +185,7 @@ fn estimate_needs(plan: &Plan) -> Vec<Need> {
         .zip(&model)
         .map(|(node, &m)| Need {
             accelerated: node.kind().accelerated(),
-            memory: node.spec.memory(m) + OVERHEAD,
+            memory: node.spec.memory(m.within(budget)) + OVERHEAD,
         })
         .collect()
 }

@@ -79,6 +79,7 @@ pub fn job_for(
         key,
         inputs,
         device,
+        memory: None,
         log,
     })
 }
@@ -89,6 +90,7 @@ pub fn run_node(
     cache: &Cache,
     node: NodeId,
     device: DeviceKind,
+    memory: Option<u64>,
     cancel: &AtomicBool,
 ) -> Result<Built, NodeError> {
     let record = RunRecord::start(
@@ -100,7 +102,8 @@ pub fn run_node(
         node,
         &plan.nodes[node].label,
     );
-    let job = job_for(plan, cache, node, device, log)?;
+    let mut job = job_for(plan, cache, node, device, log)?;
+    job.memory = memory;
     // Held before the entries are looked up again, so gc either removed them already (and the
     // job finds them missing) or keeps them.
     let lease = cache.lease(&record.run_id)?;

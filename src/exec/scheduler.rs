@@ -97,7 +97,7 @@ impl<'a> Scheduler<'a> {
             failures: Vec::new(),
             log_dir,
             stopping: false,
-            needs: super::estimate_needs(plan),
+            needs: super::estimate_needs(plan, opts.memory),
             reserved: vec![None; n],
         }
     }
@@ -237,6 +237,7 @@ impl<'a> Scheduler<'a> {
             key: k,
             inputs,
             device,
+            memory: self.opts.memory,
             log: self.log_path(node),
         }
     }

@@ -67,6 +67,10 @@ pub enum ModelError {
     #[error("{0}")]
     Invalid(String),
 
+    /// A [`crate::model::TensorSource`]'s own failure (an overlay of a compressed model).
+    #[error(transparent)]
+    Source(Box<dyn std::error::Error + Send + Sync>),
+
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Module, Tensor, D};
 use serde::{Deserialize, Serialize};
@@ -12,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::config::{ModelConfig, RopeScaling};
 use super::error::{ModelError, Result};
 use super::family::{Architecture, ModuleGroup, LLAMA};
+use super::reader::TensorSource;
 use super::weights::TensorMap;
 
 /// The seven linear layers of a decoder block.
@@ -272,12 +274,44 @@ impl Block {
     }
 }
 
+/// Where the blocks' weights are: all in memory, or read from a source one block at a time.
+enum BlockStore {
+    Resident(Vec<Arc<Block>>),
+    /// The last block read stays until another is asked for, so running every sequence through
+    /// block i before block i + 1 reads each block once.
+    Streamed {
+        source: Arc<dyn TensorSource>,
+        held: Mutex<Option<(usize, Arc<Block>)>>,
+    },
+}
+
+impl Clone for BlockStore {
+    fn clone(&self) -> Self {
+        match self {
+            BlockStore::Resident(b) => BlockStore::Resident(b.clone()),
+            BlockStore::Streamed { source, .. } => BlockStore::Streamed {
+                source: source.clone(),
+                held: Mutex::new(None),
+            },
+        }
+    }
+}
+
+impl fmt::Debug for BlockStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BlockStore::Resident(b) => write!(f, "Resident({} blocks)", b.len()),
+            BlockStore::Streamed { .. } => write!(f, "Streamed"),
+        }
+    }
+}
+
 /// A LLaMA-family causal language model.
 #[derive(Debug, Clone)]
 pub struct Llama {
     cfg: ModelConfig,
     embed: Tensor,
-    blocks: Vec<Block>,
+    blocks: BlockStore,
     norm: Tensor,
     lm_head: Linear,
     /// RoPE inverse frequencies (f32, head_dim / 2), scaling applied.
@@ -293,11 +327,7 @@ impl Llama {
         let embed_name = LLAMA.embed_name();
         let first = weights.get(embed_name).ok_or_else(|| missing(embed_name))?;
         let (dtype, device) = (first.dtype(), first.device().clone());
-        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16 | DType::F64) {
-            return Err(ModelError::Invalid(format!(
-                "weights are {dtype:?}; the model runs in f32, f16, bf16 (or f64 for reference)"
-            )));
-        }
+        check_dtype(dtype)?;
         for (name, shape) in LLAMA.tensors(cfg) {
             let t = weights.get(&name).ok_or_else(|| missing(&name))?;
             if t.dims() != shape.as_slice() {
@@ -317,33 +347,50 @@ impl Llama {
             }
         }
         // Presence was checked just above.
-        let get = |name: &str| weights[name].clone();
-        let linear = |id: LinearId, bias: bool| Linear {
-            inner: candle_nn::Linear::new(
-                get(&id.weight_name()),
-                bias.then(|| get(&id.bias_name())),
-            ),
-            int8: None,
-        };
+        let get = |name: &str| Ok(weights[name].clone());
         let blocks = (0..cfg.num_layers)
-            .map(|l| {
-                let bias = |p: Proj| match p {
-                    Proj::Q | Proj::K | Proj::V => cfg.qkv_bias,
-                    Proj::O => cfg.o_bias,
-                    Proj::Gate | Proj::Up | Proj::Down => cfg.mlp_bias,
-                };
-                Block {
-                    input_norm: get(&format!("model.layers.{l}.input_layernorm.weight")),
-                    post_norm: get(&format!("model.layers.{l}.post_attention_layernorm.weight")),
-                    linears: Proj::ALL.map(|p| linear(LinearId::new(l, p), bias(p))),
-                }
-            })
-            .collect();
-        let embed = get(embed_name);
+            .map(|l| Ok(Arc::new(build_block(cfg, l, &get)?)))
+            .collect::<Result<_>>()?;
+        let head = weights.get(LLAMA.head_name()).cloned();
+        Self::assemble(cfg, &get, head, BlockStore::Resident(blocks), dtype, device)
+    }
+
+    /// The model with embedding, final norm and head read now and each block read from `source`
+    /// when it runs (its dynamic-int8 linears too): what is held is those plus one block.
+    pub fn streamed(cfg: &ModelConfig, source: Arc<dyn TensorSource>) -> Result<Llama> {
+        let get = |name: &str| source.held(name);
+        let embed = get(LLAMA.embed_name())?;
+        let (dtype, device) = (embed.dtype(), embed.device().clone());
+        check_dtype(dtype)?;
+        let head = if source.contains(LLAMA.head_name()) {
+            Some(source.held(LLAMA.head_name())?)
+        } else {
+            None
+        };
+        let blocks = BlockStore::Streamed {
+            source: source.clone(),
+            held: Mutex::new(None),
+        };
+        let mut model = Self::assemble(cfg, &get, head, blocks, dtype, device)?;
+        if let Some(w) = source.int8(LLAMA.head_name())? {
+            model.lm_head.int8 = Some(Int8Linear::new(w, &model.device)?);
+        }
+        Ok(model)
+    }
+
+    fn assemble(
+        cfg: &ModelConfig,
+        get: &dyn Fn(&str) -> Result<Tensor>,
+        head: Option<Tensor>,
+        blocks: BlockStore,
+        dtype: DType,
+        device: Device,
+    ) -> Result<Llama> {
+        let embed = get(LLAMA.embed_name())?;
         // A compression stage that changed the LM head of a tied model stores `lm_head.weight`:
         // from then on the head is its own matrix.
-        let head = match weights.get(LLAMA.head_name()) {
-            Some(w) => w.clone(),
+        let head = match head {
+            Some(w) => w,
             None if cfg.tie_word_embeddings => embed.clone(),
             None => return Err(missing(LLAMA.head_name())),
         };
@@ -356,7 +403,7 @@ impl Llama {
             cfg: cfg.clone(),
             embed,
             blocks,
-            norm: get(super::family::llama::NORM),
+            norm: get(super::family::llama::NORM)?,
             lm_head,
             inv_freq,
             dtype,
@@ -364,12 +411,62 @@ impl Llama {
         })
     }
 
+    /// Whether blocks are read from a source as they run rather than held.
+    pub fn is_streamed(&self) -> bool {
+        matches!(self.blocks, BlockStore::Streamed { .. })
+    }
+
+    /// Lets go of the block a streamed model holds (its weights changed, or the caller is done).
+    pub fn release(&self) {
+        if let BlockStore::Streamed { held, .. } = &self.blocks {
+            if let Ok(mut h) = held.lock() {
+                *h = None;
+            }
+        }
+    }
+
+    fn block(&self, layer: usize) -> Result<Arc<Block>> {
+        let absent = || {
+            ModelError::Invalid(format!(
+                "layer {layer} does not exist (the model has {})",
+                self.cfg.num_layers
+            ))
+        };
+        match &self.blocks {
+            BlockStore::Resident(blocks) => blocks.get(layer).cloned().ok_or_else(absent),
+            BlockStore::Streamed { source, held } => {
+                if layer >= self.cfg.num_layers {
+                    return Err(absent());
+                }
+                let mut held = held
+                    .lock()
+                    .map_err(|_| ModelError::Invalid("block store poisoned".into()))?;
+                if let Some((l, b)) = held.as_ref() {
+                    if *l == layer {
+                        return Ok(b.clone());
+                    }
+                }
+                // The old block goes before the new one is read.
+                *held = None;
+                let mut block = build_block(&self.cfg, layer, &|n| source.tensor(n))?;
+                for p in Proj::ALL {
+                    if let Some(w) = source.int8(&LinearId::new(layer, p).weight_name())? {
+                        block.linears[p as usize].int8 = Some(Int8Linear::new(w, &self.device)?);
+                    }
+                }
+                let block = Arc::new(block);
+                *held = Some((layer, block.clone()));
+                Ok(block)
+            }
+        }
+    }
+
     pub fn config(&self) -> &ModelConfig {
         &self.cfg
     }
 
     pub fn num_layers(&self) -> usize {
-        self.blocks.len()
+        self.cfg.num_layers
     }
 
     pub fn dtype(&self) -> DType {
@@ -402,8 +499,13 @@ impl Llama {
             let id = LinearId::from_weight_name(name).ok_or_else(|| {
                 ModelError::Invalid(format!("`{name}` is not a linear layer of the model"))
             })?;
-            let block = self.blocks.get_mut(id.layer).ok_or_else(|| missing(name))?;
-            &mut block.linears[id.proj as usize]
+            let BlockStore::Resident(blocks) = &mut self.blocks else {
+                return Err(ModelError::Invalid(
+                    "a streamed model reads its int8 linears from its source".into(),
+                ));
+            };
+            let block = blocks.get_mut(id.layer).ok_or_else(|| missing(name))?;
+            &mut Arc::make_mut(block).linears[id.proj as usize]
         };
         let (rows, cols) = linear.inner.weight().dims2()?;
         if (weight.rows, weight.cols) != (rows, cols) {
@@ -418,10 +520,9 @@ impl Llama {
     }
 
     /// The weight matrix [out_features, in_features] of a linear layer.
-    pub fn linear_weight(&self, id: LinearId) -> Option<&Tensor> {
-        self.blocks
-            .get(id.layer)
-            .map(|b| b.linear(id.proj).inner.weight())
+    pub fn linear_weight(&self, id: LinearId) -> Option<Tensor> {
+        let block = self.block(id.layer).ok()?;
+        Some(block.linear(id.proj).inner.weight().clone())
     }
 
     /// Token ids [batch, seq] (u32) → embeddings [batch, seq, hidden].
@@ -468,12 +569,7 @@ impl Llama {
         cache: Option<&mut LayerKvCache>,
         mut capture: Option<Capture<'_>>,
     ) -> Result<Tensor> {
-        let block = self.blocks.get(layer).ok_or_else(|| {
-            ModelError::Invalid(format!(
-                "layer {layer} does not exist (the model has {})",
-                self.blocks.len()
-            ))
-        })?;
+        let block = self.block(layer)?;
         let (b, s, h) = x.dims3()?;
         if h != self.cfg.hidden_size {
             return Err(ModelError::Invalid(format!(
@@ -622,6 +718,45 @@ impl Llama {
         let neg_inf = Tensor::full(f32::NEG_INFINITY, (s, kv_len), dev)?;
         Ok(Some(visible.where_cond(&zeros, &neg_inf)?))
     }
+}
+
+fn check_dtype(dtype: DType) -> Result<()> {
+    if matches!(dtype, DType::F32 | DType::F16 | DType::BF16 | DType::F64) {
+        Ok(())
+    } else {
+        Err(ModelError::Invalid(format!(
+            "weights are {dtype:?}; the model runs in f32, f16, bf16 (or f64 for reference)"
+        )))
+    }
+}
+
+/// Block `l` from its tensors, found by `get` under their HF names.
+fn build_block(cfg: &ModelConfig, l: usize, get: &dyn Fn(&str) -> Result<Tensor>) -> Result<Block> {
+    let bias = |p: Proj| match p {
+        Proj::Q | Proj::K | Proj::V => cfg.qkv_bias,
+        Proj::O => cfg.o_bias,
+        Proj::Gate | Proj::Up | Proj::Down => cfg.mlp_bias,
+    };
+    let mut linears = Vec::with_capacity(Proj::ALL.len());
+    for p in Proj::ALL {
+        let id = LinearId::new(l, p);
+        let b = if bias(p) {
+            Some(get(&id.bias_name())?)
+        } else {
+            None
+        };
+        linears.push(Linear {
+            inner: candle_nn::Linear::new(get(&id.weight_name())?, b),
+            int8: None,
+        });
+    }
+    Ok(Block {
+        input_norm: get(&format!("model.layers.{l}.input_layernorm.weight"))?,
+        post_norm: get(&format!("model.layers.{l}.post_attention_layernorm.weight"))?,
+        linears: linears
+            .try_into()
+            .map_err(|_| ModelError::Invalid("a block has seven linears".into()))?,
+    })
 }
 
 fn missing(name: &str) -> ModelError {

@@ -46,6 +46,13 @@ pub trait Blocks: Send + Sync {
 
     /// Final norm and head: hidden states → logits [batch, seq, vocab] in f32.
     fn head(&self, x: &Tensor) -> Result<Tensor>;
+
+    /// Whether blocks are read from disk as they run (see [`Llama::streamed`]): callers then run
+    /// all their sequences through block i before block i + 1.
+    fn is_streamed(&self) -> bool;
+
+    /// Lets go of any block held for reuse (its weights changed, or the caller is done).
+    fn release(&self);
 }
 
 /// A causal (decoder-only) language model: logits for the next token at every position.
@@ -94,6 +101,14 @@ macro_rules! delegate {
         fn head(&self, x: &Tensor) -> Result<Tensor> {
             ($($deref)* self).head(x)
         }
+
+        fn is_streamed(&self) -> bool {
+            ($($deref)* self).is_streamed()
+        }
+
+        fn release(&self) {
+            ($($deref)* self).release()
+        }
     };
     (CausalLm $($deref:tt)*) => {
         fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
@@ -121,4 +136,43 @@ impl<M: Blocks + ?Sized> Blocks for Box<M> {
 
 impl<M: CausalLm + ?Sized> CausalLm for Box<M> {
     delegate!(CausalLm **);
+}
+
+/// Runs every batch of token ids `ids[i]` [batch, seq] through the model and hands its final
+/// hidden states [batch, seq, hidden] to `each(i, x)`, which returns how many units of work it
+/// finished for `tick`. A held model goes batch by batch, so only one batch's activations are
+/// alive; a streamed one goes layer-wise (every batch through block i before block i + 1, with
+/// `tick(0)` after each block), so each block is read once. The operations on each batch are
+/// the same either way, and so are the numbers.
+pub fn for_each_final_hidden<E: From<super::ModelError> + From<crate::cancel::Cancelled>>(
+    model: &dyn Blocks,
+    ids: &[Tensor],
+    each: &mut dyn FnMut(usize, Tensor) -> std::result::Result<u64, E>,
+    tick: crate::cancel::Tick,
+) -> std::result::Result<(), E> {
+    let run = |x: Tensor, layer: usize| model.block_forward(layer, &x, 0, None, None);
+    if !model.is_streamed() {
+        for (i, ids) in ids.iter().enumerate() {
+            let x = (0..model.num_layers()).try_fold(model.embed(ids)?, run)?;
+            let n = each(i, x)?;
+            tick(n)?;
+        }
+        return Ok(());
+    }
+    let mut hidden = ids
+        .iter()
+        .map(|i| model.embed(i))
+        .collect::<Result<Vec<_>>>()?;
+    for layer in 0..model.num_layers() {
+        for x in hidden.iter_mut() {
+            *x = model.block_forward(layer, x, 0, None, None)?;
+        }
+        tick(0)?;
+    }
+    model.release();
+    for (i, x) in hidden.into_iter().enumerate() {
+        let n = each(i, x)?;
+        tick(n)?;
+    }
+    Ok(())
 }

@@ -36,6 +36,8 @@ mod generate;
 mod hf_class;
 mod llama;
 mod lm;
+mod reader;
+pub mod synthetic;
 mod tokenizer;
 mod weights;
 
@@ -46,6 +48,7 @@ pub use family::{tensor_or_tied, Architecture, LinearLayer, ModuleGroup};
 pub use generate::{greedy, greedy_until, Decoded, Finish};
 pub use hf_class::check as check_transformers_class;
 pub use llama::{rms_norm, Capture, KvCache, LayerKvCache, LinearId, Llama, Proj};
-pub use lm::{Blocks, CausalLm};
+pub use lm::{for_each_final_hidden, Blocks, CausalLm};
+pub use reader::{CheckpointReader, TensorSource};
 pub use tokenizer::{Tokenizer, TokenizerSemantics};
 pub use weights::{expected_tensors, load_weights, tensor_digest, unpermute_rope_rows, TensorMap};

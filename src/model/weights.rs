@@ -5,15 +5,13 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::Path;
 
-use candle_core::quantized::gguf_file;
-use candle_core::safetensors::SliceSafetensors;
 use candle_core::{DType, Device, Tensor};
 
-use super::checkpoint::{Checkpoint, WeightFiles};
+use super::checkpoint::Checkpoint;
 use super::config::ModelConfig;
 use super::error::{ModelError, Result};
+use super::reader::{CheckpointReader, TensorSource};
 use crate::cache::key::Digest;
 
 /// Tensors by Hugging Face name, in a stable order.
@@ -25,7 +23,7 @@ pub fn expected_tensors(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
 }
 
 /// Loads every tensor the config implies, converted to `dtype` (f32, f16 or bf16; f64 for
-/// high-precision reference runs) on `device`.
+/// high-precision reference runs) on `device`, one tensor at a time.
 /// GGUF tensors are dequantized to f32 first.
 pub fn load_weights(
     ckpt: &Checkpoint,
@@ -33,120 +31,12 @@ pub fn load_weights(
     dtype: DType,
     device: &Device,
 ) -> Result<TensorMap> {
-    if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16 | DType::F64) {
-        return Err(ModelError::Invalid(format!(
-            "weights dtype {dtype:?} is not supported; use f32, f16, bf16 or f64"
-        )));
-    }
-    let expected = expected_tensors(cfg);
-    let map = match &ckpt.weights {
-        WeightFiles::Safetensors(path) => load_safetensors(&[path.as_path()], &expected, device)?,
-        WeightFiles::Sharded { shards, .. } => {
-            let paths: Vec<&Path> = shards.iter().map(|p| p.as_path()).collect();
-            load_safetensors(&paths, &expected, device)?
-        }
-        WeightFiles::Gguf(path) => load_gguf(path, cfg, &expected, device)?,
-    };
-    let mut out = TensorMap::new();
-    for (name, shape) in expected {
-        let t = map.get(&name).ok_or_else(|| ModelError::MissingTensor {
-            name: name.clone(),
-            origin: "not produced by the loader".into(),
-        })?;
-        if t.dims() != shape.as_slice() {
-            return Err(ModelError::ShapeMismatch {
-                name,
-                expected: shape,
-                got: t.dims().to_vec(),
-            });
-        }
-        out.insert(name, t.to_dtype(dtype)?);
-    }
-    Ok(out)
-}
-
-fn load_safetensors(
-    paths: &[&Path],
-    expected: &[(String, Vec<usize>)],
-    device: &Device,
-) -> Result<TensorMap> {
-    let mut out = TensorMap::new();
-    for path in paths {
-        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        // candle's own safetensors wrapper: the crate's version matches candle's.
-        let st = SliceSafetensors::new(&bytes).map_err(|e| ModelError::Weights {
-            path: path.to_path_buf(),
-            message: format!("not a valid safetensors file: {e}"),
-        })?;
-        for (name, _) in expected {
-            if out.contains_key(name) {
-                continue;
-            }
-            if st.get(name).is_ok() {
-                let t = st.load(name, device).map_err(|e| ModelError::Weights {
-                    path: path.to_path_buf(),
-                    message: format!("tensor `{name}`: {e}"),
-                })?;
-                out.insert(name.clone(), t);
-            }
-        }
-    }
-    if let Some((name, _)) = expected.iter().find(|(n, _)| !out.contains_key(n)) {
-        let files: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
-        return Err(ModelError::MissingTensor {
-            name: name.clone(),
-            origin: format!("searched {}", files.join(", ")),
-        });
-    }
-    Ok(out)
-}
-
-fn load_gguf(
-    path: &Path,
-    cfg: &ModelConfig,
-    expected: &[(String, Vec<usize>)],
-    device: &Device,
-) -> Result<TensorMap> {
-    let werr = |message: String| ModelError::Weights {
-        path: path.to_path_buf(),
-        message,
-    };
-    let file = std::fs::File::open(path).map_err(|source| ModelError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let mut reader = std::io::BufReader::new(file);
-    let content = gguf_file::Content::read(&mut reader)
-        .map_err(|e| werr(format!("not a readable GGUF file: {e}")))?;
-    let mut out = TensorMap::new();
-    let arch = cfg.architecture();
-    for (name, _) in expected {
-        let gname = arch
-            .gguf_name(name)
-            .ok_or_else(|| werr(format!("no GGUF name for `{name}`")))?;
-        if !content.tensor_infos.contains_key(&gname) {
-            return Err(ModelError::MissingTensor {
-                name: name.clone(),
-                origin: format!("GGUF name `{gname}` in {}", path.display()),
-            });
-        }
-        let q = content
-            .tensor(&mut reader, &gname, device)
-            .map_err(|e| werr(format!("tensor `{gname}`: {e}")))?;
-        let mut t = q.dequantize(device)?;
-        if gname.ends_with(".weight") {
-            if gname.contains(".attn_q.") {
-                t = unpermute_rope_rows(&t, cfg.num_heads)?;
-            } else if gname.contains(".attn_k.") {
-                t = unpermute_rope_rows(&t, cfg.num_kv_heads)?;
-            }
-        }
-        out.insert(name.clone(), t);
-    }
-    Ok(out)
+    let reader = CheckpointReader::open(ckpt, cfg, dtype, device)?;
+    reader
+        .expected()
+        .keys()
+        .map(|name| Ok((name.clone(), reader.tensor(name)?)))
+        .collect()
 }
 
 /// Undoes llama.cpp's row permutation of q/k projections. Its converter maps the HF rows of each

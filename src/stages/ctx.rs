@@ -37,6 +37,8 @@ pub struct StageCtx<'a> {
     /// The staging directory: write output files here.
     pub out: &'a Path,
     pub device: &'a candle_core::Device,
+    /// The memory the stage may hold, in bytes: a model larger than half of it is streamed.
+    pub memory: u64,
     pub progress: &'a Progress,
     pub cancel: &'a AtomicBool,
     /// Where the stage's log lines go, besides tracing.

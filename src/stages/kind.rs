@@ -14,15 +14,45 @@ use crate::pipeline::spec::{InstanceRef, Pipeline};
 pub struct ModelSize {
     /// The weights in f32.
     pub bytes: u64,
+    /// One block's weights in f32 (all of `bytes` for a model not run block by block).
+    pub block: u64,
+    pub layers: u64,
     pub vocab: u64,
+    /// What a stage holds of the weights: `bytes` when they take at most half of the memory a
+    /// stage may use, otherwise (streamed) everything outside the blocks plus one block.
+    pub held: u64,
 }
 
 impl ModelSize {
     /// What a stage that reads no model is charged for.
     pub const NONE: ModelSize = ModelSize {
         bytes: 64 << 20,
+        block: 64 << 20,
+        layers: 1,
         vocab: 0,
+        held: 64 << 20,
     };
+
+    /// A model of `bytes` (f32) whose `layers` blocks take `block` each, held whole.
+    pub fn new(bytes: u64, block: u64, layers: u64, vocab: u64) -> Self {
+        ModelSize {
+            bytes,
+            block,
+            layers,
+            vocab,
+            held: bytes,
+        }
+    }
+
+    /// The size as held by a stage that may use `memory` bytes (see [`ModelSize::held`]).
+    pub fn within(self, memory: u64) -> Self {
+        let held = if self.bytes <= memory / 2 {
+            self.bytes
+        } else {
+            self.bytes.saturating_sub(self.block * self.layers) + self.block
+        };
+        ModelSize { held, ..self }
+    }
 }
 
 /// Room for the process itself, added to every estimate.

@@ -9,7 +9,9 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{DType, Device};
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::compress::kernel;
@@ -18,9 +20,10 @@ use super::{Dag, Invariant, NodeId, StageCtx, StageError};
 use crate::cache::key::{Digest, KeyHasher};
 use crate::cache::Entry;
 use crate::model::{
-    load_weights, CausalLm, Checkpoint, ModelConfig, TensorMap, Tokenizer, TokenizerSemantics,
+    load_weights, CausalLm, Checkpoint, CheckpointReader, ModelConfig, TensorMap, TensorSource,
+    Tokenizer, TokenizerSemantics,
 };
-use crate::overlay::{apply_chain, AppliedChain, Overlay};
+use crate::overlay::{apply_chain, AppliedChain, ChainSource, Overlay};
 pub use crate::overlay::{Int8Linear, OverlayWriter, OVERLAY_DIR};
 use crate::stages::compress::replace::Replacement;
 
@@ -82,11 +85,86 @@ pub fn candle_dtype(d: super::load::DType) -> DType {
     }
 }
 
+/// A model's tensors as a stage holds them: all in memory, or read from the checkpoint (the
+/// overlays applied) when asked for.
+pub enum Tensors {
+    Held(TensorMap),
+    Streamed(Arc<ChainSource>),
+}
+
+impl Tensors {
+    /// The tensor `name` (a tied model's unreplaced head is its embedding).
+    pub fn get(&self, name: &str) -> Result<Tensor, StageError> {
+        match self {
+            Tensors::Held(map) => crate::model::tensor_or_tied(map, name)
+                .cloned()
+                .ok_or_else(|| StageError::NoSuchWeight(name.to_string())),
+            Tensors::Streamed(source) => {
+                let name = if source.contains(name) {
+                    name
+                } else {
+                    crate::model::family::tied_parent(name)
+                        .filter(|e| source.contains(e))
+                        .ok_or_else(|| StageError::NoSuchWeight(name.to_string()))?
+                };
+                Ok(source.tensor(name)?)
+            }
+        }
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        match self {
+            Tensors::Held(map) => map.contains_key(name),
+            Tensors::Streamed(source) => source.contains(name),
+        }
+    }
+
+    /// Every tensor's name and shape.
+    pub fn shapes(&self) -> BTreeMap<String, Vec<usize>> {
+        match self {
+            Tensors::Held(map) => map
+                .iter()
+                .map(|(n, t)| (n.clone(), t.dims().to_vec()))
+                .collect(),
+            Tensors::Streamed(source) => source.shapes(),
+        }
+    }
+
+    /// Makes `replaced` what [`Tensors::get`] returns for their names. A streamed model keeps
+    /// them until [`Tensors::forget_replaced`].
+    pub fn replace(&mut self, replaced: TensorMap) {
+        match self {
+            Tensors::Held(map) => map.extend(replaced),
+            Tensors::Streamed(source) => source.set(replaced),
+        }
+    }
+
+    /// A streamed model lets go of what [`Tensors::replace`] put (it is in the stage's overlay
+    /// already); a held one keeps everything.
+    pub fn forget_replaced(&self) {
+        if let Tensors::Streamed(source) = self {
+            source.clear();
+        }
+    }
+
+    /// Every tensor, read into memory.
+    pub fn to_map(&self) -> Result<TensorMap, StageError> {
+        match self {
+            Tensors::Held(map) => Ok(map.clone()),
+            Tensors::Streamed(source) => source
+                .names()
+                .into_iter()
+                .map(|n| Ok((n.clone(), source.tensor(&n)?)))
+                .collect(),
+        }
+    }
+}
+
 /// A model materialized for a stage.
 pub struct Materialized {
     pub checkpoint: Checkpoint,
     pub config: ModelConfig,
-    pub tensors: TensorMap,
+    pub tensors: Tensors,
     pub meta: WeightsMeta,
     pub dtype: DType,
     /// The linears that run as dynamic int8 (their dequantized weights are in `tensors`).
@@ -99,12 +177,19 @@ pub struct Materialized {
 impl Materialized {
     /// The model, with the dynamic-int8 linears running as the emulated integer product.
     pub fn model(&self) -> Result<Box<dyn CausalLm>, StageError> {
-        let int8 = self.int8.iter();
-        let int8 = int8.map(|(name, lin)| (name.clone(), lin.weight.clone()));
-        Ok(self
-            .config
-            .architecture()
-            .causal_lm(&self.config, &self.tensors, int8.collect())?)
+        let arch = self.config.architecture();
+        match &self.tensors {
+            Tensors::Held(map) => {
+                let int8 = self.int8.iter();
+                let int8 = int8.map(|(name, lin)| (name.clone(), lin.weight.clone()));
+                Ok(arch.causal_lm(&self.config, map, int8.collect())?)
+            }
+            Tensors::Streamed(source) => Ok(arch.streamed_lm(&self.config, source.clone())?),
+        }
+    }
+
+    pub fn is_streamed(&self) -> bool {
+        matches!(self.tensors, Tensors::Streamed(_))
     }
 
     /// The tokenizer, read with the semantics its `load` stage recorded.
@@ -119,22 +204,24 @@ impl Materialized {
     /// every other tensor dense in `dtype`.
     pub fn model_bytes(&self) -> u64 {
         self.tensors
+            .shapes()
             .iter()
-            .map(|(name, t)| {
+            .map(|(name, shape)| {
                 self.deployed
                     .get(name)
                     .copied()
-                    .unwrap_or((t.elem_count() * self.dtype.size_in_bytes()) as u64)
+                    .unwrap_or(self.dense(shape))
             })
             .sum()
     }
 
     /// The model's size dense in `dtype`.
     pub fn dense_bytes(&self) -> u64 {
-        self.tensors
-            .values()
-            .map(|t| (t.elem_count() * self.dtype.size_in_bytes()) as u64)
-            .sum()
+        self.tensors.shapes().values().map(|s| self.dense(s)).sum()
+    }
+
+    fn dense(&self, shape: &[usize]) -> u64 {
+        (shape.iter().product::<usize>() * self.dtype.size_in_bytes()) as u64
     }
 }
 
@@ -160,13 +247,40 @@ pub fn chain_in(dag: &dyn Dag, mut node: NodeId) -> Result<(NodeId, Vec<NodeId>)
     Ok((node, overlays))
 }
 
-/// Loads the weights that `node` (a load, prune or quantize node) produced, on `device`.
+/// How much of a model a stage may hold.
+#[derive(Clone, Copy, Debug)]
+pub enum Hold {
+    /// Every tensor in memory.
+    Whole,
+    /// Every tensor in memory if the model takes at most half of this many bytes; otherwise
+    /// read from the checkpoint as needed (blocks one at a time).
+    Within(u64),
+}
+
+/// Loads the weights that `node` (a load, prune or quantize node) produced, on `device`, held
+/// whole when they fit half of the stage's memory and streamed otherwise.
 pub fn materialize(
     ctx: &StageCtx,
     node: NodeId,
     device: &Device,
 ) -> Result<Materialized, StageError> {
-    materialize_in(ctx.dag, &|id| ctx.entry(id), node, device)
+    let m = materialize_in(
+        ctx.dag,
+        &|id| ctx.entry(id),
+        node,
+        device,
+        Hold::Within(ctx.memory),
+    )?;
+    if m.is_streamed() {
+        ctx.note(&format!(
+            "the model ({:.1} GB in {:?}) is over half of the {:.1} GB this stage may hold: \
+             reading it block by block",
+            m.dense_bytes() as f64 / 1e9,
+            m.dtype,
+            ctx.memory as f64 / 1e9
+        ));
+    }
+    Ok(m)
 }
 
 /// [`materialize`] with the entries of the chain found by `entry`.
@@ -175,6 +289,7 @@ pub fn materialize_in(
     entry: &dyn Fn(NodeId) -> Result<Entry, StageError>,
     node: NodeId,
     device: &Device,
+    hold: Hold,
 ) -> Result<Materialized, StageError> {
     let (base, overlays) = chain_in(dag, node)?;
     let (checkpoint, dtype) = match dag.spec(base) {
@@ -189,18 +304,34 @@ pub fn materialize_in(
         ),
     };
     let config = ModelConfig::from_file(&checkpoint.config)?;
-    let mut tensors = load_weights(&checkpoint, &config, dtype, device)?;
     let overlays = overlays
         .into_iter()
         .map(|o| Ok(Overlay::open(entry(o)?.path(OVERLAY_DIR))?))
         .collect::<Result<Vec<_>, StageError>>()?;
-    let AppliedChain { int8, deployed } = apply_chain(&overlays, &mut tensors, device)?;
-    for t in tensors.values_mut() {
-        if t.dtype() != dtype {
-            *t = t.to_dtype(dtype)?;
-        }
-    }
+    let bytes = config.architecture().parameter_count(&config) * dtype.size_in_bytes() as u64;
     let meta = WeightsMeta::from_entry(&entry(node)?)?;
+    let (tensors, int8, deployed) = match hold {
+        Hold::Within(memory) if bytes > memory / 2 => {
+            let reader = CheckpointReader::open(&checkpoint, &config, dtype, device)?;
+            let source = ChainSource::new(reader, overlays);
+            let deployed = source.deployed()?;
+            (
+                Tensors::Streamed(Arc::new(source)),
+                BTreeMap::new(),
+                deployed,
+            )
+        }
+        _ => {
+            let mut tensors = load_weights(&checkpoint, &config, dtype, device)?;
+            let AppliedChain { int8, deployed } = apply_chain(&overlays, &mut tensors, device)?;
+            for t in tensors.values_mut() {
+                if t.dtype() != dtype {
+                    *t = t.to_dtype(dtype)?;
+                }
+            }
+            (Tensors::Held(tensors), int8, deployed)
+        }
+    };
     Ok(Materialized {
         checkpoint,
         config,
@@ -235,7 +366,7 @@ pub struct StoredSize {
 pub fn write_overlay(
     ctx: &StageCtx,
     parent: &WeightsMeta,
-    tensors: &TensorMap,
+    tensors: &Tensors,
     writer: OverlayWriter,
 ) -> Result<(WeightsMeta, StoredSize), StageError> {
     let dtype = writer.dtype();
@@ -251,12 +382,18 @@ pub fn write_overlay(
         stored.extend(overlay.deployed()?);
     }
     stored.extend(Overlay::open(ctx.out_path(OVERLAY_DIR))?.deployed()?);
+    let shapes = tensors.shapes();
+    // A tied model's head, stored once replaced, has its embedding's shape.
     let numel = |name: &str| -> Result<u64, StageError> {
-        Ok(super::compress::select::weight(tensors, name)?.elem_count() as u64)
+        let shape = shapes
+            .get(name)
+            .or_else(|| crate::model::family::tied_parent(name).and_then(|e| shapes.get(e)))
+            .ok_or_else(|| StageError::NoSuchWeight(name.to_string()))?;
+        Ok(shape.iter().product::<usize>() as u64)
     };
     let (mut model_bytes, mut model_dense_bytes) = (0u64, 0u64);
     let names: std::collections::BTreeSet<&String> =
-        tensors.keys().chain(summary.stored.keys()).collect();
+        shapes.keys().chain(summary.stored.keys()).collect();
     for name in names {
         let dense = numel(name)? * dtype.size_in_bytes() as u64;
         model_dense_bytes += dense;
@@ -344,7 +481,7 @@ impl ReplacementWriter {
         self,
         ctx: &StageCtx,
         parent: &WeightsMeta,
-        tensors: &TensorMap,
+        tensors: &Tensors,
     ) -> Result<Written, StageError> {
         let (meta, size) = write_overlay(ctx, parent, tensors, self.writer)?;
         Ok(Written {

@@ -119,6 +119,14 @@ impl Architecture for LlamaFamily {
         }
         Ok(Box::new(model))
     }
+
+    fn streamed_lm(
+        &self,
+        cfg: &ModelConfig,
+        source: std::sync::Arc<dyn crate::model::TensorSource>,
+    ) -> Result<Box<dyn CausalLm>> {
+        Ok(Box::new(Llama::streamed(cfg, source)?))
+    }
 }
 
 #[cfg(test)]

@@ -103,6 +103,14 @@ pub trait Architecture: Sync {
         int8: Vec<(String, Int8Weight)>,
     ) -> Result<Box<dyn CausalLm>>;
 
+    /// The model's runtime reading its blocks from `source` as they run (see
+    /// [`crate::model::Llama::streamed`]).
+    fn streamed_lm(
+        &self,
+        cfg: &ModelConfig,
+        source: std::sync::Arc<dyn crate::model::TensorSource>,
+    ) -> Result<Box<dyn CausalLm>>;
+
     /// Every linear layer: block by block in run order, then the LM head.
     fn linears(&self, cfg: &ModelConfig) -> Vec<LinearLayer> {
         let blocks = (0..cfg.num_layers).flat_map(|l| self.block_linears(l));
@@ -140,6 +148,14 @@ impl ModelConfig {
         // Every family the config reader accepts today shares LLaMA's layout.
         &LLAMA
     }
+}
+
+/// For the LM head of a tied model: the embedding it shares.
+pub fn tied_parent(name: &str) -> Option<&'static str> {
+    FAMILIES
+        .iter()
+        .find(|f| f.head_name() == name)
+        .map(|f| f.embed_name())
 }
 
 /// The tensor called `name`, or, for the LM head of a tied model (absent until something

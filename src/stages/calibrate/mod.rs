@@ -113,7 +113,7 @@ impl Kind for CalibrateSpec {
     }
 
     fn memory(&self, model: ModelSize) -> u64 {
-        model.bytes * 2
+        model.held * 2
     }
 
     fn run(&self, ctx: &StageCtx) -> Result<StageOutput, StageError> {

@@ -122,21 +122,26 @@ pub(super) fn run(ctx: &StageCtx, spec: &CalibrateSpec) -> Result<StageOutput, S
         message: e.to_string(),
     })?;
 
-    let model = weights.model()?;
     let wanted = Wanted {
         norms: spec.statistics.contains(&Statistic::Norms),
         hessian: spec.statistics.contains(&Statistic::Hessian),
         accumulation: spec.accumulation,
     };
-    ctx.progress.start(windows.len() as u64, "calibrating");
-    let stats = collect_stats(
-        &model,
-        &windows,
-        wanted,
-        CALIBRATION_BATCH,
-        ctx.device,
-        &mut |n| ctx.tick(n),
-    )?;
+    // Windows only (`statistics: []`, for sequential methods): the model never runs.
+    let stats = if spec.statistics.is_empty() {
+        crate::capture::Stats::new(spec.accumulation)
+    } else {
+        let model = weights.model()?;
+        ctx.progress.start(windows.len() as u64, "calibrating");
+        collect_stats(
+            &model,
+            &windows,
+            wanted,
+            CALIBRATION_BATCH,
+            ctx.device,
+            &mut |n| ctx.tick(n),
+        )?
+    };
 
     let acc = spec.accumulation;
     let mut out = HashMap::new();

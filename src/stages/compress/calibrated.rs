@@ -10,7 +10,7 @@ use crate::pipeline::spec::InstanceRef;
 use crate::stages::calibrate::{read_stats, read_windows, CALIBRATION_BATCH};
 use crate::stages::compress::kernel;
 use crate::stages::compress::replace::Replacement;
-use crate::stages::weights::{Materialized, ReplacementWriter};
+use crate::stages::weights::{Materialized, ReplacementWriter, Tensors};
 use crate::stages::Invariant;
 use crate::stages::StageSpec;
 use crate::stages::{StageCtx, StageError};
@@ -64,15 +64,15 @@ pub fn compress_calibrated(
         _ => return Err(Invariant::NotCalibrate.into()),
     };
     let mut layer_fn =
-        |layer: usize, stats: &Stats, tensors: &TensorMap| -> Result<TensorMap, StageError> {
+        |layer: usize, stats: &Stats, tensors: &Tensors| -> Result<TensorMap, StageError> {
             let mut replaced = TensorMap::new();
             for (name, id) in ids.iter().filter(|(_, id)| id.layer == layer) {
-                let t = &tensors[name];
-                let w = Matrix::from_tensor(t).map_err(|e| kernel(name, e))?;
+                let t = tensors.get(name)?;
+                let w = Matrix::from_tensor(&t).map_err(|e| kernel(name, e))?;
                 let (rep, dense) = per_matrix(*id, &w, stats)?;
                 drop(w);
-                let tensor = super::replace::tensor_like(&dense, t)?;
-                out.put(name, &rep, t, Some(&tensor))?;
+                let tensor = super::replace::tensor_like(&dense, &t)?;
+                out.put(name, &rep, &t, Some(&tensor))?;
                 replaced.insert(name.clone(), tensor);
             }
             Ok(replaced)
@@ -85,7 +85,9 @@ pub fn compress_calibrated(
             (0..layers).try_for_each(|layer| {
                 ctx.check_cancel()?;
                 let replaced = layer_fn(layer, &stats, &weights.tensors)?;
-                weights.tensors.extend(replaced);
+                // Nothing later in a dense pass reads them: a streamed model lets them go.
+                weights.tensors.replace(replaced);
+                weights.tensors.forget_replaced();
                 ctx.progress.inc(1);
                 Ok(())
             })
@@ -94,21 +96,30 @@ pub fn compress_calibrated(
             let windows = read_windows(&entry)?;
             ctx.progress
                 .start(layers as u64, &format!("{method}, block by block"));
-            let cfg = weights.config.clone();
             let run = Windows {
                 windows: &windows,
                 batch_size: CALIBRATION_BATCH,
                 chunk: forward_chunk(windows.first().map_or(1, Vec::len), ctx.device),
                 device: ctx.device,
             };
+            let model = weights.model()?;
             sequential(
-                &cfg,
-                &mut weights.tensors,
+                model,
+                layers,
                 &run,
                 wanted,
-                &mut layer_fn,
+                &mut |layer, stats| {
+                    // The block just compressed is what the next one's inputs run through; a
+                    // streamed model keeps only its replacements, until the next block's.
+                    weights.tensors.forget_replaced();
+                    let replaced = layer_fn(layer, stats, &weights.tensors)?;
+                    weights.tensors.replace(replaced);
+                    weights.model()
+                },
                 &mut |n| ctx.tick(n),
-            )
+            )?;
+            weights.tensors.forget_replaced();
+            Ok(())
         }
     }
 }

@@ -102,13 +102,14 @@ pub(crate) fn only_used_by(f: &mut Fields, method: &Chosen, keys: &[&str], users
     });
 }
 
-/// `statistics:` of a calibrate stage: a non-empty list of `norms` and `hessian` without repeats
-/// (a single name is a one-item list). Sorted: the order means nothing and must not change keys.
+/// `statistics:` of a calibrate stage: a list of `norms` and `hessian` without repeats (a single
+/// name is a one-item list). Sorted: the order means nothing and must not change keys. An empty
+/// list records the windows only, which is all a sequential method reads.
 pub(crate) fn statistics(f: &mut Fields) -> Vec<Statistic> {
     if !f.has("statistics") {
         return vec![Statistic::Norms];
     }
-    let what = "a non-empty list of `norms`, `hessian`";
+    let what = "a list of `norms`, `hessian` (empty: windows only)";
     let Some(items) = f.items("statistics", what) else {
         return Vec::new();
     };
@@ -116,20 +117,6 @@ pub(crate) fn statistics(f: &mut Fields) -> Vec<Statistic> {
         .stage
         .param("statistics")
         .is_some_and(|r| r.as_seq().is_some());
-    if items.is_empty() {
-        if let Some((n, o)) = f.get("statistics") {
-            let help = Some("leave `statistics` out to record `norms` only".to_string());
-            f.fail(
-                "statistics",
-                &n,
-                &o,
-                "`statistics` is empty".into(),
-                Some(what),
-                help,
-            );
-        }
-        return Vec::new();
-    }
     match read_statistics(&items, listed) {
         Ok(s) => s,
         Err(problems) => {
@@ -193,8 +180,7 @@ fn recorded(f: &Fields, r: InstanceRef) -> Option<Vec<Statistic>> {
         return None;
     }
     let items = list_items(f.env, raw, f.point).ok()?;
-    let stats = read_statistics(&items, raw.as_seq().is_some()).ok()?;
-    (!stats.is_empty()).then_some(stats)
+    read_statistics(&items, raw.as_seq().is_some()).ok()
 }
 
 fn list(stats: &[Statistic]) -> String {
@@ -244,10 +230,14 @@ pub(crate) fn required_calibration(
                     Statistic::Hessian => "the Hessian",
                 };
                 let calib = &f.env.stages[c.stage].name;
+                let recorded = if have.is_empty() {
+                    "records the windows only (`statistics: []`)".to_string()
+                } else {
+                    format!("records only {}", list(&have))
+                };
                 let msg = format!(
                     "{name} with `calibration_mode: dense` reads {what} from `{calib}`, which \
-                     records only {}",
-                    list(&have)
+                     {recorded}"
                 );
                 let mut want = have.clone();
                 want.push(need);

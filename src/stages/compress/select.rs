@@ -4,7 +4,8 @@
 use candle_core::Tensor;
 
 use super::{NameRegex, Selection};
-use crate::model::{tensor_or_tied, ModelConfig, TensorMap};
+use crate::model::ModelConfig;
+use crate::stages::weights::Tensors;
 use crate::stages::StageError;
 
 /// The selected weight names, block by block in projection order (the LM head last).
@@ -36,8 +37,8 @@ fn written(regexes: &[NameRegex]) -> Vec<String> {
 }
 
 /// A weight by name; the LM head of a tied model is its embedding.
-pub fn weight<'a>(tensors: &'a TensorMap, name: &str) -> Result<&'a Tensor, StageError> {
-    tensor_or_tied(tensors, name).ok_or_else(|| StageError::NoSuchWeight(name.to_string()))
+pub fn weight(tensors: &Tensors, name: &str) -> Result<Tensor, StageError> {
+    tensors.get(name)
 }
 
 #[cfg(test)]

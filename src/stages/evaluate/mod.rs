@@ -284,7 +284,7 @@ impl Kind for EvaluateSpec {
     }
 
     fn memory(&self, model: ModelSize) -> u64 {
-        let (bytes, vocab, batch) = (model.bytes, model.vocab, self.batch_size as u64);
+        let (bytes, vocab, batch) = (model.held, model.vocab, self.batch_size as u64);
         let activations = match &self.task {
             // Logits and their log-softmax for one batch, f32.
             EvalTask::Perplexity { seqlen, .. } => batch * *seqlen as u64 * vocab * 8,

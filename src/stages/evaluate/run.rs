@@ -442,6 +442,14 @@ fn run_generation(
     let task = &task_file.task;
     let mut records = read_records(&ctx.pipeline().datasets[dataset])?;
     records.truncate(limit.unwrap_or(records.len()));
+    if weights.is_streamed() {
+        ctx.note(&format!(
+            "greedy decoding cannot go layer-wise: every block of the model ({:.1} GB) is read \
+             again for each generated token, which is slow (give the stage more memory with \
+             `--memory` to hold the model whole)",
+            weights.dense_bytes() as f64 / 1e9
+        ));
+    }
     ctx.progress.start(records.len() as u64, &task.name);
     let (tok, model) = (weights.tokenizer()?, weights.model()?);
     let (m, samples) =

@@ -69,20 +69,30 @@ impl Kind for LoadSpec {
     fn source_model(&self, pipeline: &Pipeline) -> Option<ModelSize> {
         let config = pipeline.models[&self.model].dir.join("config.json");
         Some(match ModelConfig::from_file(config) {
-            Ok(c) => ModelSize {
-                bytes: c.architecture().parameter_count(&c) * 4,
-                vocab: c.vocab_size as u64,
-            },
+            Ok(c) => {
+                let arch = c.architecture();
+                let block: u64 = arch
+                    .tensors(&c)
+                    .iter()
+                    .filter(|(n, _)| n.starts_with("model.layers.0."))
+                    .map(|(_, s)| s.iter().product::<usize>() as u64 * 4)
+                    .sum();
+                let layers = c.num_layers as u64;
+                ModelSize::new(
+                    arch.parameter_count(&c) * 4,
+                    block,
+                    layers,
+                    c.vocab_size as u64,
+                )
+            }
             // Unreadable configs fail the stage; until then, assume a large model.
-            Err(_) => ModelSize {
-                bytes: 1 << 30,
-                vocab: 32_000,
-            },
+            Err(_) => ModelSize::new(1 << 30, 1 << 30, 1, 32_000),
         })
     }
 
     fn memory(&self, model: ModelSize) -> u64 {
-        model.bytes * 2
+        // Tensor by tensor: the largest is at most a block's, or the embedding.
+        model.block.max(model.bytes - model.block * model.layers) * 2
     }
 
     fn run(&self, ctx: &StageCtx) -> Result<StageOutput, StageError> {

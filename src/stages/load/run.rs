@@ -6,7 +6,8 @@ use serde_json::json;
 
 use super::LoadSpec;
 use crate::model::{
-    load_weights, tensor_digest, Checkpoint, ModelConfig, Tokenizer, TokenizerSemantics,
+    tensor_digest, Checkpoint, CheckpointReader, ModelConfig, TensorSource, Tokenizer,
+    TokenizerSemantics,
 };
 use crate::stages::weights::{candle_dtype, WeightsMeta};
 use crate::stages::{Invariant, StageCtx, StageError, StageOutput};
@@ -29,9 +30,18 @@ pub(super) fn run(ctx: &StageCtx, spec: &LoadSpec) -> Result<StageOutput, StageE
     // than be cached as a good model.
     crate::model::Tokenizer::from_file(&checkpoint.tokenizer)?;
     ctx.note(&format!("loading {}", source.dir.display()));
-    // Digests are taken on the CPU copy: the same bytes whatever device later stages use.
-    let tensors = load_weights(&checkpoint, &config, candle_dtype(spec.dtype), &Device::Cpu)?;
-    let digests = digests(&tensors)?;
+    // Digests are taken on the CPU copy: the same bytes whatever device later stages use. One
+    // tensor at a time, so a model larger than memory loads too.
+    let reader =
+        CheckpointReader::open(&checkpoint, &config, candle_dtype(spec.dtype), &Device::Cpu)?;
+    let mut digests = std::collections::BTreeMap::new();
+    let mut params = 0usize;
+    for name in reader.expected().keys() {
+        ctx.check_cancel()?;
+        let t = reader.tensor(name)?;
+        params += t.elem_count();
+        digests.insert(name.clone(), tensor_digest(&t)?);
+    }
     let files = ctx.dag.files(ctx.node);
     let file_digest = |name: &str| {
         files
@@ -53,8 +63,10 @@ pub(super) fn run(ctx: &StageCtx, spec: &LoadSpec) -> Result<StageOutput, StageE
         tokenizer_semantics: semantics,
         tokenizer_files,
     };
-    let params: usize = tensors.values().map(|t| t.elem_count()).sum();
-    ctx.note(&format!("{} tensors, {params} parameters", tensors.len()));
+    ctx.note(&format!(
+        "{} tensors, {params} parameters",
+        reader.expected().len()
+    ));
     // A rebuilt tokenizer is read now, so that files it cannot read fail here; the default
     // reading is left to the stages that tokenize, as before the setting.
     let rebuilt_as = match semantics {

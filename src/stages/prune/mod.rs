@@ -231,7 +231,7 @@ impl Kind for PruneSpec {
     }
 
     fn memory(&self, model: ModelSize) -> u64 {
-        model.bytes * 3
+        model.held * 3
     }
 
     fn run(&self, ctx: &StageCtx) -> Result<StageOutput, StageError> {

@@ -6,12 +6,12 @@ use serde_json::json;
 use super::{Pattern, PruneMethod, PruneSpec, Scope};
 use crate::capture::{Stats, Wanted};
 use crate::compress::{self, HessianOpts, Mask, Matrix};
-use crate::model::{LinearId, TensorMap};
+use crate::model::LinearId;
 use crate::stages::compress::calibrated::{compress_calibrated, Calibrated};
 use crate::stages::compress::kernel;
 use crate::stages::compress::replace::Replacement;
 use crate::stages::compress::select::{selected, weight};
-use crate::stages::weights::{materialize, ReplacementWriter, WeightsMeta};
+use crate::stages::weights::{materialize, ReplacementWriter, Tensors, WeightsMeta};
 use crate::stages::Invariant;
 use crate::stages::{StageCtx, StageError, StageOutput};
 
@@ -26,21 +26,21 @@ pub(super) fn run(ctx: &StageCtx, spec: &PruneSpec) -> Result<StageOutput, Stage
             .find(|o| o.pattern.is_match(name))
             .map_or(spec.sparsity.get(), |o| o.sparsity.get())
     };
-    let matrix = |tensors: &TensorMap, name: &str| -> Result<Matrix, StageError> {
+    let matrix = |tensors: &Tensors, name: &str| -> Result<Matrix, StageError> {
         let t = weight(tensors, name)?;
-        Matrix::from_tensor(t).map_err(|e| kernel(name, e))
+        Matrix::from_tensor(&t).map_err(|e| kernel(name, e))
     };
 
     let mut out = ReplacementWriter::new(ctx, weights.dtype)?;
     let put = |out: &mut ReplacementWriter,
-               tensors: &TensorMap,
+               tensors: &Tensors,
                name: &str,
                mask: Mask|
      -> Result<(), StageError> {
         out.put(
             name,
             &Replacement::Masked(mask),
-            weight(tensors, name)?,
+            &weight(tensors, name)?,
             None,
         )
     };

@@ -124,7 +124,7 @@ impl Kind for QuantizeSpec {
     }
 
     fn memory(&self, model: ModelSize) -> u64 {
-        model.bytes * 3
+        model.held * 3
     }
 
     fn run(&self, ctx: &StageCtx) -> Result<StageOutput, StageError> {

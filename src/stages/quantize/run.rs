@@ -133,7 +133,7 @@ pub(super) fn run(ctx: &StageCtx, spec: &QuantizeSpec) -> Result<StageOutput, St
 /// cancellation.
 fn each_matrix(
     ctx: &StageCtx,
-    tensors: &crate::model::TensorMap,
+    tensors: &crate::stages::weights::Tensors,
     names: &[String],
     out: &mut ReplacementWriter,
     mut f: impl FnMut(&str, &Matrix) -> Result<Replacement, StageError>,
@@ -142,10 +142,10 @@ fn each_matrix(
     for name in names {
         ctx.check_cancel()?;
         let t = weight(tensors, name)?;
-        let w = Matrix::from_tensor(t).map_err(|e| kernel(name, e))?;
+        let w = Matrix::from_tensor(&t).map_err(|e| kernel(name, e))?;
         let rep = f(name, &w)?;
         drop(w);
-        out.put(name, &rep, t, None)?;
+        out.put(name, &rep, &t, None)?;
         ctx.progress.inc(1);
     }
     Ok(())

@@ -74,10 +74,7 @@ impl Kind for TrainSpec {
 
     fn source_model(&self, _: &Pipeline) -> Option<ModelSize> {
         // A small model; its vocabulary is the corpus's words.
-        Some(ModelSize {
-            bytes: 64 << 20,
-            vocab: 8_192,
-        })
+        Some(ModelSize::new(64 << 20, 64 << 20, 1, 8_192))
     }
 
     fn memory(&self, model: ModelSize) -> u64 {
