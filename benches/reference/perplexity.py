@@ -24,7 +24,9 @@ model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
 model.eval()
 loaded = time.perf_counter()
 
-with open(text_file, encoding="utf-8") as f:
+# newline="": the file's bytes as they are (WikiText's raw files end lines in \r\n, which text
+# mode would turn into \n, and so into other tokens than whittle reads).
+with open(text_file, encoding="utf-8", newline="") as f:
     text = f.read()
 ids = tok(text, add_special_tokens=True, return_tensors="pt").input_ids[0]
 n = min(limit, len(ids) // seqlen)

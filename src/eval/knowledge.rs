@@ -289,31 +289,17 @@ fn probe_vocabulary(
             .then_with(|| inputs[a].cmp(inputs[b]))
     });
     let mut out: Vec<Option<FactResult>> = vec![None; qs.len()];
-    let order: Vec<&[usize]> = order.chunks(opts.batch_size.max(1)).collect();
-    let batches: Vec<Picks> = order
-        .iter()
-        .map(|batch| {
-            let rows: Vec<&[u32]> = batch.iter().map(|&i| inputs[i]).collect();
-            let picks = rows
-                .iter()
-                .enumerate()
-                .map(|(r, x)| (r, x.len() - 1))
-                .collect();
-            Picks { rows, picks }
-        })
-        .collect();
+    let batches = Picks::batches(&order, opts.batch_size, |i| {
+        let target = qs[i].request.continuation[0];
+        (inputs[i], vec![(inputs[i].len() - 1, target)])
+    });
     logits_at(
         model,
         &batches,
         device,
-        &mut |b, logits| {
-            let batch = order[b];
-            let targets: Vec<u32> = batch
-                .iter()
-                .map(|&i| qs[i].request.continuation[0])
-                .collect();
-            let ranked = vocabulary_ranks(&logits, &targets, device)?;
-            for (&i, (rank, logprob, top)) in batch.iter().zip(ranked) {
+        &mut |batch, logits| {
+            let ranked = vocabulary_ranks(&logits, &batch.targets, device)?;
+            for (&i, (rank, logprob, top)) in batch.items.iter().zip(ranked) {
                 let mut r = result(set, &qs[i]);
                 r.rank = rank;
                 r.ranked = logits.dims()[1];
@@ -321,7 +307,7 @@ fn probe_vocabulary(
                 r.top_prediction = encoder.tokenizer().decode(&[top])?;
                 out[i] = Some(r);
             }
-            Ok(batch.len() as u64)
+            Ok(batch.items.len() as u64)
         },
         tick,
     )?;

@@ -241,13 +241,45 @@ fn prepare(i: usize, r: &Request, max_len: usize) -> Result<Prepared, EvalError>
 }
 
 /// Rows that run as one right-padded batch, and the `(row, position)` pairs whose next-token
-/// logits are wanted.
+/// logits are wanted, with the token scored at each.
 pub struct Picks<'r> {
+    /// The caller's items in this batch, one row each.
+    pub items: &'r [usize],
     pub rows: Vec<&'r [u32]>,
     pub picks: Vec<(usize, usize)>,
+    pub targets: Vec<u32>,
 }
 
-impl Picks<'_> {
+impl<'r> Picks<'r> {
+    /// `order` cut into batches of `batch_size` items; `item(i)` gives item i's input row and
+    /// the `(position, target)` pairs it scores.
+    pub fn batches(
+        order: &'r [usize],
+        batch_size: usize,
+        item: impl Fn(usize) -> (&'r [u32], Vec<(usize, u32)>),
+    ) -> Vec<Picks<'r>> {
+        order
+            .chunks(batch_size.max(1))
+            .map(|items| {
+                let mut batch = Picks {
+                    items,
+                    rows: Vec::with_capacity(items.len()),
+                    picks: Vec::new(),
+                    targets: Vec::new(),
+                };
+                for (row, &i) in items.iter().enumerate() {
+                    let (input, scored) = item(i);
+                    batch.rows.push(input);
+                    for (pos, target) in scored {
+                        batch.picks.push((row, pos));
+                        batch.targets.push(target);
+                    }
+                }
+                batch
+            })
+            .collect()
+    }
+
     fn width(&self) -> usize {
         self.rows.iter().map(|r| r.len()).max().unwrap_or(0)
     }
@@ -280,14 +312,14 @@ impl Picks<'_> {
     }
 }
 
-/// Hands `each(i, logits)` the next-token logits [picks.len(), vocab] (f32) of batch `i` at its
-/// picks; `each` returns how many units of work it finished, for `tick`. A streamed model runs
+/// Hands `each(batch, logits)` the next-token logits [picks.len(), vocab] (f32) of each batch at
+/// its picks; `each` returns how many units of work it finished, for `tick`. A streamed model runs
 /// every batch through block i before block i + 1 ([`crate::model::for_each_final_hidden`]).
 pub fn logits_at(
     model: &dyn CausalLm,
     batches: &[Picks],
     device: &Device,
-    each: &mut dyn FnMut(usize, Tensor) -> Result<u64, EvalError>,
+    each: &mut dyn FnMut(&Picks, Tensor) -> Result<u64, EvalError>,
     tick: crate::cancel::Tick,
 ) -> Result<(), EvalError> {
     let ids = batches
@@ -299,7 +331,7 @@ pub fn logits_at(
         &ids,
         &mut |i, x| {
             let logits = batches[i].logits(model, &x)?;
-            each(i, logits)
+            each(&batches[i], logits)
         },
         tick,
     )
@@ -355,35 +387,22 @@ pub fn loglikelihood(
         };
         requests.len()
     ];
-    let order: Vec<&[usize]> = order.chunks(batch_size.max(1)).collect();
-    let batches: Vec<Picks> = order
-        .iter()
-        .map(|batch| {
-            let rows = batch.iter().map(|&i| &prepared[i].input[..]).collect();
-            let picks = batch
-                .iter()
-                .enumerate()
-                .flat_map(|(row, &i)| {
-                    let p = &prepared[i];
-                    (0..p.targets.len()).map(move |j| (row, p.first + j))
-                })
-                .collect();
-            Picks { rows, picks }
-        })
-        .collect();
+    let batches = Picks::batches(&order, batch_size, |i| {
+        let p = &prepared[i];
+        let scored = p.targets.iter().enumerate();
+        (
+            &p.input[..],
+            scored.map(|(j, &t)| (p.first + j, t)).collect(),
+        )
+    });
     logits_at(
         model,
         &batches,
         device,
-        &mut |b, logits| {
-            let batch = order[b];
-            let targets: Vec<u32> = batch
-                .iter()
-                .flat_map(|&i| prepared[i].targets.iter().copied())
-                .collect();
-            let (logp, beaten) = target_logprobs(&logits, &targets, device)?;
+        &mut |batch, logits| {
+            let (logp, beaten) = target_logprobs(&logits, &batch.targets, device)?;
             let mut at = 0;
-            for &i in batch {
+            for &i in batch.items {
                 let n = prepared[i].targets.len();
                 out[i] = Scored {
                     logprob: logp[at..at + n].iter().map(|&v| v as f64).sum(),
@@ -391,7 +410,7 @@ pub fn loglikelihood(
                 };
                 at += n;
             }
-            Ok(batch.len() as u64)
+            Ok(batch.items.len() as u64)
         },
         tick,
     )?;
