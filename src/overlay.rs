@@ -655,6 +655,12 @@ impl ChainSource {
 
     fn applied(&self, name: &str) -> Result<(Tensor, Option<Int8Weight>)> {
         let records = self.records.get(name).map_or(&[][..], Vec::as_slice);
+        let masked = |&(o, i): &(usize, usize)| {
+            matches!(self.overlays[o].index.tensors[i].encoding, Encoding::Masked)
+        };
+        // A record that replaces the tensor whole makes everything beneath it unread: start
+        // there, and read the checkpoint only when a mask applies to it.
+        let records = &records[records.iter().rposition(|r| !masked(r)).unwrap_or(0)..];
         let from_base = |name: &str| -> Result<Option<Tensor>> {
             if self.base.expected().contains_key(name) {
                 Ok(Some(self.base.tensor(name)?))
@@ -662,7 +668,10 @@ impl ChainSource {
                 Ok(None)
             }
         };
-        let mut current = from_base(name)?;
+        let mut current = match records.first() {
+            Some(r) if !masked(r) => None,
+            _ => from_base(name)?,
+        };
         if current.is_none() && records.is_empty() {
             return Err(OverlayError::MissingParent(name.to_string()));
         }

@@ -284,17 +284,6 @@ impl<'r> Picks<'r> {
         self.rows.iter().map(|r| r.len()).max().unwrap_or(0)
     }
 
-    fn ids(&self, device: &Device) -> Result<Tensor, ModelError> {
-        let width = self.width();
-        let mut flat = Vec::with_capacity(self.rows.len() * width);
-        for r in &self.rows {
-            flat.extend_from_slice(r);
-            // Any valid id pads: the causal mask keeps it out of the real positions.
-            flat.resize(flat.len() + width - r.len(), 0);
-        }
-        Ok(Tensor::from_vec(flat, (self.rows.len(), width), device)?)
-    }
-
     /// Logits [picks.len(), vocab] (f32) from the batch's final hidden states: only the picked
     /// positions go through the LM head.
     fn logits(&self, model: &dyn CausalLm, x: &Tensor) -> Result<Tensor, ModelError> {
@@ -324,7 +313,7 @@ pub fn logits_at(
 ) -> Result<(), EvalError> {
     let ids = batches
         .iter()
-        .map(|b| b.ids(device))
+        .map(|b| super::perplexity::right_padded(&b.rows, device))
         .collect::<Result<Vec<_>, _>>()?;
     crate::model::for_each_final_hidden::<EvalError>(
         model,

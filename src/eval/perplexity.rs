@@ -105,7 +105,10 @@ fn score(
     let batches: Vec<&[Job]> = jobs.chunks(batch_size.max(1)).collect();
     let ids = batches
         .iter()
-        .map(|batch| padded(batch, device))
+        .map(|batch| {
+            let rows: Vec<&[u32]> = batch.iter().map(|j| j.tokens).collect();
+            right_padded(&rows, device)
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let mut out = Vec::with_capacity(jobs.len());
     crate::model::for_each_final_hidden::<ModelError>(
@@ -120,15 +123,16 @@ fn score(
     Ok(out)
 }
 
-/// The batch's token ids, right-padded with 0 to its longest sequence: [batch, width].
-fn padded(batch: &[Job], device: &Device) -> Result<Tensor, ModelError> {
-    let width = batch.iter().map(|j| j.tokens.len()).max().unwrap_or(0);
-    let mut flat = Vec::with_capacity(batch.len() * width);
-    for j in batch {
-        flat.extend_from_slice(j.tokens);
-        flat.resize(flat.len() + width - j.tokens.len(), 0);
+/// Token ids [rows, longest row], each row right-padded with 0. Any valid id pads: with a causal
+/// mask, padding after a sequence cannot change its positions' scores.
+pub fn right_padded(rows: &[&[u32]], device: &Device) -> candle_core::Result<Tensor> {
+    let width = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    let mut flat = Vec::with_capacity(rows.len() * width);
+    for r in rows {
+        flat.extend_from_slice(r);
+        flat.resize(flat.len() + width - r.len(), 0);
     }
-    Ok(Tensor::from_vec(flat, (batch.len(), width), device)?)
+    Tensor::from_vec(flat, (rows.len(), width), device)
 }
 
 /// The summed NLL of each job's scored positions, from the batch's logits.

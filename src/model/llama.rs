@@ -519,12 +519,6 @@ impl Llama {
         Ok(self)
     }
 
-    /// The weight matrix [out_features, in_features] of a linear layer.
-    pub fn linear_weight(&self, id: LinearId) -> Option<Tensor> {
-        let block = self.block(id.layer).ok()?;
-        Some(block.linear(id.proj).inner.weight().clone())
-    }
-
     /// Token ids [batch, seq] (u32) → embeddings [batch, seq, hidden].
     pub fn embed(&self, tokens: &Tensor) -> Result<Tensor> {
         let (b, s) = tokens.dims2().map_err(|_| {
