@@ -15,7 +15,7 @@ SEQLEN="${3:-512}"
 LIMIT="${4:-8}"
 GGUF="$(realpath ../shared/models/smollm2-135m)"
 TEXT="$(realpath ../shared/data/wikitext-2-raw/wiki.test.raw)"
-BIN="target/release/whittle"
+BIN="${WHITTLE_BIN:-target/release/whittle}"
 [ -x "$BIN" ] || cargo build --release
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
