@@ -31,6 +31,12 @@
 //! | `int8`      | scale (f32), then `rows·cols` codes (i8)                         | `scale·q` in f32, cast to `dtype`; the linear runs as dynamic int8 |
 //! | `dense`     | the tensor's values in `dtype`, row-major                       | as stored      |
 //!
+//! A record with `"transposed": true` holds a weight its family stores as a `Conv1D` (GPT-2):
+//! its blob is the nn.Linear view (`out × in`, the layout the kernels and masks work in, so a row
+//! is an output feature), and the tensor applied is that matrix transposed, of the record's
+//! `shape` (`in × out`, the checkpoint's). A `masked` record reads the tensor beneath transposed
+//! the same way. Records of other weights leave the key out.
+//!
 //! Codes are packed LSB first into one bit stream: code `i` occupies bits `i·bits … i·bits+bits−1`,
 //! bit `k` being bit `k mod 8` of byte `k / 8`; padding bits of the last byte are zero. The
 //! group of column `c` is `c / group_size` unless group indices are stored (GPTQ act-order).
@@ -54,7 +60,9 @@ use serde::{Deserialize, Serialize};
 use crate::cache::key::Digest;
 use crate::compress::dynint8::Int8Weight;
 use crate::compress::{Mask, Matrix, QuantizedMatrix};
-use crate::model::{tensor_digest, tensor_or_tied, CheckpointReader, TensorMap, TensorSource};
+use crate::model::{
+    is_conv1d, tensor_digest, tensor_or_tied, CheckpointReader, TensorMap, TensorSource,
+};
 
 /// The directory of the overlay inside a compression stage's entry.
 pub const OVERLAY_DIR: &str = "overlay";
@@ -146,6 +154,20 @@ pub struct Record {
     pub bytes: u64,
     pub blake3: Digest,
     pub encoding: Encoding,
+    /// The blob holds the transpose of the tensor (see the module doc).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub transposed: bool,
+}
+
+impl Record {
+    /// The shape of the matrix the blob holds.
+    fn blob_shape(&self) -> Vec<usize> {
+        let mut shape = self.shape.clone();
+        if self.transposed {
+            shape.reverse();
+        }
+        shape
+    }
 }
 
 /// `overlay.json`.
@@ -243,12 +265,16 @@ impl OverlayWriter {
 
     /// Pruned weights whose other values are unchanged: only the mask is stored; `parent` is the
     /// tensor beneath (what the overlay will be applied on).
+    ///
+    /// Every matrix put (`masked`, `sparse`, `quantized`, `int8`) is in nn.Linear's layout,
+    /// `out × in`; a weight its family stores as a `Conv1D` is recorded `transposed`.
     pub fn put_masked(&mut self, name: &str, parent: &Tensor, mask: &Mask) -> Result<()> {
         check_dims(name, parent.dims(), mask.shape())?;
         let blob = mask.to_bytes();
         let decoded = parse_mask(&blob, mask.rows(), mask.cols()).map_err(|r| invalid(name, r))?;
         let dense = zero_pruned(parent, &decoded, self.dtype)?;
-        self.push(name, mask_shape(mask), Encoding::Masked, blob, &dense)
+        let transposed = is_conv1d(name);
+        self.push(name, mask_shape(mask), Encoding::Masked, blob, &dense, transposed)
     }
 
     /// Pruned and updated weights (SparseGPT): the mask and the kept values of `w`. Pruned
@@ -266,7 +292,8 @@ impl OverlayWriter {
         }
         let dense = decode_sparse(&blob, w.rows, w.cols, self.dtype)
             .map_err(|reason| invalid(name, reason))?;
-        self.push(name, mask_shape(mask), Encoding::Sparse, blob, &dense)
+        let transposed = is_conv1d(name);
+        self.push(name, mask_shape(mask), Encoding::Sparse, blob, &dense, transposed)
     }
 
     /// Quantized weights: bit-packed codes, scales, zeros and act-order group indices.
@@ -314,7 +341,7 @@ impl OverlayWriter {
         let shape = vec![q.rows, q.cols];
         let dense = decode_quantized(&blob, &shape, &encoding, self.dtype)
             .map_err(|reason| invalid(name, reason))?;
-        self.push(name, shape, encoding, blob, &dense)
+        self.push(name, shape, encoding, blob, &dense, is_conv1d(name))
     }
 
     /// A dynamic-int8 linear: per-tensor scale and int8 codes.
@@ -324,16 +351,16 @@ impl OverlayWriter {
         blob.extend(w.codes.iter().map(|&c| c as u8));
         let (dense, _) =
             decode_int8(&blob, &shape, self.dtype).map_err(|reason| invalid(name, reason))?;
-        self.push(name, shape, Encoding::Int8, blob, &dense)
+        self.push(name, shape, Encoding::Int8, blob, &dense, is_conv1d(name))
     }
 
-    /// Any tensor, stored as is (in the overlay's dtype).
+    /// Any tensor, stored as is (in the overlay's dtype and the checkpoint's layout).
     pub fn put_dense(&mut self, name: &str, t: &Tensor) -> Result<()> {
         let blob = tensor_bytes(t, self.dtype)?;
         let shape = t.dims().to_vec();
         let dense =
             decode_dense(&blob, &shape, self.dtype).map_err(|reason| invalid(name, reason))?;
-        self.push(name, shape, Encoding::Dense, blob, &dense)
+        self.push(name, shape, Encoding::Dense, blob, &dense, false)
     }
 
     /// The digests of the tensors put so far, as they will be applied.
@@ -341,17 +368,28 @@ impl OverlayWriter {
         &self.digests
     }
 
+    /// Stores `blob`, which decodes to `dense` of `shape`; when `transposed`, the tensor applied
+    /// is `dense` transposed.
     fn push(
         &mut self,
         name: &str,
-        shape: Vec<usize>,
+        mut shape: Vec<usize>,
         encoding: Encoding,
         blob: Vec<u8>,
         dense: &Tensor,
+        transposed: bool,
     ) -> Result<()> {
         if self.digests.contains_key(name) {
             return Err(invalid(name, "put twice in one overlay".into()));
         }
+        let applied;
+        let dense = if transposed {
+            shape.reverse();
+            applied = dense.t()?.contiguous()?;
+            &applied
+        } else {
+            dense
+        };
         let file = format!("t{:04}.bin", self.records.len());
         let path = self.dir.join(&file);
         std::fs::write(&path, &blob).map_err(io("writing", &path))?;
@@ -366,6 +404,7 @@ impl OverlayWriter {
             bytes: blob.len() as u64,
             blake3: Digest::of_bytes(&blob),
             encoding,
+            transposed,
         });
         Ok(())
     }
@@ -507,12 +546,16 @@ impl Overlay {
     fn decode(&self, r: &Record, parent: Option<&Tensor>) -> Result<Decoded> {
         let blob = self.blob(r)?;
         let corrupt = |reason: String| self.corrupt(r, reason);
+        if r.transposed {
+            check_shape(&r.shape, 2).map_err(&corrupt)?;
+        }
+        let shape = r.blob_shape();
         let mut deployed = r.bytes;
         let mut int8 = None;
         let tensor = match &r.encoding {
             Encoding::Masked => {
                 let parent = parent.ok_or_else(|| OverlayError::MissingParent(r.name.clone()))?;
-                check_shape(&r.shape, 2).map_err(&corrupt)?;
+                check_shape(&shape, 2).map_err(&corrupt)?;
                 if parent.dims() != r.shape.as_slice() {
                     return Err(invalid(
                         &r.name,
@@ -523,23 +566,33 @@ impl Overlay {
                         ),
                     ));
                 }
-                let mask = parse_mask(&blob, r.shape[0], r.shape[1]).map_err(&corrupt)?;
+                let parent = if r.transposed {
+                    parent.t()?.contiguous()?
+                } else {
+                    parent.clone()
+                };
+                let mask = parse_mask(&blob, shape[0], shape[1]).map_err(&corrupt)?;
                 deployed = masked_deployed(r.bytes, &mask, self.dtype);
-                zero_pruned(parent, &mask, self.dtype)?
+                zero_pruned(&parent, &mask, self.dtype)?
             }
             Encoding::Sparse => {
-                check_shape(&r.shape, 2).map_err(&corrupt)?;
-                decode_sparse(&blob, r.shape[0], r.shape[1], self.dtype).map_err(&corrupt)?
+                check_shape(&shape, 2).map_err(&corrupt)?;
+                decode_sparse(&blob, shape[0], shape[1], self.dtype).map_err(&corrupt)?
             }
             e @ Encoding::Quantized { .. } => {
-                decode_quantized(&blob, &r.shape, e, self.dtype).map_err(&corrupt)?
+                decode_quantized(&blob, &shape, e, self.dtype).map_err(&corrupt)?
             }
             Encoding::Int8 => {
-                let (t, w) = decode_int8(&blob, &r.shape, self.dtype).map_err(&corrupt)?;
+                let (t, w) = decode_int8(&blob, &shape, self.dtype).map_err(&corrupt)?;
                 int8 = Some(w);
                 t
             }
-            Encoding::Dense => decode_dense(&blob, &r.shape, self.dtype).map_err(&corrupt)?,
+            Encoding::Dense => decode_dense(&blob, &shape, self.dtype).map_err(&corrupt)?,
+        };
+        let tensor = if r.transposed {
+            tensor.t()?.contiguous()?
+        } else {
+            tensor
         };
         Ok(Decoded {
             tensor,
@@ -557,8 +610,9 @@ impl Overlay {
                 Encoding::Masked => {
                     let blob = self.blob(r)?;
                     let corrupt = |reason: String| self.corrupt(r, reason);
-                    check_shape(&r.shape, 2).map_err(&corrupt)?;
-                    let mask = parse_mask(&blob, r.shape[0], r.shape[1]).map_err(&corrupt)?;
+                    let shape = r.blob_shape();
+                    check_shape(&shape, 2).map_err(&corrupt)?;
+                    let mask = parse_mask(&blob, shape[0], shape[1]).map_err(&corrupt)?;
                     masked_deployed(r.bytes, &mask, self.dtype)
                 }
                 _ => r.bytes,
@@ -682,8 +736,10 @@ impl ChainSource {
             let parent = match &current {
                 Some(t) => Some(t.clone()),
                 // A tied model's LM head is its embedding until something replaces it.
-                None => crate::model::family::tied_parent(name)
-                    .map(from_base)
+                None => crate::model::family::tied_parent(name, &|e| {
+                    self.base.expected().contains_key(e)
+                })
+                .map(from_base)
                     .transpose()?
                     .flatten(),
             };

@@ -15,7 +15,9 @@ use candle_core::{DType, Device, Tensor};
 
 use super::config::ModelConfig;
 use super::error::Result;
-use super::llama::{Capture, KvCache, LayerKvCache, Llama};
+use super::decoder::LnDecoder;
+use super::llama::Llama;
+use super::parts::{Capture, KvCache, LayerKvCache};
 
 /// A model run as embedding → blocks → head, one block at a time.
 pub trait Blocks: Send + Sync {
@@ -29,7 +31,8 @@ pub trait Blocks: Send + Sync {
 
     fn device(&self) -> &Device;
 
-    /// Token ids [batch, seq] (u32) → hidden states [batch, seq, hidden].
+    /// Token ids [batch, seq] (u32) → hidden states [batch, seq, hidden]; a family with learned
+    /// positions adds those of positions 0..seq.
     fn embed(&self, tokens: &Tensor) -> Result<Tensor>;
 
     /// Runs block `layer` on hidden states `x` [batch, seq, hidden] whose first token sits at
@@ -126,6 +129,14 @@ impl Blocks for Llama {
 }
 
 impl CausalLm for Llama {
+    delegate!(CausalLm);
+}
+
+impl Blocks for LnDecoder {
+    delegate!(Blocks);
+}
+
+impl CausalLm for LnDecoder {
     delegate!(CausalLm);
 }
 

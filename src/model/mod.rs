@@ -30,24 +30,28 @@
 
 mod checkpoint;
 mod config;
+mod decoder;
 mod error;
 pub mod family;
 mod generate;
 mod hf_class;
 mod llama;
 mod lm;
+mod parts;
 mod reader;
 pub mod synthetic;
 mod tokenizer;
 mod weights;
 
 pub use checkpoint::{shards_of, Checkpoint, WeightFiles};
-pub use config::{Family, ModelConfig, RawConfig, RopeScaling, TokenIds};
+pub use config::{Activation, Family, ModelConfig, RawConfig, RopeScaling, TokenIds, ARCHITECTURES};
 pub use error::{ModelError, Result};
-pub use family::{tensor_or_tied, Architecture, LinearLayer, ModuleGroup};
+pub use family::{as_linear, as_stored, is_conv1d, tensor_or_tied, Architecture, LinearLayer, ModuleGroup};
 pub use generate::{greedy, greedy_until, Decoded, Finish};
 pub use hf_class::check as check_transformers_class;
-pub use llama::{rms_norm, Capture, KvCache, LayerKvCache, LinearId, Llama, Proj};
+pub use decoder::LnDecoder;
+pub use llama::{rms_norm, Llama};
+pub use parts::{Capture, KvCache, LayerKvCache, LinearId, Proj};
 pub use lm::{for_each_final_hidden, Blocks, CausalLm};
 pub use reader::{CheckpointReader, TensorSource};
 pub use tokenizer::{Tokenizer, TokenizerSemantics};
