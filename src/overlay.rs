@@ -274,7 +274,14 @@ impl OverlayWriter {
         let decoded = parse_mask(&blob, mask.rows(), mask.cols()).map_err(|r| invalid(name, r))?;
         let dense = zero_pruned(parent, &decoded, self.dtype)?;
         let transposed = is_conv1d(name);
-        self.push(name, mask_shape(mask), Encoding::Masked, blob, &dense, transposed)
+        self.push(
+            name,
+            mask_shape(mask),
+            Encoding::Masked,
+            blob,
+            &dense,
+            transposed,
+        )
     }
 
     /// Pruned and updated weights (SparseGPT): the mask and the kept values of `w`. Pruned
@@ -293,7 +300,14 @@ impl OverlayWriter {
         let dense = decode_sparse(&blob, w.rows, w.cols, self.dtype)
             .map_err(|reason| invalid(name, reason))?;
         let transposed = is_conv1d(name);
-        self.push(name, mask_shape(mask), Encoding::Sparse, blob, &dense, transposed)
+        self.push(
+            name,
+            mask_shape(mask),
+            Encoding::Sparse,
+            blob,
+            &dense,
+            transposed,
+        )
     }
 
     /// Quantized weights: bit-packed codes, scales, zeros and act-order group indices.
@@ -740,8 +754,8 @@ impl ChainSource {
                     self.base.expected().contains_key(e)
                 })
                 .map(from_base)
-                    .transpose()?
-                    .flatten(),
+                .transpose()?
+                .flatten(),
             };
             let d = overlay.decode(r, parent.as_ref())?;
             int8 = d.int8;

@@ -82,13 +82,19 @@ fn matches_transformers(family: &str, expected: Family) {
             .zip(&r.logits[0][pos])
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
-        assert!(worst < 1e-4, "{family}: cached step {pos} differs by {worst}");
+        assert!(
+            worst < 1e-4,
+            "{family}: cached step {pos} differs by {worst}"
+        );
     }
 
     // Blocks read from the checkpoint as they run: the same numbers, bit for bit.
     let ckpt = Checkpoint::resolve(fixture(family)).unwrap();
     let reader = CheckpointReader::open(&ckpt, &cfg, DType::F32, &Device::Cpu).unwrap();
-    let streamed = cfg.architecture().streamed_lm(&cfg, Arc::new(reader)).unwrap();
+    let streamed = cfg
+        .architecture()
+        .streamed_lm(&cfg, Arc::new(reader))
+        .unwrap();
     assert!(streamed.is_streamed());
     let again = streamed.forward(&ids(&r)).unwrap();
     let (a, b): (Vec<f32>, Vec<f32>) = (
@@ -126,7 +132,10 @@ fn base_model_names_read_as_the_same_model() {
         candle_core::safetensors::save(&renamed, dir.path().join("model.safetensors")).unwrap();
         let (cfg2, again) = load(dir.path());
         assert_eq!(cfg2, cfg);
-        assert_eq!(again.keys().collect::<Vec<_>>(), weights.keys().collect::<Vec<_>>());
+        assert_eq!(
+            again.keys().collect::<Vec<_>>(),
+            weights.keys().collect::<Vec<_>>()
+        );
         for (name, t) in &weights {
             let (a, b): (Vec<f32>, Vec<f32>) = (
                 t.flatten_all().unwrap().to_vec1().unwrap(),

@@ -165,7 +165,11 @@ impl ModelConfig {
             architectures: Option<Vec<String>>,
         }
         let head: Head = serde_json::from_str(json).map_err(bad_json)?;
-        match family_of(head.model_type.as_deref(), head.architectures.as_deref(), path)? {
+        match family_of(
+            head.model_type.as_deref(),
+            head.architectures.as_deref(),
+            path,
+        )? {
             Family::Gpt2 => super::family::gpt2::resolve(json, path),
             Family::Opt => super::family::opt::resolve(json, path),
             Family::Llama | Family::Mistral | Family::Qwen2 => {
@@ -555,7 +559,10 @@ mod tests {
             "architectures",
             serde_json::json!(["BertForMaskedLM"]),
         ));
-        assert!(e.contains("architectures") && e.contains("BertForMaskedLM"), "{e}");
+        assert!(
+            e.contains("architectures") && e.contains("BertForMaskedLM"),
+            "{e}"
+        );
         // The error lists every supported class.
         for (class, _) in ARCHITECTURES {
             assert!(e.contains(class), "{e}");
@@ -565,7 +572,10 @@ mod tests {
             "architectures",
             serde_json::json!(["GPT2LMHeadModel"]),
         ));
-        assert!(e.contains("architectures") && e.contains("contradicts"), "{e}");
+        assert!(
+            e.contains("architectures") && e.contains("contradicts"),
+            "{e}"
+        );
         let e = error_of(&with("num_key_value_heads", 3.into()));
         assert!(e.contains("num_key_value_heads"), "{e}");
         let e = error_of(&with("hidden_size", 0.into()));

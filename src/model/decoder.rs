@@ -137,7 +137,10 @@ struct Block {
 
 impl Block {
     fn linear_mut(&mut self, p: Proj) -> Option<&mut Linear> {
-        self.linears.iter_mut().find(|(q, _)| *q == p).map(|(_, l)| l)
+        self.linears
+            .iter_mut()
+            .find(|(q, _)| *q == p)
+            .map(|(_, l)| l)
     }
 }
 
@@ -415,7 +418,11 @@ impl LnDecoder {
         let normed = block.ln1.forward(x, eps)?;
         let (q, k, v) = if block.linears.iter().any(|(p, _)| *p == Proj::Qkv) {
             let qkv = apply(Proj::Qkv, &normed)?;
-            (qkv.narrow(2, 0, h)?, qkv.narrow(2, h, h)?, qkv.narrow(2, 2 * h, h)?)
+            (
+                qkv.narrow(2, 0, h)?,
+                qkv.narrow(2, h, h)?,
+                qkv.narrow(2, 2 * h, h)?,
+            )
         } else {
             (
                 apply(Proj::Q, &normed)?,
@@ -498,11 +505,8 @@ fn build_block(
     for id in layout.arch.block_linears(l) {
         let name = layout.arch.weight_name(id);
         let w = get(&name)?;
-        let w = if layout.arch.conv1d(&name) {
-            w.t()?.contiguous()?
-        } else {
-            w
-        };
+        // A view, not a copy: the trainer's variables must stay the weights the model reads.
+        let w = if layout.arch.conv1d(&name) { w.t()? } else { w };
         let bias = if layout.bias(cfg, id.proj) {
             Some(get(&bias_name(&name))?)
         } else {

@@ -14,8 +14,8 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::config::ModelConfig;
-use super::error::Result;
 use super::decoder::LnDecoder;
+use super::error::Result;
 use super::llama::Llama;
 use super::parts::{Capture, KvCache, LayerKvCache};
 

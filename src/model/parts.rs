@@ -275,7 +275,10 @@ impl Linear {
 }
 
 impl Int8Linear {
-    pub(crate) fn new(weight: crate::compress::dynint8::Int8Weight, device: &Device) -> Result<Self> {
+    pub(crate) fn new(
+        weight: crate::compress::dynint8::Int8Weight,
+        device: &Device,
+    ) -> Result<Self> {
         let codes: Vec<f64> = weight.codes.iter().map(|&c| f64::from(c)).collect();
         let codes_t = Tensor::from_vec(codes, (weight.rows, weight.cols), device)?
             .t()?
@@ -332,7 +335,6 @@ pub(crate) fn accumulation_dtype(dtype: DType) -> DType {
         DType::F32
     }
 }
-
 
 /// Where a runtime's blocks are: all in memory, or read from a source one block at a time.
 pub(crate) enum BlockStore<B> {

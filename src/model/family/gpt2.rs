@@ -33,7 +33,12 @@ static LAYOUT: LnLayout = LnLayout {
     positions: "transformer.wpe.weight",
     position_offset: 0,
     final_norm: "transformer.ln_f",
-    norms: |l| [format!("transformer.h.{l}.ln_1"), format!("transformer.h.{l}.ln_2")],
+    norms: |l| {
+        [
+            format!("transformer.h.{l}.ln_1"),
+            format!("transformer.h.{l}.ln_2"),
+        ]
+    },
     prescale_q: false,
 };
 
@@ -258,7 +263,10 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("activation_function") && e.contains("swish"), "{e}");
+        assert!(
+            e.contains("activation_function") && e.contains("swish"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -297,7 +305,10 @@ mod tests {
             .reshape((2, 3))
             .unwrap();
         let lin = as_linear("transformer.h.0.mlp.c_fc.weight", &t).unwrap();
-        assert_eq!(lin.to_vec2::<f32>().unwrap(), [[0., 3.], [1., 4.], [2., 5.]]);
+        assert_eq!(
+            lin.to_vec2::<f32>().unwrap(),
+            [[0., 3.], [1., 4.], [2., 5.]]
+        );
         assert_eq!(GPT2.checkpoint_alias(EMBED).as_deref(), Some("wte.weight"));
     }
 }

@@ -6,8 +6,8 @@ use crate::compress::dynint8::Int8Weight;
 use crate::model::config::ModelConfig;
 use crate::model::error::Result;
 use crate::model::llama::Llama;
-use crate::model::parts::{LinearId, Proj};
 use crate::model::lm::CausalLm;
+use crate::model::parts::{LinearId, Proj};
 use crate::model::weights::TensorMap;
 
 /// The LLaMA family.

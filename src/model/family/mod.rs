@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use super::config::ModelConfig;
 use super::error::Result;
-use super::parts::LinearId;
 use super::lm::CausalLm;
+use super::parts::LinearId;
 use super::weights::TensorMap;
 use crate::compress::dynint8::Int8Weight;
 

@@ -283,7 +283,10 @@ mod tests {
     fn unsupported_variants_name_their_key() {
         for (extra, key) in [
             (r#", "do_layer_norm_before": false"#, "do_layer_norm_before"),
-            (r#", "_remove_final_layer_norm": true"#, "_remove_final_layer_norm"),
+            (
+                r#", "_remove_final_layer_norm": true"#,
+                "_remove_final_layer_norm",
+            ),
             (
                 r#", "layer_norm_elementwise_affine": false"#,
                 "layer_norm_elementwise_affine",
@@ -301,9 +304,6 @@ mod tests {
         assert!(e.contains("word_embed_proj_dim"), "{e}");
         let c = cfg(r#", "enable_bias": false"#).unwrap();
         assert!(!c.qkv_bias && !c.mlp_bias);
-        assert!(!OPT
-            .tensors(&c)
-            .iter()
-            .any(|(n, _)| n.ends_with("fc1.bias")));
+        assert!(!OPT.tensors(&c).iter().any(|(n, _)| n.ends_with("fc1.bias")));
     }
 }
