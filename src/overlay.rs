@@ -1164,4 +1164,74 @@ mod tests {
             assert_eq!(unpack_codes(&packed, bits, 37), codes, "{bits} bits");
         }
     }
+
+    /// A GPT-2 `Conv1D` weight: the matrices put are its nn.Linear view (out × in), the record
+    /// says so, and what is applied is in the checkpoint's layout (in × out).
+    #[test]
+    fn conv1d_records_hold_the_linear_view_and_apply_in_the_checkpoints_layout() {
+        let dev = Device::Cpu;
+        let (masked, int8) = (
+            "transformer.h.0.mlp.c_fc.weight",
+            "transformer.h.0.attn.c_proj.weight",
+        );
+        // Stored in × out = 3 × 4; the nn.Linear view is 4 × 3.
+        let stored = Tensor::arange(1f32, 13., &dev)
+            .unwrap()
+            .reshape((3, 4))
+            .unwrap();
+        let linear = stored.t().unwrap().contiguous().unwrap();
+        // Prune the first entry of each output row of the view: stored column c, row 0.
+        let mask = Mask::from_fn(4, 3, |_, c| c == 0);
+        let q = crate::compress::dynint8::quantize_weight(&Matrix::from_tensor(&linear).unwrap())
+            .unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("o");
+        let mut w = OverlayWriter::new(&dir, DType::F32).unwrap();
+        w.put_masked(masked, &linear, &mask).unwrap();
+        w.put_int8(int8, &q).unwrap();
+        w.put_masked("lm_head.weight", &linear, &mask).unwrap();
+        let summary = w.finish().unwrap();
+
+        let index = std::fs::read_to_string(dir.join(INDEX_FILE)).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&index).unwrap();
+        let records = json["tensors"].as_array().unwrap();
+        assert_eq!(records[0]["transposed"], true);
+        assert_eq!(records[0]["shape"], serde_json::json!([3, 4]));
+        assert_eq!(records[1]["transposed"], true);
+        // Other weights leave the key out: their indexes are as before.
+        assert!(records[2].get("transposed").is_none(), "{index}");
+        assert_eq!(records[2]["shape"], serde_json::json!([4, 3]));
+
+        let overlay = Overlay::open(&dir).unwrap();
+        let mut tensors = TensorMap::new();
+        tensors.insert(masked.to_string(), stored.clone());
+        tensors.insert(int8.to_string(), stored.clone());
+        tensors.insert("lm_head.weight".to_string(), linear.clone());
+        let applied = overlay.apply(&mut tensors, &dev).unwrap();
+        let got: Vec<Vec<f32>> = tensors[masked].to_vec2().unwrap();
+        assert_eq!(
+            got,
+            [[0., 0., 0., 0.], [5., 6., 7., 8.], [9., 10., 11., 12.]]
+        );
+        // The int8 linear runs in nn.Linear's layout; its dense weight is in the checkpoint's.
+        let lin = &applied.int8[int8].weight;
+        assert_eq!((lin.rows, lin.cols), (4, 3));
+        assert_eq!(tensors[int8].dims(), [3, 4]);
+        let deq: Vec<f32> = q.dequantize().data;
+        let back: Vec<f32> = tensors[int8]
+            .t()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(back, deq);
+        // The digests the writer recorded are those of the tensors as applied.
+        for name in [masked, int8] {
+            assert_eq!(
+                summary.digests[name],
+                tensor_digest(&tensors[name]).unwrap()
+            );
+        }
+    }
 }

@@ -168,3 +168,72 @@ fn unsupported_architectures_list_the_supported_ones() {
         assert_eq!(arch.parameter_count(&cfg), count, "{family}");
     }
 }
+
+/// Compressed GPT-2 weights read block by block through their overlay (a `Conv1D` mask and a
+/// dynamic-int8 `Conv1D` linear) give the numbers of the same weights held whole.
+#[test]
+fn conv1d_overlays_stream_as_they_apply() {
+    use whittle::compress::{dynint8::quantize_weight, magnitude::magnitude, Matrix};
+    use whittle::overlay::{apply_chain, ChainSource, Overlay, OverlayWriter};
+
+    let (cfg, weights) = load(&fixture("gpt2"));
+    let (masked, int8) = (
+        "transformer.h.0.attn.c_attn.weight",
+        "transformer.h.1.mlp.c_fc.weight",
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("overlay");
+    let mut w = OverlayWriter::new(&dir, DType::F32).unwrap();
+    let linear = |name: &str| whittle::model::as_linear(name, &weights[name]).unwrap();
+    let m = Matrix::from_tensor(&linear(masked)).unwrap();
+    assert_eq!(
+        (m.rows, m.cols),
+        (96, 32),
+        "c_attn's nn.Linear view is 3·hidden × hidden"
+    );
+    w.put_masked(masked, &linear(masked), &magnitude(&m, 0.5).unwrap())
+        .unwrap();
+    let q = quantize_weight(&Matrix::from_tensor(&linear(int8)).unwrap()).unwrap();
+    w.put_int8(int8, &q).unwrap();
+    w.finish().unwrap();
+
+    let mut held = weights.clone();
+    let applied = apply_chain(&[Overlay::open(&dir).unwrap()], &mut held, &Device::Cpu).unwrap();
+    assert_eq!(held[masked].dims(), weights[masked].dims());
+    // Applied: the mask zeroed entries of the nn.Linear view, the tensor is back in × out.
+    let mut pruned = m.clone();
+    magnitude(&m, 0.5).unwrap().apply(&mut pruned).unwrap();
+    let want = pruned.to_tensor(&Device::Cpu).unwrap().t().unwrap();
+    let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(flat(&held[masked]), flat(&want));
+    let int8s = applied
+        .int8
+        .iter()
+        .map(|(n, l)| (n.clone(), l.weight.clone()))
+        .collect();
+    let arch = cfg.architecture();
+    let whole = arch.causal_lm(&cfg, &held, int8s).unwrap();
+
+    let ckpt = Checkpoint::resolve(fixture("gpt2")).unwrap();
+    let reader = CheckpointReader::open(&ckpt, &cfg, DType::F32, &Device::Cpu).unwrap();
+    let source = ChainSource::new(reader, vec![Overlay::open(&dir).unwrap()]);
+    let streamed = arch.streamed_lm(&cfg, Arc::new(source)).unwrap();
+    let r = reference("gpt2");
+    let a: Vec<f32> = whole
+        .forward(&ids(&r))
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let b: Vec<f32> = streamed
+        .forward(&ids(&r))
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_eq!(a, b);
+    // And the compression changed the model.
+    assert!(max_diff(&whole.forward(&ids(&r)).unwrap(), &r) > 1e-3);
+}

@@ -445,6 +445,7 @@ fn rope_inv_freq(cfg: &ModelConfig) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::family::ModuleGroup;
 
     #[test]
     fn linear_ids_name_and_parse() {
