@@ -39,12 +39,13 @@ fn datasets(world: &Path) -> String {
 }
 
 /// Every compressed model, by stage name.
-const COMPRESSED: [&str; 9] = [
+const COMPRESSED: [&str; 10] = [
     "magnitude",
     "global",
     "random",
     "head-rows",
     "wanda",
+    "wanda-dense",
     "sparsegpt",
     "gptq",
     "rtn",
@@ -70,6 +71,7 @@ fn pipeline(dir: &Path, world: &Path, arch: &str) -> PathBuf {
   random: {{kind: prune, model: base, method: random, seed: 3, sparsity: 0.5, modules: attention}}
   head-rows: {{kind: prune, model: base, method: magnitude, pattern: rows, sparsity: 0.25, modules: lm_head}}
   wanda: {{kind: prune, model: base, method: wanda, sparsity: 0.5, calibration: calib}}
+  wanda-dense: {{kind: prune, model: base, method: wanda, sparsity: 0.5, calibration: calib, calibration_mode: dense}}
   sparsegpt: {{kind: prune, model: base, method: sparsegpt, sparsity: 0.5, calibration: calib}}
   gptq: {{kind: quantize, model: base, method: gptq, bits: 4, group_size: 16, calibration: calib}}
   rtn: {{kind: quantize, model: base, method: rtn, bits: 4, group_size: 16}}
@@ -156,7 +158,7 @@ fn family_compresses_evaluates_and_round_trips(arch: &str, class: &str) {
     }
     // Half of every block matrix pruned changes the model but keeps it close; pruning half of
     // the attention weights at random ruins it; 8-bit weights barely change it.
-    for m in ["magnitude", "wanda", "sparsegpt"] {
+    for m in ["magnitude", "wanda", "wanda-dense", "sparsegpt"] {
         assert_ne!(ppl(m), ppl("base"), "{arch} {m}");
         assert!(ppl(m) < 1.5 * ppl("base"), "{arch} {m}");
         assert!(ppl("random") > 2.0 * ppl(m), "{arch} {m}");
