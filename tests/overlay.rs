@@ -508,6 +508,7 @@ fn int8_linears_run_as_the_integer_product_in_the_materialized_model() {
         dtype: DType::F32,
         int8: chain.int8,
         deployed: chain.deployed,
+        spill: None,
     };
     let tokens = Tensor::new(&[[1u32, 403, 407, 261, 378, 9, 13, 52]], &Device::Cpu).unwrap();
     let logits = |model: &dyn CausalLm| -> Vec<f32> {

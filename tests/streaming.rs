@@ -86,8 +86,21 @@ fn a_streamed_model_gives_the_numbers_of_a_held_one() {
     let held_cache = tmp.path().join("held");
     let streamed_cache = tmp.path().join("streamed");
     let held = run(&held_cache, &file, None);
-    // SmolLM2 in f32 is 0.54 GB: a 64 MB budget streams every stage that runs it.
-    let streamed = run(&streamed_cache, &file, Some("64M"));
+    // SmolLM2 in f32 is 0.54 GB: a 1 MB budget streams every stage that runs it, and allows
+    // 256 kB of hidden states (576 f32 per token): the 4 × 32 calibration tokens (295 kB) and the
+    // 3 × 64 perplexity tokens (442 kB) go to files between blocks, divergence's 3 × 32 (221 kB)
+    // stay in memory.
+    let streamed = run(&streamed_cache, &file, Some("1M"));
+    for (stage, spilled) in [("wanda", true), ("ppl-base", true), ("js", false)] {
+        let log = log_of(&streamed_cache, &streamed, stage);
+        let note = if spilled { "/spill-" } else { "kept in memory" };
+        assert!(log.contains(note), "{stage}:\n{log}");
+    }
+    let tmp_left: Vec<_> = std::fs::read_dir(streamed_cache.join("v1/tmp"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(tmp_left.is_empty(), "left in tmp: {tmp_left:?}");
     for stage in [
         "wanda", "gptq", "ppl-base", "ppl-gptq", "ppl-int8", "js", "lama", "boolq",
     ] {

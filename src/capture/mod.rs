@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::model::{Blocks, Capture, CausalLm, LinearId, ModelError, Proj};
+use crate::model::{hidden_for, Blocks, Capture, CausalLm, LinearId, ModelError, Proj};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SampleError {
@@ -460,17 +460,19 @@ pub fn collect_stats_first(
         // Layer-wise, so each block is read once. A layer's statistics see the batches in the
         // same order, with the same running count, as batch by batch: the same numbers.
         let ids = batches(windows, batch_size, device)?;
-        let mut hidden = ids
-            .iter()
-            .map(|i| model.embed(i))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut hidden = hidden_for(model, &ids, "calibration")?;
+        for i in &ids {
+            hidden.push(model.embed(i)?)?;
+        }
+        drop(ids);
         let chunk = forward_chunk(windows.first().map_or(1, Vec::len), device);
         for layer in 0..layers.min(model.num_layers()) {
             stats.nsamples = 0;
-            for (x, n) in hidden.iter_mut().zip(&sizes) {
-                *x = run_block(model, layer, x, chunk, Some((&mut stats, wanted)))?;
-                stats.nsamples += n;
-            }
+            hidden.update(|i, x| {
+                let y = run_block(model, layer, x, chunk, Some((&mut stats, wanted)))?;
+                stats.nsamples += sizes[i];
+                Ok(y)
+            })?;
             tick(0)?;
         }
         model.release();
@@ -523,23 +525,30 @@ pub fn sequential<
     tick: crate::cancel::Tick,
 ) -> Result<(), E> {
     let mut model = model;
-    let mut hidden: Vec<Tensor> = batches(windows.windows, windows.batch_size, windows.device)?
-        .iter()
-        .map(|ids| model.embed(ids))
-        .collect::<Result<_, _>>()?;
+    let ids = batches(windows.windows, windows.batch_size, windows.device)?;
+    let mut hidden = hidden_for(&*model, &ids, "sequential compression")?;
+    for i in &ids {
+        hidden.push(model.embed(i)?)?;
+    }
+    drop(ids);
     for layer in 0..layers {
         let mut stats = Stats::new(wanted.accumulation);
-        for x in &hidden {
-            run_block(&*model, layer, x, windows.chunk, Some((&mut stats, wanted)))?;
+        for i in 0..hidden.len() {
+            let x = hidden.get(i)?;
+            run_block(
+                &*model,
+                layer,
+                &x,
+                windows.chunk,
+                Some((&mut stats, wanted)),
+            )?;
             stats.nsamples += x.dim(0)?;
         }
         model.release();
         model = compress(layer, &stats)?;
         drop(stats);
         // In place, so only one batch's old activations are alive beside the new ones.
-        for x in hidden.iter_mut() {
-            *x = run_block(&*model, layer, x, windows.chunk, None)?;
-        }
+        hidden.update(|_, x| run_block(&*model, layer, x, windows.chunk, None))?;
         model.release();
         tick(1)?;
     }

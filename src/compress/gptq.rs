@@ -48,15 +48,7 @@ pub fn gptq(w: &Matrix, h: &Matrix, cfg: &GptqConfig) -> Result<GptqOutput> {
             .map(|r| QuantParams::find(w.row(r).iter().copied(), maxq, q.sym))
             .collect()
     });
-    let perm: Option<Vec<usize>> = cfg.act_order.then(|| {
-        let diag = |i: usize| match h.get(i, i) {
-            0.0 => 1.0, // dead inputs count as 1, as after the reference's fix
-            v => v,
-        };
-        let mut p: Vec<usize> = (0..cols).collect();
-        p.sort_by(|&a, &b| diag(b).total_cmp(&diag(a)));
-        p
-    });
+    let perm = cfg.act_order.then(|| act_order(h));
     let hinv = prepare(h, cols, &cfg.hessian, perm.as_deref())?;
     // Working copy in processing order, dead columns zeroed.
     let mut work = Matrix::zeros(rows, cols);
@@ -94,16 +86,7 @@ pub fn gptq(w: &Matrix, h: &Matrix, cfg: &GptqConfig) -> Result<GptqOutput> {
         codes: vec![0; rows * cols],
         scales: Vec::with_capacity(rows * n_groups),
         zeros: Vec::with_capacity(rows * n_groups),
-        group_index: match (&perm, per_row.is_some()) {
-            (Some(p), false) => {
-                let mut gi = vec![0u32; cols];
-                for (pos, &c) in p.iter().enumerate() {
-                    gi[c] = (pos / g) as u32;
-                }
-                Some(gi)
-            }
-            _ => None,
-        },
+        group_index: group_index(perm.as_deref(), per_row.is_some(), g),
     };
     let mut loss = 0.0;
     for (r, res) in results.into_iter().enumerate() {
@@ -121,6 +104,28 @@ pub fn gptq(w: &Matrix, h: &Matrix, cfg: &GptqConfig) -> Result<GptqOutput> {
         quantized: out,
         loss: loss / 2.0,
     })
+}
+
+/// Act-order: columns by descending `diag H`, dead inputs counting as 1 (as after the
+/// reference's fix); ties keep the lower column first. `perm[p]` is the column at position p.
+pub(crate) fn act_order(h: &Matrix) -> Vec<usize> {
+    let diag = |i: usize| match h.get(i, i) {
+        0.0 => 1.0,
+        v => v,
+    };
+    let mut p: Vec<usize> = (0..h.cols).collect();
+    p.sort_by(|&a, &b| diag(b).total_cmp(&diag(a)));
+    p
+}
+
+/// Each column's group when groups are formed in act-order (`None` otherwise).
+pub(crate) fn group_index(perm: Option<&[usize]>, per_channel: bool, g: usize) -> Option<Vec<u32>> {
+    let p = perm.filter(|_| !per_channel)?;
+    let mut gi = vec![0u32; p.len()];
+    for (pos, &c) in p.iter().enumerate() {
+        gi[c] = (pos / g) as u32;
+    }
+    Some(gi)
 }
 
 struct RowResult {

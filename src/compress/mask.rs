@@ -63,6 +63,21 @@ impl Mask {
         Self { rows, cols, bits }
     }
 
+    /// The mask with weight `i` (row-major) pruned where `flags[i] != 0`.
+    pub(crate) fn from_flags(rows: usize, cols: usize, flags: &[u8]) -> Self {
+        debug_assert_eq!(flags.len(), rows * cols);
+        let bits = flags
+            .par_chunks(64)
+            .map(|chunk| {
+                chunk
+                    .iter()
+                    .enumerate()
+                    .fold(0u64, |w, (b, &f)| w | (u64::from(f != 0) << b))
+            })
+            .collect();
+        Self { rows, cols, bits }
+    }
+
     pub fn rows(&self) -> usize {
         self.rows
     }

@@ -28,6 +28,7 @@ pub mod random;
 pub mod rows;
 pub mod rtn;
 pub mod sparsegpt;
+pub mod tensor;
 pub mod wanda;
 
 pub use error::CompressError;

@@ -43,28 +43,8 @@ pub fn sparsegpt(
     pattern: Pattern,
     opts: &HessianOpts,
 ) -> Result<SparseGptOutput> {
-    w.check_finite()?;
-    match pattern {
-        Pattern::Unstructured(s) => {
-            prune_count(w.numel(), s)?;
-            if s == 0.0 {
-                return Ok(SparseGptOutput {
-                    weight: w.clone(),
-                    mask: Mask::new(w.rows, w.cols),
-                    loss: 0.0,
-                });
-            }
-        }
-        Pattern::NM { n, m } => {
-            nm::check_pattern(n, m, w.cols)?;
-            // The reference starts N:M groups at in-block offsets i % m == 0.
-            if !opts.blocksize.is_multiple_of(m) {
-                return Err(CompressError::BlockNm {
-                    blocksize: opts.blocksize,
-                    m,
-                });
-            }
-        }
+    if let Some(done) = untouched(w, pattern, opts)? {
+        return Ok(done);
     }
     let hinv = prepare(h, w.cols, opts, None)?;
     let mut weight = w.clone();
@@ -108,6 +88,39 @@ pub fn sparsegpt(
         mask,
         loss: loss / 2.0,
     })
+}
+
+/// Checks the inputs; at unstructured sparsity 0 the result, `w` untouched (the reference skips
+/// pruning there).
+pub(crate) fn untouched(
+    w: &Matrix,
+    pattern: Pattern,
+    opts: &HessianOpts,
+) -> Result<Option<SparseGptOutput>> {
+    w.check_finite()?;
+    match pattern {
+        Pattern::Unstructured(s) => {
+            prune_count(w.numel(), s)?;
+            if s == 0.0 {
+                return Ok(Some(SparseGptOutput {
+                    weight: w.clone(),
+                    mask: Mask::new(w.rows, w.cols),
+                    loss: 0.0,
+                }));
+            }
+        }
+        Pattern::NM { n, m } => {
+            nm::check_pattern(n, m, w.cols)?;
+            // The reference starts N:M groups at in-block offsets i % m == 0.
+            if !opts.blocksize.is_multiple_of(m) {
+                return Err(CompressError::BlockNm {
+                    blocksize: opts.blocksize,
+                    m,
+                });
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// The block's unstructured mask (row-major `rows × count`): `w²/U_ii² <= sorted[int(numel·s)]`.

@@ -66,7 +66,7 @@ pub fn row_lowest(scores: &Matrix, k: usize) -> Result<Mask> {
     Ok(mask)
 }
 
-fn check_scaler(scaler: &[f32], cols: usize) -> Result<()> {
+pub(crate) fn check_scaler(scaler: &[f32], cols: usize) -> Result<()> {
     if scaler.len() != cols {
         return Err(CompressError::StatLength {
             what: "wanda scaler",

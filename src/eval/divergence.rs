@@ -19,7 +19,7 @@ use candle_core::{DType, Device, Tensor, D};
 use serde::{Deserialize, Serialize};
 
 use super::perplexity::windows;
-use crate::model::{for_each_final_hidden, CausalLm, ModelError};
+use crate::model::{for_each_final_hidden, hidden_for, CausalLm, ModelError};
 
 /// Means over one window's positions.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -229,12 +229,12 @@ pub fn divergence(
         // Layer-wise, one model after the other: the final hidden states of every window are
         // kept (hidden-sized, unlike logits), then both heads run one batch at a time.
         let finals = |m: &dyn CausalLm, tick: crate::cancel::Tick| {
-            let mut out = Vec::with_capacity(ids.len());
+            let mut out = hidden_for(m, &ids, "divergence")?;
             for_each_final_hidden::<ModelError>(
                 m,
                 &ids,
                 &mut |_, x| {
-                    out.push(x);
+                    out.push(x)?;
                     Ok(0)
                 },
                 tick,
@@ -243,8 +243,11 @@ pub fn divergence(
         };
         let p = finals(reference, tick)?;
         let q = finals(model, tick)?;
-        for ((batch, p), q) in batches.iter().zip(p).zip(q) {
-            add(divergence_sums(&reference.head(&p)?, &model.head(&q)?)?);
+        for (i, batch) in batches.iter().enumerate() {
+            add(divergence_sums(
+                &reference.head(&p.get(i)?)?,
+                &model.head(&q.get(i)?)?,
+            )?);
             tick(batch.len() as u64)?;
         }
     } else {

@@ -148,11 +148,11 @@ fn build(
         job.log.display()
     )))?;
     let log_file = Mutex::new(log_file);
-    let log = |line: &str| {
+    let log: crate::model::Note = std::sync::Arc::new(move |line: &str| {
         if let Ok(mut f) = log_file.lock() {
             let _ = writeln!(f, "{} {line}", jiff::Timestamp::now());
         }
-    };
+    });
     log(&format!(
         "{} ({}) on {}, key {}",
         node.label,
@@ -173,7 +173,7 @@ fn build(
             memory: job.memory.unwrap_or_else(|| job.device.total_memory()),
             progress: &handle.progress,
             cancel: handle.cancel,
-            log: &log,
+            log: log.clone(),
         };
         let out = stages::execute(&ctx)?;
         fault_pause(node.kind().as_str());

@@ -20,7 +20,7 @@ pub use scheduler::Failure;
 
 use crate::cache::{Cache, CacheError, Lease, RunRecord, StageStatus};
 use crate::plan::{History, Plan};
-use crate::stages::{ModelSize, OVERHEAD};
+use crate::stages::{ModelSize, StageSpec, OVERHEAD};
 
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -183,9 +183,22 @@ fn estimate_needs(plan: &Plan, memory: Option<u64>) -> Vec<Need> {
     plan.nodes
         .iter()
         .zip(&model)
-        .map(|(node, &m)| Need {
-            accelerated: node.kind().accelerated(),
-            memory: node.spec.memory(m.within(budget)) + OVERHEAD,
+        .map(|(node, &m)| {
+            let calibration = match &node.spec {
+                StageSpec::Calibrate(c) => Some(c),
+                _ => match node.input("calibration").map(|c| &plan.nodes[c].spec) {
+                    Some(StageSpec::Calibrate(c)) => Some(c),
+                    _ => None,
+                },
+            };
+            let m = ModelSize {
+                calib_tokens: calibration.map_or(0, |c| (c.samples * c.seqlen) as u64),
+                ..m.within(budget)
+            };
+            Need {
+                accelerated: node.kind().accelerated(),
+                memory: node.spec.memory(m) + OVERHEAD,
+            }
         })
         .collect()
 }

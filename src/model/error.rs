@@ -15,6 +15,16 @@ pub enum ModelError {
         source: std::io::Error,
     },
 
+    #[error(
+        "cannot keep hidden states in {}: {source}; free disk space there or raise --memory",
+        path.display()
+    )]
+    Spill {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
     #[error("{}: invalid JSON: {source}", path.display())]
     Json {
         path: PathBuf,

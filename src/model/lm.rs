@@ -16,6 +16,7 @@ use candle_core::{DType, Device, Tensor};
 use super::config::ModelConfig;
 use super::decoder::LnDecoder;
 use super::error::Result;
+use super::hidden::{HiddenStates, SpillPolicy};
 use super::llama::Llama;
 use super::parts::{Capture, KvCache, LayerKvCache};
 
@@ -56,6 +57,12 @@ pub trait Blocks: Send + Sync {
 
     /// Lets go of any block held for reuse (its weights changed, or the caller is done).
     fn release(&self);
+
+    /// Where a layer-wise pass keeps its hidden states ([`HiddenStates`]): `None` holds them in
+    /// memory unconditionally.
+    fn spill(&self) -> Option<&SpillPolicy> {
+        None
+    }
 }
 
 /// A causal (decoder-only) language model: logits for the next token at every position.
@@ -143,6 +150,10 @@ impl CausalLm for LnDecoder {
 /// A boxed model is a model, so `&Box<dyn CausalLm>` goes wherever `&dyn CausalLm` does.
 impl<M: Blocks + ?Sized> Blocks for Box<M> {
     delegate!(Blocks **);
+
+    fn spill(&self) -> Option<&SpillPolicy> {
+        (**self).spill()
+    }
 }
 
 impl<M: CausalLm + ?Sized> CausalLm for Box<M> {
@@ -170,20 +181,26 @@ pub fn for_each_final_hidden<E: From<super::ModelError> + From<crate::cancel::Ca
         }
         return Ok(());
     }
-    let mut hidden = ids
-        .iter()
-        .map(|i| model.embed(i))
-        .collect::<Result<Vec<_>>>()?;
+    let mut hidden = hidden_for(model, ids, "layer-wise pass")?;
+    for i in ids {
+        hidden.push(model.embed(i)?)?;
+    }
     for layer in 0..model.num_layers() {
-        for x in hidden.iter_mut() {
-            *x = model.block_forward(layer, x, 0, None, None)?;
-        }
+        hidden.update(|_, x| model.block_forward(layer, x, 0, None, None))?;
         tick(0)?;
     }
     model.release();
-    for (i, x) in hidden.into_iter().enumerate() {
-        let n = each(i, x)?;
+    for i in 0..hidden.len() {
+        let n = each(i, hidden.take(i)?)?;
         tick(n)?;
     }
     Ok(())
+}
+
+/// Room for the hidden states of every batch of `ids` [batch, seq], as `model`'s spill policy
+/// allows.
+pub fn hidden_for(model: &dyn Blocks, ids: &[Tensor], what: &str) -> Result<HiddenStates> {
+    let tokens: usize = ids.iter().map(Tensor::elem_count).sum();
+    let bytes = tokens * model.config().hidden_size * model.dtype().size_in_bytes();
+    HiddenStates::new(model.spill(), bytes as u64, model.device(), what)
 }

@@ -35,6 +35,7 @@ mod error;
 pub mod family;
 mod generate;
 mod hf_class;
+mod hidden;
 mod llama;
 mod lm;
 mod parts;
@@ -54,8 +55,9 @@ pub use family::{
 };
 pub use generate::{greedy, greedy_until, Decoded, Finish};
 pub use hf_class::check as check_transformers_class;
+pub use hidden::{HiddenStates, Note, SpillPolicy, Spilling};
 pub use llama::{rms_norm, Llama};
-pub use lm::{for_each_final_hidden, Blocks, CausalLm};
+pub use lm::{for_each_final_hidden, hidden_for, Blocks, CausalLm};
 pub use parts::{Capture, KvCache, LayerKvCache, LinearId, Proj};
 pub use reader::{CheckpointReader, TensorSource};
 pub use tokenizer::{Tokenizer, TokenizerSemantics};

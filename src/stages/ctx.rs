@@ -42,7 +42,7 @@ pub struct StageCtx<'a> {
     pub progress: &'a Progress,
     pub cancel: &'a AtomicBool,
     /// Where the stage's log lines go, besides tracing.
-    pub log: &'a (dyn Fn(&str) + Sync),
+    pub log: crate::model::Note,
 }
 
 impl StageCtx<'_> {
@@ -87,6 +87,22 @@ impl StageCtx<'_> {
     pub fn note(&self, msg: &str) {
         tracing::info!(stage = %self.label(), "{msg}");
         (self.log)(msg);
+    }
+
+    /// What a layer-wise pass of this stage may keep of hidden states in memory (a quarter of
+    /// its budget: the model takes at most half, activations inside a block the rest), and where
+    /// the rest goes: the cache's `tmp/`, beside the staging directory.
+    pub fn spill_policy(&self) -> crate::model::SpillPolicy {
+        let label = self.label().to_string();
+        let log = self.log.clone();
+        crate::model::SpillPolicy {
+            budget: self.memory / 4,
+            dir: self.out.parent().unwrap_or(self.out).to_path_buf(),
+            note: std::sync::Arc::new(move |msg| {
+                tracing::info!(stage = %label, "{msg}");
+                log(msg)
+            }),
+        }
     }
 
     pub fn out_path(&self, name: &str) -> PathBuf {

@@ -21,6 +21,14 @@ pub struct ModelSize {
     /// What a stage holds of the weights: `bytes` when they take at most half of the memory a
     /// stage may use, otherwise (streamed) everything outside the blocks plus one block.
     pub held: u64,
+    /// The hidden size (one token's hidden state is this many f32).
+    pub width: u64,
+    /// One block's input Hessians in f32: columns² for each linear layer's input.
+    pub block_hessians: u64,
+    /// Calibration tokens (windows × seqlen) the stage runs through the model, if it calibrates.
+    pub calib_tokens: u64,
+    /// The most hidden states a layer-wise pass keeps in memory before spilling to disk.
+    pub hidden_cap: u64,
 }
 
 impl ModelSize {
@@ -31,6 +39,10 @@ impl ModelSize {
         layers: 1,
         vocab: 0,
         held: 64 << 20,
+        width: 0,
+        block_hessians: 0,
+        calib_tokens: 0,
+        hidden_cap: 0,
     };
 
     /// A model of `bytes` (f32) whose `layers` blocks take `block` each, held whole.
@@ -41,17 +53,28 @@ impl ModelSize {
             layers,
             vocab,
             held: bytes,
+            ..Self::NONE
         }
     }
 
-    /// The size as held by a stage that may use `memory` bytes (see [`ModelSize::held`]).
+    /// The size as held by a stage that may use `memory` bytes (see [`ModelSize::held`]); a
+    /// layer-wise pass keeps at most a quarter of it in hidden states.
     pub fn within(self, memory: u64) -> Self {
         let held = if self.bytes <= memory / 2 {
             self.bytes
         } else {
             self.bytes.saturating_sub(self.block * self.layers) + self.block
         };
-        ModelSize { held, ..self }
+        ModelSize {
+            held,
+            hidden_cap: memory / 4,
+            ..self
+        }
+    }
+
+    /// The hidden states of the calibration tokens at one block boundary, as kept in memory.
+    pub fn calib_hidden(&self) -> u64 {
+        (self.calib_tokens * self.width * 4).min(self.hidden_cap)
     }
 }
 

@@ -20,8 +20,8 @@ use super::{Dag, Invariant, NodeId, StageCtx, StageError};
 use crate::cache::key::{Digest, KeyHasher};
 use crate::cache::Entry;
 use crate::model::{
-    load_weights, CausalLm, Checkpoint, CheckpointReader, ModelConfig, TensorMap, TensorSource,
-    Tokenizer, TokenizerSemantics,
+    load_weights, CausalLm, Checkpoint, CheckpointReader, ModelConfig, SpillPolicy, Spilling,
+    TensorMap, TensorSource, Tokenizer, TokenizerSemantics,
 };
 use crate::overlay::{apply_chain, AppliedChain, ChainSource, Overlay};
 pub use crate::overlay::{Int8Linear, OverlayWriter, OVERLAY_DIR};
@@ -177,20 +177,29 @@ pub struct Materialized {
     /// Deployed bytes of each tensor an overlay of the chain holds (the last one to replace it),
     /// in its packed format (see [`crate::overlay`]).
     pub deployed: BTreeMap<String, u64>,
+    /// Where the model's layer-wise passes keep hidden states (memory only when `None`).
+    pub spill: Option<SpillPolicy>,
 }
 
 impl Materialized {
     /// The model, with the dynamic-int8 linears running as the emulated integer product.
     pub fn model(&self) -> Result<Box<dyn CausalLm>, StageError> {
         let arch = self.config.architecture();
-        match &self.tensors {
+        let model = match &self.tensors {
             Tensors::Held(map) => {
                 let int8 = self.int8.iter();
                 let int8 = int8.map(|(name, lin)| (name.clone(), lin.weight.clone()));
-                Ok(arch.causal_lm(&self.config, map, int8.collect())?)
+                arch.causal_lm(&self.config, map, int8.collect())?
             }
-            Tensors::Streamed(source) => Ok(arch.streamed_lm(&self.config, source.clone())?),
-        }
+            Tensors::Streamed(source) => arch.streamed_lm(&self.config, source.clone())?,
+        };
+        Ok(match &self.spill {
+            Some(policy) => Box::new(Spilling {
+                inner: model,
+                policy: policy.clone(),
+            }),
+            None => model,
+        })
     }
 
     pub fn is_streamed(&self) -> bool {
@@ -269,13 +278,14 @@ pub fn materialize(
     node: NodeId,
     device: &Device,
 ) -> Result<Materialized, StageError> {
-    let m = materialize_in(
+    let mut m = materialize_in(
         ctx.dag,
         &|id| ctx.entry(id),
         node,
         device,
         Hold::Within(ctx.memory),
     )?;
+    m.spill = Some(ctx.spill_policy());
     if m.is_streamed() {
         ctx.note(&format!(
             "the model ({:.1} GB in {:?}) is over half of the {:.1} GB this stage may hold: \
@@ -345,6 +355,7 @@ pub fn materialize_in(
         dtype,
         int8,
         deployed,
+        spill: None,
     })
 }
 

@@ -113,7 +113,13 @@ impl Kind for CalibrateSpec {
     }
 
     fn memory(&self, model: ModelSize) -> u64 {
-        model.held * 2
+        // Every block's statistics are kept to the end; norms are one vector per input.
+        let stats = if self.statistics.contains(&Statistic::Hessian) {
+            model.block_hessians * model.layers
+        } else {
+            0
+        };
+        model.held * 2 + model.calib_hidden() + stats
     }
 
     fn run(&self, ctx: &StageCtx) -> Result<StageOutput, StageError> {

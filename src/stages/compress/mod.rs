@@ -105,3 +105,67 @@ impl CalibrationMode {
 }
 
 key_value_as_str!(NameRegex, ModuleGroup, CalibrationMode);
+
+/// The memory estimate of a prune or quantize stage: the weights three times (the model, the
+/// matrix being compressed and its replacement); a calibrated method adds its statistics and,
+/// run sequentially, the calibration tokens' hidden states. Sequential Hessians are one block's
+/// (accumulated, then factored in f64 beside); dense ones are every block's, read at once.
+pub(crate) fn compress_memory(
+    model: super::ModelSize,
+    calibrated: Option<(CalibrationMode, bool)>,
+) -> u64 {
+    let base = model.held * 3;
+    match calibrated {
+        None => base,
+        Some((CalibrationMode::Sequential, hessians)) => {
+            base + model.calib_hidden()
+                + if hessians {
+                    model.block_hessians * 3
+                } else {
+                    0
+                }
+        }
+        Some((CalibrationMode::Dense, hessians)) => {
+            base + if hessians {
+                model.block_hessians * model.layers
+            } else {
+                0
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod memory_tests {
+    use super::*;
+    use crate::stages::ModelSize;
+
+    #[test]
+    fn calibrated_estimates_add_statistics_and_hidden_states() {
+        // A 7B-shaped model streamed within 4 GB: one block of 0.8 GB plus 1 GB outside.
+        let m = ModelSize {
+            width: 4096,
+            block_hessians: 887_357_440,
+            calib_tokens: 128 * 2048,
+            ..ModelSize::new(27_000_000_000, 809_500_000, 32, 32_000)
+        }
+        .within(4 << 30);
+        let held = 27_000_000_000 - 31 * 809_500_000;
+        assert_eq!(m.held, held);
+        // 128 × 2048 tokens × 4096 × 4 B = 4.3 GB of hidden states, capped at a quarter of 4 GiB.
+        assert_eq!(m.calib_hidden(), 1 << 30);
+        assert_eq!(compress_memory(m, None), 3 * held);
+        assert_eq!(
+            compress_memory(m, Some((CalibrationMode::Sequential, false))),
+            3 * held + (1 << 30)
+        );
+        assert_eq!(
+            compress_memory(m, Some((CalibrationMode::Sequential, true))),
+            3 * held + (1 << 30) + 3 * 887_357_440
+        );
+        assert_eq!(
+            compress_memory(m, Some((CalibrationMode::Dense, true))),
+            3 * held + 32 * 887_357_440
+        );
+    }
+}

@@ -71,19 +71,33 @@ impl Kind for LoadSpec {
         Some(match ModelConfig::from_file(config) {
             Ok(c) => {
                 let arch = c.architecture();
-                let block: u64 = arch
-                    .tensors(&c)
-                    .iter()
-                    .filter(|(n, _)| n.starts_with("model.layers.0."))
+                let tensors = arch.tensors(&c);
+                let block0 = || {
+                    tensors
+                        .iter()
+                        .filter(|(n, _)| n.starts_with("model.layers.0."))
+                };
+                let block: u64 = block0()
                     .map(|(_, s)| s.iter().product::<usize>() as u64 * 4)
                     .sum();
-                let layers = c.num_layers as u64;
-                ModelSize::new(
-                    arch.parameter_count(&c) * 4,
-                    block,
-                    layers,
-                    c.vocab_size as u64,
-                )
+                // Each matrix's input as if it had its own Hessian: q, k and v share one, which
+                // this counts three times; an upper bound.
+                let block_hessians = block0()
+                    .filter_map(|(_, s)| match s[..] {
+                        [_, cols] => Some(cols as u64 * cols as u64 * 4),
+                        _ => None,
+                    })
+                    .sum();
+                ModelSize {
+                    width: c.hidden_size as u64,
+                    block_hessians,
+                    ..ModelSize::new(
+                        arch.parameter_count(&c) * 4,
+                        block,
+                        c.num_layers as u64,
+                        c.vocab_size as u64,
+                    )
+                }
             }
             // Unreadable configs fail the stage; until then, assume a large model.
             Err(_) => ModelSize::new(1 << 30, 1 << 30, 1, 32_000),

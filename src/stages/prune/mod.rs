@@ -231,7 +231,9 @@ impl Kind for PruneSpec {
     }
 
     fn memory(&self, model: ModelSize) -> u64 {
-        model.held * 3
+        let hessians = matches!(self.method, PruneMethod::SparseGpt { .. });
+        let calibrated = self.method.calibration().map(|(_, mode)| (mode, hessians));
+        super::compress::compress_memory(model, calibrated)
     }
 
     fn run(&self, ctx: &StageCtx) -> Result<StageOutput, StageError> {

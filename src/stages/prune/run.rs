@@ -5,6 +5,7 @@ use serde_json::json;
 
 use super::{Pattern, PruneMethod, PruneSpec, Scope};
 use crate::capture::{Stats, Wanted};
+use crate::compress::tensor::Backend;
 use crate::compress::{self, HessianOpts, Mask, Matrix};
 use crate::model::LinearId;
 use crate::stages::compress::calibrated::{compress_calibrated, Calibrated};
@@ -20,6 +21,7 @@ pub(super) fn run(ctx: &StageCtx, spec: &PruneSpec) -> Result<StageOutput, Stage
     let mut weights = materialize(ctx, model_node, ctx.device)?;
     let names = selected(&weights.config, &spec.selection)?;
     let arch = weights.config.architecture();
+    let backend = Backend::for_device(ctx.device);
     // The first override whose regex matches a weight's name sets its sparsity.
     let sparsity = |name: &str| -> f64 {
         spec.overrides
@@ -75,8 +77,8 @@ pub(super) fn run(ctx: &StageCtx, spec: &PruneSpec) -> Result<StageOutput, Stage
                         // One stream per matrix, reproducible from the seed alone.
                         compress::random::random(&w, s, seed.wrapping_add(i as u64))
                     }
-                    (_, Pattern::Unstructured) => compress::magnitude::magnitude(&w, s),
-                    (_, Pattern::NM { n, m }) => compress::magnitude::magnitude_nm(&w, n, m),
+                    (_, Pattern::Unstructured) => backend.magnitude(&w, s),
+                    (_, Pattern::NM { n, m }) => backend.magnitude_nm(&w, n, m),
                     (_, Pattern::Rows) => compress::rows::rows_l1(&w, s),
                 }
                 .map_err(|e| kernel(name, e))?;
@@ -107,6 +109,7 @@ pub(super) fn run(ctx: &StageCtx, spec: &PruneSpec) -> Result<StageOutput, Stage
                 &mut out,
                 &mut |id, w, stats| {
                     prune_calibrated(
+                        &backend,
                         &spec.method,
                         spec.pattern,
                         sparsity(&arch.weight_name(id)),
@@ -158,6 +161,7 @@ pub(super) fn run(ctx: &StageCtx, spec: &PruneSpec) -> Result<StageOutput, Stage
 
 /// Wanda or SparseGPT on one layer, from its input statistics.
 fn prune_calibrated(
+    backend: &Backend,
     method: &PruneMethod,
     pattern: Pattern,
     s: f64,
@@ -174,8 +178,8 @@ fn prune_calibrated(
         PruneMethod::Wanda { .. } => {
             let scaler = stats.scaler(id).ok_or_else(|| missing("input norms"))?;
             let mask: Mask = match pattern {
-                Pattern::Unstructured => compress::wanda::wanda(w, &scaler, s),
-                Pattern::NM { n, m } => compress::wanda::wanda_nm(w, &scaler, n, m),
+                Pattern::Unstructured => backend.wanda(w, &scaler, s),
+                Pattern::NM { n, m } => backend.wanda_nm(w, &scaler, n, m),
                 Pattern::Rows => return Err(Invariant::NoRows("wanda").into()),
             }
             .map_err(kernel)?;
@@ -197,7 +201,7 @@ fn prune_calibrated(
                 blocksize: *blocksize,
                 percdamp: *percdamp,
             };
-            let out = compress::sparsegpt::sparsegpt(w, &h, pattern, &opts).map_err(kernel)?;
+            let out = backend.sparsegpt(w, &h, pattern, &opts).map_err(kernel)?;
             Ok((Replacement::Sparse { mask: out.mask }, out.weight))
         }
         _ => unreachable!("only calibrated methods come here"),

@@ -124,7 +124,11 @@ impl Kind for QuantizeSpec {
     }
 
     fn memory(&self, model: ModelSize) -> u64 {
-        model.held * 3
+        let calibrated = match &self.method {
+            QuantMethod::Gptq { mode, .. } => Some((*mode, true)),
+            _ => None,
+        };
+        super::compress::compress_memory(model, calibrated)
     }
 
     fn run(&self, ctx: &StageCtx) -> Result<StageOutput, StageError> {

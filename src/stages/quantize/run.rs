@@ -5,6 +5,7 @@ use serde_json::json;
 
 use super::{QuantMethod, QuantizeSpec};
 use crate::capture::Wanted;
+use crate::compress::tensor::Backend;
 use crate::compress::{self, Grouping, HessianOpts, Matrix, QuantConfig};
 use crate::stages::compress::calibrated::{compress_calibrated, Calibrated};
 use crate::stages::compress::kernel;
@@ -18,6 +19,7 @@ pub(super) fn run(ctx: &StageCtx, spec: &QuantizeSpec) -> Result<StageOutput, St
     let model_node = ctx.input_node("model")?;
     let mut weights = materialize(ctx, model_node, ctx.device)?;
     let names = selected(&weights.config, &spec.selection)?;
+    let backend = Backend::for_device(ctx.device);
     let grid = |bits: u32, group_size: Option<usize>, symmetric: bool| QuantConfig {
         bits,
         grouping: group_size.map_or(Grouping::PerChannel, Grouping::Group),
@@ -31,7 +33,8 @@ pub(super) fn run(ctx: &StageCtx, spec: &QuantizeSpec) -> Result<StageOutput, St
             group_size,
             symmetric,
         } => each_matrix(ctx, &weights.tensors, &names, &mut out, |name, w| {
-            let q = compress::rtn::rtn(w, &grid(*bits, *group_size, *symmetric))
+            let q = backend
+                .rtn(w, &grid(*bits, *group_size, *symmetric))
                 .map_err(|e| kernel(name, e))?;
             Ok(Replacement::Quantized(q))
         })?,
@@ -82,7 +85,8 @@ pub(super) fn run(ctx: &StageCtx, spec: &QuantizeSpec) -> Result<StageOutput, St
                         layer: id.to_string(),
                     })??;
                     let h = Matrix::from_tensor(&h).map_err(|e| kernel(&id.to_string(), e))?;
-                    let g = compress::gptq::gptq(w, &h, &cfg)
+                    let g = backend
+                        .gptq(w, &h, &cfg)
                         .map_err(|e| kernel(&id.to_string(), e))?;
                     let dense = g.quantized.dequantize();
                     Ok((Replacement::Quantized(g.quantized), dense))
