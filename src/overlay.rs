@@ -31,6 +31,12 @@
 //! | `int8`      | scale (f32), then `rows·cols` codes (i8)                         | `scale·q` in f32, cast to `dtype`; the linear runs as dynamic int8 |
 //! | `dense`     | the tensor's values in `dtype`, row-major                       | as stored      |
 //!
+//! A record with `"transposed": true` holds a weight its family stores as a `Conv1D` (GPT-2):
+//! its blob is the nn.Linear view (`out × in`, the layout the kernels and masks work in, so a row
+//! is an output feature), and the tensor applied is that matrix transposed, of the record's
+//! `shape` (`in × out`, the checkpoint's). A `masked` record reads the tensor beneath transposed
+//! the same way. Records of other weights leave the key out.
+//!
 //! Codes are packed LSB first into one bit stream: code `i` occupies bits `i·bits … i·bits+bits−1`,
 //! bit `k` being bit `k mod 8` of byte `k / 8`; padding bits of the last byte are zero. The
 //! group of column `c` is `c / group_size` unless group indices are stored (GPTQ act-order).
@@ -54,7 +60,9 @@ use serde::{Deserialize, Serialize};
 use crate::cache::key::Digest;
 use crate::compress::dynint8::Int8Weight;
 use crate::compress::{Mask, Matrix, QuantizedMatrix};
-use crate::model::{tensor_digest, tensor_or_tied, CheckpointReader, TensorMap, TensorSource};
+use crate::model::{
+    is_conv1d, tensor_digest, tensor_or_tied, CheckpointReader, TensorMap, TensorSource,
+};
 
 /// The directory of the overlay inside a compression stage's entry.
 pub const OVERLAY_DIR: &str = "overlay";
@@ -146,6 +154,20 @@ pub struct Record {
     pub bytes: u64,
     pub blake3: Digest,
     pub encoding: Encoding,
+    /// The blob holds the transpose of the tensor (see the module doc).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub transposed: bool,
+}
+
+impl Record {
+    /// The shape of the matrix the blob holds.
+    fn blob_shape(&self) -> Vec<usize> {
+        let mut shape = self.shape.clone();
+        if self.transposed {
+            shape.reverse();
+        }
+        shape
+    }
 }
 
 /// `overlay.json`.
@@ -243,12 +265,23 @@ impl OverlayWriter {
 
     /// Pruned weights whose other values are unchanged: only the mask is stored; `parent` is the
     /// tensor beneath (what the overlay will be applied on).
+    ///
+    /// Every matrix put (`masked`, `sparse`, `quantized`, `int8`) is in nn.Linear's layout,
+    /// `out × in`; a weight its family stores as a `Conv1D` is recorded `transposed`.
     pub fn put_masked(&mut self, name: &str, parent: &Tensor, mask: &Mask) -> Result<()> {
         check_dims(name, parent.dims(), mask.shape())?;
         let blob = mask.to_bytes();
         let decoded = parse_mask(&blob, mask.rows(), mask.cols()).map_err(|r| invalid(name, r))?;
         let dense = zero_pruned(parent, &decoded, self.dtype)?;
-        self.push(name, mask_shape(mask), Encoding::Masked, blob, &dense)
+        let transposed = is_conv1d(name);
+        self.push(
+            name,
+            mask_shape(mask),
+            Encoding::Masked,
+            blob,
+            &dense,
+            transposed,
+        )
     }
 
     /// Pruned and updated weights (SparseGPT): the mask and the kept values of `w`. Pruned
@@ -266,7 +299,15 @@ impl OverlayWriter {
         }
         let dense = decode_sparse(&blob, w.rows, w.cols, self.dtype)
             .map_err(|reason| invalid(name, reason))?;
-        self.push(name, mask_shape(mask), Encoding::Sparse, blob, &dense)
+        let transposed = is_conv1d(name);
+        self.push(
+            name,
+            mask_shape(mask),
+            Encoding::Sparse,
+            blob,
+            &dense,
+            transposed,
+        )
     }
 
     /// Quantized weights: bit-packed codes, scales, zeros and act-order group indices.
@@ -314,7 +355,7 @@ impl OverlayWriter {
         let shape = vec![q.rows, q.cols];
         let dense = decode_quantized(&blob, &shape, &encoding, self.dtype)
             .map_err(|reason| invalid(name, reason))?;
-        self.push(name, shape, encoding, blob, &dense)
+        self.push(name, shape, encoding, blob, &dense, is_conv1d(name))
     }
 
     /// A dynamic-int8 linear: per-tensor scale and int8 codes.
@@ -324,16 +365,16 @@ impl OverlayWriter {
         blob.extend(w.codes.iter().map(|&c| c as u8));
         let (dense, _) =
             decode_int8(&blob, &shape, self.dtype).map_err(|reason| invalid(name, reason))?;
-        self.push(name, shape, Encoding::Int8, blob, &dense)
+        self.push(name, shape, Encoding::Int8, blob, &dense, is_conv1d(name))
     }
 
-    /// Any tensor, stored as is (in the overlay's dtype).
+    /// Any tensor, stored as is (in the overlay's dtype and the checkpoint's layout).
     pub fn put_dense(&mut self, name: &str, t: &Tensor) -> Result<()> {
         let blob = tensor_bytes(t, self.dtype)?;
         let shape = t.dims().to_vec();
         let dense =
             decode_dense(&blob, &shape, self.dtype).map_err(|reason| invalid(name, reason))?;
-        self.push(name, shape, Encoding::Dense, blob, &dense)
+        self.push(name, shape, Encoding::Dense, blob, &dense, false)
     }
 
     /// The digests of the tensors put so far, as they will be applied.
@@ -341,17 +382,28 @@ impl OverlayWriter {
         &self.digests
     }
 
+    /// Stores `blob`, which decodes to `dense` of `shape`; when `transposed`, the tensor applied
+    /// is `dense` transposed.
     fn push(
         &mut self,
         name: &str,
-        shape: Vec<usize>,
+        mut shape: Vec<usize>,
         encoding: Encoding,
         blob: Vec<u8>,
         dense: &Tensor,
+        transposed: bool,
     ) -> Result<()> {
         if self.digests.contains_key(name) {
             return Err(invalid(name, "put twice in one overlay".into()));
         }
+        let applied;
+        let dense = if transposed {
+            shape.reverse();
+            applied = dense.t()?.contiguous()?;
+            &applied
+        } else {
+            dense
+        };
         let file = format!("t{:04}.bin", self.records.len());
         let path = self.dir.join(&file);
         std::fs::write(&path, &blob).map_err(io("writing", &path))?;
@@ -366,6 +418,7 @@ impl OverlayWriter {
             bytes: blob.len() as u64,
             blake3: Digest::of_bytes(&blob),
             encoding,
+            transposed,
         });
         Ok(())
     }
@@ -507,12 +560,16 @@ impl Overlay {
     fn decode(&self, r: &Record, parent: Option<&Tensor>) -> Result<Decoded> {
         let blob = self.blob(r)?;
         let corrupt = |reason: String| self.corrupt(r, reason);
+        if r.transposed {
+            check_shape(&r.shape, 2).map_err(&corrupt)?;
+        }
+        let shape = r.blob_shape();
         let mut deployed = r.bytes;
         let mut int8 = None;
         let tensor = match &r.encoding {
             Encoding::Masked => {
                 let parent = parent.ok_or_else(|| OverlayError::MissingParent(r.name.clone()))?;
-                check_shape(&r.shape, 2).map_err(&corrupt)?;
+                check_shape(&shape, 2).map_err(&corrupt)?;
                 if parent.dims() != r.shape.as_slice() {
                     return Err(invalid(
                         &r.name,
@@ -523,23 +580,33 @@ impl Overlay {
                         ),
                     ));
                 }
-                let mask = parse_mask(&blob, r.shape[0], r.shape[1]).map_err(&corrupt)?;
+                let parent = if r.transposed {
+                    parent.t()?.contiguous()?
+                } else {
+                    parent.clone()
+                };
+                let mask = parse_mask(&blob, shape[0], shape[1]).map_err(&corrupt)?;
                 deployed = masked_deployed(r.bytes, &mask, self.dtype);
-                zero_pruned(parent, &mask, self.dtype)?
+                zero_pruned(&parent, &mask, self.dtype)?
             }
             Encoding::Sparse => {
-                check_shape(&r.shape, 2).map_err(&corrupt)?;
-                decode_sparse(&blob, r.shape[0], r.shape[1], self.dtype).map_err(&corrupt)?
+                check_shape(&shape, 2).map_err(&corrupt)?;
+                decode_sparse(&blob, shape[0], shape[1], self.dtype).map_err(&corrupt)?
             }
             e @ Encoding::Quantized { .. } => {
-                decode_quantized(&blob, &r.shape, e, self.dtype).map_err(&corrupt)?
+                decode_quantized(&blob, &shape, e, self.dtype).map_err(&corrupt)?
             }
             Encoding::Int8 => {
-                let (t, w) = decode_int8(&blob, &r.shape, self.dtype).map_err(&corrupt)?;
+                let (t, w) = decode_int8(&blob, &shape, self.dtype).map_err(&corrupt)?;
                 int8 = Some(w);
                 t
             }
-            Encoding::Dense => decode_dense(&blob, &r.shape, self.dtype).map_err(&corrupt)?,
+            Encoding::Dense => decode_dense(&blob, &shape, self.dtype).map_err(&corrupt)?,
+        };
+        let tensor = if r.transposed {
+            tensor.t()?.contiguous()?
+        } else {
+            tensor
         };
         Ok(Decoded {
             tensor,
@@ -557,8 +624,9 @@ impl Overlay {
                 Encoding::Masked => {
                     let blob = self.blob(r)?;
                     let corrupt = |reason: String| self.corrupt(r, reason);
-                    check_shape(&r.shape, 2).map_err(&corrupt)?;
-                    let mask = parse_mask(&blob, r.shape[0], r.shape[1]).map_err(&corrupt)?;
+                    let shape = r.blob_shape();
+                    check_shape(&shape, 2).map_err(&corrupt)?;
+                    let mask = parse_mask(&blob, shape[0], shape[1]).map_err(&corrupt)?;
                     masked_deployed(r.bytes, &mask, self.dtype)
                 }
                 _ => r.bytes,
@@ -682,10 +750,12 @@ impl ChainSource {
             let parent = match &current {
                 Some(t) => Some(t.clone()),
                 // A tied model's LM head is its embedding until something replaces it.
-                None => crate::model::family::tied_parent(name)
-                    .map(from_base)
-                    .transpose()?
-                    .flatten(),
+                None => crate::model::family::tied_parent(name, &|e| {
+                    self.base.expected().contains_key(e)
+                })
+                .map(from_base)
+                .transpose()?
+                .flatten(),
             };
             let d = overlay.decode(r, parent.as_ref())?;
             int8 = d.int8;
@@ -1092,6 +1162,76 @@ mod tests {
             let packed = pack_codes(&codes, bits);
             assert_eq!(packed.len(), (37 * bits as usize).div_ceil(8));
             assert_eq!(unpack_codes(&packed, bits, 37), codes, "{bits} bits");
+        }
+    }
+
+    /// A GPT-2 `Conv1D` weight: the matrices put are its nn.Linear view (out × in), the record
+    /// says so, and what is applied is in the checkpoint's layout (in × out).
+    #[test]
+    fn conv1d_records_hold_the_linear_view_and_apply_in_the_checkpoints_layout() {
+        let dev = Device::Cpu;
+        let (masked, int8) = (
+            "transformer.h.0.mlp.c_fc.weight",
+            "transformer.h.0.attn.c_proj.weight",
+        );
+        // Stored in × out = 3 × 4; the nn.Linear view is 4 × 3.
+        let stored = Tensor::arange(1f32, 13., &dev)
+            .unwrap()
+            .reshape((3, 4))
+            .unwrap();
+        let linear = stored.t().unwrap().contiguous().unwrap();
+        // Prune the first entry of each output row of the view: stored column c, row 0.
+        let mask = Mask::from_fn(4, 3, |_, c| c == 0);
+        let q = crate::compress::dynint8::quantize_weight(&Matrix::from_tensor(&linear).unwrap())
+            .unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("o");
+        let mut w = OverlayWriter::new(&dir, DType::F32).unwrap();
+        w.put_masked(masked, &linear, &mask).unwrap();
+        w.put_int8(int8, &q).unwrap();
+        w.put_masked("lm_head.weight", &linear, &mask).unwrap();
+        let summary = w.finish().unwrap();
+
+        let index = std::fs::read_to_string(dir.join(INDEX_FILE)).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&index).unwrap();
+        let records = json["tensors"].as_array().unwrap();
+        assert_eq!(records[0]["transposed"], true);
+        assert_eq!(records[0]["shape"], serde_json::json!([3, 4]));
+        assert_eq!(records[1]["transposed"], true);
+        // Other weights leave the key out: their indexes are as before.
+        assert!(records[2].get("transposed").is_none(), "{index}");
+        assert_eq!(records[2]["shape"], serde_json::json!([4, 3]));
+
+        let overlay = Overlay::open(&dir).unwrap();
+        let mut tensors = TensorMap::new();
+        tensors.insert(masked.to_string(), stored.clone());
+        tensors.insert(int8.to_string(), stored.clone());
+        tensors.insert("lm_head.weight".to_string(), linear.clone());
+        let applied = overlay.apply(&mut tensors, &dev).unwrap();
+        let got: Vec<Vec<f32>> = tensors[masked].to_vec2().unwrap();
+        assert_eq!(
+            got,
+            [[0., 0., 0., 0.], [5., 6., 7., 8.], [9., 10., 11., 12.]]
+        );
+        // The int8 linear runs in nn.Linear's layout; its dense weight is in the checkpoint's.
+        let lin = &applied.int8[int8].weight;
+        assert_eq!((lin.rows, lin.cols), (4, 3));
+        assert_eq!(tensors[int8].dims(), [3, 4]);
+        let deq: Vec<f32> = q.dequantize().data;
+        let back: Vec<f32> = tensors[int8]
+            .t()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(back, deq);
+        // The digests the writer recorded are those of the tensors as applied.
+        for name in [masked, int8] {
+            assert_eq!(
+                summary.digests[name],
+                tensor_digest(&tensors[name]).unwrap()
+            );
         }
     }
 }

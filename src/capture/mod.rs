@@ -136,7 +136,8 @@ pub fn wanda_reference_step(scaler: f32, sq: f32, seen: usize) -> f32 {
     scaled + norm * norm / (seen + 1) as f32
 }
 
-/// The distinct inputs of a block's linear layers: q, k and v read one tensor, gate and up another.
+/// The distinct inputs of a block's linear layers: q, k and v (or GPT-2's fused qkv) read one
+/// tensor, gate and up (or the MLP's first layer alone) another.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum InputGroup {
     Attention,
@@ -148,20 +149,10 @@ pub enum InputGroup {
 impl InputGroup {
     pub fn of(p: Proj) -> Self {
         match p {
-            Proj::Q | Proj::K | Proj::V => InputGroup::Attention,
+            Proj::Q | Proj::K | Proj::V | Proj::Qkv => InputGroup::Attention,
             Proj::O => InputGroup::Output,
             Proj::Gate | Proj::Up => InputGroup::Mlp,
             Proj::Down => InputGroup::Down,
-        }
-    }
-
-    /// The projection whose capture stands for the group.
-    fn leader(self) -> Proj {
-        match self {
-            InputGroup::Attention => Proj::Q,
-            InputGroup::Output => Proj::O,
-            InputGroup::Mlp => Proj::Gate,
-            InputGroup::Down => Proj::Down,
         }
     }
 
@@ -232,20 +223,27 @@ pub struct Wanted {
     pub accumulation: Accumulation,
 }
 
-/// A capture hook accumulating `wanted` statistics into `stats`; the first error is kept.
+/// A capture hook accumulating `wanted` statistics into `stats`; the first error is kept. Used
+/// for one pass over a block: the layers of an input group share one input, so the first of
+/// them to run (LLaMA's q and gate, OPT's q) stands for the group's Hessian.
 fn accumulate<'a>(
     stats: &'a mut Stats,
     wanted: Wanted,
     failure: &'a mut Option<candle_core::Error>,
 ) -> impl FnMut(LinearId, &Tensor) + 'a {
+    let mut seen: Vec<(usize, InputGroup)> = Vec::new();
     move |id: LinearId, input: &Tensor| {
         if failure.is_some() {
             return;
         }
+        let group = InputGroup::of(id.proj);
+        let first = !seen.contains(&(id.layer, group));
+        if first {
+            seen.push((id.layer, group));
+        }
         let result = (|| -> candle_core::Result<()> {
             let x = input.to_dtype(DType::F32)?;
-            let group = InputGroup::of(id.proj);
-            let hessian = wanted.hessian && group.leader() == id.proj;
+            let hessian = wanted.hessian && first;
             match stats.accumulation {
                 Accumulation::Exact => {
                     if wanted.norms {
@@ -710,8 +708,9 @@ mod tests {
                     let f = 1.0
                         + stats.scaler(id).unwrap()[0] as f64
                         + h.sum_all()?.to_scalar::<f32>()? as f64 * 1e-3;
-                    let scaled = tensors[&id.weight_name()].affine(1.0 / f, 0.0)?;
-                    tensors.insert(id.weight_name(), scaled);
+                    let name = arch.weight_name(id);
+                    let scaled = tensors[&name].affine(1.0 / f, 0.0)?;
+                    tensors.insert(name, scaled);
                 }
                 seen.push(Stats {
                     nsamples: stats.nsamples,

@@ -40,7 +40,7 @@ use crate::model::CausalLm;
 #[serde(rename_all = "snake_case")]
 pub enum ProbeStyle {
     /// A decoder predicts the object from the text left of the mask. (Encoder models would fill
-    /// `[MASK]` with both sides visible; the runtime runs LLaMA-family decoders only.)
+    /// `[MASK]` with both sides visible; the runtimes are decoders only so far.)
     #[default]
     Causal,
 }

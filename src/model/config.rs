@@ -1,7 +1,9 @@
-//! `config.json` of a Hugging Face LLaMA-family checkpoint, resolved into [`ModelConfig`].
+//! `config.json` of a Hugging Face checkpoint, resolved into [`ModelConfig`].
 //!
-//! [`RawConfig`] mirrors the file (optional keys stay `Option`); [`ModelConfig`] is what the runtime
-//! uses, with every default filled and every unsupported feature rejected up front, naming the key.
+//! `model_type` and `architectures` choose the family. [`RawConfig`] mirrors a LLaMA-family file
+//! (optional keys stay `Option`); GPT-2 and OPT have their mirrors in their family modules.
+//! [`ModelConfig`] is what the runtime uses, with every default filled and every unsupported
+//! feature rejected up front, naming the key.
 
 use std::path::{Path, PathBuf};
 
@@ -52,13 +54,43 @@ impl TokenIds {
     }
 }
 
-/// The architecture families the runtime implements; they differ only in defaults and biases.
+/// The families whose configs whittle reads. LLaMA, Mistral and Qwen2 share one layout and
+/// differ only in defaults and biases; GPT-2 and OPT are decoders of their own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Family {
     Llama,
     Mistral,
     Qwen2,
+    Gpt2,
+    Opt,
+}
+
+/// The MLP's activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// SiLU-gated (LLaMA's SwiGLU).
+    Silu,
+    /// GELU with the tanh approximation (GPT-2's `gelu_new`, `gelu_pytorch_tanh`).
+    GeluTanh,
+    /// GELU with the exact error function (`gelu`).
+    GeluErf,
+    Relu,
+}
+
+impl Activation {
+    /// The activation a GPT-2 or OPT config's `activation_function` names.
+    pub(crate) fn parse(name: &str) -> std::result::Result<Activation, String> {
+        match name {
+            "gelu_new" | "gelu_pytorch_tanh" => Ok(Activation::GeluTanh),
+            "gelu" => Ok(Activation::GeluErf),
+            "relu" => Ok(Activation::Relu),
+            other => Err(format!(
+                "`{other}` is not supported; expected gelu_new, gelu_pytorch_tanh, gelu or relu"
+            )),
+        }
+    }
 }
 
 /// How rotary frequencies are rescaled for long contexts.
@@ -87,7 +119,11 @@ pub struct ModelConfig {
     pub num_kv_heads: usize,
     pub head_dim: usize,
     pub vocab_size: usize,
+    /// RMSNorm's epsilon (LLaMA family).
     pub rms_norm_eps: f64,
+    /// LayerNorm's epsilon (GPT-2, OPT).
+    pub layer_norm_eps: f64,
+    pub activation: Activation,
     pub rope_theta: f64,
     pub rope_scaling: Option<RopeScaling>,
     pub tie_word_embeddings: bool,
@@ -119,11 +155,28 @@ impl ModelConfig {
     }
 
     fn parse(json: &str, path: &Path) -> Result<Self> {
-        let raw: RawConfig = serde_json::from_str(json).map_err(|source| ModelError::Json {
+        let bad_json = |source| ModelError::Json {
             path: path.to_path_buf(),
             source,
-        })?;
-        raw.resolve(path)
+        };
+        #[derive(Deserialize)]
+        struct Head {
+            model_type: Option<String>,
+            architectures: Option<Vec<String>>,
+        }
+        let head: Head = serde_json::from_str(json).map_err(bad_json)?;
+        match family_of(
+            head.model_type.as_deref(),
+            head.architectures.as_deref(),
+            path,
+        )? {
+            Family::Gpt2 => super::family::gpt2::resolve(json, path),
+            Family::Opt => super::family::opt::resolve(json, path),
+            Family::Llama | Family::Mistral | Family::Qwen2 => {
+                let raw: RawConfig = serde_json::from_str(json).map_err(bad_json)?;
+                raw.resolve(path)
+            }
+        }
     }
 
     /// The group size of grouped-query attention: query heads per KV head.
@@ -150,7 +203,17 @@ impl RawConfig {
             key: key.to_string(),
             message,
         };
-        let family = resolve_family(&self, path)?;
+        let family = family_of(
+            self.model_type.as_deref(),
+            self.architectures.as_deref(),
+            path,
+        )?;
+        if matches!(family, Family::Gpt2 | Family::Opt) {
+            return Err(err(
+                "model_type",
+                format!("{family:?} is not a LLaMA-family config; read it with ModelConfig"),
+            ));
+        }
         let need = |key: &str, v: Option<usize>| -> Result<usize> {
             match v {
                 Some(0) => Err(err(key, "must be positive".into())),
@@ -214,7 +277,7 @@ impl RawConfig {
         let (qkv_bias, o_bias) = match family {
             // Qwen2 always has q/k/v biases and never an o_proj bias.
             Family::Qwen2 => (true, false),
-            Family::Llama | Family::Mistral => (attention_bias, attention_bias),
+            _ => (attention_bias, attention_bias),
         };
         let sliding_window = match family {
             Family::Mistral => self.sliding_window,
@@ -230,32 +293,8 @@ impl RawConfig {
             "max_position_embeddings",
             Some(self.max_position_embeddings.unwrap_or(2048)),
         )?;
-        let bos_token_id = match self.bos_token_id {
-            None => None,
-            Some(TokenIds::One(id)) => Some(id),
-            Some(TokenIds::Many(ids)) if ids.len() <= 1 => ids.first().copied(),
-            Some(TokenIds::Many(ids)) => {
-                return Err(err(
-                    "bos_token_id",
-                    format!("expected one id, found a list {ids:?}"),
-                ))
-            }
-        };
-        let eos_token_ids = self
-            .eos_token_id
-            .map(TokenIds::into_vec)
-            .unwrap_or_default();
-        for (key, ids) in [
-            ("bos_token_id", bos_token_id.into_iter().collect::<Vec<_>>()),
-            ("eos_token_id", eos_token_ids.clone()),
-        ] {
-            if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab_size) {
-                return Err(err(
-                    key,
-                    format!("id {bad} is outside the vocabulary (vocab_size = {vocab_size})"),
-                ));
-            }
-        }
+        let (bos_token_id, eos_token_ids) =
+            token_ids(self.bos_token_id, self.eos_token_id, vocab_size, path)?;
         Ok(ModelConfig {
             family,
             hidden_size,
@@ -266,6 +305,8 @@ impl RawConfig {
             head_dim,
             vocab_size,
             rms_norm_eps,
+            layer_norm_eps: 1e-5,
+            activation: Activation::Silu,
             rope_theta,
             rope_scaling,
             tie_word_embeddings: self.tie_word_embeddings.unwrap_or(false),
@@ -280,42 +321,59 @@ impl RawConfig {
     }
 }
 
-const ARCHITECTURES: [(&str, Family); 3] = [
+/// The supported `architectures` entries (the transformers classes) and their families.
+pub const ARCHITECTURES: [(&str, Family); 5] = [
     ("LlamaForCausalLM", Family::Llama),
     ("MistralForCausalLM", Family::Mistral),
     ("Qwen2ForCausalLM", Family::Qwen2),
+    ("GPT2LMHeadModel", Family::Gpt2),
+    ("OPTForCausalLM", Family::Opt),
 ];
 
-fn resolve_family(raw: &RawConfig, path: &Path) -> Result<Family> {
+/// The supported `model_type` values and their families.
+const MODEL_TYPES: [(&str, Family); 5] = [
+    ("llama", Family::Llama),
+    ("mistral", Family::Mistral),
+    ("qwen2", Family::Qwen2),
+    ("gpt2", Family::Gpt2),
+    ("opt", Family::Opt),
+];
+
+/// The family `model_type` and `architectures` name; they must agree when both are given.
+fn family_of(
+    model_type: Option<&str>,
+    architectures: Option<&[String]>,
+    path: &Path,
+) -> Result<Family> {
     let err = |key: &str, message: String| ModelError::Config {
         path: PathBuf::from(path),
         key: key.to_string(),
         message,
     };
-    let from_type = match raw.model_type.as_deref() {
+    let list = |names: &mut dyn Iterator<Item = &str>| names.collect::<Vec<_>>().join(", ");
+    let from_type = match model_type {
         None => None,
-        Some("llama") => Some(Family::Llama),
-        Some("mistral") => Some(Family::Mistral),
-        Some("qwen2") => Some(Family::Qwen2),
-        Some(other) => {
-            return Err(err(
-                "model_type",
-                format!("`{other}` is not supported; expected llama, mistral or qwen2"),
-            ))
-        }
+        Some(t) => match MODEL_TYPES.iter().find(|(name, _)| *name == t) {
+            Some((_, family)) => Some(*family),
+            None => {
+                let known = list(&mut MODEL_TYPES.iter().map(|(n, _)| *n));
+                return Err(err(
+                    "model_type",
+                    format!("`{t}` is not supported; expected one of {known}"),
+                ));
+            }
+        },
     };
-    let from_arch = match raw.architectures.as_deref() {
+    let from_arch = match architectures {
         None | Some([]) => None,
         Some([arch]) => match ARCHITECTURES.iter().find(|(name, _)| name == arch) {
             Some((_, family)) => Some(*family),
             None => {
+                let known = list(&mut ARCHITECTURES.iter().map(|(n, _)| *n));
                 return Err(err(
                     "architectures",
-                    format!(
-                        "`{arch}` is not supported; expected one of LlamaForCausalLM, \
-                         MistralForCausalLM, Qwen2ForCausalLM"
-                    ),
-                ))
+                    format!("`{arch}` is not supported; expected one of {known}"),
+                ));
             }
         },
         Some(many) => {
@@ -336,6 +394,44 @@ fn resolve_family(raw: &RawConfig, path: &Path) -> Result<Family> {
             "neither model_type nor architectures is given; cannot tell the architecture".into(),
         )),
     }
+}
+
+/// `bos_token_id` (one id) and `eos_token_id` (one or several), each inside the vocabulary.
+pub(crate) fn token_ids(
+    bos: Option<TokenIds>,
+    eos: Option<TokenIds>,
+    vocab_size: usize,
+    path: &Path,
+) -> Result<(Option<u32>, Vec<u32>)> {
+    let err = |key: &str, message: String| ModelError::Config {
+        path: path.to_path_buf(),
+        key: key.to_string(),
+        message,
+    };
+    let bos_token_id = match bos {
+        None => None,
+        Some(TokenIds::One(id)) => Some(id),
+        Some(TokenIds::Many(ids)) if ids.len() <= 1 => ids.first().copied(),
+        Some(TokenIds::Many(ids)) => {
+            return Err(err(
+                "bos_token_id",
+                format!("expected one id, found a list {ids:?}"),
+            ))
+        }
+    };
+    let eos_token_ids = eos.map(TokenIds::into_vec).unwrap_or_default();
+    for (key, ids) in [
+        ("bos_token_id", bos_token_id.into_iter().collect::<Vec<_>>()),
+        ("eos_token_id", eos_token_ids.clone()),
+    ] {
+        if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab_size) {
+            return Err(err(
+                key,
+                format!("id {bad} is outside the vocabulary (vocab_size = {vocab_size})"),
+            ));
+        }
+    }
+    Ok((bos_token_id, eos_token_ids))
 }
 
 fn resolve_rope_scaling(v: &serde_json::Value) -> std::result::Result<Option<RopeScaling>, String> {
@@ -457,13 +553,29 @@ mod tests {
         assert!(e.contains("rope_scaling") && e.contains("yarn"), "{e}");
         let e = error_of(&with("hidden_act", "gelu".into()));
         assert!(e.contains("hidden_act") && e.contains("gelu"), "{e}");
-        let e = error_of(&with("model_type", "gpt2".into()));
-        assert!(e.contains("model_type") && e.contains("gpt2"), "{e}");
+        let e = error_of(&with("model_type", "bert".into()));
+        assert!(e.contains("model_type") && e.contains("bert"), "{e}");
+        let e = error_of(&with(
+            "architectures",
+            serde_json::json!(["BertForMaskedLM"]),
+        ));
+        assert!(
+            e.contains("architectures") && e.contains("BertForMaskedLM"),
+            "{e}"
+        );
+        // The error lists every supported class.
+        for (class, _) in ARCHITECTURES {
+            assert!(e.contains(class), "{e}");
+        }
+        // A GPT-2 class on a LLaMA model_type is a contradiction, not a GPT-2 model.
         let e = error_of(&with(
             "architectures",
             serde_json::json!(["GPT2LMHeadModel"]),
         ));
-        assert!(e.contains("architectures"), "{e}");
+        assert!(
+            e.contains("architectures") && e.contains("contradicts"),
+            "{e}"
+        );
         let e = error_of(&with("num_key_value_heads", 3.into()));
         assert!(e.contains("num_key_value_heads"), "{e}");
         let e = error_of(&with("hidden_size", 0.into()));

@@ -10,8 +10,8 @@ use candle_core::{Device, Tensor};
 
 use super::config::ModelConfig;
 use super::error::{ModelError, Result};
-use super::llama::{Capture, KvCache, LayerKvCache};
 use super::lm::{Blocks, CausalLm};
+use super::parts::{Capture, KvCache, LayerKvCache};
 
 /// Where a stage's log lines go.
 pub type Note = Arc<dyn Fn(&str) + Send + Sync>;

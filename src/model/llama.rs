@@ -3,262 +3,19 @@
 //! The model is immutable; KV caches are passed in. [`Llama::block_forward`] exposes one block and
 //! reports the input of each of its seven linear layers, which calibration needs.
 
-use std::fmt;
-use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use candle_core::{DType, Device, Module, Tensor, D};
-use serde::{Deserialize, Serialize};
+use candle_core::{DType, Device, Tensor, D};
 
 use super::config::{ModelConfig, RopeScaling};
 use super::error::{ModelError, Result};
-use super::family::{Architecture, ModuleGroup, LLAMA};
+use super::family::{Architecture, LLAMA};
+use super::parts::{
+    accumulation_dtype, causal_attention, check_dtype, BlockStore, Capture, Int8Linear, KvCache,
+    LayerKvCache, Linear, LinearId, Proj,
+};
 use super::reader::TensorSource;
 use super::weights::TensorMap;
-
-/// The seven linear layers of a decoder block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Proj {
-    Q,
-    K,
-    V,
-    O,
-    Gate,
-    Up,
-    Down,
-}
-
-impl Proj {
-    /// In the order they run within a block.
-    pub const ALL: [Proj; 7] = [
-        Proj::Q,
-        Proj::K,
-        Proj::V,
-        Proj::O,
-        Proj::Gate,
-        Proj::Up,
-        Proj::Down,
-    ];
-
-    pub fn group(self) -> ModuleGroup {
-        match self {
-            Proj::Q | Proj::K | Proj::V | Proj::O => ModuleGroup::Attention,
-            Proj::Gate | Proj::Up | Proj::Down => ModuleGroup::Mlp,
-        }
-    }
-
-    /// The HF module name: `q_proj`, ..., `down_proj`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Proj::Q => "q_proj",
-            Proj::K => "k_proj",
-            Proj::V => "v_proj",
-            Proj::O => "o_proj",
-            Proj::Gate => "gate_proj",
-            Proj::Up => "up_proj",
-            Proj::Down => "down_proj",
-        }
-    }
-
-    fn parent(self) -> &'static str {
-        match self.group() {
-            ModuleGroup::Attention => "self_attn",
-            _ => "mlp",
-        }
-    }
-}
-
-/// One linear layer of the model: `layers.{layer}.{proj}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct LinearId {
-    pub layer: usize,
-    pub proj: Proj,
-}
-
-impl LinearId {
-    pub fn new(layer: usize, proj: Proj) -> Self {
-        LinearId { layer, proj }
-    }
-
-    /// The HF name of its weight, e.g. `model.layers.3.self_attn.q_proj.weight`.
-    pub fn weight_name(&self) -> String {
-        format!("{}.weight", self.module_path())
-    }
-
-    /// The HF name of its bias (present only when the config has biases for it).
-    pub fn bias_name(&self) -> String {
-        format!("{}.bias", self.module_path())
-    }
-
-    /// The layer whose weight is called `name` (`model.layers.3.self_attn.q_proj.weight`).
-    pub fn from_weight_name(name: &str) -> Option<LinearId> {
-        let rest = name
-            .strip_prefix("model.layers.")?
-            .strip_suffix(".weight")?;
-        let (layer, path) = rest.split_once('.')?;
-        let layer: usize = layer.parse().ok()?;
-        let id = Proj::ALL
-            .into_iter()
-            .map(|p| LinearId::new(layer, p))
-            .find(|id| id.module_path() == format!("model.layers.{layer}.{path}"))?;
-        Some(id)
-    }
-
-    fn module_path(&self) -> String {
-        format!(
-            "model.layers.{}.{}.{}",
-            self.layer,
-            self.proj.parent(),
-            self.proj.name()
-        )
-    }
-}
-
-impl fmt::Display for LinearId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "layers.{}.{}", self.layer, self.proj.name())
-    }
-}
-
-impl FromStr for LinearId {
-    type Err = String;
-
-    /// Parses the [`Display`](fmt::Display) form, `layers.3.q_proj`.
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        let bad = || format!("`{s}` is not a linear layer name like `layers.3.q_proj`");
-        let rest = s.strip_prefix("layers.").ok_or_else(bad)?;
-        let (layer, name) = rest.split_once('.').ok_or_else(bad)?;
-        let layer = layer.parse().map_err(|_| bad())?;
-        let proj = Proj::ALL
-            .into_iter()
-            .find(|p| p.name() == name)
-            .ok_or_else(bad)?;
-        Ok(LinearId { layer, proj })
-    }
-}
-
-/// A hook given the input of each linear layer, [batch, seq, in_features], before it is applied.
-pub type Capture<'a> = &'a mut dyn FnMut(LinearId, &Tensor);
-
-/// The keys and values one block has seen so far (after RoPE), shaped [batch, kv_heads, len, head_dim].
-#[derive(Debug, Clone, Default)]
-pub struct LayerKvCache {
-    kv: Option<(Tensor, Tensor)>,
-}
-
-impl LayerKvCache {
-    /// Number of cached positions.
-    pub fn len(&self) -> usize {
-        self.kv.as_ref().map_or(0, |(k, _)| k.dims()[2])
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.kv.is_none()
-    }
-
-    /// Appends new keys/values and returns all of them.
-    fn append(&mut self, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
-        let (k, v) = match self.kv.take() {
-            None => (k, v),
-            Some((ck, cv)) => (Tensor::cat(&[&ck, &k], 2)?, Tensor::cat(&[&cv, &v], 2)?),
-        };
-        self.kv = Some((k.clone(), v.clone()));
-        Ok((k, v))
-    }
-}
-
-/// The decoding state of a whole model: one cache per block and the next position.
-#[derive(Debug, Clone)]
-pub struct KvCache {
-    layers: Vec<LayerKvCache>,
-    pos: usize,
-}
-
-impl KvCache {
-    pub fn new(cfg: &ModelConfig) -> Self {
-        KvCache {
-            layers: vec![LayerKvCache::default(); cfg.num_layers],
-            pos: 0,
-        }
-    }
-
-    /// The position the next token will take.
-    pub fn pos(&self) -> usize {
-        self.pos
-    }
-
-    pub fn layer_mut(&mut self, layer: usize) -> Option<&mut LayerKvCache> {
-        self.layers.get_mut(layer)
-    }
-
-    pub fn reset(&mut self) {
-        self.layers
-            .iter_mut()
-            .for_each(|l| *l = LayerKvCache::default());
-        self.pos = 0;
-    }
-}
-
-#[derive(Debug, Clone)]
-struct Linear {
-    inner: candle_nn::Linear,
-    /// Set when the layer runs as PyTorch's dynamic int8 linear instead of in floating point.
-    int8: Option<Int8Linear>,
-}
-
-/// A linear layer emulating `torch.ao.quantization.quantize_dynamic` (int8, x86 backend): the
-/// weight is int8 per tensor; each call quantizes its input to 7-bit unsigned codes from that
-/// input's own range; the integer product is exact. One call per sequence, so results do not
-/// depend on how sequences are batched.
-#[derive(Debug, Clone)]
-struct Int8Linear {
-    weight: crate::compress::dynint8::Int8Weight,
-    /// The weight codes transposed, [in, out], as f64: sums of int8 × uint7 products over any
-    /// width stay exact there (f32 loses them past 2^24).
-    codes_t: Tensor,
-}
-
-impl Linear {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match &self.int8 {
-            None => Ok(self.inner.forward(x)?),
-            Some(q) => q.forward(x, self.inner.bias()),
-        }
-    }
-}
-
-impl Int8Linear {
-    fn new(weight: crate::compress::dynint8::Int8Weight, device: &Device) -> Result<Self> {
-        let codes: Vec<f64> = weight.codes.iter().map(|&c| f64::from(c)).collect();
-        let codes_t = Tensor::from_vec(codes, (weight.rows, weight.cols), device)?
-            .t()?
-            .contiguous()?;
-        Ok(Int8Linear { weight, codes_t })
-    }
-
-    /// `x` is [batch, seq, in]; each batch row is one call.
-    fn forward(&self, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-        use crate::compress::dynint8::quantize_input;
-        let (b, s, cols) = x.dims3()?;
-        let flat: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-        let mut centered = Vec::with_capacity(flat.len());
-        let mut mult = Vec::with_capacity(b);
-        for seq in flat.chunks(s * cols) {
-            let q = quantize_input(seq).map_err(|e| ModelError::Invalid(e.to_string()))?;
-            centered.extend(q.codes.iter().map(|&c| f64::from(i32::from(c) - q.zero)));
-            mult.push(q.scale * self.weight.scale);
-        }
-        let q = Tensor::from_vec(centered, (b, s, cols), x.device())?;
-        let acc = q.broadcast_matmul(&self.codes_t)?.to_dtype(DType::F32)?;
-        let mult = Tensor::from_vec(mult, (b, 1, 1), x.device())?;
-        let mut y = acc.broadcast_mul(&mult)?;
-        if let Some(bias) = bias {
-            y = y.broadcast_add(&bias.to_dtype(DType::F32)?)?;
-        }
-        Ok(y.to_dtype(x.dtype())?)
-    }
-}
 
 #[derive(Debug, Clone)]
 struct Block {
@@ -274,44 +31,12 @@ impl Block {
     }
 }
 
-/// Where the blocks' weights are: all in memory, or read from a source one block at a time.
-enum BlockStore {
-    Resident(Vec<Arc<Block>>),
-    /// The last block read stays until another is asked for, so running every sequence through
-    /// block i before block i + 1 reads each block once.
-    Streamed {
-        source: Arc<dyn TensorSource>,
-        held: Mutex<Option<(usize, Arc<Block>)>>,
-    },
-}
-
-impl Clone for BlockStore {
-    fn clone(&self) -> Self {
-        match self {
-            BlockStore::Resident(b) => BlockStore::Resident(b.clone()),
-            BlockStore::Streamed { source, .. } => BlockStore::Streamed {
-                source: source.clone(),
-                held: Mutex::new(None),
-            },
-        }
-    }
-}
-
-impl fmt::Debug for BlockStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            BlockStore::Resident(b) => write!(f, "Resident({} blocks)", b.len()),
-            BlockStore::Streamed { .. } => write!(f, "Streamed"),
-        }
-    }
-}
-
 /// A LLaMA-family causal language model.
 #[derive(Debug, Clone)]
 pub struct Llama {
     cfg: ModelConfig,
     embed: Tensor,
-    blocks: BlockStore,
+    blocks: BlockStore<Block>,
     norm: Tensor,
     lm_head: Linear,
     /// RoPE inverse frequencies (f32, head_dim / 2), scaling applied.
@@ -367,10 +92,7 @@ impl Llama {
         } else {
             None
         };
-        let blocks = BlockStore::Streamed {
-            source: source.clone(),
-            held: Mutex::new(None),
-        };
+        let blocks = BlockStore::streamed(source.clone());
         let mut model = Self::assemble(cfg, &get, head, blocks, dtype, device)?;
         if let Some(w) = source.int8(LLAMA.head_name())? {
             model.lm_head.int8 = Some(Int8Linear::new(w, &model.device)?);
@@ -382,7 +104,7 @@ impl Llama {
         cfg: &ModelConfig,
         get: &dyn Fn(&str) -> Result<Tensor>,
         head: Option<Tensor>,
-        blocks: BlockStore,
+        blocks: BlockStore<Block>,
         dtype: DType,
         device: Device,
     ) -> Result<Llama> {
@@ -394,10 +116,7 @@ impl Llama {
             None if cfg.tie_word_embeddings => embed.clone(),
             None => return Err(missing(LLAMA.head_name())),
         };
-        let lm_head = Linear {
-            inner: candle_nn::Linear::new(head, None),
-            int8: None,
-        };
+        let lm_head = Linear::new(head, None);
         let inv_freq = Tensor::new(rope_inv_freq(cfg), &device)?;
         Ok(Llama {
             cfg: cfg.clone(),
@@ -413,52 +132,25 @@ impl Llama {
 
     /// Whether blocks are read from a source as they run rather than held.
     pub fn is_streamed(&self) -> bool {
-        matches!(self.blocks, BlockStore::Streamed { .. })
+        self.blocks.is_streamed()
     }
 
     /// Lets go of the block a streamed model holds (its weights changed, or the caller is done).
     pub fn release(&self) {
-        if let BlockStore::Streamed { held, .. } = &self.blocks {
-            if let Ok(mut h) = held.lock() {
-                *h = None;
-            }
-        }
+        self.blocks.release()
     }
 
     fn block(&self, layer: usize) -> Result<Arc<Block>> {
-        let absent = || {
-            ModelError::Invalid(format!(
-                "layer {layer} does not exist (the model has {})",
-                self.cfg.num_layers
-            ))
-        };
-        match &self.blocks {
-            BlockStore::Resident(blocks) => blocks.get(layer).cloned().ok_or_else(absent),
-            BlockStore::Streamed { source, held } => {
-                if layer >= self.cfg.num_layers {
-                    return Err(absent());
+        self.blocks.get(layer, self.cfg.num_layers, |source| {
+            let mut block = build_block(&self.cfg, layer, &|n| source.tensor(n))?;
+            for p in Proj::ALL {
+                let name = LinearId::new(layer, p).weight_name();
+                if let Some(w) = source.int8(&name)? {
+                    block.linears[p as usize].int8 = Some(Int8Linear::new(w, &self.device)?);
                 }
-                let mut held = held
-                    .lock()
-                    .map_err(|_| ModelError::Invalid("block store poisoned".into()))?;
-                if let Some((l, b)) = held.as_ref() {
-                    if *l == layer {
-                        return Ok(b.clone());
-                    }
-                }
-                // The old block goes before the new one is read.
-                *held = None;
-                let mut block = build_block(&self.cfg, layer, &|n| source.tensor(n))?;
-                for p in Proj::ALL {
-                    if let Some(w) = source.int8(&LinearId::new(layer, p).weight_name())? {
-                        block.linears[p as usize].int8 = Some(Int8Linear::new(w, &self.device)?);
-                    }
-                }
-                let block = Arc::new(block);
-                *held = Some((layer, block.clone()));
-                Ok(block)
             }
-        }
+            Ok(block)
+        })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -507,15 +199,7 @@ impl Llama {
             let block = blocks.get_mut(id.layer).ok_or_else(|| missing(name))?;
             &mut Arc::make_mut(block).linears[id.proj as usize]
         };
-        let (rows, cols) = linear.inner.weight().dims2()?;
-        if (weight.rows, weight.cols) != (rows, cols) {
-            return Err(ModelError::ShapeMismatch {
-                name: name.to_string(),
-                expected: vec![rows, cols],
-                got: vec![weight.rows, weight.cols],
-            });
-        }
-        linear.int8 = Some(Int8Linear::new(weight, &device)?);
+        linear.set_int8(name, weight, &device)?;
         Ok(self)
     }
 
@@ -602,7 +286,7 @@ impl Llama {
             Some(c) => c.append(k, v)?,
             None => (k, v),
         };
-        let attn = self.attention(&q, &k, &v, b, s)?;
+        let attn = self.attention(&q, &k, &v)?;
         let attn = attn.transpose(1, 2)?.reshape((b, s, nh * hd))?;
         let x = (x + apply(Proj::O, &attn)?)?;
 
@@ -661,73 +345,18 @@ impl Llama {
         ))
     }
 
-    /// Scaled dot-product attention with grouped KV heads and a causal mask, in f32 (f64 for f64).
-    /// q: [b, heads, s, hd]; k, v: [b, kv_heads, kv_len, hd] → [b, heads, s, hd].
-    fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, b: usize, s: usize) -> Result<Tensor> {
-        let (nh, nkv, hd) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
-        let groups = nh / nkv;
-        let kv_len = k.dims()[2];
-        // Query heads g·r .. g·r+g-1 share KV head r: fold them into the query axis instead of
-        // copying K and V `groups` times.
-        let acc = accumulation_dtype(self.dtype);
-        let q = q.to_dtype(acc)?.reshape((b, nkv, groups * s, hd))?;
-        let k = k.to_dtype(acc)?;
-        let v = v.to_dtype(acc)?.contiguous()?;
-        let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
-        let scores = scores.reshape((b, nkv, groups, s, kv_len))?;
-        let scores = match self.mask(s, kv_len)? {
-            Some(mask) => scores.broadcast_add(&mask.to_dtype(acc)?)?,
-            None => scores,
-        };
-        // The fused softmax kernel has no backward: when gradients flow (training), the same
-        // function from differentiable ops. Inference keeps the kernel, and its numerics.
-        let probs = if scores.track_op() {
-            softmax_last_dim_differentiable(&scores)?
-        } else {
-            candle_nn::ops::softmax_last_dim(&scores)?
-        };
-        let out = probs.reshape((b, nkv, groups * s, kv_len))?.matmul(&v)?;
-        Ok(out.reshape((b, nh, s, hd))?.to_dtype(self.dtype)?)
-    }
-
-    /// Additive mask [s, kv_len]: query i (the last s of kv_len positions) sees key j iff j is not
-    /// in its future and, with a sliding window w, lies less than w positions back.
-    fn mask(&self, s: usize, kv_len: usize) -> Result<Option<Tensor>> {
-        let window = self.cfg.sliding_window;
-        // A single query at the end sees every key unless a window cuts some off.
-        if s == 1 && window.is_none_or(|w| kv_len <= w) {
-            return Ok(None);
-        }
-        // Built on the device: for long sequences a host-side mask would be a large upload.
-        let offset = (kv_len - s) as f32;
-        let dev = &self.device;
-        let qpos = (Tensor::arange(0f32, s as f32, dev)? + offset as f64)?.reshape((s, 1))?;
-        let kpos = Tensor::arange(0f32, kv_len as f32, dev)?.reshape((1, kv_len))?;
-        let back = qpos.broadcast_sub(&kpos)?; // how far key j lies behind query i
-        let mut visible = back.ge(0f64)?;
-        if let Some(w) = window {
-            visible = (visible * back.lt(w as f64)?)?;
-        }
-        let zeros = Tensor::zeros((s, kv_len), DType::F32, dev)?;
-        let neg_inf = Tensor::full(f32::NEG_INFINITY, (s, kv_len), dev)?;
-        Ok(Some(visible.where_cond(&zeros, &neg_inf)?))
-    }
-}
-
-fn check_dtype(dtype: DType) -> Result<()> {
-    if matches!(dtype, DType::F32 | DType::F16 | DType::BF16 | DType::F64) {
-        Ok(())
-    } else {
-        Err(ModelError::Invalid(format!(
-            "weights are {dtype:?}; the model runs in f32, f16, bf16 (or f64 for reference)"
-        )))
+    /// Scaled dot-product attention with grouped KV heads and a causal mask (sliding when the
+    /// config has a window). q: [b, heads, s, hd]; k, v: [b, kv_heads, kv_len, hd].
+    fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let divisor = (self.cfg.head_dim as f64).sqrt();
+        causal_attention(q, k, v, divisor, self.cfg.sliding_window, self.dtype)
     }
 }
 
 /// Block `l` from its tensors, found by `get` under their HF names.
 fn build_block(cfg: &ModelConfig, l: usize, get: &dyn Fn(&str) -> Result<Tensor>) -> Result<Block> {
     let bias = |p: Proj| match p {
-        Proj::Q | Proj::K | Proj::V => cfg.qkv_bias,
+        Proj::Q | Proj::K | Proj::V | Proj::Qkv => cfg.qkv_bias,
         Proj::O => cfg.o_bias,
         Proj::Gate | Proj::Up | Proj::Down => cfg.mlp_bias,
     };
@@ -739,10 +368,7 @@ fn build_block(cfg: &ModelConfig, l: usize, get: &dyn Fn(&str) -> Result<Tensor>
         } else {
             None
         };
-        linears.push(Linear {
-            inner: candle_nn::Linear::new(get(&id.weight_name())?, b),
-            int8: None,
-        });
+        linears.push(Linear::new(get(&id.weight_name())?, b));
     }
     Ok(Block {
         input_norm: get(&format!("model.layers.{l}.input_layernorm.weight"))?,
@@ -767,23 +393,6 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let mean_sq = xf.sqr()?.mean_keepdim(D::Minus1)?;
     let normed = xf.broadcast_div(&(mean_sq + eps)?.sqrt()?)?;
     Ok(normed.to_dtype(dtype)?.broadcast_mul(weight)?)
-}
-
-/// softmax over the last axis as exp(x − max) / Σ exp(x − max), with the max held constant (it
-/// cancels out of the value, so its gradient is zero anyway).
-fn softmax_last_dim_differentiable(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&max)?.exp()?;
-    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
-}
-
-/// Where sums and softmax are computed: f32, or f64 for an f64 model.
-fn accumulation_dtype(dtype: DType) -> DType {
-    if dtype == DType::F64 {
-        DType::F64
-    } else {
-        DType::F32
-    }
 }
 
 /// x·cos + rotate_half(x)·sin, rotate_half(x) = [-x₂, x₁] over the two halves of head_dim.
@@ -836,6 +445,7 @@ fn rope_inv_freq(cfg: &ModelConfig) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::family::ModuleGroup;
 
     #[test]
     fn linear_ids_name_and_parse() {

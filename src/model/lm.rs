@@ -14,9 +14,11 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::config::ModelConfig;
+use super::decoder::LnDecoder;
 use super::error::Result;
 use super::hidden::{HiddenStates, SpillPolicy};
-use super::llama::{Capture, KvCache, LayerKvCache, Llama};
+use super::llama::Llama;
+use super::parts::{Capture, KvCache, LayerKvCache};
 
 /// A model run as embedding → blocks → head, one block at a time.
 pub trait Blocks: Send + Sync {
@@ -30,7 +32,8 @@ pub trait Blocks: Send + Sync {
 
     fn device(&self) -> &Device;
 
-    /// Token ids [batch, seq] (u32) → hidden states [batch, seq, hidden].
+    /// Token ids [batch, seq] (u32) → hidden states [batch, seq, hidden]; a family with learned
+    /// positions adds those of positions 0..seq.
     fn embed(&self, tokens: &Tensor) -> Result<Tensor>;
 
     /// Runs block `layer` on hidden states `x` [batch, seq, hidden] whose first token sits at
@@ -133,6 +136,14 @@ impl Blocks for Llama {
 }
 
 impl CausalLm for Llama {
+    delegate!(CausalLm);
+}
+
+impl Blocks for LnDecoder {
+    delegate!(Blocks);
+}
+
+impl CausalLm for LnDecoder {
     delegate!(CausalLm);
 }
 

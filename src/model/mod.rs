@@ -30,6 +30,7 @@
 
 mod checkpoint;
 mod config;
+mod decoder;
 mod error;
 pub mod family;
 mod generate;
@@ -37,20 +38,27 @@ mod hf_class;
 mod hidden;
 mod llama;
 mod lm;
+mod parts;
 mod reader;
 pub mod synthetic;
 mod tokenizer;
 mod weights;
 
 pub use checkpoint::{shards_of, Checkpoint, WeightFiles};
-pub use config::{Family, ModelConfig, RawConfig, RopeScaling, TokenIds};
+pub use config::{
+    Activation, Family, ModelConfig, RawConfig, RopeScaling, TokenIds, ARCHITECTURES,
+};
+pub use decoder::LnDecoder;
 pub use error::{ModelError, Result};
-pub use family::{tensor_or_tied, Architecture, LinearLayer, ModuleGroup};
+pub use family::{
+    as_linear, as_stored, is_conv1d, tensor_or_tied, Architecture, LinearLayer, ModuleGroup,
+};
 pub use generate::{greedy, greedy_until, Decoded, Finish};
 pub use hf_class::check as check_transformers_class;
 pub use hidden::{HiddenStates, Note, SpillPolicy, Spilling};
-pub use llama::{rms_norm, Capture, KvCache, LayerKvCache, LinearId, Llama, Proj};
+pub use llama::{rms_norm, Llama};
 pub use lm::{for_each_final_hidden, hidden_for, Blocks, CausalLm};
+pub use parts::{Capture, KvCache, LayerKvCache, LinearId, Proj};
 pub use reader::{CheckpointReader, TensorSource};
 pub use tokenizer::{Tokenizer, TokenizerSemantics};
 pub use weights::{expected_tensors, load_weights, tensor_digest, unpermute_rope_rows, TensorMap};

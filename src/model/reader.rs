@@ -82,11 +82,24 @@ impl CheckpointReader {
         }
         let expected: BTreeMap<String, Vec<usize>> =
             cfg.architecture().tensors(cfg).into_iter().collect();
-        let files = match &ckpt.weights {
+        let mut files = match &ckpt.weights {
             WeightFiles::Safetensors(path) => open_safetensors(std::slice::from_ref(path))?,
             WeightFiles::Sharded { shards, .. } => open_safetensors(shards)?,
             WeightFiles::Gguf(path) => open_gguf(path, cfg)?,
         };
+        if let Files::Safetensors { slots, .. } = &mut files {
+            // A tensor stored under the family's other name is read under the usual one.
+            let arch = cfg.architecture();
+            for name in expected.keys() {
+                if slots.contains_key(name) {
+                    continue;
+                }
+                let alias = arch.checkpoint_alias(name);
+                if let Some(slot) = alias.and_then(|a| slots.get(&a).cloned()) {
+                    slots.insert(name.clone(), slot);
+                }
+            }
+        }
         let reader = CheckpointReader {
             files,
             expected,

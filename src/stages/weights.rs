@@ -103,13 +103,18 @@ impl Tensors {
                 let name = if source.contains(name) {
                     name
                 } else {
-                    crate::model::family::tied_parent(name)
-                        .filter(|e| source.contains(e))
+                    crate::model::family::tied_parent(name, &|e| source.contains(e))
                         .ok_or_else(|| StageError::NoSuchWeight(name.to_string()))?
                 };
                 Ok(source.tensor(name)?)
             }
         }
+    }
+
+    /// The weight of linear layer `name` in nn.Linear's layout (`out × in`), as the kernels
+    /// take it: a `Conv1D` weight transposed.
+    pub fn linear_weight(&self, name: &str) -> Result<Tensor, StageError> {
+        Ok(crate::model::as_linear(name, &self.get(name)?)?)
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -398,7 +403,10 @@ pub fn write_overlay(
     let numel = |name: &str| -> Result<u64, StageError> {
         let shape = shapes
             .get(name)
-            .or_else(|| crate::model::family::tied_parent(name).and_then(|e| shapes.get(e)))
+            .or_else(|| {
+                let parent = crate::model::family::tied_parent(name, &|e| shapes.contains_key(e));
+                parent.and_then(|e| shapes.get(e))
+            })
             .ok_or_else(|| StageError::NoSuchWeight(name.to_string()))?;
         Ok(shape.iter().product::<usize>() as u64)
     };
@@ -447,7 +455,8 @@ impl ReplacementWriter {
     }
 
     /// Stores `rep` for `name`: `parent` is the tensor it replaces; `updated` the stage's new
-    /// values, which a `Sparse` replacement stores.
+    /// values, which a `Sparse` replacement stores. All three are in nn.Linear's layout
+    /// ([`Tensors::linear_weight`]); the overlay turns a `Conv1D` weight back.
     pub fn put(
         &mut self,
         name: &str,

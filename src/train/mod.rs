@@ -4,7 +4,7 @@
 //! - [`synth`] generates the world: people, one fact per relation each, biographies stating them
 //!   among filler sentences, and the facts in the LAMA layout the knowledge probe reads;
 //! - [`tokenizer`] builds a word-level `tokenizer.json` over a corpus;
-//! - [`trainer`] trains a LLaMA-architecture [`crate::model::CausalLm`] with candle's autograd and
+//! - [`trainer`] trains a LLaMA, GPT-2 or OPT [`crate::model::CausalLm`] with candle's autograd and
 //!   writes a Hugging Face folder (`config.json`, `tokenizer.json`, `model.safetensors`);
 //! - [`recall`] measures P@1 on the facts, the check that training worked.
 //!
@@ -27,7 +27,7 @@ pub mod synth;
 pub mod tokenizer;
 pub mod trainer;
 
-pub use trainer::{train, TrainConfig, TrainSummary};
+pub use trainer::{train, TrainArch, TrainConfig, TrainSummary};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {

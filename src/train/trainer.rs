@@ -1,7 +1,9 @@
-//! Training a small LLaMA-architecture model from scratch with candle's autograd.
+//! Training a small decoder from scratch with candle's autograd: LLaMA by default, or GPT-2 or
+//! OPT ([`TrainArch`]).
 //!
-//! The model is the runtime's own LLaMA-family [`CausalLm`], built on [`Var`]s, so what is trained is exactly what
-//! the rest of whittle loads. Next-token cross-entropy on random windows of `seqlen + 1` tokens of
+//! The model is the runtime's own [`CausalLm`] of its family, built on [`Var`]s under the
+//! checkpoint's names and layouts (GPT-2's `Conv1D` weights `in × out`), so what is trained is
+//! exactly what the rest of whittle, and transformers, load. Next-token cross-entropy on random windows of `seqlen + 1` tokens of
 //! the corpus (each document tokenized with its `<s>`, documents concatenated); AdamW with
 //! linear warmup then cosine decay; global gradient-norm clipping. Initialisation and data order
 //! come from ChaCha8 streams of `seed`, not candle's global RNG, so a run repeats bit for bit on
@@ -25,10 +27,43 @@ use super::tokenizer::{BOS_ID, EOS_ID};
 use super::TrainError;
 use crate::model::{expected_tensors, CausalLm, ModelConfig, TensorMap};
 
+/// The architecture a [`TrainConfig`] trains, written as its transformers class.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrainArch {
+    /// `LlamaForCausalLM`: RoPE, RMSNorm, SwiGLU; uses `kv_heads` and `rope_theta`.
+    #[default]
+    Llama,
+    /// `GPT2LMHeadModel`: learned positions, LayerNorm, GELU, fused `Conv1D` attention.
+    Gpt2,
+    /// `OPTForCausalLM`: learned positions (offset 2), LayerNorm, ReLU.
+    Opt,
+}
+
+impl TrainArch {
+    pub const NAMES: [&'static str; 3] = ["llama", "gpt2", "opt"];
+
+    pub fn parse(s: &str) -> Option<TrainArch> {
+        match s {
+            "llama" => Some(TrainArch::Llama),
+            "gpt2" => Some(TrainArch::Gpt2),
+            "opt" => Some(TrainArch::Opt),
+            _ => None,
+        }
+    }
+
+    fn is_llama(&self) -> bool {
+        *self == TrainArch::Llama
+    }
+}
+
 /// What to train. The default is the quickstart's model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
+    /// The model's family; left out of the serialized form (and so of cache keys) for LLaMA.
+    #[serde(skip_serializing_if = "TrainArch::is_llama")]
+    pub architecture: TrainArch,
     /// Hidden size (`hidden_size`).
     pub dim: usize,
     pub layers: usize,
@@ -60,6 +95,7 @@ pub struct TrainConfig {
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
+            architecture: TrainArch::Llama,
             dim: 48,
             layers: 2,
             heads: 4,
@@ -114,7 +150,11 @@ impl TrainConfig {
                 return bad(key, "must be at least 1".into());
             }
         }
-        if !self.dim.is_multiple_of(self.heads) || !(self.dim / self.heads).is_multiple_of(2) {
+        // RoPE needs an even head size; learned positions do not.
+        let even = self.architecture.is_llama();
+        if !self.dim.is_multiple_of(self.heads)
+            || (even && !(self.dim / self.heads).is_multiple_of(2))
+        {
             return bad(
                 "heads",
                 format!(
@@ -152,6 +192,48 @@ impl TrainConfig {
 
     /// The model's `config.json` for a vocabulary of `vocab_size` tokens.
     pub fn config_json(&self, vocab_size: usize) -> serde_json::Value {
+        match self.architecture {
+            TrainArch::Llama => {}
+            TrainArch::Gpt2 => {
+                return serde_json::json!({
+                    "architectures": ["GPT2LMHeadModel"],
+                    "model_type": "gpt2",
+                    "n_embd": self.dim,
+                    "n_inner": self.hidden,
+                    "n_layer": self.layers,
+                    "n_head": self.heads,
+                    "n_positions": self.seqlen,
+                    "vocab_size": vocab_size,
+                    "activation_function": "gelu_new",
+                    "layer_norm_epsilon": 1e-5,
+                    "tie_word_embeddings": self.tie_embeddings,
+                    "bos_token_id": BOS_ID,
+                    "eos_token_id": EOS_ID,
+                    "torch_dtype": "float32",
+                })
+            }
+            TrainArch::Opt => {
+                return serde_json::json!({
+                    "architectures": ["OPTForCausalLM"],
+                    "model_type": "opt",
+                    "hidden_size": self.dim,
+                    "word_embed_proj_dim": self.dim,
+                    "ffn_dim": self.hidden,
+                    "num_hidden_layers": self.layers,
+                    "num_attention_heads": self.heads,
+                    "max_position_embeddings": self.seqlen,
+                    "vocab_size": vocab_size,
+                    "activation_function": "relu",
+                    "do_layer_norm_before": true,
+                    "enable_bias": true,
+                    "tie_word_embeddings": self.tie_embeddings,
+                    "bos_token_id": BOS_ID,
+                    "eos_token_id": EOS_ID,
+                    "pad_token_id": EOS_ID,
+                    "torch_dtype": "float32",
+                })
+            }
+        }
         serde_json::json!({
             "architectures": ["LlamaForCausalLM"],
             "model_type": "llama",
@@ -318,8 +400,9 @@ pub(crate) fn batch_loss(
 /// The trainable tensors under their HF names, in [`expected_tensors`] order.
 pub(crate) type Params = Vec<(String, Var)>;
 
-/// Norm weights 1; everything else N(0, init_std), o_proj and down_proj N(0, init_std /
-/// sqrt(2·layers)); drawn in [`expected_tensors`] order from ChaCha8(seed), stream 0.
+/// Norm weights 1, biases 0; everything else N(0, init_std), the projections back into the
+/// residual stream (o_proj and down_proj; GPT-2's c_proj; OPT's out_proj and fc2) N(0, init_std
+/// / sqrt(2·layers)); drawn in [`expected_tensors`] order from ChaCha8(seed), stream 0.
 pub(crate) fn init_params(
     model_cfg: &ModelConfig,
     cfg: &TrainConfig,
@@ -331,10 +414,20 @@ pub(crate) fn init_params(
     let mut out = Vec::new();
     for (name, shape) in expected_tensors(model_cfg) {
         let n: usize = shape.iter().product();
-        let values: Vec<f64> = if name.ends_with("norm.weight") {
+        let norm = ["norm.weight", "ln_1.weight", "ln_2.weight", "ln_f.weight"];
+        let residual = [
+            "o_proj.weight",
+            "down_proj.weight",
+            "c_proj.weight",
+            "out_proj.weight",
+            "fc2.weight",
+        ];
+        let values: Vec<f64> = if norm.iter().any(|s| name.ends_with(s)) {
             vec![1.0; n]
+        } else if name.ends_with(".bias") {
+            vec![0.0; n]
         } else {
-            let std = if name.ends_with("o_proj.weight") || name.ends_with("down_proj.weight") {
+            let std = if residual.iter().any(|s| name.ends_with(s)) {
                 residual_std
             } else {
                 cfg.init_std

@@ -1,12 +1,13 @@
 //! The LLaMA family's layout (LLaMA 1/2/3, Mistral, Qwen2, SmolLM): `model.embed_tokens`,
 //! decoder blocks of seven linear layers under `model.layers.N`, `model.norm` and `lm_head`.
 
-use super::{Architecture, ModuleGroup};
+use super::Architecture;
 use crate::compress::dynint8::Int8Weight;
 use crate::model::config::ModelConfig;
 use crate::model::error::Result;
-use crate::model::llama::{LinearId, Llama, Proj};
+use crate::model::llama::Llama;
 use crate::model::lm::CausalLm;
+use crate::model::parts::{LinearId, Proj};
 use crate::model::weights::TensorMap;
 
 /// The LLaMA family.
@@ -43,8 +44,8 @@ impl Architecture for LlamaFamily {
         id.weight_name()
     }
 
-    fn group(&self, id: LinearId) -> ModuleGroup {
-        id.proj.group()
+    fn linear_id(&self, _cfg: &ModelConfig, name: &str) -> Option<LinearId> {
+        LinearId::from_weight_name(name)
     }
 
     fn tensors(&self, cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
@@ -132,7 +133,7 @@ impl Architecture for LlamaFamily {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::family::tensor_or_tied;
+    use crate::model::family::{tensor_or_tied, ModuleGroup};
     use crate::model::{load_weights, Checkpoint};
 
     fn cfg(tied: bool) -> ModelConfig {

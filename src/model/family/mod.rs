@@ -3,20 +3,29 @@
 //! An [`Architecture`] names a family's tensors and linear layers, groups the linear layers into
 //! [`ModuleGroup`]s, counts its parameters and builds its runtime behind [`CausalLm`]. Selection,
 //! calibration, overlays, export and memory estimates ask it instead of spelling LLaMA's names.
-//! LLaMA (with Mistral, Qwen2 and SmolLM, which share its layout) is the only family today.
+//! The families: LLaMA (with Mistral, Qwen2 and SmolLM, which share its layout), GPT-2 and OPT.
+//!
+//! Tensors keep their checkpoint's layout under their checkpoint's names everywhere (overlays,
+//! digests, export). GPT-2 stores its linear layers as `Conv1D`, weight `in × out`; the
+//! compression kernels and the runtimes take nn.Linear's `out × in`, so a weight is turned with
+//! [`as_linear`] on its way to a kernel and back with [`as_stored`] (see [`Architecture::conv1d`]).
 
+pub(crate) mod gpt2;
 pub(crate) mod llama;
+pub(crate) mod opt;
 
 use serde::{Deserialize, Serialize};
 
 use super::config::ModelConfig;
 use super::error::Result;
-use super::llama::LinearId;
 use super::lm::CausalLm;
+use super::parts::LinearId;
 use super::weights::TensorMap;
 use crate::compress::dynint8::Int8Weight;
 
+pub use gpt2::GPT2;
 pub use llama::LLAMA;
+pub use opt::OPT;
 
 /// Which part of a model a linear layer belongs to; as a selector, [`ModuleGroup::All`] stands
 /// for every linear layer inside the blocks (no layer's own group is `All`).
@@ -63,12 +72,25 @@ pub struct LinearLayer {
 
 /// A model family's architecture, as the rest of whittle needs to know it.
 ///
-/// Names are Hugging Face tensor names. Families to come (GPT-2, OPT, BERT-style encoders, T5)
-/// implement the same description; encoders and encoder-decoders will build a masked or
-/// sequence-to-sequence model instead of [`CausalLm`] (see [`super::lm`]).
+/// Names are Hugging Face tensor names, as `save_pretrained` writes them for the class. Families
+/// to come (BERT-style encoders, T5) implement the same description; encoders and
+/// encoder-decoders will build a masked or sequence-to-sequence model instead of [`CausalLm`]
+/// (see [`super::lm`]).
 pub trait Architecture: Sync {
     /// The family's name, e.g. `llama`.
     fn name(&self) -> &'static str;
+
+    /// Whether the weight `name` is stored as a `Conv1D` (`in × out`, the transpose of
+    /// nn.Linear's `out × in`). Kernels, masks and runtimes see nn.Linear's layout.
+    fn conv1d(&self, _name: &str) -> bool {
+        false
+    }
+
+    /// Another name the checkpoint may store tensor `name` under: a base model's checkpoint
+    /// (GPT-2's `h.0.…`, OPT's `decoder.…`) without the prefix the LM class adds.
+    fn checkpoint_alias(&self, _name: &str) -> Option<String> {
+        None
+    }
 
     /// The token embedding's weight name.
     fn embed_name(&self) -> &'static str;
@@ -86,7 +108,16 @@ pub trait Architecture: Sync {
     fn weight_name(&self, id: LinearId) -> String;
 
     /// The group a block's linear layer belongs to.
-    fn group(&self, id: LinearId) -> ModuleGroup;
+    fn group(&self, id: LinearId) -> ModuleGroup {
+        id.proj.group()
+    }
+
+    /// The block linear layer whose weight is called `name`.
+    fn linear_id(&self, cfg: &ModelConfig, name: &str) -> Option<LinearId> {
+        (0..cfg.num_layers)
+            .flat_map(|l| self.block_linears(l))
+            .find(|&id| self.weight_name(id) == name)
+    }
 
     /// Every tensor the config implies, by name, with its shape.
     fn tensors(&self, cfg: &ModelConfig) -> Vec<(String, Vec<usize>)>;
@@ -140,22 +171,49 @@ pub trait Architecture: Sync {
 }
 
 /// Every family whittle knows.
-const FAMILIES: [&dyn Architecture; 1] = [&LLAMA];
+const FAMILIES: [&dyn Architecture; 3] = [&LLAMA, &GPT2, &OPT];
 
 impl ModelConfig {
     /// The architecture of this config's family.
     pub fn architecture(&self) -> &'static dyn Architecture {
-        // Every family the config reader accepts today shares LLaMA's layout.
-        &LLAMA
+        use super::config::Family;
+        match self.family {
+            Family::Llama | Family::Mistral | Family::Qwen2 => &LLAMA,
+            Family::Gpt2 => &GPT2,
+            Family::Opt => &OPT,
+        }
     }
 }
 
-/// For the LM head of a tied model: the embedding it shares.
-pub fn tied_parent(name: &str) -> Option<&'static str> {
+/// For the LM head of a tied model: the embedding it shares, the first of the families' whose
+/// head is called `name` that the model `has`.
+pub fn tied_parent(name: &str, has: &dyn Fn(&str) -> bool) -> Option<&'static str> {
     FAMILIES
         .iter()
-        .find(|f| f.head_name() == name)
+        .filter(|f| f.head_name() == name)
         .map(|f| f.embed_name())
+        .find(|e| has(e))
+}
+
+/// Whether a family stores the weight `name` as a `Conv1D` ([`Architecture::conv1d`]); tensor
+/// names of different families never coincide there.
+pub fn is_conv1d(name: &str) -> bool {
+    FAMILIES.iter().any(|f| f.conv1d(name))
+}
+
+/// Weight `name` in nn.Linear's layout (`out × in`): a `Conv1D` weight transposed, any other as
+/// it is.
+pub fn as_linear(name: &str, t: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
+    if is_conv1d(name) {
+        t.t()?.contiguous()
+    } else {
+        Ok(t.clone())
+    }
+}
+
+/// Weight `name` from nn.Linear's layout back to its checkpoint's ([`as_linear`]'s inverse).
+pub fn as_stored(name: &str, t: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
+    as_linear(name, t)
 }
 
 /// The tensor called `name`, or, for the LM head of a tied model (absent until something

@@ -40,10 +40,11 @@ pub fn compress_calibrated(
     per_matrix: &mut PerMatrix,
 ) -> Result<(), StageError> {
     let method = calibrated.method;
+    let arch = weights.config.architecture();
     let ids: Vec<(String, LinearId)> = names
         .iter()
         .map(|n| {
-            LinearId::from_weight_name(n)
+            arch.linear_id(&weights.config, n)
                 .map(|id| (n.clone(), id))
                 .ok_or_else(|| StageError::NotInBlocks {
                     method,
@@ -67,13 +68,14 @@ pub fn compress_calibrated(
         |layer: usize, stats: &Stats, tensors: &Tensors| -> Result<TensorMap, StageError> {
             let mut replaced = TensorMap::new();
             for (name, id) in ids.iter().filter(|(_, id)| id.layer == layer) {
-                let t = tensors.get(name)?;
+                // Kernels work in nn.Linear's layout; the model keeps the checkpoint's.
+                let t = tensors.linear_weight(name)?;
                 let w = Matrix::from_tensor(&t).map_err(|e| kernel(name, e))?;
                 let (rep, dense) = per_matrix(*id, &w, stats)?;
                 drop(w);
                 let tensor = super::replace::tensor_like(&dense, &t)?;
                 out.put(name, &rep, &t, Some(&tensor))?;
-                replaced.insert(name.clone(), tensor);
+                replaced.insert(name.clone(), crate::model::as_stored(name, &tensor)?);
             }
             Ok(replaced)
         };

@@ -36,9 +36,10 @@ fn written(regexes: &[NameRegex]) -> Vec<String> {
     regexes.iter().map(|r| r.as_str().to_string()).collect()
 }
 
-/// A weight by name; the LM head of a tied model is its embedding.
+/// A weight by name in nn.Linear's layout (a `Conv1D` weight transposed), as the kernels take
+/// it; the LM head of a tied model is its embedding.
 pub fn weight(tensors: &Tensors, name: &str) -> Result<Tensor, StageError> {
-    tensors.get(name)
+    tensors.linear_weight(name)
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! `train`: a small LLaMA-architecture model trained from scratch (the quickstart's embedded
-//! default model).
+//! `train`: a small LLaMA, GPT-2 or OPT model trained from scratch (the quickstart's embedded
+//! default model is a LLaMA).
 
 mod read;
 mod run;
@@ -46,6 +46,7 @@ impl Kind for TrainSpec {
     const KEYS: &'static [&'static str] = &[
         "dataset",
         "vocabulary",
+        "architecture",
         "dim",
         "layers",
         "heads",

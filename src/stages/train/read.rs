@@ -12,6 +12,9 @@ pub(super) fn read(f: &mut Fields) -> Option<TrainSpec> {
     };
     let d = crate::train::TrainConfig::default();
     let mut c = d.clone();
+    if let Some(a) = f.choice("architecture", &crate::train::TrainArch::NAMES) {
+        c.architecture = crate::train::TrainArch::parse(a).unwrap_or_default();
+    }
     c.dim = f.count("dim", 8, d.dim);
     c.layers = f.count("layers", 1, d.layers);
     c.heads = f.count("heads", 1, d.heads);

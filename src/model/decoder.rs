@@ -1,0 +1,529 @@
+//! The GPT-2 / OPT runtime: a pre-LayerNorm decoder with learned positions.
+//!
+//! Both families run embedding + positions → blocks (LayerNorm, multi-head attention with biases,
+//! residual; LayerNorm, MLP, residual) → final LayerNorm → LM head. They differ in names, in
+//! GPT-2's fused `c_attn` ([`Proj::Qkv`]) stored as `Conv1D`, in OPT's position offset of 2 and
+//! in where the attention scale is applied (OPT scales q before the product); each family module
+//! describes its own with an [`LnLayout`]. As [`crate::model::Llama`], the model is immutable,
+//! KV caches are passed in, and [`LnDecoder::block_forward`] shows every linear layer's input.
+
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+
+use super::config::{Activation, ModelConfig};
+use super::error::{ModelError, Result};
+use super::family::Architecture;
+use super::parts::{
+    causal_attention, check_dtype, layer_norm, BlockStore, Capture, Int8Linear, KvCache,
+    LayerKvCache, Linear, LinearId, Proj,
+};
+use super::reader::TensorSource;
+use super::weights::TensorMap;
+
+/// What a family tells the runtime besides its [`Architecture`].
+pub(crate) struct LnLayout {
+    pub arch: &'static dyn Architecture,
+    /// The learned position embedding's weight.
+    pub positions: &'static str,
+    /// Row of the position embedding that position 0 reads (OPT: 2).
+    pub position_offset: usize,
+    /// The final LayerNorm's module path (`.weight`, `.bias` appended).
+    pub final_norm: &'static str,
+    /// Block `l`'s two LayerNorms' module paths: before attention, before the MLP.
+    pub norms: fn(usize) -> [String; 2],
+    /// Scale q by head_dim^-½ before the product with k (OPT) rather than the scores after it.
+    pub prescale_q: bool,
+}
+
+impl LnLayout {
+    fn bias(&self, cfg: &ModelConfig, p: Proj) -> bool {
+        match p {
+            Proj::O => cfg.o_bias,
+            Proj::Up | Proj::Down | Proj::Gate => cfg.mlp_bias,
+            Proj::Q | Proj::K | Proj::V | Proj::Qkv => cfg.qkv_bias,
+        }
+    }
+
+    /// The tensors of block `l`, by name, with their shapes as stored.
+    pub(crate) fn block_tensors(&self, cfg: &ModelConfig, l: usize) -> Vec<(String, Vec<usize>)> {
+        let h = cfg.hidden_size;
+        let mut out = Vec::new();
+        let [ln1, ln2] = (self.norms)(l);
+        for id in self.arch.block_linears(l) {
+            let (rows, cols) = linear_shape(cfg, id.proj);
+            let name = self.arch.weight_name(id);
+            let shape = if self.arch.conv1d(&name) {
+                vec![cols, rows]
+            } else {
+                vec![rows, cols]
+            };
+            if self.bias(cfg, id.proj) {
+                out.push((bias_name(&name), vec![rows]));
+            }
+            out.push((name, shape));
+        }
+        for norm in [ln1, ln2] {
+            out.push((format!("{norm}.weight"), vec![h]));
+            out.push((format!("{norm}.bias"), vec![h]));
+        }
+        out
+    }
+
+    /// Every tensor of the model, by name, with its shape as stored.
+    pub(crate) fn tensors(&self, cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+        let h = cfg.hidden_size;
+        let mut out = vec![
+            (self.arch.embed_name().to_string(), vec![cfg.vocab_size, h]),
+            (
+                self.positions.to_string(),
+                vec![cfg.max_position_embeddings + self.position_offset, h],
+            ),
+        ];
+        for l in 0..cfg.num_layers {
+            out.extend(self.block_tensors(cfg, l));
+        }
+        out.push((format!("{}.weight", self.final_norm), vec![h]));
+        out.push((format!("{}.bias", self.final_norm), vec![h]));
+        if !cfg.tie_word_embeddings {
+            out.push((self.arch.head_name().to_string(), vec![cfg.vocab_size, h]));
+        }
+        out
+    }
+}
+
+/// A linear layer's shape in nn.Linear's layout (out, in).
+fn linear_shape(cfg: &ModelConfig, p: Proj) -> (usize, usize) {
+    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+    match p {
+        Proj::Qkv => (3 * h, h),
+        Proj::Q | Proj::K | Proj::V | Proj::O => (h, h),
+        Proj::Up | Proj::Gate => (i, h),
+        Proj::Down => (h, i),
+    }
+}
+
+fn bias_name(weight: &str) -> String {
+    let module = weight.strip_suffix(".weight").unwrap_or(weight);
+    format!("{module}.bias")
+}
+
+#[derive(Debug, Clone)]
+struct Norm {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Norm {
+    fn read(path: &str, get: &dyn Fn(&str) -> Result<Tensor>) -> Result<Norm> {
+        Ok(Norm {
+            weight: get(&format!("{path}.weight"))?,
+            bias: get(&format!("{path}.bias"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, eps: f64) -> Result<Tensor> {
+        layer_norm(x, &self.weight, &self.bias, eps)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Block {
+    ln1: Norm,
+    ln2: Norm,
+    /// In the order the block runs them.
+    linears: Vec<(Proj, Linear)>,
+}
+
+impl Block {
+    fn linear_mut(&mut self, p: Proj) -> Option<&mut Linear> {
+        self.linears
+            .iter_mut()
+            .find(|(q, _)| *q == p)
+            .map(|(_, l)| l)
+    }
+}
+
+/// A GPT-2 or OPT causal language model.
+pub struct LnDecoder {
+    cfg: ModelConfig,
+    layout: &'static LnLayout,
+    embed: Tensor,
+    positions: Tensor,
+    blocks: BlockStore<Block>,
+    final_norm: Norm,
+    lm_head: Linear,
+    dtype: DType,
+    device: Device,
+}
+
+impl std::fmt::Debug for LnDecoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LnDecoder")
+            .field("family", &self.layout.arch.name())
+            .field("layers", &self.cfg.num_layers)
+            .field("blocks", &self.blocks)
+            .finish()
+    }
+}
+
+impl LnDecoder {
+    /// Builds the model from tensors under their checkpoint names and layouts; every tensor
+    /// must have the config's shape and one dtype on one device.
+    pub(crate) fn new(
+        cfg: &ModelConfig,
+        layout: &'static LnLayout,
+        weights: &TensorMap,
+    ) -> Result<LnDecoder> {
+        let embed_name = layout.arch.embed_name();
+        let first = weights.get(embed_name).ok_or_else(|| missing(embed_name))?;
+        let (dtype, device) = (first.dtype(), first.device().clone());
+        check_dtype(dtype)?;
+        for (name, shape) in layout.tensors(cfg) {
+            let t = weights.get(&name).ok_or_else(|| missing(&name))?;
+            if t.dims() != shape.as_slice() {
+                return Err(ModelError::ShapeMismatch {
+                    name,
+                    expected: shape,
+                    got: t.dims().to_vec(),
+                });
+            }
+            if t.dtype() != dtype || !t.device().same_device(&device) {
+                return Err(ModelError::Invalid(format!(
+                    "tensor `{name}` is {:?} on {:?}, but `{embed_name}` is {dtype:?} on \
+                     {device:?}; every weight must share one dtype and device",
+                    t.dtype(),
+                    t.device()
+                )));
+            }
+        }
+        let get = |name: &str| Ok(weights[name].clone());
+        let blocks = (0..cfg.num_layers)
+            .map(|l| Ok(Arc::new(build_block(cfg, layout, l, &get)?)))
+            .collect::<Result<_>>()?;
+        let head = weights.get(layout.arch.head_name()).cloned();
+        Self::assemble(cfg, layout, &get, head, BlockStore::Resident(blocks))
+    }
+
+    /// The model with embeddings, final norm and head read now and each block read from
+    /// `source` when it runs (its dynamic-int8 linears too).
+    pub(crate) fn streamed(
+        cfg: &ModelConfig,
+        layout: &'static LnLayout,
+        source: Arc<dyn TensorSource>,
+    ) -> Result<LnDecoder> {
+        let get = |name: &str| source.held(name);
+        let head_name = layout.arch.head_name();
+        let head = if source.contains(head_name) {
+            Some(source.held(head_name)?)
+        } else {
+            None
+        };
+        let blocks = BlockStore::streamed(source.clone());
+        let mut model = Self::assemble(cfg, layout, &get, head, blocks)?;
+        if let Some(w) = source.int8(head_name)? {
+            model.lm_head.int8 = Some(Int8Linear::new(w, &model.device)?);
+        }
+        Ok(model)
+    }
+
+    fn assemble(
+        cfg: &ModelConfig,
+        layout: &'static LnLayout,
+        get: &dyn Fn(&str) -> Result<Tensor>,
+        head: Option<Tensor>,
+        blocks: BlockStore<Block>,
+    ) -> Result<LnDecoder> {
+        let embed = get(layout.arch.embed_name())?;
+        let (dtype, device) = (embed.dtype(), embed.device().clone());
+        check_dtype(dtype)?;
+        // A compression stage that changed the head of a tied model stores it: from then on the
+        // head is its own matrix.
+        let head = match head {
+            Some(w) => w,
+            None if cfg.tie_word_embeddings => embed.clone(),
+            None => return Err(missing(layout.arch.head_name())),
+        };
+        Ok(LnDecoder {
+            cfg: cfg.clone(),
+            layout,
+            positions: get(layout.positions)?,
+            final_norm: Norm::read(layout.final_norm, get)?,
+            lm_head: Linear::new(head, None),
+            embed,
+            blocks,
+            dtype,
+            device,
+        })
+    }
+
+    /// The same model with the named linear layer running as a dynamic int8 layer with these
+    /// int8 weights (nn.Linear's layout).
+    pub(crate) fn with_dynamic_int8(
+        mut self,
+        name: &str,
+        weight: crate::compress::dynint8::Int8Weight,
+    ) -> Result<Self> {
+        let device = self.device.clone();
+        let not_linear =
+            || ModelError::Invalid(format!("`{name}` is not a linear layer of the model"));
+        let linear = if name == self.layout.arch.head_name() {
+            &mut self.lm_head
+        } else {
+            let id = self
+                .layout
+                .arch
+                .linear_id(&self.cfg, name)
+                .ok_or_else(not_linear)?;
+            let BlockStore::Resident(blocks) = &mut self.blocks else {
+                return Err(ModelError::Invalid(
+                    "a streamed model reads its int8 linears from its source".into(),
+                ));
+            };
+            let block = blocks.get_mut(id.layer).ok_or_else(not_linear)?;
+            Arc::make_mut(block)
+                .linear_mut(id.proj)
+                .ok_or_else(not_linear)?
+        };
+        linear.set_int8(name, weight, &device)?;
+        Ok(self)
+    }
+
+    fn block(&self, layer: usize) -> Result<Arc<Block>> {
+        self.blocks.get(layer, self.cfg.num_layers, |source| {
+            let mut block = build_block(&self.cfg, self.layout, layer, &|n| source.tensor(n))?;
+            for id in self.layout.arch.block_linears(layer) {
+                if let Some(w) = source.int8(&self.layout.arch.weight_name(id))? {
+                    if let Some(l) = block.linear_mut(id.proj) {
+                        l.int8 = Some(Int8Linear::new(w, &self.device)?);
+                    }
+                }
+            }
+            Ok(block)
+        })
+    }
+
+    pub fn is_streamed(&self) -> bool {
+        self.blocks.is_streamed()
+    }
+
+    pub fn release(&self) {
+        self.blocks.release()
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.cfg.num_layers
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Token ids [batch, seq] (u32) → token plus position embeddings, positions from 0.
+    pub fn embed(&self, tokens: &Tensor) -> Result<Tensor> {
+        self.embed_at(tokens, 0)
+    }
+
+    /// Token embeddings plus those of positions `pos..pos + seq`.
+    fn embed_at(&self, tokens: &Tensor, pos: usize) -> Result<Tensor> {
+        let (b, s) = tokens.dims2().map_err(|_| {
+            ModelError::Invalid(format!(
+                "token ids must be [batch, seq], got shape {:?}",
+                tokens.dims()
+            ))
+        })?;
+        if tokens.dtype() != DType::U32 {
+            return Err(ModelError::Invalid(format!(
+                "token ids must be u32, got {:?}",
+                tokens.dtype()
+            )));
+        }
+        if b * s == 0 {
+            return Err(ModelError::Invalid("empty token sequence".into()));
+        }
+        if pos + s > self.cfg.max_position_embeddings {
+            return Err(ModelError::Invalid(format!(
+                "positions up to {} exceed the model's {} learned positions",
+                pos + s,
+                self.cfg.max_position_embeddings
+            )));
+        }
+        let max = tokens.flatten_all()?.max(0)?.to_scalar::<u32>()?;
+        if max as usize >= self.cfg.vocab_size {
+            return Err(ModelError::Invalid(format!(
+                "token id {max} is outside the vocabulary (vocab_size = {})",
+                self.cfg.vocab_size
+            )));
+        }
+        let h = self.cfg.hidden_size;
+        let tok = self
+            .embed
+            .index_select(&tokens.flatten_all()?, 0)?
+            .reshape((b, s, h))?;
+        let positions = self
+            .positions
+            .narrow(0, self.layout.position_offset + pos, s)?;
+        Ok(tok.broadcast_add(&positions)?)
+    }
+
+    /// Runs block `layer` on hidden states `x` [batch, seq, hidden] whose first token sits at
+    /// absolute position `pos`, attending to and extending `cache` if given; `capture` receives
+    /// each linear layer's input just before it is applied.
+    pub fn block_forward(
+        &self,
+        layer: usize,
+        x: &Tensor,
+        pos: usize,
+        cache: Option<&mut LayerKvCache>,
+        mut capture: Option<Capture<'_>>,
+    ) -> Result<Tensor> {
+        let block = self.block(layer)?;
+        let (b, s, h) = x.dims3()?;
+        if h != self.cfg.hidden_size {
+            return Err(ModelError::Invalid(format!(
+                "block input has width {h}, expected hidden_size = {}",
+                self.cfg.hidden_size
+            )));
+        }
+        if let Some(c) = &cache {
+            if c.len() != pos {
+                return Err(ModelError::Invalid(format!(
+                    "layer {layer}: cache holds {} positions but pos = {pos}",
+                    c.len()
+                )));
+            }
+        }
+        let mut apply = |p: Proj, input: &Tensor| -> Result<Tensor> {
+            let (_, linear) = block
+                .linears
+                .iter()
+                .find(|(q, _)| *q == p)
+                .ok_or_else(|| ModelError::Invalid(format!("block {layer} has no {p:?}")))?;
+            if let Some(f) = capture.as_deref_mut() {
+                f(LinearId::new(layer, p), input);
+            }
+            linear.forward(input)
+        };
+        let (nh, hd) = (self.cfg.num_heads, self.cfg.head_dim);
+        let eps = self.cfg.layer_norm_eps;
+
+        let normed = block.ln1.forward(x, eps)?;
+        let (q, k, v) = if block.linears.iter().any(|(p, _)| *p == Proj::Qkv) {
+            let qkv = apply(Proj::Qkv, &normed)?;
+            (
+                qkv.narrow(2, 0, h)?,
+                qkv.narrow(2, h, h)?,
+                qkv.narrow(2, 2 * h, h)?,
+            )
+        } else {
+            (
+                apply(Proj::Q, &normed)?,
+                apply(Proj::K, &normed)?,
+                apply(Proj::V, &normed)?,
+            )
+        };
+        let (q, divisor) = if self.layout.prescale_q {
+            ((q * (hd as f64).powf(-0.5))?, 1.0)
+        } else {
+            (q, (hd as f64).sqrt())
+        };
+        let heads = |t: Tensor| -> Result<Tensor> {
+            Ok(t.reshape((b, s, nh, hd))?.transpose(1, 2)?.contiguous()?)
+        };
+        let (q, k, v) = (heads(q)?, heads(k)?, heads(v)?);
+        let (k, v) = match cache {
+            Some(c) => c.append(k, v)?,
+            None => (k, v),
+        };
+        let attn = causal_attention(&q, &k, &v, divisor, None, self.dtype)?;
+        let attn = attn.transpose(1, 2)?.reshape((b, s, nh * hd))?;
+        let x = (x + apply(Proj::O, &attn)?)?;
+
+        let normed = block.ln2.forward(&x, eps)?;
+        let up = apply(Proj::Up, &normed)?;
+        let act = match self.cfg.activation {
+            Activation::GeluTanh => up.gelu()?,
+            Activation::GeluErf => up.gelu_erf()?,
+            Activation::Relu => up.relu()?,
+            Activation::Silu => candle_nn::ops::silu(&up)?,
+        };
+        Ok((x + apply(Proj::Down, &act)?)?)
+    }
+
+    /// Final LayerNorm and LM head: hidden states → logits [batch, seq, vocab] in f32.
+    pub fn head(&self, x: &Tensor) -> Result<Tensor> {
+        let x = self.final_norm.forward(x, self.cfg.layer_norm_eps)?;
+        Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?)
+    }
+
+    /// Logits [batch, seq, vocab] (f32) for every position of `tokens` [batch, seq].
+    pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
+        let mut x = self.embed(tokens)?;
+        for layer in 0..self.num_layers() {
+            x = self.block_forward(layer, &x, 0, None, None)?;
+        }
+        self.head(&x)
+    }
+
+    /// Logits for `tokens` continuing the sequence held in `cache`, which is then extended.
+    pub fn forward_cached(&self, tokens: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        if cache.layers.len() != self.num_layers() {
+            return Err(ModelError::Invalid(format!(
+                "KV cache has {} layers, the model {}",
+                cache.layers.len(),
+                self.num_layers()
+            )));
+        }
+        let pos = cache.pos;
+        let mut x = self.embed_at(tokens, pos)?;
+        for (layer, c) in cache.layers.iter_mut().enumerate() {
+            x = self.block_forward(layer, &x, pos, Some(c), None)?;
+        }
+        cache.pos += tokens.dims()[1];
+        self.head(&x)
+    }
+}
+
+/// Block `l` from its tensors, found by `get` under their checkpoint names; `Conv1D` weights
+/// are turned to nn.Linear's layout.
+fn build_block(
+    cfg: &ModelConfig,
+    layout: &LnLayout,
+    l: usize,
+    get: &dyn Fn(&str) -> Result<Tensor>,
+) -> Result<Block> {
+    let [ln1, ln2] = (layout.norms)(l);
+    let mut linears = Vec::new();
+    for id in layout.arch.block_linears(l) {
+        let name = layout.arch.weight_name(id);
+        let w = get(&name)?;
+        // A view, not a copy: the trainer's variables must stay the weights the model reads.
+        let w = if layout.arch.conv1d(&name) { w.t()? } else { w };
+        let bias = if layout.bias(cfg, id.proj) {
+            Some(get(&bias_name(&name))?)
+        } else {
+            None
+        };
+        linears.push((id.proj, Linear::new(w, bias)));
+    }
+    Ok(Block {
+        ln1: Norm::read(&ln1, get)?,
+        ln2: Norm::read(&ln2, get)?,
+        linears,
+    })
+}
+
+fn missing(name: &str) -> ModelError {
+    ModelError::MissingTensor {
+        name: name.to_string(),
+        origin: "not in the tensors given to the model".into(),
+    }
+}

@@ -1,0 +1,309 @@
+//! The OPT family (`OPTForCausalLM`): `model.decoder.embed_tokens` and `embed_positions`
+//! (learned, position p at row p + 2), blocks `model.decoder.layers.N` of
+//! `self_attn_layer_norm`, `self_attn.{q,k,v,out}_proj`, `final_layer_norm`, `fc1`, `fc2`, then
+//! `model.decoder.final_layer_norm` and `lm_head` (tied to `embed_tokens`).
+//!
+//! Supported as OPT-125m and OPT-1.3b and up are built: LayerNorm before each sublayer, no
+//! `project_in` / `project_out`. OPT-350m (post-LayerNorm, `word_embed_proj_dim` 512) is refused
+//! with the key that rules it out.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::Architecture;
+use crate::compress::dynint8::Int8Weight;
+use crate::model::config::{token_ids, Activation, Family, ModelConfig, TokenIds};
+use crate::model::decoder::{LnDecoder, LnLayout};
+use crate::model::error::{ModelError, Result};
+use crate::model::lm::CausalLm;
+use crate::model::parts::{LinearId, Proj};
+use crate::model::weights::TensorMap;
+
+/// The OPT family.
+pub struct OptFamily;
+
+pub const OPT: OptFamily = OptFamily;
+
+const EMBED: &str = "model.decoder.embed_tokens.weight";
+const LM_HEAD: &str = "lm_head.weight";
+
+static LAYOUT: LnLayout = LnLayout {
+    arch: &OPT,
+    positions: "model.decoder.embed_positions.weight",
+    position_offset: 2,
+    final_norm: "model.decoder.final_layer_norm",
+    norms: |l| {
+        [
+            format!("model.decoder.layers.{l}.self_attn_layer_norm"),
+            format!("model.decoder.layers.{l}.final_layer_norm"),
+        ]
+    },
+    prescale_q: true,
+};
+
+/// A block's linear layers in run order, with their module paths under
+/// `model.decoder.layers.N`.
+const LINEARS: [(Proj, &str); 6] = [
+    (Proj::Q, "self_attn.q_proj"),
+    (Proj::K, "self_attn.k_proj"),
+    (Proj::V, "self_attn.v_proj"),
+    (Proj::O, "self_attn.out_proj"),
+    (Proj::Up, "fc1"),
+    (Proj::Down, "fc2"),
+];
+
+impl Architecture for OptFamily {
+    fn name(&self) -> &'static str {
+        "opt"
+    }
+
+    fn checkpoint_alias(&self, name: &str) -> Option<String> {
+        // An `OPTModel` checkpoint names its tensors `decoder.…`.
+        name.strip_prefix("model.").map(str::to_string)
+    }
+
+    fn embed_name(&self) -> &'static str {
+        EMBED
+    }
+
+    fn head_name(&self) -> &'static str {
+        LM_HEAD
+    }
+
+    fn tied(&self, cfg: &ModelConfig) -> bool {
+        cfg.tie_word_embeddings
+    }
+
+    fn block_linears(&self, layer: usize) -> Vec<LinearId> {
+        LINEARS
+            .iter()
+            .map(|(p, _)| LinearId::new(layer, *p))
+            .collect()
+    }
+
+    fn weight_name(&self, id: LinearId) -> String {
+        let module = LINEARS
+            .iter()
+            .find(|(p, _)| *p == id.proj)
+            .map_or("?", |(_, m)| *m);
+        format!("model.decoder.layers.{}.{module}.weight", id.layer)
+    }
+
+    fn tensors(&self, cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+        LAYOUT.tensors(cfg)
+    }
+
+    fn gguf_name(&self, _hf: &str) -> Option<String> {
+        None
+    }
+
+    fn causal_lm(
+        &self,
+        cfg: &ModelConfig,
+        weights: &TensorMap,
+        int8: Vec<(String, Int8Weight)>,
+    ) -> Result<Box<dyn CausalLm>> {
+        let mut model = LnDecoder::new(cfg, &LAYOUT, weights)?;
+        for (name, weight) in int8 {
+            model = model.with_dynamic_int8(&name, weight)?;
+        }
+        Ok(Box::new(model))
+    }
+
+    fn streamed_lm(
+        &self,
+        cfg: &ModelConfig,
+        source: std::sync::Arc<dyn crate::model::TensorSource>,
+    ) -> Result<Box<dyn CausalLm>> {
+        Ok(Box::new(LnDecoder::streamed(cfg, &LAYOUT, source)?))
+    }
+}
+
+/// The serde mirror of an OPT `config.json` (transformers' `OPTConfig`); absent keys take that
+/// class's defaults.
+#[derive(Debug, Deserialize)]
+struct RawOptConfig {
+    vocab_size: Option<usize>,
+    hidden_size: Option<usize>,
+    num_hidden_layers: Option<usize>,
+    ffn_dim: Option<usize>,
+    max_position_embeddings: Option<usize>,
+    do_layer_norm_before: Option<bool>,
+    #[serde(rename = "_remove_final_layer_norm")]
+    remove_final_layer_norm: Option<bool>,
+    word_embed_proj_dim: Option<usize>,
+    num_attention_heads: Option<usize>,
+    activation_function: Option<String>,
+    layer_norm_elementwise_affine: Option<bool>,
+    enable_bias: Option<bool>,
+    tie_word_embeddings: Option<bool>,
+    bos_token_id: Option<TokenIds>,
+    eos_token_id: Option<TokenIds>,
+}
+
+/// An OPT `config.json` resolved; `path` is only for messages.
+pub(crate) fn resolve(json: &str, path: &Path) -> Result<ModelConfig> {
+    let raw: RawOptConfig = serde_json::from_str(json).map_err(|source| ModelError::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let err = |key: &str, message: String| ModelError::Config {
+        path: path.to_path_buf(),
+        key: key.to_string(),
+        message,
+    };
+    let positive = |key: &str, v: usize| {
+        if v == 0 {
+            Err(err(key, "must be positive".into()))
+        } else {
+            Ok(v)
+        }
+    };
+    let hidden = positive("hidden_size", raw.hidden_size.unwrap_or(768))?;
+    let heads = positive("num_attention_heads", raw.num_attention_heads.unwrap_or(12))?;
+    if hidden % heads != 0 {
+        return Err(err(
+            "num_attention_heads",
+            format!("{heads} does not divide hidden_size = {hidden}"),
+        ));
+    }
+    if raw.do_layer_norm_before == Some(false) {
+        return Err(err(
+            "do_layer_norm_before",
+            "post-LayerNorm OPT (OPT-350m) is not supported; it must be true".into(),
+        ));
+    }
+    if raw.remove_final_layer_norm == Some(true) {
+        return Err(err(
+            "_remove_final_layer_norm",
+            "a decoder without its final LayerNorm is not supported".into(),
+        ));
+    }
+    if let Some(d) = raw.word_embed_proj_dim.filter(|&d| d != hidden) {
+        return Err(err(
+            "word_embed_proj_dim",
+            format!(
+                "{d} differs from hidden_size = {hidden}: project_in / project_out are not \
+                 supported"
+            ),
+        ));
+    }
+    if raw.layer_norm_elementwise_affine == Some(false) {
+        return Err(err(
+            "layer_norm_elementwise_affine",
+            "LayerNorms without weight and bias are not supported; it must be true".into(),
+        ));
+    }
+    let vocab_size = positive("vocab_size", raw.vocab_size.unwrap_or(50272))?;
+    let activation = Activation::parse(raw.activation_function.as_deref().unwrap_or("relu"))
+        .map_err(|m| err("activation_function", m))?;
+    let bias = raw.enable_bias.unwrap_or(true);
+    let (bos_token_id, eos_token_ids) = token_ids(
+        raw.bos_token_id.or(Some(TokenIds::One(2))),
+        raw.eos_token_id.or(Some(TokenIds::One(2))),
+        vocab_size,
+        path,
+    )?;
+    // nn.LayerNorm's default epsilon: OPT's config has no key for it.
+    let eps = 1e-5;
+    Ok(ModelConfig {
+        family: Family::Opt,
+        hidden_size: hidden,
+        intermediate_size: positive("ffn_dim", raw.ffn_dim.unwrap_or(3072))?,
+        num_layers: positive("num_hidden_layers", raw.num_hidden_layers.unwrap_or(12))?,
+        num_heads: heads,
+        num_kv_heads: heads,
+        head_dim: hidden / heads,
+        vocab_size,
+        rms_norm_eps: eps,
+        layer_norm_eps: eps,
+        activation,
+        rope_theta: 10_000.0,
+        rope_scaling: None,
+        tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(true),
+        qkv_bias: bias,
+        o_bias: bias,
+        mlp_bias: bias,
+        bos_token_id,
+        eos_token_ids,
+        max_position_embeddings: positive(
+            "max_position_embeddings",
+            raw.max_position_embeddings.unwrap_or(2048),
+        )?,
+        sliding_window: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::family::{is_conv1d, ModuleGroup};
+
+    fn cfg(extra: &str) -> Result<ModelConfig> {
+        ModelConfig::from_json(&format!(
+            r#"{{"model_type": "opt", "architectures": ["OPTForCausalLM"], "hidden_size": 8,
+                "num_hidden_layers": 2, "num_attention_heads": 2, "ffn_dim": 16,
+                "max_position_embeddings": 16, "vocab_size": 10, "bos_token_id": 0,
+                "eos_token_id": 0, "word_embed_proj_dim": 8{extra}}}"#
+        ))
+    }
+
+    #[test]
+    fn linears_are_named_grouped_and_stored_as_linear() {
+        let c = cfg("").unwrap();
+        assert_eq!(c.activation, Activation::Relu);
+        let layers = OPT.linears(&c);
+        assert_eq!(layers.len(), 2 * 6 + 1);
+        assert_eq!(
+            layers[3].name,
+            "model.decoder.layers.0.self_attn.out_proj.weight"
+        );
+        assert_eq!(layers[11].name, "model.decoder.layers.1.fc2.weight");
+        use ModuleGroup::{Attention as A, Mlp as M};
+        let groups: Vec<ModuleGroup> = layers[..6].iter().map(|l| l.group).collect();
+        assert_eq!(groups, [A, A, A, A, M, M]);
+        assert!(layers.iter().all(|l| !is_conv1d(&l.name)));
+        let shapes: std::collections::BTreeMap<String, Vec<usize>> =
+            OPT.tensors(&c).into_iter().collect();
+        assert_eq!(shapes["model.decoder.embed_positions.weight"], [18, 8]);
+        assert_eq!(shapes["model.decoder.layers.0.fc1.weight"], [16, 8]);
+        assert_eq!(shapes["model.decoder.layers.0.fc1.bias"], [16]);
+        assert!(shapes.contains_key("model.decoder.layers.1.final_layer_norm.bias"));
+        assert!(shapes.contains_key("model.decoder.final_layer_norm.weight"));
+        // 2 blocks × (4·(64+8) + 2·(128+…)) and so on: the count is the shapes' sum.
+        let total: u64 = shapes
+            .values()
+            .map(|s| s.iter().product::<usize>() as u64)
+            .sum();
+        assert_eq!(OPT.parameter_count(&c), total);
+    }
+
+    #[test]
+    fn unsupported_variants_name_their_key() {
+        for (extra, key) in [
+            (r#", "do_layer_norm_before": false"#, "do_layer_norm_before"),
+            (
+                r#", "_remove_final_layer_norm": true"#,
+                "_remove_final_layer_norm",
+            ),
+            (
+                r#", "layer_norm_elementwise_affine": false"#,
+                "layer_norm_elementwise_affine",
+            ),
+        ] {
+            let e = cfg(extra).unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+        }
+        let e = ModelConfig::from_json(
+            r#"{"model_type": "opt", "hidden_size": 8, "num_attention_heads": 2,
+                "word_embed_proj_dim": 4, "vocab_size": 10, "bos_token_id": 0, "eos_token_id": 0}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("word_embed_proj_dim"), "{e}");
+        let c = cfg(r#", "enable_bias": false"#).unwrap();
+        assert!(!c.qkv_bias && !c.mlp_bias);
+        assert!(!OPT.tensors(&c).iter().any(|(n, _)| n.ends_with("fc1.bias")));
+    }
+}
