@@ -750,11 +750,11 @@ fn load_with(src: &str, prepare: impl FnOnce(&Path)) -> Diagnostics {
 #[test]
 fn unsupported_model_type_fails_validation() {
     let d = load_with(
-        "models:\n  gpt: models/gpt\nstages:\n  base: {kind: load, model: gpt}\n",
+        "models:\n  mamba: models/mamba\nstages:\n  base: {kind: load, model: mamba}\n",
         |root| {
-            let m = root.join("models/gpt");
+            let m = root.join("models/mamba");
             std::fs::create_dir_all(&m).unwrap();
-            std::fs::write(m.join("config.json"), r#"{"model_type": "gpt2"}"#).unwrap();
+            std::fs::write(m.join("config.json"), r#"{"model_type": "mamba"}"#).unwrap();
             std::fs::write(m.join("tokenizer.json"), "{}").unwrap();
             std::fs::write(m.join("model.safetensors"), "").unwrap();
         },
@@ -763,9 +763,9 @@ fn unsupported_model_type_fails_validation() {
     check(
         &d.0[0],
         2,
-        8,
-        "models.gpt",
-        &["model_type", "`gpt2` is not supported", "config.json"],
+        10,
+        "models.mamba",
+        &["model_type", "`mamba` is not supported", "config.json"],
     );
 }
 
