@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use crate::cache::key::ParamValue;
 /// Datasets are read by [`crate::data`], which owns their formats.
 pub use crate::data::{DatasetFormat, DatasetSource, TextDocuments};
+pub use super::resources::Resources;
 /// The stage kinds are declared in [`crate::stages`].
 pub use crate::stages::{StageKind, StageSpec};
 
@@ -47,6 +48,8 @@ pub struct Stage {
     pub instances: Vec<Instance>,
     /// 1-based line of the stage's key in the file, for messages.
     pub line: usize,
+    /// What a cluster job of this stage asks for (`resources:`); never part of a key.
+    pub resources: Resources,
 }
 
 /// A sweep point restricted to some axes.
