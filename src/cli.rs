@@ -852,7 +852,10 @@ fn cmd_plan(cli: &Cli, file: &Path, format: Format, executor: &ExecutorArgs) -> 
         outln!();
         out!("{}", slurm::dry_run(&plan, &profile, &needs, &run));
         match slurm::check_cache(cache.root()) {
-            Verdict::Shared => outln!("cache {}: shared with the compute nodes", cache.root().display()),
+            Verdict::Shared => outln!(
+                "cache {}: shared with the compute nodes",
+                cache.root().display()
+            ),
             Verdict::Warn(m) => outln!("warning: {m}"),
             Verdict::Refuse(m) => outln!("error: a run would refuse: {m}"),
         }

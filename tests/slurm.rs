@@ -176,12 +176,20 @@ fn jobs_of(cache: &Path, prefix: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// A job's state; a task of an array that never started is listed under the array's id.
 fn squeue_state(job: &str) -> String {
+    let base = job.split('_').next().unwrap();
     let out = Command::new("squeue")
-        .args(["-h", "-r", "-t", "all", "-o", "%T", "-j", job])
+        .args(["-h", "-r", "-t", "all", "-o", "%i|%T", "-j", base])
         .output()
         .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    let text = String::from_utf8_lossy(&out.stdout);
+    let states: BTreeMap<&str, &str> = text.lines().filter_map(|l| l.split_once('|')).collect();
+    states
+        .get(job)
+        .or_else(|| states.get(base))
+        .unwrap_or(&"")
+        .to_string()
 }
 
 #[test]
@@ -211,8 +219,14 @@ fn a_sweep_on_slurm_gives_the_keys_and_results_of_a_local_run() {
     assert!(out.status.success(), "{}", text(&out));
     let plan = String::from_utf8_lossy(&out.stdout);
     assert!(plan.contains("5 of 5 stages to run on Slurm"), "{plan}");
-    assert!(plan.contains("--cpus-per-task=1") && plan.contains("--time=0-00:10:00"), "{plan}");
-    assert!(plan.contains("(array of 2)") && plan.contains("--array=0-1"), "{plan}");
+    assert!(
+        plan.contains("--cpus-per-task=1") && plan.contains("--time=0-00:10:00"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("(array of 2)") && plan.contains("--array=0-1"),
+        "{plan}"
+    );
     assert!(!cache.exists(), "plan wrote {}", cache.display());
 
     let out = slurm_run(&cache, &file, &profile);
@@ -233,7 +247,10 @@ fn a_sweep_on_slurm_gives_the_keys_and_results_of_a_local_run() {
     assert_eq!(prune_ids, [format!("{array}_0"), format!("{array}_1")]);
     let finished = finished_jobs(&cache.join("slurm").join(&run.run_id));
     assert_eq!(finished.len(), 5, "sacct lists {finished:?}");
-    assert!(finished.iter().all(|(_, s)| s == "COMPLETED"), "{finished:?}");
+    assert!(
+        finished.iter().all(|(_, s)| s == "COMPLETED"),
+        "{finished:?}"
+    );
 
     // A rerun submits nothing.
     let out = slurm_run(&cache, &file, &profile);
@@ -343,7 +360,12 @@ fn a_restarted_submitter_adopts_its_queued_jobs() {
     assert_eq!(results(&cache, &run), want);
     for s in &run.stages {
         if s.instance.starts_with("pruned[") {
-            assert_eq!(s.status, StageStatus::Ran, "{}: adopted, so this run's", s.instance);
+            assert_eq!(
+                s.status,
+                StageStatus::Ran,
+                "{}: adopted, so this run's",
+                s.instance
+            );
         }
     }
 }
@@ -386,4 +408,127 @@ fn two_submitters_on_one_cache_compute_each_key_once() {
         computed.values().all(|&n| n == 1),
         "each key computed exactly once: {computed:?}"
     );
+}
+
+/// Needs no cluster: what `resources:` says never enters a key, so a pipeline run locally with
+/// it is all cached, under the same keys, for the same file without it.
+#[test]
+fn resources_never_change_a_key() {
+    let shared = require_shared!("models/stories260K");
+    let shared = shared.parent().unwrap().parent().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let file = pipeline(tmp.path(), shared);
+    let cache = tmp.path().join("cache");
+    let run = run_ok(&cache, &file);
+    let with: BTreeMap<String, Digest> = run
+        .stages
+        .iter()
+        .map(|s| (s.instance.clone(), s.key.unwrap()))
+        .collect();
+
+    let plain = tmp.path().join("plain.yaml");
+    let source = std::fs::read_to_string(&file).unwrap();
+    assert!(source.contains("    resources: {cpus: 1, time: 10m}\n"));
+    std::fs::write(
+        &plain,
+        source.replace("    resources: {cpus: 1, time: 10m}\n", ""),
+    )
+    .unwrap();
+    let out = common::whittle(
+        &cache,
+        &["plan", plain.to_str().unwrap(), "--format", "json"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let without: BTreeMap<String, Digest> = plan["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            assert_eq!(n["status"], "cached", "{n}");
+            let key = Digest::from_hex(n["key"].as_str().unwrap()).unwrap();
+            (n["label"].as_str().unwrap().to_string(), key)
+        })
+        .collect();
+    assert_eq!(with, without);
+}
+
+/// Needs no cluster: a profile with a mistake is refused before anything runs, naming the key.
+#[test]
+fn a_bad_profile_exits_2_naming_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("p.yaml");
+    std::fs::write(&file, "stages:\n  t: {kind: report, inputs: []}\n").unwrap();
+    let profile = tmp.path().join("profile.yaml");
+    std::fs::write(&profile, "executor:\n  kind: slurm\n  partitoin: gpu\n").unwrap();
+    let cache = tmp.path().join("cache");
+    let out = common::whittle(
+        &cache,
+        &[
+            "run",
+            file.to_str().unwrap(),
+            "--profile",
+            profile.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown field `partitoin`") && err.contains("line 3"),
+        "{err}"
+    );
+    assert!(!cache.exists(), "nothing ran");
+}
+
+#[test]
+fn ctrl_c_cancels_the_submitted_jobs_and_exits_130() {
+    let shared = require_shared!("models/stories260K");
+    let shared = shared.parent().unwrap().parent().unwrap();
+    if !slurm_up() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let file = pipeline(tmp.path(), shared);
+    let profile = profile(tmp.path());
+    let cache = tmp.path().join("cache");
+
+    let mut child = spawn_run(&cache, &file, &profile, Some("prune:8000"));
+    wait_for(&mut child, "the prune jobs submitted", || {
+        jobs_of(&cache, "pruned[").len() == 2
+    });
+    let submitted = jobs_of(&cache, "pruned[");
+    let out = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    for job in &submitted {
+        let start = Instant::now();
+        loop {
+            let state = squeue_state(job);
+            if state == "CANCELLED" {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "job {job} is {state}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let run = runs(&cache).pop().unwrap();
+    assert!(run.finished.is_some());
+    for s in &run.stages {
+        if s.instance != "base" {
+            assert_eq!(s.status, StageStatus::Cancelled, "{}", s.instance);
+        }
+    }
+    // Nothing half-written: the cache holds base and nothing else.
+    let entries = std::fs::read_dir(cache.join("v1/entries"))
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+        .count();
+    assert_eq!(entries, 1);
 }

@@ -123,12 +123,8 @@ pub(crate) fn read(node: &Node, path: &str, sink: &mut Sink) -> Resources {
         let count = |what: &str, sink: &mut Sink| match v.value() {
             Some(ParamValue::Int(n)) if (0..=4096).contains(&n) => Some(n as u32),
             _ => {
-                sink.error(
-                    v.mark,
-                    &kp,
-                    format!("expected {what}, found `{text}`"),
-                )
-                .with_expected(what.to_string());
+                sink.error(v.mark, &kp, format!("expected {what}, found `{text}`"))
+                    .with_expected(what.to_string());
                 None
             }
         };
@@ -173,14 +169,22 @@ pub(crate) fn read(node: &Node, path: &str, sink: &mut Sink) -> Resources {
             "local" => match v.value() {
                 Some(ParamValue::Bool(b)) => r.local = Some(b),
                 _ => {
-                    sink.error(v.mark, &kp, format!("expected true or false, found `{text}`"))
-                        .with_help("`local: true` runs the stage in the submitting process");
+                    sink.error(
+                        v.mark,
+                        &kp,
+                        format!("expected true or false, found `{text}`"),
+                    )
+                    .with_help("`local: true` runs the stage in the submitting process");
                 }
             },
             other => {
                 let s = suggest(other, RESOURCE_KEYS);
-                sink.error(k.mark, &kp, format!("unknown key `{other}` in `resources`{s}"))
-                    .with_expected(one_of(&RESOURCE_KEYS));
+                sink.error(
+                    k.mark,
+                    &kp,
+                    format!("unknown key `{other}` in `resources`{s}"),
+                )
+                .with_expected(one_of(&RESOURCE_KEYS));
             }
         }
     }

@@ -6,10 +6,10 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+pub use super::resources::Resources;
 use crate::cache::key::ParamValue;
 /// Datasets are read by [`crate::data`], which owns their formats.
 pub use crate::data::{DatasetFormat, DatasetSource, TextDocuments};
-pub use super::resources::Resources;
 /// The stage kinds are declared in [`crate::stages`].
 pub use crate::stages::{StageKind, StageSpec};
 

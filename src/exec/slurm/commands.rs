@@ -29,7 +29,12 @@ fn run(command: &'static str, args: &[&str]) -> Result<String, CommandError> {
         let stderr = String::from_utf8_lossy(&out.stderr);
         return Err(CommandError::Failed {
             command,
-            message: stderr.trim().lines().last().unwrap_or("no message").to_string(),
+            message: stderr
+                .trim()
+                .lines()
+                .last()
+                .unwrap_or("no message")
+                .to_string(),
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -160,7 +165,11 @@ pub fn parse_table(out: &str) -> HashMap<String, JobState> {
 /// How many nodes the cluster has (`sinfo`), if it answers.
 pub fn node_count() -> Option<usize> {
     let out = run("sinfo", &["-h", "-N", "-o", "%N"]).ok()?;
-    let mut nodes: Vec<&str> = out.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let mut nodes: Vec<&str> = out
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     nodes.sort_unstable();
     nodes.dedup();
     Some(nodes.len())

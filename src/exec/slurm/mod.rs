@@ -304,12 +304,18 @@ impl<'scope, 'env> SlurmExecutor<'scope, 'env> {
         };
         for (i, ((node, job, handle), task)) in group.into_iter().zip(tasks).enumerate() {
             let (job_id, log) = if array {
-                (format!("{id}_{i}"), self.dir.join(format!("{stem}-{i}.out")))
+                (
+                    format!("{id}_{i}"),
+                    self.dir.join(format!("{stem}-{i}.out")),
+                )
             } else {
                 (id.clone(), output.clone())
             };
             tracing::info!(stage = %job.label, job = %job_id, "submitted to Slurm");
-            handle.progress.0.set_message(format!("job {job_id} submitted"));
+            handle
+                .progress
+                .0
+                .set_message(format!("job {job_id} submitted"));
             self.record.jobs.push(ClusterJob {
                 instance: job.label.clone(),
                 key: job.key.digest(),
@@ -380,12 +386,18 @@ impl<'scope, 'env> SlurmExecutor<'scope, 'env> {
         let unseen: Vec<String> = self
             .tracked
             .iter()
-            .filter(|t| !states.contains_key(&t.job_id))
+            .filter(|t| {
+                let base = t.job_id.split('_').next().unwrap_or("");
+                !states.contains_key(&t.job_id) && !states.contains_key(base)
+            })
             .map(|t| t.job_id.clone())
             .collect();
         states.extend(commands::sacct(&unseen));
         for t in std::mem::take(&mut self.tracked) {
-            match states.get(&t.job_id).cloned() {
+            // An array whose tasks never started is one record: the array's id.
+            let base = t.job_id.split('_').next().unwrap_or("");
+            let state = states.get(&t.job_id).or_else(|| states.get(base)).cloned();
+            match state {
                 Some(st) if st.is_live() => self.follow(t, &st),
                 Some(st) => self.ended(t, st),
                 None if t.result.exists() => self.ended(
@@ -602,7 +614,13 @@ fn adoptable(
     bases.sort();
     bases.dedup();
     let states = commands::squeue(&bases)?;
-    candidates.retain(|_, (j, _)| states.get(&j.job_id).is_some_and(JobState::is_live));
+    candidates.retain(|_, (j, _)| {
+        let base = j.job_id.split('_').next().unwrap_or("");
+        states
+            .get(&j.job_id)
+            .or_else(|| states.get(base))
+            .is_some_and(JobState::is_live)
+    });
     Ok(candidates)
 }
 

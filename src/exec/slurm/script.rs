@@ -56,7 +56,10 @@ pub fn requests(plan: &Plan, profile: &Profile, needs: &[Need]) -> Vec<Request> 
         .iter()
         .zip(needs)
         .map(|(node, need)| {
-            let stage = node.instances.first().map(|r| &plan.pipeline.stages[r.stage]);
+            let stage = node
+                .instances
+                .first()
+                .map(|r| &plan.pipeline.stages[r.stage]);
             let res = stage.map(|s| s.resources.clone()).unwrap_or_default();
             let kind = node.kind();
             let local = res.local.unwrap_or_else(|| {
@@ -190,7 +193,9 @@ pub fn render(spec: &ScriptSpec, tasks: &[Task]) -> String {
             quote(&t.result.display().to_string())
         );
     }
-    s.push_str("  *) echo \"no task ${SLURM_ARRAY_TASK_ID:-0} in this script\" >&2; exit 2 ;;\nesac\n");
+    s.push_str(
+        "  *) echo \"no task ${SLURM_ARRAY_TASK_ID:-0} in this script\" >&2; exit 2 ;;\nesac\n",
+    );
     let _ = writeln!(
         s,
         "echo \"whittle: job ${{SLURM_JOB_ID:-?}} on $(hostname): key $key\" >&2\n\
@@ -267,13 +272,29 @@ mod tests {
             array: Some(Some(2)),
         };
         let s = render(&spec, &[task(0), task(1), task(2)]);
-        assert!(s.starts_with("#!/bin/bash\n#SBATCH --job-name=whittle:ppl\n"), "{s}");
+        assert!(
+            s.starts_with("#!/bin/bash\n#SBATCH --job-name=whittle:ppl\n"),
+            "{s}"
+        );
         assert!(s.contains("#SBATCH --array=0-2%2\n"), "{s}");
         assert!(s.contains("pipeline='/p/it'\\''s.yaml'"), "{s}");
-        assert!(s.contains(&format!("  2)  # ppl[s=2]\n    pipeline='/p/it'\\''s.yaml' key={:064x}", 2)));
-        assert!(s.contains("exec '/bin/whittle' run-node \"$pipeline\" --key \"$key\""), "{s}");
+        assert!(s.contains(&format!(
+            "  2)  # ppl[s=2]\n    pipeline='/p/it'\\''s.yaml' key={:064x}",
+            2
+        )));
+        assert!(
+            s.contains("exec '/bin/whittle' run-node \"$pipeline\" --key \"$key\""),
+            "{s}"
+        );
         // The script is valid shell.
-        let out = std::process::Command::new("bash").args(["-n", "-c", &s]).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = std::process::Command::new("bash")
+            .args(["-n", "-c", &s])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

@@ -126,8 +126,12 @@ mod tests {
         assert_eq!(verdict(c, Some("tmpfs"), Some(1)), Verdict::Shared);
         assert_eq!(verdict(c, Some("nfs4"), Some(40)), Verdict::Shared);
         assert_eq!(verdict(c, Some("lustre"), None), Verdict::Shared);
-        assert!(matches!(verdict(c, Some("tmpfs"), Some(2)), Verdict::Refuse(m) if m.contains("tmpfs")));
-        assert!(matches!(verdict(c, Some("ext4"), Some(2)), Verdict::Warn(m) if m.contains("ext4")));
+        assert!(
+            matches!(verdict(c, Some("tmpfs"), Some(2)), Verdict::Refuse(m) if m.contains("tmpfs"))
+        );
+        assert!(
+            matches!(verdict(c, Some("ext4"), Some(2)), Verdict::Warn(m) if m.contains("ext4"))
+        );
         assert!(matches!(verdict(c, None, Some(2)), Verdict::Warn(_)));
         assert!(matches!(verdict(c, Some("tmpfs"), None), Verdict::Warn(_)));
     }
