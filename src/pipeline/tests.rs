@@ -1348,7 +1348,7 @@ fn resources_are_read_per_stage_and_checked() {
         }
     );
     // Each mistake at its key and line, with what was expected.
-    let line = HEAD.lines().count() + 3;
+    let line = HEAD.lines().count() + 4;
     let d = errs(&format!(
         "{HEAD}stages:\n  base:\n    kind: load\n    resources: {{gpus: one, tim: 2h, time: soon, memory: lots, cpus: 0, local: maybe}}\n    model: tiny\n"
     ));

@@ -55,7 +55,8 @@ pub enum SlurmError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("Slurm job {job_id} ended {state}{detail}{message}; log: {}", log.display())]
+    /// The log is the event's: the run's summary prints it beside the message.
+    #[error("Slurm job {job_id} ended {state}{detail}{message}")]
     Job {
         job_id: String,
         state: String,
@@ -65,13 +66,13 @@ pub enum SlurmError {
         message: String,
         log: PathBuf,
     },
-    #[error("Slurm job {job_id} completed but the cache has no entry {key}; log: {}", log.display())]
+    #[error("Slurm job {job_id} completed but the cache has no entry {key}")]
     NoEntry {
         job_id: String,
         key: Digest,
         log: PathBuf,
     },
-    #[error("Slurm no longer knows job {job_id} and it left no result; log: {}", log.display())]
+    #[error("Slurm no longer knows job {job_id} and it left no result")]
     Lost { job_id: String, log: PathBuf },
     #[error(transparent)]
     Cache(#[from] CacheError),
