@@ -382,14 +382,35 @@ fn two_submitters_on_one_cache_compute_each_key_once() {
     let profile = profile(tmp.path());
     let cache = tmp.path().join("cache");
 
-    let a = spawn_run(&cache, &file, &profile, Some("prune:3000"));
-    let b = spawn_run(&cache, &file, &profile, Some("prune:3000"));
-    for child in [a, b] {
+    // Two started at once race for every key; the build lock lets one job compute each. A
+    // third, started once the first two have submitted their prune jobs, follows those jobs.
+    let mut a = spawn_run(&cache, &file, &profile, Some("prune:4000"));
+    let b = spawn_run(&cache, &file, &profile, Some("prune:4000"));
+    wait_for(&mut a, "the prune jobs submitted", || {
+        runs(&cache)
+            .iter()
+            .filter(|r| r.jobs.iter().any(|j| j.instance.starts_with("pruned[")))
+            .count()
+            == 2
+    });
+    let c = spawn_run(&cache, &file, &profile, None);
+    for child in [a, b, c] {
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success(), "{}", text(&out));
     }
     let records = runs(&cache);
-    assert_eq!(records.len(), 2);
+    assert_eq!(records.len(), 3);
+    let followed: Vec<&str> = records
+        .iter()
+        .flat_map(|r| &r.jobs)
+        .filter(|j| j.instance.starts_with("pruned["))
+        .map(|j| j.job_id.as_str())
+        .collect();
+    assert_eq!(
+        followed.len(),
+        6,
+        "the third run follows two prune jobs of the others: {followed:?}"
+    );
     let mut computed: BTreeMap<String, usize> = BTreeMap::new();
     for r in &records {
         for s in &r.stages {

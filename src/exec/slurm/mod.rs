@@ -50,6 +50,8 @@ pub enum SlurmError {
          `gpus: 0`)"
     )]
     NoCuda { stage: String, gpus: u32 },
+    #[error("cannot find the path of this whittle binary, which the jobs run: {0}")]
+    NoExe(std::io::Error),
     #[error("cannot write {}: {source}", path.display())]
     Write {
         path: PathBuf,
@@ -60,7 +62,7 @@ pub enum SlurmError {
     Job {
         job_id: String,
         state: String,
-        /// ` (exit code 1)`, or empty.
+        /// ` (NonZeroExitCode)`, ` (exit code 1:0)`, or empty.
         detail: String,
         /// `: <the last error line of the log>`, or empty.
         message: String,
@@ -157,10 +159,7 @@ impl<'scope, 'env> SlurmExecutor<'scope, 'env> {
             }
             Verdict::Refuse(m) => return Err(SlurmError::NotShared(m)),
         }
-        let whittle = std::env::current_exe().map_err(|source| SlurmError::Write {
-            path: PathBuf::from("whittle"),
-            source,
-        })?;
+        let whittle = std::env::current_exe().map_err(SlurmError::NoExe)?;
         let dir = cache.root().join("slurm").join(&record.run_id);
         std::fs::create_dir_all(&dir).map_err(|source| SlurmError::Write {
             path: dir.clone(),
@@ -464,9 +463,11 @@ impl<'scope, 'env> SlurmExecutor<'scope, 'env> {
                 self.submit(vec![(t.node, t.job, t.handle)], time, attempt);
             }
             s => {
+                // squeue gives a reason (`NonZeroExitCode`), sacct an exit code (`1:0`).
                 let detail = match st.detail.as_str() {
                     "" | "None" | "0:0" => String::new(),
-                    d => format!(" (exit code {d})"),
+                    d if d.contains(':') => format!(" (exit code {d})"),
+                    d => format!(" ({d})"),
                 };
                 let message = last_error(&t.log)
                     .map(|m| format!(": {m}"))
