@@ -370,49 +370,10 @@ fn a_restarted_submitter_adopts_its_queued_jobs() {
     }
 }
 
-#[test]
-fn two_submitters_on_one_cache_compute_each_key_once() {
-    let shared = require_shared!("models/stories260K");
-    let shared = shared.parent().unwrap().parent().unwrap();
-    if !slurm_up() {
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let file = pipeline(tmp.path(), shared);
-    let profile = profile(tmp.path());
-    let cache = tmp.path().join("cache");
-
-    // Two started at once race for every key; the build lock lets one job compute each. A
-    // third, started once the first two have submitted their prune jobs, follows those jobs.
-    let mut a = spawn_run(&cache, &file, &profile, Some("prune:4000"));
-    let b = spawn_run(&cache, &file, &profile, Some("prune:4000"));
-    wait_for(&mut a, "the prune jobs submitted", || {
-        runs(&cache)
-            .iter()
-            .filter(|r| r.jobs.iter().any(|j| j.instance.starts_with("pruned[")))
-            .count()
-            == 2
-    });
-    let c = spawn_run(&cache, &file, &profile, None);
-    for child in [a, b, c] {
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", text(&out));
-    }
-    let records = runs(&cache);
-    assert_eq!(records.len(), 3);
-    let followed: Vec<&str> = records
-        .iter()
-        .flat_map(|r| &r.jobs)
-        .filter(|j| j.instance.starts_with("pruned["))
-        .map(|j| j.job_id.as_str())
-        .collect();
-    assert_eq!(
-        followed.len(),
-        6,
-        "the third run follows two prune jobs of the others: {followed:?}"
-    );
+/// How many of `records` computed each instance; every instance ran or was found cached.
+fn computed(records: &[RunRecord]) -> BTreeMap<String, usize> {
     let mut computed: BTreeMap<String, usize> = BTreeMap::new();
-    for r in &records {
+    for r in records {
         for s in &r.stages {
             assert!(
                 matches!(s.status, StageStatus::Ran | StageStatus::Cached),
@@ -424,11 +385,66 @@ fn two_submitters_on_one_cache_compute_each_key_once() {
                 usize::from(s.status == StageStatus::Ran);
         }
     }
-    assert_eq!(computed.len(), 5);
-    assert!(
-        computed.values().all(|&n| n == 1),
-        "each key computed exactly once: {computed:?}"
-    );
+    computed
+}
+
+#[test]
+fn two_submitters_on_one_cache_compute_each_key_once() {
+    let shared = require_shared!("models/stories260K");
+    let shared = shared.parent().unwrap().parent().unwrap();
+    if !slurm_up() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let file = pipeline(tmp.path(), shared);
+    let profile = profile(tmp.path());
+
+    // Started at once, they race for every key: both submit, the build lock lets one job
+    // compute it and the other reuse it.
+    let cache = tmp.path().join("race");
+    let a = spawn_run(&cache, &file, &profile, Some("prune:3000"));
+    let b = spawn_run(&cache, &file, &profile, Some("prune:3000"));
+    for child in [a, b] {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let records = runs(&cache);
+    assert_eq!(records.len(), 2);
+    let once = computed(&records);
+    assert_eq!(once.len(), 5);
+    assert!(once.values().all(|&n| n == 1), "computed twice: {once:?}");
+
+    // Started while the first one's prune jobs are queued or running, the second follows those
+    // jobs instead of submitting its own, and counts their entries as the first one's.
+    let cache = tmp.path().join("follow");
+    let mut a = spawn_run(&cache, &file, &profile, Some("prune:5000"));
+    wait_for(&mut a, "the prune jobs submitted", || {
+        jobs_of(&cache, "pruned[").len() == 2
+    });
+    let first = jobs_of(&cache, "pruned[");
+    let b = spawn_run(&cache, &file, &profile, None);
+    for child in [a, b] {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let records = runs(&cache);
+    assert_eq!(records.len(), 2);
+    let second: Vec<String> = records
+        .iter()
+        .find(|r| {
+            r.stages
+                .iter()
+                .any(|s| s.instance == "base" && s.status == StageStatus::Cached)
+        })
+        .expect("the second run found base cached")
+        .jobs
+        .iter()
+        .filter(|j| j.instance.starts_with("pruned["))
+        .map(|j| j.job_id.clone())
+        .collect();
+    assert_eq!(second, first, "the second run follows the first one's jobs");
+    let once = computed(&records);
+    assert!(once.values().all(|&n| n == 1), "computed twice: {once:?}");
 }
 
 /// Needs no cluster: what `resources:` says never enters a key, so a pipeline run locally with
