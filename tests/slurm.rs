@@ -569,3 +569,31 @@ fn ctrl_c_cancels_the_submitted_jobs_and_exits_130() {
         .count();
     assert_eq!(entries, 1);
 }
+
+/// Needs no cluster: a GPU job from a build without CUDA is refused before anything is
+/// submitted, naming the stage and what to do.
+#[test]
+fn gpu_jobs_need_a_cuda_build() {
+    if cfg!(feature = "cuda") {
+        return;
+    }
+    let shared = require_shared!("models/stories260K");
+    let shared = shared.parent().unwrap().parent().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let file = pipeline(tmp.path(), shared);
+    let source = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, source.replace("{cpus: 1, time: 10m}", "{gpus: 1}")).unwrap();
+    let cache = tmp.path().join("cache");
+    let out = common::whittle(
+        &cache,
+        &["run", file.to_str().unwrap(), "--executor", "slurm"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("stage pruned[sparsity=0.3] asks for 1 GPU(s)")
+            && err.contains("--features cuda"),
+        "{err}"
+    );
+    assert!(runs(&cache).is_empty(), "nothing ran");
+}
