@@ -87,7 +87,7 @@ EOF
 }
 
 start_munge() {
-    if pgrep -x munged >/dev/null; then
+    if pgrep -x munged >/dev/null && [ -S /run/munge/munge.socket.2 ]; then
         return
     fi
     if [ ! -s /etc/munge/munge.key ]; then
@@ -143,10 +143,21 @@ stop() {
                 running "$pidfile" || break
                 sleep 0.5
             done
+            # A daemon stuck on authentication ignores SIGTERM.
+            if running "$pidfile"; then
+                kill -9 "$(cat "$pidfile")"
+            fi
         fi
     done
     if [ -f "$DIR/munged.ours" ] && running /run/munge/munged.pid; then
-        kill "$(cat /run/munge/munged.pid)"
+        local pid
+        pid="$(cat /run/munge/munged.pid)"
+        kill "$pid"
+        # Gone before a start that follows checks for it.
+        for _ in $(seq 1 20); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.5
+        done
         rm -f "$DIR/munged.ours"
     fi
     log "stopped"
