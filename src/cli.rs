@@ -90,6 +90,8 @@ pub enum Command {
         /// After a failure, keep running the stages that do not depend on it.
         #[arg(long)]
         keep_going: bool,
+        #[command(flatten)]
+        executor: ExecutorArgs,
     },
     /// Compute exactly one stage instance into the cache (what a cluster job runs): its inputs
     /// must be cached already. Prints the entry's key.
@@ -114,12 +116,19 @@ pub enum Command {
         /// Memory the stage may hold, as for `run --memory`.
         #[arg(long, value_parser = parse_bytes)]
         memory: Option<u64>,
+        /// Also write the entry's key, and whether this process computed it, to FILE (JSON),
+        /// for the process that submitted the job.
+        #[arg(long, value_name = "FILE")]
+        result: Option<PathBuf>,
     },
-    /// Show each stage instance, its key, and whether it is cached or will run (and why).
+    /// Show each stage instance, its key, and whether it is cached or will run (and why);
+    /// with `--executor slurm`, also the job each would be submitted as.
     Plan {
         file: PathBuf,
         #[arg(long, default_value = "text", value_parser = formats::plan())]
         format: Format,
+        #[command(flatten)]
+        executor: ExecutorArgs,
     },
     /// Summarize, per stage, how many instances are cached, corrupt or still to run.
     Status {
@@ -206,6 +215,38 @@ pub enum Command {
     },
 }
 
+/// Where a run's stages run.
+#[derive(clap::Args, Debug)]
+pub struct ExecutorArgs {
+    /// `local` (this machine, the default) or `slurm` (one `sbatch` job per stage; the cache
+    /// must be on a filesystem every compute node sees). Overrides the profile's `kind`.
+    #[arg(long, value_parser = ["local", "slurm"])]
+    executor: Option<String>,
+    /// A profile file (YAML) whose `executor:` section sets partition, account, qos, time
+    /// limit, extra sbatch flags, how many jobs may be queued (see README, "Running on a
+    /// cluster").
+    #[arg(long, value_name = "FILE", env = "WHITTLE_PROFILE")]
+    profile: Option<PathBuf>,
+}
+
+impl ExecutorArgs {
+    /// The Slurm profile, if the run goes to Slurm.
+    fn slurm(&self) -> Result<Option<whittle::exec::slurm::Profile>> {
+        use whittle::exec::slurm::{ExecutorKind, Profile};
+        let profile = match &self.profile {
+            Some(path) => Profile::load(path).map_err(|e| Usage(e.to_string()))?,
+            None => Profile::default(),
+        };
+        let kind = self
+            .executor
+            .as_deref()
+            .and_then(ExecutorKind::parse)
+            .or(profile.kind)
+            .unwrap_or(ExecutorKind::Local);
+        Ok((kind == ExecutorKind::Slurm).then_some(profile))
+    }
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match run(cli) {
@@ -239,6 +280,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             devices,
             keep_going,
             memory,
+            executor,
         } => {
             let devices = devices
                 .iter()
@@ -250,6 +292,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                 keep_going: *keep_going,
                 progress: !cli.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
                 memory: *memory,
+                slurm: executor.slurm()?,
             };
             let targets: Vec<String> = targets.iter().chain(only).cloned().collect();
             let sel = Selection {
@@ -267,14 +310,21 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             key,
             device,
             memory,
-        } => cmd_run_node(&cli, file, node.as_deref(), key.as_deref(), device, *memory),
-        Command::Plan { file, format } => {
-            let (cache, plan) = open_read_only(&cli, file)?;
-            let history = History::load(&cache, &plan.pipeline.path.display().to_string());
-            let statuses = plan::resolve(&plan, &cache, &history)?;
-            out!("{}", plan::render(&plan, &statuses, *format));
-            Ok(Outcome::Success)
-        }
+            result,
+        } => cmd_run_node(
+            &cli,
+            file,
+            node.as_deref(),
+            key.as_deref(),
+            device,
+            *memory,
+            result.as_deref(),
+        ),
+        Command::Plan {
+            file,
+            format,
+            executor,
+        } => cmd_plan(&cli, file, *format, executor),
         Command::Status { file, format } => cmd_status(&cli, file, *format),
         Command::Show { file, format } => {
             let (cache, plan) = open_read_only(&cli, file)?;
@@ -614,6 +664,7 @@ fn cmd_run_node(
     key: Option<&str>,
     device: &str,
     memory: Option<u64>,
+    result: Option<&Path>,
 ) -> Result<Outcome> {
     let device = DeviceKind::parse(device)?;
     let (cache, plan) = open(cli, file)?;
@@ -635,6 +686,11 @@ fn cmd_run_node(
     let cancel = cancel_on_ctrl_c();
     match whittle::exec::run_node(&plan, &cache, id, device, memory, &cancel) {
         Ok(built) => {
+            if let Some(path) = result {
+                whittle::exec::NodeResult::of(&built)
+                    .write(path)
+                    .with_context(|| format!("writing the result {}", path.display()))?;
+            }
             outln!("{}", built.entry.manifest().key);
             Ok(Outcome::Success)
         }
@@ -776,6 +832,33 @@ fn cmd_report(cli: &Cli, file: &Path, out: Option<&Path>) -> Result<Outcome> {
             "{missing} points missing; `whittle run {}` computes what is pending",
             file.display()
         );
+    }
+    Ok(Outcome::Success)
+}
+
+fn cmd_plan(cli: &Cli, file: &Path, format: Format, executor: &ExecutorArgs) -> Result<Outcome> {
+    let slurm = executor.slurm()?;
+    if slurm.is_some() && format != Format::Text {
+        return Err(Usage("`plan --executor slurm` prints text only".into()).into());
+    }
+    let (cache, plan) = open_read_only(cli, file)?;
+    let history = History::load(&cache, &plan.pipeline.path.display().to_string());
+    let statuses = plan::resolve(&plan, &cache, &history)?;
+    out!("{}", plan::render(&plan, &statuses, format));
+    if let Some(profile) = slurm {
+        use whittle::exec::slurm::{self, Verdict};
+        let needs = whittle::exec::estimate_needs(&plan, None);
+        let run: Vec<bool> = statuses.iter().map(|s| !s.is_cached()).collect();
+        outln!();
+        out!("{}", slurm::dry_run(&plan, &profile, &needs, &run));
+        match slurm::check_cache(cache.root()) {
+            Verdict::Shared => outln!(
+                "cache {}: shared with the compute nodes",
+                cache.root().display()
+            ),
+            Verdict::Warn(m) => outln!("warning: {m}"),
+            Verdict::Refuse(m) => outln!("error: a run would refuse: {m}"),
+        }
     }
     Ok(Outcome::Success)
 }

@@ -100,6 +100,15 @@ impl Cache {
         })
     }
 
+    /// Whether the run `run_id` is alive: its lease exists and is held.
+    pub fn run_alive(&self, run_id: &str) -> bool {
+        let path = self.leases_dir().join(format!("{run_id}.{LEASE_EXT}"));
+        let Ok(file) = File::open(&path) else {
+            return false;
+        };
+        matches!(file.try_lock_shared(), Err(TryLockError::WouldBlock))
+    }
+
     /// Holds gc's lock for as long as the guard lives: no run adds to its lease meanwhile.
     pub(crate) fn lock_for_gc(&self) -> Result<BuildLock, CacheError> {
         let dir = self.locks_dir();

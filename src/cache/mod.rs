@@ -18,6 +18,6 @@ pub use filehash::{blake3_file, FileHasher, HashStats};
 pub use gc::{GcOptions, GcReport, Removed};
 pub use key::{Digest, KeyInputs, ParamValue, Params};
 pub use lock::{BuildLock, Lease};
-pub use runs::{RunRecord, StageRecord, StageStatus};
+pub use runs::{ClusterJob, RunRecord, StageRecord, StageStatus};
 pub use store::{Cache, Entry, EntryMeta, EntryWriter, FileRecord, Lookup, Manifest};
 pub use verify::VerifyReport;

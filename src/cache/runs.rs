@@ -56,6 +56,25 @@ pub struct RunRecord {
     pub engine_version: String,
     pub devices: Vec<String>,
     pub stages: Vec<StageRecord>,
+    /// Cluster jobs the run submitted or adopted, written as they are submitted: a run started
+    /// again follows those still queued or running instead of submitting their nodes again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jobs: Vec<ClusterJob>,
+}
+
+/// One cluster job of a run: which node it computes and where it reports.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClusterJob {
+    /// The instance label.
+    pub instance: String,
+    /// The key the job computes.
+    pub key: Digest,
+    /// The scheduler's id: `123`, or `123_4` for a task of a job array.
+    pub job_id: String,
+    /// The job's output (its stdout and stderr).
+    pub log: String,
+    /// Where the job writes what it did (`whittle run-node --result`).
+    pub result: String,
 }
 
 impl RunRecord {
@@ -72,6 +91,7 @@ impl RunRecord {
             engine_version: crate::ENGINE_VERSION.to_string(),
             devices: Vec::new(),
             stages: Vec::new(),
+            jobs: Vec::new(),
         }
     }
 

@@ -3,6 +3,8 @@
 use std::process::ExitCode;
 
 use whittle::exec::device::DeviceError;
+use whittle::exec::slurm::SlurmError;
+use whittle::exec::ExecError;
 use whittle::export::ExportError;
 
 /// The exit codes, as `--help` states them.
@@ -55,6 +57,12 @@ pub fn outcome_of(e: &anyhow::Error) -> Outcome {
                 return Outcome::Failed;
             }
             return Outcome::Usage;
+        }
+        if let Some(ExecError::Slurm(x)) = cause.downcast_ref::<ExecError>() {
+            return match x {
+                SlurmError::NoCuda { .. } | SlurmError::NotShared(_) => Outcome::Usage,
+                _ => Outcome::Failed,
+            };
         }
         if let Some(x) = cause.downcast_ref::<ExportError>() {
             return match x {

@@ -2,6 +2,7 @@
 //! [`LocalExecutor`] runs each job on a thread of this process; another executor may hand the
 //! same [`Job`] (plain data) to another process, such as `whittle run-node` in a cluster job.
 
+use std::path::PathBuf;
 use std::sync::mpsc;
 use std::thread::Scope;
 use std::time::{Duration, Instant};
@@ -17,6 +18,17 @@ pub struct Event {
     pub node: NodeId,
     pub outcome: Result<Built, JobError>,
     pub duration: Duration,
+    /// The job's own log, where it is not the stage log of the run (a cluster job's output).
+    pub log: Option<PathBuf>,
+}
+
+/// Where a node's job runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// On a device of this run's pool, which the scheduler reserves (memory included).
+    Pool,
+    /// Elsewhere, on this device there: the cluster reserves what it needs.
+    Remote(DeviceKind),
 }
 
 /// Runs the jobs the scheduler starts; tells it, one [`Event`] each, when they end.
@@ -26,6 +38,10 @@ pub trait Executor<'a> {
     fn start(&mut self, node: NodeId, job: Job, handle: Handle<'a>);
     /// The next job to end, waiting at most `timeout`.
     fn next(&mut self, timeout: Duration) -> Option<Event>;
+    /// Where `node`'s job will run.
+    fn placement(&self, _node: NodeId) -> Placement {
+        Placement::Pool
+    }
 }
 
 /// Each job on a scoped thread of this process, on the devices opened for the run.
@@ -73,6 +89,7 @@ impl<'env> Executor<'env> for LocalExecutor<'_, 'env> {
                 node,
                 outcome,
                 duration: start.elapsed(),
+                log: None,
             });
         });
     }

@@ -61,6 +61,8 @@ pub enum JobError {
     NoNode(String),
     #[error("input {0} is not in the cache")]
     InputMissing(String),
+    #[error(transparent)]
+    Slurm(Box<super::slurm::SlurmError>),
 }
 
 impl From<StageError> for JobError {

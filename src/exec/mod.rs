@@ -9,13 +9,14 @@ pub mod job;
 mod node;
 mod progress;
 mod scheduler;
+pub mod slurm;
 
 use std::sync::atomic::AtomicBool;
 
 pub use device::{DeviceKind, DevicePool, Need};
-pub use executor::{Event, Executor, LocalExecutor};
+pub use executor::{Event, Executor, LocalExecutor, Placement};
 pub use job::{Built, Handle, Job, JobError};
-pub use node::{run_node, NodeError};
+pub use node::{run_node, NodeError, NodeResult};
 pub use scheduler::Failure;
 
 use crate::cache::{Cache, CacheError, Lease, RunRecord, StageStatus};
@@ -33,6 +34,8 @@ pub struct RunOptions {
     pub progress: bool,
     /// The memory each stage may hold, in bytes (`None`: its device's); larger models stream.
     pub memory: Option<u64>,
+    /// Run the nodes as Slurm jobs, asked for as this profile says (`None`: on this machine).
+    pub slurm: Option<slurm::Profile>,
 }
 
 impl Default for RunOptions {
@@ -43,6 +46,7 @@ impl Default for RunOptions {
             keep_going: false,
             progress: false,
             memory: None,
+            slurm: None,
         }
     }
 }
@@ -53,6 +57,8 @@ pub enum ExecError {
     Cache(#[from] CacheError),
     #[error(transparent)]
     Device(#[from] device::DeviceError),
+    #[error(transparent)]
+    Slurm(#[from] slurm::SlurmError),
 }
 
 #[derive(Debug)]
@@ -90,15 +96,33 @@ pub fn run(
     let log_dir = cache.log_dir(&record.run_id)?;
     let lease = cache.lease(&record.run_id)?;
     let ui = progress::Ui::new(plan.nodes.len() as u64, opts.progress);
+    // On Slurm, the cluster decides how many run at once; `max_queued` bounds what is queued.
+    let opts = &RunOptions {
+        jobs: opts.slurm.as_ref().map_or(opts.jobs, |p| p.max_queued),
+        ..opts.clone()
+    };
     let sched = scheduler::Scheduler::new(plan, cache, &history, opts, cancel, &lease, log_dir);
     let devices: Vec<(DeviceKind, candle_core::Device)> = pool
         .kinds()
         .into_iter()
         .map(|k| Ok((k, k.open()?)))
         .collect::<Result<_, device::DeviceError>>()?;
+    let needs = estimate_needs(plan, opts.memory);
     let result = std::thread::scope(|scope| {
         let mut local = LocalExecutor::new(scope, plan, cache, &devices);
-        sched.run(&mut pool, &mut local, &ui, &mut record)
+        match &opts.slurm {
+            None => sched
+                .run(&mut pool, &mut local, &ui, &mut record)
+                .map_err(ExecError::from),
+            Some(profile) => {
+                let mut slurm = slurm::SlurmExecutor::new(
+                    local, plan, cache, profile, &needs, cancel, &record,
+                )?;
+                let result = sched.run(&mut pool, &mut slurm, &ui, &mut record);
+                record.jobs = slurm.jobs();
+                Ok(result?)
+            }
+        }
     });
     ui.finish();
     let failures = result?;
@@ -168,8 +192,9 @@ pub fn force(
 }
 
 /// Rough peak memory per node, each kind's estimate from the size of the model it works on:
-/// enough to keep the scheduler from packing two large stages onto one device.
-fn estimate_needs(plan: &Plan, memory: Option<u64>) -> Vec<Need> {
+/// enough to keep the scheduler from packing two large stages onto one device, and what a
+/// cluster job asks for.
+pub fn estimate_needs(plan: &Plan, memory: Option<u64>) -> Vec<Need> {
     // A stage may use the run's `--memory`, or its device's.
     let budget = memory.unwrap_or_else(|| DeviceKind::Cpu.total_memory());
     let mut model = vec![ModelSize::NONE; plan.nodes.len()];

@@ -125,3 +125,41 @@ pub fn run_node(
     tracing::info!(stage = %job.label, ran = built.ran, "run-node finished");
     Ok(built)
 }
+
+/// What `whittle run-node --result FILE` records for the process that submitted it: the entry's
+/// key, and whether this process computed it or found it built by another.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeResult {
+    pub schema: u32,
+    pub key: crate::cache::key::Digest,
+    pub ran: bool,
+}
+
+/// Version of result files.
+pub const RESULT_SCHEMA: u32 = 1;
+
+impl NodeResult {
+    pub fn of(built: &Built) -> Self {
+        NodeResult {
+            schema: RESULT_SCHEMA,
+            key: built.entry.manifest().key,
+            ran: built.ran,
+        }
+    }
+
+    /// Written to a temporary file beside `path`, then renamed: a reader sees all of it or none.
+    pub fn write(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let text = serde_json::to_vec(self).expect("plain data serialises");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, path)
+    }
+
+    /// The result at `path`, if there is one of this version.
+    pub fn read(path: &std::path::Path) -> Option<Self> {
+        let text = std::fs::read(path).ok()?;
+        serde_json::from_slice::<NodeResult>(&text)
+            .ok()
+            .filter(|r| r.schema == RESULT_SCHEMA)
+    }
+}

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use super::device::{DevicePool, Need};
-use super::executor::Executor;
+use super::executor::{Executor, Placement};
 use super::job::{Built, Handle, Job, JobError};
 use super::progress::Ui;
 use super::RunOptions;
@@ -58,6 +58,8 @@ pub(super) struct Scheduler<'a> {
     records: Vec<Option<StageRecord>>,
     keys: Vec<Option<KeyInputs>>,
     durations: Vec<f64>,
+    /// Logs the executor named (cluster jobs' output).
+    logs: Vec<Option<PathBuf>>,
     failures: Vec<Failure>,
     log_dir: PathBuf,
     stopping: bool,
@@ -94,6 +96,7 @@ impl<'a> Scheduler<'a> {
             records: vec![None; n],
             keys: vec![None; n],
             durations: vec![0.0; n],
+            logs: vec![None; n],
             failures: Vec::new(),
             log_dir,
             stopping: false,
@@ -102,8 +105,11 @@ impl<'a> Scheduler<'a> {
         }
     }
 
+    /// The node's log: the job's own where the executor named one, else the stage log.
     fn log_path(&self, node: NodeId) -> PathBuf {
-        super::job::log_path(&self.log_dir, node, &self.plan.nodes[node].label)
+        self.logs[node].clone().unwrap_or_else(|| {
+            super::job::log_path(&self.log_dir, node, &self.plan.nodes[node].label)
+        })
     }
 
     /// A node whose inputs are all done: cached, or queued to run.
@@ -260,12 +266,14 @@ impl<'a> Scheduler<'a> {
                 self.stopping = true;
                 ui.println("interrupted: finishing the stages that run, starting no new one (Ctrl-C again to abort)");
             }
-            // Dispatch what fits.
+            // Dispatch what fits: on the pool, or wherever the executor places it.
             while !self.stopping && running < self.opts.jobs.max(1) {
                 let Some(pos) = self.queue.iter().position(|&n| {
-                    pool.acquire(&self.needs[n])
-                        .map(|(s, m)| pool.release(s, m))
-                        .is_some()
+                    matches!(executor.placement(n), Placement::Remote(_))
+                        || pool
+                            .acquire(&self.needs[n])
+                            .map(|(s, m)| pool.release(s, m))
+                            .is_some()
                 }) else {
                     break;
                 };
@@ -274,9 +282,16 @@ impl<'a> Scheduler<'a> {
                     continue;
                 }
                 let node = self.queue.remove(pos).expect("position is in range");
-                let Some((slot, reserved)) = pool.acquire(&self.needs[node]) else {
-                    self.queue.push_front(node);
-                    break;
+                let device = match executor.placement(node) {
+                    Placement::Remote(device) => device,
+                    Placement::Pool => {
+                        let Some((slot, reserved)) = pool.acquire(&self.needs[node]) else {
+                            self.queue.push_front(node);
+                            break;
+                        };
+                        self.reserved[node] = Some((slot, reserved));
+                        pool.kind(slot)
+                    }
                 };
                 let State::Queued(k, reason) =
                     std::mem::replace(&mut self.states[node], State::Running)
@@ -284,13 +299,12 @@ impl<'a> Scheduler<'a> {
                     unreachable!("only queued nodes are in the queue")
                 };
                 let label = self.plan.nodes[node].label.clone();
-                tracing::info!(stage = %label, device = %pool.kind(slot), "run: {reason}");
-                let job = self.job(node, k, pool.kind(slot));
+                tracing::info!(stage = %label, %device, "run: {reason}");
+                let job = self.job(node, k, device);
                 let handle = Handle {
                     progress: Progress(ui.stage_bar(&label)),
                     cancel: self.cancel,
                 };
-                self.reserved[node] = Some((slot, reserved));
                 running += 1;
                 executor.start(node, job, handle);
             }
@@ -305,6 +319,9 @@ impl<'a> Scheduler<'a> {
                 pool.release(slot, reserved);
             }
             self.durations[done.node] = done.duration.as_secs_f64();
+            if let Some(log) = done.log {
+                self.logs[done.node] = Some(log);
+            }
             let label = self.plan.nodes[done.node].label.clone();
             ui.done(1);
             match done.outcome {

@@ -21,6 +21,7 @@
 pub mod diag;
 pub(crate) mod fields;
 pub(crate) mod interp;
+pub mod resources;
 pub(crate) mod schema;
 pub mod spec;
 pub(crate) mod sweep;
@@ -140,6 +141,7 @@ pub fn load_str(path_for_messages: &Path, source: &str) -> Result<spec::Pipeline
                     .collect(),
                 instances,
                 line: st.mark.line,
+                resources: st.resources.clone(),
             });
         }
     }

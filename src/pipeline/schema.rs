@@ -472,8 +472,10 @@ pub struct RawStage {
     /// Position of the stage's key.
     pub mark: Mark,
     pub kind: Option<StageKind>,
-    /// `(key, key position, value)` for every key other than `kind`.
+    /// `(key, key position, value)` for every key other than `kind` and `resources`.
     pub params: Vec<(String, Mark, Node)>,
+    /// What its jobs ask of a cluster; the same for every instance, never in a key.
+    pub resources: super::resources::Resources,
 }
 
 impl RawStage {
@@ -507,8 +509,11 @@ pub fn raw_stages(node: Option<&Node>, sink: &mut Sink) -> Vec<RawStage> {
         let mut kind = None;
         let mut kind_seen = false;
         let mut params = Vec::new();
+        let mut resources = super::resources::Resources::default();
         for (key, kn, vn) in body {
-            if key == "kind" {
+            if key == "resources" {
+                resources = super::resources::read(vn, &join(&spath, "resources"), sink);
+            } else if key == "kind" {
                 kind_seen = true;
                 let kp = join(&spath, "kind");
                 let Some(text) = string(vn, &kp, "a stage kind", sink) else {
@@ -545,7 +550,7 @@ pub fn raw_stages(node: Option<&Node>, sink: &mut Sink) -> Vec<RawStage> {
                 if allowed.contains(&key.as_str()) {
                     continue;
                 }
-                let s = suggest(key, allowed.iter().copied());
+                let s = suggest(key, allowed.iter().copied().chain(["resources"]));
                 let d = sink.error(
                     *kmark,
                     join(&spath, key),
@@ -570,6 +575,7 @@ pub fn raw_stages(node: Option<&Node>, sink: &mut Sink) -> Vec<RawStage> {
             mark: k.mark,
             kind,
             params,
+            resources,
         });
     }
     out

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+pub use super::resources::Resources;
 use crate::cache::key::ParamValue;
 /// Datasets are read by [`crate::data`], which owns their formats.
 pub use crate::data::{DatasetFormat, DatasetSource, TextDocuments};
@@ -47,6 +48,8 @@ pub struct Stage {
     pub instances: Vec<Instance>,
     /// 1-based line of the stage's key in the file, for messages.
     pub line: usize,
+    /// What a cluster job of this stage asks for (`resources:`); never part of a key.
+    pub resources: Resources,
 }
 
 /// A sweep point restricted to some axes.

@@ -1327,3 +1327,56 @@ fn tab_error_points_at_the_line_with_the_tab() {
         "{d}"
     );
 }
+
+#[test]
+fn resources_are_read_per_stage_and_checked() {
+    let p = ok(&format!(
+        "{HEAD}stages:\n  base: {{kind: load, model: tiny, resources: {{local: true}}}}\n  pruned:\n    kind: prune\n    model: base\n    method: magnitude\n    sparsity: 0.5\n    resources: {{gpus: 1, cpus: 8, memory: 40G, time: 2h, partition: gpu}}\n"
+    ));
+    let (_, base) = stage(&p, "base");
+    assert_eq!(base.resources.local, Some(true));
+    let (_, pruned) = stage(&p, "pruned");
+    assert_eq!(
+        pruned.resources,
+        Resources {
+            gpus: Some(1),
+            cpus: Some(8),
+            memory: Some(40 << 30),
+            time: Some(7200),
+            partition: Some("gpu".into()),
+            local: None,
+        }
+    );
+    // Each mistake at its key and line, with what was expected.
+    let line = HEAD.lines().count() + 4;
+    let d = errs(&format!(
+        "{HEAD}stages:\n  base:\n    kind: load\n    resources: {{gpus: one, tim: 2h, time: soon, memory: lots, cpus: 0, local: maybe}}\n    model: tiny\n"
+    ));
+    let at = |key: &str| {
+        d.iter()
+            .find(|x| x.key_path == format!("stages.base.resources.{key}"))
+            .unwrap_or_else(|| panic!("no error at {key}: {d}"))
+    };
+    assert!(at("gpus").message.contains("whole number of GPUs"), "{d}");
+    assert!(at("tim").message.contains("unknown key `tim`"), "{d}");
+    assert!(at("tim").message.contains("did you mean `time`"), "{d}");
+    assert!(
+        at("time")
+            .message
+            .contains("expected a duration, found `soon`"),
+        "{d}"
+    );
+    assert!(at("memory").message.contains("expected a size"), "{d}");
+    assert!(at("cpus").message.contains("at least 1 CPU"), "{d}");
+    assert!(at("local").message.contains("true or false"), "{d}");
+    assert!(d.iter().all(|x| x.line == line), "{d}");
+    // Sweep axes do not reach it: every instance asks for the same.
+    let d = errs(&format!(
+        "{HEAD}sweep:\n  grid:\n    s: [0.3, 0.5]\nstages:\n  base: {{kind: load, model: tiny, resources: {{time: \"${{s}}h\"}}}}\n"
+    ));
+    assert!(
+        d.iter()
+            .any(|x| x.message.contains("cannot use sweep axes")),
+        "{d}"
+    );
+}
