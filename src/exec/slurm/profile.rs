@@ -97,7 +97,8 @@ impl Default for Profile {
             qos: None,
             time: 4 * 3600,
             cpus: 4,
-            gpus: 1,
+            // A build without CUDA cannot use a GPU: by default its jobs ask for none.
+            gpus: u32::from(cfg!(feature = "cuda")),
             gpu_request: GpuRequest::Gpus,
             sbatch: Vec::new(),
             max_queued: 100,
