@@ -1089,32 +1089,8 @@ fn cmd_gc(
     Ok(Outcome::Success)
 }
 
-/// A byte count with an optional binary unit: `4G`, `4GiB`, `512M`, `1048576`.
+/// `--memory` and friends: a byte count with an optional binary unit (`4G`, `512M`).
 fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let shift = match unit
-        .trim()
-        .to_ascii_lowercase()
-        .trim_end_matches("ib")
-        .trim_end_matches('b')
-    {
-        "" => 0,
-        "k" => 10,
-        "m" => 20,
-        "g" => 30,
-        "t" => 40,
-        _ => {
-            return Err(format!(
-                "`{s}` is not a size: use a number with K, M, G or T, e.g. 4G"
-            ))
-        }
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a size: use a number with K, M, G or T, e.g. 4G"))?;
-    Ok((n * (1u64 << shift) as f64) as u64)
+    whittle::pipeline::resources::parse_size(s)
+        .ok_or_else(|| format!("`{s}` is not a size: use a number with K, M, G or T, e.g. 4G"))
 }
