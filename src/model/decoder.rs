@@ -527,3 +527,69 @@ fn missing(name: &str) -> ModelError {
         origin: "not in the tensors given to the model".into(),
     }
 }
+
+/// The [`Architecture`] methods every LayerNorm decoder family spells the same way, from its
+/// embedding and head names, its block's linear layers (`(Proj, module path)` in run order), its
+/// [`LnLayout`] and the path of its blocks (`transformer.h` → `transformer.h.N.<module>.weight`).
+macro_rules! ln_family_methods {
+    ($embed:expr, $head:expr, $linears:expr, $layout:expr, $blocks:literal) => {
+        fn embed_name(&self) -> &'static str {
+            $embed
+        }
+
+        fn head_name(&self) -> &'static str {
+            $head
+        }
+
+        fn tied(&self, cfg: &$crate::model::config::ModelConfig) -> bool {
+            cfg.tie_word_embeddings
+        }
+
+        fn block_linears(&self, layer: usize) -> Vec<$crate::model::parts::LinearId> {
+            $linears
+                .iter()
+                .map(|(p, _)| $crate::model::parts::LinearId::new(layer, *p))
+                .collect()
+        }
+
+        fn weight_name(&self, id: $crate::model::parts::LinearId) -> String {
+            let module = $linears
+                .iter()
+                .find(|(p, _)| *p == id.proj)
+                .map_or("?", |(_, m)| *m);
+            format!(concat!($blocks, ".{}.{}.weight"), id.layer, module)
+        }
+
+        fn tensors(&self, cfg: &$crate::model::config::ModelConfig) -> Vec<(String, Vec<usize>)> {
+            $layout.tensors(cfg)
+        }
+
+        fn gguf_name(&self, _hf: &str) -> Option<String> {
+            None
+        }
+
+        fn causal_lm(
+            &self,
+            cfg: &$crate::model::config::ModelConfig,
+            weights: &$crate::model::weights::TensorMap,
+            int8: Vec<(String, $crate::compress::dynint8::Int8Weight)>,
+        ) -> $crate::model::error::Result<Box<dyn $crate::model::lm::CausalLm>> {
+            let mut model = $crate::model::decoder::LnDecoder::new(cfg, &$layout, weights)?;
+            for (name, weight) in int8 {
+                model = model.with_dynamic_int8(&name, weight)?;
+            }
+            Ok(Box::new(model))
+        }
+
+        fn streamed_lm(
+            &self,
+            cfg: &$crate::model::config::ModelConfig,
+            source: std::sync::Arc<dyn $crate::model::TensorSource>,
+        ) -> $crate::model::error::Result<Box<dyn $crate::model::lm::CausalLm>> {
+            Ok(Box::new($crate::model::decoder::LnDecoder::streamed(
+                cfg, &$layout, source,
+            )?))
+        }
+    };
+}
+pub(crate) use ln_family_methods;

@@ -12,13 +12,10 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::Architecture;
-use crate::compress::dynint8::Int8Weight;
 use crate::model::config::{token_ids, Activation, Family, ModelConfig, TokenIds};
-use crate::model::decoder::{LnDecoder, LnLayout};
+use crate::model::decoder::{ln_family_methods, LnLayout};
 use crate::model::error::{ModelError, Result};
-use crate::model::lm::CausalLm;
-use crate::model::parts::{LinearId, Proj};
-use crate::model::weights::TensorMap;
+use crate::model::parts::Proj;
 
 /// The OPT family.
 pub struct OptFamily;
@@ -63,61 +60,7 @@ impl Architecture for OptFamily {
         name.strip_prefix("model.").map(str::to_string)
     }
 
-    fn embed_name(&self) -> &'static str {
-        EMBED
-    }
-
-    fn head_name(&self) -> &'static str {
-        LM_HEAD
-    }
-
-    fn tied(&self, cfg: &ModelConfig) -> bool {
-        cfg.tie_word_embeddings
-    }
-
-    fn block_linears(&self, layer: usize) -> Vec<LinearId> {
-        LINEARS
-            .iter()
-            .map(|(p, _)| LinearId::new(layer, *p))
-            .collect()
-    }
-
-    fn weight_name(&self, id: LinearId) -> String {
-        let module = LINEARS
-            .iter()
-            .find(|(p, _)| *p == id.proj)
-            .map_or("?", |(_, m)| *m);
-        format!("model.decoder.layers.{}.{module}.weight", id.layer)
-    }
-
-    fn tensors(&self, cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
-        LAYOUT.tensors(cfg)
-    }
-
-    fn gguf_name(&self, _hf: &str) -> Option<String> {
-        None
-    }
-
-    fn causal_lm(
-        &self,
-        cfg: &ModelConfig,
-        weights: &TensorMap,
-        int8: Vec<(String, Int8Weight)>,
-    ) -> Result<Box<dyn CausalLm>> {
-        let mut model = LnDecoder::new(cfg, &LAYOUT, weights)?;
-        for (name, weight) in int8 {
-            model = model.with_dynamic_int8(&name, weight)?;
-        }
-        Ok(Box::new(model))
-    }
-
-    fn streamed_lm(
-        &self,
-        cfg: &ModelConfig,
-        source: std::sync::Arc<dyn crate::model::TensorSource>,
-    ) -> Result<Box<dyn CausalLm>> {
-        Ok(Box::new(LnDecoder::streamed(cfg, &LAYOUT, source)?))
-    }
+    ln_family_methods!(EMBED, LM_HEAD, LINEARS, LAYOUT, "model.decoder.layers");
 }
 
 /// The serde mirror of an OPT `config.json` (transformers' `OPTConfig`); absent keys take that
