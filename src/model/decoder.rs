@@ -15,8 +15,8 @@ use super::config::{Activation, ModelConfig};
 use super::error::{ModelError, Result};
 use super::family::Architecture;
 use super::parts::{
-    causal_attention, check_dtype, layer_norm, BlockStore, Capture, Int8Linear, KvCache,
-    LayerKvCache, Linear, LinearId, Proj,
+    causal_attention, check_block_input, check_dtype, layer_norm, BlockStore, Capture, Int8Linear,
+    KvCache, LayerKvCache, Linear, LinearId, Proj,
 };
 use super::reader::TensorSource;
 use super::weights::TensorMap;
@@ -386,21 +386,8 @@ impl LnDecoder {
         mut capture: Option<Capture<'_>>,
     ) -> Result<Tensor> {
         let block = self.block(layer)?;
-        let (b, s, h) = x.dims3()?;
-        if h != self.cfg.hidden_size {
-            return Err(ModelError::Invalid(format!(
-                "block input has width {h}, expected hidden_size = {}",
-                self.cfg.hidden_size
-            )));
-        }
-        if let Some(c) = &cache {
-            if c.len() != pos {
-                return Err(ModelError::Invalid(format!(
-                    "layer {layer}: cache holds {} positions but pos = {pos}",
-                    c.len()
-                )));
-            }
-        }
+        let (b, s) = check_block_input(&self.cfg, layer, x, pos, cache.as_deref())?;
+        let h = self.cfg.hidden_size;
         let mut apply = |p: Proj, input: &Tensor| -> Result<Tensor> {
             let (_, linear) = block
                 .linears

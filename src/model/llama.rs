@@ -11,8 +11,8 @@ use super::config::{ModelConfig, RopeScaling};
 use super::error::{ModelError, Result};
 use super::family::{Architecture, LLAMA};
 use super::parts::{
-    accumulation_dtype, causal_attention, check_dtype, BlockStore, Capture, Int8Linear, KvCache,
-    LayerKvCache, Linear, LinearId, Proj,
+    accumulation_dtype, causal_attention, check_block_input, check_dtype, BlockStore, Capture,
+    Int8Linear, KvCache, LayerKvCache, Linear, LinearId, Proj,
 };
 use super::reader::TensorSource;
 use super::weights::TensorMap;
@@ -248,21 +248,7 @@ impl Llama {
         mut capture: Option<Capture<'_>>,
     ) -> Result<Tensor> {
         let block = self.block(layer)?;
-        let (b, s, h) = x.dims3()?;
-        if h != self.cfg.hidden_size {
-            return Err(ModelError::Invalid(format!(
-                "block input has width {h}, expected hidden_size = {}",
-                self.cfg.hidden_size
-            )));
-        }
-        if let Some(c) = &cache {
-            if c.len() != pos {
-                return Err(ModelError::Invalid(format!(
-                    "layer {layer}: cache holds {} positions but pos = {pos}",
-                    c.len()
-                )));
-            }
-        }
+        let (b, s) = check_block_input(&self.cfg, layer, x, pos, cache.as_deref())?;
         let mut apply = |p: Proj, input: &Tensor| -> Result<Tensor> {
             if let Some(f) = capture.as_deref_mut() {
                 f(LinearId::new(layer, p), input);

@@ -499,3 +499,30 @@ pub(crate) fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -
         .broadcast_mul(weight)?
         .broadcast_add(bias)?)
 }
+
+/// Checks a block's input `x` [batch, seq, hidden] against the config and the cache it extends
+/// (which must hold exactly `pos` positions); returns batch and sequence length.
+pub(crate) fn check_block_input(
+    cfg: &ModelConfig,
+    layer: usize,
+    x: &Tensor,
+    pos: usize,
+    cache: Option<&LayerKvCache>,
+) -> Result<(usize, usize)> {
+    let (b, s, h) = x.dims3()?;
+    if h != cfg.hidden_size {
+        return Err(ModelError::Invalid(format!(
+            "block input has width {h}, expected hidden_size = {}",
+            cfg.hidden_size
+        )));
+    }
+    if let Some(c) = cache {
+        if c.len() != pos {
+            return Err(ModelError::Invalid(format!(
+                "layer {layer}: cache holds {} positions but pos = {pos}",
+                c.len()
+            )));
+        }
+    }
+    Ok((b, s))
+}
