@@ -15,8 +15,8 @@ use super::config::{Activation, ModelConfig};
 use super::error::{ModelError, Result};
 use super::family::Architecture;
 use super::parts::{
-    causal_attention, check_block_input, check_dtype, layer_norm, BlockStore, Capture, Int8Linear,
-    KvCache, LayerKvCache, Linear, LinearId, Proj,
+    causal_attention, check_block_input, check_dtype, check_weights, layer_norm, missing_tensor,
+    BlockStore, Capture, Int8Linear, KvCache, LayerKvCache, Linear, LinearId, Proj,
 };
 use super::reader::TensorSource;
 use super::weights::TensorMap;
@@ -175,28 +175,7 @@ impl LnDecoder {
         layout: &'static LnLayout,
         weights: &TensorMap,
     ) -> Result<LnDecoder> {
-        let embed_name = layout.arch.embed_name();
-        let first = weights.get(embed_name).ok_or_else(|| missing(embed_name))?;
-        let (dtype, device) = (first.dtype(), first.device().clone());
-        check_dtype(dtype)?;
-        for (name, shape) in layout.tensors(cfg) {
-            let t = weights.get(&name).ok_or_else(|| missing(&name))?;
-            if t.dims() != shape.as_slice() {
-                return Err(ModelError::ShapeMismatch {
-                    name,
-                    expected: shape,
-                    got: t.dims().to_vec(),
-                });
-            }
-            if t.dtype() != dtype || !t.device().same_device(&device) {
-                return Err(ModelError::Invalid(format!(
-                    "tensor `{name}` is {:?} on {:?}, but `{embed_name}` is {dtype:?} on \
-                     {device:?}; every weight must share one dtype and device",
-                    t.dtype(),
-                    t.device()
-                )));
-            }
-        }
+        check_weights(layout.arch, cfg, weights)?;
         let get = |name: &str| Ok(weights[name].clone());
         let blocks = (0..cfg.num_layers)
             .map(|l| Ok(Arc::new(build_block(cfg, layout, l, &get)?)))
@@ -242,7 +221,7 @@ impl LnDecoder {
         let head = match head {
             Some(w) => w,
             None if cfg.tie_word_embeddings => embed.clone(),
-            None => return Err(missing(layout.arch.head_name())),
+            None => return Err(missing_tensor(layout.arch.head_name())),
         };
         Ok(LnDecoder {
             cfg: cfg.clone(),
@@ -506,13 +485,6 @@ fn build_block(
         ln2: Norm::read(&ln2, get)?,
         linears,
     })
-}
-
-fn missing(name: &str) -> ModelError {
-    ModelError::MissingTensor {
-        name: name.to_string(),
-        origin: "not in the tensors given to the model".into(),
-    }
 }
 
 /// The [`Architecture`] methods every LayerNorm decoder family spells the same way, from its

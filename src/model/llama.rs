@@ -11,8 +11,8 @@ use super::config::{ModelConfig, RopeScaling};
 use super::error::{ModelError, Result};
 use super::family::{Architecture, LLAMA};
 use super::parts::{
-    accumulation_dtype, causal_attention, check_block_input, check_dtype, BlockStore, Capture,
-    Int8Linear, KvCache, LayerKvCache, Linear, LinearId, Proj,
+    accumulation_dtype, causal_attention, check_block_input, check_dtype, check_weights,
+    missing_tensor, BlockStore, Capture, Int8Linear, KvCache, LayerKvCache, Linear, LinearId, Proj,
 };
 use super::reader::TensorSource;
 use super::weights::TensorMap;
@@ -49,28 +49,7 @@ impl Llama {
     /// Builds the model from tensors under their HF names (see [`expected_tensors`]); every
     /// tensor must have the config's shape and one dtype on one device.
     pub fn new(cfg: &ModelConfig, weights: &TensorMap) -> Result<Llama> {
-        let embed_name = LLAMA.embed_name();
-        let first = weights.get(embed_name).ok_or_else(|| missing(embed_name))?;
-        let (dtype, device) = (first.dtype(), first.device().clone());
-        check_dtype(dtype)?;
-        for (name, shape) in LLAMA.tensors(cfg) {
-            let t = weights.get(&name).ok_or_else(|| missing(&name))?;
-            if t.dims() != shape.as_slice() {
-                return Err(ModelError::ShapeMismatch {
-                    name,
-                    expected: shape,
-                    got: t.dims().to_vec(),
-                });
-            }
-            if t.dtype() != dtype || !t.device().same_device(&device) {
-                return Err(ModelError::Invalid(format!(
-                    "tensor `{name}` is {:?} on {:?}, but `{embed_name}` is {dtype:?} on \
-                     {device:?}; every weight must share one dtype and device",
-                    t.dtype(),
-                    t.device()
-                )));
-            }
-        }
+        let (dtype, device) = check_weights(&LLAMA, cfg, weights)?;
         // Presence was checked just above.
         let get = |name: &str| Ok(weights[name].clone());
         let blocks = (0..cfg.num_layers)
@@ -114,7 +93,7 @@ impl Llama {
         let head = match head {
             Some(w) => w,
             None if cfg.tie_word_embeddings => embed.clone(),
-            None => return Err(missing(LLAMA.head_name())),
+            None => return Err(missing_tensor(LLAMA.head_name())),
         };
         let lm_head = Linear::new(head, None);
         let inv_freq = Tensor::new(rope_inv_freq(cfg), &device)?;
@@ -196,7 +175,9 @@ impl Llama {
                     "a streamed model reads its int8 linears from its source".into(),
                 ));
             };
-            let block = blocks.get_mut(id.layer).ok_or_else(|| missing(name))?;
+            let block = blocks
+                .get_mut(id.layer)
+                .ok_or_else(|| missing_tensor(name))?;
             &mut Arc::make_mut(block).linears[id.proj as usize]
         };
         linear.set_int8(name, weight, &device)?;
@@ -363,13 +344,6 @@ fn build_block(cfg: &ModelConfig, l: usize, get: &dyn Fn(&str) -> Result<Tensor>
             .try_into()
             .map_err(|_| ModelError::Invalid("a block has seven linears".into()))?,
     })
-}
-
-fn missing(name: &str) -> ModelError {
-    ModelError::MissingTensor {
-        name: name.to_string(),
-        origin: "not in the tensors given to Llama::new".into(),
-    }
 }
 
 /// RMSNorm as HF computes it: normalise in f32, cast back, then scale by the weight.

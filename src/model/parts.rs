@@ -526,3 +526,45 @@ pub(crate) fn check_block_input(
     }
     Ok((b, s))
 }
+
+/// Checks that `weights` holds every tensor of the family's layout with its shape, all of one
+/// supported dtype on one device; returns that dtype and device.
+pub(crate) fn check_weights(
+    arch: &dyn super::family::Architecture,
+    cfg: &ModelConfig,
+    weights: &super::weights::TensorMap,
+) -> Result<(DType, Device)> {
+    let embed_name = arch.embed_name();
+    let first = weights
+        .get(embed_name)
+        .ok_or_else(|| missing_tensor(embed_name))?;
+    let (dtype, device) = (first.dtype(), first.device().clone());
+    check_dtype(dtype)?;
+    for (name, shape) in arch.tensors(cfg) {
+        let t = weights.get(&name).ok_or_else(|| missing_tensor(&name))?;
+        if t.dims() != shape.as_slice() {
+            return Err(ModelError::ShapeMismatch {
+                name,
+                expected: shape,
+                got: t.dims().to_vec(),
+            });
+        }
+        if t.dtype() != dtype || !t.device().same_device(&device) {
+            return Err(ModelError::Invalid(format!(
+                "tensor `{name}` is {:?} on {:?}, but `{embed_name}` is {dtype:?} on \
+                 {device:?}; every weight must share one dtype and device",
+                t.dtype(),
+                t.device()
+            )));
+        }
+    }
+    Ok((dtype, device))
+}
+
+/// A tensor the model was built without.
+pub(crate) fn missing_tensor(name: &str) -> ModelError {
+    ModelError::MissingTensor {
+        name: name.to_string(),
+        origin: "not in the tensors given to the model".into(),
+    }
+}
