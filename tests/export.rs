@@ -116,7 +116,7 @@ fn a_pruned_model_exports_and_reloads_identically() {
     let (pruned, _) = materialize_stage(&plan, &cache_h, "pruned", &Device::Cpu).unwrap();
     let tokens = [1u32, 403, 407, 261, 378, 9, 13, 52, 280, 2];
     let a = logits(&Llama::new(&cfg, &exported).unwrap(), &tokens);
-    let b = logits(&pruned.model().unwrap(), &tokens);
+    let b = logits(pruned.model().unwrap().causal("test").unwrap(), &tokens);
     assert_eq!(a, b);
 
     // Against an independent pruning of the original weights: half of each block matrix is

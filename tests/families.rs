@@ -63,7 +63,9 @@ fn matches_transformers(family: &str, expected: Family) {
     let r = reference(family);
     let model = cfg
         .architecture()
-        .causal_lm(&cfg, &weights, Vec::new())
+        .build(&cfg, &weights, Vec::new())
+        .unwrap()
+        .into_causal("test")
         .unwrap();
     let logits = model.forward(&ids(&r)).unwrap();
     let diff = max_diff(&logits, &r);
@@ -93,7 +95,9 @@ fn matches_transformers(family: &str, expected: Family) {
     let reader = CheckpointReader::open(&ckpt, &cfg, DType::F32, &Device::Cpu).unwrap();
     let streamed = cfg
         .architecture()
-        .streamed_lm(&cfg, Arc::new(reader))
+        .build_streamed(&cfg, Arc::new(reader))
+        .unwrap()
+        .into_causal("test")
         .unwrap();
     assert!(streamed.is_streamed());
     let again = streamed.forward(&ids(&r)).unwrap();
@@ -212,12 +216,20 @@ fn conv1d_overlays_stream_as_they_apply() {
         .map(|(n, l)| (n.clone(), l.weight.clone()))
         .collect();
     let arch = cfg.architecture();
-    let whole = arch.causal_lm(&cfg, &held, int8s).unwrap();
+    let whole = arch
+        .build(&cfg, &held, int8s)
+        .unwrap()
+        .into_causal("test")
+        .unwrap();
 
     let ckpt = Checkpoint::resolve(fixture("gpt2")).unwrap();
     let reader = CheckpointReader::open(&ckpt, &cfg, DType::F32, &Device::Cpu).unwrap();
     let source = ChainSource::new(reader, vec![Overlay::open(&dir).unwrap()]);
-    let streamed = arch.streamed_lm(&cfg, Arc::new(source)).unwrap();
+    let streamed = arch
+        .build_streamed(&cfg, Arc::new(source))
+        .unwrap()
+        .into_causal("test")
+        .unwrap();
     let r = reference("gpt2");
     let a: Vec<f32> = whole
         .forward(&ids(&r))

@@ -292,7 +292,9 @@ fn transformers_check(hf: &Path) {
     let weights = load_weights(&ckpt, &cfg, DType::F32, &Device::Cpu).unwrap();
     let model = cfg
         .architecture()
-        .causal_lm(&cfg, &weights, Vec::new())
+        .build(&cfg, &weights, Vec::new())
+        .unwrap()
+        .into_causal("test")
         .unwrap();
     let tokens: Vec<u32> = (1..20).collect();
     let ids = Tensor::new(tokens.as_slice(), &Device::Cpu)

@@ -520,7 +520,7 @@ fn int8_linears_run_as_the_integer_product_in_the_materialized_model() {
             .to_vec1()
             .unwrap()
     };
-    let got = logits(&m.model().unwrap());
+    let got = logits(m.model().unwrap().causal("test").unwrap());
     // Independently: the int8 layers built from the base weights, not from the overlay.
     let mut expected = Llama::new(&cfg, &m.tensors.to_map().unwrap()).unwrap();
     for name in &names {

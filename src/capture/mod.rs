@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::model::{hidden_for, Blocks, Capture, CausalLm, LinearId, ModelError, Proj};
+use crate::model::{hidden_for, Blocks, Capture, LinearId, ModelError, Proj};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SampleError {
@@ -503,7 +503,7 @@ pub struct Windows<'a> {
 
 /// A sequential compressor's step: replace block `layer`'s weights from its statistics and
 /// return the model that computes with them.
-pub type CompressBlock<'a, E> = dyn FnMut(usize, &Stats) -> Result<Box<dyn CausalLm>, E> + 'a;
+pub type CompressBlock<'a, E> = dyn FnMut(usize, &Stats) -> Result<Box<dyn Blocks>, E> + 'a;
 
 /// Compresses a model block by block, the reference way: block i's statistics come from the
 /// outputs of blocks 0..i−1 *after* they were compressed, and all linear layers of a block share
@@ -517,7 +517,7 @@ pub type CompressBlock<'a, E> = dyn FnMut(usize, &Stats) -> Result<Box<dyn Causa
 pub fn sequential<
     E: From<ModelError> + From<candle_core::Error> + From<crate::cancel::Cancelled>,
 >(
-    model: Box<dyn CausalLm>,
+    model: Box<dyn Blocks>,
     layers: usize,
     windows: &Windows,
     wanted: Wanted,
@@ -663,8 +663,9 @@ mod tests {
     #[test]
     fn chunked_blocks_match_one_pass_bit_for_bit() {
         let (cfg, tensors) = tiny_model();
-        let model = cfg.architecture().causal_lm(&cfg, &tensors, Vec::new());
-        let model: &dyn Blocks = &*model.unwrap();
+        let model = cfg.architecture().build(&cfg, &tensors, Vec::new());
+        let model = model.unwrap();
+        let model = model.blocks();
         let ids = &batches(&tiny_windows(5, 64), 5, &Device::Cpu).unwrap()[0];
         let x = model.embed(ids).unwrap();
         for layer in 0..2 {
@@ -718,7 +719,7 @@ mod tests {
                     norms: stats.norms.clone(),
                     xtx: stats.xtx.clone(),
                 });
-                arch.causal_lm(&cfg, &tensors, Vec::new())
+                Ok(arch.build(&cfg, &tensors, Vec::new())?.into_blocks())
             };
             let w = Windows {
                 windows: &windows,
@@ -726,7 +727,8 @@ mod tests {
                 chunk,
                 device: &Device::Cpu,
             };
-            let model = arch.causal_lm(&cfg, &original, Vec::new()).unwrap();
+            let model = arch.build(&cfg, &original, Vec::new()).unwrap();
+            let model = model.into_blocks();
             sequential::<ModelError>(model, 2, &w, BOTH, &mut compress, &mut |_| Ok(())).unwrap();
             (tensors, seen)
         };

@@ -527,27 +527,26 @@ macro_rules! ln_family_methods {
             None
         }
 
-        fn causal_lm(
+        fn build(
             &self,
             cfg: &$crate::model::config::ModelConfig,
             weights: &$crate::model::weights::TensorMap,
             int8: Vec<(String, $crate::compress::dynint8::Int8Weight)>,
-        ) -> $crate::model::error::Result<Box<dyn $crate::model::lm::CausalLm>> {
+        ) -> $crate::model::error::Result<$crate::model::lm::LanguageModel> {
             let mut model = $crate::model::decoder::LnDecoder::new(cfg, &$layout, weights)?;
             for (name, weight) in int8 {
                 model = model.with_dynamic_int8(&name, weight)?;
             }
-            Ok(Box::new(model))
+            Ok($crate::model::lm::LanguageModel::Causal(Box::new(model)))
         }
 
-        fn streamed_lm(
+        fn build_streamed(
             &self,
             cfg: &$crate::model::config::ModelConfig,
             source: std::sync::Arc<dyn $crate::model::TensorSource>,
-        ) -> $crate::model::error::Result<Box<dyn $crate::model::lm::CausalLm>> {
-            Ok(Box::new($crate::model::decoder::LnDecoder::streamed(
-                cfg, &$layout, source,
-            )?))
+        ) -> $crate::model::error::Result<$crate::model::lm::LanguageModel> {
+            let model = $crate::model::decoder::LnDecoder::streamed(cfg, &$layout, source)?;
+            Ok($crate::model::lm::LanguageModel::Causal(Box::new(model)))
         }
     };
 }

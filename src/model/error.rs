@@ -73,6 +73,19 @@ pub enum ModelError {
     #[error("tokenizer {}: {message}", path.display())]
     Tokenizer { path: PathBuf, message: String },
 
+    /// A task asked a model for what its kind of language model cannot give.
+    #[error(
+        "{task} needs a {} model, and this `{family}` model is {}; pick a task that family \
+         supports (knowledge probes and divergence work for every family)",
+        needs.as_str(), has.as_str()
+    )]
+    WrongObjective {
+        task: String,
+        family: &'static str,
+        has: super::lm::Objective,
+        needs: super::lm::Objective,
+    },
+
     /// A caller-side misuse that no file can explain (bad token ids, sequence too long, ...).
     #[error("{0}")]
     Invalid(String),

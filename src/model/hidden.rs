@@ -8,10 +8,7 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 
-use super::config::ModelConfig;
 use super::error::{ModelError, Result};
-use super::lm::{Blocks, CausalLm};
-use super::parts::{Capture, KvCache, LayerKvCache};
 
 /// Where a stage's log lines go.
 pub type Note = Arc<dyn Fn(&str) + Send + Sync>;
@@ -183,69 +180,10 @@ impl HiddenStates {
     }
 }
 
-/// A model whose layer-wise passes follow `policy`.
-pub struct Spilling {
-    pub inner: Box<dyn CausalLm>,
+/// A model whose layer-wise passes follow `policy` (its traits are in [`super::lm`]).
+pub struct Spilling<M: ?Sized> {
     pub policy: SpillPolicy,
-}
-
-impl Blocks for Spilling {
-    fn config(&self) -> &ModelConfig {
-        self.inner.config()
-    }
-
-    fn num_layers(&self) -> usize {
-        self.inner.num_layers()
-    }
-
-    fn dtype(&self) -> candle_core::DType {
-        self.inner.dtype()
-    }
-
-    fn device(&self) -> &Device {
-        self.inner.device()
-    }
-
-    fn embed(&self, tokens: &Tensor) -> Result<Tensor> {
-        self.inner.embed(tokens)
-    }
-
-    fn block_forward(
-        &self,
-        layer: usize,
-        x: &Tensor,
-        pos: usize,
-        cache: Option<&mut LayerKvCache>,
-        capture: Option<Capture<'_>>,
-    ) -> Result<Tensor> {
-        self.inner.block_forward(layer, x, pos, cache, capture)
-    }
-
-    fn head(&self, x: &Tensor) -> Result<Tensor> {
-        self.inner.head(x)
-    }
-
-    fn is_streamed(&self) -> bool {
-        self.inner.is_streamed()
-    }
-
-    fn release(&self) {
-        self.inner.release()
-    }
-
-    fn spill(&self) -> Option<&SpillPolicy> {
-        Some(&self.policy)
-    }
-}
-
-impl CausalLm for Spilling {
-    fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
-        self.inner.forward(tokens)
-    }
-
-    fn forward_cached(&self, tokens: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
-        self.inner.forward_cached(tokens, cache)
-    }
+    pub inner: Box<M>,
 }
 
 #[cfg(test)]

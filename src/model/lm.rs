@@ -5,18 +5,19 @@
 //! of sequences, with or without a KV cache. Evaluators take `&dyn CausalLm`: one virtual call per
 //! forward pass, none per token.
 //!
-//! Families to come add their own traits beside these rather than widening them: a `MaskedLm`
-//! (BERT-style encoders: logits at masked positions of a bidirectional pass, for
-//! pseudo-log-likelihood scoring) and a `Seq2SeqLm` (T5: encode a source once, then decoder logits
-//! for a target given the encoder states, for encoder-decoder scoring). Evaluators that only need
-//! log-probabilities of continuations will then accept whichever of them the model provides.
+//! Encoders and encoder-decoders have their own traits beside it rather than widening it:
+//! [`MaskedLm`] (BERT-style: logits at every position of a bidirectional pass) and [`Seq2SeqLm`]
+//! (T5: encode a source once, then decoder logits for a target given the encoder states). A
+//! family builds one [`LanguageModel`], which says which of the three it is; a task that needs a
+//! particular kind asks for it ([`LanguageModel::causal`]) and gets a clear refusal otherwise.
 
 use candle_core::{DType, Device, Tensor};
 
 use super::config::ModelConfig;
 use super::decoder::LnDecoder;
+use super::error::ModelError;
 use super::error::Result;
-use super::hidden::{HiddenStates, SpillPolicy};
+use super::hidden::{HiddenStates, SpillPolicy, Spilling};
 use super::llama::Llama;
 use super::parts::{Capture, KvCache, LayerKvCache};
 
@@ -79,77 +80,218 @@ pub trait CausalLm: Blocks {
     }
 }
 
-/// The methods of [`Blocks`] and [`CausalLm`], each calling the same method of `(DEREF self)`:
-/// on `Llama` its inherent methods (they win over the trait's), on a box the boxed model's.
+/// A masked language model (a BERT-style encoder): every position sees the whole sequence.
+///
+/// As [`Blocks`], the model runs unpadded sequences (calibration windows): `block_forward`
+/// attends over every position and `head` is the masked-LM prediction head.
+pub trait MaskedLm: Blocks {
+    /// Logits [batch, seq, vocab] (f32) at every position of `tokens` [batch, seq]; row `b` holds
+    /// `lengths[b]` real tokens followed by padding that no position attends to.
+    fn forward_masked(&self, tokens: &Tensor, lengths: &[usize]) -> Result<Tensor>;
+}
+
+/// An encoder-decoder language model (T5): the decoder predicts a target token by token given
+/// the encoder's states of a source.
+pub trait Seq2SeqLm: Blocks {
+    /// Encoder states [batch, src, hidden] of `src` [batch, src]; row `b` holds `lengths[b]`
+    /// real tokens followed by padding that no position attends to.
+    fn encode(&self, src: &Tensor, lengths: &[usize]) -> Result<Tensor>;
+
+    /// Logits [batch, tgt, vocab] (f32) of the decoder run causally on `tgt` [batch, tgt] (which
+    /// starts with [`Seq2SeqLm::decoder_start`]), attending to `encoded` from
+    /// [`Seq2SeqLm::encode`] with the same `src_lengths`.
+    fn decode(&self, encoded: &Tensor, src_lengths: &[usize], tgt: &Tensor) -> Result<Tensor>;
+
+    /// The token every decoder input starts with.
+    fn decoder_start(&self) -> u32;
+}
+
+/// What a language model predicts, and so which tasks can ask it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Objective {
+    /// The next token from those before it (LLaMA, GPT-2, OPT).
+    Causal,
+    /// Masked tokens from both sides (BERT-style encoders).
+    Masked,
+    /// A target sequence given a source sequence (T5).
+    Seq2Seq,
+}
+
+impl Objective {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Objective::Causal => "causal (decoder-only)",
+            Objective::Masked => "masked (encoder-only)",
+            Objective::Seq2Seq => "sequence-to-sequence (encoder-decoder)",
+        }
+    }
+}
+
+/// A model of any family, as the kind of language model it is.
+pub enum LanguageModel {
+    Causal(Box<dyn CausalLm>),
+    Masked(Box<dyn MaskedLm>),
+    Seq2Seq(Box<dyn Seq2SeqLm>),
+}
+
+impl LanguageModel {
+    pub fn objective(&self) -> Objective {
+        match self {
+            LanguageModel::Causal(_) => Objective::Causal,
+            LanguageModel::Masked(_) => Objective::Masked,
+            LanguageModel::Seq2Seq(_) => Objective::Seq2Seq,
+        }
+    }
+
+    /// The model run block by block (calibration, sequential compression).
+    pub fn blocks(&self) -> &dyn Blocks {
+        match self {
+            LanguageModel::Causal(m) => &**m,
+            LanguageModel::Masked(m) => &**m,
+            LanguageModel::Seq2Seq(m) => &**m,
+        }
+    }
+
+    pub fn into_blocks(self) -> Box<dyn Blocks> {
+        match self {
+            LanguageModel::Causal(m) => m,
+            LanguageModel::Masked(m) => m,
+            LanguageModel::Seq2Seq(m) => m,
+        }
+    }
+
+    /// The model as a causal LM, or an error saying that `task` needs one and what this is.
+    pub fn causal(&self, task: &str) -> Result<&dyn CausalLm> {
+        match self {
+            LanguageModel::Causal(m) => Ok(&**m),
+            other => Err(other.refuse(task, Objective::Causal)),
+        }
+    }
+
+    /// [`LanguageModel::causal`], owned.
+    pub fn into_causal(self, task: &str) -> Result<Box<dyn CausalLm>> {
+        match self {
+            LanguageModel::Causal(m) => Ok(m),
+            other => Err(other.refuse(task, Objective::Causal)),
+        }
+    }
+
+    /// The error for a `task` that needs a model of objective `needs`.
+    pub fn refuse(&self, task: &str, needs: Objective) -> ModelError {
+        ModelError::WrongObjective {
+            task: task.to_string(),
+            family: self.blocks().config().architecture().name(),
+            has: self.objective(),
+            needs,
+        }
+    }
+
+    /// The model with its layer-wise passes following `policy` ([`Spilling`]).
+    pub fn spilling(self, policy: SpillPolicy) -> LanguageModel {
+        match self {
+            LanguageModel::Causal(inner) => {
+                LanguageModel::Causal(Box::new(Spilling { policy, inner }))
+            }
+            LanguageModel::Masked(inner) => {
+                LanguageModel::Masked(Box::new(Spilling { policy, inner }))
+            }
+            LanguageModel::Seq2Seq(inner) => {
+                LanguageModel::Seq2Seq(Box::new(Spilling { policy, inner }))
+            }
+        }
+    }
+}
+
+/// The methods of [`Blocks`], [`CausalLm`], [`MaskedLm`] and [`Seq2SeqLm`], each calling the
+/// same method of `(PRE self POST)`: on `Llama` its inherent methods (they win over the trait's),
+/// on a box (`**self`) the boxed model's, on a wrapper (`*self.inner`) the wrapped one's.
 macro_rules! delegate {
-    (Blocks $($deref:tt)*) => {
+    (Blocks [$($pre:tt)*] [$($post:tt)*]) => {
         fn config(&self) -> &ModelConfig {
-            ($($deref)* self).config()
+            ($($pre)* self $($post)*).config()
         }
 
         fn num_layers(&self) -> usize {
-            ($($deref)* self).num_layers()
+            ($($pre)* self $($post)*).num_layers()
         }
 
         fn dtype(&self) -> DType {
-            ($($deref)* self).dtype()
+            ($($pre)* self $($post)*).dtype()
         }
 
         fn device(&self) -> &Device {
-            ($($deref)* self).device()
+            ($($pre)* self $($post)*).device()
         }
 
         fn embed(&self, tokens: &Tensor) -> Result<Tensor> {
-            ($($deref)* self).embed(tokens)
+            ($($pre)* self $($post)*).embed(tokens)
         }
 
         fn block_forward(&self, layer: usize, x: &Tensor, pos: usize,
             cache: Option<&mut LayerKvCache>, capture: Option<Capture<'_>>) -> Result<Tensor> {
-            ($($deref)* self).block_forward(layer, x, pos, cache, capture)
+            ($($pre)* self $($post)*).block_forward(layer, x, pos, cache, capture)
         }
 
         fn head(&self, x: &Tensor) -> Result<Tensor> {
-            ($($deref)* self).head(x)
+            ($($pre)* self $($post)*).head(x)
         }
 
         fn is_streamed(&self) -> bool {
-            ($($deref)* self).is_streamed()
+            ($($pre)* self $($post)*).is_streamed()
         }
 
         fn release(&self) {
-            ($($deref)* self).release()
+            ($($pre)* self $($post)*).release()
         }
     };
-    (CausalLm $($deref:tt)*) => {
+    (CausalLm [$($pre:tt)*] [$($post:tt)*]) => {
         fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
-            ($($deref)* self).forward(tokens)
+            ($($pre)* self $($post)*).forward(tokens)
         }
 
         fn forward_cached(&self, tokens: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
-            ($($deref)* self).forward_cached(tokens, cache)
+            ($($pre)* self $($post)*).forward_cached(tokens, cache)
+        }
+    };
+    (MaskedLm [$($pre:tt)*] [$($post:tt)*]) => {
+        fn forward_masked(&self, tokens: &Tensor, lengths: &[usize]) -> Result<Tensor> {
+            ($($pre)* self $($post)*).forward_masked(tokens, lengths)
+        }
+    };
+    (Seq2SeqLm [$($pre:tt)*] [$($post:tt)*]) => {
+        fn encode(&self, src: &Tensor, lengths: &[usize]) -> Result<Tensor> {
+            ($($pre)* self $($post)*).encode(src, lengths)
+        }
+
+        fn decode(&self, encoded: &Tensor, src_lengths: &[usize], tgt: &Tensor) -> Result<Tensor> {
+            ($($pre)* self $($post)*).decode(encoded, src_lengths, tgt)
+        }
+
+        fn decoder_start(&self) -> u32 {
+            ($($pre)* self $($post)*).decoder_start()
         }
     };
 }
 
 impl Blocks for Llama {
-    delegate!(Blocks);
+    delegate!(Blocks [] []);
 }
 
 impl CausalLm for Llama {
-    delegate!(CausalLm);
+    delegate!(CausalLm [] []);
 }
 
 impl Blocks for LnDecoder {
-    delegate!(Blocks);
+    delegate!(Blocks [] []);
 }
 
 impl CausalLm for LnDecoder {
-    delegate!(CausalLm);
+    delegate!(CausalLm [] []);
 }
 
 /// A boxed model is a model, so `&Box<dyn CausalLm>` goes wherever `&dyn CausalLm` does.
 impl<M: Blocks + ?Sized> Blocks for Box<M> {
-    delegate!(Blocks **);
+    delegate!(Blocks [**] []);
 
     fn spill(&self) -> Option<&SpillPolicy> {
         (**self).spill()
@@ -157,7 +299,35 @@ impl<M: Blocks + ?Sized> Blocks for Box<M> {
 }
 
 impl<M: CausalLm + ?Sized> CausalLm for Box<M> {
-    delegate!(CausalLm **);
+    delegate!(CausalLm [**] []);
+}
+
+impl<M: MaskedLm + ?Sized> MaskedLm for Box<M> {
+    delegate!(MaskedLm [**] []);
+}
+
+impl<M: Seq2SeqLm + ?Sized> Seq2SeqLm for Box<M> {
+    delegate!(Seq2SeqLm [**] []);
+}
+
+impl<M: Blocks + ?Sized> Blocks for Spilling<M> {
+    delegate!(Blocks [*] [.inner]);
+
+    fn spill(&self) -> Option<&SpillPolicy> {
+        Some(&self.policy)
+    }
+}
+
+impl<M: CausalLm + ?Sized> CausalLm for Spilling<M> {
+    delegate!(CausalLm [*] [.inner]);
+}
+
+impl<M: MaskedLm + ?Sized> MaskedLm for Spilling<M> {
+    delegate!(MaskedLm [*] [.inner]);
+}
+
+impl<M: Seq2SeqLm + ?Sized> Seq2SeqLm for Spilling<M> {
+    delegate!(Seq2SeqLm [*] [.inner]);
 }
 
 /// Runs every batch of token ids `ids[i]` [batch, seq] through the model and hands its final

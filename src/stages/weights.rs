@@ -20,8 +20,8 @@ use super::{Dag, Invariant, NodeId, StageCtx, StageError};
 use crate::cache::key::{Digest, KeyHasher};
 use crate::cache::Entry;
 use crate::model::{
-    load_weights, CausalLm, Checkpoint, CheckpointReader, ModelConfig, SpillPolicy, Spilling,
-    TensorMap, TensorSource, Tokenizer, TokenizerSemantics,
+    load_weights, Checkpoint, CheckpointReader, LanguageModel, ModelConfig, SpillPolicy, TensorMap,
+    TensorSource, Tokenizer, TokenizerSemantics,
 };
 use crate::overlay::{apply_chain, AppliedChain, ChainSource, Overlay};
 pub use crate::overlay::{Int8Linear, OverlayWriter, OVERLAY_DIR};
@@ -183,21 +183,18 @@ pub struct Materialized {
 
 impl Materialized {
     /// The model, with the dynamic-int8 linears running as the emulated integer product.
-    pub fn model(&self) -> Result<Box<dyn CausalLm>, StageError> {
+    pub fn model(&self) -> Result<LanguageModel, StageError> {
         let arch = self.config.architecture();
         let model = match &self.tensors {
             Tensors::Held(map) => {
                 let int8 = self.int8.iter();
                 let int8 = int8.map(|(name, lin)| (name.clone(), lin.weight.clone()));
-                arch.causal_lm(&self.config, map, int8.collect())?
+                arch.build(&self.config, map, int8.collect())?
             }
-            Tensors::Streamed(source) => arch.streamed_lm(&self.config, source.clone())?,
+            Tensors::Streamed(source) => arch.build_streamed(&self.config, source.clone())?,
         };
         Ok(match &self.spill {
-            Some(policy) => Box::new(Spilling {
-                inner: model,
-                policy: policy.clone(),
-            }),
+            Some(policy) => model.spilling(policy.clone()),
             None => model,
         })
     }

@@ -466,7 +466,8 @@ pub(crate) fn model_of(
         .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
         .collect();
     let arch = model_cfg.architecture();
-    Ok(arch.causal_lm(model_cfg, &map, Vec::new())?)
+    let model = arch.build(model_cfg, &map, Vec::new())?;
+    Ok(model.into_causal("next-token training")?)
 }
 
 /// Scales every gradient by `max_norm / ‖g‖` when the global norm ‖g‖ exceeds `max_norm`.
@@ -637,8 +638,8 @@ mod tests {
             .collect();
         let plain = model_cfg
             .architecture()
-            .causal_lm(&model_cfg, &plain_map, Vec::new());
-        let plain = plain.unwrap();
+            .build(&model_cfg, &plain_map, Vec::new());
+        let plain = plain.unwrap().into_causal("test").unwrap();
         let (inputs, _) = data(&dev);
         let a: Vec<f32> = tracked
             .forward(&inputs)

@@ -6,7 +6,7 @@ use crate::compress::dynint8::Int8Weight;
 use crate::model::config::ModelConfig;
 use crate::model::error::Result;
 use crate::model::llama::Llama;
-use crate::model::lm::CausalLm;
+use crate::model::lm::LanguageModel;
 use crate::model::parts::{LinearId, Proj};
 use crate::model::weights::TensorMap;
 
@@ -108,25 +108,27 @@ impl Architecture for LlamaFamily {
         Some(format!("blk.{layer}.{short}.{kind}"))
     }
 
-    fn causal_lm(
+    fn build(
         &self,
         cfg: &ModelConfig,
         weights: &TensorMap,
         int8: Vec<(String, Int8Weight)>,
-    ) -> Result<Box<dyn CausalLm>> {
+    ) -> Result<LanguageModel> {
         let mut model = Llama::new(cfg, weights)?;
         for (name, weight) in int8 {
             model = model.with_dynamic_int8(&name, weight)?;
         }
-        Ok(Box::new(model))
+        Ok(LanguageModel::Causal(Box::new(model)))
     }
 
-    fn streamed_lm(
+    fn build_streamed(
         &self,
         cfg: &ModelConfig,
         source: std::sync::Arc<dyn crate::model::TensorSource>,
-    ) -> Result<Box<dyn CausalLm>> {
-        Ok(Box::new(Llama::streamed(cfg, source)?))
+    ) -> Result<LanguageModel> {
+        Ok(LanguageModel::Causal(Box::new(Llama::streamed(
+            cfg, source,
+        )?)))
     }
 }
 

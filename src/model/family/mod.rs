@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::ModelConfig;
 use super::error::Result;
-use super::lm::CausalLm;
+use super::lm::LanguageModel;
 use super::parts::LinearId;
 use super::weights::TensorMap;
 use crate::compress::dynint8::Int8Weight;
@@ -72,10 +72,8 @@ pub struct LinearLayer {
 
 /// A model family's architecture, as the rest of whittle needs to know it.
 ///
-/// Names are Hugging Face tensor names, as `save_pretrained` writes them for the class. Families
-/// to come (BERT-style encoders, T5) implement the same description; encoders and
-/// encoder-decoders will build a masked or sequence-to-sequence model instead of [`CausalLm`]
-/// (see [`super::lm`]).
+/// Names are Hugging Face tensor names, as `save_pretrained` writes them for the class. A family
+/// builds the kind of [`LanguageModel`] it is: causal, masked or sequence-to-sequence.
 pub trait Architecture: Sync {
     /// The family's name, e.g. `llama`.
     fn name(&self) -> &'static str;
@@ -127,20 +125,20 @@ pub trait Architecture: Sync {
 
     /// The model's runtime, from tensors under the names of [`Architecture::tensors`], with the
     /// named linear layers running as dynamic int8 with these weights.
-    fn causal_lm(
+    fn build(
         &self,
         cfg: &ModelConfig,
         weights: &TensorMap,
         int8: Vec<(String, Int8Weight)>,
-    ) -> Result<Box<dyn CausalLm>>;
+    ) -> Result<LanguageModel>;
 
     /// The model's runtime reading its blocks from `source` as they run (see
     /// [`crate::model::Llama::streamed`]).
-    fn streamed_lm(
+    fn build_streamed(
         &self,
         cfg: &ModelConfig,
         source: std::sync::Arc<dyn crate::model::TensorSource>,
-    ) -> Result<Box<dyn CausalLm>>;
+    ) -> Result<LanguageModel>;
 
     /// Every linear layer: block by block in run order, then the LM head.
     fn linears(&self, cfg: &ModelConfig) -> Vec<LinearLayer> {

@@ -134,7 +134,7 @@ pub(super) fn run(ctx: &StageCtx, spec: &CalibrateSpec) -> Result<StageOutput, S
         let model = weights.model()?;
         ctx.progress.start(windows.len() as u64, "calibrating");
         collect_stats(
-            &model,
+            model.blocks(),
             &windows,
             wanted,
             CALIBRATION_BATCH,

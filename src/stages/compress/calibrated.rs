@@ -104,8 +104,8 @@ pub fn compress_calibrated(
                 chunk: forward_chunk(windows.first().map_or(1, Vec::len), ctx.device),
                 device: ctx.device,
             };
-            let model = weights.model()?;
-            sequential(
+            let model = weights.model()?.into_blocks();
+            sequential::<StageError>(
                 model,
                 layers,
                 &run,
@@ -116,7 +116,7 @@ pub fn compress_calibrated(
                     weights.tensors.forget_replaced();
                     let replaced = layer_fn(layer, stats, &weights.tensors)?;
                     weights.tensors.replace(replaced);
-                    weights.model()
+                    Ok(weights.model()?.into_blocks())
                 },
                 &mut |n| ctx.tick(n),
             )?;

@@ -131,6 +131,7 @@ fn run_perplexity(
     let docs = read_documents(source)?;
     let tokenizer = weights.tokenizer()?;
     let model = weights.model()?;
+    let model = model.causal("perplexity")?;
     let tick = &mut |n| ctx.tick(n);
     // Too little text is the dataset's problem: say which file, and what would fit.
     let too_short = |tokens: usize, need: &str| -> StageError {
@@ -155,7 +156,7 @@ fn run_perplexity(
                 }
                 ctx.progress.start(n as u64, "perplexity");
                 sliding_perplexity(
-                    &model,
+                    model,
                     &tokens,
                     seqlen,
                     stride,
@@ -174,7 +175,7 @@ fn run_perplexity(
                 }
                 ctx.progress.start(n as u64, "perplexity");
                 perplexity(
-                    &model,
+                    model,
                     &tokens,
                     seqlen,
                     limit,
@@ -199,7 +200,7 @@ fn run_perplexity(
                 return Err(too_short(total, "two tokens in any document"));
             }
             ctx.progress.start(n as u64, "perplexity");
-            document_perplexity(&model, &tokens, seqlen, spec.batch_size, ctx.device, tick)
+            document_perplexity(model, &tokens, seqlen, spec.batch_size, ctx.device, tick)
         }
     }?;
     let samples = r
@@ -272,7 +273,8 @@ fn run_knowledge(
         let enc = PairEncoder::new(&tok, &base.config, SpecialTokens::FromTokenizer)?;
         ctx.progress
             .start(2 * units, "knowledge (reference, then model)");
-        let (_, results) = probe(&model, &enc, &set, &opts, ctx.device, tick)?;
+        let model = model.causal("knowledge probing")?;
+        let (_, results) = probe(model, &enc, &set, &opts, ctx.device, tick)?;
         set = knowledge::known_only(&set, &results);
         ctx.progress.start(probe_units(&set, &opts), "knowledge");
     } else {
@@ -280,7 +282,8 @@ fn run_knowledge(
     }
     let (tok, model) = (weights.tokenizer()?, weights.model()?);
     let enc = PairEncoder::new(&tok, &weights.config, SpecialTokens::FromTokenizer)?;
-    let (m, results) = probe(&model, &enc, &set, &opts, ctx.device, tick)?;
+    let model = model.causal("knowledge probing")?;
+    let (m, results) = probe(model, &enc, &set, &opts, ctx.device, tick)?;
     let mut metrics = Map::new();
     for (k, p) in &m.p_at {
         metrics.insert(format!("p@{k}"), (*p).into());
@@ -337,7 +340,7 @@ fn run_choice(
     let (tok, model) = (weights.tokenizer()?, weights.model()?);
     let enc = PairEncoder::new(&tok, &weights.config, SpecialTokens::FromTokenizer)?;
     let (m, samples) = evaluate_items(
-        &model,
+        model.causal("multiple choice")?,
         &enc,
         &items,
         spec.batch_size,
@@ -392,8 +395,8 @@ fn run_divergence(
     ctx.progress.start(n as u64, "divergence");
     let (model, base) = (weights.model()?, reference.model()?);
     let r = divergence(
-        &model,
-        &base,
+        model.causal("divergence")?,
+        base.causal("divergence")?,
         &tokens,
         seqlen,
         limit,
@@ -452,10 +455,14 @@ fn run_generation(
     }
     ctx.progress.start(records.len() as u64, &task.name);
     let (tok, model) = (weights.tokenizer()?, weights.model()?);
-    let (m, samples) =
-        evaluate_generation(&model, &tok, task, &records, max_new_tokens, &mut |n| {
-            ctx.tick(n)
-        })?;
+    let (m, samples) = evaluate_generation(
+        model.causal("generation")?,
+        &tok,
+        task,
+        &records,
+        max_new_tokens,
+        &mut |n| ctx.tick(n),
+    )?;
     let metrics = metric_map([
         ("em", m.em.into()),
         ("f1", m.f1.into()),
