@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{entry_meta, text, whittle};
+use common::{entry_meta, log_of, text, whittle};
 
 use std::path::{Path, PathBuf};
 
@@ -57,22 +57,6 @@ fn run(cache: &Path, file: &Path, memory: Option<&str>) -> whittle::cache::RunRe
     let out = whittle(cache, &args);
     assert!(out.status.success(), "whittle run failed:\n{}", text(&out));
     common::last_run(cache)
-}
-
-fn log_of(cache: &Path, run: &whittle::cache::RunRecord, instance: &str) -> String {
-    let dir = whittle::cache::Cache::open(cache)
-        .unwrap()
-        .log_dir(&run.run_id)
-        .unwrap();
-    let mut out = String::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        let name = p.file_name().unwrap().to_string_lossy().to_string();
-        if name.ends_with(&format!("-{instance}.log")) {
-            out.push_str(&std::fs::read_to_string(&p).unwrap());
-        }
-    }
-    out
 }
 
 #[test]

@@ -19,7 +19,7 @@ use candle_core::{DType, Device, Tensor, D};
 use serde::{Deserialize, Serialize};
 
 use super::perplexity::windows;
-use crate::model::{for_each_final_hidden, hidden_for, CausalLm, ModelError};
+use crate::model::{final_hidden, CausalLm, ModelError};
 
 /// Means over one window's positions.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -229,17 +229,7 @@ pub fn divergence(
         // Layer-wise, one model after the other: the final hidden states of every window are
         // kept (hidden-sized, unlike logits), then both heads run one batch at a time.
         let finals = |m: &dyn CausalLm, tick: crate::cancel::Tick| {
-            let mut out = hidden_for(m, &ids, "divergence")?;
-            for_each_final_hidden::<ModelError>(
-                m,
-                &ids,
-                &mut |_, x| {
-                    out.push(x)?;
-                    Ok(0)
-                },
-                tick,
-            )?;
-            Ok::<_, ModelError>(out)
+            final_hidden::<ModelError>(m, &ids, "divergence", tick)
         };
         let p = finals(reference, tick)?;
         let q = finals(model, tick)?;

@@ -351,7 +351,23 @@ pub fn for_each_final_hidden<E: From<super::ModelError> + From<crate::cancel::Ca
         }
         return Ok(());
     }
-    let mut hidden = hidden_for(model, ids, "layer-wise pass")?;
+    let mut hidden = final_hidden::<E>(model, ids, "layer-wise pass", tick)?;
+    for i in 0..hidden.len() {
+        let n = each(i, hidden.take(i)?)?;
+        tick(n)?;
+    }
+    Ok(())
+}
+
+/// The final hidden states of every batch of `ids`, computed layer-wise (every batch through
+/// block i before block i + 1, `tick(0)` after each block), kept as `model`'s spill policy allows.
+pub fn final_hidden<E: From<super::ModelError> + From<crate::cancel::Cancelled>>(
+    model: &dyn Blocks,
+    ids: &[Tensor],
+    what: &str,
+    tick: crate::cancel::Tick,
+) -> std::result::Result<HiddenStates, E> {
+    let mut hidden = hidden_for(model, ids, what)?;
     for i in ids {
         hidden.push(model.embed(i)?)?;
     }
@@ -360,11 +376,7 @@ pub fn for_each_final_hidden<E: From<super::ModelError> + From<crate::cancel::Ca
         tick(0)?;
     }
     model.release();
-    for i in 0..hidden.len() {
-        let n = each(i, hidden.take(i)?)?;
-        tick(n)?;
-    }
-    Ok(())
+    Ok(hidden)
 }
 
 /// Room for the hidden states of every batch of `ids` [batch, seq], as `model`'s spill policy

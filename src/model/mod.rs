@@ -58,8 +58,8 @@ pub use hf_class::check as check_transformers_class;
 pub use hidden::{HiddenStates, Note, SpillPolicy, Spilling};
 pub use llama::{rms_norm, Llama};
 pub use lm::{
-    for_each_final_hidden, hidden_for, Blocks, CausalLm, LanguageModel, MaskedLm, Objective,
-    Seq2SeqLm,
+    final_hidden, for_each_final_hidden, hidden_for, Blocks, CausalLm, LanguageModel, MaskedLm,
+    Objective, Seq2SeqLm,
 };
 pub use parts::{Capture, KvCache, LayerKvCache, LinearId, Proj};
 pub use reader::{CheckpointReader, TensorSource};

@@ -186,3 +186,20 @@ pub fn log_prob_f64(row: &[f32], target: u32) -> f64 {
             .ln();
     row[target as usize] as f64 - lse
 }
+
+/// Everything the stage instance `instance` logged in `run`.
+pub fn log_of(cache: &std::path::Path, run: &whittle::cache::RunRecord, instance: &str) -> String {
+    let dir = whittle::cache::Cache::open(cache)
+        .unwrap()
+        .log_dir(&run.run_id)
+        .unwrap();
+    let mut out = String::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().to_string();
+        if name.ends_with(&format!("-{instance}.log")) {
+            out.push_str(&std::fs::read_to_string(&p).unwrap());
+        }
+    }
+    out
+}
