@@ -1,5 +1,5 @@
-//! GPT-2 and OPT against a second implementation: transformers' logits on tiny random-weight
-//! checkpoints (tests/fixtures/families/make_fixtures.py wrote both), and whittle's own runs of
+//! GPT-2 and OPT (both layouts) against a second implementation: transformers' logits on tiny
+//! random-weight checkpoints (tests/fixtures/families/make_fixtures.py wrote them), and whittle's own runs of
 //! the same weights by other routes (KV cache, streamed blocks, a base model's tensor names).
 
 use std::path::{Path, PathBuf};
@@ -116,6 +116,13 @@ fn gpt2_logits_match_transformers() {
 #[test]
 fn opt_logits_match_transformers() {
     matches_transformers("opt", Family::Opt);
+}
+
+/// OPT-350m's layout: LayerNorm after each residual sum, no final LayerNorm, embeddings of 16
+/// mapped to blocks of 32 by `project_in` and back by `project_out`.
+#[test]
+fn opt_350m_logits_match_transformers() {
+    matches_transformers("opt350m", Family::Opt);
 }
 
 /// A checkpoint of the base model (`GPT2Model`, `OPTModel`) names its tensors without the LM

@@ -137,6 +137,12 @@ pub struct ModelConfig {
     pub max_position_embeddings: usize,
     /// Attend only to the last `w` positions (Mistral); `None` for full causal attention.
     pub sliding_window: Option<usize>,
+    /// LayerNorm after each residual sum instead of before each sublayer, and no final
+    /// LayerNorm (OPT-350m).
+    pub post_norm: bool,
+    /// The width of the token embeddings and the LM head where it differs from `hidden_size`
+    /// (OPT-350m's `word_embed_proj_dim`): `project_in` and `project_out` map between the two.
+    pub word_embed_dim: Option<usize>,
 }
 
 impl ModelConfig {
@@ -317,6 +323,8 @@ impl RawConfig {
             eos_token_ids,
             max_position_embeddings,
             sliding_window,
+            post_norm: false,
+            word_embed_dim: None,
         })
     }
 }

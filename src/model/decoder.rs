@@ -34,6 +34,9 @@ pub(crate) struct LnLayout {
     pub norms: fn(usize) -> [String; 2],
     /// Scale q by head_dim^-½ before the product with k (OPT) rather than the scores after it.
     pub prescale_q: bool,
+    /// The module paths of the bias-free linear layers that map embeddings of
+    /// `word_embed_dim` into the blocks and back ([`ModelConfig::word_embed_dim`]).
+    pub projections: Option<(&'static str, &'static str)>,
 }
 
 impl LnLayout {
@@ -73,22 +76,34 @@ impl LnLayout {
     /// Every tensor of the model, by name, with its shape as stored.
     pub(crate) fn tensors(&self, cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
         let h = cfg.hidden_size;
+        let e = cfg.word_embed_dim.unwrap_or(h);
         let mut out = vec![
-            (self.arch.embed_name().to_string(), vec![cfg.vocab_size, h]),
+            (self.arch.embed_name().to_string(), vec![cfg.vocab_size, e]),
             (
                 self.positions.to_string(),
                 vec![cfg.max_position_embeddings + self.position_offset, h],
             ),
         ];
+        if let Some((p_in, p_out)) = self.projections(cfg) {
+            out.push((format!("{p_in}.weight"), vec![h, e]));
+            out.push((format!("{p_out}.weight"), vec![e, h]));
+        }
         for l in 0..cfg.num_layers {
             out.extend(self.block_tensors(cfg, l));
         }
-        out.push((format!("{}.weight", self.final_norm), vec![h]));
-        out.push((format!("{}.bias", self.final_norm), vec![h]));
+        if !cfg.post_norm {
+            out.push((format!("{}.weight", self.final_norm), vec![h]));
+            out.push((format!("{}.bias", self.final_norm), vec![h]));
+        }
         if !cfg.tie_word_embeddings {
-            out.push((self.arch.head_name().to_string(), vec![cfg.vocab_size, h]));
+            out.push((self.arch.head_name().to_string(), vec![cfg.vocab_size, e]));
         }
         out
+    }
+
+    /// The projections' module paths when the config's embeddings need them.
+    fn projections(&self, cfg: &ModelConfig) -> Option<(&'static str, &'static str)> {
+        cfg.word_embed_dim.and(self.projections)
     }
 }
 
@@ -151,7 +166,10 @@ pub struct LnDecoder {
     embed: Tensor,
     positions: Tensor,
     blocks: BlockStore<Block>,
-    final_norm: Norm,
+    /// Absent in a post-LayerNorm decoder.
+    final_norm: Option<Norm>,
+    /// `project_in` and `project_out` (nn.Linear's layout), when embeddings are narrower.
+    projections: Option<(Tensor, Tensor)>,
     lm_head: Linear,
     dtype: DType,
     device: Device,
@@ -223,11 +241,23 @@ impl LnDecoder {
             None if cfg.tie_word_embeddings => embed.clone(),
             None => return Err(missing_tensor(layout.arch.head_name())),
         };
+        let final_norm = match cfg.post_norm {
+            true => None,
+            false => Some(Norm::read(layout.final_norm, get)?),
+        };
+        let projections = match layout.projections(cfg) {
+            Some((p_in, p_out)) => Some((
+                get(&format!("{p_in}.weight"))?,
+                get(&format!("{p_out}.weight"))?,
+            )),
+            None => None,
+        };
         Ok(LnDecoder {
             cfg: cfg.clone(),
             layout,
             positions: get(layout.positions)?,
-            final_norm: Norm::read(layout.final_norm, get)?,
+            final_norm,
+            projections,
             lm_head: Linear::new(head, None),
             embed,
             blocks,
@@ -342,11 +372,12 @@ impl LnDecoder {
                 self.cfg.vocab_size
             )));
         }
-        let h = self.cfg.hidden_size;
-        let tok = self
-            .embed
-            .index_select(&tokens.flatten_all()?, 0)?
-            .reshape((b, s, h))?;
+        let tok = self.embed.index_select(&tokens.flatten_all()?, 0)?;
+        let tok = match &self.projections {
+            Some((p_in, _)) => tok.matmul(&p_in.t()?)?,
+            None => tok,
+        };
+        let tok = tok.reshape((b, s, self.cfg.hidden_size))?;
         let positions = self
             .positions
             .narrow(0, self.layout.position_offset + pos, s)?;
@@ -381,7 +412,16 @@ impl LnDecoder {
         let (nh, hd) = (self.cfg.num_heads, self.cfg.head_dim);
         let eps = self.cfg.layer_norm_eps;
 
-        let normed = block.ln1.forward(x, eps)?;
+        // Pre-LayerNorm normalizes each sublayer's input, post-LayerNorm each residual sum.
+        let pre = |norm: &Norm, x: &Tensor| match self.cfg.post_norm {
+            true => Ok(x.clone()),
+            false => norm.forward(x, eps),
+        };
+        let post = |norm: &Norm, x: Tensor| match self.cfg.post_norm {
+            true => norm.forward(&x, eps),
+            false => Ok(x),
+        };
+        let normed = pre(&block.ln1, x)?;
         let (q, k, v) = if block.linears.iter().any(|(p, _)| *p == Proj::Qkv) {
             let qkv = apply(Proj::Qkv, &normed)?;
             (
@@ -411,9 +451,9 @@ impl LnDecoder {
         };
         let attn = causal_attention(&q, &k, &v, divisor, None, self.dtype)?;
         let attn = attn.transpose(1, 2)?.reshape((b, s, nh * hd))?;
-        let x = (x + apply(Proj::O, &attn)?)?;
+        let x = post(&block.ln1, (x + apply(Proj::O, &attn)?)?)?;
 
-        let normed = block.ln2.forward(&x, eps)?;
+        let normed = pre(&block.ln2, &x)?;
         let up = apply(Proj::Up, &normed)?;
         let act = match self.cfg.activation {
             Activation::GeluTanh => up.gelu()?,
@@ -421,12 +461,20 @@ impl LnDecoder {
             Activation::Relu => up.relu()?,
             Activation::Silu => candle_nn::ops::silu(&up)?,
         };
-        Ok((x + apply(Proj::Down, &act)?)?)
+        post(&block.ln2, (x + apply(Proj::Down, &act)?)?)
     }
 
-    /// Final LayerNorm and LM head: hidden states → logits [batch, seq, vocab] in f32.
+    /// Final LayerNorm (if any), `project_out` (if any) and LM head: hidden states → logits
+    /// [batch, seq, vocab] in f32.
     pub fn head(&self, x: &Tensor) -> Result<Tensor> {
-        let x = self.final_norm.forward(x, self.cfg.layer_norm_eps)?;
+        let x = match &self.final_norm {
+            Some(norm) => norm.forward(x, self.cfg.layer_norm_eps)?,
+            None => x.clone(),
+        };
+        let x = match &self.projections {
+            Some((_, p_out)) => x.broadcast_matmul(&p_out.t()?)?,
+            None => x,
+        };
         Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?)
     }
 

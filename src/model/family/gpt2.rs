@@ -37,6 +37,7 @@ static LAYOUT: LnLayout = LnLayout {
         ]
     },
     prescale_q: false,
+    projections: None,
 };
 
 /// A block's linear layers in run order, with their module paths under `transformer.h.N`.
@@ -169,6 +170,8 @@ pub(crate) fn resolve(json: &str, path: &Path) -> Result<ModelConfig> {
         eos_token_ids,
         max_position_embeddings: positive("n_positions", raw.n_positions.unwrap_or(1024))?,
         sliding_window: None,
+        post_norm: false,
+        word_embed_dim: None,
     })
 }
 

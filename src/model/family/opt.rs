@@ -3,9 +3,11 @@
 //! `self_attn_layer_norm`, `self_attn.{q,k,v,out}_proj`, `final_layer_norm`, `fc1`, `fc2`, then
 //! `model.decoder.final_layer_norm` and `lm_head` (tied to `embed_tokens`).
 //!
-//! Supported as OPT-125m and OPT-1.3b and up are built: LayerNorm before each sublayer, no
-//! `project_in` / `project_out`. OPT-350m (post-LayerNorm, `word_embed_proj_dim` 512) is refused
-//! with the key that rules it out.
+//! Every published OPT: LayerNorm before each sublayer and a final LayerNorm (OPT-125m, 1.3b and
+//! up), or, as OPT-350m is built, LayerNorm after each residual sum and none at the end
+//! (`do_layer_norm_before: false`), with embeddings of `word_embed_proj_dim` (512) mapped to and
+//! from the blocks' width by `model.decoder.project_in` / `project_out` (bias-free linear layers
+//! outside the blocks: no module group selects them, and they stay dense).
 
 use std::path::Path;
 
@@ -37,6 +39,7 @@ static LAYOUT: LnLayout = LnLayout {
         ]
     },
     prescale_q: true,
+    projections: Some(("model.decoder.project_in", "model.decoder.project_out")),
 };
 
 /// A block's linear layers in run order, with their module paths under
@@ -111,27 +114,18 @@ pub(crate) fn resolve(json: &str, path: &Path) -> Result<ModelConfig> {
             format!("{heads} does not divide hidden_size = {hidden}"),
         ));
     }
-    if raw.do_layer_norm_before == Some(false) {
-        return Err(err(
-            "do_layer_norm_before",
-            "post-LayerNorm OPT (OPT-350m) is not supported; it must be true".into(),
-        ));
-    }
-    if raw.remove_final_layer_norm == Some(true) {
+    let post_norm = raw.do_layer_norm_before == Some(false);
+    // transformers builds the final LayerNorm only for a pre-LayerNorm decoder that keeps it.
+    if raw.remove_final_layer_norm == Some(true) && !post_norm {
         return Err(err(
             "_remove_final_layer_norm",
-            "a decoder without its final LayerNorm is not supported".into(),
+            "a pre-LayerNorm decoder without its final LayerNorm is not supported".into(),
         ));
     }
-    if let Some(d) = raw.word_embed_proj_dim.filter(|&d| d != hidden) {
-        return Err(err(
-            "word_embed_proj_dim",
-            format!(
-                "{d} differs from hidden_size = {hidden}: project_in / project_out are not \
-                 supported"
-            ),
-        ));
-    }
+    let word_embed_dim = match raw.word_embed_proj_dim {
+        Some(d) if d != hidden => Some(positive("word_embed_proj_dim", d)?),
+        _ => None,
+    };
     if raw.layer_norm_elementwise_affine == Some(false) {
         return Err(err(
             "layer_norm_elementwise_affine",
@@ -175,6 +169,8 @@ pub(crate) fn resolve(json: &str, path: &Path) -> Result<ModelConfig> {
             raw.max_position_embeddings.unwrap_or(2048),
         )?,
         sliding_window: None,
+        post_norm,
+        word_embed_dim,
     })
 }
 
@@ -225,7 +221,6 @@ mod tests {
     #[test]
     fn unsupported_variants_name_their_key() {
         for (extra, key) in [
-            (r#", "do_layer_norm_before": false"#, "do_layer_norm_before"),
             (
                 r#", "_remove_final_layer_norm": true"#,
                 "_remove_final_layer_norm",
@@ -238,15 +233,30 @@ mod tests {
             let e = cfg(extra).unwrap_err().to_string();
             assert!(e.contains(key), "{e}");
         }
-        let e = ModelConfig::from_json(
-            r#"{"model_type": "opt", "hidden_size": 8, "num_attention_heads": 2,
-                "word_embed_proj_dim": 4, "vocab_size": 10, "bos_token_id": 0, "eos_token_id": 0}"#,
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("word_embed_proj_dim"), "{e}");
         let c = cfg(r#", "enable_bias": false"#).unwrap();
         assert!(!c.qkv_bias && !c.mlp_bias);
         assert!(!OPT.tensors(&c).iter().any(|(n, _)| n.ends_with("fc1.bias")));
+    }
+
+    #[test]
+    fn opt_350m_has_projections_and_no_final_norm() {
+        let c = ModelConfig::from_json(
+            r#"{"model_type": "opt", "hidden_size": 8, "num_attention_heads": 2, "ffn_dim": 16,
+                "num_hidden_layers": 2, "max_position_embeddings": 16,
+                "do_layer_norm_before": false, "word_embed_proj_dim": 4, "vocab_size": 10,
+                "bos_token_id": 0, "eos_token_id": 0}"#,
+        )
+        .unwrap();
+        assert!(c.post_norm);
+        assert_eq!(c.word_embed_dim, Some(4));
+        let shapes: std::collections::BTreeMap<_, _> = OPT.tensors(&c).into_iter().collect();
+        assert_eq!(shapes["model.decoder.embed_tokens.weight"], [10, 4]);
+        assert_eq!(shapes["model.decoder.project_in.weight"], [8, 4]);
+        assert_eq!(shapes["model.decoder.project_out.weight"], [4, 8]);
+        assert!(!shapes.contains_key("model.decoder.final_layer_norm.weight"));
+        // The blocks' linear layers and the head; the projections are in no group.
+        let names: Vec<String> = OPT.linears(&c).into_iter().map(|l| l.name).collect();
+        assert_eq!(names.len(), 2 * 6 + 1);
+        assert!(!names.iter().any(|n| n.contains("project")));
     }
 }
