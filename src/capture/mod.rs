@@ -232,6 +232,8 @@ fn accumulate<'a>(
     failure: &'a mut Option<candle_core::Error>,
 ) -> impl FnMut(LinearId, &Tensor) + 'a {
     let mut seen: Vec<(usize, InputGroup)> = Vec::new();
+    // The layers of one input group read one tensor: its norms are summed once.
+    let mut group_norms: Option<((usize, InputGroup), Vec<f32>)> = None;
     move |id: LinearId, input: &Tensor| {
         if failure.is_some() {
             return;
@@ -247,7 +249,15 @@ fn accumulate<'a>(
             match stats.accumulation {
                 Accumulation::Exact => {
                     if wanted.norms {
-                        add_sq_norms(stats, id, &x)?;
+                        let key = (id.layer, group);
+                        match &group_norms {
+                            Some((k, v)) if *k == key && !first => add_sq_norms(stats, id, v),
+                            _ => {
+                                let v = sq_sums(&x, false)?.swap_remove(0);
+                                add_sq_norms(stats, id, &v);
+                                group_norms = Some((key, v));
+                            }
+                        }
                     }
                     if hessian {
                         add_xtx(stats, (id.layer, group), &x)?;
@@ -270,14 +280,60 @@ fn accumulate<'a>(
     }
 }
 
-/// Adds the batch's Σx_j² (an f32 sum over its tokens) to the f64 sums.
-fn add_sq_norms(stats: &mut Stats, id: LinearId, x: &Tensor) -> candle_core::Result<()> {
-    let v = x.sqr()?.sum((0, 1))?.to_vec1::<f32>()?;
+/// Adds the batch's Σx_j² (an f32 sum over its tokens, from [`sq_sums`]) to the f64 sums.
+fn add_sq_norms(stats: &mut Stats, id: LinearId, v: &[f32]) {
     let a = stats.norms.entry(id).or_insert_with(|| vec![0.0; v.len()]);
-    for (s, x) in a.iter_mut().zip(v) {
+    for (s, &x) in a.iter_mut().zip(v) {
         *s += x as f64;
     }
-    Ok(())
+}
+
+/// Σx_j² of `x` [batch, tokens, d] per column j, over all its tokens (`per_sequence: false`,
+/// one row) or over each sequence's (one row per sequence), in f32.
+///
+/// Each column is summed in token order from zero, which is the order of candle's own
+/// `x.sqr()?.sum(..)` over leading dimensions, so the numbers are the same; on the CPU the sum
+/// runs here, over column ranges in parallel, instead of candle's single-threaded strided loop.
+fn sq_sums(x: &Tensor, per_sequence: bool) -> candle_core::Result<Vec<Vec<f32>>> {
+    let (b, t, d) = x.dims3()?;
+    if !x.device().is_cpu() || x.dtype() != DType::F32 {
+        return match per_sequence {
+            true => x.sqr()?.sum(1)?.to_vec2(),
+            false => Ok(vec![x.sqr()?.sum((0, 1))?.to_vec1()?]),
+        };
+    }
+    let x = x.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        unreachable!("a CPU tensor has CPU storage")
+    };
+    let (start, end) = layout.contiguous_offsets().expect("made contiguous above");
+    let data = &cpu.as_slice::<f32>()?[start..end];
+    let rows = if per_sequence { t } else { b * t };
+    Ok(data
+        .chunks(rows * d)
+        .map(|group| column_sq_sums(group, d))
+        .collect())
+}
+
+/// Columns per task of [`column_sq_sums`]: a few cache lines of each row.
+const SQ_SUM_COLUMNS: usize = 64;
+
+/// Σ over the rows of `data` (rows of `d` f32) of each column's square, row by row.
+fn column_sq_sums(data: &[f32], d: usize) -> Vec<f32> {
+    use rayon::prelude::*;
+    let mut out = vec![0f32; d];
+    out.par_chunks_mut(SQ_SUM_COLUMNS)
+        .enumerate()
+        .for_each(|(c, sums)| {
+            let cols = c * SQ_SUM_COLUMNS..c * SQ_SUM_COLUMNS + sums.len();
+            for row in data.chunks_exact(d) {
+                for (s, &v) in sums.iter_mut().zip(&row[cols.clone()]) {
+                    *s += v * v;
+                }
+            }
+        });
+    out
 }
 
 /// Adds the batch's XᵀX (one f32 product over all its tokens) to the sum.
@@ -297,7 +353,7 @@ fn add_xtx(stats: &mut Stats, key: (usize, InputGroup), x: &Tensor) -> candle_co
 /// [`wanda_reference_step`]); `stats.nsamples` counts the sequences of earlier batches.
 fn running_scaler(stats: &mut Stats, id: LinearId, x: &Tensor) -> candle_core::Result<()> {
     let d = x.dim(2)?;
-    let per_seq = x.sqr()?.sum(1)?.to_vec2::<f32>()?;
+    let per_seq = sq_sums(x, true)?;
     let seen = stats.nsamples;
     let a = stats.norms.entry(id).or_insert_with(|| vec![0.0; d]);
     for (i, sq) in per_seq.iter().enumerate() {
@@ -658,6 +714,21 @@ mod tests {
         assert_eq!(forward_chunk(128, &Device::Cpu), 8);
         assert_eq!(forward_chunk(100, &Device::Cpu), 10);
         assert_eq!(forward_chunk(4096, &Device::Cpu), 1);
+    }
+
+    #[test]
+    fn squared_sums_are_candles_bit_for_bit() {
+        for (b, t, d) in [(1, 1, 1), (3, 17, 70), (2, 64, 128), (5, 9, 200)] {
+            let x = Tensor::randn(0f32, 3.0, (b, t, d), &Device::Cpu).unwrap();
+            let whole: Vec<f32> = x.sqr().unwrap().sum((0, 1)).unwrap().to_vec1().unwrap();
+            assert_eq!(sq_sums(&x, false).unwrap(), vec![whole]);
+            let each: Vec<Vec<f32>> = x.sqr().unwrap().sum(1).unwrap().to_vec2().unwrap();
+            assert_eq!(sq_sums(&x, true).unwrap(), each);
+            // A strided view is summed as its contiguous copy.
+            let xt = x.transpose(0, 1).unwrap();
+            let want: Vec<f32> = xt.sqr().unwrap().sum((0, 1)).unwrap().to_vec1().unwrap();
+            assert_eq!(sq_sums(&xt, false).unwrap(), vec![want]);
+        }
     }
 
     #[test]

@@ -24,28 +24,26 @@ pub fn check_pattern(n: usize, m: usize, cols: usize) -> Result<()> {
 pub fn nm_mask(scores: &Matrix, n: usize, m: usize) -> Result<Mask> {
     check_pattern(n, m, scores.cols)?;
     let cols = scores.cols;
-    let rows: Vec<Vec<usize>> = (0..scores.rows)
-        .into_par_iter()
-        .map(|r| {
+    let mut flags = vec![0u8; scores.rows * cols];
+    flags
+        .par_chunks_mut(cols.max(1))
+        .enumerate()
+        .for_each(|(r, pruned)| {
             let row = scores.row(r);
-            let mut pruned = Vec::with_capacity(cols / m * n);
-            let mut idx: Vec<usize> = Vec::with_capacity(m);
-            for g in (0..cols).step_by(m) {
-                idx.clear();
-                idx.extend(g..g + m);
-                idx.sort_by(|&a, &b| row[a].total_cmp(&row[b])); // stable: lower index first
-                pruned.extend_from_slice(&idx[..n]);
+            for (group, out) in row.chunks_exact(m).zip(pruned.chunks_exact_mut(m)) {
+                // The n lowest scores, ties to the lower column: an entry's rank is the number
+                // of entries ordered before it (where a stable sort would place it).
+                for (j, a) in group.iter().enumerate() {
+                    let before = group
+                        .iter()
+                        .enumerate()
+                        .filter(|&(k, b)| b.total_cmp(a).then(k.cmp(&j)).is_lt())
+                        .count();
+                    out[j] = u8::from(before < n);
+                }
             }
-            pruned
-        })
-        .collect();
-    let mut mask = Mask::new(scores.rows, cols);
-    for (r, cs) in rows.iter().enumerate() {
-        for &c in cs {
-            mask.set(r, c, true);
-        }
-    }
-    Ok(mask)
+        });
+    Ok(Mask::from_flags(scores.rows, cols, &flags))
 }
 
 /// Whether every group of `m` columns of every row has exactly `n` pruned entries.
