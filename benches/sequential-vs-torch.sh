@@ -17,21 +17,7 @@ PATTERN="${3:-2:4}"
 THREADS="${4:-2}"
 SAMPLES="${5:-32}"
 SEQLEN="${6:-256}"
-GGUF="$(realpath ../shared/models/smollm2-135m)"
-TEXT="$(realpath ../shared/data/wikitext-2-raw/wiki.test.raw)"
-BIN="${WHITTLE_BIN:-target/release/whittle}"
-[ -x "$BIN" ] || cargo build --release
-TMP="$(mktemp -d)"
-trap 'rm -rf "$TMP"' EXIT
-cat > "$TMP/export.yaml" <<YAML
-models:
-  smol: $GGUF
-stages:
-  base: {kind: load, model: smol}
-YAML
-"$BIN" run "$TMP/export.yaml" --cache-dir "$TMP/export-cache" --quiet > /dev/null
-"$BIN" export "$TMP/export.yaml" base --out "$TMP/smollm2-f32" --cache-dir "$TMP/export-cache" --quiet > /dev/null
-MODEL="$TMP/smollm2-f32"
+. benches/common/smollm2-f32.sh
 case "$PATTERN" in
     *:*) SPARSITY="pattern: \"$PATTERN\", sparsity: 0.5" ;;
     *) SPARSITY="sparsity: $PATTERN" ;;
@@ -48,12 +34,6 @@ stages:
   ppl: {kind: evaluate, model: pruned, task: perplexity, dataset: wiki, seqlen: $SEQLEN, limit: 1}
 YAML
 export RAYON_NUM_THREADS="$THREADS" OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS"
-measure() {
-    local name="$1"
-    shift
-    /usr/bin/time -f "$name: %e s wall, %U s user, %S s system, %M KB peak RSS" -o "$TMP/$name.time" "$@" > "$TMP/$name.out" 2>&1
-    cat "$TMP/$name.time"
-}
 measure whittle "$BIN" run "$TMP/prune.yaml" --cache-dir "$TMP/cache" --quiet
 "$BIN" show "$TMP/prune.yaml" --cache-dir "$TMP/cache"
 TOKENS="$(find "$TMP/cache" -name tokens.safetensors | head -1)"

@@ -115,7 +115,7 @@ fn score(
         model,
         &ids,
         &mut |i, x| {
-            out.extend(scored(batches[i], &ids[i], &model.head(&x)?)?);
+            out.extend(scored(model, batches[i], &ids[i], &x)?);
             Ok(batches[i].len() as u64)
         },
         tick,
@@ -135,12 +135,33 @@ pub fn right_padded(rows: &[&[u32]], device: &Device) -> candle_core::Result<Ten
     Tensor::from_vec(flat, (rows.len(), width), device)
 }
 
-/// The summed NLL of each job's scored positions, from the batch's logits.
-fn scored(batch: &[Job], ids: &Tensor, logits: &Tensor) -> Result<Vec<Scored>, ModelError> {
-    let width = ids.dim(1)?;
-    let inputs = logits.narrow(1, 0, width - 1)?;
-    let targets = ids.narrow(1, 1, width - 1)?.contiguous()?;
-    let nlls = token_nlls(&inputs, &targets)?;
+/// Bytes of logits per piece of [`scored`]: a full batch's logits are hundreds of MB for a large
+/// vocabulary, which the allocator maps afresh (and the kernel zeroes) for every batch, while
+/// pieces of this size are reused.
+const LOGIT_PIECE_BYTES: usize = 16 << 20;
+
+/// The summed NLL of each job's scored positions, from the batch's final hidden states `x`
+/// [batch, width, hidden]: the head runs on a few positions at a time. Rows of a CPU matrix
+/// product and of a softmax do not depend on the rows beside them (pieces keep at least 64
+/// positions, clear of gemm's kernel for tiny products), so the numbers are those of one pass.
+fn scored(
+    model: &dyn CausalLm,
+    batch: &[Job],
+    ids: &Tensor,
+    x: &Tensor,
+) -> Result<Vec<Scored>, ModelError> {
+    let (rows, width) = ids.dims2()?;
+    let vocab = model.config().vocab_size;
+    let piece = (LOGIT_PIECE_BYTES / (4 * vocab * rows).max(1)).max(64);
+    let mut nlls: Vec<Vec<f32>> = vec![Vec::with_capacity(width - 1); rows];
+    for start in (0..width - 1).step_by(piece) {
+        let len = piece.min(width - 1 - start);
+        let logits = model.head(&x.narrow(1, start, len)?)?;
+        let targets = ids.narrow(1, start + 1, len)?.contiguous()?;
+        for (row, part) in nlls.iter_mut().zip(token_nlls(&logits, &targets)?) {
+            row.extend(part);
+        }
+    }
     Ok(batch
         .iter()
         .zip(nlls)
