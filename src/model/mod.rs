@@ -41,6 +41,7 @@ mod lm;
 mod parts;
 mod reader;
 pub mod synthetic;
+mod t5;
 mod tokenizer;
 mod weights;
 
@@ -63,5 +64,6 @@ pub use lm::{
 };
 pub use parts::{Capture, KvCache, LayerKvCache, LinearId, Proj};
 pub use reader::{CheckpointReader, TensorSource};
+pub use t5::T5;
 pub use tokenizer::{Tokenizer, TokenizerSemantics};
 pub use weights::{expected_tensors, load_weights, tensor_digest, unpermute_rope_rows, TensorMap};
