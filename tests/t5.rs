@@ -278,3 +278,118 @@ fn bad_inputs_are_refused() {
         "{e}"
     );
 }
+
+/// The sentinel probe (eval::knowledge, encoder-decoder style) against transformers: each
+/// fact's object first-token rank among the vocabulary and log-probability, and each
+/// candidate's summed log-probability, as make_fixtures.py computed them on the same facts.
+#[test]
+fn sentinel_probes_match_transformers() {
+    use whittle::eval::knowledge::{probe_seq2seq, probe_units, ProbeOptions, ProbeStyle, Ranking};
+    use whittle::eval::lama::{Fact, LamaSet, Relation, Split};
+    let tokenizer =
+        whittle::model::Tokenizer::from_file(fixture("sentinel_tokenizer.json")).unwrap();
+    // (relation, left, right, object): the facts of make_fixtures.py's PROBE_FACTS.
+    let facts = [
+        ("P1", "t5 t17 ", " t9 t30", "t32"),
+        ("P1", "t60 t3 ", " t21", "t12"),
+        ("P1", "", " t47 t8 t8", "t40 t6"),
+        ("P2", "t11 ", "", "t7"),
+    ];
+    let relation = |id: &str| Relation {
+        id: id.to_string(),
+        split: Split::Trex,
+        label: id.to_string(),
+        template: None,
+        facts: facts
+            .iter()
+            .filter(|f| f.0 == id)
+            .map(|&(_, left, right, object)| Fact {
+                subject: "s".into(),
+                object: object.into(),
+                left: left.into(),
+                right: right.into(),
+            })
+            .collect(),
+        excluded: 0,
+    };
+    let set = LamaSet {
+        relations: vec![relation("P1"), relation("P2")],
+        missing: vec![],
+    };
+    let mut tick = |_: u64| Ok(());
+    for name in ["v1_0", "v1_1"] {
+        let (cfg, weights) = load(&fixture(name));
+        let model = build(&cfg, &weights);
+        let v: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(fixture(&format!("{name}_logits.json"))).unwrap(),
+        )
+        .unwrap();
+        let want = v["probe"].as_array().unwrap();
+        for batch_size in [1, 3] {
+            let opts = ProbeOptions {
+                style: ProbeStyle::Sentinel,
+                ranking: Ranking::Vocabulary,
+                ks: vec![1, 50],
+                batch_size,
+            };
+            // The fact with no text left of the mask is probed too.
+            assert_eq!(probe_units(&set, &opts), 4);
+            let (m, results) =
+                probe_seq2seq(&*model, &tokenizer, &set, &opts, &Device::Cpu, &mut tick).unwrap();
+            assert_eq!(results.len(), 4);
+            assert_eq!(results[0].prompt, "t5 t17 <extra_id_0> t9 t30");
+            for (r, w) in results.iter().zip(want) {
+                assert_eq!(
+                    r.rank as u64,
+                    w["rank"].as_u64().unwrap(),
+                    "{name} {}",
+                    r.prompt
+                );
+                assert_eq!(r.ranked, 64);
+                let d = (r.logprob - w["logprob"].as_f64().unwrap()).abs();
+                assert!(d < 1e-4, "{name}: logprob differs by {d}");
+            }
+            // Macro P@50 over the two relations, from the reference ranks by hand.
+            let ranks: Vec<u64> = want.iter().map(|w| w["rank"].as_u64().unwrap()).collect();
+            let p1 = ranks[..3].iter().filter(|&&r| r <= 50).count() as f64 / 3.0;
+            let p2 = (ranks[3] <= 50) as u8 as f64;
+            assert!((m.p_at[&50] - (p1 + p2) / 2.0).abs() < 1e-12, "{name}");
+            assert_eq!(m.skipped, 0);
+
+            let opts = ProbeOptions {
+                ranking: Ranking::Candidates,
+                ..opts
+            };
+            assert_eq!(probe_units(&set, &opts), 3 * 3 + 1);
+            let (_, results) =
+                probe_seq2seq(&*model, &tokenizer, &set, &opts, &Device::Cpu, &mut tick).unwrap();
+            for (i, (r, w)) in results.iter().zip(want).enumerate() {
+                let scores: Vec<f64> = w["candidates"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap())
+                    .collect();
+                // The gold is candidate i within P1 (objects are distinct), candidate 0 in P2.
+                let g = if i < 3 { i } else { 0 };
+                let d = (r.logprob - scores[g]).abs();
+                assert!(d < 1e-4, "{name}: candidate score differs by {d}");
+                let rank = 1 + scores.iter().filter(|&&s| s > scores[g]).count();
+                assert_eq!(r.rank, rank, "{name} fact {i}");
+                assert_eq!(r.ranked, scores.len());
+            }
+        }
+    }
+    // A tokenizer without the sentinel is refused by name.
+    let (cfg, weights) = load(&fixture("v1_0"));
+    let model = build(&cfg, &weights);
+    let plain = whittle::model::Tokenizer::from_file(fixture("v1_0/tokenizer.json")).unwrap();
+    let opts = ProbeOptions {
+        style: ProbeStyle::Sentinel,
+        ..ProbeOptions::default()
+    };
+    let e = probe_seq2seq(&*model, &plain, &set, &opts, &Device::Cpu, &mut tick)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("<extra_id_0>"), "{e}");
+}

@@ -258,7 +258,7 @@ fn run_knowledge(
     let source = &ctx.pipeline().datasets[dataset];
     let mut set = load_lama(&source.path, lama)?;
     let opts = ProbeOptions {
-        style: ProbeStyle::Causal,
+        style: probe_style(&weights.config),
         ranking,
         ks: KS.to_vec(),
         batch_size: spec.batch_size,
@@ -269,21 +269,24 @@ fn run_knowledge(
     if keep_known {
         // The reference's own answers decide which facts count as known.
         let base = materialize(ctx, ctx.input_node("reference")?, ctx.device)?;
-        let (tok, model) = (base.tokenizer()?, base.model()?);
-        let enc = PairEncoder::new(&tok, &base.config, SpecialTokens::FromTokenizer)?;
+        if probe_style(&base.config) != opts.style {
+            return Err(crate::eval::loglik::EvalError::Invalid(format!(
+                "the reference is probed as {:?} and the model as {:?}: known-only needs \
+                 both of one kind (decoder-only, or encoder-decoder)",
+                probe_style(&base.config),
+                opts.style
+            ))
+            .into());
+        }
         ctx.progress
             .start(2 * units, "knowledge (reference, then model)");
-        let model = model.causal("knowledge probing")?;
-        let (_, results) = probe(model, &enc, &set, &opts, ctx.device, tick)?;
+        let (_, results) = probe_any(&base, &set, &opts, ctx.device, tick)?;
         set = knowledge::known_only(&set, &results);
         ctx.progress.start(probe_units(&set, &opts), "knowledge");
     } else {
         ctx.progress.start(units, "knowledge");
     }
-    let (tok, model) = (weights.tokenizer()?, weights.model()?);
-    let enc = PairEncoder::new(&tok, &weights.config, SpecialTokens::FromTokenizer)?;
-    let model = model.causal("knowledge probing")?;
-    let (m, results) = probe(model, &enc, &set, &opts, ctx.device, tick)?;
+    let (m, results) = probe_any(weights, &set, &opts, ctx.device, tick)?;
     let mut metrics = Map::new();
     for (k, p) in &m.p_at {
         metrics.insert(format!("p@{k}"), (*p).into());
@@ -298,9 +301,15 @@ fn run_knowledge(
     ctx.write_json("relations.json", &per_relation)?;
     let settings = json!({
         "ranking": ranking.as_str(),
-        "target": match ranking {
-            Ranking::Vocabulary => "first token of \" \" + object; rank among the whole vocabulary",
-            Ranking::Candidates => "the object after the prompt, all its tokens (summed log-probability); rank among the relation's distinct objects",
+        "style": match opts.style {
+            ProbeStyle::Causal => "causal",
+            ProbeStyle::Sentinel => "sentinel",
+        },
+        "target": match (opts.style, ranking) {
+            (ProbeStyle::Causal, Ranking::Vocabulary) => "first token of \" \" + object; rank among the whole vocabulary",
+            (ProbeStyle::Causal, Ranking::Candidates) => "the object after the prompt, all its tokens (summed log-probability); rank among the relation's distinct objects",
+            (ProbeStyle::Sentinel, Ranking::Vocabulary) => "source: the cloze with <extra_id_0> for the object; first token of the object after [decoder_start, <extra_id_0>]; rank among the whole vocabulary",
+            (ProbeStyle::Sentinel, Ranking::Candidates) => "source: the cloze with <extra_id_0> for the object; the object after [decoder_start, <extra_id_0>], all its tokens (summed log-probability); rank among the relation's distinct objects",
         },
         "splits": lama.splits.iter().map(|s| s.name()).collect::<Vec<_>>(),
         "limit_per_relation": lama.limit,
@@ -321,6 +330,37 @@ fn run_knowledge(
             .map(|r| serde_json::to_value(r).expect("samples serialize"))
             .collect(),
     })
+}
+
+/// How a model of this config is probed: a decoder continues the text left of the mask, an
+/// encoder-decoder fills a sentinel.
+fn probe_style(config: &crate::model::ModelConfig) -> ProbeStyle {
+    match config.family {
+        crate::model::Family::T5 => ProbeStyle::Sentinel,
+        _ => ProbeStyle::Causal,
+    }
+}
+
+/// Probes `set` on the model of `weights` in `opts.style`, refusing a model that style cannot
+/// ask.
+fn probe_any(
+    weights: &Materialized,
+    set: &crate::eval::lama::LamaSet,
+    opts: &ProbeOptions,
+    device: &candle_core::Device,
+    tick: crate::cancel::Tick,
+) -> Result<(knowledge::KnowledgeMetrics, Vec<knowledge::FactResult>), StageError> {
+    let (tok, model) = (weights.tokenizer()?, weights.model()?);
+    match (&model, opts.style) {
+        (crate::model::LanguageModel::Seq2Seq(m), ProbeStyle::Sentinel) => Ok(
+            knowledge::probe_seq2seq(&**m, &tok, set, opts, device, tick)?,
+        ),
+        _ => {
+            let enc = PairEncoder::new(&tok, &weights.config, SpecialTokens::FromTokenizer)?;
+            let model = model.causal("knowledge probing")?;
+            Ok(probe(model, &enc, set, opts, device, tick)?)
+        }
+    }
 }
 
 fn run_choice(
