@@ -23,13 +23,14 @@ const COMPRESSED: [&str; 9] = [
     "int8",
 ];
 
-/// The checkpoint, its documents (word-level `tN` text) and a LAMA directory of two relations.
-fn inputs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+/// The checkpoint `variant` (`v1_0`, `v1_1`), documents (word-level `tN` text) and a LAMA
+/// directory of two relations.
+fn inputs(dir: &Path, variant: &str) -> (PathBuf, PathBuf, PathBuf) {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/t5");
     let model = dir.join("model");
     std::fs::create_dir_all(&model).unwrap();
     for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixtures.join("v1_1").join(f), model.join(f)).unwrap();
+        std::fs::copy(fixtures.join(variant).join(f), model.join(f)).unwrap();
     }
     std::fs::copy(
         fixtures.join("sentinel_tokenizer.json"),
@@ -110,7 +111,7 @@ fn sparsity_names(cache: &Path, run: &RunRecord, instance: &str) -> Vec<String> 
 #[test]
 fn t5_compresses_probes_and_round_trips() {
     let tmp = tempfile::tempdir().unwrap();
-    let (model, docs, lama) = inputs(tmp.path());
+    let (model, docs, lama) = inputs(tmp.path(), "v1_1");
     let cache = tmp.path().join("cache");
     let mut evals = String::new();
     for m in std::iter::once("base").chain(COMPRESSED) {
@@ -210,5 +211,83 @@ models:
         let r2 = run_ok(&cache, &again);
         assert_eq!(metric(&cache, &r2, "recall", "mrr"), mrr(stage), "{stage}");
         assert_eq!(metric(&cache, &r2, "cands", "mrr"), cand(stage), "{stage}");
+    }
+}
+
+/// The head of a tied T5 v1.0 replaced (rows pruned) is exported untied, carrying the
+/// d_model^-½ its input was scaled by while tied (an untied head's input is not): read back, the
+/// model ranks as it did in the pipeline.
+#[test]
+fn t5_tied_head_exports_with_its_scale() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, docs, lama) = inputs(tmp.path(), "v1_0");
+    let cache = tmp.path().join("cache");
+    let yaml = format!(
+        "version: 1\nmodels:\n  t5: {}\n{}stages:\n  base: {{kind: load, model: t5, dtype: f32}}\n  \
+         head-rows: {{kind: prune, model: base, method: magnitude, pattern: rows, sparsity: 0.25, modules: lm_head}}\n  \
+         recall: {{kind: evaluate, model: head-rows, task: knowledge, dataset: facts}}\n  \
+         cands: {{kind: evaluate, model: head-rows, task: knowledge, dataset: facts, ranking: candidates}}\n",
+        model.display(),
+        datasets(&docs, &lama)
+    );
+    let file = tmp.path().join("t5.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let run = run_ok(&cache, &file);
+    let hf = tmp.path().join("hf");
+    let out = whittle(
+        &cache,
+        &[
+            "export",
+            file.to_str().unwrap(),
+            "head-rows",
+            "--out",
+            hf.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(hf.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["tie_word_embeddings"], false);
+    // The written head is the pruned embedding times 32^-½.
+    let exported =
+        candle_core::safetensors::load(hf.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    let shared: Vec<f32> = exported["shared.weight"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let head: Vec<f32> = exported["lm_head.weight"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let zero_rows = head
+        .chunks(32)
+        .filter(|r| r.iter().all(|&x| x == 0.0))
+        .count();
+    assert_eq!(zero_rows, 16, "a quarter of the 64 rows pruned");
+    for (h, s) in head.iter().zip(&shared) {
+        assert!(
+            *h == 0.0 || (h - s * 32f32.powf(-0.5)).abs() <= 1e-7,
+            "{h} vs {s}"
+        );
+    }
+    let again = tmp.path().join("again.yaml");
+    std::fs::write(
+        &again,
+        format!(
+            "version: 1\nmodels:\n  exported: {}\n{}stages:\n  m: {{kind: load, model: exported, dtype: f32}}\n  \
+             recall: {{kind: evaluate, model: m, task: knowledge, dataset: facts}}\n  \
+             cands: {{kind: evaluate, model: m, task: knowledge, dataset: facts, ranking: candidates}}\n",
+            hf.display(),
+            datasets(&docs, &lama)
+        ),
+    )
+    .unwrap();
+    let r2 = run_ok(&cache, &again);
+    for (task, m) in [("recall", "mrr"), ("cands", "mrr"), ("recall", "p@10")] {
+        let (a, b) = (metric(&cache, &run, task, m), metric(&cache, &r2, task, m));
+        assert_eq!(a, b, "{task} {m}");
     }
 }

@@ -143,6 +143,13 @@ pub trait Architecture: Sync {
         source: std::sync::Arc<dyn crate::model::TensorSource>,
     ) -> Result<LanguageModel>;
 
+    /// The factor the runtime multiplies the head's input by while the head is tied (T5 v1.0:
+    /// d_model^-½); an exported head that was untied by a replacement carries it in its weights,
+    /// since the exported config says untied and an untied head's input is not scaled.
+    fn tied_head_scale(&self, _cfg: &ModelConfig) -> Option<f64> {
+        None
+    }
+
     /// Every linear layer: block by block in run order, then the LM head.
     fn linears(&self, cfg: &ModelConfig) -> Vec<LinearLayer> {
         let blocks = (0..cfg.num_layers).flat_map(|l| self.block_linears(l));

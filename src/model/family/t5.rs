@@ -220,6 +220,11 @@ impl Architecture for T5Family {
         out
     }
 
+    fn tied_head_scale(&self, cfg: &ModelConfig) -> Option<f64> {
+        cfg.tie_word_embeddings
+            .then(|| (cfg.hidden_size as f64).powf(-0.5))
+    }
+
     fn gguf_name(&self, _hf: &str) -> Option<String> {
         None
     }
