@@ -137,6 +137,8 @@ models:
   gptq: {{kind: quantize, model: base, method: gptq, bits: 4, group_size: 16, calibration: calib}}
   rtn: {{kind: quantize, model: base, method: rtn, bits: 4, group_size: 16}}
   int8: {{kind: quantize, model: base, method: dynamic-int8}}
+  div-wanda: {{kind: evaluate, model: wanda, task: divergence, dataset: docs, seqlen: 16}}
+  div-base: {{kind: evaluate, model: base, task: divergence, dataset: docs, seqlen: 16}}
 {evals}"#,
         model = model.display(),
         datasets = datasets(&docs, &lama),
@@ -161,6 +163,16 @@ models:
     for m in ["magnitude", "random", "wanda", "sparsegpt", "gptq", "rtn"] {
         assert_ne!(mrr(m), mrr("base"), "{m}");
     }
+    // Teacher-forced decoder distributions: the base against itself is exactly 0, Wanda's
+    // half-pruned model drifts.
+    let js = |m: &str| metric(&cache, &run, m, "js");
+    eprintln!(
+        "t5 divergence: wanda JS {:.5}, base {:.5}",
+        js("div-wanda"),
+        js("div-base")
+    );
+    assert_eq!(js("div-base"), 0.0);
+    assert!(js("div-wanda") > 0.0 && js("div-wanda") <= std::f64::consts::LN_2);
     for m in ["magnitude", "wanda", "sparsegpt"] {
         let s = entry_meta(&cache, &run, m)["actual_sparsity"]
             .as_f64()

@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 use super::{EvalTask, EvaluateSpec, PplMode, TaskFile};
 use crate::data::{read_documents, read_records};
 use crate::eval::choice::{evaluate_items, ChoiceTask};
-use crate::eval::divergence::divergence;
+use crate::eval::divergence::{divergence_of, Compared};
 use crate::eval::generation::{evaluate_generation, GenerationTask};
 use crate::eval::knowledge::{self, probe, probe_units, ProbeOptions, ProbeStyle, Ranking};
 use crate::eval::lama::{load_lama, GoogleRePrompts, LamaOptions};
@@ -363,6 +363,24 @@ fn probe_any(
     }
 }
 
+/// `model` as divergence compares it: causal, or teacher-forced encoder-decoder, and of the
+/// same kind as `other`.
+fn compared<'a>(
+    model: &'a crate::model::LanguageModel,
+    other: &crate::model::LanguageModel,
+) -> Result<Compared<'a>, StageError> {
+    use crate::model::LanguageModel;
+    if model.objective() != other.objective() {
+        return Err(other
+            .refuse("divergence against this reference", model.objective())
+            .into());
+    }
+    match model {
+        LanguageModel::Seq2Seq(m) => Ok(Compared::Seq2Seq(&**m)),
+        _ => Ok(Compared::Causal(model.causal("divergence")?)),
+    }
+}
+
 fn run_choice(
     ctx: &StageCtx,
     spec: &EvaluateSpec,
@@ -434,9 +452,9 @@ fn run_divergence(
     let n = windows(&tokens, seqlen, limit).len();
     ctx.progress.start(n as u64, "divergence");
     let (model, base) = (weights.model()?, reference.model()?);
-    let r = divergence(
-        model.causal("divergence")?,
-        base.causal("divergence")?,
+    let r = divergence_of(
+        compared(&model, &base)?,
+        compared(&base, &model)?,
         &tokens,
         seqlen,
         limit,
@@ -463,6 +481,10 @@ fn run_divergence(
             "log_base": "e",
             "js_max": std::f64::consts::LN_2,
             "kl": "KL(reference ‖ model)",
+            "distributions": match model.objective() {
+                crate::model::Objective::Seq2Seq => "decoder, teacher-forced: source = the window, decoder input = the window shifted right behind the decoder start token",
+                _ => "next token at every position of the window",
+            },
             "reference_weights": reference.meta.content(),
         }),
         samples: r
