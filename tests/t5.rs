@@ -393,3 +393,22 @@ fn sentinel_probes_match_transformers() {
         .to_string();
     assert!(e.contains("<extra_id_0>"), "{e}");
 }
+
+/// Tasks that need a causal model (perplexity, multiple choice, generation) refuse a T5 by
+/// name, pointing at the tasks it supports.
+#[test]
+fn causal_tasks_refuse_t5_by_name() {
+    let (cfg, weights) = load(&fixture("v1_1"));
+    let lm = cfg
+        .architecture()
+        .build(&cfg, &weights, Vec::new())
+        .unwrap();
+    for task in ["perplexity", "multiple choice", "generation"] {
+        let e = lm.causal(task).err().unwrap().to_string();
+        assert!(
+            e.contains(task) && e.contains("`t5`") && e.contains("sequence-to-sequence"),
+            "{e}"
+        );
+        assert!(e.contains("knowledge probes"), "{e}");
+    }
+}
