@@ -54,7 +54,7 @@ pub use error::{ModelError, Result};
 pub use family::{
     as_linear, as_stored, is_conv1d, tensor_or_tied, Architecture, LinearLayer, ModuleGroup,
 };
-pub use generate::{greedy, greedy_until, Decoded, Finish};
+pub use generate::{greedy, greedy_seq2seq_until, greedy_until, Decoded, Finish};
 pub use hf_class::check as check_transformers_class;
 pub use hidden::{HiddenStates, Note, SpillPolicy, Spilling};
 pub use llama::{rms_norm, Llama};

@@ -19,11 +19,12 @@
 //! LayerNorm (no mean, no bias); attention is not scaled by `d_kv^-0.5`; linear layers have no
 //! bias.
 //!
-//! Tasks: knowledge probes (sentinel style, [`crate::eval::knowledge`]) and divergence
-//! (teacher-forced decoder distributions, [`crate::eval::divergence`]). Perplexity, multiple
-//! choice and generation ask for a causal model and refuse a T5 with
-//! [`crate::model::ModelError::WrongObjective`]: T5 has no left-to-right likelihood of a text,
-//! and scoring or generating answers as the decoder's output is not implemented yet.
+//! Tasks: knowledge probes (sentinel style, [`crate::eval::knowledge`]), divergence
+//! (teacher-forced decoder distributions, [`crate::eval::divergence`]) and generation (the
+//! prompt as the source, the answer the decoder's greedy output, [`crate::eval::generation`]).
+//! Perplexity and multiple choice ask for a causal model and refuse a T5 with
+//! [`crate::model::ModelError::WrongObjective`]: T5 has no left-to-right likelihood of a text
+//! (use knowledge probes), and scoring choices as the decoder's output is not implemented yet.
 //!
 //! Blocks are numbered encoder first, then decoder: `num_layers` is `num_layers +
 //! num_decoder_layers` of the config, and block `num_layers(encoder) + j` is decoder block `j`.

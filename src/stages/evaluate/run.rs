@@ -12,7 +12,7 @@ use super::{EvalTask, EvaluateSpec, PplMode, TaskFile};
 use crate::data::{read_documents, read_records};
 use crate::eval::choice::{evaluate_items, ChoiceTask};
 use crate::eval::divergence::{divergence_of, Compared};
-use crate::eval::generation::{evaluate_generation, GenerationTask};
+use crate::eval::generation::{evaluate_generation_with, GenerationTask, Generator};
 use crate::eval::knowledge::{self, probe, probe_units, ProbeOptions, ProbeStyle, Ranking};
 use crate::eval::lama::{load_lama, GoogleRePrompts, LamaOptions};
 use crate::eval::loglik::{PairEncoder, SpecialTokens};
@@ -517,14 +517,14 @@ fn run_generation(
     }
     ctx.progress.start(records.len() as u64, &task.name);
     let (tok, model) = (weights.tokenizer()?, weights.model()?);
-    let (m, samples) = evaluate_generation(
-        model.causal("generation")?,
-        &tok,
-        task,
-        &records,
-        max_new_tokens,
-        &mut |n| ctx.tick(n),
-    )?;
+    let generator = match &model {
+        crate::model::LanguageModel::Seq2Seq(m) => Generator::Seq2Seq(&**m),
+        _ => Generator::Causal(model.causal("generation")?),
+    };
+    let (m, samples) =
+        evaluate_generation_with(generator, &tok, task, &records, max_new_tokens, &mut |n| {
+            ctx.tick(n)
+        })?;
     let metrics = metric_map([
         ("em", m.em.into()),
         ("f1", m.f1.into()),
