@@ -4,7 +4,9 @@
 //!
 //! ```text
 //! <out>/config.json              the checkpoint's, with `tie_word_embeddings: false` when the LM
-//!                                head was replaced while tied (and `torch_dtype` when it changed)
+//!                                head was replaced while tied (and `torch_dtype` when it changed);
+//!                                such a head carries the factor its input was scaled by while
+//!                                tied (T5 v1.0's d_model^-½), as an untied head's is not
 //! <out>/model.safetensors        every weight, dense, metadata {"format": "pt"}
 //! <out>/tokenizer.json, tokenizer_config.json, special_tokens_map.json, …   copied when present
 //! <out>/whittle_export.json      provenance: pipeline, stage, cache key, weights digest
@@ -218,7 +220,17 @@ pub fn export(plan: &Plan, cache: &Cache, stage: &str, out: &Path) -> Result<Exp
     }
 
     // Tied and not replaced: there is no `lm_head.weight`; transformers ties it to the embedding.
-    let tensors = &weights.tensors.to_map()?;
+    let mut tensors = weights.tensors.to_map()?;
+    if untied {
+        if let Some(scale) = arch.tied_head_scale(&weights.config) {
+            let name = arch.head_name();
+            if let Some(head) = tensors.get(name) {
+                let scaled = (head * scale)?;
+                tensors.insert(name.to_string(), scaled);
+            }
+        }
+    }
+    let tensors = &tensors;
     let st = out.join("model.safetensors");
     let bytes = write_safetensors(&st, tensors, dtype)?;
     write_json(

@@ -144,6 +144,12 @@ pub enum InputGroup {
     Output,
     Mlp,
     Down,
+    /// T5's cross-attention query: the decoder's normed states.
+    CrossQuery,
+    /// T5's cross-attention keys and values: the encoder's output.
+    CrossKv,
+    /// T5's cross-attention output projection.
+    CrossOutput,
 }
 
 impl InputGroup {
@@ -153,6 +159,9 @@ impl InputGroup {
             Proj::O => InputGroup::Output,
             Proj::Gate | Proj::Up => InputGroup::Mlp,
             Proj::Down => InputGroup::Down,
+            Proj::CrossQ => InputGroup::CrossQuery,
+            Proj::CrossK | Proj::CrossV => InputGroup::CrossKv,
+            Proj::CrossO => InputGroup::CrossOutput,
         }
     }
 
@@ -162,14 +171,20 @@ impl InputGroup {
             InputGroup::Output => "o_in",
             InputGroup::Mlp => "mlp_in",
             InputGroup::Down => "down_in",
+            InputGroup::CrossQuery => "cross_q_in",
+            InputGroup::CrossKv => "cross_kv_in",
+            InputGroup::CrossOutput => "cross_o_in",
         }
     }
 
-    pub const ALL: [InputGroup; 4] = [
+    pub const ALL: [InputGroup; 7] = [
         InputGroup::Attention,
         InputGroup::Output,
         InputGroup::Mlp,
         InputGroup::Down,
+        InputGroup::CrossQuery,
+        InputGroup::CrossKv,
+        InputGroup::CrossOutput,
     ];
 }
 

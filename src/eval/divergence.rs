@@ -10,6 +10,12 @@
 //!   among maximal logits (what candle's CPU `argmax` returns, made explicit so that every device
 //!   breaks ties alike).
 //!
+//! An encoder-decoder (T5) is compared teacher-forced: each window is the source and, shifted
+//! right behind the decoder start token, the decoder's input, so the distributions compared are
+//! the decoder's at every target position (predicting the window's tokens). Its logits come
+//! from the model's block path ([`crate::model::Blocks`]: embed, every block, head), held or
+//! streamed alike.
+//!
 //! Each is averaged over positions. Everything is computed from the logits in f32 log-space:
 //! with d = log q − log p, log m − log p = log((1 + eᵈ)/2) = relu(d) + log(1 + e^−|d|) − ln 2,
 //! which neither overflows nor loses the tails; sums over the vocabulary and over positions are
@@ -19,7 +25,36 @@ use candle_core::{DType, Device, Tensor, D};
 use serde::{Deserialize, Serialize};
 
 use super::perplexity::windows;
-use crate::model::{final_hidden, CausalLm, ModelError};
+use crate::model::{final_hidden, Blocks, CausalLm, ModelError, Seq2SeqLm};
+
+/// A model whose distributions are compared: a causal LM's next-token distributions, or an
+/// encoder-decoder's teacher-forced decoder distributions (module docs).
+#[derive(Clone, Copy)]
+pub enum Compared<'a> {
+    Causal(&'a dyn CausalLm),
+    Seq2Seq(&'a dyn Seq2SeqLm),
+}
+
+impl<'a> Compared<'a> {
+    fn blocks(self) -> &'a dyn Blocks {
+        match self {
+            Compared::Causal(m) => m,
+            Compared::Seq2Seq(m) => m,
+        }
+    }
+
+    /// Logits [batch, seq, vocab] for windows `ids` [batch, seq].
+    fn logits(self, ids: &Tensor) -> Result<Tensor, ModelError> {
+        match self {
+            Compared::Causal(m) => m.forward(ids),
+            Compared::Seq2Seq(m) => {
+                let x = (0..m.num_layers())
+                    .try_fold(m.embed(ids)?, |x, l| m.block_forward(l, &x, 0, None, None))?;
+                m.head(&x)
+            }
+        }
+    }
+}
 
 /// Means over one window's positions.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -185,6 +220,32 @@ pub fn divergence(
     device: &Device,
     tick: crate::cancel::Tick,
 ) -> Result<Divergence, ModelError> {
+    divergence_of(
+        Compared::Causal(model),
+        Compared::Causal(reference),
+        tokens,
+        seqlen,
+        limit,
+        batch_size,
+        device,
+        tick,
+    )
+}
+
+/// [`divergence`] of models of either kind (both of one kind: the caller checks).
+#[allow(clippy::too_many_arguments)]
+pub fn divergence_of(
+    model: Compared<'_>,
+    reference: Compared<'_>,
+    tokens: &[u32],
+    seqlen: usize,
+    limit: Option<usize>,
+    batch_size: usize,
+    device: &Device,
+    tick: crate::cancel::Tick,
+) -> Result<Divergence, ModelError> {
+    let (model_lm, reference_lm) = (model, reference);
+    let (model, reference) = (model.blocks(), reference.blocks());
     let (vm, vr) = (model.config().vocab_size, reference.config().vocab_size);
     if vm != vr {
         return Err(ModelError::Invalid(format!(
@@ -228,7 +289,7 @@ pub fn divergence(
     if model.is_streamed() || reference.is_streamed() {
         // Layer-wise, one model after the other: the final hidden states of every window are
         // kept (hidden-sized, unlike logits), then both heads run one batch at a time.
-        let finals = |m: &dyn CausalLm, tick: crate::cancel::Tick| {
+        let finals = |m: &dyn Blocks, tick: crate::cancel::Tick| {
             final_hidden::<ModelError>(m, &ids, "divergence", tick)
         };
         let p = finals(reference, tick)?;
@@ -243,8 +304,8 @@ pub fn divergence(
     } else {
         for (batch, ids) in batches.iter().zip(&ids) {
             let sums = {
-                let p = reference.forward(ids)?;
-                let q = model.forward(ids)?;
+                let p = reference_lm.logits(ids)?;
+                let q = model_lm.logits(ids)?;
                 divergence_sums(&p, &q)?
             };
             add(sums);

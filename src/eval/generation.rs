@@ -16,6 +16,11 @@
 //!   mask, so a batch would need left padding that changes attention; decoding one sequence with
 //!   its cache gives exactly the tokens of the uncached computation.
 //!
+//! - **Encoder-decoders** (T5, [`Generator::Seq2Seq`]): the rendered prompt is the encoder's
+//!   source (its last `max_position_embeddings` tokens, T5's `n_positions`, with the tokenizer's
+//!   special tokens as the task asks), and the answer is the decoder's greedy output from its
+//!   start token ([`crate::model::greedy_seq2seq_until`]); the same EOS ids and stop strings.
+//!
 //! Metrics are means over samples, as fractions in [0, 1].
 
 mod task;
@@ -27,7 +32,26 @@ pub use task::{GenerationTask, PromptForm};
 
 use super::template::{scalar_text, TemplateError};
 use super::text_metrics::{exact_match, rouge1_f, token_f1};
-use crate::model::{greedy_until, CausalLm, Finish, ModelError, Tokenizer};
+use crate::model::{
+    greedy_seq2seq_until, greedy_until, CausalLm, Finish, ModelConfig, ModelError, Seq2SeqLm,
+    Tokenizer,
+};
+
+/// The model that generates: a causal LM continues the prompt, an encoder-decoder answers it.
+#[derive(Clone, Copy)]
+pub enum Generator<'a> {
+    Causal(&'a dyn CausalLm),
+    Seq2Seq(&'a dyn Seq2SeqLm),
+}
+
+impl Generator<'_> {
+    fn config(&self) -> &ModelConfig {
+        match self {
+            Generator::Causal(m) => m.config(),
+            Generator::Seq2Seq(m) => m.config(),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum GenerationError {
@@ -116,6 +140,25 @@ pub fn evaluate_generation(
     max_new_tokens_override: Option<usize>,
     tick: crate::cancel::Tick,
 ) -> Result<(GenerationMetrics, Vec<GenSample>), GenerationError> {
+    evaluate_generation_with(
+        Generator::Causal(model),
+        tokenizer,
+        task,
+        records,
+        max_new_tokens_override,
+        tick,
+    )
+}
+
+/// [`evaluate_generation`] with a model of either kind.
+pub fn evaluate_generation_with(
+    model: Generator<'_>,
+    tokenizer: &Tokenizer,
+    task: &GenerationTask,
+    records: &[Value],
+    max_new_tokens_override: Option<usize>,
+    tick: crate::cancel::Tick,
+) -> Result<(GenerationMetrics, Vec<GenSample>), GenerationError> {
     if records.is_empty() {
         return Err(GenerationError::NoRecords {
             task: task.name.clone(),
@@ -123,7 +166,11 @@ pub fn evaluate_generation(
     }
     let max_new_tokens = max_new_tokens_override.unwrap_or(task.max_new_tokens);
     let context = model.config().max_position_embeddings;
-    let room = context.saturating_sub(max_new_tokens);
+    // An encoder-decoder's answer does not share the source's positions.
+    let room = match model {
+        Generator::Causal(_) => context.saturating_sub(max_new_tokens),
+        Generator::Seq2Seq(_) => context,
+    };
     if room == 0 {
         return Err(GenerationError::NoRoom {
             task: task.name.clone(),
@@ -165,7 +212,7 @@ struct Limits {
 }
 
 fn generate_one(
-    model: &dyn CausalLm,
+    model: Generator<'_>,
     tokenizer: &Tokenizer,
     task: &GenerationTask,
     limits: &Limits,
@@ -212,7 +259,14 @@ fn generate_one(
         let text = tokenizer.decode_skip_special(new)?;
         Ok(first_stop(&text, &task.stop).is_some())
     };
-    let decoded = greedy_until(model, prompt, limits.max_new_tokens, &limits.eos, &mut stop)?;
+    let decoded = match model {
+        Generator::Causal(m) => {
+            greedy_until(m, prompt, limits.max_new_tokens, &limits.eos, &mut stop)?
+        }
+        Generator::Seq2Seq(m) => {
+            greedy_seq2seq_until(m, prompt, limits.max_new_tokens, &limits.eos, &mut stop)?
+        }
+    };
     let text = tokenizer.decode_skip_special(&decoded.tokens)?;
     let prediction = match first_stop(&text, &task.stop) {
         Some(at) => text[..at].to_string(),

@@ -8,6 +8,18 @@
 //! whitespace before `[MASK]` leads the object: in every LAMA cloze that is one space, and the
 //! target is the first token of `" " + object`.
 //!
+//! **Encoder-decoder (sentinel) probing** ([`probe_seq2seq`], T5). The source is the cloze with
+//! `<extra_id_0>` in the object's place (`left + "<extra_id_0>" + right`, trimmed; LAMA's
+//! templates have the subject filled), encoded with the tokenizer's special tokens (T5 appends
+//! `</s>`). The object is the decoder's continuation after the sentinel: the decoder input is
+//! `[decoder_start, <extra_id_0>, object…]`, the object's tokens being the tokenizer's encoding
+//! of the object alone (trimmed, no special tokens: `▁Florence` in T5's SentencePiece). The
+//! closing `<extra_id_1>` is not scored. Every fact with a non-empty object can be probed (the
+//! object may start the sentence). Vocabulary ranking ranks the object's first token among the
+//! decoder's logits after the sentinel; candidate ranking sums the log-probabilities of all the
+//! object's tokens; both with the tie and NaN rules below. Sources are right-padded in batches
+//! and their padding masked, so the batch size does not change the results (up to rounding).
+//!
 //! **Rankings** ([`Ranking`]):
 //! - `vocabulary` — the rank of that first object token among all next-token logits at the
 //!   prompt's last position (1 = best; a tie counts in the gold's favour: rank = 1 + the number
@@ -33,7 +45,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::eval::lama::{Fact, LamaSet, Split};
 use crate::eval::loglik::{logits_at, loglikelihood, EvalError, PairEncoder, Picks, Request};
-use crate::model::CausalLm;
+use crate::model::{CausalLm, Seq2SeqLm, Tokenizer};
 
 /// How a model is asked for the object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -43,6 +55,8 @@ pub enum ProbeStyle {
     /// `[MASK]` with both sides visible; the runtimes are decoders only so far.)
     #[default]
     Causal,
+    /// An encoder-decoder fills the sentinel `<extra_id_0>` put where the object was (T5).
+    Sentinel,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -140,6 +154,25 @@ fn causal_context(fact: &Fact) -> Option<&str> {
     (!left.trim_end().is_empty() && !fact.object.trim().is_empty()).then_some(left)
 }
 
+/// Whether `style` can ask `fact`: a causal probe needs text left of the mask and an object, a
+/// sentinel probe only an object.
+fn probeable(fact: &Fact, style: ProbeStyle) -> bool {
+    match style {
+        ProbeStyle::Causal => causal_context(fact).is_some(),
+        ProbeStyle::Sentinel => !fact.object.trim().is_empty(),
+    }
+}
+
+/// The sentinel probe's source text: the cloze with `<extra_id_0>` for the object, trimmed.
+pub fn sentinel_source(fact: &Fact) -> String {
+    format!("{}{SENTINEL}{}", fact.left, fact.right)
+        .trim()
+        .to_string()
+}
+
+/// The span-corruption sentinel an encoder-decoder fills.
+pub const SENTINEL: &str = "<extra_id_0>";
+
 /// The prompt as the model sees it: the text left of `[MASK]`, trimmed.
 pub fn causal_prompt(fact: &Fact) -> Option<&str> {
     causal_context(fact).map(str::trim_end)
@@ -151,11 +184,7 @@ pub fn probe_units(set: &LamaSet, opts: &ProbeOptions) -> u64 {
     set.relations
         .iter()
         .map(|r| {
-            let probed = r
-                .facts
-                .iter()
-                .filter(|f| causal_context(f).is_some())
-                .count();
+            let probed = r.facts.iter().filter(|f| probeable(f, opts.style)).count();
             let per_fact = match opts.ranking {
                 Ranking::Vocabulary => 1,
                 Ranking::Candidates => candidates(&r.facts).len(),
@@ -206,7 +235,12 @@ pub fn probe(
     tick: crate::cancel::Tick,
 ) -> Result<(KnowledgeMetrics, Vec<FactResult>), EvalError> {
     let ks = check_ks(&opts.ks)?;
-    let ProbeStyle::Causal = opts.style;
+    if opts.style != ProbeStyle::Causal {
+        return Err(EvalError::Invalid(format!(
+            "a causal model is probed with style `causal`, not {:?}",
+            opts.style
+        )));
+    }
     let results = match opts.ranking {
         Ranking::Vocabulary => probe_vocabulary(model, encoder, set, opts, device, tick)?,
         Ranking::Candidates => probe_candidates(model, encoder, set, opts, device, tick)?,
@@ -402,6 +436,215 @@ fn probe_candidates(
     Ok(out)
 }
 
+/// One fact asked of an encoder-decoder: its source and object tokens.
+struct SentinelQuery<'s> {
+    relation: usize,
+    index: usize,
+    fact: &'s Fact,
+    source: Vec<u32>,
+    object: Vec<u32>,
+}
+
+fn sentinel_id(tokenizer: &Tokenizer) -> Result<u32, EvalError> {
+    tokenizer.token_id(SENTINEL).ok_or_else(|| {
+        EvalError::Invalid(format!(
+            "the tokenizer {} has no `{SENTINEL}` token: sentinel probing needs a T5-style \
+             tokenizer with span-corruption sentinels",
+            tokenizer.path().display()
+        ))
+    })
+}
+
+fn sentinel_queries<'s>(
+    tokenizer: &Tokenizer,
+    set: &'s LamaSet,
+) -> Result<Vec<SentinelQuery<'s>>, EvalError> {
+    let mut out = Vec::new();
+    for (relation, r) in set.relations.iter().enumerate() {
+        for (index, fact) in r.facts.iter().enumerate() {
+            if !probeable(fact, ProbeStyle::Sentinel) {
+                continue;
+            }
+            let object = tokenizer.encode(fact.object.trim(), false)?;
+            if object.is_empty() {
+                return Err(EvalError::Invalid(format!(
+                    "relation {}, fact {index}: the object {:?} encodes to no tokens",
+                    r.id, fact.object
+                )));
+            }
+            out.push(SentinelQuery {
+                relation,
+                index,
+                fact,
+                source: tokenizer.encode(&sentinel_source(fact), true)?,
+                object,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Rows of token ids right-padded with `pad` to the longest, as [rows, len], with their lengths.
+fn padded(rows: &[&[u32]], pad: u32, device: &Device) -> Result<(Tensor, Vec<usize>), EvalError> {
+    let len = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    let lengths: Vec<usize> = rows.iter().map(|r| r.len()).collect();
+    let flat: Vec<u32> = rows
+        .iter()
+        .flat_map(|r| r.iter().copied().chain(std::iter::repeat(pad)).take(len))
+        .collect();
+    Ok((Tensor::from_vec(flat, (rows.len(), len), device)?, lengths))
+}
+
+/// Probes every fact of `set` on an encoder-decoder with the sentinel style (module docs).
+/// `tick` receives units as [`probe_units`] counts them.
+pub fn probe_seq2seq(
+    model: &dyn Seq2SeqLm,
+    tokenizer: &Tokenizer,
+    set: &LamaSet,
+    opts: &ProbeOptions,
+    device: &Device,
+    tick: crate::cancel::Tick,
+) -> Result<(KnowledgeMetrics, Vec<FactResult>), EvalError> {
+    let ks = check_ks(&opts.ks)?;
+    if opts.style != ProbeStyle::Sentinel {
+        return Err(EvalError::Invalid(format!(
+            "an encoder-decoder is probed with style `sentinel`, not {:?}",
+            opts.style
+        )));
+    }
+    let sentinel = sentinel_id(tokenizer)?;
+    let qs = sentinel_queries(tokenizer, set)?;
+    let start = model.decoder_start();
+    let batch_size = opts.batch_size.max(1);
+    let result_of = |q: &SentinelQuery| {
+        let r = &set.relations[q.relation];
+        FactResult {
+            relation: r.id.clone(),
+            split: r.split,
+            index: q.index,
+            subject: q.fact.subject.clone(),
+            object: q.fact.object.clone(),
+            prompt: sentinel_source(q.fact),
+            object_tokens: q.object.len(),
+            rank: 0,
+            ranked: 0,
+            logprob: 0.0,
+            top_prediction: String::new(),
+        }
+    };
+    let mut out = Vec::with_capacity(qs.len());
+    match opts.ranking {
+        Ranking::Vocabulary => {
+            // Longest sources first, so batch shapes shrink; results go back in fact order.
+            let mut order: Vec<usize> = (0..qs.len()).collect();
+            order.sort_by(|&a, &b| qs[b].source.len().cmp(&qs[a].source.len()));
+            let mut found: Vec<Option<FactResult>> = vec![None; qs.len()];
+            for chunk in order.chunks(batch_size) {
+                let rows: Vec<&[u32]> = chunk.iter().map(|&i| qs[i].source.as_slice()).collect();
+                let (src, lengths) = padded(&rows, start, device)?;
+                let enc = model.encode(&src, &lengths)?;
+                let tgt = Tensor::from_vec(
+                    chunk.iter().flat_map(|_| [start, sentinel]).collect(),
+                    (chunk.len(), 2),
+                    device,
+                )?;
+                let logits = model
+                    .decode(&enc, &lengths, &tgt)?
+                    .narrow(1, 1, 1)?
+                    .squeeze(1)?
+                    .contiguous()?;
+                let targets: Vec<u32> = chunk.iter().map(|&i| qs[i].object[0]).collect();
+                let ranked = vocabulary_ranks(&logits, &targets, device)?;
+                for (&i, (rank, logprob, top)) in chunk.iter().zip(ranked) {
+                    let mut r = result_of(&qs[i]);
+                    r.rank = rank;
+                    r.ranked = logits.dims()[1];
+                    r.logprob = logprob;
+                    r.top_prediction = tokenizer.decode(&[top])?;
+                    found[i] = Some(r);
+                }
+                tick(chunk.len() as u64)?;
+            }
+            out.extend(found.into_iter().flatten());
+        }
+        Ranking::Candidates => {
+            let cands: Vec<Vec<&str>> =
+                set.relations.iter().map(|r| candidates(&r.facts)).collect();
+            let mut cand_tokens: Vec<Vec<Vec<u32>>> = Vec::new();
+            for names in &cands {
+                cand_tokens.push(
+                    names
+                        .iter()
+                        .map(|c| tokenizer.encode(c.trim(), false))
+                        .collect::<Result<_, _>>()?,
+                );
+            }
+            for q in &qs {
+                let names = &cands[q.relation];
+                let toks = &cand_tokens[q.relation];
+                let src = Tensor::from_vec(q.source.clone(), (1, q.source.len()), device)?;
+                let enc = model.encode(&src, &[q.source.len()])?;
+                let mut lls = Vec::with_capacity(names.len());
+                let all: Vec<usize> = (0..names.len()).collect();
+                for chunk in all.chunks(batch_size) {
+                    let rows: Vec<Vec<u32>> = chunk
+                        .iter()
+                        .map(|&c| {
+                            [start, sentinel]
+                                .into_iter()
+                                .chain(toks[c].iter().copied())
+                                .collect()
+                        })
+                        .collect();
+                    let refs: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
+                    let (tgt, _) = padded(&refs, start, device)?;
+                    let encs = enc.repeat((chunk.len(), 1, 1))?;
+                    let lens = vec![q.source.len(); chunk.len()];
+                    let logp =
+                        candle_nn::ops::log_softmax(&model.decode(&encs, &lens, &tgt)?, D::Minus1)?
+                            .to_dtype(DType::F64)?;
+                    for (row, &c) in chunk.iter().enumerate() {
+                        // Object token k (0-based) sits at decoder position k + 2, predicted
+                        // from position k + 1.
+                        let mut sum = 0f64;
+                        for (k, &t) in toks[c].iter().enumerate() {
+                            sum += logp
+                                .get(row)?
+                                .get(k + 1)?
+                                .get(t as usize)?
+                                .to_scalar::<f64>()?;
+                        }
+                        lls.push(sum);
+                    }
+                    tick(chunk.len() as u64)?;
+                }
+                let g = names
+                    .iter()
+                    .position(|c| *c == q.fact.object)
+                    .expect("the gold is a candidate");
+                let above = lls.iter().filter(|&&v| v > lls[g]).count();
+                let top = (0..lls.len()).filter(|&i| !lls[i].is_nan()).fold(
+                    None,
+                    |best: Option<usize>, i| match best {
+                        Some(b) if lls[b] >= lls[i] => Some(b),
+                        _ => Some(i),
+                    },
+                );
+                let mut r = result_of(q);
+                r.rank = rank_of(lls[g], above, names.len());
+                r.ranked = names.len();
+                r.logprob = lls[g];
+                r.top_prediction = top.map_or_else(String::new, |i| names[i].to_string());
+                out.push(r);
+            }
+        }
+    }
+    Ok((
+        knowledge_metrics_for(set, &out, &ks, ProbeStyle::Sentinel)?,
+        out,
+    ))
+}
+
 /// P@k and MRR of `ranks` (each ≥ 1).
 pub fn rank_metrics(ranks: &[usize], ks: &[usize]) -> (BTreeMap<usize, f64>, f64) {
     let n = ranks.len() as f64;
@@ -420,6 +663,16 @@ pub fn knowledge_metrics(
     results: &[FactResult],
     ks: &[usize],
 ) -> Result<KnowledgeMetrics, EvalError> {
+    knowledge_metrics_for(set, results, ks, ProbeStyle::Causal)
+}
+
+/// [`knowledge_metrics`] of a probe of `style` (which decides the facts counted as skipped).
+pub fn knowledge_metrics_for(
+    set: &LamaSet,
+    results: &[FactResult],
+    ks: &[usize],
+    style: ProbeStyle,
+) -> Result<KnowledgeMetrics, EvalError> {
     let ks = check_ks(ks)?;
     let mut ranks: HashMap<&str, Vec<usize>> = HashMap::new();
     for r in results {
@@ -428,11 +681,7 @@ pub fn knowledge_metrics(
     let mut per_relation = BTreeMap::new();
     let mut skipped = 0;
     for rel in &set.relations {
-        let s = rel
-            .facts
-            .iter()
-            .filter(|f| causal_context(f).is_none())
-            .count();
+        let s = rel.facts.iter().filter(|f| !probeable(f, style)).count();
         skipped += s;
         let rs = ranks.get(rel.id.as_str()).map_or(&[][..], |v| &v[..]);
         let (p_at, mrr) = if rs.is_empty() {

@@ -64,6 +64,7 @@ pub enum Family {
     Qwen2,
     Gpt2,
     Opt,
+    T5,
 }
 
 /// The MLP's activation.
@@ -143,6 +144,10 @@ pub struct ModelConfig {
     /// The width of the token embeddings and the LM head where it differs from `hidden_size`
     /// (OPT-350m's `word_embed_proj_dim`): `project_in` and `project_out` map between the two.
     pub word_embed_dim: Option<usize>,
+    /// What only an encoder-decoder (T5) has; absent from other families' configs and from
+    /// their serialized form, so their cache keys do not change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub t5: Option<crate::model::family::t5::T5Shape>,
 }
 
 impl ModelConfig {
@@ -178,6 +183,7 @@ impl ModelConfig {
         )? {
             Family::Gpt2 => super::family::gpt2::resolve(json, path),
             Family::Opt => super::family::opt::resolve(json, path),
+            Family::T5 => super::family::t5::resolve(json, path),
             Family::Llama | Family::Mistral | Family::Qwen2 => {
                 let raw: RawConfig = serde_json::from_str(json).map_err(bad_json)?;
                 raw.resolve(path)
@@ -214,7 +220,7 @@ impl RawConfig {
             self.architectures.as_deref(),
             path,
         )?;
-        if matches!(family, Family::Gpt2 | Family::Opt) {
+        if matches!(family, Family::Gpt2 | Family::Opt | Family::T5) {
             return Err(err(
                 "model_type",
                 format!("{family:?} is not a LLaMA-family config; read it with ModelConfig"),
@@ -325,26 +331,29 @@ impl RawConfig {
             sliding_window,
             post_norm: false,
             word_embed_dim: None,
+            t5: None,
         })
     }
 }
 
 /// The supported `architectures` entries (the transformers classes) and their families.
-pub const ARCHITECTURES: [(&str, Family); 5] = [
+pub const ARCHITECTURES: [(&str, Family); 6] = [
     ("LlamaForCausalLM", Family::Llama),
     ("MistralForCausalLM", Family::Mistral),
     ("Qwen2ForCausalLM", Family::Qwen2),
     ("GPT2LMHeadModel", Family::Gpt2),
     ("OPTForCausalLM", Family::Opt),
+    ("T5ForConditionalGeneration", Family::T5),
 ];
 
 /// The supported `model_type` values and their families.
-const MODEL_TYPES: [(&str, Family); 5] = [
+const MODEL_TYPES: [(&str, Family); 6] = [
     ("llama", Family::Llama),
     ("mistral", Family::Mistral),
     ("qwen2", Family::Qwen2),
     ("gpt2", Family::Gpt2),
     ("opt", Family::Opt),
+    ("t5", Family::T5),
 ];
 
 /// The family `model_type` and `architectures` name; they must agree when both are given.

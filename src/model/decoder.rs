@@ -42,9 +42,10 @@ pub(crate) struct LnLayout {
 impl LnLayout {
     fn bias(&self, cfg: &ModelConfig, p: Proj) -> bool {
         match p {
-            Proj::O => cfg.o_bias,
+            Proj::O | Proj::CrossO => cfg.o_bias,
             Proj::Up | Proj::Down | Proj::Gate => cfg.mlp_bias,
             Proj::Q | Proj::K | Proj::V | Proj::Qkv => cfg.qkv_bias,
+            Proj::CrossQ | Proj::CrossK | Proj::CrossV => cfg.qkv_bias,
         }
     }
 
@@ -113,6 +114,7 @@ fn linear_shape(cfg: &ModelConfig, p: Proj) -> (usize, usize) {
     match p {
         Proj::Qkv => (3 * h, h),
         Proj::Q | Proj::K | Proj::V | Proj::O => (h, h),
+        Proj::CrossQ | Proj::CrossK | Proj::CrossV | Proj::CrossO => (h, h),
         Proj::Up | Proj::Gate => (i, h),
         Proj::Down => (h, i),
     }

@@ -1,10 +1,11 @@
-//! Greedy decoding with the KV cache.
+//! Greedy decoding: a causal model with the KV cache, an encoder-decoder's decoder given the
+//! encoded source.
 
 use candle_core::{IndexOp, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::error::{ModelError, Result};
-use super::lm::CausalLm;
+use super::lm::{CausalLm, Seq2SeqLm};
 
 /// Why greedy decoding ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +76,55 @@ pub fn greedy_until(
             });
         }
         input = vec![next];
+    }
+    Ok(Decoded {
+        tokens: out,
+        finish: Finish::Length,
+    })
+}
+
+/// [`greedy_until`] for an encoder-decoder: `source_ids` is encoded once, and the decoder,
+/// started from [`Seq2SeqLm::decoder_start`], is extended one argmax token at a time (rerun over
+/// the whole target each step: the decoder keeps no cache) until an EOS id, `max_new_tokens`
+/// tokens, or `stop`. The start token is not part of the output.
+pub fn greedy_seq2seq_until(
+    model: &dyn Seq2SeqLm,
+    source_ids: &[u32],
+    max_new_tokens: usize,
+    eos: &[u32],
+    stop: &mut dyn FnMut(&[u32]) -> Result<bool>,
+) -> Result<Decoded> {
+    if source_ids.is_empty() {
+        return Err(ModelError::Invalid(
+            "greedy decoding needs a non-empty source".into(),
+        ));
+    }
+    let src = Tensor::new(source_ids, model.device())?.unsqueeze(0)?;
+    let lengths = [source_ids.len()];
+    let encoded = model.encode(&src, &lengths)?;
+    let mut target = vec![model.decoder_start()];
+    let mut out = Vec::with_capacity(max_new_tokens);
+    while out.len() < max_new_tokens {
+        let tgt = Tensor::new(target.as_slice(), model.device())?.unsqueeze(0)?;
+        let logits = model.decode(&encoded, &lengths, &tgt)?;
+        let next = logits
+            .i((0, target.len() - 1))?
+            .argmax(0)?
+            .to_scalar::<u32>()?;
+        if eos.contains(&next) {
+            return Ok(Decoded {
+                tokens: out,
+                finish: Finish::Eos,
+            });
+        }
+        out.push(next);
+        target.push(next);
+        if stop(&out)? {
+            return Ok(Decoded {
+                tokens: out,
+                finish: Finish::Stop,
+            });
+        }
     }
     Ok(Decoded {
         tokens: out,

@@ -324,7 +324,8 @@ impl Llama {
 fn build_block(cfg: &ModelConfig, l: usize, get: &dyn Fn(&str) -> Result<Tensor>) -> Result<Block> {
     let bias = |p: Proj| match p {
         Proj::Q | Proj::K | Proj::V | Proj::Qkv => cfg.qkv_bias,
-        Proj::O => cfg.o_bias,
+        Proj::CrossQ | Proj::CrossK | Proj::CrossV => cfg.qkv_bias,
+        Proj::O | Proj::CrossO => cfg.o_bias,
         Proj::Gate | Proj::Up | Proj::Down => cfg.mlp_bias,
     };
     let mut linears = Vec::with_capacity(Proj::ALL.len());

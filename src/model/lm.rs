@@ -20,6 +20,7 @@ use super::error::Result;
 use super::hidden::{HiddenStates, SpillPolicy, Spilling};
 use super::llama::Llama;
 use super::parts::{Capture, KvCache, LayerKvCache};
+use super::t5::T5;
 
 /// A model run as embedding → blocks → head, one block at a time.
 pub trait Blocks: Send + Sync {
@@ -283,6 +284,14 @@ impl CausalLm for Llama {
 
 impl Blocks for LnDecoder {
     delegate!(Blocks [] []);
+}
+
+impl Blocks for T5 {
+    delegate!(Blocks [] []);
+}
+
+impl Seq2SeqLm for T5 {
+    delegate!(Seq2SeqLm [] []);
 }
 
 impl CausalLm for LnDecoder {

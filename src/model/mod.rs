@@ -41,6 +41,7 @@ mod lm;
 mod parts;
 mod reader;
 pub mod synthetic;
+mod t5;
 mod tokenizer;
 mod weights;
 
@@ -53,7 +54,7 @@ pub use error::{ModelError, Result};
 pub use family::{
     as_linear, as_stored, is_conv1d, tensor_or_tied, Architecture, LinearLayer, ModuleGroup,
 };
-pub use generate::{greedy, greedy_until, Decoded, Finish};
+pub use generate::{greedy, greedy_seq2seq_until, greedy_until, Decoded, Finish};
 pub use hf_class::check as check_transformers_class;
 pub use hidden::{HiddenStates, Note, SpillPolicy, Spilling};
 pub use llama::{rms_norm, Llama};
@@ -63,5 +64,6 @@ pub use lm::{
 };
 pub use parts::{Capture, KvCache, LayerKvCache, LinearId, Proj};
 pub use reader::{CheckpointReader, TensorSource};
+pub use t5::T5;
 pub use tokenizer::{Tokenizer, TokenizerSemantics};
 pub use weights::{expected_tensors, load_weights, tensor_digest, unpermute_rope_rows, TensorMap};

@@ -17,7 +17,9 @@ use super::reader::TensorSource;
 /// The role of a linear layer inside a decoder block, the same in every family: LLaMA has all
 /// but [`Proj::Qkv`]; GPT-2 fuses q, k and v into `c_attn` ([`Proj::Qkv`]) and has `c_proj`
 /// ([`Proj::O`]), `c_fc` ([`Proj::Up`]) and `mlp.c_proj` ([`Proj::Down`]); OPT has q, k, v,
-/// `out_proj` ([`Proj::O`]), `fc1` ([`Proj::Up`]) and `fc2` ([`Proj::Down`]).
+/// `out_proj` ([`Proj::O`]), `fc1` ([`Proj::Up`]) and `fc2` ([`Proj::Down`]). T5's decoder
+/// blocks add cross-attention ([`Proj::CrossQ`] … [`Proj::CrossO`]); its feed-forward `wi` is
+/// [`Proj::Up`], gated `wi_0` / `wi_1` are [`Proj::Gate`] / [`Proj::Up`], `wo` is [`Proj::Down`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Proj {
@@ -30,6 +32,14 @@ pub enum Proj {
     Down,
     /// q, k and v in one matrix (GPT-2's `c_attn`).
     Qkv,
+    /// Cross-attention's query (T5's `EncDecAttention.q`): reads the decoder's states.
+    CrossQ,
+    /// Cross-attention's key: reads the encoder's output.
+    CrossK,
+    /// Cross-attention's value: reads the encoder's output.
+    CrossV,
+    /// Cross-attention's output projection.
+    CrossO,
 }
 
 impl Proj {
@@ -45,7 +55,7 @@ impl Proj {
     ];
 
     /// Every role, for parsing names.
-    const ROLES: [Proj; 8] = [
+    const ROLES: [Proj; 12] = [
         Proj::Q,
         Proj::K,
         Proj::V,
@@ -54,11 +64,16 @@ impl Proj {
         Proj::Up,
         Proj::Down,
         Proj::Qkv,
+        Proj::CrossQ,
+        Proj::CrossK,
+        Proj::CrossV,
+        Proj::CrossO,
     ];
 
     pub fn group(self) -> ModuleGroup {
         match self {
             Proj::Q | Proj::K | Proj::V | Proj::O | Proj::Qkv => ModuleGroup::Attention,
+            Proj::CrossQ | Proj::CrossK | Proj::CrossV | Proj::CrossO => ModuleGroup::Attention,
             Proj::Gate | Proj::Up | Proj::Down => ModuleGroup::Mlp,
         }
     }
@@ -75,6 +90,10 @@ impl Proj {
             Proj::Up => "up_proj",
             Proj::Down => "down_proj",
             Proj::Qkv => "qkv_proj",
+            Proj::CrossQ => "cross_q_proj",
+            Proj::CrossK => "cross_k_proj",
+            Proj::CrossV => "cross_v_proj",
+            Proj::CrossO => "cross_o_proj",
         }
     }
 

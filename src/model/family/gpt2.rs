@@ -172,6 +172,7 @@ pub(crate) fn resolve(json: &str, path: &Path) -> Result<ModelConfig> {
         sliding_window: None,
         post_norm: false,
         word_embed_dim: None,
+        t5: None,
     })
 }
 

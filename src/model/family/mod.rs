@@ -3,7 +3,8 @@
 //! An [`Architecture`] names a family's tensors and linear layers, groups the linear layers into
 //! [`ModuleGroup`]s, counts its parameters and builds its runtime behind [`CausalLm`]. Selection,
 //! calibration, overlays, export and memory estimates ask it instead of spelling LLaMA's names.
-//! The families: LLaMA (with Mistral, Qwen2 and SmolLM, which share its layout), GPT-2 and OPT.
+//! The families: LLaMA (with Mistral, Qwen2 and SmolLM, which share its layout), GPT-2, OPT and
+//! T5 (an encoder-decoder).
 //!
 //! Tensors keep their checkpoint's layout under their checkpoint's names everywhere (overlays,
 //! digests, export). GPT-2 stores its linear layers as `Conv1D`, weight `in × out`; the
@@ -13,6 +14,7 @@
 pub(crate) mod gpt2;
 pub(crate) mod llama;
 pub(crate) mod opt;
+pub(crate) mod t5;
 
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +28,7 @@ use crate::compress::dynint8::Int8Weight;
 pub use gpt2::GPT2;
 pub use llama::LLAMA;
 pub use opt::OPT;
+pub use t5::{T5Shape, T5};
 
 /// Which part of a model a linear layer belongs to; as a selector, [`ModuleGroup::All`] stands
 /// for every linear layer inside the blocks (no layer's own group is `All`).
@@ -140,6 +143,13 @@ pub trait Architecture: Sync {
         source: std::sync::Arc<dyn crate::model::TensorSource>,
     ) -> Result<LanguageModel>;
 
+    /// The factor the runtime multiplies the head's input by while the head is tied (T5 v1.0:
+    /// d_model^-½); an exported head that was untied by a replacement carries it in its weights,
+    /// since the exported config says untied and an untied head's input is not scaled.
+    fn tied_head_scale(&self, _cfg: &ModelConfig) -> Option<f64> {
+        None
+    }
+
     /// Every linear layer: block by block in run order, then the LM head.
     fn linears(&self, cfg: &ModelConfig) -> Vec<LinearLayer> {
         let blocks = (0..cfg.num_layers).flat_map(|l| self.block_linears(l));
@@ -169,7 +179,7 @@ pub trait Architecture: Sync {
 }
 
 /// Every family whittle knows.
-const FAMILIES: [&dyn Architecture; 3] = [&LLAMA, &GPT2, &OPT];
+const FAMILIES: [&dyn Architecture; 4] = [&LLAMA, &GPT2, &OPT, &T5];
 
 impl ModelConfig {
     /// The architecture of this config's family.
@@ -179,6 +189,11 @@ impl ModelConfig {
             Family::Llama | Family::Mistral | Family::Qwen2 => &LLAMA,
             Family::Gpt2 => &GPT2,
             Family::Opt => &OPT,
+            // Names depend on the layout: the description for this config's.
+            Family::T5 => match &self.t5 {
+                Some(shape) => t5::arch_for(shape),
+                None => &T5,
+            },
         }
     }
 }

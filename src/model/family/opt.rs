@@ -171,6 +171,7 @@ pub(crate) fn resolve(json: &str, path: &Path) -> Result<ModelConfig> {
         sliding_window: None,
         post_norm,
         word_embed_dim,
+        t5: None,
     })
 }
 

@@ -11,8 +11,8 @@ use serde_json::{json, Map, Value};
 use super::{EvalTask, EvaluateSpec, PplMode, TaskFile};
 use crate::data::{read_documents, read_records};
 use crate::eval::choice::{evaluate_items, ChoiceTask};
-use crate::eval::divergence::divergence;
-use crate::eval::generation::{evaluate_generation, GenerationTask};
+use crate::eval::divergence::{divergence_of, Compared};
+use crate::eval::generation::{evaluate_generation_with, GenerationTask, Generator};
 use crate::eval::knowledge::{self, probe, probe_units, ProbeOptions, ProbeStyle, Ranking};
 use crate::eval::lama::{load_lama, GoogleRePrompts, LamaOptions};
 use crate::eval::loglik::{PairEncoder, SpecialTokens};
@@ -258,7 +258,7 @@ fn run_knowledge(
     let source = &ctx.pipeline().datasets[dataset];
     let mut set = load_lama(&source.path, lama)?;
     let opts = ProbeOptions {
-        style: ProbeStyle::Causal,
+        style: probe_style(&weights.config),
         ranking,
         ks: KS.to_vec(),
         batch_size: spec.batch_size,
@@ -269,21 +269,24 @@ fn run_knowledge(
     if keep_known {
         // The reference's own answers decide which facts count as known.
         let base = materialize(ctx, ctx.input_node("reference")?, ctx.device)?;
-        let (tok, model) = (base.tokenizer()?, base.model()?);
-        let enc = PairEncoder::new(&tok, &base.config, SpecialTokens::FromTokenizer)?;
+        if probe_style(&base.config) != opts.style {
+            return Err(crate::eval::loglik::EvalError::Invalid(format!(
+                "the reference is probed as {:?} and the model as {:?}: known-only needs \
+                 both of one kind (decoder-only, or encoder-decoder)",
+                probe_style(&base.config),
+                opts.style
+            ))
+            .into());
+        }
         ctx.progress
             .start(2 * units, "knowledge (reference, then model)");
-        let model = model.causal("knowledge probing")?;
-        let (_, results) = probe(model, &enc, &set, &opts, ctx.device, tick)?;
+        let (_, results) = probe_any(&base, &set, &opts, ctx.device, tick)?;
         set = knowledge::known_only(&set, &results);
         ctx.progress.start(probe_units(&set, &opts), "knowledge");
     } else {
         ctx.progress.start(units, "knowledge");
     }
-    let (tok, model) = (weights.tokenizer()?, weights.model()?);
-    let enc = PairEncoder::new(&tok, &weights.config, SpecialTokens::FromTokenizer)?;
-    let model = model.causal("knowledge probing")?;
-    let (m, results) = probe(model, &enc, &set, &opts, ctx.device, tick)?;
+    let (m, results) = probe_any(weights, &set, &opts, ctx.device, tick)?;
     let mut metrics = Map::new();
     for (k, p) in &m.p_at {
         metrics.insert(format!("p@{k}"), (*p).into());
@@ -298,9 +301,15 @@ fn run_knowledge(
     ctx.write_json("relations.json", &per_relation)?;
     let settings = json!({
         "ranking": ranking.as_str(),
-        "target": match ranking {
-            Ranking::Vocabulary => "first token of \" \" + object; rank among the whole vocabulary",
-            Ranking::Candidates => "the object after the prompt, all its tokens (summed log-probability); rank among the relation's distinct objects",
+        "style": match opts.style {
+            ProbeStyle::Causal => "causal",
+            ProbeStyle::Sentinel => "sentinel",
+        },
+        "target": match (opts.style, ranking) {
+            (ProbeStyle::Causal, Ranking::Vocabulary) => "first token of \" \" + object; rank among the whole vocabulary",
+            (ProbeStyle::Causal, Ranking::Candidates) => "the object after the prompt, all its tokens (summed log-probability); rank among the relation's distinct objects",
+            (ProbeStyle::Sentinel, Ranking::Vocabulary) => "source: the cloze with <extra_id_0> for the object; first token of the object after [decoder_start, <extra_id_0>]; rank among the whole vocabulary",
+            (ProbeStyle::Sentinel, Ranking::Candidates) => "source: the cloze with <extra_id_0> for the object; the object after [decoder_start, <extra_id_0>], all its tokens (summed log-probability); rank among the relation's distinct objects",
         },
         "splits": lama.splits.iter().map(|s| s.name()).collect::<Vec<_>>(),
         "limit_per_relation": lama.limit,
@@ -321,6 +330,55 @@ fn run_knowledge(
             .map(|r| serde_json::to_value(r).expect("samples serialize"))
             .collect(),
     })
+}
+
+/// How a model of this config is probed: a decoder continues the text left of the mask, an
+/// encoder-decoder fills a sentinel.
+fn probe_style(config: &crate::model::ModelConfig) -> ProbeStyle {
+    match config.family {
+        crate::model::Family::T5 => ProbeStyle::Sentinel,
+        _ => ProbeStyle::Causal,
+    }
+}
+
+/// Probes `set` on the model of `weights` in `opts.style`, refusing a model that style cannot
+/// ask.
+fn probe_any(
+    weights: &Materialized,
+    set: &crate::eval::lama::LamaSet,
+    opts: &ProbeOptions,
+    device: &candle_core::Device,
+    tick: crate::cancel::Tick,
+) -> Result<(knowledge::KnowledgeMetrics, Vec<knowledge::FactResult>), StageError> {
+    let (tok, model) = (weights.tokenizer()?, weights.model()?);
+    match (&model, opts.style) {
+        (crate::model::LanguageModel::Seq2Seq(m), ProbeStyle::Sentinel) => Ok(
+            knowledge::probe_seq2seq(&**m, &tok, set, opts, device, tick)?,
+        ),
+        _ => {
+            let enc = PairEncoder::new(&tok, &weights.config, SpecialTokens::FromTokenizer)?;
+            let model = model.causal("knowledge probing")?;
+            Ok(probe(model, &enc, set, opts, device, tick)?)
+        }
+    }
+}
+
+/// `model` as divergence compares it: causal, or teacher-forced encoder-decoder, and of the
+/// same kind as `other`.
+fn compared<'a>(
+    model: &'a crate::model::LanguageModel,
+    other: &crate::model::LanguageModel,
+) -> Result<Compared<'a>, StageError> {
+    use crate::model::LanguageModel;
+    if model.objective() != other.objective() {
+        return Err(other
+            .refuse("divergence against this reference", model.objective())
+            .into());
+    }
+    match model {
+        LanguageModel::Seq2Seq(m) => Ok(Compared::Seq2Seq(&**m)),
+        _ => Ok(Compared::Causal(model.causal("divergence")?)),
+    }
 }
 
 fn run_choice(
@@ -394,9 +452,9 @@ fn run_divergence(
     let n = windows(&tokens, seqlen, limit).len();
     ctx.progress.start(n as u64, "divergence");
     let (model, base) = (weights.model()?, reference.model()?);
-    let r = divergence(
-        model.causal("divergence")?,
-        base.causal("divergence")?,
+    let r = divergence_of(
+        compared(&model, &base)?,
+        compared(&base, &model)?,
         &tokens,
         seqlen,
         limit,
@@ -423,6 +481,10 @@ fn run_divergence(
             "log_base": "e",
             "js_max": std::f64::consts::LN_2,
             "kl": "KL(reference ‖ model)",
+            "distributions": match model.objective() {
+                crate::model::Objective::Seq2Seq => "decoder, teacher-forced: source = the window, decoder input = the window shifted right behind the decoder start token",
+                _ => "next token at every position of the window",
+            },
             "reference_weights": reference.meta.content(),
         }),
         samples: r
@@ -455,14 +517,14 @@ fn run_generation(
     }
     ctx.progress.start(records.len() as u64, &task.name);
     let (tok, model) = (weights.tokenizer()?, weights.model()?);
-    let (m, samples) = evaluate_generation(
-        model.causal("generation")?,
-        &tok,
-        task,
-        &records,
-        max_new_tokens,
-        &mut |n| ctx.tick(n),
-    )?;
+    let generator = match &model {
+        crate::model::LanguageModel::Seq2Seq(m) => Generator::Seq2Seq(&**m),
+        _ => Generator::Causal(model.causal("generation")?),
+    };
+    let (m, samples) =
+        evaluate_generation_with(generator, &tok, task, &records, max_new_tokens, &mut |n| {
+            ctx.tick(n)
+        })?;
     let metrics = metric_map([
         ("em", m.em.into()),
         ("f1", m.f1.into()),
