@@ -6,6 +6,7 @@
 //! - [`tokenizer`] builds a word-level `tokenizer.json` over a corpus;
 //! - [`trainer`] trains a LLaMA, GPT-2 or OPT [`crate::model::CausalLm`] with candle's autograd and
 //!   writes a Hugging Face folder (`config.json`, `tokenizer.json`, `model.safetensors`);
+//! - [`seq2seq`] trains a T5 by span corruption, with its own tokenizer layout (sentinels);
 //! - [`recall`] measures P@1 on the facts, the check that training worked.
 //!
 //! ```no_run
@@ -23,6 +24,7 @@
 use std::path::PathBuf;
 
 pub mod recall;
+pub mod seq2seq;
 pub mod synth;
 pub mod tokenizer;
 pub mod trainer;

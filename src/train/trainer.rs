@@ -38,16 +38,19 @@ pub enum TrainArch {
     Gpt2,
     /// `OPTForCausalLM`: learned positions (offset 2), LayerNorm, ReLU.
     Opt,
+    /// `T5ForConditionalGeneration` (v1.0), trained by span corruption ([`super::seq2seq`]).
+    T5,
 }
 
 impl TrainArch {
-    pub const NAMES: [&'static str; 3] = ["llama", "gpt2", "opt"];
+    pub const NAMES: [&'static str; 4] = ["llama", "gpt2", "opt", "t5"];
 
     pub fn parse(s: &str) -> Option<TrainArch> {
         match s {
             "llama" => Some(TrainArch::Llama),
             "gpt2" => Some(TrainArch::Gpt2),
             "opt" => Some(TrainArch::Opt),
+            "t5" => Some(TrainArch::T5),
             _ => None,
         }
     }
@@ -194,6 +197,7 @@ impl TrainConfig {
     pub fn config_json(&self, vocab_size: usize) -> serde_json::Value {
         match self.architecture {
             TrainArch::Llama => {}
+            TrainArch::T5 => return super::seq2seq::config_json(self, vocab_size),
             TrainArch::Gpt2 => {
                 return serde_json::json!({
                     "architectures": ["GPT2LMHeadModel"],
@@ -281,6 +285,9 @@ pub fn train(
 ) -> Result<TrainSummary, TrainError> {
     let started = Instant::now();
     cfg.check()?;
+    if cfg.architecture == TrainArch::T5 {
+        return super::seq2seq::train(docs, tokenizer, cfg, device, out_dir, on_step);
+    }
     let vocab_size = tokenizer.get_vocab_size(true);
     let model_cfg = ModelConfig::from_json(&cfg.config_json(vocab_size).to_string())?;
     let stream = token_stream(docs, tokenizer)?;
@@ -441,7 +448,7 @@ pub(crate) fn init_params(
 }
 
 /// `n` standard normal draws (Box–Muller on 53-bit uniforms).
-fn normals(rng: &mut ChaCha8Rng, n: usize) -> Vec<f64> {
+pub(crate) fn normals(rng: &mut ChaCha8Rng, n: usize) -> Vec<f64> {
     let mut out = Vec::with_capacity(n + 1);
     let uniform = |rng: &mut ChaCha8Rng| (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
     while out.len() < n {
@@ -471,7 +478,7 @@ pub(crate) fn model_of(
 }
 
 /// Scales every gradient by `max_norm / ‖g‖` when the global norm ‖g‖ exceeds `max_norm`.
-fn clip_grad_norm(
+pub(crate) fn clip_grad_norm(
     params: &Params,
     grads: &mut candle_core::backprop::GradStore,
     max_norm: f64,
@@ -494,7 +501,7 @@ fn clip_grad_norm(
     Ok(())
 }
 
-fn save(
+pub(crate) fn save(
     out_dir: &Path,
     cfg: &TrainConfig,
     vocab_size: usize,

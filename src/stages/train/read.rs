@@ -10,15 +10,26 @@ pub(super) fn read(f: &mut Fields) -> Option<TrainSpec> {
         true => Some(f.name_in("vocabulary", f.env.datasets, "datasets")?),
         false => None,
     };
-    let d = crate::train::TrainConfig::default();
+    let arch = f
+        .choice("architecture", &crate::train::TrainArch::NAMES)
+        .and_then(crate::train::TrainArch::parse)
+        .unwrap_or_default();
+    // T5 has its own defaults (sentences as examples, its init scale).
+    let d = match arch {
+        crate::train::TrainArch::T5 => crate::train::seq2seq::default_config(),
+        _ => crate::train::TrainConfig::default(),
+    };
     let mut c = d.clone();
-    if let Some(a) = f.choice("architecture", &crate::train::TrainArch::NAMES) {
-        c.architecture = crate::train::TrainArch::parse(a).unwrap_or_default();
-    }
+    c.architecture = arch;
     c.dim = f.count("dim", 8, d.dim);
     c.layers = f.count("layers", 1, d.layers);
     c.heads = f.count("heads", 1, d.heads);
-    c.kv_heads = f.count("kv_heads", 1, d.kv_heads);
+    // T5 attention has as many key/value heads as heads.
+    let kv_default = match arch {
+        crate::train::TrainArch::T5 => c.heads,
+        _ => d.kv_heads,
+    };
+    c.kv_heads = f.count("kv_heads", 1, kv_default);
     c.hidden = f.count("hidden", 1, d.hidden);
     c.seqlen = f.count("seqlen", 2, d.seqlen);
     c.batch = f.count("batch", 1, d.batch);

@@ -31,7 +31,10 @@ pub(super) fn run(ctx: &StageCtx, spec: &TrainSpec) -> Result<StageOutput, Stage
             .collect(),
         None => Default::default(),
     };
-    let tokenizer = build_tokenizer(&docs, &extra)?;
+    let tokenizer = match spec.config.architecture {
+        crate::train::TrainArch::T5 => crate::train::seq2seq::build_tokenizer(&docs, &extra)?,
+        _ => build_tokenizer(&docs, &extra)?,
+    };
     let out = ctx.out_path(MODEL_DIR);
     std::fs::create_dir_all(&out).map_err(StageError::io(format!("creating {}", out.display())))?;
     ctx.progress.start(spec.config.steps as u64, "training");
