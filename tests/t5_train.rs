@@ -36,7 +36,7 @@ datasets:
   bio: {{path: {wd}/train.txt, documents: separator, separator: "<|endoftext|>"}}
   facts: {{path: {wd}/facts, format: lama}}
 stages:
-  base: {{kind: train, architecture: t5, dataset: bio, dim: 48, layers: 2, heads: 4, hidden: 128, steps: 400}}
+  base: {{kind: train, architecture: t5, dataset: bio, dim: 48, layers: 2, heads: 4, hidden: 128, steps: 800}}
   g50: {{kind: prune, model: base, method: magnitude, scope: global, sparsity: 0.5, modules: all}}
   g90: {{kind: prune, model: base, method: magnitude, scope: global, sparsity: 0.9, modules: all}}
   recall-base: {{kind: evaluate, model: base, task: knowledge, dataset: facts}}
