@@ -127,7 +127,10 @@ pub fn build_tokenizer<S: AsRef<str>>(
         words.extend(split_words(w)?);
     }
     let sentinels: Vec<String> = (0..SENTINELS).map(sentinel).collect();
-    for special in [PAD, EOS, UNK].into_iter().chain(sentinels.iter().map(|s| s.as_str())) {
+    for special in [PAD, EOS, UNK]
+        .into_iter()
+        .chain(sentinels.iter().map(|s| s.as_str()))
+    {
         words.remove(special);
     }
     let ordered: Vec<&str> = [PAD, EOS, UNK]
@@ -157,7 +160,8 @@ pub fn build_tokenizer<S: AsRef<str>>(
         )
         .collect();
     let eos = |type_id: u32| serde_json::json!({"SpecialToken": {"id": EOS, "type_id": type_id}});
-    let seq = |id: &str, type_id: u32| serde_json::json!({"Sequence": {"id": id, "type_id": type_id}});
+    let seq =
+        |id: &str, type_id: u32| serde_json::json!({"Sequence": {"id": id, "type_id": type_id}});
     let json = serde_json::json!({
         "version": "1.0",
         "truncation": null,
@@ -374,7 +378,10 @@ pub(crate) fn model_of(
         .iter()
         .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
         .collect();
-    match model_cfg.architecture().build(model_cfg, &map, Vec::new())? {
+    match model_cfg
+        .architecture()
+        .build(model_cfg, &map, Vec::new())?
+    {
         LanguageModel::Seq2Seq(m) => Ok(m),
         other => Err(other
             .refuse("span-corruption training", crate::model::Objective::Seq2Seq)
@@ -498,7 +505,10 @@ mod tests {
         for _ in 0..200 {
             let spans = noise_spans(&mut rng, &words);
             let masked: usize = spans.iter().map(|s| s.1).sum();
-            assert!(spans.windows(2).all(|w| w[0].0 + w[0].1 < w[1].0), "{spans:?}");
+            assert!(
+                spans.windows(2).all(|w| w[0].0 + w[0].1 < w[1].0),
+                "{spans:?}"
+            );
             assert!(spans.iter().all(|s| s.1 >= 1 && s.0 + s.1 <= tokens.len()));
             if masked == 3 {
                 random_spans += 1; // round(0.15 · 20)
@@ -551,7 +561,14 @@ mod tests {
         let enc = t.encode("Mira lives in <extra_id_0> .", true).unwrap();
         assert_eq!(
             enc.get_ids(),
-            &[id("Mira"), id("lives"), id("in"), id("<extra_id_0>"), id("."), 1]
+            &[
+                id("Mira"),
+                id("lives"),
+                id("in"),
+                id("<extra_id_0>"),
+                id("."),
+                1
+            ]
         );
     }
 }
