@@ -55,15 +55,19 @@ pub const SENTINELS: usize = 8;
 /// The share of examples that mask one whole word rather than T5's random spans.
 pub const WORD_MASK_RATE: f64 = 0.5;
 
-/// The `t5` defaults: the decoders' settings where they work, with T5's init scale, sentences
-/// as examples (short: `seqlen` 32) and more of them per step, as each teaches only its masked
-/// tokens.
+/// The `t5` defaults: the decoders' model size, T5's init scale, sentences as examples (short:
+/// `seqlen` 32), more of them per step and more steps, as each example teaches only its masked
+/// tokens. Measured on the default world (`data/facts/`, 288 facts, best constant answer 0.090),
+/// probed by sentinel: P@1 0.444 after 2400 steps of 64 (0.375 after 1200 of 128, 0.083 after
+/// 600 of 64). On `tests/t5_train.rs`'s 12-person world lr 1e-2 learned less (P@1 0.14 after 600
+/// steps) than 3e-3 (0.47 after 400, 0.96 after 800).
 pub fn default_config() -> TrainConfig {
     TrainConfig {
         architecture: TrainArch::T5,
         kv_heads: 4,
         seqlen: 32,
         batch: 64,
+        steps: 2400,
         lr: 3e-3,
         init_std: 1.0,
         ..TrainConfig::default()
