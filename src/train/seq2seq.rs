@@ -575,4 +575,15 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn grouped_kv_heads_are_refused_by_name() {
+        let cfg = TrainConfig {
+            kv_heads: 2,
+            ..default_config()
+        };
+        let e = check(&cfg).unwrap_err().to_string();
+        assert!(e.contains("`kv_heads`"), "{e}");
+        assert!(check(&default_config()).is_ok());
+    }
 }

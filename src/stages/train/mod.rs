@@ -1,6 +1,5 @@
 //! `train`: a small LLaMA, GPT-2, OPT or T5 (`architecture: t5`, span corruption) model trained
-//! from scratch (the quickstart's embedded
-//! default model is a LLaMA).
+//! from scratch (the quickstart's embedded default model is a LLaMA).
 
 mod read;
 mod run;
