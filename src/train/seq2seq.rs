@@ -59,7 +59,7 @@ pub const WORD_MASK_RATE: f64 = 0.5;
 /// `seqlen` 32), more of them per step and more steps, as each example teaches only its masked
 /// tokens. Measured on the default world (`data/facts/`, 288 facts, best constant answer 0.090),
 /// probed by sentinel: P@1 0.444 after 2400 steps of 64 (0.375 after 1200 of 128, 0.083 after
-/// 600 of 64). On `tests/t5_train.rs`'s 12-person world lr 1e-2 learned less (P@1 0.14 after 600
+/// 600 of 64; 0.240 after 2400 of 64 at lr 5e-3). On `tests/t5_train.rs`'s 12-person world lr 1e-2 learned less (P@1 0.14 after 600
 /// steps) than 3e-3 (0.47 after 400, 0.96 after 800).
 pub fn default_config() -> TrainConfig {
     TrainConfig {
