@@ -64,6 +64,11 @@ pub enum Family {
     Qwen2,
     Gpt2,
     Opt,
+    /// BERT-style masked-LM encoders (`src/model/family/bert.rs`).
+    Bert,
+    Roberta,
+    #[serde(rename = "distilbert")]
+    DistilBert,
 }
 
 /// The MLP's activation.
@@ -137,6 +142,20 @@ pub struct ModelConfig {
     pub max_position_embeddings: usize,
     /// Attend only to the last `w` positions (Mistral); `None` for full causal attention.
     pub sliding_window: Option<usize>,
+    /// What only BERT-style encoders have; `None` (and not serialized) for decoders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder: Option<EncoderConfig>,
+}
+
+/// The embedding details of a BERT-style encoder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EncoderConfig {
+    /// Rows of `token_type_embeddings` (0: the family has none, as DistilBERT). Every token
+    /// reads row 0.
+    pub type_vocab_size: usize,
+    /// RoBERTa's `pad_token_id`: position p of a real token reads row `padding_idx + 1 + p`, a
+    /// padding position reads row `padding_idx`. `None`: position p reads row p.
+    pub padding_idx: Option<usize>,
 }
 
 impl ModelConfig {
@@ -172,6 +191,9 @@ impl ModelConfig {
         )? {
             Family::Gpt2 => super::family::gpt2::resolve(json, path),
             Family::Opt => super::family::opt::resolve(json, path),
+            f @ (Family::Bert | Family::Roberta | Family::DistilBert) => {
+                super::family::bert::resolve(f, json, path)
+            }
             Family::Llama | Family::Mistral | Family::Qwen2 => {
                 let raw: RawConfig = serde_json::from_str(json).map_err(bad_json)?;
                 raw.resolve(path)
@@ -208,7 +230,7 @@ impl RawConfig {
             self.architectures.as_deref(),
             path,
         )?;
-        if matches!(family, Family::Gpt2 | Family::Opt) {
+        if !matches!(family, Family::Llama | Family::Mistral | Family::Qwen2) {
             return Err(err(
                 "model_type",
                 format!("{family:?} is not a LLaMA-family config; read it with ModelConfig"),
@@ -317,26 +339,33 @@ impl RawConfig {
             eos_token_ids,
             max_position_embeddings,
             sliding_window,
+            encoder: None,
         })
     }
 }
 
 /// The supported `architectures` entries (the transformers classes) and their families.
-pub const ARCHITECTURES: [(&str, Family); 5] = [
+pub const ARCHITECTURES: [(&str, Family); 8] = [
     ("LlamaForCausalLM", Family::Llama),
     ("MistralForCausalLM", Family::Mistral),
     ("Qwen2ForCausalLM", Family::Qwen2),
     ("GPT2LMHeadModel", Family::Gpt2),
     ("OPTForCausalLM", Family::Opt),
+    ("BertForMaskedLM", Family::Bert),
+    ("RobertaForMaskedLM", Family::Roberta),
+    ("DistilBertForMaskedLM", Family::DistilBert),
 ];
 
 /// The supported `model_type` values and their families.
-const MODEL_TYPES: [(&str, Family); 5] = [
+const MODEL_TYPES: [(&str, Family); 8] = [
     ("llama", Family::Llama),
     ("mistral", Family::Mistral),
     ("qwen2", Family::Qwen2),
     ("gpt2", Family::Gpt2),
     ("opt", Family::Opt),
+    ("bert", Family::Bert),
+    ("roberta", Family::Roberta),
+    ("distilbert", Family::DistilBert),
 ];
 
 /// The family `model_type` and `architectures` name; they must agree when both are given.
@@ -553,14 +582,14 @@ mod tests {
         assert!(e.contains("rope_scaling") && e.contains("yarn"), "{e}");
         let e = error_of(&with("hidden_act", "gelu".into()));
         assert!(e.contains("hidden_act") && e.contains("gelu"), "{e}");
-        let e = error_of(&with("model_type", "bert".into()));
-        assert!(e.contains("model_type") && e.contains("bert"), "{e}");
+        let e = error_of(&with("model_type", "albert".into()));
+        assert!(e.contains("model_type") && e.contains("albert"), "{e}");
         let e = error_of(&with(
             "architectures",
-            serde_json::json!(["BertForMaskedLM"]),
+            serde_json::json!(["AlbertForMaskedLM"]),
         ));
         assert!(
-            e.contains("architectures") && e.contains("BertForMaskedLM"),
+            e.contains("architectures") && e.contains("AlbertForMaskedLM"),
             "{e}"
         );
         // The error lists every supported class.

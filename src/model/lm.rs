@@ -15,6 +15,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::config::ModelConfig;
 use super::decoder::LnDecoder;
+use super::encoder::Encoder;
 use super::error::ModelError;
 use super::error::Result;
 use super::hidden::{HiddenStates, SpillPolicy, Spilling};
@@ -287,6 +288,14 @@ impl Blocks for LnDecoder {
 
 impl CausalLm for LnDecoder {
     delegate!(CausalLm [] []);
+}
+
+impl Blocks for Encoder {
+    delegate!(Blocks [] []);
+}
+
+impl MaskedLm for Encoder {
+    delegate!(MaskedLm [] []);
 }
 
 /// A boxed model is a model, so `&Box<dyn CausalLm>` goes wherever `&dyn CausalLm` does.

@@ -169,6 +169,7 @@ pub(crate) fn resolve(json: &str, path: &Path) -> Result<ModelConfig> {
         eos_token_ids,
         max_position_embeddings: positive("n_positions", raw.n_positions.unwrap_or(1024))?,
         sliding_window: None,
+        encoder: None,
     })
 }
 

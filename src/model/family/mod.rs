@@ -3,13 +3,15 @@
 //! An [`Architecture`] names a family's tensors and linear layers, groups the linear layers into
 //! [`ModuleGroup`]s, counts its parameters and builds its runtime behind [`CausalLm`]. Selection,
 //! calibration, overlays, export and memory estimates ask it instead of spelling LLaMA's names.
-//! The families: LLaMA (with Mistral, Qwen2 and SmolLM, which share its layout), GPT-2 and OPT.
+//! The families: LLaMA (with Mistral, Qwen2 and SmolLM, which share its layout), GPT-2 and OPT
+//! (causal), and the BERT-style masked-LM encoders BERT, RoBERTa and DistilBERT ([`bert`]).
 //!
 //! Tensors keep their checkpoint's layout under their checkpoint's names everywhere (overlays,
 //! digests, export). GPT-2 stores its linear layers as `Conv1D`, weight `in × out`; the
 //! compression kernels and the runtimes take nn.Linear's `out × in`, so a weight is turned with
 //! [`as_linear`] on its way to a kernel and back with [`as_stored`] (see [`Architecture::conv1d`]).
 
+pub(crate) mod bert;
 pub(crate) mod gpt2;
 pub(crate) mod llama;
 pub(crate) mod opt;
@@ -23,6 +25,7 @@ use super::parts::LinearId;
 use super::weights::TensorMap;
 use crate::compress::dynint8::Int8Weight;
 
+pub use bert::{BERT, DISTILBERT, ROBERTA};
 pub use gpt2::GPT2;
 pub use llama::LLAMA;
 pub use opt::OPT;
@@ -169,7 +172,7 @@ pub trait Architecture: Sync {
 }
 
 /// Every family whittle knows.
-const FAMILIES: [&dyn Architecture; 3] = [&LLAMA, &GPT2, &OPT];
+const FAMILIES: [&dyn Architecture; 6] = [&LLAMA, &GPT2, &OPT, &BERT, &ROBERTA, &DISTILBERT];
 
 impl ModelConfig {
     /// The architecture of this config's family.
@@ -179,6 +182,9 @@ impl ModelConfig {
             Family::Llama | Family::Mistral | Family::Qwen2 => &LLAMA,
             Family::Gpt2 => &GPT2,
             Family::Opt => &OPT,
+            Family::Bert => &BERT,
+            Family::Roberta => &ROBERTA,
+            Family::DistilBert => &DISTILBERT,
         }
     }
 }

@@ -175,6 +175,7 @@ pub(crate) fn resolve(json: &str, path: &Path) -> Result<ModelConfig> {
             raw.max_position_embeddings.unwrap_or(2048),
         )?,
         sliding_window: None,
+        encoder: None,
     })
 }
 
