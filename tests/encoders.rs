@@ -246,3 +246,224 @@ fn bad_input_is_refused() {
     let e = m.forward_masked(&big, &[1]).unwrap_err().to_string();
     assert!(e.contains("vocabulary"), "{e}");
 }
+
+mod probe {
+    use super::*;
+    use whittle::eval::knowledge::{probe_masked, ProbeOptions, ProbeStyle, Ranking};
+    use whittle::eval::lama::{Fact, LamaSet, Relation, Split};
+    use whittle::model::Tokenizer;
+
+    fn fact(subject: &str, object: &str, left: &str, right: &str) -> Fact {
+        Fact {
+            subject: subject.into(),
+            object: object.into(),
+            left: left.into(),
+            right: right.into(),
+        }
+    }
+
+    /// Two relations; facts of several lengths (so batches pad), one object of two words and
+    /// one outside the vocabulary (both skipped).
+    fn set() -> LamaSet {
+        let rel = |id: &str, facts| Relation {
+            id: id.into(),
+            split: Split::Trex,
+            label: id.into(),
+            template: None,
+            facts,
+            excluded: 0,
+        };
+        LamaSet {
+            relations: vec![
+                rel(
+                    "P1",
+                    vec![
+                        fact("w10", "w20", "w10 w11 ", " w12"),
+                        fact("w13", "w21", "w13 ", " w12 w30 w31"),
+                        fact("w14", "w20 w21", "w14 w11 ", " w12"),
+                        fact("w15", "w22", "w15 w16 w17 w18 ", " w12"),
+                    ],
+                ),
+                rel(
+                    "P2",
+                    vec![
+                        fact("w40", "w41", "", " w40 w42"),
+                        fact("w43", "nonword", "w43 ", " w42"),
+                        fact("w44", "w45", "w44 w46 ", " w42 w47"),
+                    ],
+                ),
+            ],
+            missing: Vec::new(),
+        }
+    }
+
+    /// The rank of `target` among `row` by hand: 1 + the logits strictly above it.
+    fn rank(row: &[f32], target: usize) -> usize {
+        1 + row.iter().filter(|&&v| v > row[target]).count()
+    }
+
+    fn probed(family: &str, mask: &str, ranking: Ranking) {
+        let (cfg, weights) = load(&fixture(family));
+        let m = model(&cfg, &weights);
+        let tok = Tokenizer::from_file(fixture(family).join("tokenizer.json")).unwrap();
+        let set = set();
+        let opts = ProbeOptions {
+            style: ProbeStyle::Masked,
+            ranking,
+            ks: vec![1, 5, 10],
+            batch_size: 2,
+        };
+        let (metrics, results) =
+            probe_masked(&*m, &tok, &set, &opts, &Device::Cpu, &mut |_| Ok(())).unwrap();
+        assert_eq!((metrics.facts, metrics.skipped), (5, 2));
+        // Each probed fact by hand: one unpadded sequence, the word ids written out.
+        let id = |w: &str| tok.token_id(w).unwrap();
+        let (cls, sep) = if family == "roberta" {
+            (id("<s>"), id("</s>"))
+        } else {
+            (id("[CLS]"), id("[SEP]"))
+        };
+        let mut by_relation: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
+        for r in &results {
+            let f = &set
+                .relations
+                .iter()
+                .find(|x| x.id == r.relation)
+                .unwrap()
+                .facts[r.index];
+            let mut ids = vec![cls];
+            ids.extend(f.left.split_whitespace().map(id));
+            let at = ids.len();
+            ids.push(id(mask));
+            ids.extend(f.right.split_whitespace().map(id));
+            ids.push(sep);
+            let t = Tensor::new(ids.as_slice(), &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            let logits: Vec<Vec<Vec<f32>>> = m
+                .forward_masked(&t, &[ids.len()])
+                .unwrap()
+                .to_vec3()
+                .unwrap();
+            let row = &logits[0][at];
+            let gold = id(&f.object) as usize;
+            let want = match ranking {
+                Ranking::Vocabulary => rank(row, gold),
+                Ranking::Candidates => {
+                    // The relation's single-token, in-vocabulary objects.
+                    let rel = set.relations.iter().find(|x| x.id == r.relation).unwrap();
+                    let cands: std::collections::BTreeSet<usize> = rel
+                        .facts
+                        .iter()
+                        .filter_map(|g| tok.token_id(&g.object))
+                        .map(|c| c as usize)
+                        .collect();
+                    1 + cands.iter().filter(|&&c| row[c] > row[gold]).count()
+                }
+            };
+            assert_eq!(r.rank, want, "{family}: {} fact {}", r.relation, r.index);
+            assert_eq!(r.prompt, format!("{}{mask}{}", f.left, f.right));
+            by_relation.entry(&r.relation).or_default().push(want);
+        }
+        // P@1 and P@10: per relation, then the mean of the relations.
+        for k in [1, 10] {
+            let macro_p: f64 = by_relation
+                .values()
+                .map(|rs| rs.iter().filter(|&&r| r <= k).count() as f64 / rs.len() as f64)
+                .sum::<f64>()
+                / by_relation.len() as f64;
+            assert!((metrics.p_at[&k] - macro_p).abs() < 1e-12, "{family} P@{k}");
+        }
+    }
+
+    #[test]
+    fn masked_probe_ranks_the_object_at_the_mask() {
+        probed("bert", "[MASK]", Ranking::Vocabulary);
+        probed("roberta", "<mask>", Ranking::Vocabulary);
+        probed("distilbert", "[MASK]", Ranking::Candidates);
+    }
+
+    #[test]
+    fn causal_tasks_refuse_a_masked_model() {
+        let (cfg, weights) = load(&fixture("bert"));
+        let lm = cfg
+            .architecture()
+            .build(&cfg, &weights, Vec::new())
+            .unwrap();
+        let e = lm.causal("perplexity").err().unwrap().to_string();
+        assert!(e.contains("perplexity") && e.contains("knowledge"), "{e}");
+    }
+}
+
+/// Divergence of two encoders: mean JS over every position of every window, by hand in f64
+/// from each model's logits of each window read alone.
+#[test]
+fn masked_divergence_matches_a_hand_computation() {
+    use whittle::eval::divergence::divergence_masked;
+    let (cfg, weights) = load(&fixture("bert"));
+    let base = model(&cfg, &weights);
+    let mut changed = weights.clone();
+    let name = "bert.encoder.layer.1.intermediate.dense.weight";
+    changed.insert(name.into(), (&weights[name] * 0.5).unwrap());
+    let other = model(&cfg, &changed);
+    let tokens: Vec<u32> = (0..20).map(|i| (i * 7 + 3) % 64).collect();
+    let (seqlen, windows) = (6, 3);
+    let same = divergence_masked(
+        &*base,
+        &*base,
+        &tokens,
+        seqlen,
+        None,
+        2,
+        &Device::Cpu,
+        &mut |_| Ok(()),
+    )
+    .unwrap();
+    assert_eq!((same.js, same.kl, same.top1), (0.0, 0.0, 1.0));
+    let d = divergence_masked(
+        &*other,
+        &*base,
+        &tokens,
+        seqlen,
+        None,
+        2,
+        &Device::Cpu,
+        &mut |_| Ok(()),
+    )
+    .unwrap();
+    let softmax = |l: &[f32]| -> Vec<f64> {
+        let m = l.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+        let e: Vec<f64> = l.iter().map(|&x| (x as f64 - m).exp()).collect();
+        let z: f64 = e.iter().sum();
+        e.iter().map(|x| x / z).collect()
+    };
+    let mut js = 0.0;
+    for w in 0..windows {
+        let t = Tensor::new(&tokens[w * seqlen..(w + 1) * seqlen], &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let p: Vec<Vec<Vec<f32>>> = base
+            .forward_masked(&t, &[seqlen])
+            .unwrap()
+            .to_vec3()
+            .unwrap();
+        let q: Vec<Vec<Vec<f32>>> = other
+            .forward_masked(&t, &[seqlen])
+            .unwrap()
+            .to_vec3()
+            .unwrap();
+        for pos in 0..seqlen {
+            let (p, q) = (softmax(&p[0][pos]), softmax(&q[0][pos]));
+            for (a, b) in p.iter().zip(&q) {
+                let m = (a + b) / 2.0;
+                js += 0.5 * (a * (a / m).ln() + b * (b / m).ln());
+            }
+        }
+    }
+    let js = js / (windows * seqlen) as f64;
+    assert!(d.js > 1e-4, "the change must show: {}", d.js);
+    assert!((d.js - js).abs() < 1e-6, "JS {} vs by hand {js}", d.js);
+    assert_eq!(d.positions, windows * seqlen);
+}

@@ -14,12 +14,46 @@
 //! with d = log q − log p, log m − log p = log((1 + eᵈ)/2) = relu(d) + log(1 + e^−|d|) − ln 2,
 //! which neither overflows nor loses the tails; sums over the vocabulary and over positions are
 //! accumulated in f64. Two identical distributions give d = 0 and exactly 0.
+//!
+//! A masked (encoder) model is compared the same way ([`divergence_masked`]): each window is read
+//! whole and unmasked, and P and Q are the two models' masked-LM distributions at every position
+//! (what each would put in that slot), not next-token distributions. Windows are cut from the
+//! same token stream, so the tokenizer's special tokens (`[CLS]` … `[SEP]`) wrap the stream, not
+//! each window; a window longer than the model's learned positions is refused. No token is
+//! masked, and no pseudo-perplexity is computed.
 
 use candle_core::{DType, Device, Tensor, D};
 use serde::{Deserialize, Serialize};
 
 use super::perplexity::windows;
-use crate::model::{for_each_final_hidden, hidden_for, CausalLm, ModelError};
+use crate::model::{for_each_final_hidden, hidden_for, Blocks, CausalLm, MaskedLm, ModelError};
+
+/// The two kinds of model a divergence compares (both models are of one kind).
+#[derive(Clone, Copy)]
+enum Lm<'a> {
+    Causal(&'a dyn CausalLm),
+    Masked(&'a dyn MaskedLm),
+}
+
+impl<'a> Lm<'a> {
+    fn blocks(self) -> &'a dyn Blocks {
+        match self {
+            Lm::Causal(m) => m,
+            Lm::Masked(m) => m,
+        }
+    }
+
+    /// Logits [batch, seq, vocab] at every position of unpadded windows `ids`.
+    fn logits(self, ids: &Tensor) -> Result<Tensor, ModelError> {
+        match self {
+            Lm::Causal(m) => m.forward(ids),
+            Lm::Masked(m) => {
+                let (b, s) = ids.dims2()?;
+                m.forward_masked(ids, &vec![s; b])
+            }
+        }
+    }
+}
 
 /// Means over one window's positions.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -185,6 +219,44 @@ pub fn divergence(
     device: &Device,
     tick: crate::cancel::Tick,
 ) -> Result<Divergence, ModelError> {
+    let (model, reference) = (Lm::Causal(model), Lm::Causal(reference));
+    divergence_of(
+        model, reference, tokens, seqlen, limit, batch_size, device, tick,
+    )
+}
+
+/// [`divergence`] of two masked models: their masked-LM distributions at every position of each
+/// unmasked window (see the module docs).
+#[allow(clippy::too_many_arguments)]
+pub fn divergence_masked(
+    model: &dyn MaskedLm,
+    reference: &dyn MaskedLm,
+    tokens: &[u32],
+    seqlen: usize,
+    limit: Option<usize>,
+    batch_size: usize,
+    device: &Device,
+    tick: crate::cancel::Tick,
+) -> Result<Divergence, ModelError> {
+    let (model, reference) = (Lm::Masked(model), Lm::Masked(reference));
+    divergence_of(
+        model, reference, tokens, seqlen, limit, batch_size, device, tick,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn divergence_of(
+    model: Lm,
+    reference: Lm,
+    tokens: &[u32],
+    seqlen: usize,
+    limit: Option<usize>,
+    batch_size: usize,
+    device: &Device,
+    tick: crate::cancel::Tick,
+) -> Result<Divergence, ModelError> {
+    let (model_lm, reference_lm) = (model, reference);
+    let (model, reference) = (model.blocks(), reference.blocks());
     let (vm, vr) = (model.config().vocab_size, reference.config().vocab_size);
     if vm != vr {
         return Err(ModelError::Invalid(format!(
@@ -228,7 +300,7 @@ pub fn divergence(
     if model.is_streamed() || reference.is_streamed() {
         // Layer-wise, one model after the other: the final hidden states of every window are
         // kept (hidden-sized, unlike logits), then both heads run one batch at a time.
-        let finals = |m: &dyn CausalLm, tick: crate::cancel::Tick| {
+        let finals = |m: &dyn Blocks, tick: crate::cancel::Tick| {
             let mut out = hidden_for(m, &ids, "divergence")?;
             for_each_final_hidden::<ModelError>(
                 m,
@@ -253,8 +325,8 @@ pub fn divergence(
     } else {
         for (batch, ids) in batches.iter().zip(&ids) {
             let sums = {
-                let p = reference.forward(ids)?;
-                let q = model.forward(ids)?;
+                let p = reference_lm.logits(ids)?;
+                let q = model_lm.logits(ids)?;
                 divergence_sums(&p, &q)?
             };
             add(sums);

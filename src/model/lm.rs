@@ -177,6 +177,14 @@ impl LanguageModel {
         }
     }
 
+    /// The model as a masked LM, or an error saying that `task` needs one and what this is.
+    pub fn into_masked(self, task: &str) -> Result<Box<dyn MaskedLm>> {
+        match self {
+            LanguageModel::Masked(m) => Ok(m),
+            other => Err(other.refuse(task, Objective::Masked)),
+        }
+    }
+
     /// The error for a `task` that needs a model of objective `needs`.
     pub fn refuse(&self, task: &str, needs: Objective) -> ModelError {
         ModelError::WrongObjective {

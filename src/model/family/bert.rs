@@ -120,6 +120,10 @@ impl Architecture for EncLayout {
         self.name
     }
 
+    fn objective(&self) -> crate::model::lm::Objective {
+        crate::model::lm::Objective::Masked
+    }
+
     fn checkpoint_alias(&self, name: &str) -> Option<String> {
         // Older BERT uploads spell LayerNorm parameters as TensorFlow did.
         if !name.contains(".LayerNorm.") {

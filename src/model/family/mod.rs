@@ -81,6 +81,12 @@ pub trait Architecture: Sync {
     /// The family's name, e.g. `llama`.
     fn name(&self) -> &'static str;
 
+    /// What the family's models predict (the kind of [`LanguageModel`] it builds), known before
+    /// building one.
+    fn objective(&self) -> super::lm::Objective {
+        super::lm::Objective::Causal
+    }
+
     /// Whether the weight `name` is stored as a `Conv1D` (`in × out`, the transpose of
     /// nn.Linear's `out × in`). Kernels, masks and runtimes see nn.Linear's layout.
     fn conv1d(&self, _name: &str) -> bool {
