@@ -218,7 +218,15 @@ pub fn export(plan: &Plan, cache: &Cache, stage: &str, out: &Path) -> Result<Exp
     }
 
     // Tied and not replaced: there is no `lm_head.weight`; transformers ties it to the embedding.
-    let tensors = &weights.tensors.to_map()?;
+    let mut tensors = weights.tensors.to_map()?;
+    if untied {
+        for (name, source) in arch.untied_extras() {
+            if let Some(t) = tensors.get(*source).cloned() {
+                tensors.insert(name.to_string(), t);
+            }
+        }
+    }
+    let tensors = &tensors;
     let st = out.join("model.safetensors");
     let bytes = write_safetensors(&st, tensors, dtype)?;
     write_json(

@@ -57,6 +57,9 @@ pub struct EncLayout {
     pub(crate) decoder: &'static str,
     /// The head applies exact GELU whatever `hidden_act` says (RoBERTa's `lm_head`).
     pub(crate) head_gelu: bool,
+    /// The decoder's own bias, which transformers ties to `head_bias` only while the head is
+    /// tied: (its name, `head_bias`), written by an export of an untied head (BERT, RoBERTa).
+    pub(crate) untied_extras: &'static [(&'static str, &'static str)],
 }
 
 impl EncLayout {

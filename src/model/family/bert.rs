@@ -70,6 +70,7 @@ pub const BERT: EncLayout = EncLayout {
     head_bias: "cls.predictions.bias",
     decoder: "cls.predictions.decoder.weight",
     head_gelu: false,
+    untied_extras: &[("cls.predictions.decoder.bias", "cls.predictions.bias")],
 };
 
 /// `RobertaForMaskedLM`.
@@ -87,6 +88,7 @@ pub const ROBERTA: EncLayout = EncLayout {
     head_bias: "lm_head.bias",
     decoder: "lm_head.decoder.weight",
     head_gelu: true,
+    untied_extras: &[("lm_head.decoder.bias", "lm_head.bias")],
 };
 
 const DISTILBERT_LINEARS: [(Proj, &str); 6] = [
@@ -113,6 +115,7 @@ pub const DISTILBERT: EncLayout = EncLayout {
     head_bias: "vocab_projector.bias",
     decoder: "vocab_projector.weight",
     head_gelu: false,
+    untied_extras: &[],
 };
 
 impl Architecture for EncLayout {
@@ -137,6 +140,10 @@ impl Architecture for EncLayout {
 
     fn embed_name(&self) -> &'static str {
         self.word
+    }
+
+    fn untied_extras(&self) -> &'static [(&'static str, &'static str)] {
+        self.untied_extras
     }
 
     fn head_name(&self) -> &'static str {

@@ -87,6 +87,12 @@ pub trait Architecture: Sync {
         super::lm::Objective::Causal
     }
 
+    /// Tensors transformers ties along with the head and reads on their own once the head is
+    /// untied, as (name to write, tensor it copies): an export of an untied head writes them.
+    fn untied_extras(&self) -> &'static [(&'static str, &'static str)] {
+        &[]
+    }
+
     /// Whether the weight `name` is stored as a `Conv1D` (`in × out`, the transpose of
     /// nn.Linear's `out × in`). Kernels, masks and runtimes see nn.Linear's layout.
     fn conv1d(&self, _name: &str) -> bool {
