@@ -19,8 +19,10 @@
 //! Not yet shown to learn the world's facts: with the decoders' small settings (dim 48, 2
 //! layers, 600 steps of 8 × 32 tokens, lr 1e-2, 1e-3 or 3e-3) and with 2500 steps of 16 × 32 at lr
 //! 1e-3, the loss stalls near the unigram level (4.6–4.7 nats, vocabulary 291) and the masked
-//! probe's P@1 on the facts is 0; the cause (optimisation of a post-LayerNorm encoder this small,
-//! or a fault of the training path) is not found yet.
+//! probe's P@1 on the facts is 0. The loss falls from 5.9 to 4.7 within ~80 steps and stays
+//! there (also with init_std 0.1 and no clipping): the model learns the unigram distribution and
+//! no attention pattern forms. The encoder's gradients agree with central differences in f64, so
+//! the cause is the optimisation, not the backward pass; not solved yet.
 //!
 //! Speed: the default trains in about 23 s of CPU time (release, one thread). candle's CPU thread
 //! pool spin-waits between ops; on a busy machine `CANDLE_NUM_THREADS=1` (or `RAYON_NUM_THREADS=1`)
