@@ -229,6 +229,11 @@ pub fn export(plan: &Plan, cache: &Cache, stage: &str, out: &Path) -> Result<Exp
                 tensors.insert(name.to_string(), scaled);
             }
         }
+        for (name, source) in arch.untied_extras() {
+            if let Some(t) = tensors.get(*source).cloned() {
+                tensors.insert(name.to_string(), t);
+            }
+        }
     }
     let tensors = &tensors;
     let st = out.join("model.safetensors");

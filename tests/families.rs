@@ -160,14 +160,17 @@ fn base_model_names_read_as_the_same_model() {
 /// An unsupported class is refused naming every supported one.
 #[test]
 fn unsupported_architectures_list_the_supported_ones() {
-    let e = ModelConfig::from_json(r#"{"architectures": ["BertForMaskedLM"]}"#)
+    let e = ModelConfig::from_json(r#"{"architectures": ["AlbertForMaskedLM"]}"#)
         .unwrap_err()
         .to_string();
     for class in [
         "LlamaForCausalLM",
         "GPT2LMHeadModel",
         "OPTForCausalLM",
+        "AlbertForMaskedLM",
         "BertForMaskedLM",
+        "RobertaForMaskedLM",
+        "DistilBertForMaskedLM",
     ] {
         assert!(e.contains(class), "{e}");
     }

@@ -20,18 +20,28 @@
 //! with d = log q − log p, log m − log p = log((1 + eᵈ)/2) = relu(d) + log(1 + e^−|d|) − ln 2,
 //! which neither overflows nor loses the tails; sums over the vocabulary and over positions are
 //! accumulated in f64. Two identical distributions give d = 0 and exactly 0.
+//!
+//! A masked (encoder) model is compared the same way ([`divergence_masked`]): each window is read
+//! whole and unmasked, and P and Q are the two models' masked-LM distributions at every position
+//! (what each would put in that slot), not next-token distributions. Windows are cut from the
+//! same token stream, so the tokenizer's special tokens (`[CLS]` … `[SEP]`) wrap the stream, not
+//! each window; a window longer than the model's learned positions is refused. No token is
+//! masked, and no pseudo-perplexity is computed.
 
 use candle_core::{DType, Device, Tensor, D};
 use serde::{Deserialize, Serialize};
 
 use super::perplexity::windows;
-use crate::model::{final_hidden, Blocks, CausalLm, ModelError, Seq2SeqLm};
+use crate::model::{final_hidden, Blocks, CausalLm, MaskedLm, ModelError, Seq2SeqLm};
 
-/// A model whose distributions are compared: a causal LM's next-token distributions, or an
-/// encoder-decoder's teacher-forced decoder distributions (module docs).
+/// A model whose distributions are compared (both models of a comparison are of one kind): a
+/// causal LM's next-token distributions, an encoder's masked-LM distributions at every position
+/// of an unmasked window, or an encoder-decoder's teacher-forced decoder distributions (module
+/// docs).
 #[derive(Clone, Copy)]
 pub enum Compared<'a> {
     Causal(&'a dyn CausalLm),
+    Masked(&'a dyn MaskedLm),
     Seq2Seq(&'a dyn Seq2SeqLm),
 }
 
@@ -39,6 +49,7 @@ impl<'a> Compared<'a> {
     fn blocks(self) -> &'a dyn Blocks {
         match self {
             Compared::Causal(m) => m,
+            Compared::Masked(m) => m,
             Compared::Seq2Seq(m) => m,
         }
     }
@@ -47,6 +58,10 @@ impl<'a> Compared<'a> {
     fn logits(self, ids: &Tensor) -> Result<Tensor, ModelError> {
         match self {
             Compared::Causal(m) => m.forward(ids),
+            Compared::Masked(m) => {
+                let (b, s) = ids.dims2()?;
+                m.forward_masked(ids, &vec![s; b])
+            }
             Compared::Seq2Seq(m) => {
                 let x = (0..m.num_layers())
                     .try_fold(m.embed(ids)?, |x, l| m.block_forward(l, &x, 0, None, None))?;
@@ -232,7 +247,32 @@ pub fn divergence(
     )
 }
 
-/// [`divergence`] of models of either kind (both of one kind: the caller checks).
+/// [`divergence`] of two masked models: their masked-LM distributions at every position of each
+/// unmasked window (see the module docs).
+#[allow(clippy::too_many_arguments)]
+pub fn divergence_masked(
+    model: &dyn MaskedLm,
+    reference: &dyn MaskedLm,
+    tokens: &[u32],
+    seqlen: usize,
+    limit: Option<usize>,
+    batch_size: usize,
+    device: &Device,
+    tick: crate::cancel::Tick,
+) -> Result<Divergence, ModelError> {
+    divergence_of(
+        Compared::Masked(model),
+        Compared::Masked(reference),
+        tokens,
+        seqlen,
+        limit,
+        batch_size,
+        device,
+        tick,
+    )
+}
+
+/// [`divergence`] of models of any kind (both of one kind: the caller checks).
 #[allow(clippy::too_many_arguments)]
 pub fn divergence_of(
     model: Compared<'_>,

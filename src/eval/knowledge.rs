@@ -37,6 +37,22 @@
 //!
 //! Prompts run in right-padded batches, each scored at its own last position, so the results do
 //! not depend on the batch size.
+//!
+//! **Masked probing** ([`probe_masked`], BERT-style encoders, as LAMA probes them). The input is
+//! the whole cloze, `left + MASK + right`, with the tokenizer's mask token (`[MASK]`, else
+//! `<mask>`) in place of the object and the subject filled, encoded with the tokenizer's special
+//! tokens (`[CLS] … [SEP]`). The target is the object's token as it stands in place of the mask:
+//! the cloze is encoded again with the object written in, and the tokens that differ from the
+//! masked encoding (after the common prefix and suffix) must be the mask alone on one side and
+//! exactly one token on the other; that token is the target (for RoBERTa the object after a
+//! space, `" Paris"`). A fact whose object is not one token there (or is the unknown token
+//! `[UNK]` / `<unk>`), or whose cloze is longer than the model's positions, is skipped and counted (LAMA's rule: objects outside the vocabulary
+//! are left out). Ranks are read at the mask position with the same tie rule; `vocabulary` ranks
+//! among all tokens; `candidates` ranks the gold's logit among the relation's distinct objects
+//! that are single tokens in this cloze (multi-token candidates are left out of the set: one mask
+//! per token would not be LAMA's protocol). Batches are padded right, with lengths, so padding is
+//! invisible and results do not depend on the batch size. Metrics and samples are the causal
+//! probe's.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -45,18 +61,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::eval::lama::{Fact, LamaSet, Split};
 use crate::eval::loglik::{logits_at, loglikelihood, EvalError, PairEncoder, Picks, Request};
-use crate::model::{CausalLm, Seq2SeqLm, Tokenizer};
+use crate::model::{CausalLm, MaskedLm, Seq2SeqLm, Tokenizer};
 
 /// How a model is asked for the object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProbeStyle {
-    /// A decoder predicts the object from the text left of the mask. (Encoder models would fill
-    /// `[MASK]` with both sides visible; the runtimes are decoders only so far.)
+    /// A decoder predicts the object from the text left of the mask.
     #[default]
     Causal,
     /// An encoder-decoder fills the sentinel `<extra_id_0>` put where the object was (T5).
     Sentinel,
+    /// An encoder fills the mask token with both sides visible ([`probe_masked`]).
+    Masked,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -160,6 +177,8 @@ fn probeable(fact: &Fact, style: ProbeStyle) -> bool {
     match style {
         ProbeStyle::Causal => causal_context(fact).is_some(),
         ProbeStyle::Sentinel => !fact.object.trim().is_empty(),
+        // Which facts a masked probe asks depends on the tokenizer (see `probe_masked`).
+        ProbeStyle::Masked => true,
     }
 }
 
@@ -666,12 +685,24 @@ pub fn knowledge_metrics(
     knowledge_metrics_for(set, results, ks, ProbeStyle::Causal)
 }
 
-/// [`knowledge_metrics`] of a probe of `style` (which decides the facts counted as skipped).
+/// [`knowledge_metrics`] of a causal or sentinel probe (the style decides the facts counted as
+/// skipped).
 pub fn knowledge_metrics_for(
     set: &LamaSet,
     results: &[FactResult],
     ks: &[usize],
     style: ProbeStyle,
+) -> Result<KnowledgeMetrics, EvalError> {
+    metrics_skipping(set, results, ks, &|_, _, f| !probeable(f, style))
+}
+
+/// [`knowledge_metrics`] with `skipped_fact(relation, index, fact)` saying which facts were not
+/// probed.
+fn metrics_skipping(
+    set: &LamaSet,
+    results: &[FactResult],
+    ks: &[usize],
+    skipped_fact: &dyn Fn(usize, usize, &Fact) -> bool,
 ) -> Result<KnowledgeMetrics, EvalError> {
     let ks = check_ks(ks)?;
     let mut ranks: HashMap<&str, Vec<usize>> = HashMap::new();
@@ -680,8 +711,10 @@ pub fn knowledge_metrics_for(
     }
     let mut per_relation = BTreeMap::new();
     let mut skipped = 0;
-    for rel in &set.relations {
-        let s = rel.facts.iter().filter(|f| !probeable(f, style)).count();
+    for (ri, rel) in set.relations.iter().enumerate() {
+        let s = (rel.facts.iter().enumerate())
+            .filter(|(i, f)| skipped_fact(ri, *i, f))
+            .count();
         skipped += s;
         let rs = ranks.get(rel.id.as_str()).map_or(&[][..], |v| &v[..]);
         let (p_at, mrr) = if rs.is_empty() {
@@ -731,6 +764,19 @@ pub fn knowledge_metrics_for(
 /// The facts of `set` that the base model ranked first in `base` (matched by relation, subject,
 /// object and prompt); facts without a base result are dropped.
 pub fn known_only(set: &LamaSet, base: &[FactResult]) -> LamaSet {
+    known_only_by(set, base, &|f| causal_prompt(f).map(str::to_string))
+}
+
+/// [`known_only`] for a masked model's results, whose prompts hold the mask token `mask`.
+pub fn known_only_masked(set: &LamaSet, base: &[FactResult], mask: &str) -> LamaSet {
+    known_only_by(set, base, &|f| Some(masked_text(f, mask)))
+}
+
+fn known_only_by(
+    set: &LamaSet,
+    base: &[FactResult],
+    prompt_of: &dyn Fn(&Fact) -> Option<String>,
+) -> LamaSet {
     let known: HashSet<(&str, &str, &str, &str)> = base
         .iter()
         .filter(|r| r.rank == 1)
@@ -747,12 +793,248 @@ pub fn known_only(set: &LamaSet, base: &[FactResult]) -> LamaSet {
     for rel in &mut out.relations {
         let id = rel.id.clone();
         rel.facts.retain(|f| {
-            causal_prompt(f).is_some_and(|p| {
-                known.contains(&(id.as_str(), f.subject.as_str(), f.object.as_str(), p))
+            prompt_of(f).is_some_and(|p| {
+                known.contains(&(id.as_str(), f.subject.as_str(), f.object.as_str(), &p))
             })
         });
     }
     out
+}
+
+/// The mask tokens a masked model's tokenizer may have, in the order they are looked for.
+const MASK_TOKENS: [&str; 2] = ["[MASK]", "<mask>"];
+
+/// The tokenizer's mask token and its id, or an error naming the ones looked for.
+pub fn mask_token(tokenizer: &Tokenizer) -> Result<(&'static str, u32), EvalError> {
+    MASK_TOKENS
+        .iter()
+        .find_map(|t| tokenizer.token_id(t).map(|id| (*t, id)))
+        .ok_or_else(|| {
+            EvalError::Invalid(format!(
+                "tokenizer {} has no mask token (looked for {}); a masked model is probed by \
+                 filling one",
+                tokenizer.path().display(),
+                MASK_TOKENS.join(" or ")
+            ))
+        })
+}
+
+/// The cloze with `mask` in place of the object.
+pub fn masked_text(fact: &Fact, mask: &str) -> String {
+    format!("{}{mask}{}", fact.left, fact.right)
+}
+
+/// The single token `object` becomes in place of the mask of `masked` (the cloze's encoding):
+/// `None` when it is not exactly one token there.
+fn fill_token(
+    tokenizer: &Tokenizer,
+    fact: &Fact,
+    object: &str,
+    masked: &[u32],
+    mask_id: u32,
+) -> Result<Option<u32>, EvalError> {
+    if object.trim().is_empty() {
+        return Ok(None);
+    }
+    let filled = tokenizer.encode(&format!("{}{object}{}", fact.left, fact.right), true)?;
+    let prefix = masked
+        .iter()
+        .zip(&filled)
+        .take_while(|(a, b)| a == b)
+        .count();
+    let room = masked.len().min(filled.len()) - prefix;
+    let suffix = masked
+        .iter()
+        .rev()
+        .zip(filled.iter().rev())
+        .take(room)
+        .take_while(|(a, b)| a == b)
+        .count();
+    let (m, f) = (
+        &masked[prefix..masked.len() - suffix],
+        &filled[prefix..filled.len() - suffix],
+    );
+    Ok((m == [mask_id] && f.len() == 1).then(|| f[0]))
+}
+
+struct MaskedQuery<'s> {
+    relation: usize,
+    index: usize,
+    fact: &'s Fact,
+    ids: Vec<u32>,
+    mask_pos: usize,
+    target: u32,
+    /// With candidate ranking: the distinct single-token candidates' ids (the gold's among them).
+    candidates: Vec<u32>,
+}
+
+/// The facts a masked model can be asked, and which (relation, fact index) it cannot.
+type MaskedQueries<'s> = (Vec<MaskedQuery<'s>>, HashSet<(usize, usize)>);
+
+/// The facts a masked model can be asked, and which (relation, fact) it cannot.
+fn masked_queries<'s>(
+    tokenizer: &Tokenizer,
+    set: &'s LamaSet,
+    max_len: usize,
+    ranking: Ranking,
+) -> Result<MaskedQueries<'s>, EvalError> {
+    let (mask, mask_id) = mask_token(tokenizer)?;
+    // An object the vocabulary lacks may come out as the unknown token: not a probe.
+    let unknown: Vec<u32> = ["[UNK]", "<unk>"]
+        .iter()
+        .filter_map(|t| tokenizer.token_id(t))
+        .collect();
+    let mut out = Vec::new();
+    let mut skipped = HashSet::new();
+    for (relation, r) in set.relations.iter().enumerate() {
+        let names = candidates(&r.facts);
+        for (index, fact) in r.facts.iter().enumerate() {
+            let ids = tokenizer.encode(&masked_text(fact, mask), true)?;
+            let at: Vec<usize> = (0..ids.len()).filter(|&i| ids[i] == mask_id).collect();
+            if at.len() != 1 {
+                return Err(EvalError::Invalid(format!(
+                    "relation {}, fact {index}: the cloze {:?} holds {} mask tokens after \
+                     tokenization; it must hold exactly one",
+                    r.id,
+                    masked_text(fact, mask),
+                    at.len()
+                )));
+            }
+            let target = fill_token(tokenizer, fact, &fact.object, &ids, mask_id)?;
+            let Some(target) = target.filter(|t| ids.len() <= max_len && !unknown.contains(t))
+            else {
+                skipped.insert((relation, index));
+                continue;
+            };
+            let mut cands = Vec::new();
+            if ranking == Ranking::Candidates {
+                for c in &names {
+                    if let Some(t) = fill_token(tokenizer, fact, c, &ids, mask_id)? {
+                        if !cands.contains(&t) && !unknown.contains(&t) {
+                            cands.push(t);
+                        }
+                    }
+                }
+            }
+            out.push(MaskedQuery {
+                relation,
+                index,
+                fact,
+                mask_pos: at[0],
+                ids,
+                target,
+                candidates: cands,
+            });
+        }
+    }
+    Ok((out, skipped))
+}
+
+/// The facts [`probe_masked`] will probe (its `tick` counts them).
+pub fn masked_probe_units(
+    tokenizer: &Tokenizer,
+    set: &LamaSet,
+    max_len: usize,
+) -> Result<u64, EvalError> {
+    let (qs, _) = masked_queries(tokenizer, set, max_len, Ranking::Vocabulary)?;
+    Ok(qs.len() as u64)
+}
+
+/// Probes every fact of `set` on a masked language model (see the module docs).
+pub fn probe_masked(
+    model: &dyn MaskedLm,
+    tokenizer: &Tokenizer,
+    set: &LamaSet,
+    opts: &ProbeOptions,
+    device: &Device,
+    tick: crate::cancel::Tick,
+) -> Result<(KnowledgeMetrics, Vec<FactResult>), EvalError> {
+    let ks = check_ks(&opts.ks)?;
+    if opts.style != ProbeStyle::Masked {
+        return Err(EvalError::Invalid(
+            "a masked model is probed with the masked style".into(),
+        ));
+    }
+    if opts.batch_size == 0 {
+        return Err(EvalError::Invalid("batch_size must be at least 1".into()));
+    }
+    let max_len = model.config().max_position_embeddings;
+    let (qs, skipped) = masked_queries(tokenizer, set, max_len, opts.ranking)?;
+    let (mask, _) = mask_token(tokenizer)?;
+    // Longest first, so each batch pads little; results do not depend on the order.
+    let mut order: Vec<usize> = (0..qs.len()).collect();
+    order.sort_by(|&a, &b| {
+        qs[b]
+            .ids
+            .len()
+            .cmp(&qs[a].ids.len())
+            .then_with(|| qs[a].ids.cmp(&qs[b].ids))
+    });
+    let mut out: Vec<Option<FactResult>> = vec![None; qs.len()];
+    for batch in order.chunks(opts.batch_size) {
+        let s = batch.iter().map(|&i| qs[i].ids.len()).max().unwrap_or(1);
+        let mut flat = Vec::with_capacity(batch.len() * s);
+        let mut lengths = Vec::with_capacity(batch.len());
+        for &i in batch {
+            let ids = &qs[i].ids;
+            flat.extend_from_slice(ids);
+            // Padding is hidden by the lengths; any id in the vocabulary will do.
+            flat.extend(std::iter::repeat_n(0u32, s - ids.len()));
+            lengths.push(ids.len());
+        }
+        let tokens = Tensor::from_vec(flat, (batch.len(), s), device)?;
+        let logits = model.forward_masked(&tokens, &lengths)?;
+        let rows = batch
+            .iter()
+            .enumerate()
+            .map(|(b, &i)| logits.get(b)?.get(qs[i].mask_pos))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let rows = Tensor::stack(&rows, 0)?;
+        let targets: Vec<u32> = batch.iter().map(|&i| qs[i].target).collect();
+        let ranked = vocabulary_ranks(&rows, &targets, device)?;
+        for (b, (&i, (rank, logprob, top))) in batch.iter().zip(ranked).enumerate() {
+            let q = &qs[i];
+            let r = &set.relations[q.relation];
+            let (rank, ranked, top) = match opts.ranking {
+                Ranking::Vocabulary => (rank, rows.dims()[1], top),
+                Ranking::Candidates => {
+                    let row: Vec<f32> = rows.get(b)?.to_vec1()?;
+                    let gold = row[q.target as usize];
+                    let above = q
+                        .candidates
+                        .iter()
+                        .filter(|&&c| row[c as usize] > gold)
+                        .count();
+                    let best = q.candidates.iter().copied().fold(q.target, |best, c| {
+                        if row[c as usize] > row[best as usize] {
+                            c
+                        } else {
+                            best
+                        }
+                    });
+                    let n = q.candidates.len();
+                    (rank_of(f64::from(gold), above, n), n, best)
+                }
+            };
+            out[i] = Some(FactResult {
+                relation: r.id.clone(),
+                split: r.split,
+                index: q.index,
+                subject: q.fact.subject.clone(),
+                object: q.fact.object.clone(),
+                prompt: masked_text(q.fact, mask),
+                object_tokens: 1,
+                rank,
+                ranked,
+                logprob,
+                top_prediction: tokenizer.decode(&[top])?,
+            });
+        }
+        tick(batch.len() as u64)?;
+    }
+    let results: Vec<FactResult> = out.into_iter().flatten().collect();
+    let metrics = metrics_skipping(set, &results, &ks, &|r, i, _| skipped.contains(&(r, i)))?;
+    Ok((metrics, results))
 }
 
 #[cfg(test)]

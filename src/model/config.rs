@@ -65,6 +65,11 @@ pub enum Family {
     Gpt2,
     Opt,
     T5,
+    /// BERT-style masked-LM encoders (`src/model/family/bert.rs`).
+    Bert,
+    Roberta,
+    #[serde(rename = "distilbert")]
+    DistilBert,
 }
 
 /// The MLP's activation.
@@ -148,6 +153,20 @@ pub struct ModelConfig {
     /// their serialized form, so their cache keys do not change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub t5: Option<crate::model::family::t5::T5Shape>,
+    /// What only BERT-style encoders have; `None` (and not serialized) for decoders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder: Option<EncoderConfig>,
+}
+
+/// The embedding details of a BERT-style encoder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EncoderConfig {
+    /// Rows of `token_type_embeddings` (0: the family has none, as DistilBERT). Every token
+    /// reads row 0.
+    pub type_vocab_size: usize,
+    /// RoBERTa's `pad_token_id`: position p of a real token reads row `padding_idx + 1 + p`, a
+    /// padding position reads row `padding_idx`. `None`: position p reads row p.
+    pub padding_idx: Option<usize>,
 }
 
 impl ModelConfig {
@@ -184,6 +203,9 @@ impl ModelConfig {
             Family::Gpt2 => super::family::gpt2::resolve(json, path),
             Family::Opt => super::family::opt::resolve(json, path),
             Family::T5 => super::family::t5::resolve(json, path),
+            f @ (Family::Bert | Family::Roberta | Family::DistilBert) => {
+                super::family::bert::resolve(f, json, path)
+            }
             Family::Llama | Family::Mistral | Family::Qwen2 => {
                 let raw: RawConfig = serde_json::from_str(json).map_err(bad_json)?;
                 raw.resolve(path)
@@ -220,7 +242,7 @@ impl RawConfig {
             self.architectures.as_deref(),
             path,
         )?;
-        if matches!(family, Family::Gpt2 | Family::Opt | Family::T5) {
+        if !matches!(family, Family::Llama | Family::Mistral | Family::Qwen2) {
             return Err(err(
                 "model_type",
                 format!("{family:?} is not a LLaMA-family config; read it with ModelConfig"),
@@ -332,28 +354,35 @@ impl RawConfig {
             post_norm: false,
             word_embed_dim: None,
             t5: None,
+            encoder: None,
         })
     }
 }
 
 /// The supported `architectures` entries (the transformers classes) and their families.
-pub const ARCHITECTURES: [(&str, Family); 6] = [
+pub const ARCHITECTURES: [(&str, Family); 9] = [
     ("LlamaForCausalLM", Family::Llama),
     ("MistralForCausalLM", Family::Mistral),
     ("Qwen2ForCausalLM", Family::Qwen2),
     ("GPT2LMHeadModel", Family::Gpt2),
     ("OPTForCausalLM", Family::Opt),
     ("T5ForConditionalGeneration", Family::T5),
+    ("BertForMaskedLM", Family::Bert),
+    ("RobertaForMaskedLM", Family::Roberta),
+    ("DistilBertForMaskedLM", Family::DistilBert),
 ];
 
 /// The supported `model_type` values and their families.
-const MODEL_TYPES: [(&str, Family); 6] = [
+const MODEL_TYPES: [(&str, Family); 9] = [
     ("llama", Family::Llama),
     ("mistral", Family::Mistral),
     ("qwen2", Family::Qwen2),
     ("gpt2", Family::Gpt2),
     ("opt", Family::Opt),
     ("t5", Family::T5),
+    ("bert", Family::Bert),
+    ("roberta", Family::Roberta),
+    ("distilbert", Family::DistilBert),
 ];
 
 /// The family `model_type` and `architectures` name; they must agree when both are given.
@@ -570,14 +599,14 @@ mod tests {
         assert!(e.contains("rope_scaling") && e.contains("yarn"), "{e}");
         let e = error_of(&with("hidden_act", "gelu".into()));
         assert!(e.contains("hidden_act") && e.contains("gelu"), "{e}");
-        let e = error_of(&with("model_type", "bert".into()));
-        assert!(e.contains("model_type") && e.contains("bert"), "{e}");
+        let e = error_of(&with("model_type", "albert".into()));
+        assert!(e.contains("model_type") && e.contains("albert"), "{e}");
         let e = error_of(&with(
             "architectures",
-            serde_json::json!(["BertForMaskedLM"]),
+            serde_json::json!(["AlbertForMaskedLM"]),
         ));
         assert!(
-            e.contains("architectures") && e.contains("BertForMaskedLM"),
+            e.contains("architectures") && e.contains("AlbertForMaskedLM"),
             "{e}"
         );
         // The error lists every supported class.

@@ -120,26 +120,27 @@ fn linear_shape(cfg: &ModelConfig, p: Proj) -> (usize, usize) {
     }
 }
 
-fn bias_name(weight: &str) -> String {
+pub(crate) fn bias_name(weight: &str) -> String {
     let module = weight.strip_suffix(".weight").unwrap_or(weight);
     format!("{module}.bias")
 }
 
+/// A LayerNorm with weight and bias (the encoders' too).
 #[derive(Debug, Clone)]
-struct Norm {
+pub(crate) struct Norm {
     weight: Tensor,
     bias: Tensor,
 }
 
 impl Norm {
-    fn read(path: &str, get: &dyn Fn(&str) -> Result<Tensor>) -> Result<Norm> {
+    pub(crate) fn read(path: &str, get: &dyn Fn(&str) -> Result<Tensor>) -> Result<Norm> {
         Ok(Norm {
             weight: get(&format!("{path}.weight"))?,
             bias: get(&format!("{path}.bias"))?,
         })
     }
 
-    fn forward(&self, x: &Tensor, eps: f64) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor, eps: f64) -> Result<Tensor> {
         layer_norm(x, &self.weight, &self.bias, eps)
     }
 }

@@ -15,6 +15,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::config::ModelConfig;
 use super::decoder::LnDecoder;
+use super::encoder::Encoder;
 use super::error::ModelError;
 use super::error::Result;
 use super::hidden::{HiddenStates, SpillPolicy, Spilling};
@@ -177,6 +178,14 @@ impl LanguageModel {
         }
     }
 
+    /// The model as a masked LM, or an error saying that `task` needs one and what this is.
+    pub fn into_masked(self, task: &str) -> Result<Box<dyn MaskedLm>> {
+        match self {
+            LanguageModel::Masked(m) => Ok(m),
+            other => Err(other.refuse(task, Objective::Masked)),
+        }
+    }
+
     /// The error for a `task` that needs a model of objective `needs`.
     pub fn refuse(&self, task: &str, needs: Objective) -> ModelError {
         ModelError::WrongObjective {
@@ -296,6 +305,14 @@ impl Seq2SeqLm for T5 {
 
 impl CausalLm for LnDecoder {
     delegate!(CausalLm [] []);
+}
+
+impl Blocks for Encoder {
+    delegate!(Blocks [] []);
+}
+
+impl MaskedLm for Encoder {
+    delegate!(MaskedLm [] []);
 }
 
 /// A boxed model is a model, so `&Box<dyn CausalLm>` goes wherever `&dyn CausalLm` does.

@@ -31,6 +31,7 @@
 mod checkpoint;
 mod config;
 mod decoder;
+mod encoder;
 mod error;
 pub mod family;
 mod generate;
@@ -47,9 +48,10 @@ mod weights;
 
 pub use checkpoint::{shards_of, Checkpoint, WeightFiles};
 pub use config::{
-    Activation, Family, ModelConfig, RawConfig, RopeScaling, TokenIds, ARCHITECTURES,
+    Activation, EncoderConfig, Family, ModelConfig, RawConfig, RopeScaling, TokenIds, ARCHITECTURES,
 };
 pub use decoder::LnDecoder;
+pub use encoder::{EncLayout, Encoder};
 pub use error::{ModelError, Result};
 pub use family::{
     as_linear, as_stored, is_conv1d, tensor_or_tied, Architecture, LinearLayer, ModuleGroup,

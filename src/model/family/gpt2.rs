@@ -173,6 +173,7 @@ pub(crate) fn resolve(json: &str, path: &Path) -> Result<ModelConfig> {
         post_norm: false,
         word_embed_dim: None,
         t5: None,
+        encoder: None,
     })
 }
 

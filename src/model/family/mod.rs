@@ -3,14 +3,16 @@
 //! An [`Architecture`] names a family's tensors and linear layers, groups the linear layers into
 //! [`ModuleGroup`]s, counts its parameters and builds its runtime behind [`CausalLm`]. Selection,
 //! calibration, overlays, export and memory estimates ask it instead of spelling LLaMA's names.
-//! The families: LLaMA (with Mistral, Qwen2 and SmolLM, which share its layout), GPT-2, OPT and
-//! T5 (an encoder-decoder).
+//! The families: LLaMA (with Mistral, Qwen2 and SmolLM, which share its layout), GPT-2 and OPT
+//! (causal), the BERT-style masked-LM encoders BERT, RoBERTa and DistilBERT ([`bert`]), and T5
+//! (an encoder-decoder).
 //!
 //! Tensors keep their checkpoint's layout under their checkpoint's names everywhere (overlays,
 //! digests, export). GPT-2 stores its linear layers as `Conv1D`, weight `in × out`; the
 //! compression kernels and the runtimes take nn.Linear's `out × in`, so a weight is turned with
 //! [`as_linear`] on its way to a kernel and back with [`as_stored`] (see [`Architecture::conv1d`]).
 
+pub(crate) mod bert;
 pub(crate) mod gpt2;
 pub(crate) mod llama;
 pub(crate) mod opt;
@@ -25,6 +27,7 @@ use super::parts::LinearId;
 use super::weights::TensorMap;
 use crate::compress::dynint8::Int8Weight;
 
+pub use bert::{BERT, DISTILBERT, ROBERTA};
 pub use gpt2::GPT2;
 pub use llama::LLAMA;
 pub use opt::OPT;
@@ -41,6 +44,9 @@ pub enum ModuleGroup {
     Attention,
     /// The feed-forward network (gate, up and down in LLaMA).
     Mlp,
+    /// An encoder's attention output projection (BERT's `attention.output.dense`): Study K's
+    /// `attention` group of an encoder is query, key and value only.
+    AttentionOutput,
     /// The final dense layer only (untied from the embedding if they were tied).
     LmHead,
 }
@@ -52,6 +58,7 @@ impl ModuleGroup {
             ModuleGroup::Attention => "attention",
             ModuleGroup::Mlp => "mlp",
             ModuleGroup::LmHead => "lm_head",
+            ModuleGroup::AttentionOutput => "attention_output",
         }
     }
 
@@ -80,6 +87,18 @@ pub struct LinearLayer {
 pub trait Architecture: Sync {
     /// The family's name, e.g. `llama`.
     fn name(&self) -> &'static str;
+
+    /// What the family's models predict (the kind of [`LanguageModel`] it builds), known before
+    /// building one.
+    fn objective(&self) -> super::lm::Objective {
+        super::lm::Objective::Causal
+    }
+
+    /// Tensors transformers ties along with the head and reads on their own once the head is
+    /// untied, as (name to write, tensor it copies): an export of an untied head writes them.
+    fn untied_extras(&self) -> &'static [(&'static str, &'static str)] {
+        &[]
+    }
 
     /// Whether the weight `name` is stored as a `Conv1D` (`in × out`, the transpose of
     /// nn.Linear's `out × in`). Kernels, masks and runtimes see nn.Linear's layout.
@@ -179,7 +198,7 @@ pub trait Architecture: Sync {
 }
 
 /// Every family whittle knows.
-const FAMILIES: [&dyn Architecture; 4] = [&LLAMA, &GPT2, &OPT, &T5];
+const FAMILIES: [&dyn Architecture; 7] = [&LLAMA, &GPT2, &OPT, &T5, &BERT, &ROBERTA, &DISTILBERT];
 
 impl ModelConfig {
     /// The architecture of this config's family.
@@ -194,6 +213,9 @@ impl ModelConfig {
                 Some(shape) => t5::arch_for(shape),
                 None => &T5,
             },
+            Family::Bert => &BERT,
+            Family::Roberta => &ROBERTA,
+            Family::DistilBert => &DISTILBERT,
         }
     }
 }

@@ -172,6 +172,7 @@ pub(crate) fn resolve(json: &str, path: &Path) -> Result<ModelConfig> {
         post_norm,
         word_embed_dim,
         t5: None,
+        encoder: None,
     })
 }
 

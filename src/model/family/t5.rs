@@ -156,6 +156,10 @@ impl Architecture for T5Family {
         "t5"
     }
 
+    fn objective(&self) -> crate::model::lm::Objective {
+        crate::model::lm::Objective::Seq2Seq
+    }
+
     fn embed_name(&self) -> &'static str {
         EMBED
     }
@@ -384,6 +388,7 @@ pub(crate) fn resolve(json: &str, path: &Path) -> Result<ModelConfig> {
         sliding_window: None,
         post_norm: false,
         word_embed_dim: None,
+        encoder: None,
         t5: Some(T5Shape {
             encoder_layers,
             decoder_layers,

@@ -35,7 +35,15 @@ impl Chosen {
 }
 
 /// `feed-forward` and `ffn` are other names for `mlp`.
-const MODULES: [&str; 6] = ["all", "attention", "mlp", "lm_head", "feed-forward", "ffn"];
+const MODULES: [&str; 7] = [
+    "all",
+    "attention",
+    "mlp",
+    "lm_head",
+    "feed-forward",
+    "ffn",
+    "attention_output",
+];
 const STATISTICS: [&str; 2] = ["norms", "hessian"];
 
 pub(crate) const SPARSITY: &str = "a number in [0, 1)";
@@ -317,6 +325,7 @@ pub(crate) fn selection(f: &mut Fields) -> Selection {
         Some("attention") => ModuleGroup::Attention,
         Some("mlp" | "feed-forward" | "ffn") => ModuleGroup::Mlp,
         Some("lm_head") => ModuleGroup::LmHead,
+        Some("attention_output") => ModuleGroup::AttentionOutput,
         _ => ModuleGroup::All,
     };
     let targets = regexes(f, "targets");

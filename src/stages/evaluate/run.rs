@@ -19,6 +19,7 @@ use crate::eval::loglik::{PairEncoder, SpecialTokens};
 use crate::eval::perplexity::{
     document_perplexity, perplexity, sliding_perplexity, sliding_windows, windows, Perplexity,
 };
+use crate::model::Objective;
 use crate::stages::weights::{materialize, Materialized};
 use crate::stages::{StageCtx, StageError, StageOutput};
 
@@ -257,6 +258,9 @@ fn run_knowledge(
 ) -> Result<Outcome, StageError> {
     let source = &ctx.pipeline().datasets[dataset];
     let mut set = load_lama(&source.path, lama)?;
+    if weights.config.architecture().objective() == Objective::Masked {
+        return run_knowledge_masked(ctx, spec, weights, set, lama, ranking, keep_known);
+    }
     let opts = ProbeOptions {
         style: probe_style(&weights.config),
         ranking,
@@ -304,12 +308,14 @@ fn run_knowledge(
         "style": match opts.style {
             ProbeStyle::Causal => "causal",
             ProbeStyle::Sentinel => "sentinel",
+            ProbeStyle::Masked => unreachable!("masked probes report in run_knowledge_masked"),
         },
         "target": match (opts.style, ranking) {
             (ProbeStyle::Causal, Ranking::Vocabulary) => "first token of \" \" + object; rank among the whole vocabulary",
             (ProbeStyle::Causal, Ranking::Candidates) => "the object after the prompt, all its tokens (summed log-probability); rank among the relation's distinct objects",
             (ProbeStyle::Sentinel, Ranking::Vocabulary) => "source: the cloze with <extra_id_0> for the object; first token of the object after [decoder_start, <extra_id_0>]; rank among the whole vocabulary",
             (ProbeStyle::Sentinel, Ranking::Candidates) => "source: the cloze with <extra_id_0> for the object; the object after [decoder_start, <extra_id_0>], all its tokens (summed log-probability); rank among the relation's distinct objects",
+            (ProbeStyle::Masked, _) => unreachable!("masked probes report in run_knowledge_masked"),
         },
         "splits": lama.splits.iter().map(|s| s.name()).collect::<Vec<_>>(),
         "limit_per_relation": lama.limit,
@@ -377,8 +383,90 @@ fn compared<'a>(
     }
     match model {
         LanguageModel::Seq2Seq(m) => Ok(Compared::Seq2Seq(&**m)),
-        _ => Ok(Compared::Causal(model.causal("divergence")?)),
+        LanguageModel::Masked(m) => Ok(Compared::Masked(&**m)),
+        LanguageModel::Causal(m) => Ok(Compared::Causal(&**m)),
     }
+}
+
+/// [`run_knowledge`] for a masked (encoder) model: the mask filled with both sides visible
+/// ([`knowledge::probe_masked`]); the reference of `known_only` must be masked too.
+fn run_knowledge_masked(
+    ctx: &StageCtx,
+    spec: &EvaluateSpec,
+    weights: &Materialized,
+    mut set: crate::eval::lama::LamaSet,
+    lama: &LamaOptions,
+    ranking: Ranking,
+    keep_known: bool,
+) -> Result<Outcome, StageError> {
+    let opts = ProbeOptions {
+        style: ProbeStyle::Masked,
+        ranking,
+        ks: KS.to_vec(),
+        batch_size: spec.batch_size,
+    };
+    let tick = &mut |n| ctx.tick(n);
+    let total_facts = set.num_facts();
+    let max_len = weights.config.max_position_embeddings;
+    if keep_known {
+        let base = materialize(ctx, ctx.input_node("reference")?, ctx.device)?;
+        let tok = base.tokenizer()?;
+        let model = base.model()?.into_masked("masked knowledge probing")?;
+        let units = knowledge::masked_probe_units(&tok, &set, max_len)?;
+        ctx.progress
+            .start(2 * units, "knowledge (reference, then model)");
+        let (_, results) = knowledge::probe_masked(&*model, &tok, &set, &opts, ctx.device, tick)?;
+        let (mask, _) = knowledge::mask_token(&tok)?;
+        set = knowledge::known_only_masked(&set, &results, mask);
+    }
+    let tok = weights.tokenizer()?;
+    let model = weights.model()?.into_masked("masked knowledge probing")?;
+    ctx.progress.start(
+        knowledge::masked_probe_units(&tok, &set, max_len)?,
+        "knowledge",
+    );
+    let (m, results) = knowledge::probe_masked(&*model, &tok, &set, &opts, ctx.device, tick)?;
+    let (mask, _) = knowledge::mask_token(&tok)?;
+    let mut metrics = Map::new();
+    for (k, p) in &m.p_at {
+        metrics.insert(format!("p@{k}"), (*p).into());
+    }
+    metrics.insert("mrr".into(), m.mrr.into());
+    if let Some(p1) = m.micro_p_at.get(&1) {
+        metrics.insert("micro_p@1".into(), (*p1).into());
+    }
+    metrics.insert("facts".into(), m.facts.into());
+    metrics.insert("relations".into(), m.relations.into());
+    let per_relation = serde_json::to_value(&m.per_relation).expect("serializable");
+    ctx.write_json("relations.json", &per_relation)?;
+    let settings = json!({
+        "style": "masked",
+        "mask_token": mask,
+        "ranking": ranking.as_str(),
+        "target": match ranking {
+            Ranking::Vocabulary => "the object's single token in place of the mask; rank among the whole vocabulary at the mask position",
+            Ranking::Candidates => "the object's single token in place of the mask; rank among the relation's distinct single-token objects at the mask position",
+        },
+        "skip_rule": "facts whose object is not one token in place of the mask, or whose cloze exceeds the model's positions",
+        "splits": lama.splits.iter().map(|s| s.name()).collect::<Vec<_>>(),
+        "limit_per_relation": lama.limit,
+        "known_only": keep_known,
+        "facts_loaded": total_facts,
+        "skipped": m.skipped,
+    });
+    let p1 = m.p_at.get(&1).copied().unwrap_or(f64::NAN);
+    Ok(Outcome {
+        summary: format!(
+            "P@1 {p1:.4} (macro over {} relations, masked), MRR {:.4}, {} facts",
+            m.relations, m.mrr, m.facts
+        ),
+        metrics,
+        settings,
+        samples: results
+            .iter()
+            .map(|r| serde_json::to_value(r).expect("samples serialize"))
+            .collect(),
+    })
 }
 
 fn run_choice(

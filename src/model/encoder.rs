@@ -1,0 +1,558 @@
+//! The BERT-style encoder runtime (BERT, RoBERTa, DistilBERT): a post-LayerNorm bidirectional
+//! transformer with learned positions and a masked-LM head.
+//!
+//! embeddings (word + position + token type 0) → LayerNorm → blocks (attention with biases,
+//! residual, LayerNorm; MLP, residual, LayerNorm) → head (dense, activation, LayerNorm, decoder
+//! with bias; the decoder tied to the word embedding unless replaced). Each family module
+//! describes its names with an [`EncLayout`], which is also its [`Architecture`].
+//!
+//! Rules that change numbers:
+//! - token type ids are all 0 (every token adds row 0 of `token_type_embeddings`);
+//! - padding: [`Encoder::forward_masked`] hides key positions ≥ `lengths[b]` from every query
+//!   (padded queries still get logits, which mean nothing); positions come from the lengths, not
+//!   from the token ids: RoBERTa's real token p reads row `padding_idx + 1 + p` and a padded
+//!   one row `padding_idx` (transformers derives both from `input_ids != pad_token_id`, the same
+//!   whenever real tokens are never the pad token);
+//! - [`Encoder::block_forward`] (calibration, sequential compression) runs unpadded sequences
+//!   with every position visible; an encoder has no KV cache.
+
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+
+use super::config::{Activation, ModelConfig};
+use super::decoder::{bias_name, Norm};
+use super::error::{ModelError, Result};
+use super::family::Architecture;
+use super::parts::{
+    accumulation_dtype, check_block_input, check_dtype, check_weights, missing_tensor,
+    softmax_last_dim_differentiable, BlockStore, Capture, Int8Linear, LayerKvCache, Linear,
+    LinearId, Proj,
+};
+use super::reader::TensorSource;
+use super::weights::TensorMap;
+
+/// A BERT-style family's tensor names; it is the family's [`Architecture`] too
+/// (`src/model/family/bert.rs`).
+#[derive(Debug, Clone, Copy)]
+pub struct EncLayout {
+    pub(crate) name: &'static str,
+    pub(crate) word: &'static str,
+    pub(crate) positions: &'static str,
+    /// `None` for a family without token types (DistilBERT).
+    pub(crate) token_types: Option<&'static str>,
+    /// The embeddings' LayerNorm module path.
+    pub(crate) embed_norm: &'static str,
+    /// The blocks' path: block N is `<blocks>.N.`.
+    pub(crate) blocks: &'static str,
+    /// A block's linear layers in run order, with their module paths under `<blocks>.N`.
+    pub(crate) linears: &'static [(Proj, &'static str)],
+    /// A block's two LayerNorms' module paths under `<blocks>.N`: after attention, after the MLP.
+    pub(crate) norms: [&'static str; 2],
+    /// The head's dense layer and LayerNorm module paths, and the decoder's bias.
+    pub(crate) head_dense: &'static str,
+    pub(crate) head_norm: &'static str,
+    pub(crate) head_bias: &'static str,
+    /// The decoder's weight: the LM head.
+    pub(crate) decoder: &'static str,
+    /// The head applies exact GELU whatever `hidden_act` says (RoBERTa's `lm_head`).
+    pub(crate) head_gelu: bool,
+    /// The decoder's own bias, which transformers ties to `head_bias` only while the head is
+    /// tied: (its name, `head_bias`), written by an export of an untied head (BERT, RoBERTa).
+    pub(crate) untied_extras: &'static [(&'static str, &'static str)],
+}
+
+impl EncLayout {
+    pub(crate) fn weight_name_of(&self, id: LinearId) -> String {
+        let module = self
+            .linears
+            .iter()
+            .find(|(p, _)| *p == id.proj)
+            .map_or("?", |(_, m)| *m);
+        format!("{}.{}.{module}.weight", self.blocks, id.layer)
+    }
+
+    fn norm_path(&self, layer: usize, i: usize) -> String {
+        format!("{}.{layer}.{}", self.blocks, self.norms[i])
+    }
+
+    /// Rows of the position table: the usable positions plus RoBERTa's offset.
+    fn position_rows(cfg: &ModelConfig) -> usize {
+        cfg.max_position_embeddings + position_offset(cfg)
+    }
+
+    /// Every tensor of the model, by name, with its shape.
+    pub(crate) fn all_tensors(&self, cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+        let (h, v) = (cfg.hidden_size, cfg.vocab_size);
+        let mut out = vec![
+            (self.word.to_string(), vec![v, h]),
+            (
+                self.positions.to_string(),
+                vec![Self::position_rows(cfg), h],
+            ),
+        ];
+        let types = cfg.encoder.as_ref().map_or(0, |e| e.type_vocab_size);
+        if let (Some(name), true) = (self.token_types, types > 0) {
+            out.push((name.to_string(), vec![types, h]));
+        }
+        let norm = |out: &mut Vec<(String, Vec<usize>)>, path: &str| {
+            out.push((format!("{path}.weight"), vec![h]));
+            out.push((format!("{path}.bias"), vec![h]));
+        };
+        norm(&mut out, self.embed_norm);
+        for l in 0..cfg.num_layers {
+            for (p, _) in self.linears {
+                let (rows, cols) = linear_shape(cfg, *p);
+                let name = self.weight_name_of(LinearId::new(l, *p));
+                out.push((bias_name(&name), vec![rows]));
+                out.push((name, vec![rows, cols]));
+            }
+            norm(&mut out, &self.norm_path(l, 0));
+            norm(&mut out, &self.norm_path(l, 1));
+        }
+        out.push((format!("{}.weight", self.head_dense), vec![h, h]));
+        out.push((format!("{}.bias", self.head_dense), vec![h]));
+        norm(&mut out, self.head_norm);
+        out.push((self.head_bias.to_string(), vec![v]));
+        if !cfg.tie_word_embeddings {
+            out.push((self.decoder.to_string(), vec![v, h]));
+        }
+        out
+    }
+}
+
+fn position_offset(cfg: &ModelConfig) -> usize {
+    cfg.encoder
+        .as_ref()
+        .and_then(|e| e.padding_idx)
+        .map_or(0, |p| p + 1)
+}
+
+/// A linear layer's shape in nn.Linear's layout (out, in).
+fn linear_shape(cfg: &ModelConfig, p: Proj) -> (usize, usize) {
+    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+    match p {
+        Proj::Up | Proj::Gate => (i, h),
+        Proj::Down => (h, i),
+        Proj::Qkv => (3 * h, h),
+        Proj::Q | Proj::K | Proj::V | Proj::O => (h, h),
+        Proj::CrossQ | Proj::CrossK | Proj::CrossV | Proj::CrossO => {
+            unreachable!("an encoder has no cross-attention")
+        }
+    }
+}
+
+fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
+    Ok(match act {
+        Activation::GeluTanh => x.gelu()?,
+        Activation::GeluErf => x.gelu_erf()?,
+        Activation::Relu => x.relu()?,
+        Activation::Silu => candle_nn::ops::silu(x)?,
+    })
+}
+
+#[derive(Debug, Clone)]
+struct Block {
+    /// In the order the block runs them.
+    linears: Vec<(Proj, Linear)>,
+    /// After attention, after the MLP.
+    norms: [Norm; 2],
+}
+
+impl Block {
+    fn linear_mut(&mut self, p: Proj) -> Option<&mut Linear> {
+        self.linears
+            .iter_mut()
+            .find(|(q, _)| *q == p)
+            .map(|(_, l)| l)
+    }
+}
+
+fn build_block(
+    layout: &EncLayout,
+    l: usize,
+    get: &dyn Fn(&str) -> Result<Tensor>,
+) -> Result<Block> {
+    let mut linears = Vec::new();
+    for (p, _) in layout.linears {
+        let name = layout.weight_name_of(LinearId::new(l, *p));
+        linears.push((*p, Linear::new(get(&name)?, Some(get(&bias_name(&name))?))));
+    }
+    Ok(Block {
+        linears,
+        norms: [
+            Norm::read(&layout.norm_path(l, 0), get)?,
+            Norm::read(&layout.norm_path(l, 1), get)?,
+        ],
+    })
+}
+
+/// A BERT, RoBERTa or DistilBERT masked language model.
+pub struct Encoder {
+    cfg: ModelConfig,
+    layout: EncLayout,
+    word: Tensor,
+    positions: Tensor,
+    /// Row 0 of the token type embeddings, [hidden].
+    token_type: Option<Tensor>,
+    embed_norm: Norm,
+    blocks: BlockStore<Block>,
+    head_dense: Linear,
+    head_norm: Norm,
+    /// Weight tied to `word` unless replaced; bias the head's.
+    decoder: Linear,
+    dtype: DType,
+    device: Device,
+}
+
+impl std::fmt::Debug for Encoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encoder")
+            .field("family", &self.layout.name)
+            .field("layers", &self.cfg.num_layers)
+            .field("blocks", &self.blocks)
+            .finish()
+    }
+}
+
+impl Encoder {
+    /// Builds the model from tensors under their checkpoint names; every tensor must have the
+    /// config's shape and one dtype on one device.
+    pub(crate) fn new(cfg: &ModelConfig, layout: &EncLayout, weights: &TensorMap) -> Result<Self> {
+        check_weights(layout, cfg, weights)?;
+        let get = |name: &str| Ok(weights[name].clone());
+        let blocks = (0..cfg.num_layers)
+            .map(|l| Ok(Arc::new(build_block(layout, l, &get)?)))
+            .collect::<Result<_>>()?;
+        let head = weights.get(layout.decoder).cloned();
+        Self::assemble(cfg, layout, &get, head, BlockStore::Resident(blocks))
+    }
+
+    /// The model with embeddings and head read now and each block read from `source` when it
+    /// runs (its dynamic-int8 linears too).
+    pub(crate) fn streamed(
+        cfg: &ModelConfig,
+        layout: &EncLayout,
+        source: Arc<dyn TensorSource>,
+    ) -> Result<Self> {
+        let get = |name: &str| source.held(name);
+        let head = if source.contains(layout.decoder) {
+            Some(source.held(layout.decoder)?)
+        } else {
+            None
+        };
+        let blocks = BlockStore::streamed(source.clone());
+        let mut model = Self::assemble(cfg, layout, &get, head, blocks)?;
+        if let Some(w) = source.int8(layout.decoder)? {
+            model.decoder.int8 = Some(Int8Linear::new(w, &model.device)?);
+        }
+        Ok(model)
+    }
+
+    fn assemble(
+        cfg: &ModelConfig,
+        layout: &EncLayout,
+        get: &dyn Fn(&str) -> Result<Tensor>,
+        head: Option<Tensor>,
+        blocks: BlockStore<Block>,
+    ) -> Result<Self> {
+        let word = get(layout.word)?;
+        let (dtype, device) = (word.dtype(), word.device().clone());
+        check_dtype(dtype)?;
+        // A compression stage that changed the head of a tied model stores it: from then on the
+        // head is its own matrix.
+        let head = match head {
+            Some(w) => w,
+            None if cfg.tie_word_embeddings => word.clone(),
+            None => return Err(missing_tensor(layout.decoder)),
+        };
+        let types = cfg.encoder.as_ref().map_or(0, |e| e.type_vocab_size);
+        let token_type = match layout.token_types {
+            Some(name) if types > 0 => Some(get(name)?.get(0)?),
+            _ => None,
+        };
+        let dense = |path: &str| -> Result<Linear> {
+            Ok(Linear::new(
+                get(&format!("{path}.weight"))?,
+                Some(get(&format!("{path}.bias"))?),
+            ))
+        };
+        Ok(Encoder {
+            cfg: cfg.clone(),
+            layout: *layout,
+            positions: get(layout.positions)?,
+            token_type,
+            embed_norm: Norm::read(layout.embed_norm, get)?,
+            blocks,
+            head_dense: dense(layout.head_dense)?,
+            head_norm: Norm::read(layout.head_norm, get)?,
+            decoder: Linear::new(head, Some(get(layout.head_bias)?)),
+            word,
+            dtype,
+            device,
+        })
+    }
+
+    /// The same model with the named linear layer running as a dynamic int8 layer with these
+    /// int8 weights (nn.Linear's layout).
+    pub(crate) fn with_dynamic_int8(
+        mut self,
+        name: &str,
+        weight: crate::compress::dynint8::Int8Weight,
+    ) -> Result<Self> {
+        let device = self.device.clone();
+        let not_linear =
+            || ModelError::Invalid(format!("`{name}` is not a linear layer of the model"));
+        let linear = if name == self.layout.decoder {
+            &mut self.decoder
+        } else {
+            let id = self
+                .layout
+                .linear_id(&self.cfg, name)
+                .ok_or_else(not_linear)?;
+            let BlockStore::Resident(blocks) = &mut self.blocks else {
+                return Err(ModelError::Invalid(
+                    "a streamed model reads its int8 linears from its source".into(),
+                ));
+            };
+            let block = blocks.get_mut(id.layer).ok_or_else(not_linear)?;
+            Arc::make_mut(block)
+                .linear_mut(id.proj)
+                .ok_or_else(not_linear)?
+        };
+        linear.set_int8(name, weight, &device)?;
+        Ok(self)
+    }
+
+    fn block(&self, layer: usize) -> Result<Arc<Block>> {
+        self.blocks.get(layer, self.cfg.num_layers, |source| {
+            let mut block = build_block(&self.layout, layer, &|n| source.tensor(n))?;
+            for (p, _) in self.layout.linears {
+                let name = self.layout.weight_name_of(LinearId::new(layer, *p));
+                if let Some(w) = source.int8(&name)? {
+                    if let Some(l) = block.linear_mut(*p) {
+                        l.int8 = Some(Int8Linear::new(w, &self.device)?);
+                    }
+                }
+            }
+            Ok(block)
+        })
+    }
+
+    /// Token ids [batch, seq] (u32) → embeddings after their LayerNorm; `lengths` (one per row)
+    /// says where each row's padding starts, `None` for unpadded rows.
+    fn embed_rows(&self, tokens: &Tensor, lengths: Option<&[usize]>) -> Result<Tensor> {
+        let (b, s) = tokens.dims2().map_err(|_| {
+            ModelError::Invalid(format!(
+                "token ids must be [batch, seq], got shape {:?}",
+                tokens.dims()
+            ))
+        })?;
+        if tokens.dtype() != DType::U32 {
+            return Err(ModelError::Invalid(format!(
+                "token ids must be u32, got {:?}",
+                tokens.dtype()
+            )));
+        }
+        if b * s == 0 {
+            return Err(ModelError::Invalid("empty token sequence".into()));
+        }
+        if s > self.cfg.max_position_embeddings {
+            return Err(ModelError::Invalid(format!(
+                "{s} positions exceed the model's {} learned positions",
+                self.cfg.max_position_embeddings
+            )));
+        }
+        let max = tokens.flatten_all()?.max(0)?.to_scalar::<u32>()?;
+        if max as usize >= self.cfg.vocab_size {
+            return Err(ModelError::Invalid(format!(
+                "token id {max} is outside the vocabulary (vocab_size = {})",
+                self.cfg.vocab_size
+            )));
+        }
+        let h = self.cfg.hidden_size;
+        let tok = self
+            .word
+            .index_select(&tokens.flatten_all()?, 0)?
+            .reshape((b, s, h))?;
+        let padding_idx = self.cfg.encoder.as_ref().and_then(|e| e.padding_idx);
+        let mut rows = Vec::with_capacity(b * s);
+        for row in 0..b {
+            let len = lengths.map_or(s, |l| l[row]);
+            for p in 0..s {
+                rows.push(match padding_idx {
+                    None => p as u32,
+                    Some(pad) if p < len => (pad + 1 + p) as u32,
+                    Some(pad) => pad as u32,
+                });
+            }
+        }
+        let rows = Tensor::from_vec(rows, b * s, &self.device)?;
+        let pos = self.positions.index_select(&rows, 0)?.reshape((b, s, h))?;
+        let mut x = (tok + pos)?;
+        if let Some(t) = &self.token_type {
+            x = x.broadcast_add(t)?;
+        }
+        self.embed_norm.forward(&x, self.cfg.layer_norm_eps)
+    }
+
+    /// Runs block `layer` on `x` [batch, seq, hidden]; `mask` [batch, 1, 1, seq] (additive, 0 or
+    /// −∞) hides padded keys.
+    fn run_block(
+        &self,
+        layer: usize,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        mut capture: Option<Capture<'_>>,
+    ) -> Result<Tensor> {
+        let block = self.block(layer)?;
+        let (b, s) = check_block_input(&self.cfg, layer, x, 0, None)?;
+        let mut apply = |p: Proj, input: &Tensor| -> Result<Tensor> {
+            let (_, linear) = block
+                .linears
+                .iter()
+                .find(|(q, _)| *q == p)
+                .ok_or_else(|| ModelError::Invalid(format!("block {layer} has no {p:?}")))?;
+            if let Some(f) = capture.as_deref_mut() {
+                f(LinearId::new(layer, p), input);
+            }
+            linear.forward(input)
+        };
+        let (nh, hd) = (self.cfg.num_heads, self.cfg.head_dim);
+        let eps = self.cfg.layer_norm_eps;
+        let heads = |t: Tensor| -> Result<Tensor> {
+            Ok(t.reshape((b, s, nh, hd))?.transpose(1, 2)?.contiguous()?)
+        };
+        let q = heads(apply(Proj::Q, x)?)?;
+        let k = heads(apply(Proj::K, x)?)?;
+        let v = heads(apply(Proj::V, x)?)?;
+        let attn = attention(&q, &k, &v, (hd as f64).sqrt(), mask, self.dtype)?;
+        let attn = attn.transpose(1, 2)?.reshape((b, s, nh * hd))?;
+        let x = block.norms[0].forward(&(x + apply(Proj::O, &attn)?)?, eps)?;
+        let act = activate(&apply(Proj::Up, &x)?, self.cfg.activation)?;
+        block.norms[1].forward(&(&x + apply(Proj::Down, &act)?)?, eps)
+    }
+
+    /// The additive key mask [batch, 1, 1, seq] for rows of `lengths` real tokens.
+    fn key_mask(&self, b: usize, s: usize, lengths: &[usize]) -> Result<Tensor> {
+        if lengths.len() != b {
+            return Err(ModelError::Invalid(format!(
+                "{} lengths for a batch of {b} sequences",
+                lengths.len()
+            )));
+        }
+        if let Some(bad) = lengths.iter().find(|&&l| l == 0 || l > s) {
+            return Err(ModelError::Invalid(format!(
+                "length {bad} is outside 1..={s} (the padded sequence length)"
+            )));
+        }
+        let acc = accumulation_dtype(self.dtype);
+        let values: Vec<f32> = lengths
+            .iter()
+            .flat_map(|&l| (0..s).map(move |j| if j < l { 0.0 } else { f32::NEG_INFINITY }))
+            .collect();
+        Ok(Tensor::from_vec(values, (b, 1, 1, s), &self.device)?.to_dtype(acc)?)
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.cfg.num_layers
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn is_streamed(&self) -> bool {
+        self.blocks.is_streamed()
+    }
+
+    pub fn release(&self) {
+        self.blocks.release()
+    }
+
+    /// Token ids [batch, seq] → embeddings of unpadded rows.
+    pub fn embed(&self, tokens: &Tensor) -> Result<Tensor> {
+        self.embed_rows(tokens, None)
+    }
+
+    /// Block `layer` on unpadded rows (every position sees every other); `pos` must be 0 and
+    /// `cache` absent: an encoder reads whole sequences at once.
+    pub fn block_forward(
+        &self,
+        layer: usize,
+        x: &Tensor,
+        pos: usize,
+        cache: Option<&mut LayerKvCache>,
+        capture: Option<Capture<'_>>,
+    ) -> Result<Tensor> {
+        if pos != 0 || cache.is_some() {
+            return Err(ModelError::Invalid(format!(
+                "{} is an encoder: it has no KV cache and runs whole sequences from position 0",
+                self.layout.name
+            )));
+        }
+        self.run_block(layer, x, None, capture)
+    }
+
+    /// The masked-LM head: hidden states → logits [batch, seq, vocab] in f32.
+    pub fn head(&self, x: &Tensor) -> Result<Tensor> {
+        let act = if self.layout.head_gelu {
+            Activation::GeluErf
+        } else {
+            self.cfg.activation
+        };
+        let x = activate(&self.head_dense.forward(x)?, act)?;
+        let x = self.head_norm.forward(&x, self.cfg.layer_norm_eps)?;
+        Ok(self.decoder.forward(&x)?.to_dtype(DType::F32)?)
+    }
+
+    /// Logits [batch, seq, vocab] (f32) at every position; row `b` holds `lengths[b]` real
+    /// tokens followed by padding no position attends to.
+    pub fn forward_masked(&self, tokens: &Tensor, lengths: &[usize]) -> Result<Tensor> {
+        let (b, s) = tokens.dims2().map_err(|_| {
+            ModelError::Invalid(format!(
+                "token ids must be [batch, seq], got shape {:?}",
+                tokens.dims()
+            ))
+        })?;
+        let mask = self.key_mask(b, s, lengths)?;
+        let mut x = self.embed_rows(tokens, Some(lengths))?;
+        for layer in 0..self.num_layers() {
+            x = self.run_block(layer, &x, Some(&mask), None)?;
+        }
+        self.head(&x)
+    }
+}
+
+/// Bidirectional scaled dot-product attention in f32 (f64 for f64): q, k, v [b, heads, s, hd]
+/// → [b, heads, s, hd] in `dtype`, scores divided by `divisor`, `mask` added to them.
+fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    divisor: f64,
+    mask: Option<&Tensor>,
+    dtype: DType,
+) -> Result<Tensor> {
+    let acc = accumulation_dtype(dtype);
+    let (q, k, v) = (q.to_dtype(acc)?, k.to_dtype(acc)?, v.to_dtype(acc)?);
+    let mut scores = (q.matmul(&k.t()?)? / divisor)?;
+    if let Some(m) = mask {
+        scores = scores.broadcast_add(m)?;
+    }
+    // The fused softmax kernel has no backward: training takes the differentiable one.
+    let probs = if scores.track_op() {
+        softmax_last_dim_differentiable(&scores)?
+    } else {
+        candle_nn::ops::softmax_last_dim(&scores)?
+    };
+    Ok(probs.matmul(&v.contiguous()?)?.to_dtype(dtype)?)
+}
