@@ -19,9 +19,9 @@
 //! LayerNorm (no mean, no bias); attention is not scaled by `d_kv^-0.5`; linear layers have no
 //! bias.
 //!
-//! Tasks: knowledge probes (sentinel style, [`crate::eval::knowledge`]), divergence
-//! (teacher-forced decoder distributions, [`crate::eval::divergence`]) and generation (the
-//! prompt as the source, the answer the decoder's greedy output, [`crate::eval::generation`]).
+//! Tasks: knowledge probes (sentinel style), divergence (teacher-forced decoder distributions)
+//! and generation (the prompt as the source, the answer the decoder's greedy output); the
+//! evaluators' modules say how.
 //! Perplexity and multiple choice ask for a causal model and refuse a T5 with
 //! [`crate::model::ModelError::WrongObjective`]: T5 has no left-to-right likelihood of a text
 //! (use knowledge probes), and scoring choices as the decoder's output is not implemented yet.
