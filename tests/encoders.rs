@@ -400,7 +400,7 @@ mod probe {
 /// from each model's logits of each window read alone.
 #[test]
 fn masked_divergence_matches_a_hand_computation() {
-    use whittle::eval::divergence::divergence_masked;
+    use whittle::eval::divergence::{divergence, Pair};
     let (cfg, weights) = load(&fixture("bert"));
     let base = model(&cfg, &weights);
     let mut changed = weights.clone();
@@ -409,9 +409,8 @@ fn masked_divergence_matches_a_hand_computation() {
     let other = model(&cfg, &changed);
     let tokens: Vec<u32> = (0..20).map(|i| (i * 7 + 3) % 64).collect();
     let (seqlen, windows) = (6, 3);
-    let same = divergence_masked(
-        &*base,
-        &*base,
+    let same = divergence(
+        Pair::Masked(&*base, &*base),
         &tokens,
         seqlen,
         None,
@@ -421,9 +420,8 @@ fn masked_divergence_matches_a_hand_computation() {
     )
     .unwrap();
     assert_eq!((same.js, same.kl, same.top1), (0.0, 0.0, 1.0));
-    let d = divergence_masked(
-        &*other,
-        &*base,
+    let d = divergence(
+        Pair::Masked(&*other, &*base),
         &tokens,
         seqlen,
         None,

@@ -4,11 +4,11 @@
 
 mod common;
 
-use common::{entry, entry_meta, run_ok, text, whittle};
+use common::{
+    entry, entry_meta, metric, run_ok, safetensors_header, sparsity_names, text, whittle,
+};
 
 use std::path::{Path, PathBuf};
-
-use whittle::cache::RunRecord;
 
 fn bert() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/encoders/bert")
@@ -100,31 +100,6 @@ models:
     path
 }
 
-fn metric(cache: &Path, run: &RunRecord, instance: &str, name: &str) -> f64 {
-    let meta = entry_meta(cache, run, instance);
-    meta["metrics"][name]
-        .as_f64()
-        .unwrap_or_else(|| panic!("{instance}: no metric {name} in {meta}"))
-}
-
-fn names(cache: &Path, run: &RunRecord, instance: &str) -> Vec<String> {
-    let e = entry(cache, run, instance);
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(e.path("sparsity.json")).unwrap()).unwrap();
-    report["matrices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["name"].as_str().unwrap().to_string())
-        .collect()
-}
-
-fn safetensors_header(path: &Path) -> serde_json::Value {
-    let st = std::fs::read(path).unwrap();
-    let n = u64::from_le_bytes(st[..8].try_into().unwrap()) as usize;
-    serde_json::from_slice(&st[8..8 + n]).unwrap()
-}
-
 #[test]
 fn bert_compresses_evaluates_and_round_trips() {
     let tmp = tempfile::tempdir().unwrap();
@@ -177,21 +152,21 @@ fn bert_compresses_evaluates_and_round_trips() {
     let all: Vec<String> = (0..2)
         .flat_map(|l| attention.iter().chain(&mlp).map(move |m| block(l, m)))
         .collect();
-    assert_eq!(names(&cache, &run, "wanda"), all);
-    assert_eq!(names(&cache, &run, "magnitude"), all);
+    assert_eq!(sparsity_names(&cache, &run, "wanda"), all);
+    assert_eq!(sparsity_names(&cache, &run, "magnitude"), all);
     let want_mlp: Vec<String> = (0..2)
         .flat_map(|l| mlp.iter().map(move |m| block(l, m)))
         .collect();
-    assert_eq!(names(&cache, &run, "global"), want_mlp);
+    assert_eq!(sparsity_names(&cache, &run, "global"), want_mlp);
     // Study K's attention of an encoder: query, key and value; the output dense is its own group.
     let want_attn: Vec<String> = (0..2)
         .flat_map(|l| attention[..3].iter().map(move |m| block(l, m)))
         .collect();
-    assert_eq!(names(&cache, &run, "random"), want_attn);
+    assert_eq!(sparsity_names(&cache, &run, "random"), want_attn);
     let want_out: Vec<String> = (0..2).map(|l| block(l, attention[3])).collect();
-    assert_eq!(names(&cache, &run, "attn-out"), want_out);
+    assert_eq!(sparsity_names(&cache, &run, "attn-out"), want_out);
     assert_eq!(
-        names(&cache, &run, "head-rows"),
+        sparsity_names(&cache, &run, "head-rows"),
         ["cls.predictions.decoder.weight"]
     );
 

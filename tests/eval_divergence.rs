@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use whittle::eval::divergence::divergence;
+use whittle::eval::divergence::{divergence, Pair};
 use whittle::model::*;
 
 fn load(dir: &Path) -> (ModelConfig, TensorMap, Tokenizer) {
@@ -58,8 +58,7 @@ fn a_model_against_itself_diverges_by_nothing() {
     let model = Llama::new(&cfg, &weights).unwrap();
     let mut ticks = 0;
     let d = divergence(
-        &model,
-        &model,
+        Pair::Causal(&model, &model),
         &tokens,
         64,
         Some(4),
@@ -128,8 +127,7 @@ fn a_pruned_model_diverges_the_same_whatever_the_batch_and_as_f64_says() {
     let (seqlen, limit) = (48, Some(5));
     let run = |batch: usize| {
         divergence(
-            &model,
-            &base,
+            Pair::Causal(&model, &base),
             &tokens,
             seqlen,
             limit,
@@ -214,8 +212,7 @@ fn models_with_different_vocabularies_are_refused() {
     let other = Llama::new(&cfg2, &w2).unwrap();
     let tokens: Vec<u32> = (0..64).collect();
     let e = divergence(
-        &model,
-        &other,
+        Pair::Causal(&model, &other),
         &tokens,
         16,
         None,

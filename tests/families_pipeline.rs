@@ -4,28 +4,13 @@
 
 mod common;
 
-use common::{entry, entry_meta, log_of, run_ok, text, whittle};
+use common::{
+    entry_meta, log_of, metric, run_ok, safetensors_header, small_world, sparsity_records, text,
+    whittle,
+};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-use whittle::cache::RunRecord;
-use whittle::train::synth::{self, SynthConfig};
-
-/// A world of twelve people with short biographies (it trains in seconds), written as
-/// `whittle synth` writes one; returns its best constant-answer P@1.
-fn world(dir: &Path) -> f64 {
-    let cfg = SynthConfig {
-        entities: 12,
-        train_docs_per_entity: 10,
-        filler_min: 0,
-        filler_max: 1,
-        ..SynthConfig::default()
-    };
-    let corpus = synth::generate(&cfg).unwrap();
-    corpus.write(dir).unwrap();
-    corpus.chance_p_at_1()
-}
 
 fn datasets(world: &Path) -> String {
     let w = world.display();
@@ -85,20 +70,6 @@ fn pipeline(dir: &Path, world: &Path, arch: &str) -> PathBuf {
     path
 }
 
-fn metric(cache: &Path, run: &RunRecord, instance: &str, name: &str) -> f64 {
-    let meta = entry_meta(cache, run, instance);
-    meta["metrics"][name]
-        .as_f64()
-        .unwrap_or_else(|| panic!("{instance}: no metric {name} in {meta}"))
-}
-
-fn sparsity_records(cache: &Path, run: &RunRecord, instance: &str) -> Vec<serde_json::Value> {
-    let e = entry(cache, run, instance);
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(e.path("sparsity.json")).unwrap()).unwrap();
-    report["matrices"].as_array().unwrap().clone()
-}
-
 /// The linear layers of the blocks, with their nn.Linear shapes (out, in), for `dim` 48, MLP
 /// 128 and 2 blocks.
 fn block_linears(arch: &str) -> Vec<(String, usize, usize)> {
@@ -132,7 +103,7 @@ fn block_linears(arch: &str) -> Vec<(String, usize, usize)> {
 fn family_compresses_evaluates_and_round_trips(arch: &str, class: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let world_dir = tmp.path().join("world");
-    let chance = world(&world_dir);
+    let chance = small_world(&world_dir);
     let cache = tmp.path().join("cache");
     let file = pipeline(tmp.path(), &world_dir, arch);
     let started = std::time::Instant::now();
@@ -325,12 +296,6 @@ fn streamed_matches_held(dir: &Path, trained: &Path, world: &Path, arch: &str) {
         let b = entry_meta(&streamed_cache, &streamed, stage);
         assert_eq!(a["metrics"], b["metrics"], "{arch} {stage}");
     }
-}
-
-fn safetensors_header(path: &Path) -> serde_json::Value {
-    let st = std::fs::read(path).unwrap();
-    let n = u64::from_le_bytes(st[..8].try_into().unwrap()) as usize;
-    serde_json::from_slice(&st[8..8 + n]).unwrap()
 }
 
 /// With `python3` that has transformers and torch: the exported folder loads as its class and

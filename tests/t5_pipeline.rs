@@ -4,11 +4,9 @@
 
 mod common;
 
-use common::{entry, entry_meta, run_ok, text, whittle};
+use common::{entry_meta, metric, run_ok, sparsity_names, text, whittle};
 
 use std::path::{Path, PathBuf};
-
-use whittle::cache::RunRecord;
 
 /// Every compressed model, by stage name.
 const COMPRESSED: [&str; 9] = [
@@ -87,25 +85,6 @@ fn datasets(text: &Path, lama: &Path) -> String {
         text.display(),
         lama.display()
     )
-}
-
-fn metric(cache: &Path, run: &RunRecord, instance: &str, name: &str) -> f64 {
-    let meta = entry_meta(cache, run, instance);
-    meta["metrics"][name]
-        .as_f64()
-        .unwrap_or_else(|| panic!("{instance}: no metric {name} in {meta}"))
-}
-
-fn sparsity_names(cache: &Path, run: &RunRecord, instance: &str) -> Vec<String> {
-    let e = entry(cache, run, instance);
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(e.path("sparsity.json")).unwrap()).unwrap();
-    report["matrices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["name"].as_str().unwrap().to_string())
-        .collect()
 }
 
 #[test]

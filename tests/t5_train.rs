@@ -4,31 +4,13 @@
 
 mod common;
 
-use std::path::Path;
-
-use common::{entry, entry_meta, run_ok};
-use whittle::train::synth::{self, SynthConfig};
-
-/// Twelve people with short biographies, as `tests/families_pipeline.rs`; returns the best
-/// constant-answer P@1.
-fn world(dir: &Path) -> f64 {
-    let cfg = SynthConfig {
-        entities: 12,
-        train_docs_per_entity: 10,
-        filler_min: 0,
-        filler_max: 1,
-        ..SynthConfig::default()
-    };
-    let corpus = synth::generate(&cfg).unwrap();
-    corpus.write(dir).unwrap();
-    corpus.chance_p_at_1()
-}
+use common::{entry, entry_meta, run_ok, small_world};
 
 #[test]
 fn t5_trains_by_span_corruption_and_pruning_takes_its_facts() {
     let tmp = tempfile::tempdir().unwrap();
     let w = tmp.path().join("world");
-    let chance = world(&w);
+    let chance = small_world(&w);
     let wd = w.display();
     let text = format!(
         r#"version: 1

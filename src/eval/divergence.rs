@@ -21,7 +21,7 @@
 //! which neither overflows nor loses the tails; sums over the vocabulary and over positions are
 //! accumulated in f64. Two identical distributions give d = 0 and exactly 0.
 //!
-//! A masked (encoder) model is compared the same way ([`divergence_masked`]): each window is read
+//! A masked (encoder) model is compared the same way ([`Pair::Masked`]): each window is read
 //! whole and unmasked, and P and Q are the two models' masked-LM distributions at every position
 //! (what each would put in that slot), not next-token distributions. Windows are cut from the
 //! same token stream, so the tokenizer's special tokens (`[CLS]` … `[SEP]`) wrap the stream, not
@@ -32,14 +32,43 @@ use candle_core::{DType, Device, Tensor, D};
 use serde::{Deserialize, Serialize};
 
 use super::perplexity::windows;
-use crate::model::{final_hidden, Blocks, CausalLm, MaskedLm, ModelError, Seq2SeqLm};
+use crate::model::{
+    final_hidden, Blocks, CausalLm, LanguageModel, MaskedLm, ModelError, Seq2SeqLm,
+};
 
-/// A model whose distributions are compared (both models of a comparison are of one kind): a
-/// causal LM's next-token distributions, an encoder's masked-LM distributions at every position
-/// of an unmasked window, or an encoder-decoder's teacher-forced decoder distributions (module
-/// docs).
+/// The two models of a comparison, `(model, reference)`, of one kind: causal LMs' next-token
+/// distributions, encoders' masked-LM distributions at every position of an unmasked window, or
+/// encoder-decoders' teacher-forced decoder distributions (module docs).
 #[derive(Clone, Copy)]
-pub enum Compared<'a> {
+pub enum Pair<'a> {
+    Causal(&'a dyn CausalLm, &'a dyn CausalLm),
+    Masked(&'a dyn MaskedLm, &'a dyn MaskedLm),
+    Seq2Seq(&'a dyn Seq2SeqLm, &'a dyn Seq2SeqLm),
+}
+
+impl<'a> Pair<'a> {
+    /// `model` against `reference`, refused unless both are of one kind.
+    pub fn of(model: &'a LanguageModel, reference: &'a LanguageModel) -> Result<Self, ModelError> {
+        match (model, reference) {
+            (LanguageModel::Causal(m), LanguageModel::Causal(r)) => Ok(Pair::Causal(&**m, &**r)),
+            (LanguageModel::Masked(m), LanguageModel::Masked(r)) => Ok(Pair::Masked(&**m, &**r)),
+            (LanguageModel::Seq2Seq(m), LanguageModel::Seq2Seq(r)) => Ok(Pair::Seq2Seq(&**m, &**r)),
+            _ => Err(reference.refuse("divergence against this reference", model.objective())),
+        }
+    }
+
+    fn split(self) -> (Compared<'a>, Compared<'a>) {
+        match self {
+            Pair::Causal(m, r) => (Compared::Causal(m), Compared::Causal(r)),
+            Pair::Masked(m, r) => (Compared::Masked(m), Compared::Masked(r)),
+            Pair::Seq2Seq(m, r) => (Compared::Seq2Seq(m), Compared::Seq2Seq(r)),
+        }
+    }
+}
+
+/// One model of a [`Pair`].
+#[derive(Clone, Copy)]
+enum Compared<'a> {
     Causal(&'a dyn CausalLm),
     Masked(&'a dyn MaskedLm),
     Seq2Seq(&'a dyn Seq2SeqLm),
@@ -220,14 +249,12 @@ pub fn lowest_argmax(logits: &Tensor) -> candle_core::Result<Vec<u32>> {
     first.to_dtype(DType::U32)?.to_vec1::<u32>()
 }
 
-/// JS, KL and top-1 agreement of `model` (Q) against `reference` (P) over the windows of
-/// `tokens`, `batch_size` windows per forward pass of each model. Only one batch's logits of each
-/// model are alive at a time; the result does not depend on `batch_size` beyond rounding. `tick`
-/// is called with the number of windows done after each batch.
-#[allow(clippy::too_many_arguments)]
+/// JS, KL and top-1 agreement of the pair's model (Q) against its reference (P) over the windows
+/// of `tokens`, `batch_size` windows per forward pass of each model. Only one batch's logits of
+/// each model are alive at a time; the result does not depend on `batch_size` beyond rounding.
+/// `tick` is called with the number of windows done after each batch.
 pub fn divergence(
-    model: &dyn CausalLm,
-    reference: &dyn CausalLm,
+    pair: Pair<'_>,
     tokens: &[u32],
     seqlen: usize,
     limit: Option<usize>,
@@ -235,57 +262,8 @@ pub fn divergence(
     device: &Device,
     tick: crate::cancel::Tick,
 ) -> Result<Divergence, ModelError> {
-    divergence_of(
-        Compared::Causal(model),
-        Compared::Causal(reference),
-        tokens,
-        seqlen,
-        limit,
-        batch_size,
-        device,
-        tick,
-    )
-}
-
-/// [`divergence`] of two masked models: their masked-LM distributions at every position of each
-/// unmasked window (see the module docs).
-#[allow(clippy::too_many_arguments)]
-pub fn divergence_masked(
-    model: &dyn MaskedLm,
-    reference: &dyn MaskedLm,
-    tokens: &[u32],
-    seqlen: usize,
-    limit: Option<usize>,
-    batch_size: usize,
-    device: &Device,
-    tick: crate::cancel::Tick,
-) -> Result<Divergence, ModelError> {
-    divergence_of(
-        Compared::Masked(model),
-        Compared::Masked(reference),
-        tokens,
-        seqlen,
-        limit,
-        batch_size,
-        device,
-        tick,
-    )
-}
-
-/// [`divergence`] of models of any kind (both of one kind: the caller checks).
-#[allow(clippy::too_many_arguments)]
-pub fn divergence_of(
-    model: Compared<'_>,
-    reference: Compared<'_>,
-    tokens: &[u32],
-    seqlen: usize,
-    limit: Option<usize>,
-    batch_size: usize,
-    device: &Device,
-    tick: crate::cancel::Tick,
-) -> Result<Divergence, ModelError> {
-    let (model_lm, reference_lm) = (model, reference);
-    let (model, reference) = (model.blocks(), reference.blocks());
+    let (model_lm, reference_lm) = pair.split();
+    let (model, reference) = (model_lm.blocks(), reference_lm.blocks());
     let (vm, vr) = (model.config().vocab_size, reference.config().vocab_size);
     if vm != vr {
         return Err(ModelError::Invalid(format!(

@@ -5,7 +5,7 @@
 //! [`ModelConfig`] is what the runtime uses, with every default filled and every unsupported
 //! feature rejected up front, naming the key.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -232,27 +232,23 @@ impl ModelConfig {
 impl RawConfig {
     /// Fills defaults and checks everything the runtime relies on. `path` is only for messages.
     pub fn resolve(self, path: &Path) -> Result<ModelConfig> {
-        let err = |key: &str, message: String| ModelError::Config {
-            path: path.to_path_buf(),
-            key: key.to_string(),
-            message,
-        };
+        let file = ConfigFile(path);
         let family = family_of(
             self.model_type.as_deref(),
             self.architectures.as_deref(),
             path,
         )?;
         if !matches!(family, Family::Llama | Family::Mistral | Family::Qwen2) {
-            return Err(err(
+            return Err(file.err(
                 "model_type",
                 format!("{family:?} is not a LLaMA-family config; read it with ModelConfig"),
             ));
         }
         let need = |key: &str, v: Option<usize>| -> Result<usize> {
             match v {
-                Some(0) => Err(err(key, "must be positive".into())),
+                Some(0) => Err(file.err(key, "must be positive".into())),
                 Some(v) => Ok(v),
-                None => Err(err(key, "is required".into())),
+                None => Err(file.err(key, "is required".into())),
             }
         };
         let hidden_size = need("hidden_size", self.hidden_size)?;
@@ -265,7 +261,7 @@ impl RawConfig {
             Some(self.num_key_value_heads.unwrap_or(num_heads)),
         )?;
         if num_heads % num_kv_heads != 0 {
-            return Err(err(
+            return Err(file.err(
                 "num_key_value_heads",
                 format!("{num_kv_heads} does not divide num_attention_heads = {num_heads}"),
             ));
@@ -274,7 +270,7 @@ impl RawConfig {
             Some(d) => need("head_dim", Some(d))?,
             None if hidden_size % num_heads == 0 => hidden_size / num_heads,
             None => {
-                return Err(err(
+                return Err(file.err(
                     "head_dim",
                     format!(
                         "absent, and hidden_size = {hidden_size} is not a multiple of \
@@ -284,20 +280,20 @@ impl RawConfig {
             }
         };
         if head_dim % 2 != 0 {
-            return Err(err("head_dim", format!("{head_dim} must be even for RoPE")));
+            return Err(file.err("head_dim", format!("{head_dim} must be even for RoPE")));
         }
         let rms_norm_eps = self.rms_norm_eps.unwrap_or(1e-6);
         if !(rms_norm_eps.is_finite() && rms_norm_eps > 0.0) {
-            return Err(err("rms_norm_eps", format!("{rms_norm_eps} must be > 0")));
+            return Err(file.err("rms_norm_eps", format!("{rms_norm_eps} must be > 0")));
         }
         let rope_theta = self.rope_theta.unwrap_or(10_000.0);
         if !(rope_theta.is_finite() && rope_theta > 0.0) {
-            return Err(err("rope_theta", format!("{rope_theta} must be > 0")));
+            return Err(file.err("rope_theta", format!("{rope_theta} must be > 0")));
         }
         match self.hidden_act.as_deref() {
             None | Some("silu") => {}
             Some(other) => {
-                return Err(err(
+                return Err(file.err(
                     "hidden_act",
                     format!("`{other}` is not supported; only `silu` (SwiGLU) is"),
                 ))
@@ -305,7 +301,7 @@ impl RawConfig {
         }
         let rope_scaling = match &self.rope_scaling {
             None | Some(serde_json::Value::Null) => None,
-            Some(v) => resolve_rope_scaling(v).map_err(|m| err("rope_scaling", m))?,
+            Some(v) => resolve_rope_scaling(v).map_err(|m| file.err("rope_scaling", m))?,
         };
         let attention_bias = self.attention_bias.unwrap_or(false);
         let (qkv_bias, o_bias) = match family {
@@ -316,7 +312,7 @@ impl RawConfig {
         let sliding_window = match family {
             Family::Mistral => self.sliding_window,
             Family::Qwen2 if self.use_sliding_window == Some(true) => {
-                return Err(err(
+                return Err(file.err(
                     "use_sliding_window",
                     "Qwen2's per-layer sliding window is not supported; set it to false".into(),
                 ))
@@ -391,11 +387,7 @@ fn family_of(
     architectures: Option<&[String]>,
     path: &Path,
 ) -> Result<Family> {
-    let err = |key: &str, message: String| ModelError::Config {
-        path: PathBuf::from(path),
-        key: key.to_string(),
-        message,
-    };
+    let file = ConfigFile(path);
     let list = |names: &mut dyn Iterator<Item = &str>| names.collect::<Vec<_>>().join(", ");
     let from_type = match model_type {
         None => None,
@@ -403,7 +395,7 @@ fn family_of(
             Some((_, family)) => Some(*family),
             None => {
                 let known = list(&mut MODEL_TYPES.iter().map(|(n, _)| *n));
-                return Err(err(
+                return Err(file.err(
                     "model_type",
                     format!("`{t}` is not supported; expected one of {known}"),
                 ));
@@ -416,29 +408,61 @@ fn family_of(
             Some((_, family)) => Some(*family),
             None => {
                 let known = list(&mut ARCHITECTURES.iter().map(|(n, _)| *n));
-                return Err(err(
+                return Err(file.err(
                     "architectures",
                     format!("`{arch}` is not supported; expected one of {known}"),
                 ));
             }
         },
         Some(many) => {
-            return Err(err(
+            return Err(file.err(
                 "architectures",
                 format!("expected one architecture, found {many:?}"),
             ))
         }
     };
     match (from_type, from_arch) {
-        (Some(t), Some(a)) if t != a => Err(err(
+        (Some(t), Some(a)) if t != a => Err(file.err(
             "architectures",
             format!("{a:?} contradicts model_type {t:?}"),
         )),
         (Some(f), _) | (None, Some(f)) => Ok(f),
-        (None, None) => Err(err(
+        (None, None) => Err(file.err(
             "model_type",
             "neither model_type nor architectures is given; cannot tell the architecture".into(),
         )),
+    }
+}
+
+/// One `config.json` being read: its raw form, and errors that name the file and the key.
+#[derive(Clone, Copy)]
+pub(crate) struct ConfigFile<'a>(pub(crate) &'a Path);
+
+impl ConfigFile<'_> {
+    /// The file's JSON as `T`.
+    pub(crate) fn parse<T: serde::de::DeserializeOwned>(self, json: &str) -> Result<T> {
+        serde_json::from_str(json).map_err(|source| ModelError::Json {
+            path: self.0.to_path_buf(),
+            source,
+        })
+    }
+
+    /// The error for a bad value of `key`.
+    pub(crate) fn err(self, key: &str, message: String) -> ModelError {
+        ModelError::Config {
+            path: self.0.to_path_buf(),
+            key: key.to_string(),
+            message,
+        }
+    }
+
+    /// `v`, which `key` must give as positive.
+    pub(crate) fn positive(self, key: &str, v: usize) -> Result<usize> {
+        if v == 0 {
+            Err(self.err(key, "must be positive".into()))
+        } else {
+            Ok(v)
+        }
     }
 }
 
@@ -449,17 +473,13 @@ pub(crate) fn token_ids(
     vocab_size: usize,
     path: &Path,
 ) -> Result<(Option<u32>, Vec<u32>)> {
-    let err = |key: &str, message: String| ModelError::Config {
-        path: path.to_path_buf(),
-        key: key.to_string(),
-        message,
-    };
+    let file = ConfigFile(path);
     let bos_token_id = match bos {
         None => None,
         Some(TokenIds::One(id)) => Some(id),
         Some(TokenIds::Many(ids)) if ids.len() <= 1 => ids.first().copied(),
         Some(TokenIds::Many(ids)) => {
-            return Err(err(
+            return Err(file.err(
                 "bos_token_id",
                 format!("expected one id, found a list {ids:?}"),
             ))
@@ -471,7 +491,7 @@ pub(crate) fn token_ids(
         ("eos_token_id", eos_token_ids.clone()),
     ] {
         if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab_size) {
-            return Err(err(
+            return Err(file.err(
                 key,
                 format!("id {bad} is outside the vocabulary (vocab_size = {vocab_size})"),
             ));

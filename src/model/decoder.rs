@@ -14,10 +14,13 @@ use candle_core::{DType, Device, Tensor};
 use super::config::{Activation, ModelConfig};
 use super::error::{ModelError, Result};
 use super::family::Architecture;
+use super::lm::{delegate, Blocks, CausalLm};
+use super::parts::{apply_linear, read_int8, stored_head};
 use super::parts::{
     causal_attention, check_block_input, check_dtype, check_weights, layer_norm, missing_tensor,
-    BlockStore, Capture, Int8Linear, KvCache, LayerKvCache, Linear, LinearId, Proj,
+    BlockStore, Capture, KvCache, LayerKvCache, Linear, Proj,
 };
+use super::parts::{linear_by_role, token_shape, BlockLinears};
 use super::reader::TensorSource;
 use super::weights::TensorMap;
 
@@ -153,12 +156,9 @@ struct Block {
     linears: Vec<(Proj, Linear)>,
 }
 
-impl Block {
+impl BlockLinears for Block {
     fn linear_mut(&mut self, p: Proj) -> Option<&mut Linear> {
-        self.linears
-            .iter_mut()
-            .find(|(q, _)| *q == p)
-            .map(|(_, l)| l)
+        linear_by_role(&mut self.linears, p)
     }
 }
 
@@ -214,16 +214,15 @@ impl LnDecoder {
     ) -> Result<LnDecoder> {
         let get = |name: &str| source.held(name);
         let head_name = layout.arch.head_name();
-        let head = if source.contains(head_name) {
-            Some(source.held(head_name)?)
-        } else {
-            None
-        };
+        let head = stored_head(source.as_ref(), head_name)?;
         let blocks = BlockStore::streamed(source.clone());
         let mut model = Self::assemble(cfg, layout, &get, head, blocks)?;
-        if let Some(w) = source.int8(head_name)? {
-            model.lm_head.int8 = Some(Int8Linear::new(w, &model.device)?);
-        }
+        read_int8(
+            source.as_ref(),
+            head_name,
+            &mut model.lm_head,
+            &model.device,
+        )?;
         Ok(model)
     }
 
@@ -276,67 +275,26 @@ impl LnDecoder {
         name: &str,
         weight: crate::compress::dynint8::Int8Weight,
     ) -> Result<Self> {
-        let device = self.device.clone();
-        let not_linear =
-            || ModelError::Invalid(format!("`{name}` is not a linear layer of the model"));
-        let linear = if name == self.layout.arch.head_name() {
-            &mut self.lm_head
-        } else {
-            let id = self
-                .layout
-                .arch
-                .linear_id(&self.cfg, name)
-                .ok_or_else(not_linear)?;
-            let BlockStore::Resident(blocks) = &mut self.blocks else {
-                return Err(ModelError::Invalid(
-                    "a streamed model reads its int8 linears from its source".into(),
-                ));
-            };
-            let block = blocks.get_mut(id.layer).ok_or_else(not_linear)?;
-            Arc::make_mut(block)
-                .linear_mut(id.proj)
-                .ok_or_else(not_linear)?
-        };
-        linear.set_int8(name, weight, &device)?;
+        let head = (name == self.layout.arch.head_name()).then_some(&mut self.lm_head);
+        let id = self.layout.arch.linear_id(&self.cfg, name);
+        self.blocks
+            .set_dynamic_int8(head, id, name, weight, &self.device)?;
         Ok(self)
     }
 
     fn block(&self, layer: usize) -> Result<Arc<Block>> {
-        self.blocks.get(layer, self.cfg.num_layers, |source| {
-            let mut block = build_block(&self.cfg, self.layout, layer, &|n| source.tensor(n))?;
-            for id in self.layout.arch.block_linears(layer) {
-                if let Some(w) = source.int8(&self.layout.arch.weight_name(id))? {
-                    if let Some(l) = block.linear_mut(id.proj) {
-                        l.int8 = Some(Int8Linear::new(w, &self.device)?);
-                    }
-                }
-            }
-            Ok(block)
-        })
-    }
-
-    pub fn is_streamed(&self) -> bool {
-        self.blocks.is_streamed()
-    }
-
-    pub fn release(&self) {
-        self.blocks.release()
-    }
-
-    pub fn config(&self) -> &ModelConfig {
-        &self.cfg
-    }
-
-    pub fn num_layers(&self) -> usize {
-        self.cfg.num_layers
-    }
-
-    pub fn dtype(&self) -> DType {
-        self.dtype
-    }
-
-    pub fn device(&self) -> &Device {
-        &self.device
+        let linears = || {
+            self.layout
+                .arch
+                .block_linears(layer)
+                .into_iter()
+                .map(|id| (id.proj, self.layout.arch.weight_name(id)))
+                .collect()
+        };
+        self.blocks
+            .block(layer, self.cfg.num_layers, &self.device, linears, |get| {
+                build_block(&self.cfg, self.layout, layer, get)
+            })
     }
 
     /// Token ids [batch, seq] (u32) → token plus position embeddings, positions from 0.
@@ -346,33 +304,12 @@ impl LnDecoder {
 
     /// Token embeddings plus those of positions `pos..pos + seq`.
     fn embed_at(&self, tokens: &Tensor, pos: usize) -> Result<Tensor> {
-        let (b, s) = tokens.dims2().map_err(|_| {
-            ModelError::Invalid(format!(
-                "token ids must be [batch, seq], got shape {:?}",
-                tokens.dims()
-            ))
-        })?;
-        if tokens.dtype() != DType::U32 {
-            return Err(ModelError::Invalid(format!(
-                "token ids must be u32, got {:?}",
-                tokens.dtype()
-            )));
-        }
-        if b * s == 0 {
-            return Err(ModelError::Invalid("empty token sequence".into()));
-        }
+        let (b, s) = token_shape(tokens, self.cfg.vocab_size)?;
         if pos + s > self.cfg.max_position_embeddings {
             return Err(ModelError::Invalid(format!(
                 "positions up to {} exceed the model's {} learned positions",
                 pos + s,
                 self.cfg.max_position_embeddings
-            )));
-        }
-        let max = tokens.flatten_all()?.max(0)?.to_scalar::<u32>()?;
-        if max as usize >= self.cfg.vocab_size {
-            return Err(ModelError::Invalid(format!(
-                "token id {max} is outside the vocabulary (vocab_size = {})",
-                self.cfg.vocab_size
             )));
         }
         let tok = self.embed.index_select(&tokens.flatten_all()?, 0)?;
@@ -401,17 +338,8 @@ impl LnDecoder {
         let block = self.block(layer)?;
         let (b, s) = check_block_input(&self.cfg, layer, x, pos, cache.as_deref())?;
         let h = self.cfg.hidden_size;
-        let mut apply = |p: Proj, input: &Tensor| -> Result<Tensor> {
-            let (_, linear) = block
-                .linears
-                .iter()
-                .find(|(q, _)| *q == p)
-                .ok_or_else(|| ModelError::Invalid(format!("block {layer} has no {p:?}")))?;
-            if let Some(f) = capture.as_deref_mut() {
-                f(LinearId::new(layer, p), input);
-            }
-            linear.forward(input)
-        };
+        let mut apply =
+            |p: Proj, input: &Tensor| apply_linear(&block.linears, layer, p, input, &mut capture);
         let (nh, hd) = (self.cfg.num_heads, self.cfg.head_dim);
         let eps = self.cfg.layer_norm_eps;
 
@@ -602,3 +530,11 @@ macro_rules! ln_family_methods {
     };
 }
 pub(crate) use ln_family_methods;
+
+impl Blocks for LnDecoder {
+    delegate!(Blocks runtime);
+}
+
+impl CausalLm for LnDecoder {
+    delegate!(CausalLm [] []);
+}

@@ -24,11 +24,13 @@ use super::config::{Activation, ModelConfig};
 use super::decoder::{bias_name, Norm};
 use super::error::{ModelError, Result};
 use super::family::Architecture;
+use super::lm::{delegate, Blocks, MaskedLm};
 use super::parts::{
     accumulation_dtype, check_block_input, check_dtype, check_weights, missing_tensor,
-    softmax_last_dim_differentiable, BlockStore, Capture, Int8Linear, LayerKvCache, Linear,
-    LinearId, Proj,
+    softmax_last_dim_differentiable, BlockStore, Capture, LayerKvCache, Linear, LinearId, Proj,
 };
+use super::parts::{apply_linear, read_int8, stored_head};
+use super::parts::{linear_by_role, token_shape, BlockLinears};
 use super::reader::TensorSource;
 use super::weights::TensorMap;
 
@@ -159,12 +161,9 @@ struct Block {
     norms: [Norm; 2],
 }
 
-impl Block {
+impl BlockLinears for Block {
     fn linear_mut(&mut self, p: Proj) -> Option<&mut Linear> {
-        self.linears
-            .iter_mut()
-            .find(|(q, _)| *q == p)
-            .map(|(_, l)| l)
+        linear_by_role(&mut self.linears, p)
     }
 }
 
@@ -236,16 +235,15 @@ impl Encoder {
         source: Arc<dyn TensorSource>,
     ) -> Result<Self> {
         let get = |name: &str| source.held(name);
-        let head = if source.contains(layout.decoder) {
-            Some(source.held(layout.decoder)?)
-        } else {
-            None
-        };
+        let head = stored_head(source.as_ref(), layout.decoder)?;
         let blocks = BlockStore::streamed(source.clone());
         let mut model = Self::assemble(cfg, layout, &get, head, blocks)?;
-        if let Some(w) = source.int8(layout.decoder)? {
-            model.decoder.int8 = Some(Int8Linear::new(w, &model.device)?);
-        }
+        read_int8(
+            source.as_ref(),
+            layout.decoder,
+            &mut model.decoder,
+            &model.device,
+        )?;
         Ok(model)
     }
 
@@ -300,74 +298,35 @@ impl Encoder {
         name: &str,
         weight: crate::compress::dynint8::Int8Weight,
     ) -> Result<Self> {
-        let device = self.device.clone();
-        let not_linear =
-            || ModelError::Invalid(format!("`{name}` is not a linear layer of the model"));
-        let linear = if name == self.layout.decoder {
-            &mut self.decoder
-        } else {
-            let id = self
-                .layout
-                .linear_id(&self.cfg, name)
-                .ok_or_else(not_linear)?;
-            let BlockStore::Resident(blocks) = &mut self.blocks else {
-                return Err(ModelError::Invalid(
-                    "a streamed model reads its int8 linears from its source".into(),
-                ));
-            };
-            let block = blocks.get_mut(id.layer).ok_or_else(not_linear)?;
-            Arc::make_mut(block)
-                .linear_mut(id.proj)
-                .ok_or_else(not_linear)?
-        };
-        linear.set_int8(name, weight, &device)?;
+        let head = (name == self.layout.decoder).then_some(&mut self.decoder);
+        let id = self.layout.linear_id(&self.cfg, name);
+        self.blocks
+            .set_dynamic_int8(head, id, name, weight, &self.device)?;
         Ok(self)
     }
 
     fn block(&self, layer: usize) -> Result<Arc<Block>> {
-        self.blocks.get(layer, self.cfg.num_layers, |source| {
-            let mut block = build_block(&self.layout, layer, &|n| source.tensor(n))?;
-            for (p, _) in self.layout.linears {
-                let name = self.layout.weight_name_of(LinearId::new(layer, *p));
-                if let Some(w) = source.int8(&name)? {
-                    if let Some(l) = block.linear_mut(*p) {
-                        l.int8 = Some(Int8Linear::new(w, &self.device)?);
-                    }
-                }
-            }
-            Ok(block)
-        })
+        let linears = || {
+            self.layout
+                .linears
+                .iter()
+                .map(|(p, _)| (*p, self.layout.weight_name_of(LinearId::new(layer, *p))))
+                .collect()
+        };
+        self.blocks
+            .block(layer, self.cfg.num_layers, &self.device, linears, |get| {
+                build_block(&self.layout, layer, get)
+            })
     }
 
     /// Token ids [batch, seq] (u32) → embeddings after their LayerNorm; `lengths` (one per row)
     /// says where each row's padding starts, `None` for unpadded rows.
     fn embed_rows(&self, tokens: &Tensor, lengths: Option<&[usize]>) -> Result<Tensor> {
-        let (b, s) = tokens.dims2().map_err(|_| {
-            ModelError::Invalid(format!(
-                "token ids must be [batch, seq], got shape {:?}",
-                tokens.dims()
-            ))
-        })?;
-        if tokens.dtype() != DType::U32 {
-            return Err(ModelError::Invalid(format!(
-                "token ids must be u32, got {:?}",
-                tokens.dtype()
-            )));
-        }
-        if b * s == 0 {
-            return Err(ModelError::Invalid("empty token sequence".into()));
-        }
+        let (b, s) = token_shape(tokens, self.cfg.vocab_size)?;
         if s > self.cfg.max_position_embeddings {
             return Err(ModelError::Invalid(format!(
                 "{s} positions exceed the model's {} learned positions",
                 self.cfg.max_position_embeddings
-            )));
-        }
-        let max = tokens.flatten_all()?.max(0)?.to_scalar::<u32>()?;
-        if max as usize >= self.cfg.vocab_size {
-            return Err(ModelError::Invalid(format!(
-                "token id {max} is outside the vocabulary (vocab_size = {})",
-                self.cfg.vocab_size
             )));
         }
         let h = self.cfg.hidden_size;
@@ -407,17 +366,8 @@ impl Encoder {
     ) -> Result<Tensor> {
         let block = self.block(layer)?;
         let (b, s) = check_block_input(&self.cfg, layer, x, 0, None)?;
-        let mut apply = |p: Proj, input: &Tensor| -> Result<Tensor> {
-            let (_, linear) = block
-                .linears
-                .iter()
-                .find(|(q, _)| *q == p)
-                .ok_or_else(|| ModelError::Invalid(format!("block {layer} has no {p:?}")))?;
-            if let Some(f) = capture.as_deref_mut() {
-                f(LinearId::new(layer, p), input);
-            }
-            linear.forward(input)
-        };
+        let mut apply =
+            |p: Proj, input: &Tensor| apply_linear(&block.linears, layer, p, input, &mut capture);
         let (nh, hd) = (self.cfg.num_heads, self.cfg.head_dim);
         let eps = self.cfg.layer_norm_eps;
         let heads = |t: Tensor| -> Result<Tensor> {
@@ -452,30 +402,6 @@ impl Encoder {
             .flat_map(|&l| (0..s).map(move |j| if j < l { 0.0 } else { f32::NEG_INFINITY }))
             .collect();
         Ok(Tensor::from_vec(values, (b, 1, 1, s), &self.device)?.to_dtype(acc)?)
-    }
-
-    pub fn config(&self) -> &ModelConfig {
-        &self.cfg
-    }
-
-    pub fn num_layers(&self) -> usize {
-        self.cfg.num_layers
-    }
-
-    pub fn dtype(&self) -> DType {
-        self.dtype
-    }
-
-    pub fn device(&self) -> &Device {
-        &self.device
-    }
-
-    pub fn is_streamed(&self) -> bool {
-        self.blocks.is_streamed()
-    }
-
-    pub fn release(&self) {
-        self.blocks.release()
     }
 
     /// Token ids [batch, seq] → embeddings of unpadded rows.
@@ -555,4 +481,12 @@ fn attention(
         candle_nn::ops::softmax_last_dim(&scores)?
     };
     Ok(probs.matmul(&v.contiguous()?)?.to_dtype(dtype)?)
+}
+
+impl Blocks for Encoder {
+    delegate!(Blocks runtime);
+}
+
+impl MaskedLm for Encoder {
+    delegate!(MaskedLm [] []);
 }

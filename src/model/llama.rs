@@ -10,10 +10,13 @@ use candle_core::{DType, Device, Tensor, D};
 use super::config::{ModelConfig, RopeScaling};
 use super::error::{ModelError, Result};
 use super::family::{Architecture, LLAMA};
+use super::lm::{delegate, Blocks, CausalLm};
 use super::parts::{
     accumulation_dtype, causal_attention, check_block_input, check_dtype, check_weights,
-    missing_tensor, BlockStore, Capture, Int8Linear, KvCache, LayerKvCache, Linear, LinearId, Proj,
+    missing_tensor, BlockStore, Capture, KvCache, LayerKvCache, Linear, LinearId, Proj,
 };
+use super::parts::{read_int8, stored_head};
+use super::parts::{token_shape, BlockLinears};
 use super::reader::TensorSource;
 use super::weights::TensorMap;
 
@@ -28,6 +31,12 @@ struct Block {
 impl Block {
     fn linear(&self, p: Proj) -> &Linear {
         &self.linears[p as usize]
+    }
+}
+
+impl BlockLinears for Block {
+    fn linear_mut(&mut self, p: Proj) -> Option<&mut Linear> {
+        self.linears.get_mut(p as usize)
     }
 }
 
@@ -66,16 +75,15 @@ impl Llama {
         let embed = get(LLAMA.embed_name())?;
         let (dtype, device) = (embed.dtype(), embed.device().clone());
         check_dtype(dtype)?;
-        let head = if source.contains(LLAMA.head_name()) {
-            Some(source.held(LLAMA.head_name())?)
-        } else {
-            None
-        };
+        let head = stored_head(source.as_ref(), LLAMA.head_name())?;
         let blocks = BlockStore::streamed(source.clone());
         let mut model = Self::assemble(cfg, &get, head, blocks, dtype, device)?;
-        if let Some(w) = source.int8(LLAMA.head_name())? {
-            model.lm_head.int8 = Some(Int8Linear::new(w, &model.device)?);
-        }
+        read_int8(
+            source.as_ref(),
+            LLAMA.head_name(),
+            &mut model.lm_head,
+            &model.device,
+        )?;
         Ok(model)
     }
 
@@ -109,43 +117,16 @@ impl Llama {
         })
     }
 
-    /// Whether blocks are read from a source as they run rather than held.
-    pub fn is_streamed(&self) -> bool {
-        self.blocks.is_streamed()
-    }
-
-    /// Lets go of the block a streamed model holds (its weights changed, or the caller is done).
-    pub fn release(&self) {
-        self.blocks.release()
-    }
-
     fn block(&self, layer: usize) -> Result<Arc<Block>> {
-        self.blocks.get(layer, self.cfg.num_layers, |source| {
-            let mut block = build_block(&self.cfg, layer, &|n| source.tensor(n))?;
-            for p in Proj::ALL {
-                let name = LinearId::new(layer, p).weight_name();
-                if let Some(w) = source.int8(&name)? {
-                    block.linears[p as usize].int8 = Some(Int8Linear::new(w, &self.device)?);
-                }
-            }
-            Ok(block)
-        })
-    }
-
-    pub fn config(&self) -> &ModelConfig {
-        &self.cfg
-    }
-
-    pub fn num_layers(&self) -> usize {
-        self.cfg.num_layers
-    }
-
-    pub fn dtype(&self) -> DType {
-        self.dtype
-    }
-
-    pub fn device(&self) -> &Device {
-        &self.device
+        let linears = || {
+            Proj::ALL
+                .map(|p| (p, LinearId::new(layer, p).weight_name()))
+                .to_vec()
+        };
+        self.blocks
+            .block(layer, self.cfg.num_layers, &self.device, linears, |get| {
+                build_block(&self.cfg, layer, get)
+            })
     }
 
     /// Every linear layer inside the blocks (the LM head excluded), block by block, in
@@ -163,52 +144,16 @@ impl Llama {
         name: &str,
         weight: crate::compress::dynint8::Int8Weight,
     ) -> Result<Self> {
-        let device = self.device.clone();
-        let linear = if name == LLAMA.head_name() {
-            &mut self.lm_head
-        } else {
-            let id = LinearId::from_weight_name(name).ok_or_else(|| {
-                ModelError::Invalid(format!("`{name}` is not a linear layer of the model"))
-            })?;
-            let BlockStore::Resident(blocks) = &mut self.blocks else {
-                return Err(ModelError::Invalid(
-                    "a streamed model reads its int8 linears from its source".into(),
-                ));
-            };
-            let block = blocks
-                .get_mut(id.layer)
-                .ok_or_else(|| missing_tensor(name))?;
-            &mut Arc::make_mut(block).linears[id.proj as usize]
-        };
-        linear.set_int8(name, weight, &device)?;
+        let head = (name == LLAMA.head_name()).then_some(&mut self.lm_head);
+        let id = LinearId::from_weight_name(name);
+        self.blocks
+            .set_dynamic_int8(head, id, name, weight, &self.device)?;
         Ok(self)
     }
 
     /// Token ids [batch, seq] (u32) → embeddings [batch, seq, hidden].
     pub fn embed(&self, tokens: &Tensor) -> Result<Tensor> {
-        let (b, s) = tokens.dims2().map_err(|_| {
-            ModelError::Invalid(format!(
-                "token ids must be [batch, seq], got shape {:?}",
-                tokens.dims()
-            ))
-        })?;
-        if tokens.dtype() != DType::U32 {
-            return Err(ModelError::Invalid(format!(
-                "token ids must be u32, got {:?}",
-                tokens.dtype()
-            )));
-        }
-        if b * s == 0 {
-            return Err(ModelError::Invalid("empty token sequence".into()));
-        }
-        // An out-of-range id would read out of bounds on some backends.
-        let max = tokens.flatten_all()?.max(0)?.to_scalar::<u32>()?;
-        if max as usize >= self.cfg.vocab_size {
-            return Err(ModelError::Invalid(format!(
-                "token id {max} is outside the vocabulary (vocab_size = {})",
-                self.cfg.vocab_size
-            )));
-        }
+        let (b, s) = token_shape(tokens, self.cfg.vocab_size)?;
         let flat = tokens.flatten_all()?;
         Ok(self
             .embed
@@ -401,6 +346,14 @@ fn rope_inv_freq(cfg: &ModelConfig) -> Vec<f32> {
             .collect()
         }
     }
+}
+
+impl Blocks for Llama {
+    delegate!(Blocks runtime);
+}
+
+impl CausalLm for Llama {
+    delegate!(CausalLm [] []);
 }
 
 #[cfg(test)]

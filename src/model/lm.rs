@@ -14,14 +14,10 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::config::ModelConfig;
-use super::decoder::LnDecoder;
-use super::encoder::Encoder;
 use super::error::ModelError;
 use super::error::Result;
 use super::hidden::{HiddenStates, SpillPolicy, Spilling};
-use super::llama::Llama;
 use super::parts::{Capture, KvCache, LayerKvCache};
-use super::t5::T5;
 
 /// A model run as embedding → blocks → head, one block at a time.
 pub trait Blocks: Send + Sync {
@@ -216,6 +212,47 @@ impl LanguageModel {
 /// same method of `(PRE self POST)`: on `Llama` its inherent methods (they win over the trait's),
 /// on a box (`**self`) the boxed model's, on a wrapper (`*self.inner`) the wrapped one's.
 macro_rules! delegate {
+    // A runtime's own `Blocks`: the accessors read its `cfg`, `blocks`, `dtype` and `device`
+    // fields; embedding, blocks and head are its inherent methods.
+    (Blocks runtime) => {
+        fn config(&self) -> &$crate::model::ModelConfig {
+            &self.cfg
+        }
+
+        fn num_layers(&self) -> usize {
+            self.cfg.num_layers
+        }
+
+        fn dtype(&self) -> candle_core::DType {
+            self.dtype
+        }
+
+        fn device(&self) -> &candle_core::Device {
+            &self.device
+        }
+
+        fn embed(&self, tokens: &candle_core::Tensor) -> $crate::model::Result<candle_core::Tensor> {
+            self.embed(tokens)
+        }
+
+        fn block_forward(&self, layer: usize, x: &candle_core::Tensor, pos: usize,
+            cache: Option<&mut $crate::model::LayerKvCache>,
+            capture: Option<$crate::model::Capture<'_>>) -> $crate::model::Result<candle_core::Tensor> {
+            self.block_forward(layer, x, pos, cache, capture)
+        }
+
+        fn head(&self, x: &candle_core::Tensor) -> $crate::model::Result<candle_core::Tensor> {
+            self.head(x)
+        }
+
+        fn is_streamed(&self) -> bool {
+            self.blocks.is_streamed()
+        }
+
+        fn release(&self) {
+            self.blocks.release()
+        }
+    };
     (Blocks [$($pre:tt)*] [$($post:tt)*]) => {
         fn config(&self) -> &ModelConfig {
             ($($pre)* self $($post)*).config()
@@ -282,38 +319,7 @@ macro_rules! delegate {
         }
     };
 }
-
-impl Blocks for Llama {
-    delegate!(Blocks [] []);
-}
-
-impl CausalLm for Llama {
-    delegate!(CausalLm [] []);
-}
-
-impl Blocks for LnDecoder {
-    delegate!(Blocks [] []);
-}
-
-impl Blocks for T5 {
-    delegate!(Blocks [] []);
-}
-
-impl Seq2SeqLm for T5 {
-    delegate!(Seq2SeqLm [] []);
-}
-
-impl CausalLm for LnDecoder {
-    delegate!(CausalLm [] []);
-}
-
-impl Blocks for Encoder {
-    delegate!(Blocks [] []);
-}
-
-impl MaskedLm for Encoder {
-    delegate!(MaskedLm [] []);
-}
+pub(crate) use delegate;
 
 /// A boxed model is a model, so `&Box<dyn CausalLm>` goes wherever `&dyn CausalLm` does.
 impl<M: Blocks + ?Sized> Blocks for Box<M> {

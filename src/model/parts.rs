@@ -1,6 +1,6 @@
-//! What the decoder runtimes share: linear layers by role ([`Proj`], [`LinearId`]), the capture
-//! hook, linears in floating point or as dynamic int8, KV caches, blocks held or streamed, and
-//! causal attention.
+//! What the runtimes share: linear layers by role ([`Proj`], [`LinearId`]), the capture hook,
+//! linears in floating point or as dynamic int8, KV caches, blocks held or streamed (with their
+//! int8 linears), token-id checks, and causal attention.
 
 use std::fmt;
 use std::str::FromStr;
@@ -423,6 +423,71 @@ impl<B> BlockStore<B> {
     }
 }
 
+/// A block whose linear layers can be reached by role, so that int8 weights can be put in place.
+pub(crate) trait BlockLinears {
+    fn linear_mut(&mut self, p: Proj) -> Option<&mut Linear>;
+}
+
+/// The linear of role `p` in a block's `(role, linear)` list.
+pub(crate) fn linear_by_role(linears: &mut [(Proj, Linear)], p: Proj) -> Option<&mut Linear> {
+    linears.iter_mut().find(|(q, _)| *q == p).map(|(_, l)| l)
+}
+
+impl<B: BlockLinears + Clone> BlockStore<B> {
+    /// Block `layer` of `num_layers`. A streamed store reads it with `build` (given a getter of
+    /// tensors by name) and puts in place the dynamic-int8 weights its source holds for the
+    /// linears `linears` lists (role, weight name).
+    pub(crate) fn block(
+        &self,
+        layer: usize,
+        num_layers: usize,
+        device: &Device,
+        linears: impl FnOnce() -> Vec<(Proj, String)>,
+        build: impl FnOnce(&dyn Fn(&str) -> Result<Tensor>) -> Result<B>,
+    ) -> Result<Arc<B>> {
+        self.get(layer, num_layers, |source| {
+            let mut block = build(&|n| source.tensor(n))?;
+            for (p, name) in linears() {
+                if let Some(l) = block.linear_mut(p) {
+                    read_int8(source, &name, l, device)?;
+                }
+            }
+            Ok(block)
+        })
+    }
+
+    /// Makes the linear `name` run as dynamic int8 with `weight`: `head` when the name is the
+    /// head's, else the block linear `id` (`None`: the name is no linear of the model). Only a
+    /// held model is changed this way; a streamed one reads its int8 linears from its source.
+    pub(crate) fn set_dynamic_int8(
+        &mut self,
+        head: Option<&mut Linear>,
+        id: Option<LinearId>,
+        name: &str,
+        weight: crate::compress::dynint8::Int8Weight,
+        device: &Device,
+    ) -> Result<()> {
+        let not_linear =
+            || ModelError::Invalid(format!("`{name}` is not a linear layer of the model"));
+        let linear = match head {
+            Some(head) => head,
+            None => {
+                let id = id.ok_or_else(not_linear)?;
+                let BlockStore::Resident(blocks) = self else {
+                    return Err(ModelError::Invalid(
+                        "a streamed model reads its int8 linears from its source".into(),
+                    ));
+                };
+                let block = blocks.get_mut(id.layer).ok_or_else(not_linear)?;
+                Arc::make_mut(block)
+                    .linear_mut(id.proj)
+                    .ok_or_else(not_linear)?
+            }
+        };
+        linear.set_int8(name, weight, device)
+    }
+}
+
 impl<B> Clone for BlockStore<B> {
     fn clone(&self) -> Self {
         match self {
@@ -578,6 +643,74 @@ pub(crate) fn check_weights(
         }
     }
     Ok((dtype, device))
+}
+
+/// A streamed model's head as its source stores it; `None` when the head is the tied embedding.
+pub(crate) fn stored_head(source: &dyn TensorSource, name: &str) -> Result<Option<Tensor>> {
+    if source.contains(name) {
+        Ok(Some(source.held(name)?))
+    } else {
+        Ok(None)
+    }
+}
+
+/// Makes `linear` run as dynamic int8 when `source` holds int8 weights for `name`.
+pub(crate) fn read_int8(
+    source: &dyn TensorSource,
+    name: &str,
+    linear: &mut Linear,
+    device: &Device,
+) -> Result<()> {
+    if let Some(w) = source.int8(name)? {
+        linear.int8 = Some(Int8Linear::new(w, device)?);
+    }
+    Ok(())
+}
+
+/// Applies block `layer`'s linear of role `p` (from its `(role, linear)` list) to `input`,
+/// handing the input to `capture` first.
+pub(crate) fn apply_linear(
+    linears: &[(Proj, Linear)],
+    layer: usize,
+    p: Proj,
+    input: &Tensor,
+    capture: &mut Option<Capture<'_>>,
+) -> Result<Tensor> {
+    let (_, linear) = linears
+        .iter()
+        .find(|(q, _)| *q == p)
+        .ok_or_else(|| ModelError::Invalid(format!("block {layer} has no {p:?}")))?;
+    if let Some(f) = capture.as_deref_mut() {
+        f(LinearId::new(layer, p), input);
+    }
+    linear.forward(input)
+}
+
+/// The (batch, seq) of token ids, checked: rank 2, u32, not empty, every id below `vocab_size`
+/// (an out-of-range id would read out of bounds on some backends).
+pub(crate) fn token_shape(tokens: &Tensor, vocab_size: usize) -> Result<(usize, usize)> {
+    let (b, s) = tokens.dims2().map_err(|_| {
+        ModelError::Invalid(format!(
+            "token ids must be [batch, seq], got shape {:?}",
+            tokens.dims()
+        ))
+    })?;
+    if tokens.dtype() != DType::U32 {
+        return Err(ModelError::Invalid(format!(
+            "token ids must be u32, got {:?}",
+            tokens.dtype()
+        )));
+    }
+    if b * s == 0 {
+        return Err(ModelError::Invalid("empty token sequence".into()));
+    }
+    let max = tokens.flatten_all()?.max(0)?.to_scalar::<u32>()?;
+    if max as usize >= vocab_size {
+        return Err(ModelError::Invalid(format!(
+            "token id {max} is outside the vocabulary (vocab_size = {vocab_size})"
+        )));
+    }
+    Ok((b, s))
 }
 
 /// A tensor the model was built without.

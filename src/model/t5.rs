@@ -33,11 +33,13 @@ use super::error::{ModelError, Result};
 use super::family::t5::{arch_for, T5Family, T5Shape};
 use super::family::Architecture;
 use super::llama::rms_norm;
+use super::lm::{delegate, Blocks, Seq2SeqLm};
 use super::parts::{
     accumulation_dtype, check_dtype, check_weights, missing_tensor,
-    softmax_last_dim_differentiable, BlockStore, Capture, Int8Linear, LayerKvCache, Linear,
-    LinearId, Proj,
+    softmax_last_dim_differentiable, BlockStore, Capture, LayerKvCache, Linear, Proj,
 };
+use super::parts::{apply_linear, read_int8, stored_head};
+use super::parts::{linear_by_role, token_shape, BlockLinears};
 use super::reader::TensorSource;
 use super::weights::TensorMap;
 
@@ -50,12 +52,9 @@ struct Block {
     linears: Vec<(Proj, Linear)>,
 }
 
-impl Block {
+impl BlockLinears for Block {
     fn linear_mut(&mut self, p: Proj) -> Option<&mut Linear> {
-        self.linears
-            .iter_mut()
-            .find(|(q, _)| *q == p)
-            .map(|(_, l)| l)
+        linear_by_role(&mut self.linears, p)
     }
 }
 
@@ -122,16 +121,15 @@ impl T5 {
         let shape = shape_of(cfg)?;
         let head_name = arch_for(&shape).head_name();
         let get = |name: &str| source.held(name);
-        let head = if source.contains(head_name) {
-            Some(source.held(head_name)?)
-        } else {
-            None
-        };
+        let head = stored_head(source.as_ref(), head_name)?;
         let blocks = BlockStore::streamed(source.clone());
         let mut model = Self::assemble(cfg, shape, &get, head, blocks)?;
-        if let Some(w) = source.int8(head_name)? {
-            model.lm_head.int8 = Some(Int8Linear::new(w, &model.device)?);
-        }
+        read_int8(
+            source.as_ref(),
+            head_name,
+            &mut model.lm_head,
+            &model.device,
+        )?;
         Ok(model)
     }
 
@@ -177,66 +175,25 @@ impl T5 {
         name: &str,
         weight: crate::compress::dynint8::Int8Weight,
     ) -> Result<Self> {
-        let device = self.device.clone();
-        let not_linear =
-            || ModelError::Invalid(format!("`{name}` is not a linear layer of the model"));
-        let linear = if name == self.arch.head_name() {
-            &mut self.lm_head
-        } else {
-            let id = self
-                .arch
-                .linear_id(&self.cfg, name)
-                .ok_or_else(not_linear)?;
-            let BlockStore::Resident(blocks) = &mut self.blocks else {
-                return Err(ModelError::Invalid(
-                    "a streamed model reads its int8 linears from its source".into(),
-                ));
-            };
-            let block = blocks.get_mut(id.layer).ok_or_else(not_linear)?;
-            Arc::make_mut(block)
-                .linear_mut(id.proj)
-                .ok_or_else(not_linear)?
-        };
-        linear.set_int8(name, weight, &device)?;
+        let head = (name == self.arch.head_name()).then_some(&mut self.lm_head);
+        let id = self.arch.linear_id(&self.cfg, name);
+        self.blocks
+            .set_dynamic_int8(head, id, name, weight, &self.device)?;
         Ok(self)
     }
 
     fn block(&self, layer: usize) -> Result<Arc<Block>> {
-        self.blocks.get(layer, self.cfg.num_layers, |source| {
-            let mut block = build_block(self.arch, layer, &|n| source.tensor(n))?;
-            for id in self.arch.block_linears(layer) {
-                if let Some(w) = source.int8(&self.arch.weight_name(id))? {
-                    if let Some(l) = block.linear_mut(id.proj) {
-                        l.int8 = Some(Int8Linear::new(w, &self.device)?);
-                    }
-                }
-            }
-            Ok(block)
-        })
-    }
-
-    pub fn is_streamed(&self) -> bool {
-        self.blocks.is_streamed()
-    }
-
-    pub fn release(&self) {
-        self.blocks.release()
-    }
-
-    pub fn config(&self) -> &ModelConfig {
-        &self.cfg
-    }
-
-    pub fn num_layers(&self) -> usize {
-        self.cfg.num_layers
-    }
-
-    pub fn dtype(&self) -> DType {
-        self.dtype
-    }
-
-    pub fn device(&self) -> &Device {
-        &self.device
+        let linears = || {
+            self.arch
+                .block_linears(layer)
+                .into_iter()
+                .map(|id| (id.proj, self.arch.weight_name(id)))
+                .collect()
+        };
+        self.blocks
+            .block(layer, self.cfg.num_layers, &self.device, linears, |get| {
+                build_block(self.arch, layer, get)
+            })
     }
 
     pub fn decoder_start(&self) -> u32 {
@@ -245,28 +202,7 @@ impl T5 {
 
     /// Token ids [batch, seq] (u32) → their rows of `shared`.
     fn embed_tokens(&self, tokens: &Tensor) -> Result<Tensor> {
-        let (b, s) = tokens.dims2().map_err(|_| {
-            ModelError::Invalid(format!(
-                "token ids must be [batch, seq], got shape {:?}",
-                tokens.dims()
-            ))
-        })?;
-        if tokens.dtype() != DType::U32 {
-            return Err(ModelError::Invalid(format!(
-                "token ids must be u32, got {:?}",
-                tokens.dtype()
-            )));
-        }
-        if b * s == 0 {
-            return Err(ModelError::Invalid("empty token sequence".into()));
-        }
-        let max = tokens.flatten_all()?.max(0)?.to_scalar::<u32>()?;
-        if max as usize >= self.cfg.vocab_size {
-            return Err(ModelError::Invalid(format!(
-                "token id {max} is outside the vocabulary (vocab_size = {})",
-                self.cfg.vocab_size
-            )));
-        }
+        let (b, s) = token_shape(tokens, self.cfg.vocab_size)?;
         Ok(self
             .shared
             .index_select(&tokens.flatten_all()?, 0)?
@@ -560,17 +496,7 @@ fn applier<'a, 'c>(
     layer: usize,
     capture: &'a mut Option<Capture<'c>>,
 ) -> impl FnMut(Proj, &Tensor) -> Result<Tensor> + use<'a, 'c> {
-    move |p: Proj, input: &Tensor| {
-        let (_, linear) = block
-            .linears
-            .iter()
-            .find(|(q, _)| *q == p)
-            .ok_or_else(|| ModelError::Invalid(format!("block {layer} has no {p:?}")))?;
-        if let Some(f) = capture.as_deref_mut() {
-            f(LinearId::new(layer, p), input);
-        }
-        linear.forward(input)
-    }
+    move |p: Proj, input: &Tensor| apply_linear(&block.linears, layer, p, input, capture)
 }
 
 /// T5's bucket of a relative position (key − query): exact below half the buckets, then
@@ -620,6 +546,14 @@ fn build_block(
         .map(|n| get(n))
         .collect::<Result<_>>()?;
     Ok(Block { norms, linears })
+}
+
+impl Blocks for T5 {
+    delegate!(Blocks runtime);
+}
+
+impl Seq2SeqLm for T5 {
+    delegate!(Seq2SeqLm [] []);
 }
 
 #[cfg(test)]

@@ -203,3 +203,63 @@ pub fn log_of(cache: &std::path::Path, run: &whittle::cache::RunRecord, instance
     }
     out
 }
+
+/// A world of twelve people with short biographies (it trains in seconds), written into `dir`
+/// as `whittle synth` writes one; returns its best constant-answer P@1.
+pub fn small_world(dir: &std::path::Path) -> f64 {
+    use whittle::train::synth::{self, SynthConfig};
+    let cfg = SynthConfig {
+        entities: 12,
+        train_docs_per_entity: 10,
+        filler_min: 0,
+        filler_max: 1,
+        ..SynthConfig::default()
+    };
+    let corpus = synth::generate(&cfg).unwrap();
+    corpus.write(dir).unwrap();
+    corpus.chance_p_at_1()
+}
+
+/// Metric `name` of `instance` in `run`.
+pub fn metric(
+    cache: &std::path::Path,
+    run: &whittle::cache::RunRecord,
+    instance: &str,
+    name: &str,
+) -> f64 {
+    let meta = entry_meta(cache, run, instance);
+    meta["metrics"][name]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{instance}: no metric {name} in {meta}"))
+}
+
+/// The per-matrix records of a compression stage's `sparsity.json`.
+pub fn sparsity_records(
+    cache: &std::path::Path,
+    run: &whittle::cache::RunRecord,
+    instance: &str,
+) -> Vec<serde_json::Value> {
+    let e = entry(cache, run, instance);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(e.path("sparsity.json")).unwrap()).unwrap();
+    report["matrices"].as_array().unwrap().clone()
+}
+
+/// The names of the matrices a compression stage changed.
+pub fn sparsity_names(
+    cache: &std::path::Path,
+    run: &whittle::cache::RunRecord,
+    instance: &str,
+) -> Vec<String> {
+    sparsity_records(cache, run, instance)
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The JSON header of a safetensors file.
+pub fn safetensors_header(path: &std::path::Path) -> serde_json::Value {
+    let st = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(st[..8].try_into().unwrap()) as usize;
+    serde_json::from_slice(&st[8..8 + n]).unwrap()
+}

@@ -31,6 +31,7 @@
 //! (shared layers, factorized embeddings) is not supported: its class is refused naming the
 //! supported ones. Blocks stream from disk as the decoders' do.
 
+use crate::model::config::ConfigFile;
 use std::path::Path;
 
 use serde::Deserialize;
@@ -39,7 +40,7 @@ use super::{Architecture, ModuleGroup};
 use crate::compress::dynint8::Int8Weight;
 use crate::model::config::{token_ids, Activation, EncoderConfig, Family, ModelConfig, TokenIds};
 use crate::model::encoder::{EncLayout, Encoder};
-use crate::model::error::{ModelError, Result};
+use crate::model::error::Result;
 use crate::model::lm::LanguageModel;
 use crate::model::parts::{LinearId, Proj};
 use crate::model::weights::TensorMap;
@@ -233,42 +234,28 @@ struct RawEncoderConfig {
 
 /// A BERT, RoBERTa or DistilBERT `config.json` resolved; `path` is only for messages.
 pub(crate) fn resolve(family: Family, json: &str, path: &Path) -> Result<ModelConfig> {
-    let raw: RawEncoderConfig = serde_json::from_str(json).map_err(|source| ModelError::Json {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let err = |key: &str, message: String| ModelError::Config {
-        path: path.to_path_buf(),
-        key: key.to_string(),
-        message,
-    };
-    let positive = |key: &str, v: usize| {
-        if v == 0 {
-            Err(err(key, "must be positive".into()))
-        } else {
-            Ok(v)
-        }
-    };
+    let file = ConfigFile(path);
+    let raw: RawEncoderConfig = file.parse(json)?;
     let distil = family == Family::DistilBert;
     let key = |bert: &'static str, distil_key: &'static str| if distil { distil_key } else { bert };
-    let hidden = positive(key("hidden_size", "dim"), raw.hidden_size.unwrap_or(768))?;
+    let hidden = file.positive(key("hidden_size", "dim"), raw.hidden_size.unwrap_or(768))?;
     let heads_key = key("num_attention_heads", "n_heads");
-    let heads = positive(heads_key, raw.num_attention_heads.unwrap_or(12))?;
+    let heads = file.positive(heads_key, raw.num_attention_heads.unwrap_or(12))?;
     if hidden % heads != 0 {
-        return Err(err(
+        return Err(file.err(
             heads_key,
             format!("{heads} does not divide the hidden size {hidden}"),
         ));
     }
     let act_key = key("hidden_act", "activation");
     let activation = Activation::parse(raw.hidden_act.as_deref().unwrap_or("gelu"))
-        .map_err(|m| err(act_key, m))?;
+        .map_err(|m| file.err(act_key, m))?;
     if let Some(t) = raw
         .position_embedding_type
         .as_deref()
         .filter(|t| *t != "absolute")
     {
-        return Err(err(
+        return Err(file.err(
             "position_embedding_type",
             format!("`{t}` is not supported; only `absolute` positions are"),
         ));
@@ -278,14 +265,14 @@ pub(crate) fn resolve(family: Family, json: &str, path: &Path) -> Result<ModelCo
         ("add_cross_attention", raw.add_cross_attention),
     ] {
         if v == Some(true) {
-            return Err(err(
+            return Err(file.err(
                 k,
                 "an encoder used as a decoder is not supported; it must be false".into(),
             ));
         }
     }
     if distil && raw.sinusoidal_pos_embds == Some(true) {
-        return Err(err(
+        return Err(file.err(
             "sinusoidal_pos_embds",
             "sinusoidal positions are not supported; it must be false (learned positions)".into(),
         ));
@@ -294,7 +281,7 @@ pub(crate) fn resolve(family: Family, json: &str, path: &Path) -> Result<ModelCo
         Family::Roberta => (50265, 2, 1),
         _ => (30522, 2, 0),
     };
-    let vocab_size = positive("vocab_size", raw.vocab_size.unwrap_or(vocab_default))?;
+    let vocab_size = file.positive("vocab_size", raw.vocab_size.unwrap_or(vocab_default))?;
     let eps = if distil {
         // DistilBERT's LayerNorms are built with eps 1e-12; its config has no key for it.
         1e-12
@@ -302,16 +289,16 @@ pub(crate) fn resolve(family: Family, json: &str, path: &Path) -> Result<ModelCo
         raw.layer_norm_eps.unwrap_or(1e-12)
     };
     if !(eps.is_finite() && eps > 0.0) {
-        return Err(err("layer_norm_eps", format!("{eps} must be > 0")));
+        return Err(file.err("layer_norm_eps", format!("{eps} must be > 0")));
     }
-    let table = positive(
+    let table = file.positive(
         "max_position_embeddings",
         raw.max_position_embeddings.unwrap_or(512),
     )?;
     let pad = raw.pad_token_id.unwrap_or(pad_default);
     let (padding_idx, usable) = if family == Family::Roberta {
         if table <= pad + 1 {
-            return Err(err(
+            return Err(file.err(
                 "max_position_embeddings",
                 format!(
                     "{table} leaves no position after RoBERTa's offset pad_token_id + 1 = {}",
@@ -326,7 +313,7 @@ pub(crate) fn resolve(family: Family, json: &str, path: &Path) -> Result<ModelCo
     let type_vocab_size = if distil {
         0
     } else {
-        positive(
+        file.positive(
             "type_vocab_size",
             raw.type_vocab_size.unwrap_or(types_default),
         )?
@@ -336,11 +323,11 @@ pub(crate) fn resolve(family: Family, json: &str, path: &Path) -> Result<ModelCo
     Ok(ModelConfig {
         family,
         hidden_size: hidden,
-        intermediate_size: positive(
+        intermediate_size: file.positive(
             key("intermediate_size", "hidden_dim"),
             raw.intermediate_size.unwrap_or(4 * hidden),
         )?,
-        num_layers: positive(
+        num_layers: file.positive(
             key("num_hidden_layers", "n_layers"),
             raw.num_hidden_layers.unwrap_or(if distil { 6 } else { 12 }),
         )?,

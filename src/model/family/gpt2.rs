@@ -6,6 +6,7 @@
 //! `c_attn` is one matrix of the `attention` group, as SparseGPT's and Wanda's own GPT-2 code
 //! treat it: masks and statistics are per output row of its `3·hidden × hidden` nn.Linear view.
 
+use crate::model::config::ConfigFile;
 use std::path::Path;
 
 use serde::Deserialize;
@@ -13,7 +14,7 @@ use serde::Deserialize;
 use super::Architecture;
 use crate::model::config::{token_ids, Activation, Family, ModelConfig, TokenIds};
 use crate::model::decoder::{ln_family_methods, LnLayout};
-use crate::model::error::{ModelError, Result};
+use crate::model::error::Result;
 use crate::model::parts::Proj;
 
 /// The GPT-2 family.
@@ -93,54 +94,40 @@ struct RawGpt2Config {
 
 /// A GPT-2 `config.json` resolved; `path` is only for messages.
 pub(crate) fn resolve(json: &str, path: &Path) -> Result<ModelConfig> {
-    let raw: RawGpt2Config = serde_json::from_str(json).map_err(|source| ModelError::Json {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let err = |key: &str, message: String| ModelError::Config {
-        path: path.to_path_buf(),
-        key: key.to_string(),
-        message,
-    };
-    let positive = |key: &str, v: usize| {
-        if v == 0 {
-            Err(err(key, "must be positive".into()))
-        } else {
-            Ok(v)
-        }
-    };
-    let hidden = positive("n_embd", raw.n_embd.unwrap_or(768))?;
-    let heads = positive("n_head", raw.n_head.unwrap_or(12))?;
+    let file = ConfigFile(path);
+    let raw: RawGpt2Config = file.parse(json)?;
+    let hidden = file.positive("n_embd", raw.n_embd.unwrap_or(768))?;
+    let heads = file.positive("n_head", raw.n_head.unwrap_or(12))?;
     if hidden % heads != 0 {
-        return Err(err(
+        return Err(file.err(
             "n_head",
             format!("{heads} does not divide n_embd = {hidden}"),
         ));
     }
-    let vocab_size = positive("vocab_size", raw.vocab_size.unwrap_or(50257))?;
+    let vocab_size = file.positive("vocab_size", raw.vocab_size.unwrap_or(50257))?;
     let activation = Activation::parse(raw.activation_function.as_deref().unwrap_or("gelu_new"))
-        .map_err(|m| err("activation_function", m))?;
+        .map_err(|m| file.err("activation_function", m))?;
     if raw.scale_attn_weights == Some(false) {
-        return Err(err(
+        return Err(file.err(
             "scale_attn_weights",
             "unscaled attention is not supported; it must be true".into(),
         ));
     }
     if raw.scale_attn_by_inverse_layer_idx == Some(true) {
-        return Err(err(
+        return Err(file.err(
             "scale_attn_by_inverse_layer_idx",
             "per-layer attention scaling is not supported; it must be false".into(),
         ));
     }
     if raw.add_cross_attention == Some(true) {
-        return Err(err(
+        return Err(file.err(
             "add_cross_attention",
             "cross-attention is not supported; it must be false".into(),
         ));
     }
     let eps = raw.layer_norm_epsilon.unwrap_or(1e-5);
     if !(eps.is_finite() && eps > 0.0) {
-        return Err(err("layer_norm_epsilon", format!("{eps} must be > 0")));
+        return Err(file.err("layer_norm_epsilon", format!("{eps} must be > 0")));
     }
     let (bos_token_id, eos_token_ids) = token_ids(
         raw.bos_token_id.or(Some(TokenIds::One(50256))),
@@ -151,8 +138,8 @@ pub(crate) fn resolve(json: &str, path: &Path) -> Result<ModelConfig> {
     Ok(ModelConfig {
         family: Family::Gpt2,
         hidden_size: hidden,
-        intermediate_size: positive("n_inner", raw.n_inner.unwrap_or(4 * hidden))?,
-        num_layers: positive("n_layer", raw.n_layer.unwrap_or(12))?,
+        intermediate_size: file.positive("n_inner", raw.n_inner.unwrap_or(4 * hidden))?,
+        num_layers: file.positive("n_layer", raw.n_layer.unwrap_or(12))?,
         num_heads: heads,
         num_kv_heads: heads,
         head_dim: hidden / heads,
@@ -168,7 +155,7 @@ pub(crate) fn resolve(json: &str, path: &Path) -> Result<ModelConfig> {
         mlp_bias: true,
         bos_token_id,
         eos_token_ids,
-        max_position_embeddings: positive("n_positions", raw.n_positions.unwrap_or(1024))?,
+        max_position_embeddings: file.positive("n_positions", raw.n_positions.unwrap_or(1024))?,
         sliding_window: None,
         post_norm: false,
         word_embed_dim: None,

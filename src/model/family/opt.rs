@@ -9,6 +9,7 @@
 //! from the blocks' width by `model.decoder.project_in` / `project_out` (bias-free linear layers
 //! outside the blocks: no module group selects them, and they stay dense).
 
+use crate::model::config::ConfigFile;
 use std::path::Path;
 
 use serde::Deserialize;
@@ -16,7 +17,7 @@ use serde::Deserialize;
 use super::Architecture;
 use crate::model::config::{token_ids, Activation, Family, ModelConfig, TokenIds};
 use crate::model::decoder::{ln_family_methods, LnLayout};
-use crate::model::error::{ModelError, Result};
+use crate::model::error::Result;
 use crate::model::parts::Proj;
 
 /// The OPT family.
@@ -90,26 +91,12 @@ struct RawOptConfig {
 
 /// An OPT `config.json` resolved; `path` is only for messages.
 pub(crate) fn resolve(json: &str, path: &Path) -> Result<ModelConfig> {
-    let raw: RawOptConfig = serde_json::from_str(json).map_err(|source| ModelError::Json {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let err = |key: &str, message: String| ModelError::Config {
-        path: path.to_path_buf(),
-        key: key.to_string(),
-        message,
-    };
-    let positive = |key: &str, v: usize| {
-        if v == 0 {
-            Err(err(key, "must be positive".into()))
-        } else {
-            Ok(v)
-        }
-    };
-    let hidden = positive("hidden_size", raw.hidden_size.unwrap_or(768))?;
-    let heads = positive("num_attention_heads", raw.num_attention_heads.unwrap_or(12))?;
+    let file = ConfigFile(path);
+    let raw: RawOptConfig = file.parse(json)?;
+    let hidden = file.positive("hidden_size", raw.hidden_size.unwrap_or(768))?;
+    let heads = file.positive("num_attention_heads", raw.num_attention_heads.unwrap_or(12))?;
     if hidden % heads != 0 {
-        return Err(err(
+        return Err(file.err(
             "num_attention_heads",
             format!("{heads} does not divide hidden_size = {hidden}"),
         ));
@@ -117,24 +104,24 @@ pub(crate) fn resolve(json: &str, path: &Path) -> Result<ModelConfig> {
     let post_norm = raw.do_layer_norm_before == Some(false);
     // transformers builds the final LayerNorm only for a pre-LayerNorm decoder that keeps it.
     if raw.remove_final_layer_norm == Some(true) && !post_norm {
-        return Err(err(
+        return Err(file.err(
             "_remove_final_layer_norm",
             "a pre-LayerNorm decoder without its final LayerNorm is not supported".into(),
         ));
     }
     let word_embed_dim = match raw.word_embed_proj_dim {
-        Some(d) if d != hidden => Some(positive("word_embed_proj_dim", d)?),
+        Some(d) if d != hidden => Some(file.positive("word_embed_proj_dim", d)?),
         _ => None,
     };
     if raw.layer_norm_elementwise_affine == Some(false) {
-        return Err(err(
+        return Err(file.err(
             "layer_norm_elementwise_affine",
             "LayerNorms without weight and bias are not supported; it must be true".into(),
         ));
     }
-    let vocab_size = positive("vocab_size", raw.vocab_size.unwrap_or(50272))?;
+    let vocab_size = file.positive("vocab_size", raw.vocab_size.unwrap_or(50272))?;
     let activation = Activation::parse(raw.activation_function.as_deref().unwrap_or("relu"))
-        .map_err(|m| err("activation_function", m))?;
+        .map_err(|m| file.err("activation_function", m))?;
     let bias = raw.enable_bias.unwrap_or(true);
     let (bos_token_id, eos_token_ids) = token_ids(
         raw.bos_token_id.or(Some(TokenIds::One(2))),
@@ -147,8 +134,8 @@ pub(crate) fn resolve(json: &str, path: &Path) -> Result<ModelConfig> {
     Ok(ModelConfig {
         family: Family::Opt,
         hidden_size: hidden,
-        intermediate_size: positive("ffn_dim", raw.ffn_dim.unwrap_or(3072))?,
-        num_layers: positive("num_hidden_layers", raw.num_hidden_layers.unwrap_or(12))?,
+        intermediate_size: file.positive("ffn_dim", raw.ffn_dim.unwrap_or(3072))?,
+        num_layers: file.positive("num_hidden_layers", raw.num_hidden_layers.unwrap_or(12))?,
         num_heads: heads,
         num_kv_heads: heads,
         head_dim: hidden / heads,
@@ -164,7 +151,7 @@ pub(crate) fn resolve(json: &str, path: &Path) -> Result<ModelConfig> {
         mlp_bias: bias,
         bos_token_id,
         eos_token_ids,
-        max_position_embeddings: positive(
+        max_position_embeddings: file.positive(
             "max_position_embeddings",
             raw.max_position_embeddings.unwrap_or(2048),
         )?,

@@ -34,6 +34,7 @@
 //! projection) of self- and cross-attention; `mlp` holds `wi` / `wi_0` / `wi_1` / `wo`; `all` is
 //! both; `lm_head` is the head (untied from `shared` once changed).
 
+use crate::model::config::ConfigFile;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -41,7 +42,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Architecture;
 use crate::model::config::{token_ids, Activation, Family, ModelConfig, TokenIds};
-use crate::model::error::{ModelError, Result};
+use crate::model::error::Result;
 use crate::model::parts::{LinearId, Proj};
 
 /// What a T5 config says beyond [`ModelConfig`]'s common fields.
@@ -311,45 +312,31 @@ fn feed_forward(name: &str) -> std::result::Result<(bool, Activation), String> {
 
 /// A T5 `config.json` resolved; `path` is only for messages.
 pub(crate) fn resolve(json: &str, path: &Path) -> Result<ModelConfig> {
-    let raw: RawT5Config = serde_json::from_str(json).map_err(|source| ModelError::Json {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let err = |key: &str, message: String| ModelError::Config {
-        path: path.to_path_buf(),
-        key: key.to_string(),
-        message,
-    };
-    let positive = |key: &str, v: usize| {
-        if v == 0 {
-            Err(err(key, "must be positive".into()))
-        } else {
-            Ok(v)
-        }
-    };
+    let file = ConfigFile(path);
+    let raw: RawT5Config = file.parse(json)?;
     if raw.is_encoder_decoder == Some(false) {
-        return Err(err(
+        return Err(file.err(
             "is_encoder_decoder",
             "an encoder-only T5 (T5EncoderModel) is not supported; it must be true".into(),
         ));
     }
-    let d_model = positive("d_model", raw.d_model.unwrap_or(512))?;
-    let encoder_layers = positive("num_layers", raw.num_layers.unwrap_or(6))?;
-    let decoder_layers = positive(
+    let d_model = file.positive("d_model", raw.d_model.unwrap_or(512))?;
+    let encoder_layers = file.positive("num_layers", raw.num_layers.unwrap_or(6))?;
+    let decoder_layers = file.positive(
         "num_decoder_layers",
         raw.num_decoder_layers.unwrap_or(encoder_layers),
     )?;
-    let vocab_size = positive("vocab_size", raw.vocab_size.unwrap_or(32128))?;
+    let vocab_size = file.positive("vocab_size", raw.vocab_size.unwrap_or(32128))?;
     let (gated, activation) = feed_forward(raw.feed_forward_proj.as_deref().unwrap_or("relu"))
-        .map_err(|m| err("feed_forward_proj", m))?;
+        .map_err(|m| file.err("feed_forward_proj", m))?;
     let eps = raw.layer_norm_epsilon.unwrap_or(1e-6);
     if !(eps.is_finite() && eps > 0.0) {
-        return Err(err("layer_norm_epsilon", format!("{eps} must be > 0")));
+        return Err(file.err("layer_norm_epsilon", format!("{eps} must be > 0")));
     }
     let pad = raw.pad_token_id.unwrap_or(0);
     let decoder_start = raw.decoder_start_token_id.unwrap_or(pad);
     if decoder_start as usize >= vocab_size {
-        return Err(err(
+        return Err(file.err(
             "decoder_start_token_id",
             format!("id {decoder_start} is outside the vocabulary (vocab_size = {vocab_size})"),
         ));
@@ -360,15 +347,15 @@ pub(crate) fn resolve(json: &str, path: &Path) -> Result<ModelConfig> {
         vocab_size,
         path,
     )?;
-    let heads = positive("num_heads", raw.num_heads.unwrap_or(8))?;
+    let heads = file.positive("num_heads", raw.num_heads.unwrap_or(8))?;
     Ok(ModelConfig {
         family: Family::T5,
         hidden_size: d_model,
-        intermediate_size: positive("d_ff", raw.d_ff.unwrap_or(2048))?,
+        intermediate_size: file.positive("d_ff", raw.d_ff.unwrap_or(2048))?,
         num_layers: encoder_layers + decoder_layers,
         num_heads: heads,
         num_kv_heads: heads,
-        head_dim: positive("d_kv", raw.d_kv.unwrap_or(64))?,
+        head_dim: file.positive("d_kv", raw.d_kv.unwrap_or(64))?,
         vocab_size,
         rms_norm_eps: eps,
         layer_norm_eps: eps,
@@ -384,7 +371,7 @@ pub(crate) fn resolve(json: &str, path: &Path) -> Result<ModelConfig> {
         eos_token_ids,
         // T5 has no position limit of its own (relative positions); this is the configured
         // `n_positions`, which sizes nothing in the model.
-        max_position_embeddings: positive("n_positions", raw.n_positions.unwrap_or(512))?,
+        max_position_embeddings: file.positive("n_positions", raw.n_positions.unwrap_or(512))?,
         sliding_window: None,
         post_norm: false,
         word_embed_dim: None,
@@ -392,11 +379,11 @@ pub(crate) fn resolve(json: &str, path: &Path) -> Result<ModelConfig> {
         t5: Some(T5Shape {
             encoder_layers,
             decoder_layers,
-            num_buckets: positive(
+            num_buckets: file.positive(
                 "relative_attention_num_buckets",
                 raw.relative_attention_num_buckets.unwrap_or(32),
             )?,
-            max_distance: positive(
+            max_distance: file.positive(
                 "relative_attention_max_distance",
                 raw.relative_attention_max_distance.unwrap_or(128),
             )?,

@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 use super::{EvalTask, EvaluateSpec, PplMode, TaskFile};
 use crate::data::{read_documents, read_records};
 use crate::eval::choice::{evaluate_items, ChoiceTask};
-use crate::eval::divergence::{divergence_of, Compared};
+use crate::eval::divergence::{divergence, Pair};
 use crate::eval::generation::{evaluate_generation_with, GenerationTask, Generator};
 use crate::eval::knowledge::{self, probe, probe_units, ProbeOptions, ProbeStyle, Ranking};
 use crate::eval::lama::{load_lama, GoogleRePrompts, LamaOptions};
@@ -369,25 +369,6 @@ fn probe_any(
     }
 }
 
-/// `model` as divergence compares it: causal, or teacher-forced encoder-decoder, and of the
-/// same kind as `other`.
-fn compared<'a>(
-    model: &'a crate::model::LanguageModel,
-    other: &crate::model::LanguageModel,
-) -> Result<Compared<'a>, StageError> {
-    use crate::model::LanguageModel;
-    if model.objective() != other.objective() {
-        return Err(other
-            .refuse("divergence against this reference", model.objective())
-            .into());
-    }
-    match model {
-        LanguageModel::Seq2Seq(m) => Ok(Compared::Seq2Seq(&**m)),
-        LanguageModel::Masked(m) => Ok(Compared::Masked(&**m)),
-        LanguageModel::Causal(m) => Ok(Compared::Causal(&**m)),
-    }
-}
-
 /// [`run_knowledge`] for a masked (encoder) model: the mask filled with both sides visible
 /// ([`knowledge::probe_masked`]); the reference of `known_only` must be masked too.
 fn run_knowledge_masked(
@@ -540,9 +521,8 @@ fn run_divergence(
     let n = windows(&tokens, seqlen, limit).len();
     ctx.progress.start(n as u64, "divergence");
     let (model, base) = (weights.model()?, reference.model()?);
-    let r = divergence_of(
-        compared(&model, &base)?,
-        compared(&base, &model)?,
+    let r = divergence(
+        Pair::of(&model, &base)?,
         &tokens,
         seqlen,
         limit,
