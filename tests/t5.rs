@@ -170,7 +170,7 @@ fn blocks_path_is_teacher_forced_reconstruction() {
         // Every linear layer of every block showed its input once, in the family's order.
         let arch = cfg.architecture();
         let want: Vec<_> = (0..cfg.num_layers)
-            .flat_map(|l| arch.block_linears(l))
+            .flat_map(|l| arch.block_linears(&cfg, l))
             .collect();
         let got: Vec<_> = seen.iter().map(|(id, _)| *id).collect();
         assert_eq!(got, want, "{name}");

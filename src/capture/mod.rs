@@ -795,7 +795,7 @@ mod tests {
                     let f = 1.0
                         + stats.scaler(id).unwrap()[0] as f64
                         + h.sum_all()?.to_scalar::<f32>()? as f64 * 1e-3;
-                    let name = arch.weight_name(id);
+                    let name = arch.weight_name(&cfg, id);
                     let scaled = tensors[&name].affine(1.0 / f, 0.0)?;
                     tensors.insert(name, scaled);
                 }

@@ -57,9 +57,9 @@ impl LnLayout {
         let h = cfg.hidden_size;
         let mut out = Vec::new();
         let [ln1, ln2] = (self.norms)(l);
-        for id in self.arch.block_linears(l) {
+        for id in self.arch.block_linears(cfg, l) {
             let (rows, cols) = linear_shape(cfg, id.proj);
-            let name = self.arch.weight_name(id);
+            let name = self.arch.weight_name(cfg, id);
             let shape = if self.arch.conv1d(&name) {
                 vec![cols, rows]
             } else {
@@ -286,9 +286,9 @@ impl LnDecoder {
         let linears = || {
             self.layout
                 .arch
-                .block_linears(layer)
+                .block_linears(&self.cfg, layer)
                 .into_iter()
-                .map(|id| (id.proj, self.layout.arch.weight_name(id)))
+                .map(|id| (id.proj, self.layout.arch.weight_name(&self.cfg, id)))
                 .collect()
         };
         self.blocks
@@ -447,8 +447,8 @@ fn build_block(
 ) -> Result<Block> {
     let [ln1, ln2] = (layout.norms)(l);
     let mut linears = Vec::new();
-    for id in layout.arch.block_linears(l) {
-        let name = layout.arch.weight_name(id);
+    for id in layout.arch.block_linears(cfg, l) {
+        let name = layout.arch.weight_name(cfg, id);
         let w = get(&name)?;
         // A view, not a copy: the trainer's variables must stay the weights the model reads.
         let w = if layout.arch.conv1d(&name) { w.t()? } else { w };
@@ -483,14 +483,22 @@ macro_rules! ln_family_methods {
             cfg.tie_word_embeddings
         }
 
-        fn block_linears(&self, layer: usize) -> Vec<$crate::model::parts::LinearId> {
+        fn block_linears(
+            &self,
+            _cfg: &$crate::model::config::ModelConfig,
+            layer: usize,
+        ) -> Vec<$crate::model::parts::LinearId> {
             $linears
                 .iter()
                 .map(|(p, _)| $crate::model::parts::LinearId::new(layer, *p))
                 .collect()
         }
 
-        fn weight_name(&self, id: $crate::model::parts::LinearId) -> String {
+        fn weight_name(
+            &self,
+            _cfg: &$crate::model::config::ModelConfig,
+            id: $crate::model::parts::LinearId,
+        ) -> String {
             let module = $linears
                 .iter()
                 .find(|(p, _)| *p == id.proj)

@@ -30,7 +30,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::config::{Activation, ModelConfig};
 use super::error::{ModelError, Result};
-use super::family::t5::{arch_for, T5Family, T5Shape};
+use super::family::t5::{T5Layout, T5Shape, T5};
 use super::family::Architecture;
 use super::llama::rms_norm;
 use super::lm::{delegate, Blocks, Seq2SeqLm};
@@ -62,7 +62,7 @@ impl BlockLinears for Block {
 pub struct T5 {
     cfg: ModelConfig,
     shape: T5Shape,
-    arch: &'static T5Family,
+    arch: T5Layout,
     shared: Tensor,
     /// Relative attention bias tables [buckets, heads] of the encoder and the decoder.
     encoder_bias: Tensor,
@@ -100,8 +100,8 @@ impl T5 {
     /// config's shape and one dtype on one device.
     pub(crate) fn new(cfg: &ModelConfig, weights: &TensorMap) -> Result<T5> {
         let shape = shape_of(cfg)?;
-        let arch = arch_for(&shape);
-        check_weights(arch, cfg, weights)?;
+        let arch = T5Layout::of(cfg);
+        check_weights(&T5, cfg, weights)?;
         let get = |name: &str| {
             weights
                 .get(name)
@@ -111,7 +111,7 @@ impl T5 {
         let blocks = (0..cfg.num_layers)
             .map(|l| Ok(Arc::new(build_block(arch, l, &get)?)))
             .collect::<Result<_>>()?;
-        let head = weights.get(arch.head_name()).cloned();
+        let head = weights.get(T5.head_name()).cloned();
         Self::assemble(cfg, shape, &get, head, BlockStore::Resident(blocks))
     }
 
@@ -119,7 +119,7 @@ impl T5 {
     /// from `source` when it runs (its dynamic-int8 linears too).
     pub(crate) fn streamed(cfg: &ModelConfig, source: Arc<dyn TensorSource>) -> Result<T5> {
         let shape = shape_of(cfg)?;
-        let head_name = arch_for(&shape).head_name();
+        let head_name = T5.head_name();
         let get = |name: &str| source.held(name);
         let head = stored_head(source.as_ref(), head_name)?;
         let blocks = BlockStore::streamed(source.clone());
@@ -140,8 +140,8 @@ impl T5 {
         head: Option<Tensor>,
         blocks: BlockStore<Block>,
     ) -> Result<T5> {
-        let arch = arch_for(&shape);
-        let shared = get(arch.embed_name())?;
+        let arch = T5Layout::of(cfg);
+        let shared = get(T5.embed_name())?;
         let (dtype, device) = (shared.dtype(), shared.device().clone());
         check_dtype(dtype)?;
         // A compression stage that changed the head of a tied model stores it; the scaling
@@ -149,7 +149,7 @@ impl T5 {
         let head = match head {
             Some(w) => w,
             None if cfg.tie_word_embeddings => shared.clone(),
-            None => return Err(missing_tensor(arch.head_name())),
+            None => return Err(missing_tensor(T5.head_name())),
         };
         Ok(T5 {
             cfg: cfg.clone(),
@@ -175,8 +175,8 @@ impl T5 {
         name: &str,
         weight: crate::compress::dynint8::Int8Weight,
     ) -> Result<Self> {
-        let head = (name == self.arch.head_name()).then_some(&mut self.lm_head);
-        let id = self.arch.linear_id(&self.cfg, name);
+        let head = (name == T5.head_name()).then_some(&mut self.lm_head);
+        let id = T5.linear_id(&self.cfg, name);
         self.blocks
             .set_dynamic_int8(head, id, name, weight, &self.device)?;
         Ok(self)
@@ -531,7 +531,7 @@ fn relative_bucket(
 
 /// Block `layer` from its tensors, found by `get` under their checkpoint names.
 fn build_block(
-    arch: &T5Family,
+    arch: T5Layout,
     layer: usize,
     get: &dyn Fn(&str) -> Result<Tensor>,
 ) -> Result<Block> {

@@ -162,14 +162,14 @@ impl Architecture for EncLayout {
         cfg.tie_word_embeddings
     }
 
-    fn block_linears(&self, layer: usize) -> Vec<LinearId> {
+    fn block_linears(&self, _cfg: &ModelConfig, layer: usize) -> Vec<LinearId> {
         self.linears
             .iter()
             .map(|(p, _)| LinearId::new(layer, *p))
             .collect()
     }
 
-    fn weight_name(&self, id: LinearId) -> String {
+    fn weight_name(&self, _cfg: &ModelConfig, id: LinearId) -> String {
         self.weight_name_of(id)
     }
 

@@ -36,11 +36,11 @@ impl Architecture for LlamaFamily {
         cfg.tie_word_embeddings
     }
 
-    fn block_linears(&self, layer: usize) -> Vec<LinearId> {
+    fn block_linears(&self, _cfg: &ModelConfig, layer: usize) -> Vec<LinearId> {
         Proj::ALL.map(|p| LinearId::new(layer, p)).to_vec()
     }
 
-    fn weight_name(&self, id: LinearId) -> String {
+    fn weight_name(&self, _cfg: &ModelConfig, id: LinearId) -> String {
         id.weight_name()
     }
 

@@ -122,10 +122,10 @@ pub trait Architecture: Sync {
     fn tied(&self, cfg: &ModelConfig) -> bool;
 
     /// The linear layers of block `layer`, in the order the block runs them.
-    fn block_linears(&self, layer: usize) -> Vec<LinearId>;
+    fn block_linears(&self, cfg: &ModelConfig, layer: usize) -> Vec<LinearId>;
 
     /// The weight name of a block's linear layer.
-    fn weight_name(&self, id: LinearId) -> String;
+    fn weight_name(&self, cfg: &ModelConfig, id: LinearId) -> String;
 
     /// The group a block's linear layer belongs to.
     fn group(&self, id: LinearId) -> ModuleGroup {
@@ -135,8 +135,8 @@ pub trait Architecture: Sync {
     /// The block linear layer whose weight is called `name`.
     fn linear_id(&self, cfg: &ModelConfig, name: &str) -> Option<LinearId> {
         (0..cfg.num_layers)
-            .flat_map(|l| self.block_linears(l))
-            .find(|&id| self.weight_name(id) == name)
+            .flat_map(|l| self.block_linears(cfg, l))
+            .find(|&id| self.weight_name(cfg, id) == name)
     }
 
     /// Every tensor the config implies, by name, with its shape.
@@ -171,10 +171,10 @@ pub trait Architecture: Sync {
 
     /// Every linear layer: block by block in run order, then the LM head.
     fn linears(&self, cfg: &ModelConfig) -> Vec<LinearLayer> {
-        let blocks = (0..cfg.num_layers).flat_map(|l| self.block_linears(l));
+        let blocks = (0..cfg.num_layers).flat_map(|l| self.block_linears(cfg, l));
         let mut out: Vec<LinearLayer> = blocks
             .map(|id| LinearLayer {
-                name: self.weight_name(id),
+                name: self.weight_name(cfg, id),
                 group: self.group(id),
                 block: Some(id),
             })
@@ -208,11 +208,7 @@ impl ModelConfig {
             Family::Llama | Family::Mistral | Family::Qwen2 => &LLAMA,
             Family::Gpt2 => &GPT2,
             Family::Opt => &OPT,
-            // Names depend on the layout: the description for this config's.
-            Family::T5 => match &self.t5 {
-                Some(shape) => t5::arch_for(shape),
-                None => &T5,
-            },
+            Family::T5 => &T5,
             Family::Bert => &BERT,
             Family::Roberta => &ROBERTA,
             Family::DistilBert => &DISTILBERT,

@@ -36,7 +36,6 @@
 
 use crate::model::config::ConfigFile;
 use std::path::Path;
-use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -62,42 +61,38 @@ pub struct T5Shape {
     pub decoder_start: u32,
 }
 
-/// The T5 family, for one block layout: tensor names depend on how many blocks the encoder has
-/// and on whether the feed-forward is gated, and [`Architecture`]'s naming methods take no
-/// config, so each layout gets its own description ([`arch_for`]).
-#[derive(Debug, PartialEq, Eq)]
-pub struct T5Family {
-    encoder_layers: usize,
-    gated: bool,
-}
+/// The T5 family. Its tensor names depend on the config's block layout ([`T5Layout`]).
+#[derive(Debug)]
+pub struct T5Family;
 
-/// The description names-only callers use (embedding, head: the same in every layout).
-pub const T5: T5Family = T5Family {
-    encoder_layers: 0,
-    gated: false,
-};
+pub const T5: T5Family = T5Family;
 
 const EMBED: &str = "shared.weight";
 const LM_HEAD: &str = "lm_head.weight";
 
-/// The family description for `shape`'s layout; one per distinct layout for the life of the
-/// process (a handful at most), so [`ModelConfig::architecture`] can hand out `&'static`.
-pub(crate) fn arch_for(shape: &T5Shape) -> &'static T5Family {
-    static LAYOUTS: Mutex<Vec<&'static T5Family>> = Mutex::new(Vec::new());
-    let want = T5Family {
-        encoder_layers: shape.encoder_layers,
-        gated: shape.gated,
-    };
-    let mut layouts = LAYOUTS.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(found) = layouts.iter().find(|f| ***f == want) {
-        return found;
-    }
-    let leaked: &'static T5Family = Box::leak(Box::new(want));
-    layouts.push(leaked);
-    leaked
+/// Where a T5 config's modules are: blocks below `encoder_layers` are the encoder's, the rest the
+/// decoder's; a gated feed-forward has `wi_0` and `wi_1` rather than `wi`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct T5Layout {
+    encoder_layers: usize,
+    gated: bool,
 }
 
-impl T5Family {
+impl T5Layout {
+    /// The layout of `cfg` (a T5 config; any other has no T5 blocks).
+    pub(crate) fn of(cfg: &ModelConfig) -> Self {
+        cfg.t5.map_or(
+            T5Layout {
+                encoder_layers: 0,
+                gated: false,
+            },
+            |s| T5Layout {
+                encoder_layers: s.encoder_layers,
+                gated: s.gated,
+            },
+        )
+    }
+
     fn is_encoder(&self, layer: usize) -> bool {
         layer < self.encoder_layers
     }
@@ -137,6 +132,40 @@ impl T5Family {
             "decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
         }
     }
+
+    /// The linear layers of block `layer`, in the order the block runs them.
+    pub(crate) fn block_linears(&self, layer: usize) -> Vec<LinearId> {
+        let mut roles = vec![Proj::Q, Proj::K, Proj::V, Proj::O];
+        if !self.is_encoder(layer) {
+            roles.extend([Proj::CrossQ, Proj::CrossK, Proj::CrossV, Proj::CrossO]);
+        }
+        if self.gated {
+            roles.push(Proj::Gate);
+        }
+        roles.extend([Proj::Up, Proj::Down]);
+        roles.into_iter().map(|p| LinearId::new(layer, p)).collect()
+    }
+
+    /// The weight name of a block's linear layer.
+    pub(crate) fn weight_name(&self, id: LinearId) -> String {
+        let ff = self.ff_index(id.layer);
+        let module = match id.proj {
+            Proj::Q => "layer.0.SelfAttention.q".to_string(),
+            Proj::K => "layer.0.SelfAttention.k".to_string(),
+            Proj::V => "layer.0.SelfAttention.v".to_string(),
+            Proj::O => "layer.0.SelfAttention.o".to_string(),
+            Proj::CrossQ => "layer.1.EncDecAttention.q".to_string(),
+            Proj::CrossK => "layer.1.EncDecAttention.k".to_string(),
+            Proj::CrossV => "layer.1.EncDecAttention.v".to_string(),
+            Proj::CrossO => "layer.1.EncDecAttention.o".to_string(),
+            Proj::Gate => format!("layer.{ff}.DenseReluDense.wi_0"),
+            Proj::Up if self.gated => format!("layer.{ff}.DenseReluDense.wi_1"),
+            Proj::Up => format!("layer.{ff}.DenseReluDense.wi"),
+            Proj::Down => format!("layer.{ff}.DenseReluDense.wo"),
+            Proj::Qkv => "?".to_string(),
+        };
+        format!("{}.{module}.weight", self.block_path(id.layer))
+    }
 }
 
 /// A linear layer's shape (out, in) in `cfg`.
@@ -173,54 +202,32 @@ impl Architecture for T5Family {
         cfg.tie_word_embeddings
     }
 
-    fn block_linears(&self, layer: usize) -> Vec<LinearId> {
-        let mut roles = vec![Proj::Q, Proj::K, Proj::V, Proj::O];
-        if !self.is_encoder(layer) {
-            roles.extend([Proj::CrossQ, Proj::CrossK, Proj::CrossV, Proj::CrossO]);
-        }
-        if self.gated {
-            roles.push(Proj::Gate);
-        }
-        roles.extend([Proj::Up, Proj::Down]);
-        roles.into_iter().map(|p| LinearId::new(layer, p)).collect()
+    fn block_linears(&self, cfg: &ModelConfig, layer: usize) -> Vec<LinearId> {
+        T5Layout::of(cfg).block_linears(layer)
     }
 
-    fn weight_name(&self, id: LinearId) -> String {
-        let ff = self.ff_index(id.layer);
-        let module = match id.proj {
-            Proj::Q => "layer.0.SelfAttention.q".to_string(),
-            Proj::K => "layer.0.SelfAttention.k".to_string(),
-            Proj::V => "layer.0.SelfAttention.v".to_string(),
-            Proj::O => "layer.0.SelfAttention.o".to_string(),
-            Proj::CrossQ => "layer.1.EncDecAttention.q".to_string(),
-            Proj::CrossK => "layer.1.EncDecAttention.k".to_string(),
-            Proj::CrossV => "layer.1.EncDecAttention.v".to_string(),
-            Proj::CrossO => "layer.1.EncDecAttention.o".to_string(),
-            Proj::Gate => format!("layer.{ff}.DenseReluDense.wi_0"),
-            Proj::Up if self.gated => format!("layer.{ff}.DenseReluDense.wi_1"),
-            Proj::Up => format!("layer.{ff}.DenseReluDense.wi"),
-            Proj::Down => format!("layer.{ff}.DenseReluDense.wo"),
-            Proj::Qkv => "?".to_string(),
-        };
-        format!("{}.{module}.weight", self.block_path(id.layer))
+    fn weight_name(&self, cfg: &ModelConfig, id: LinearId) -> String {
+        T5Layout::of(cfg).weight_name(id)
     }
 
     fn tensors(&self, cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
-        let d = cfg.hidden_size;
+        let (d, layout) = (cfg.hidden_size, T5Layout::of(cfg));
         let mut out = vec![(EMBED.to_string(), vec![cfg.vocab_size, d])];
         let buckets = cfg.t5.map_or(0, |s| s.num_buckets);
         for layer in 0..cfg.num_layers {
-            if layer == 0 || layer == self.encoder_layers {
+            if layer == 0 || layer == layout.encoder_layers {
                 out.push((
-                    self.relative_bias_name(self.is_encoder(layer)).to_string(),
+                    layout
+                        .relative_bias_name(layout.is_encoder(layer))
+                        .to_string(),
                     vec![buckets, cfg.num_heads],
                 ));
             }
-            for id in self.block_linears(layer) {
+            for id in layout.block_linears(layer) {
                 let (rows, cols) = linear_shape(cfg, id.proj);
-                out.push((self.weight_name(id), vec![rows, cols]));
+                out.push((layout.weight_name(id), vec![rows, cols]));
             }
-            for norm in self.norm_names(layer) {
+            for norm in layout.norm_names(layer) {
                 out.push((norm, vec![d]));
             }
         }

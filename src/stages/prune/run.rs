@@ -20,7 +20,7 @@ pub(super) fn run(ctx: &StageCtx, spec: &PruneSpec) -> Result<StageOutput, Stage
     let model_node = ctx.input_node("model")?;
     let mut weights = materialize(ctx, model_node, ctx.device)?;
     let names = selected(&weights.config, &spec.selection)?;
-    let arch = weights.config.architecture();
+    let (arch, config) = (weights.config.architecture(), weights.config.clone());
     let backend = Backend::for_device(ctx.device);
     // The first override whose regex matches a weight's name sets its sparsity.
     let sparsity = |name: &str| -> f64 {
@@ -112,7 +112,7 @@ pub(super) fn run(ctx: &StageCtx, spec: &PruneSpec) -> Result<StageOutput, Stage
                         &backend,
                         &spec.method,
                         spec.pattern,
-                        sparsity(&arch.weight_name(id)),
+                        sparsity(&arch.weight_name(&config, id)),
                         id,
                         w,
                         stats,
