@@ -14,8 +14,8 @@
 //! - T-REx: the relation's template (trimmed) with `[X]` replaced by the subject (trimmed) and
 //!   `[Y]` the mask;
 //! - Google-RE: by default the templates LAMA's `run_experiments.py` gives these relations
-//!   (place_of_birth "[X] was born in [Y] .", date_of_birth "[X] (born [Y]).", place_of_death
-//!   "[X] died in [Y] ."), or with [`GoogleRePrompts::MaskedSentences`] the evidence sentences;
+//!   (place_of_birth `"[X] was born in [Y] ."`, date_of_birth `"[X] (born [Y])."`, place_of_death
+//!   `"[X] died in [Y] ."`), or with [`GoogleRePrompts::MaskedSentences`] the evidence sentences;
 //! - SQuAD: the masked sentence.
 //!
 //! Masked sentences of one fact are joined with a space; the cloze is cut at the first `[MASK]`.

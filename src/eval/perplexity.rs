@@ -83,7 +83,7 @@ pub fn nll_sum(logits: &Tensor, targets: &Tensor) -> candle_core::Result<f64> {
     Ok(-total)
 }
 
-/// Per-position −log p(target): `logits` [b, t, vocab], `targets` [b, t] → [b][t] in f32.
+/// Per-position −log p(target): `logits` \[b, t, vocab\], `targets` \[b, t\] → \[b\]\[t\] in f32.
 pub fn token_nlls(logits: &Tensor, targets: &Tensor) -> candle_core::Result<Vec<Vec<f32>>> {
     let logp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
     let picked = logp.gather(&targets.unsqueeze(D::Minus1)?, D::Minus1)?;

@@ -180,7 +180,7 @@ impl HiddenStates {
     }
 }
 
-/// A model whose layer-wise passes follow `policy` (its traits are in [`super::lm`]).
+/// A model whose layer-wise passes follow `policy` (its traits are [`crate::model::Blocks`] and the kinds of language model).
 pub struct Spilling<M: ?Sized> {
     pub policy: SpillPolicy,
     pub inner: Box<M>,

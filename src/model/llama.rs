@@ -55,7 +55,7 @@ pub struct Llama {
 }
 
 impl Llama {
-    /// Builds the model from tensors under their HF names (see [`expected_tensors`]); every
+    /// Builds the model from tensors under their HF names (see [`crate::model::expected_tensors`]); every
     /// tensor must have the config's shape and one dtype on one device.
     pub fn new(cfg: &ModelConfig, weights: &TensorMap) -> Result<Llama> {
         let (dtype, device) = check_weights(&LLAMA, cfg, weights)?;

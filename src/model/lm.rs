@@ -50,7 +50,7 @@ pub trait Blocks: Send + Sync {
     /// Final norm and head: hidden states → logits [batch, seq, vocab] in f32.
     fn head(&self, x: &Tensor) -> Result<Tensor>;
 
-    /// Whether blocks are read from disk as they run (see [`Llama::streamed`]): callers then run
+    /// Whether blocks are read from disk as they run (see [`crate::model::Llama::streamed`]): callers then run
     /// all their sequences through block i before block i + 1.
     fn is_streamed(&self) -> bool;
 

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::error::{ModelError, Result};
 
 /// Which library's reading of `tokenizer.json` turns text into token ids: the two differ on
-/// some texts (see [`super::hf_class`]).
+/// some texts (see [`crate::model::check_transformers_class`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TokenizerSemantics {

@@ -2,7 +2,7 @@
 //!
 //! A kind lives in one folder, `stages/<kind>/`: its typed spec and cache key (`mod.rs`), its
 //! reader of pipeline keys (`read.rs`) and its execution (`run.rs`), behind the [`Kind`] trait.
-//! The [`stage_kinds!`] list below is the only other place that names it.
+//! The `stage_kinds!` list below is the only other place that names it.
 //!
 //! A stage writes its files into a staging directory and returns the metadata for its manifest;
 //! the executor makes the entry atomic. Stages see the DAG through [`Dag`] and the entries they

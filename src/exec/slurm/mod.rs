@@ -708,7 +708,7 @@ pub fn dry_run(plan: &Plan, profile: &Profile, needs: &[Need], run: &[bool]) -> 
     out
 }
 
-/// [`shared::check`] for a dry run: what a run would say about the cache's filesystem.
+/// `shared::check` for a dry run: what a run would say about the cache's filesystem.
 pub fn check_cache(cache: &Path) -> Verdict {
     shared::check(cache)
 }

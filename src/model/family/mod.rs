@@ -1,10 +1,10 @@
 //! Model families: what each architecture looks like from outside its runtime.
 //!
 //! An [`Architecture`] names a family's tensors and linear layers, groups the linear layers into
-//! [`ModuleGroup`]s, counts its parameters and builds its runtime behind [`CausalLm`]. Selection,
+//! [`ModuleGroup`]s, counts its parameters and builds its runtime as a [`crate::model::LanguageModel`]. Selection,
 //! calibration, overlays, export and memory estimates ask it instead of spelling LLaMA's names.
 //! The families: LLaMA (with Mistral, Qwen2 and SmolLM, which share its layout), GPT-2 and OPT
-//! (causal), the BERT-style masked-LM encoders BERT, RoBERTa and DistilBERT ([`bert`]), and T5
+//! (causal), the BERT-style masked-LM encoders BERT, RoBERTa and DistilBERT (`bert`), and T5
 //! (an encoder-decoder).
 //!
 //! Tensors keep their checkpoint's layout under their checkpoint's names everywhere (overlays,

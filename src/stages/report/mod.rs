@@ -6,7 +6,7 @@
 //!   first) and a column per metric; [`long`]: the unpivoted table of everything;
 //! - [`crate::table`]: a table's renderings (text, Markdown, CSV, LaTeX, JSON Lines);
 //! - [`plot`]: line and trade-off plots, as SVG and PNG (the font is embedded);
-//! - [`render`]: every file of a report stage, in memory.
+//! - [`mod@render`]: every file of a report stage, in memory.
 //!
 //! A report stage says what to draw (every key but `inputs` is optional):
 //!

@@ -45,7 +45,7 @@ pub struct Measurement {
     pub dataset: Option<String>,
     /// Content digest (hex) of the weights evaluated.
     pub weights: Option<String>,
-    /// The evaluated model's deployed size (see [`crate::pipeline::spec::MetricRef::ModelMb`]).
+    /// The evaluated model's deployed size (see `MetricRef::ModelMb`).
     pub model_bytes: Option<u64>,
     /// The same model dense in its dtype.
     pub dense_bytes: Option<u64>,

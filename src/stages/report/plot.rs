@@ -1,5 +1,5 @@
 //! Plots of a report: what to draw ([`figure`], pure, from the observations) and drawing it as SVG
-//! or PNG with plotters ([`svg`], [`png`]).
+//! or PNG with plotters ([`svg()`], [`png()`]).
 //!
 //! Text is drawn with DejaVu Sans compiled into the binary (the `dejavu` crate, through plotters'
 //! `ab_glyph` backend), so PNGs render the same on a machine with no fonts installed.
