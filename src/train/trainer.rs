@@ -33,11 +33,11 @@ use std::path::Path;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use super::step::optimise;
 use super::tokenizer::{BOS_ID, EOS_ID, UNK_ID};
 use super::TrainError;
 use crate::model::{expected_tensors, CausalLm, LanguageModel, MaskedLm, ModelConfig, TensorMap};
@@ -352,78 +352,37 @@ pub fn train(
     }
     let params = init_params(&model_cfg, cfg, DType::F32, device)?;
     let model = lm_of(&model_cfg, &params)?;
-    let (decayed, plain): (Vec<_>, Vec<_>) = params.iter().partition(|(_, v)| v.rank() == 2);
-    let adam = |vars: Vec<&(String, Var)>, wd: f64| {
-        AdamW::new(
-            vars.into_iter().map(|(_, v)| v.clone()).collect(),
-            ParamsAdamW {
-                lr: cfg.lr,
-                beta1: 0.9,
-                beta2: 0.95,
-                eps: 1e-8,
-                weight_decay: wd,
-            },
-        )
-    };
-    let mut opt_decayed = adam(decayed, cfg.weight_decay)?;
-    let mut opt_plain = adam(plain, 0.0)?;
-
     let mut data_rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     data_rng.set_stream(1);
     let max_start = (stream.len() - cfg.seqlen - 1) as u64;
     let mut mask_rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     mask_rng.set_stream(2);
-    let mut losses = Vec::with_capacity(cfg.steps);
-    for step in 0..cfg.steps {
-        let lr = cfg.lr_at(step);
-        opt_decayed.set_learning_rate(lr);
-        opt_plain.set_learning_rate(lr);
-        let loss = match &model {
-            LanguageModel::Masked(m) => {
-                let b = masked_batch(
-                    &stream,
-                    cfg,
-                    max_start,
-                    mask_id,
-                    &mut data_rng,
-                    &mut mask_rng,
-                )?;
-                masked_loss(&**m, &b, (cfg.batch, cfg.seqlen), device)?
-            }
-            other => {
-                let (inputs, targets) = batch(&stream, cfg, max_start, &mut data_rng, device)?;
-                batch_loss(other.causal("next-token training")?, &inputs, &targets)?
-            }
-        };
-        let mut grads = loss.backward()?;
-        if cfg.grad_clip > 0.0 {
-            clip_grad_norm(&params, &mut grads, cfg.grad_clip)?;
+    let losses = optimise(&params, cfg, on_step, |_| match &model {
+        LanguageModel::Masked(m) => {
+            let b = masked_batch(
+                &stream,
+                cfg,
+                max_start,
+                mask_id,
+                &mut data_rng,
+                &mut mask_rng,
+            )?;
+            masked_loss(&**m, &b, (cfg.batch, cfg.seqlen), device)
         }
-        opt_decayed.step(&grads)?;
-        opt_plain.step(&grads)?;
-        let value = loss.to_scalar::<f32>()?;
-        if !value.is_finite() {
-            return Err(TrainError::Diverged {
-                step: step + 1,
-                loss: value,
-            });
+        other => {
+            let (inputs, targets) = batch(&stream, cfg, max_start, &mut data_rng, device)?;
+            batch_loss(other.causal("next-token training")?, &inputs, &targets)
         }
-        losses.push(value);
-        on_step(step + 1, value)?;
-    }
-
+    })?;
     save(out_dir, cfg, vocab_size, tokenizer, &params)?;
-    let tail = (cfg.steps / 20).max(1);
-    let final_loss = losses[losses.len() - tail..].iter().sum::<f32>() / tail as f32;
-    Ok(TrainSummary {
-        final_loss,
+    Ok(TrainSummary::of_run(
         losses,
-        parameters: params.iter().map(|(_, v)| v.elem_count()).sum(),
-        tokens_seen: cfg.steps * cfg.batch * cfg.seqlen,
-        corpus_tokens: stream.len(),
+        &params,
+        cfg.steps * cfg.batch * cfg.seqlen,
+        stream.len(),
         vocab_size,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+        started,
+    ))
 }
 
 /// Every document tokenized with its `<s>`, concatenated.
