@@ -6,6 +6,7 @@
 //! - [`tokenizer`] builds a word-level `tokenizer.json` over a corpus;
 //! - [`trainer`] trains a LLaMA, GPT-2 or OPT [`crate::model::CausalLm`] with candle's autograd and
 //!   writes a Hugging Face folder (`config.json`, `tokenizer.json`, `model.safetensors`);
+//! - [`masked`] trains a BERT with the masked-LM objective on sentences;
 //! - [`seq2seq`] trains a T5 by span corruption, with its own tokenizer layout (sentinels);
 //! - `step` is the optimisation loop they share (AdamW, schedule, clipping, bookkeeping);
 //! - [`recall`] measures P@1 on the facts, the check that training worked.
@@ -24,6 +25,7 @@
 
 use std::path::PathBuf;
 
+pub mod masked;
 pub mod recall;
 pub mod seq2seq;
 mod step;

@@ -190,7 +190,7 @@ pub fn build_tokenizer<S: AsRef<str>>(
 
 /// The sentences of `docs` as token ids (no specials), each cut after its `.` and truncated to
 /// `max_len` tokens.
-fn sentences(
+pub(crate) fn sentences(
     docs: &[String],
     tokenizer: &Tokenizer,
     max_len: usize,
