@@ -237,8 +237,8 @@ fn bert_compresses_evaluates_and_round_trips() {
 
 /// `arch: bert` trains a `BertForMaskedLM` on the synthetic world with the masked-LM objective:
 /// the loss falls well below the uniform guess, the folder loads as an encoder whose tokenizer
-/// has `[MASK]` as its last id, and the masked probe runs on it. (Whether it learns the facts
-/// within a test's budget is not asserted: see the trainer's docs.)
+/// has `[MASK]` as its last id, and the masked probe runs on it. (That it learns the facts is
+/// `tests/bert_train.rs`.)
 #[test]
 fn bert_trains_on_the_world_with_the_masked_objective() {
     use whittle::train::synth::{self, SynthConfig};

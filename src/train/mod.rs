@@ -6,7 +6,9 @@
 //! - [`tokenizer`] builds a word-level `tokenizer.json` over a corpus;
 //! - [`trainer`] trains a LLaMA, GPT-2 or OPT [`crate::model::CausalLm`] with candle's autograd and
 //!   writes a Hugging Face folder (`config.json`, `tokenizer.json`, `model.safetensors`);
+//! - [`masked`] trains a BERT with the masked-LM objective on sentences;
 //! - [`seq2seq`] trains a T5 by span corruption, with its own tokenizer layout (sentinels);
+//! - `step` is the optimisation loop they share (AdamW, schedule, clipping, bookkeeping);
 //! - [`recall`] measures P@1 on the facts, the check that training worked.
 //!
 //! ```no_run
@@ -23,8 +25,10 @@
 
 use std::path::PathBuf;
 
+pub mod masked;
 pub mod recall;
 pub mod seq2seq;
+mod step;
 pub mod synth;
 pub mod tokenizer;
 pub mod trainer;

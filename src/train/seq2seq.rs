@@ -34,13 +34,13 @@ use std::path::Path;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokenizers::Tokenizer;
 
+use super::step::optimise;
 use super::tokenizer::split_words;
-use super::trainer::{clip_grad_norm, normals, save, Params};
+use super::trainer::{normals, save, Params};
 use super::{TrainArch, TrainConfig, TrainError, TrainSummary};
 use crate::model::{expected_tensors, LanguageModel, ModelConfig, Seq2SeqLm, TensorMap};
 
@@ -190,7 +190,7 @@ pub fn build_tokenizer<S: AsRef<str>>(
 
 /// The sentences of `docs` as token ids (no specials), each cut after its `.` and truncated to
 /// `max_len` tokens.
-fn sentences(
+pub(crate) fn sentences(
     docs: &[String],
     tokenizer: &Tokenizer,
     max_len: usize,
@@ -432,29 +432,10 @@ pub(crate) fn train(
     }
     let params = init_params(&model_cfg, cfg, DType::F32, device)?;
     let model = model_of(&model_cfg, &params)?;
-    let (decayed, plain): (Vec<_>, Vec<_>) = params.iter().partition(|(_, v)| v.rank() == 2);
-    let adam = |vars: Vec<&(String, Var)>, wd: f64| {
-        AdamW::new(
-            vars.into_iter().map(|(_, v)| v.clone()).collect(),
-            ParamsAdamW {
-                lr: cfg.lr,
-                beta1: 0.9,
-                beta2: 0.95,
-                eps: 1e-8,
-                weight_decay: wd,
-            },
-        )
-    };
-    let mut opt_decayed = adam(decayed, cfg.weight_decay)?;
-    let mut opt_plain = adam(plain, 0.0)?;
     let mut data_rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     data_rng.set_stream(1);
-    let mut losses = Vec::with_capacity(cfg.steps);
     let mut tokens_seen = 0;
-    for step in 0..cfg.steps {
-        let lr = cfg.lr_at(step);
-        opt_decayed.set_learning_rate(lr);
-        opt_plain.set_learning_rate(lr);
+    let losses = optimise(&params, cfg, on_step, |_| {
         let pairs: Vec<(Vec<u32>, Vec<u32>)> = (0..cfg.batch)
             .map(|_| {
                 let s = &corpus[data_rng.random_range(0..corpus.len())];
@@ -465,34 +446,17 @@ pub(crate) fn train(
             .collect();
         let (loss, n) = pair_loss(&*model, &pairs, device)?;
         tokens_seen += n;
-        let mut grads = loss.backward()?;
-        if cfg.grad_clip > 0.0 {
-            clip_grad_norm(&params, &mut grads, cfg.grad_clip)?;
-        }
-        opt_decayed.step(&grads)?;
-        opt_plain.step(&grads)?;
-        let value = loss.to_scalar::<f32>()?;
-        if !value.is_finite() {
-            return Err(TrainError::Diverged {
-                step: step + 1,
-                loss: value,
-            });
-        }
-        losses.push(value);
-        on_step(step + 1, value)?;
-    }
+        Ok(loss)
+    })?;
     save(out_dir, cfg, vocab_size, tokenizer, &params)?;
-    let tail = (cfg.steps / 20).max(1);
-    let final_loss = losses[losses.len() - tail..].iter().sum::<f32>() / tail as f32;
-    Ok(TrainSummary {
-        final_loss,
+    Ok(TrainSummary::of_run(
         losses,
-        parameters: params.iter().map(|(_, v)| v.elem_count()).sum(),
+        &params,
         tokens_seen,
-        corpus_tokens: corpus.iter().map(Vec::len).sum(),
+        corpus.iter().map(Vec::len).sum(),
         vocab_size,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+        started,
+    ))
 }
 
 #[cfg(test)]

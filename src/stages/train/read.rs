@@ -14,9 +14,10 @@ pub(super) fn read(f: &mut Fields) -> Option<TrainSpec> {
         .choice("architecture", &crate::train::TrainArch::NAMES)
         .and_then(crate::train::TrainArch::parse)
         .unwrap_or_default();
-    // T5 has its own defaults (sentences as examples, its init scale).
+    // T5 and BERT have their own defaults (sentences as examples; T5's init scale).
     let d = match arch {
         crate::train::TrainArch::T5 => crate::train::seq2seq::default_config(),
+        crate::train::TrainArch::Bert => crate::train::masked::default_config(),
         _ => crate::train::TrainConfig::default(),
     };
     let mut c = d.clone();
