@@ -15,7 +15,7 @@ use crate::eval::divergence::{divergence_of, Compared};
 use crate::eval::generation::{evaluate_generation_with, GenerationTask, Generator};
 use crate::eval::knowledge::{self, probe, probe_units, ProbeOptions, ProbeStyle, Ranking};
 use crate::eval::lama::{load_lama, GoogleRePrompts, LamaOptions};
-use crate::eval::loglik::{PairEncoder, SpecialTokens};
+use crate::eval::loglik::{PairEncoder, Scorer, Seq2SeqPairEncoder, SpecialTokens};
 use crate::eval::perplexity::{
     document_perplexity, perplexity, sliding_perplexity, sliding_windows, windows, Perplexity,
 };
@@ -469,6 +469,11 @@ fn run_knowledge_masked(
     })
 }
 
+/// How an encoder-decoder's choices are scored, as the settings report it.
+const SEQ2SEQ_SCORING: &str = "source: the context with the tokenizer's special tokens (T5: \
+    ending in </s>); target: the choice without special tokens, teacher-forced behind the decoder \
+    start token; Σ log P over the choice's tokens";
+
 fn run_choice(
     ctx: &StageCtx,
     spec: &EvaluateSpec,
@@ -484,15 +489,37 @@ fn run_choice(
     let pairs: usize = items.iter().map(|i| i.num_choices()).sum();
     ctx.progress.start(pairs as u64, task.name());
     let (tok, model) = (weights.tokenizer()?, weights.model()?);
-    let enc = PairEncoder::new(&tok, &weights.config, SpecialTokens::FromTokenizer)?;
-    let (m, samples) = evaluate_items(
-        model.causal("multiple choice")?,
-        &enc,
-        &items,
-        spec.batch_size,
-        ctx.device,
-        &mut |n| ctx.tick(n),
-    )?;
+    let tick = &mut |n| ctx.tick(n);
+    let (m, samples, scoring) = match &model {
+        crate::model::LanguageModel::Causal(m) => {
+            let pairs = PairEncoder::new(&tok, &weights.config, SpecialTokens::FromTokenizer)?;
+            let scorer = Scorer::Causal {
+                model: &**m,
+                pairs: &pairs,
+            };
+            let (m, s) = evaluate_items(scorer, &items, spec.batch_size, ctx.device, tick)?;
+            (m, s, None)
+        }
+        crate::model::LanguageModel::Seq2Seq(m) => {
+            let pairs = Seq2SeqPairEncoder::new(&tok, &weights.config);
+            let scorer = Scorer::Seq2Seq {
+                model: &**m,
+                pairs: &pairs,
+            };
+            let (m, s) = evaluate_items(scorer, &items, spec.batch_size, ctx.device, tick)?;
+            (m, s, Some(SEQ2SEQ_SCORING))
+        }
+        crate::model::LanguageModel::Masked(_) => {
+            return Err(crate::eval::loglik::EvalError::Invalid(format!(
+                "multiple choice scores each choice by its log-likelihood after the context, \
+                 which this masked (encoder-only) `{}` model does not give (lm-evaluation-harness \
+                 does not score masked LMs either); use a causal or encoder-decoder model, or \
+                 knowledge probes and divergence for this one",
+                weights.config.architecture().name()
+            ))
+            .into())
+        }
+    };
     let metrics = metric_map([
         ("acc", m.acc.into()),
         ("acc_norm", m.acc_norm.into()),
@@ -508,11 +535,17 @@ fn run_choice(
             m.samples
         ),
         metrics,
-        settings: json!({
-            "task": task.name(),
-            "task_file": task_file.path.display().to_string(),
-            "acc_norm": "log-likelihood / UTF-8 bytes of the choice",
-        }),
+        settings: {
+            let mut settings = json!({
+                "task": task.name(),
+                "task_file": task_file.path.display().to_string(),
+                "acc_norm": "log-likelihood / UTF-8 bytes of the choice",
+            });
+            if let Some(scoring) = scoring {
+                settings["scoring"] = scoring.into();
+            }
+            settings
+        },
         samples: samples
             .iter()
             .map(|r| serde_json::to_value(r).expect("samples serialize"))
