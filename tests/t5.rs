@@ -592,3 +592,38 @@ fn multiple_choice_scores_the_choice_as_the_decoders_output() {
         }
     }
 }
+
+/// The hidden states a layer-wise pass over a T5 keeps are [batch, 2·seq, d_model] (encoder and
+/// decoder halves): the spill decision counts both halves.
+#[test]
+fn layer_wise_hidden_states_count_both_halves() {
+    use std::sync::{Arc, Mutex};
+    let (cfg, weights) = load(&fixture("v1_1"));
+    let tmp = tempfile::tempdir().unwrap();
+    let ids = [batch(&vec![vec![5u32; 16]; 4])];
+    // 4 × 16 tokens × 2 halves × 32 × 4 bytes.
+    let bytes = 4 * 16 * 2 * 32 * 4;
+    for (budget, spilled) in [(bytes - 1, true), (bytes, false)] {
+        let notes = Arc::new(Mutex::new(Vec::<String>::new()));
+        let seen = notes.clone();
+        let policy = whittle::model::SpillPolicy {
+            budget,
+            dir: tmp.path().to_path_buf(),
+            note: Arc::new(move |m: &str| seen.lock().unwrap().push(m.to_string())),
+        };
+        let lm = cfg
+            .architecture()
+            .build(&cfg, &weights, Vec::new())
+            .unwrap()
+            .spilling(policy);
+        whittle::model::hidden_for(lm.blocks(), &ids, "calibration").unwrap();
+        let notes = notes.lock().unwrap();
+        assert_eq!(notes.len(), 1);
+        assert_eq!(
+            notes[0].contains("exceed"),
+            spilled,
+            "budget {budget}: {}",
+            notes[0]
+        );
+    }
+}
