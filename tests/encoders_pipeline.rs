@@ -233,6 +233,41 @@ fn bert_compresses_evaluates_and_round_trips() {
         msg.contains("perplexity") && msg.contains("knowledge"),
         "{msg}"
     );
+
+    // So is multiple choice: a masked model gives no log-likelihood of a continuation (nor does
+    // the harness ask one of it).
+    let data = tmp.path().join("choice.jsonl");
+    std::fs::write(
+        &data,
+        "{\"q\": \"a b\", \"a\": \"c\", \"b\": \"d\", \"label\": 0}\n",
+    )
+    .unwrap();
+    let task = tmp.path().join("pick.yaml");
+    std::fs::write(
+        &task,
+        "context: \"{{q}}\"\nchoices: [\"{{a}}\", \"{{b}}\"]\ngold: {field: label}\n",
+    )
+    .unwrap();
+    let mc = tmp.path().join("mc.yaml");
+    std::fs::write(
+        &mc,
+        format!(
+            "version: 1\nmodels:\n  bert: {}\n{}  choice: {}\nstages:\n  m: {{kind: load, model: bert, dtype: f32}}\n  \
+             mc: {{kind: evaluate, model: m, task: multiple-choice, dataset: choice, task_file: {}}}\n",
+            bert().display(),
+            datasets(&world_dir),
+            data.display(),
+            task.display()
+        ),
+    )
+    .unwrap();
+    let out = whittle(&cache, &["run", mc.to_str().unwrap()]);
+    assert_ne!(out.status.code(), Some(0));
+    let msg = text(&out);
+    assert!(
+        msg.contains("multiple choice") && msg.contains("masked") && msg.contains("knowledge"),
+        "{msg}"
+    );
 }
 
 /// `arch: bert` trains a `BertForMaskedLM` on the synthetic world with the masked-LM objective:

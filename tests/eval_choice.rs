@@ -9,7 +9,7 @@ use std::path::Path;
 use candle_core::{DType, Device};
 use serde_json::{json, Value};
 use whittle::eval::choice::{evaluate_choices, ChoiceTask};
-use whittle::eval::loglik::{loglikelihood, PairEncoder, Request, SpecialTokens};
+use whittle::eval::loglik::{loglikelihood, PairEncoder, Request, Scorer, SpecialTokens};
 use whittle::model::*;
 
 use common::{load_model as load, log_prob_f64, logit_rows, no_tick};
@@ -349,8 +349,10 @@ fn a_fixture_task_on_stories260k_scores_as_computed_by_hand() {
         json!({"start": "Once upon a", "a": "dog", "b": "time", "c": "table", "answer": 0}),
     ];
     let (metrics, samples) = evaluate_choices(
-        &m.model,
-        &enc,
+        Scorer::Causal {
+            model: &m.model,
+            pairs: &enc,
+        },
         &task,
         &records,
         3,
@@ -409,8 +411,10 @@ fn shared_continuation_scores_each_context() {
         "option1": "Lily", "option2": "Ben", "answer": "2"
     })];
     let (metrics, samples) = evaluate_choices(
-        &m.model,
-        &enc,
+        Scorer::Causal {
+            model: &m.model,
+            pairs: &enc,
+        },
         &task,
         &records,
         2,

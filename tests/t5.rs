@@ -394,8 +394,8 @@ fn sentinel_probes_match_transformers() {
     assert!(e.contains("<extra_id_0>"), "{e}");
 }
 
-/// Tasks that need a causal model (perplexity, multiple choice) refuse a T5 by name, pointing
-/// at the tasks it supports.
+/// A task that needs a causal model (perplexity) refuses a T5 by name, pointing at the tasks it
+/// supports.
 #[test]
 fn causal_tasks_refuse_t5_by_name() {
     let (cfg, weights) = load(&fixture("v1_1"));
@@ -403,14 +403,12 @@ fn causal_tasks_refuse_t5_by_name() {
         .architecture()
         .build(&cfg, &weights, Vec::new())
         .unwrap();
-    for task in ["perplexity", "multiple choice"] {
-        let e = lm.causal(task).err().unwrap().to_string();
-        assert!(
-            e.contains(task) && e.contains("`t5`") && e.contains("sequence-to-sequence"),
-            "{e}"
-        );
-        assert!(e.contains("knowledge probes"), "{e}");
-    }
+    let e = lm.causal("perplexity").err().unwrap().to_string();
+    assert!(
+        e.contains("perplexity") && e.contains("`t5`") && e.contains("sequence-to-sequence"),
+        "{e}"
+    );
+    assert!(e.contains("knowledge probes"), "{e}");
 }
 
 /// Greedy generation from each source (unpadded) gives transformers' tokens.
@@ -432,5 +430,200 @@ fn greedy_generation_matches_transformers() {
                     .unwrap();
             assert_eq!(&got.tokens, want, "{name} source {pair}");
         }
+    }
+}
+
+/// The sentinel tokenizer with T5's post-processor: `</s>` (here `t1`, the config's EOS)
+/// appended to every text encoded with special tokens.
+fn t5_tokenizer(dir: &Path) -> whittle::model::Tokenizer {
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("sentinel_tokenizer.json")).unwrap())
+            .unwrap();
+    let seq = |id: &str| serde_json::json!({"Sequence": {"id": id, "type_id": 0}});
+    let eos = serde_json::json!({"SpecialToken": {"id": "t1", "type_id": 0}});
+    json["post_processor"] = serde_json::json!({
+        "type": "TemplateProcessing",
+        "single": [seq("A"), eos.clone()],
+        "pair": [seq("A"), eos.clone(), seq("B"), eos],
+        "special_tokens": {"t1": {"id": "t1", "ids": [1], "tokens": ["t1"]}},
+    });
+    let path = dir.join("tokenizer.json");
+    std::fs::write(&path, json.to_string()).unwrap();
+    whittle::model::Tokenizer::from_file(path).unwrap()
+}
+
+/// Σ log P(target) by the definition: the source alone through `encode`, the target behind the
+/// decoder start through `decode`, log-softmax written out in f64 per position; and whether
+/// every target token is a top logit.
+fn hand_loglik(model: &dyn Seq2SeqLm, source: &[u32], target: &[u32]) -> (f64, bool) {
+    let src = batch(&[source.to_vec()]);
+    let enc = model.encode(&src, &[source.len()]).unwrap();
+    let tgt: Vec<u32> = std::iter::once(model.decoder_start())
+        .chain(target[..target.len() - 1].iter().copied())
+        .collect();
+    let logits: Vec<Vec<f32>> = model
+        .decode(&enc, &[source.len()], &batch(&[tgt]))
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    let mut total = 0.0;
+    let mut greedy = true;
+    for (row, &t) in logits.iter().zip(target) {
+        let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+        let z = row
+            .iter()
+            .map(|&v| (v as f64 - max).exp())
+            .sum::<f64>()
+            .ln()
+            + max;
+        total += row[t as usize] as f64 - z;
+        greedy &= row.iter().all(|&v| v <= row[t as usize]);
+    }
+    (total, greedy)
+}
+
+/// Multiple choice on an encoder-decoder: the context is the source (with `</s>`), each choice
+/// the decoder's target (without it), and each choice's score is the hand computation's, for
+/// one question per pass or several, choices of one question sharing a pass or split over two.
+#[test]
+fn multiple_choice_scores_the_choice_as_the_decoders_output() {
+    use whittle::eval::choice::{evaluate_choices, ChoiceTask};
+    use whittle::eval::loglik::{Scorer, Seq2SeqPairEncoder};
+    let tmp = tempfile::tempdir().unwrap();
+    let tok = t5_tokenizer(tmp.path());
+    let task = ChoiceTask::from_yaml_str(
+        "context: \"{{q}}\"\nchoices: [\"{{a}}\", \"{{b}}\", \"{{c}}\"]\ngold: {field: g}\n",
+        "t5-choice.yaml",
+    )
+    .unwrap();
+    let records: Vec<serde_json::Value> = [
+        ("t5 t17 t9", "t32", "t12 t6", "t40", 0),
+        ("t60 t3", "t7 t7 t7", "t21", "t8", 2),
+        // Trailing whitespace of the context moves to the choices, which the word-level
+        // tokenizer drops: the same tokens as without it.
+        ("t11 t47 ", "t30", "t2", "t44 t45", 1),
+    ]
+    .iter()
+    .map(|&(q, a, b, c, g)| serde_json::json!({"q": q, "a": a, "b": b, "c": c, "g": g}))
+    .collect();
+    for name in ["v1_0", "v1_1"] {
+        let (cfg, weights) = load(&fixture(name));
+        let model = build(&cfg, &weights);
+        let pairs = Seq2SeqPairEncoder::new(&tok, &cfg);
+        // The harness's seq2seq encoding: `</s>` closes the source, none after the choice.
+        let r = pairs.encode_pair("t5 t17 t9", " t12 t6").unwrap();
+        assert_eq!(
+            (r.context, r.continuation),
+            (vec![5, 17, 9, 1], vec![12, 6])
+        );
+        // An empty context is the EOS alone, and the choice then keeps its `</s>` (the
+        // harness's `tok_encode(continuation)` for seq2seq).
+        let r = pairs.encode_pair("", "t12").unwrap();
+        assert_eq!((r.context, r.continuation), (vec![1], vec![12, 1]));
+        let mut runs = Vec::new();
+        for batch_size in [1, 2, 3, 16] {
+            let scorer = Scorer::Seq2Seq {
+                model: &*model,
+                pairs: &pairs,
+            };
+            let mut ticks = 0;
+            let (m, samples) = evaluate_choices(
+                scorer,
+                &task,
+                &records,
+                batch_size,
+                &Device::Cpu,
+                &mut |n| {
+                    ticks += n;
+                    Ok(())
+                },
+            )
+            .unwrap();
+            assert_eq!(ticks, 9, "one tick per choice");
+            assert_eq!(m.samples, 3);
+            for (s, rec) in samples.iter().zip(&records) {
+                let q = rec["q"].as_str().unwrap();
+                let source: Vec<u32> = q
+                    .split_whitespace()
+                    .map(|w| w[1..].parse().unwrap())
+                    .chain([1])
+                    .collect();
+                for (j, key) in ["a", "b", "c"].iter().enumerate() {
+                    let target: Vec<u32> = rec[key]
+                        .as_str()
+                        .unwrap()
+                        .split_whitespace()
+                        .map(|w| w[1..].parse().unwrap())
+                        .collect();
+                    let (want, greedy) = hand_loglik(&*model, &source, &target);
+                    let d = (s.loglik[j] - want).abs();
+                    assert!(
+                        d < 1e-4,
+                        "{name} batch {batch_size}: {} vs {want}",
+                        s.loglik[j]
+                    );
+                    assert_eq!(s.greedy[j], greedy, "{name}");
+                }
+                // acc and acc_norm from the scores, by hand: bytes of the choice text.
+                let argmax =
+                    |v: &[f64]| (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b });
+                assert_eq!(s.pred, argmax(&s.loglik));
+                let normed: Vec<f64> = s
+                    .loglik
+                    .iter()
+                    .zip(&s.norm_bytes)
+                    .map(|(l, &n)| l / n as f64)
+                    .collect();
+                assert_eq!(s.pred_norm, argmax(&normed));
+                assert_eq!(s.norm_bytes[0], rec["a"].as_str().unwrap().len());
+            }
+            let hits = samples.iter().filter(|s| s.correct).count();
+            assert_eq!(m.acc, hits as f64 / 3.0);
+            runs.push(samples);
+        }
+        // The batch size does not change the predictions.
+        for r in &runs[1..] {
+            let preds = |s: &[whittle::eval::choice::ChoiceSample]| {
+                s.iter().map(|x| (x.pred, x.pred_norm)).collect::<Vec<_>>()
+            };
+            assert_eq!(preds(r), preds(&runs[0]), "{name}");
+        }
+    }
+}
+
+/// The hidden states a layer-wise pass over a T5 keeps are [batch, 2·seq, d_model] (encoder and
+/// decoder halves): the spill decision counts both halves.
+#[test]
+fn layer_wise_hidden_states_count_both_halves() {
+    use std::sync::{Arc, Mutex};
+    let (cfg, weights) = load(&fixture("v1_1"));
+    let tmp = tempfile::tempdir().unwrap();
+    let ids = [batch(&vec![vec![5u32; 16]; 4])];
+    // 4 × 16 tokens × 2 halves × 32 × 4 bytes.
+    let bytes = 4 * 16 * 2 * 32 * 4;
+    for (budget, spilled) in [(bytes - 1, true), (bytes, false)] {
+        let notes = Arc::new(Mutex::new(Vec::<String>::new()));
+        let seen = notes.clone();
+        let policy = whittle::model::SpillPolicy {
+            budget,
+            dir: tmp.path().to_path_buf(),
+            note: Arc::new(move |m: &str| seen.lock().unwrap().push(m.to_string())),
+        };
+        let lm = cfg
+            .architecture()
+            .build(&cfg, &weights, Vec::new())
+            .unwrap()
+            .spilling(policy);
+        whittle::model::hidden_for(lm.blocks(), &ids, "calibration").unwrap();
+        let notes = notes.lock().unwrap();
+        assert_eq!(notes.len(), 1);
+        assert_eq!(
+            notes[0].contains("exceed"),
+            spilled,
+            "budget {budget}: {}",
+            notes[0]
+        );
     }
 }

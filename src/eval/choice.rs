@@ -2,7 +2,12 @@
 //! described by a YAML task file.
 //!
 //! Every choice becomes a (context, continuation) pair scored by its summed log-likelihood
-//! ([`crate::eval::loglik`]). `acc`: the choice with the highest log-likelihood is the prediction.
+//! ([`crate::eval::loglik`]): a decoder reads the pair as one sequence; an encoder-decoder (T5)
+//! reads the context as its source and scores the continuation as the decoder's output, with
+//! the harness's seq2seq rules ([`crate::eval::loglik::seq2seq`]: `</s>` closes the source and
+//! is not scored after the choice). The metrics below do not depend on which. A masked
+//! (encoder-only) model gives no log-likelihood of a continuation and is refused, as the harness
+//! has no `loglikelihood` for masked LMs. `acc`: the choice with the highest log-likelihood is the prediction.
 //! `acc_norm`: the highest log-likelihood divided by the UTF-8 byte length of the choice's text
 //! (the harness divides by `len(choice)`, which counts characters and, like here, leaves the
 //! `target_delimiter` out; the two agree on ASCII text). Ties go to the first maximum and a NaN
@@ -49,10 +54,9 @@ use candle_core::Device;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::eval::loglik::{loglikelihood, EvalError, PairEncoder};
+use crate::eval::loglik::{EvalError, Scorer};
 use crate::eval::task_file::{self, Checks, TaskFileError};
 use crate::eval::template::{lookup, scalar_text, Template, TemplateError};
-use crate::model::CausalLm;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChoiceError {
@@ -651,12 +655,12 @@ pub fn choice_metrics(samples: &[ChoiceSample]) -> ChoiceMetrics {
     }
 }
 
-/// Scores prepared items: every choice of every item, `batch_size` pairs per forward pass.
-/// `tick` receives the number of (context, continuation) pairs scored; an item with n choices
-/// counts n (see [`ChoiceItem::num_choices`]).
+/// Scores prepared items: every choice of every item, `batch_size` pairs per forward pass, by
+/// `scorer` (a decoder, or an encoder-decoder reading the context as its source: the metrics
+/// are the same either way). `tick` receives the number of (context, continuation) pairs
+/// scored; an item with n choices counts n (see [`ChoiceItem::num_choices`]).
 pub fn evaluate_items(
-    model: &dyn CausalLm,
-    encoder: &PairEncoder,
+    scorer: Scorer<'_>,
     items: &[ChoiceItem],
     batch_size: usize,
     device: &Device,
@@ -669,17 +673,10 @@ pub fn evaluate_items(
     for item in items {
         for i in 0..item.num_choices() {
             let (ctx, cont) = item.pair(i);
-            requests.push(encoder.encode_pair(ctx, cont)?);
+            requests.push(scorer.encode_pair(ctx, cont)?);
         }
     }
-    let scores = loglikelihood(
-        model,
-        &requests,
-        encoder.max_len(),
-        batch_size,
-        device,
-        tick,
-    )?;
+    let scores = scorer.loglikelihood(&requests, batch_size, device, tick)?;
     let mut at = 0;
     let mut samples = Vec::with_capacity(items.len());
     for (index, item) in items.iter().enumerate() {
@@ -706,8 +703,7 @@ pub fn evaluate_items(
 
 /// [`ChoiceTask::prepare`] then [`evaluate_items`].
 pub fn evaluate_choices(
-    model: &dyn CausalLm,
-    encoder: &PairEncoder,
+    scorer: Scorer<'_>,
     task: &ChoiceTask,
     records: &[Value],
     batch_size: usize,
@@ -715,7 +711,7 @@ pub fn evaluate_choices(
     tick: crate::cancel::Tick,
 ) -> Result<(ChoiceMetrics, Vec<ChoiceSample>), EvalError> {
     let items = task.prepare(records)?;
-    evaluate_items(model, encoder, &items, batch_size, device, tick)
+    evaluate_items(scorer, &items, batch_size, device, tick)
 }
 
 #[cfg(test)]

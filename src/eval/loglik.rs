@@ -25,11 +25,20 @@
 //! earlier positions, so the scores do not depend on the batch size or on what shares a batch
 //! (up to f32 rounding of differently shaped matmuls). Sequences longer than the model's context
 //! are cut from the left, as the harness does: the input is `(context + continuation)[-(max+1):][:-1]`.
+//!
+//! **Encoder-decoders** ([`seq2seq`]): the context is the encoder's source and the continuation
+//! the decoder's target, with the harness's seq2seq encoding rules (T5's `</s>` closes the source
+//! and is not scored after the continuation). [`Scorer`] is the one seam between the two: a model
+//! with the encoding its kind needs, asked for the same [`Scored`] sums.
+
+pub mod seq2seq;
 
 use candle_core::{DType, Device, Tensor, D};
 use serde::Serialize;
 
-use crate::model::{CausalLm, ModelConfig, ModelError, Tokenizer};
+pub use seq2seq::{seq2seq_loglikelihood, Seq2SeqPairEncoder};
+
+use crate::model::{CausalLm, ModelConfig, ModelError, Seq2SeqLm, Tokenizer};
 
 /// Errors of the evaluation routines (the model, a request, a record of a task).
 #[derive(Debug, thiserror::Error)]
@@ -404,6 +413,52 @@ pub fn loglikelihood(
         tick,
     )?;
     Ok(out)
+}
+
+/// Where log-likelihoods of continuations given contexts come from: a model, with the encoding
+/// of (context, continuation) pairs its kind needs. Multiple choice asks only this of a model.
+#[derive(Clone, Copy)]
+pub enum Scorer<'a> {
+    /// A decoder: context and continuation run as one sequence ([`loglikelihood`]).
+    Causal {
+        model: &'a dyn CausalLm,
+        pairs: &'a PairEncoder<'a>,
+    },
+    /// An encoder-decoder: the context is the source, the continuation the target
+    /// ([`seq2seq_loglikelihood`]).
+    Seq2Seq {
+        model: &'a dyn Seq2SeqLm,
+        pairs: &'a Seq2SeqPairEncoder<'a>,
+    },
+}
+
+impl Scorer<'_> {
+    /// `context` and `continuation` encoded as this kind of model reads them.
+    pub fn encode_pair(&self, context: &str, continuation: &str) -> Result<Request, EvalError> {
+        match self {
+            Scorer::Causal { pairs, .. } => pairs.encode_pair(context, continuation),
+            Scorer::Seq2Seq { pairs, .. } => pairs.encode_pair(context, continuation),
+        }
+    }
+
+    /// Scores `requests` from [`Scorer::encode_pair`], `batch_size` per pass; `tick` receives
+    /// the number of requests finished.
+    pub fn loglikelihood(
+        &self,
+        requests: &[Request],
+        batch_size: usize,
+        device: &Device,
+        tick: crate::cancel::Tick,
+    ) -> Result<Vec<Scored>, EvalError> {
+        match *self {
+            Scorer::Causal { model, pairs } => {
+                loglikelihood(model, requests, pairs.max_len(), batch_size, device, tick)
+            }
+            Scorer::Seq2Seq { model, pairs } => {
+                seq2seq_loglikelihood(model, requests, pairs.max_len(), batch_size, device, tick)
+            }
+        }
+    }
 }
 
 #[cfg(test)]

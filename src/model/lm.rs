@@ -412,9 +412,14 @@ pub fn final_hidden<E: From<super::ModelError> + From<crate::cancel::Cancelled>>
 }
 
 /// Room for the hidden states of every batch of `ids` [batch, seq], as `model`'s spill policy
-/// allows.
+/// allows. An encoder-decoder's blocks run on [batch, 2·seq, hidden] (T5: the encoder's half and
+/// the decoder's, see [`T5`]), so its tokens count twice.
 pub fn hidden_for(model: &dyn Blocks, ids: &[Tensor], what: &str) -> Result<HiddenStates> {
     let tokens: usize = ids.iter().map(Tensor::elem_count).sum();
-    let bytes = tokens * model.config().hidden_size * model.dtype().size_in_bytes();
+    let streams = match model.config().architecture().objective() {
+        Objective::Seq2Seq => 2,
+        Objective::Causal | Objective::Masked => 1,
+    };
+    let bytes = tokens * streams * model.config().hidden_size * model.dtype().size_in_bytes();
     HiddenStates::new(model.spill(), bytes as u64, model.device(), what)
 }

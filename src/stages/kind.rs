@@ -10,21 +10,31 @@ use crate::pipeline::fields::Fields;
 use crate::pipeline::spec::{InstanceRef, Pipeline};
 
 /// The size of the model a stage works on, for its memory estimate.
+///
+/// One rule for every family: a stage that goes block by block holds what lies outside the
+/// blocks plus one block (the largest: a T5 decoder block, with its cross-attention, outweighs
+/// an encoder block), the statistics it keeps, and the calibration tokens' hidden states.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ModelSize {
     /// The weights in f32.
     pub bytes: u64,
-    /// One block's weights in f32 (all of `bytes` for a model not run block by block).
+    /// The largest block's weights in f32 (all of `bytes` for a model not run block by block).
     pub block: u64,
     pub layers: u64,
+    /// The weights outside the blocks in f32 (embeddings, final norms, head).
+    pub outside: u64,
     pub vocab: u64,
     /// What a stage holds of the weights: `bytes` when they take at most half of the memory a
     /// stage may use, otherwise (streamed) everything outside the blocks plus one block.
     pub held: u64,
-    /// The hidden size (one token's hidden state is this many f32).
+    /// The f32 values of one calibration token's hidden state at a block boundary: the hidden
+    /// size, twice it for an encoder-decoder (T5's calibration runs its blocks on
+    /// [batch, 2·seq, d_model], the encoder's half and the decoder's).
     pub width: u64,
-    /// One block's input Hessians in f32: columns² for each linear layer's input.
+    /// The largest block's input Hessians in f32: columns² for each linear layer's input.
     pub block_hessians: u64,
+    /// Every block's input Hessians in f32 (what a stage keeping all of them holds).
+    pub hessians: u64,
     /// Calibration tokens (windows × seqlen) the stage runs through the model, if it calibrates.
     pub calib_tokens: u64,
     /// The most hidden states a layer-wise pass keeps in memory before spilling to disk.
@@ -37,10 +47,12 @@ impl ModelSize {
         bytes: 64 << 20,
         block: 64 << 20,
         layers: 1,
+        outside: 0,
         vocab: 0,
         held: 64 << 20,
         width: 0,
         block_hessians: 0,
+        hessians: 0,
         calib_tokens: 0,
         hidden_cap: 0,
     };
@@ -51,6 +63,7 @@ impl ModelSize {
             bytes,
             block,
             layers,
+            outside: bytes.saturating_sub(block * layers),
             vocab,
             held: bytes,
             ..Self::NONE
@@ -63,7 +76,7 @@ impl ModelSize {
         let held = if self.bytes <= memory / 2 {
             self.bytes
         } else {
-            self.bytes.saturating_sub(self.block * self.layers) + self.block
+            self.outside + self.block
         };
         ModelSize {
             held,

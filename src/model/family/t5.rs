@@ -19,12 +19,11 @@
 //! LayerNorm (no mean, no bias); attention is not scaled by `d_kv^-0.5`; linear layers have no
 //! bias.
 //!
-//! Tasks: knowledge probes (sentinel style), divergence (teacher-forced decoder distributions)
-//! and generation (the prompt as the source, the answer the decoder's greedy output); the
-//! evaluators' modules say how.
-//! Perplexity and multiple choice ask for a causal model and refuse a T5 with
-//! [`crate::model::ModelError::WrongObjective`]: T5 has no left-to-right likelihood of a text
-//! (use knowledge probes), and scoring choices as the decoder's output is not implemented yet.
+//! Tasks: knowledge probes (sentinel style), divergence (teacher-forced decoder distributions),
+//! generation (the prompt as the source, the answer the decoder's greedy output) and multiple
+//! choice (the context as the source, each choice scored as the decoder's output); the
+//! evaluators' modules say how. Perplexity asks for a causal model and refuses a T5 with
+//! [`crate::model::ModelError::WrongObjective`]: T5 has no left-to-right likelihood of a text.
 //!
 //! Blocks are numbered encoder first, then decoder: `num_layers` is `num_layers +
 //! num_decoder_layers` of the config, and block `num_layers(encoder) + j` is decoder block `j`.

@@ -115,7 +115,7 @@ impl Kind for CalibrateSpec {
     fn memory(&self, model: ModelSize) -> u64 {
         // Every block's statistics are kept to the end; norms are one vector per input.
         let stats = if self.statistics.contains(&Statistic::Hessian) {
-            model.block_hessians * model.layers
+            model.hessians
         } else {
             0
         };

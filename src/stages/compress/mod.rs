@@ -109,7 +109,8 @@ key_value_as_str!(NameRegex, ModuleGroup, CalibrationMode);
 /// The memory estimate of a prune or quantize stage: the weights three times (the model, the
 /// matrix being compressed and its replacement); a calibrated method adds its statistics and,
 /// run sequentially, the calibration tokens' hidden states. Sequential Hessians are one block's
-/// (accumulated, then factored in f64 beside); dense ones are every block's, read at once.
+/// (the largest block's, accumulated, then factored in f64 beside); dense ones are every block's,
+/// read at once.
 pub(crate) fn compress_memory(
     model: super::ModelSize,
     calibrated: Option<(CalibrationMode, bool)>,
@@ -126,11 +127,7 @@ pub(crate) fn compress_memory(
                 }
         }
         Some((CalibrationMode::Dense, hessians)) => {
-            base + if hessians {
-                model.block_hessians * model.layers
-            } else {
-                0
-            }
+            base + if hessians { model.hessians } else { 0 }
         }
     }
 }
@@ -146,6 +143,7 @@ mod memory_tests {
         let m = ModelSize {
             width: 4096,
             block_hessians: 887_357_440,
+            hessians: 32 * 887_357_440,
             calib_tokens: 128 * 2048,
             ..ModelSize::new(27_000_000_000, 809_500_000, 32, 32_000)
         }

@@ -15,7 +15,7 @@ use crate::eval::divergence::{divergence, Pair};
 use crate::eval::generation::{evaluate_generation_with, GenerationTask, Generator};
 use crate::eval::knowledge::{self, probe, probe_units, ProbeOptions, ProbeStyle, Ranking};
 use crate::eval::lama::{load_lama, GoogleRePrompts, LamaOptions};
-use crate::eval::loglik::{PairEncoder, SpecialTokens};
+use crate::eval::loglik::{PairEncoder, Scorer, Seq2SeqPairEncoder, SpecialTokens};
 use crate::eval::perplexity::{
     document_perplexity, perplexity, sliding_perplexity, sliding_windows, windows, Perplexity,
 };
@@ -261,8 +261,9 @@ fn run_knowledge(
     if weights.config.architecture().objective() == Objective::Masked {
         return run_knowledge_masked(ctx, spec, weights, set, lama, ranking, keep_known);
     }
+    let style = GenerativeStyle::of(&weights.config);
     let opts = ProbeOptions {
-        style: probe_style(&weights.config),
+        style: style.probe_style(),
         ranking,
         ks: KS.to_vec(),
         batch_size: spec.batch_size,
@@ -273,12 +274,11 @@ fn run_knowledge(
     if keep_known {
         // The reference's own answers decide which facts count as known.
         let base = materialize(ctx, ctx.input_node("reference")?, ctx.device)?;
-        if probe_style(&base.config) != opts.style {
+        let base_style = GenerativeStyle::of(&base.config);
+        if base_style != style {
             return Err(crate::eval::loglik::EvalError::Invalid(format!(
-                "the reference is probed as {:?} and the model as {:?}: known-only needs \
-                 both of one kind (decoder-only, or encoder-decoder)",
-                probe_style(&base.config),
-                opts.style
+                "the reference is probed as {base_style:?} and the model as {style:?}: \
+                 known-only needs both of one kind (decoder-only, or encoder-decoder)"
             ))
             .into());
         }
@@ -305,18 +305,8 @@ fn run_knowledge(
     ctx.write_json("relations.json", &per_relation)?;
     let settings = json!({
         "ranking": ranking.as_str(),
-        "style": match opts.style {
-            ProbeStyle::Causal => "causal",
-            ProbeStyle::Sentinel => "sentinel",
-            ProbeStyle::Masked => unreachable!("masked probes report in run_knowledge_masked"),
-        },
-        "target": match (opts.style, ranking) {
-            (ProbeStyle::Causal, Ranking::Vocabulary) => "first token of \" \" + object; rank among the whole vocabulary",
-            (ProbeStyle::Causal, Ranking::Candidates) => "the object after the prompt, all its tokens (summed log-probability); rank among the relation's distinct objects",
-            (ProbeStyle::Sentinel, Ranking::Vocabulary) => "source: the cloze with <extra_id_0> for the object; first token of the object after [decoder_start, <extra_id_0>]; rank among the whole vocabulary",
-            (ProbeStyle::Sentinel, Ranking::Candidates) => "source: the cloze with <extra_id_0> for the object; the object after [decoder_start, <extra_id_0>], all its tokens (summed log-probability); rank among the relation's distinct objects",
-            (ProbeStyle::Masked, _) => unreachable!("masked probes report in run_knowledge_masked"),
-        },
+        "style": style.name(),
+        "target": style.target(ranking),
         "splits": lama.splits.iter().map(|s| s.name()).collect::<Vec<_>>(),
         "limit_per_relation": lama.limit,
         "known_only": keep_known,
@@ -338,12 +328,48 @@ fn run_knowledge(
     })
 }
 
-/// How a model of this config is probed: a decoder continues the text left of the mask, an
-/// encoder-decoder fills a sentinel.
-fn probe_style(config: &crate::model::ModelConfig) -> ProbeStyle {
-    match config.family {
-        crate::model::Family::T5 => ProbeStyle::Sentinel,
-        _ => ProbeStyle::Causal,
+/// How [`run_knowledge`] probes a model: a decoder continues the text left of the mask, an
+/// encoder-decoder fills a sentinel. Masked models are probed by [`run_knowledge_masked`]
+/// instead, so this holds the [`ProbeStyle`]s other than `Masked` and no match on it needs a
+/// masked arm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GenerativeStyle {
+    Causal,
+    Sentinel,
+}
+
+impl GenerativeStyle {
+    /// The style for a model of this config.
+    fn of(config: &crate::model::ModelConfig) -> Self {
+        match config.family {
+            crate::model::Family::T5 => GenerativeStyle::Sentinel,
+            _ => GenerativeStyle::Causal,
+        }
+    }
+
+    fn probe_style(self) -> ProbeStyle {
+        match self {
+            GenerativeStyle::Causal => ProbeStyle::Causal,
+            GenerativeStyle::Sentinel => ProbeStyle::Sentinel,
+        }
+    }
+
+    /// The name the settings report.
+    fn name(self) -> &'static str {
+        match self {
+            GenerativeStyle::Causal => "causal",
+            GenerativeStyle::Sentinel => "sentinel",
+        }
+    }
+
+    /// What is scored and ranked, as the settings report it.
+    fn target(self, ranking: Ranking) -> &'static str {
+        match (self, ranking) {
+            (GenerativeStyle::Causal, Ranking::Vocabulary) => "first token of \" \" + object; rank among the whole vocabulary",
+            (GenerativeStyle::Causal, Ranking::Candidates) => "the object after the prompt, all its tokens (summed log-probability); rank among the relation's distinct objects",
+            (GenerativeStyle::Sentinel, Ranking::Vocabulary) => "source: the cloze with <extra_id_0> for the object; first token of the object after [decoder_start, <extra_id_0>]; rank among the whole vocabulary",
+            (GenerativeStyle::Sentinel, Ranking::Candidates) => "source: the cloze with <extra_id_0> for the object; the object after [decoder_start, <extra_id_0>], all its tokens (summed log-probability); rank among the relation's distinct objects",
+        }
     }
 }
 
@@ -450,6 +476,11 @@ fn run_knowledge_masked(
     })
 }
 
+/// How an encoder-decoder's choices are scored, as the settings report it.
+const SEQ2SEQ_SCORING: &str = "source: the context with the tokenizer's special tokens (T5: \
+    ending in </s>); target: the choice without special tokens, teacher-forced behind the decoder \
+    start token; Σ log P over the choice's tokens";
+
 fn run_choice(
     ctx: &StageCtx,
     spec: &EvaluateSpec,
@@ -465,15 +496,37 @@ fn run_choice(
     let pairs: usize = items.iter().map(|i| i.num_choices()).sum();
     ctx.progress.start(pairs as u64, task.name());
     let (tok, model) = (weights.tokenizer()?, weights.model()?);
-    let enc = PairEncoder::new(&tok, &weights.config, SpecialTokens::FromTokenizer)?;
-    let (m, samples) = evaluate_items(
-        model.causal("multiple choice")?,
-        &enc,
-        &items,
-        spec.batch_size,
-        ctx.device,
-        &mut |n| ctx.tick(n),
-    )?;
+    let tick = &mut |n| ctx.tick(n);
+    let (m, samples, scoring) = match &model {
+        crate::model::LanguageModel::Causal(m) => {
+            let pairs = PairEncoder::new(&tok, &weights.config, SpecialTokens::FromTokenizer)?;
+            let scorer = Scorer::Causal {
+                model: &**m,
+                pairs: &pairs,
+            };
+            let (m, s) = evaluate_items(scorer, &items, spec.batch_size, ctx.device, tick)?;
+            (m, s, None)
+        }
+        crate::model::LanguageModel::Seq2Seq(m) => {
+            let pairs = Seq2SeqPairEncoder::new(&tok, &weights.config);
+            let scorer = Scorer::Seq2Seq {
+                model: &**m,
+                pairs: &pairs,
+            };
+            let (m, s) = evaluate_items(scorer, &items, spec.batch_size, ctx.device, tick)?;
+            (m, s, Some(SEQ2SEQ_SCORING))
+        }
+        crate::model::LanguageModel::Masked(_) => {
+            return Err(crate::eval::loglik::EvalError::Invalid(format!(
+                "multiple choice scores each choice by its log-likelihood after the context, \
+                 which this masked (encoder-only) `{}` model does not give (lm-evaluation-harness \
+                 does not score masked LMs either); use a causal or encoder-decoder model, or \
+                 knowledge probes and divergence for this one",
+                weights.config.architecture().name()
+            ))
+            .into())
+        }
+    };
     let metrics = metric_map([
         ("acc", m.acc.into()),
         ("acc_norm", m.acc_norm.into()),
@@ -489,11 +542,17 @@ fn run_choice(
             m.samples
         ),
         metrics,
-        settings: json!({
-            "task": task.name(),
-            "task_file": task_file.path.display().to_string(),
-            "acc_norm": "log-likelihood / UTF-8 bytes of the choice",
-        }),
+        settings: {
+            let mut settings = json!({
+                "task": task.name(),
+                "task_file": task_file.path.display().to_string(),
+                "acc_norm": "log-likelihood / UTF-8 bytes of the choice",
+            });
+            if let Some(scoring) = scoring {
+                settings["scoring"] = scoring.into();
+            }
+            settings
+        },
         samples: samples
             .iter()
             .map(|r| serde_json::to_value(r).expect("samples serialize"))
