@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{entry_meta, metric, run_ok, sparsity_names, text, whittle};
+use common::{entry, entry_meta, metric, run_ok, sparsity_names, text, whittle};
 
 use std::path::{Path, PathBuf};
 

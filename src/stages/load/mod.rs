@@ -90,11 +90,11 @@ impl Kind for LoadSpec {
 /// `bert.encoder.layer.3.`, `distilbert.transformer.layer.3.`, `encoder.block.3.layer.`,
 /// `decoder.block.1.layer.`). It ends after the block's number, so block 1's does not match
 /// block 10's tensors.
-fn block_prefix(arch: &dyn Architecture, layer: usize) -> Option<String> {
+fn block_prefix(arch: &dyn Architecture, c: &ModelConfig, layer: usize) -> Option<String> {
     let names: Vec<String> = arch
-        .block_linears(layer)
+        .block_linears(c, layer)
         .into_iter()
-        .map(|id| arch.weight_name(id))
+        .map(|id| arch.weight_name(c, id))
         .collect();
     let first = names.first()?;
     let common = names.iter().skip(1).fold(first.len(), |n, name| {
@@ -119,7 +119,7 @@ pub(crate) fn model_size(c: &ModelConfig) -> ModelSize {
     let mut blocks = Vec::with_capacity(c.num_layers);
     let mut hessians = Vec::with_capacity(c.num_layers);
     for layer in 0..c.num_layers {
-        let prefix = block_prefix(arch, layer).unwrap_or_default();
+        let prefix = block_prefix(arch, c, layer).unwrap_or_default();
         let in_block = tensors
             .iter()
             .filter(|(n, _)| !prefix.is_empty() && n.starts_with(&prefix));
@@ -129,10 +129,10 @@ pub(crate) fn model_size(c: &ModelConfig) -> ModelSize {
                 .sum::<u64>(),
         );
         hessians.push(
-            arch.block_linears(layer)
+            arch.block_linears(c, layer)
                 .into_iter()
                 .filter_map(|id| {
-                    let name = arch.weight_name(id);
+                    let name = arch.weight_name(c, id);
                     let (_, shape) = tensors.iter().find(|(n, _)| *n == name)?;
                     // A Conv1D weight is stored in × out; nn.Linear's is out × in.
                     let cols = if arch.conv1d(&name) {
@@ -171,7 +171,10 @@ mod tests {
 
     #[test]
     fn block_prefixes_end_after_the_block_number() {
-        let prefix = |path: &str, layer| block_prefix(config(path).architecture(), layer).unwrap();
+        let prefix = |path: &str, layer| {
+            let c = config(path);
+            block_prefix(c.architecture(), &c, layer).unwrap()
+        };
         assert_eq!(prefix("encoders/bert", 1), "bert.encoder.layer.1.");
         assert_eq!(prefix("encoders/roberta", 1), "roberta.encoder.layer.1.");
         assert_eq!(
