@@ -223,9 +223,29 @@ struct Prepared {
 }
 
 fn prepare(i: usize, r: &Request, max_len: usize) -> Result<Prepared, EvalError> {
+    check_request(i, r, max_len, "context", "PairEncoder")?;
+    let full: Vec<u32> = r.context.iter().chain(&r.continuation).copied().collect();
+    let start = full.len().saturating_sub(max_len + 1);
+    let input = full[start..full.len() - 1].to_vec();
+    Ok(Prepared {
+        first: input.len() - r.continuation.len(),
+        input,
+        targets: r.continuation.clone(),
+    })
+}
+
+/// Request `i` can be scored: a `what` (context or source, which `encoder` supplies) and a
+/// continuation of 1 to `max_len` tokens.
+fn check_request(
+    i: usize,
+    r: &Request,
+    max_len: usize,
+    what: &str,
+    encoder: &str,
+) -> Result<(), EvalError> {
     if r.context.is_empty() {
         return Err(EvalError::Invalid(format!(
-            "request {i}: empty context (encode pairs with PairEncoder, which supplies one)"
+            "request {i}: empty {what} (encode pairs with {encoder}, which supplies one)"
         )));
     }
     if r.continuation.is_empty() {
@@ -235,18 +255,12 @@ fn prepare(i: usize, r: &Request, max_len: usize) -> Result<Prepared, EvalError>
     }
     if r.continuation.len() > max_len {
         return Err(EvalError::Invalid(format!(
-            "request {i}: the continuation has {} tokens, more than the model's context of {max_len}",
+            "request {i}: the continuation has {} tokens, more than the model's {max_len} \
+             positions",
             r.continuation.len()
         )));
     }
-    let full: Vec<u32> = r.context.iter().chain(&r.continuation).copied().collect();
-    let start = full.len().saturating_sub(max_len + 1);
-    let input = full[start..full.len() - 1].to_vec();
-    Ok(Prepared {
-        first: input.len() - r.continuation.len(),
-        input,
-        targets: r.continuation.clone(),
-    })
+    Ok(())
 }
 
 /// Rows that run as one right-padded batch, and the `(row, position)` pairs whose next-token

@@ -30,7 +30,7 @@ use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
 
-use super::{target_logprobs, EvalError, Request, Scored};
+use super::{check_request, target_logprobs, EvalError, Request, Scored};
 use crate::eval::perplexity::right_padded;
 use crate::model::{ModelConfig, Seq2SeqLm, Tokenizer};
 
@@ -103,23 +103,7 @@ struct Group<'r> {
 /// The source request `i` is encoded from (its last `max_len` tokens), or why it cannot be
 /// scored.
 fn source_of(i: usize, r: &Request, max_len: usize) -> Result<&[u32], EvalError> {
-    if r.context.is_empty() {
-        return Err(EvalError::Invalid(format!(
-            "request {i}: empty source (encode pairs with Seq2SeqPairEncoder, which supplies one)"
-        )));
-    }
-    if r.continuation.is_empty() {
-        return Err(EvalError::Invalid(format!(
-            "request {i}: the continuation encodes to no tokens"
-        )));
-    }
-    if r.continuation.len() > max_len {
-        return Err(EvalError::Invalid(format!(
-            "request {i}: the continuation has {} tokens, more than the model's {max_len} \
-             positions",
-            r.continuation.len()
-        )));
-    }
+    check_request(i, r, max_len, "source", "Seq2SeqPairEncoder")?;
     Ok(&r.context[r.context.len().saturating_sub(max_len)..])
 }
 
