@@ -508,10 +508,20 @@ fn multiple_choice_scores_the_choice_as_the_decoders_output() {
     .iter()
     .map(|&(q, a, b, c, g)| serde_json::json!({"q": q, "a": a, "b": b, "c": c, "g": g}))
     .collect();
+    // transformers' scores of the same choices on the same weights and ids
+    // (fixtures/t5/make_choice_fixture.py).
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/t5/choice_loglik.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
     for name in ["v1_0", "v1_1"] {
         let (cfg, weights) = load(&fixture(name));
         let model = build(&cfg, &weights);
         let pairs = Seq2SeqPairEncoder::new(&tok, &cfg);
+        let mut worst = 0f64;
         // The harness's seq2seq encoding: `</s>` closes the source, none after the choice.
         let r = pairs.encode_pair("t5 t17 t9", " t12 t6").unwrap();
         assert_eq!(
@@ -543,7 +553,7 @@ fn multiple_choice_scores_the_choice_as_the_decoders_output() {
             .unwrap();
             assert_eq!(ticks, 9, "one tick per choice");
             assert_eq!(m.samples, 3);
-            for (s, rec) in samples.iter().zip(&records) {
+            for (qi, (s, rec)) in samples.iter().zip(&records).enumerate() {
                 let q = rec["q"].as_str().unwrap();
                 let source: Vec<u32> = q
                     .split_whitespace()
@@ -565,6 +575,8 @@ fn multiple_choice_scores_the_choice_as_the_decoders_output() {
                         s.loglik[j]
                     );
                     assert_eq!(s.greedy[j], greedy, "{name}");
+                    let theirs = reference[name][qi][j].as_f64().unwrap();
+                    worst = worst.max((s.loglik[j] - theirs).abs());
                 }
                 // acc and acc_norm from the scores, by hand: bytes of the choice text.
                 let argmax =
@@ -579,6 +591,10 @@ fn multiple_choice_scores_the_choice_as_the_decoders_output() {
                 assert_eq!(s.pred_norm, argmax(&normed));
                 assert_eq!(s.norm_bytes[0], rec["a"].as_str().unwrap().len());
             }
+            eprintln!(
+                "{name} batch {batch_size}: largest difference from transformers {worst:.2e}"
+            );
+            assert!(worst < 1e-4, "{name}: {worst} from transformers");
             let hits = samples.iter().filter(|s| s.correct).count();
             assert_eq!(m.acc, hits as f64 / 3.0);
             runs.push(samples);
