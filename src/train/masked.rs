@@ -165,14 +165,9 @@ pub(crate) fn train(
     tokenizer.add_special_tokens(&[tokenizers::AddedToken::from(MASK, true)]);
     let mask_id = tokenizer.token_to_id(MASK).unwrap_or(UNK_ID);
     let vocab_size = tokenizer.get_vocab_size(true);
-    let is_word: Vec<bool> = (0..vocab_size as u32)
-        .map(|id| {
-            id != mask_id
-                && tokenizer
-                    .id_to_token(id)
-                    .is_some_and(|t| t.chars().any(char::is_alphanumeric))
-        })
-        .collect();
+    let mut is_word = super::seq2seq::word_tokens(&tokenizer);
+    // `[MASK]` spells a word but is never one to mask.
+    is_word[mask_id as usize] = false;
     let model_cfg = ModelConfig::from_json(&cfg.config_json(vocab_size).to_string())?;
     let corpus = sentences(docs, &tokenizer, cfg.seqlen)?;
     if corpus.is_empty() {

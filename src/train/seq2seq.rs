@@ -188,6 +188,17 @@ pub fn build_tokenizer<S: AsRef<str>>(
         .map_err(|e| TrainError::Tokenizer(format!("cannot build the T5 tokenizer: {e}")))
 }
 
+/// For each id of `tokenizer`, whether its token is (part of) a word: has a letter or digit.
+pub(crate) fn word_tokens(tokenizer: &tokenizers::Tokenizer) -> Vec<bool> {
+    (0..tokenizer.get_vocab_size(true) as u32)
+        .map(|id| {
+            tokenizer
+                .id_to_token(id)
+                .is_some_and(|t| t.chars().any(char::is_alphanumeric))
+        })
+        .collect()
+}
+
 /// The sentences of `docs` as token ids (no specials), each cut after its `.` and truncated to
 /// `max_len` tokens.
 pub(crate) fn sentences(
@@ -416,13 +427,7 @@ pub(crate) fn train(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let vocab_size = tokenizer.get_vocab_size(true);
-    let is_word: Vec<bool> = (0..vocab_size as u32)
-        .map(|id| {
-            tokenizer
-                .id_to_token(id)
-                .is_some_and(|t| t.chars().any(char::is_alphanumeric))
-        })
-        .collect();
+    let is_word = word_tokens(tokenizer);
     let model_cfg = ModelConfig::from_json(&config_json(cfg, vocab_size).to_string())?;
     let corpus = sentences(docs, tokenizer, cfg.seqlen)?;
     if corpus.is_empty() {

@@ -341,8 +341,8 @@ enum GenerativeStyle {
 impl GenerativeStyle {
     /// The style for a model of this config.
     fn of(config: &crate::model::ModelConfig) -> Self {
-        match config.family {
-            crate::model::Family::T5 => GenerativeStyle::Sentinel,
+        match config.architecture().objective() {
+            crate::model::Objective::Seq2Seq => GenerativeStyle::Sentinel,
             _ => GenerativeStyle::Causal,
         }
     }
