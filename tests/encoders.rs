@@ -1,6 +1,6 @@
-//! BERT, RoBERTa and DistilBERT against second implementations: transformers' logits on tiny
-//! random-weight checkpoints (tests/fixtures/encoders/make_fixtures.py wrote them, one sequence
-//! padded), and candle-transformers' `bert` / `distilbert` models on the same weights; then
+//! BERT, RoBERTa, DistilBERT and ALBERT against second implementations: transformers' logits
+//! on tiny random-weight checkpoints (tests/fixtures/encoders/make_fixtures.py wrote them, one
+//! sequence padded), and candle-transformers' `bert` / `distilbert` models on the same weights; then
 //! whittle's own runs by other routes (block by block, streamed blocks).
 
 use std::collections::HashMap;
@@ -137,6 +137,41 @@ fn roberta_logits_match_transformers() {
 #[test]
 fn distilbert_logits_match_transformers() {
     matches_transformers("distilbert", Family::DistilBert);
+}
+
+/// ALBERT: factorized embeddings, and 3 layers over 2 groups of 2 inner layers, so 6 blocks run
+/// 4 stored layers (transformers' mapping, group int(i / 1.5): 0, 0, 1).
+#[test]
+fn albert_logits_match_transformers() {
+    matches_transformers("albert", Family::Albert);
+    let (cfg, _) = load(&fixture("albert"));
+    assert_eq!(cfg.num_layers, 6);
+    let arch = cfg.architecture();
+    let stored: Vec<String> = (0..cfg.num_layers)
+        .map(|l| arch.weight_name(&cfg, arch.block_linears(&cfg, l)[0]))
+        .collect();
+    let path = |g: usize, i: usize| {
+        format!("albert.encoder.albert_layer_groups.{g}.albert_layers.{i}.attention.query.weight")
+    };
+    assert_eq!(
+        stored,
+        [
+            path(0, 0),
+            path(0, 1),
+            path(0, 0),
+            path(0, 1),
+            path(1, 0),
+            path(1, 1)
+        ]
+    );
+    // A shared weight is one linear layer, at the first block that runs it.
+    let linears = arch.linears(&cfg);
+    assert_eq!(linears.len(), 4 * 6 + 1);
+    let ids: Vec<usize> = linears[..24]
+        .iter()
+        .map(|l| l.block.unwrap().layer)
+        .collect();
+    assert_eq!(ids, [[0; 6], [1; 6], [4; 6], [5; 6]].concat());
 }
 
 /// The checkpoint's tensors, with the tied decoder spelled out as candle-transformers reads it.
@@ -382,6 +417,7 @@ mod probe {
         probed("bert", "[MASK]", Ranking::Vocabulary);
         probed("roberta", "<mask>", Ranking::Vocabulary);
         probed("distilbert", "[MASK]", Ranking::Candidates);
+        probed("albert", "[MASK]", Ranking::Vocabulary);
     }
 
     #[test]

@@ -331,3 +331,153 @@ stages:
     assert_eq!(probe["settings"]["style"], "masked");
     assert_eq!(probe["metrics"]["facts"], 72);
 }
+
+/// ALBERT's shared layers through the pipeline: a shared matrix is compressed once (its name
+/// listed once, however many blocks run it), Wanda, SparseGPT and GPTQ take statistics merged
+/// over every block that runs it, sequential calibration is refused with what to use instead,
+/// and the export is an `AlbertForMaskedLM` folder that scores the same when loaded again.
+#[test]
+fn albert_shares_compression_across_its_layers_and_round_trips() {
+    let albert = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/encoders/albert");
+    let tmp = tempfile::tempdir().unwrap();
+    let world_dir = tmp.path().join("world");
+    world(&world_dir);
+    let cache = tmp.path().join("cache");
+    let methods = [
+        "magnitude",
+        "wanda",
+        "sparsegpt",
+        "gptq",
+        "int8",
+        "head-rows",
+    ];
+    let evals: String = std::iter::once("base")
+        .chain(methods)
+        .map(|m| {
+            format!(
+                "  recall-{m}: {{kind: evaluate, model: {m}, task: knowledge, dataset: facts}}\n"
+            )
+        })
+        .collect();
+    let file = tmp.path().join("albert.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"version: 1
+models:
+  albert: {albert}
+{datasets}stages:
+  base: {{kind: load, model: albert, dtype: f32}}
+  calib: {{kind: calibrate, model: base, dataset: text, samples: 8, seqlen: 16, statistics: [norms, hessian]}}
+  magnitude: {{kind: prune, model: base, method: magnitude, sparsity: 0.5}}
+  wanda: {{kind: prune, model: base, method: wanda, sparsity: 0.5, calibration: calib, calibration_mode: dense}}
+  sparsegpt: {{kind: prune, model: base, method: sparsegpt, sparsity: 0.5, calibration: calib, calibration_mode: dense}}
+  gptq: {{kind: quantize, model: base, method: gptq, bits: 4, group_size: 16, calibration: calib, calibration_mode: dense}}
+  int8: {{kind: quantize, model: base, method: dynamic-int8}}
+  head-rows: {{kind: prune, model: base, method: magnitude, pattern: rows, sparsity: 0.25, modules: lm_head}}
+  div-wanda: {{kind: evaluate, model: wanda, task: divergence, dataset: text, seqlen: 16}}
+{evals}"#,
+            albert = albert.display(),
+            datasets = datasets(&world_dir),
+        ),
+    )
+    .unwrap();
+    let run = run_ok(&cache, &file);
+
+    // The fixture runs 6 blocks from 4 stored layers: each stored matrix is pruned once.
+    let stored: Vec<String> = [(0, 0), (0, 1), (1, 0), (1, 1)]
+        .iter()
+        .flat_map(|(g, i)| {
+            [
+                "attention.query",
+                "attention.key",
+                "attention.value",
+                "attention.dense",
+                "ffn",
+                "ffn_output",
+            ]
+            .map(|m| format!("albert.encoder.albert_layer_groups.{g}.albert_layers.{i}.{m}.weight"))
+        })
+        .collect();
+    for m in ["magnitude", "wanda", "sparsegpt"] {
+        assert_eq!(sparsity_names(&cache, &run, m), stored, "{m}");
+        let s = entry_meta(&cache, &run, m)["actual_sparsity"]
+            .as_f64()
+            .unwrap();
+        assert!((s - 0.5).abs() < 0.01, "{m}: {s}");
+    }
+    let p1 = |m: &str| metric(&cache, &run, &format!("recall-{m}"), "p@1");
+    for m in std::iter::once("base").chain(methods) {
+        assert_eq!(metric(&cache, &run, &format!("recall-{m}"), "facts"), 10.0);
+        eprintln!(
+            "albert {m:>10}: P@1 {:.3}, MRR {:.4}",
+            p1(m),
+            metric(&cache, &run, &format!("recall-{m}"), "mrr")
+        );
+    }
+    for m in ["magnitude", "wanda", "sparsegpt", "gptq", "int8"] {
+        assert_ne!(
+            metric(&cache, &run, &format!("recall-{m}"), "mrr"),
+            metric(&cache, &run, "recall-base", "mrr"),
+            "{m}"
+        );
+    }
+    assert!(metric(&cache, &run, "div-wanda", "js") > 0.0);
+
+    // Exported as AlbertForMaskedLM in the checkpoint's layout; loaded again, the same scores.
+    for stage in ["sparsegpt", "head-rows"] {
+        let hf = tmp.path().join(format!("hf-{stage}"));
+        let f = file.to_str().unwrap();
+        let out = whittle(&cache, &["export", f, stage, "--out", hf.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(hf.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(config["architectures"][0], "AlbertForMaskedLM");
+        let header = safetensors_header(&hf.join("model.safetensors"));
+        for name in ["predictions.decoder.weight", "predictions.decoder.bias"] {
+            assert_eq!(header.get(name).is_some(), stage == "head-rows", "{name}");
+        }
+        let again = tmp.path().join(format!("again-{stage}.yaml"));
+        std::fs::write(
+            &again,
+            format!(
+                "version: 1\nmodels:\n  exported: {}\n{}stages:\n  m: {{kind: load, model: exported, dtype: f32}}\n  \
+                 recall: {{kind: evaluate, model: m, task: knowledge, dataset: facts}}\n",
+                hf.display(),
+                datasets(&world_dir)
+            ),
+        )
+        .unwrap();
+        let r2 = run_ok(&cache, &again);
+        for k in ["p@1", "p@5", "mrr"] {
+            assert_eq!(
+                metric(&cache, &r2, "recall", k),
+                metric(&cache, &run, &format!("recall-{stage}"), k),
+                "{stage} {k}"
+            );
+        }
+    }
+
+    // Sequential calibration would compress a shared matrix once per block: refused, saying
+    // what to use instead.
+    let seq = tmp.path().join("sequential.yaml");
+    std::fs::write(
+        &seq,
+        format!(
+            "version: 1\nmodels:\n  albert: {}\n{}stages:\n  base: {{kind: load, model: albert, dtype: f32}}\n  \
+             calib: {{kind: calibrate, model: base, dataset: text, samples: 8, seqlen: 16}}\n  \
+             wanda: {{kind: prune, model: base, method: wanda, sparsity: 0.5, calibration: calib}}\n",
+            albert.display(),
+            datasets(&world_dir)
+        ),
+    )
+    .unwrap();
+    let out = whittle(&cache, &["run", seq.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let msg = text(&out);
+    assert!(
+        msg.contains("calibration_mode: dense") && msg.contains("run by 2 blocks"),
+        "{msg}"
+    );
+}

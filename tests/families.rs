@@ -160,13 +160,15 @@ fn base_model_names_read_as_the_same_model() {
 /// An unsupported class is refused naming every supported one.
 #[test]
 fn unsupported_architectures_list_the_supported_ones() {
-    let e = ModelConfig::from_json(r#"{"architectures": ["AlbertForMaskedLM"]}"#)
+    let e = ModelConfig::from_json(r#"{"architectures": ["ElectraForMaskedLM"]}"#)
         .unwrap_err()
         .to_string();
     for class in [
+        "ElectraForMaskedLM",
         "LlamaForCausalLM",
         "GPT2LMHeadModel",
         "OPTForCausalLM",
+        "T5ForConditionalGeneration",
         "AlbertForMaskedLM",
         "BertForMaskedLM",
         "RobertaForMaskedLM",

@@ -219,6 +219,43 @@ impl Stats {
         })
     }
 
+    /// Puts the statistics of a weight that several blocks run (ALBERT's shared layers) under
+    /// the first block's id, summed over every block that runs it: each `runs` lists one
+    /// weight's blocks, first block first. A shared matrix is then compressed once, from all its
+    /// inputs, as a hook on the shared module sees them in PyTorch. The sum is a scale away
+    /// from the mean over all inputs, which Wanda's scores, SparseGPT and GPTQ do not see.
+    pub fn merge_shared(&mut self, runs: &[Vec<LinearId>]) -> candle_core::Result<()> {
+        let mut merged = std::collections::BTreeSet::new();
+        for ids in runs.iter().filter(|ids| ids.len() > 1) {
+            let first = ids[0];
+            let parts: Vec<Vec<f64>> = ids.iter().filter_map(|id| self.norms.remove(id)).collect();
+            if let Some(sum) = parts.into_iter().reduce(|mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            }) {
+                self.norms.insert(first, sum);
+            }
+            // q, k and v share one input group: its Hessians are summed once.
+            let key = |id: &LinearId| (id.layer, InputGroup::of(id.proj));
+            if !merged.insert(key(&first)) {
+                continue;
+            }
+            let mut sum: Option<Tensor> = None;
+            for k in ids.iter().map(key) {
+                if let Some(t) = self.xtx.remove(&k) {
+                    sum = Some(match sum {
+                        Some(s) => (s + t)?,
+                        None => t,
+                    });
+                }
+            }
+            if let Some(t) = sum {
+                self.xtx.insert(key(&first), t);
+            }
+        }
+        Ok(())
+    }
+
     /// SparseGPT's and GPTQ's Hessian for a layer: H = (2/n)·ΣXᵀX, n counted in sequences.
     pub fn hessian(&self, id: LinearId) -> Option<candle_core::Result<Tensor>> {
         let n = self.nsamples.max(1) as f64;
@@ -945,5 +982,50 @@ mod tests {
             r,
             Err(SampleError::NoLongDocument { seqlen: 5, .. })
         ));
+    }
+
+    #[test]
+    fn shared_weights_take_the_sum_over_their_blocks() {
+        let mut stats = Stats::new(Accumulation::Exact);
+        let (q0, k0, q2, k2) = (
+            LinearId::new(0, Proj::Q),
+            LinearId::new(0, Proj::K),
+            LinearId::new(2, Proj::Q),
+            LinearId::new(2, Proj::K),
+        );
+        let up1 = LinearId::new(1, Proj::Up);
+        for (id, v) in [
+            (q0, [1.0, 2.0]),
+            (k0, [1.0, 2.0]),
+            (q2, [10.0, 20.0]),
+            (k2, [10.0, 20.0]),
+        ] {
+            stats.norms.insert(id, v.to_vec());
+        }
+        stats.norms.insert(up1, vec![5.0]);
+        let t = |v: [f32; 4]| Tensor::from_vec(v.to_vec(), (2, 2), &Device::Cpu).unwrap();
+        stats
+            .xtx
+            .insert((0, InputGroup::Attention), t([1., 2., 3., 4.]));
+        stats
+            .xtx
+            .insert((2, InputGroup::Attention), t([10., 20., 30., 40.]));
+        stats.xtx.insert((1, InputGroup::Mlp), t([7., 7., 7., 7.]));
+        // q and k of stored layer 0 run in blocks 0 and 2; block 1's MLP is its own.
+        stats
+            .merge_shared(&[vec![q0, q2], vec![k0, k2], vec![up1]])
+            .unwrap();
+        assert_eq!(stats.norms[&q0], [11.0, 22.0]);
+        assert_eq!(stats.norms[&k0], [11.0, 22.0]);
+        assert_eq!(stats.norms[&up1], [5.0]);
+        assert!(!stats.norms.contains_key(&q2) && !stats.norms.contains_key(&k2));
+        // q and k share one input: its Hessian is summed once, not once per projection.
+        let h = stats.xtx[&(0, InputGroup::Attention)]
+            .flatten_all()
+            .unwrap();
+        assert_eq!(h.to_vec1::<f32>().unwrap(), [11., 22., 33., 44.]);
+        assert!(!stats.xtx.contains_key(&(2, InputGroup::Attention)));
+        let m = stats.xtx[&(1, InputGroup::Mlp)].flatten_all().unwrap();
+        assert_eq!(m.to_vec1::<f32>().unwrap(), [7.; 4]);
     }
 }

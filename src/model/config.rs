@@ -70,6 +70,8 @@ pub enum Family {
     Roberta,
     #[serde(rename = "distilbert")]
     DistilBert,
+    /// BERT-style with factorized embeddings and layers that share weights.
+    Albert,
 }
 
 /// The MLP's activation.
@@ -167,6 +169,46 @@ pub struct EncoderConfig {
     /// RoBERTa's `pad_token_id`: position p of a real token reads row `padding_idx + 1 + p`, a
     /// padding position reads row `padding_idx`. `None`: position p reads row p.
     pub padding_idx: Option<usize>,
+    /// ALBERT's `embedding_size`: the width of the embeddings and of the head's last
+    /// LayerNorm and decoder, mapped into the blocks' width by `embedding_hidden_mapping_in`.
+    /// `None`: the hidden size (and not serialized, so BERT's cache keys do not change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding_size: Option<usize>,
+    /// ALBERT's shared layers; `None` when every block has weights of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sharing: Option<LayerSharing>,
+}
+
+/// ALBERT's weight sharing: `layers` layers run in turn, layer i running stored group
+/// `int(i / (layers / groups))` (Python's float division and truncation, as transformers), and
+/// each group running its `inner` stored layers one after the other. The model runs
+/// `layers × inner` blocks ([`ModelConfig::num_layers`]) from `groups × inner` stored ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerSharing {
+    pub layers: usize,
+    pub groups: usize,
+    pub inner: usize,
+}
+
+impl LayerSharing {
+    /// The stored layer block `block` (of `layers × inner`) runs.
+    pub fn stored(&self, block: usize) -> usize {
+        let (outer, inner) = (block / self.inner, block % self.inner);
+        let group = (outer as f64 / (self.layers as f64 / self.groups as f64)) as usize;
+        group * self.inner + inner
+    }
+
+    /// How many layers are stored.
+    pub fn stored_count(&self) -> usize {
+        self.groups * self.inner
+    }
+}
+
+impl EncoderConfig {
+    /// The stored layer block `block` runs: itself unless layers are shared.
+    pub fn stored(&self, block: usize) -> usize {
+        self.sharing.map_or(block, |s| s.stored(block))
+    }
 }
 
 impl ModelConfig {
@@ -203,7 +245,7 @@ impl ModelConfig {
             Family::Gpt2 => super::family::gpt2::resolve(json, path),
             Family::Opt => super::family::opt::resolve(json, path),
             Family::T5 => super::family::t5::resolve(json, path),
-            f @ (Family::Bert | Family::Roberta | Family::DistilBert) => {
+            f @ (Family::Bert | Family::Roberta | Family::DistilBert | Family::Albert) => {
                 super::family::bert::resolve(f, json, path)
             }
             Family::Llama | Family::Mistral | Family::Qwen2 => {
@@ -356,7 +398,7 @@ impl RawConfig {
 }
 
 /// The supported `architectures` entries (the transformers classes) and their families.
-pub const ARCHITECTURES: [(&str, Family); 9] = [
+pub const ARCHITECTURES: [(&str, Family); 10] = [
     ("LlamaForCausalLM", Family::Llama),
     ("MistralForCausalLM", Family::Mistral),
     ("Qwen2ForCausalLM", Family::Qwen2),
@@ -366,10 +408,11 @@ pub const ARCHITECTURES: [(&str, Family); 9] = [
     ("BertForMaskedLM", Family::Bert),
     ("RobertaForMaskedLM", Family::Roberta),
     ("DistilBertForMaskedLM", Family::DistilBert),
+    ("AlbertForMaskedLM", Family::Albert),
 ];
 
 /// The supported `model_type` values and their families.
-const MODEL_TYPES: [(&str, Family); 9] = [
+const MODEL_TYPES: [(&str, Family); 10] = [
     ("llama", Family::Llama),
     ("mistral", Family::Mistral),
     ("qwen2", Family::Qwen2),
@@ -379,6 +422,7 @@ const MODEL_TYPES: [(&str, Family); 9] = [
     ("bert", Family::Bert),
     ("roberta", Family::Roberta),
     ("distilbert", Family::DistilBert),
+    ("albert", Family::Albert),
 ];
 
 /// The family `model_type` and `architectures` name; they must agree when both are given.
@@ -619,14 +663,14 @@ mod tests {
         assert!(e.contains("rope_scaling") && e.contains("yarn"), "{e}");
         let e = error_of(&with("hidden_act", "gelu".into()));
         assert!(e.contains("hidden_act") && e.contains("gelu"), "{e}");
-        let e = error_of(&with("model_type", "albert".into()));
-        assert!(e.contains("model_type") && e.contains("albert"), "{e}");
+        let e = error_of(&with("model_type", "electra".into()));
+        assert!(e.contains("model_type") && e.contains("electra"), "{e}");
         let e = error_of(&with(
             "architectures",
-            serde_json::json!(["AlbertForMaskedLM"]),
+            serde_json::json!(["ElectraForMaskedLM"]),
         ));
         assert!(
-            e.contains("architectures") && e.contains("AlbertForMaskedLM"),
+            e.contains("architectures") && e.contains("ElectraForMaskedLM"),
             "{e}"
         );
         // The error lists every supported class.

@@ -1,7 +1,8 @@
-//! The BERT-style encoder runtime (BERT, RoBERTa, DistilBERT): a post-LayerNorm bidirectional
-//! transformer with learned positions and a masked-LM head.
+//! The BERT-style encoder runtime (BERT, RoBERTa, DistilBERT, ALBERT): a post-LayerNorm
+//! bidirectional transformer with learned positions and a masked-LM head.
 //!
-//! embeddings (word + position + token type 0) → LayerNorm → blocks (attention with biases,
+//! embeddings (word + position + token type 0) → LayerNorm → (ALBERT: a linear map into the
+//! blocks' width) → blocks (attention with biases,
 //! residual, LayerNorm; MLP, residual, LayerNorm) → head (dense, activation, LayerNorm, decoder
 //! with bias; the decoder tied to the word embedding unless replaced). Each family module
 //! describes its names with an [`EncLayout`], which is also its [`Architecture`].
@@ -45,11 +46,17 @@ pub struct EncLayout {
     pub(crate) token_types: Option<&'static str>,
     /// The embeddings' LayerNorm module path.
     pub(crate) embed_norm: &'static str,
-    /// The blocks' path: block N is `<blocks>.N.`.
+    /// The linear layer from the embeddings' width into the blocks' (ALBERT's
+    /// `embedding_hidden_mapping_in`): in no module group, never compressed.
+    pub(crate) embed_proj: Option<&'static str>,
+    /// The blocks' path: block N is `<blocks>.N.`; with shared layers, stored layer `i` of
+    /// group `g` is `<blocks>.g.<inner>.i.`
     pub(crate) blocks: &'static str,
-    /// A block's linear layers in run order, with their module paths under `<blocks>.N`.
+    pub(crate) inner: Option<&'static str>,
+    /// A block's linear layers in run order, with their module paths under a block's path.
     pub(crate) linears: &'static [(Proj, &'static str)],
-    /// A block's two LayerNorms' module paths under `<blocks>.N`: after attention, after the MLP.
+    /// A block's two LayerNorms' module paths under a block's path: after attention, after the
+    /// MLP.
     pub(crate) norms: [&'static str; 2],
     /// The head's dense layer and LayerNorm module paths, and the decoder's bias.
     pub(crate) head_dense: &'static str,
@@ -65,17 +72,34 @@ pub struct EncLayout {
 }
 
 impl EncLayout {
-    pub(crate) fn weight_name_of(&self, id: LinearId) -> String {
-        let module = self
-            .linears
-            .iter()
-            .find(|(p, _)| *p == id.proj)
-            .map_or("?", |(_, m)| *m);
-        format!("{}.{}.{module}.weight", self.blocks, id.layer)
+    /// The module path of stored layer `stored`.
+    fn stored_path(&self, cfg: &ModelConfig, stored: usize) -> String {
+        match (self.inner, sharing(cfg)) {
+            (Some(inner), Some(s)) => format!(
+                "{}.{}.{inner}.{}",
+                self.blocks,
+                stored / s.inner,
+                stored % s.inner
+            ),
+            _ => format!("{}.{stored}", self.blocks),
+        }
     }
 
-    fn norm_path(&self, layer: usize, i: usize) -> String {
-        format!("{}.{layer}.{}", self.blocks, self.norms[i])
+    /// The module path of the weights block `layer` runs.
+    fn block_path(&self, cfg: &ModelConfig, layer: usize) -> String {
+        self.stored_path(cfg, stored(cfg, layer))
+    }
+
+    fn module_of(&self, p: Proj) -> &'static str {
+        self.linears
+            .iter()
+            .find(|(q, _)| *q == p)
+            .map_or("?", |(_, m)| *m)
+    }
+
+    pub(crate) fn weight_name_of(&self, cfg: &ModelConfig, id: LinearId) -> String {
+        let module = self.module_of(id.proj);
+        format!("{}.{module}.weight", self.block_path(cfg, id.layer))
     }
 
     /// Rows of the position table: the usable positions plus RoBERTa's offset.
@@ -83,44 +107,73 @@ impl EncLayout {
         cfg.max_position_embeddings + position_offset(cfg)
     }
 
-    /// Every tensor of the model, by name, with its shape.
+    /// Every tensor of the model, by name, with its shape; a shared layer's once.
     pub(crate) fn all_tensors(&self, cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
-        let (h, v) = (cfg.hidden_size, cfg.vocab_size);
+        let (h, v, e) = (cfg.hidden_size, cfg.vocab_size, embedding_width(cfg));
         let mut out = vec![
-            (self.word.to_string(), vec![v, h]),
+            (self.word.to_string(), vec![v, e]),
             (
                 self.positions.to_string(),
-                vec![Self::position_rows(cfg), h],
+                vec![Self::position_rows(cfg), e],
             ),
         ];
         let types = cfg.encoder.as_ref().map_or(0, |e| e.type_vocab_size);
         if let (Some(name), true) = (self.token_types, types > 0) {
-            out.push((name.to_string(), vec![types, h]));
+            out.push((name.to_string(), vec![types, e]));
         }
-        let norm = |out: &mut Vec<(String, Vec<usize>)>, path: &str| {
-            out.push((format!("{path}.weight"), vec![h]));
-            out.push((format!("{path}.bias"), vec![h]));
+        let norm = |out: &mut Vec<(String, Vec<usize>)>, path: &str, width: usize| {
+            out.push((format!("{path}.weight"), vec![width]));
+            out.push((format!("{path}.bias"), vec![width]));
         };
-        norm(&mut out, self.embed_norm);
-        for l in 0..cfg.num_layers {
-            for (p, _) in self.linears {
-                let (rows, cols) = linear_shape(cfg, *p);
-                let name = self.weight_name_of(LinearId::new(l, *p));
-                out.push((bias_name(&name), vec![rows]));
-                out.push((name, vec![rows, cols]));
-            }
-            norm(&mut out, &self.norm_path(l, 0));
-            norm(&mut out, &self.norm_path(l, 1));
+        let dense = |out: &mut Vec<(String, Vec<usize>)>, path: &str, rows: usize, cols| {
+            out.push((format!("{path}.weight"), vec![rows, cols]));
+            out.push((format!("{path}.bias"), vec![rows]));
+        };
+        norm(&mut out, self.embed_norm, e);
+        if let Some(proj) = self.embed_proj {
+            dense(&mut out, proj, h, e);
         }
-        out.push((format!("{}.weight", self.head_dense), vec![h, h]));
-        out.push((format!("{}.bias", self.head_dense), vec![h]));
-        norm(&mut out, self.head_norm);
+        for l in 0..stored_count(cfg) {
+            let path = self.stored_path(cfg, l);
+            for (p, module) in self.linears {
+                let (rows, cols) = linear_shape(cfg, *p);
+                out.push((format!("{path}.{module}.bias"), vec![rows]));
+                out.push((format!("{path}.{module}.weight"), vec![rows, cols]));
+            }
+            for n in self.norms {
+                norm(&mut out, &format!("{path}.{n}"), h);
+            }
+        }
+        dense(&mut out, self.head_dense, e, h);
+        norm(&mut out, self.head_norm, e);
         out.push((self.head_bias.to_string(), vec![v]));
         if !cfg.tie_word_embeddings {
-            out.push((self.decoder.to_string(), vec![v, h]));
+            out.push((self.decoder.to_string(), vec![v, e]));
         }
         out
     }
+}
+
+fn sharing(cfg: &ModelConfig) -> Option<crate::model::config::LayerSharing> {
+    cfg.encoder.as_ref().and_then(|e| e.sharing)
+}
+
+/// The stored layer block `layer` runs.
+fn stored(cfg: &ModelConfig, layer: usize) -> usize {
+    cfg.encoder.as_ref().map_or(layer, |e| e.stored(layer))
+}
+
+/// How many layers the checkpoint stores.
+fn stored_count(cfg: &ModelConfig) -> usize {
+    sharing(cfg).map_or(cfg.num_layers, |s| s.stored_count())
+}
+
+/// The width of the embeddings and of the head's output side.
+fn embedding_width(cfg: &ModelConfig) -> usize {
+    cfg.encoder
+        .as_ref()
+        .and_then(|e| e.embedding_size)
+        .unwrap_or(cfg.hidden_size)
 }
 
 fn position_offset(cfg: &ModelConfig) -> usize {
@@ -167,21 +220,23 @@ impl BlockLinears for Block {
     }
 }
 
+/// The stored layer under module path `path`.
 fn build_block(
     layout: &EncLayout,
-    l: usize,
+    path: &str,
     get: &dyn Fn(&str) -> Result<Tensor>,
 ) -> Result<Block> {
     let mut linears = Vec::new();
-    for (p, _) in layout.linears {
-        let name = layout.weight_name_of(LinearId::new(l, *p));
+    for (p, module) in layout.linears {
+        let name = format!("{path}.{module}.weight");
         linears.push((*p, Linear::new(get(&name)?, Some(get(&bias_name(&name))?))));
     }
+    let [a, b] = layout.norms;
     Ok(Block {
         linears,
         norms: [
-            Norm::read(&layout.norm_path(l, 0), get)?,
-            Norm::read(&layout.norm_path(l, 1), get)?,
+            Norm::read(&format!("{path}.{a}"), get)?,
+            Norm::read(&format!("{path}.{b}"), get)?,
         ],
     })
 }
@@ -195,6 +250,9 @@ pub struct Encoder {
     /// Row 0 of the token type embeddings, [hidden].
     token_type: Option<Tensor>,
     embed_norm: Norm,
+    /// ALBERT's map from the embeddings' width into the blocks'.
+    embed_proj: Option<Linear>,
+    /// Stored layers (block `l` runs stored layer [`stored`]`(l)`).
     blocks: BlockStore<Block>,
     head_dense: Linear,
     head_norm: Norm,
@@ -220,8 +278,15 @@ impl Encoder {
     pub(crate) fn new(cfg: &ModelConfig, layout: &EncLayout, weights: &TensorMap) -> Result<Self> {
         check_weights(layout, cfg, weights)?;
         let get = |name: &str| Ok(weights[name].clone());
-        let blocks = (0..cfg.num_layers)
-            .map(|l| Ok(Arc::new(build_block(layout, l, &get)?)))
+        // A shared layer is held once, whatever the number of blocks that run it.
+        let blocks = (0..stored_count(cfg))
+            .map(|l| {
+                Ok(Arc::new(build_block(
+                    layout,
+                    &layout.stored_path(cfg, l),
+                    &get,
+                )?))
+            })
             .collect::<Result<_>>()?;
         let head = weights.get(layout.decoder).cloned();
         Self::assemble(cfg, layout, &get, head, BlockStore::Resident(blocks))
@@ -281,6 +346,7 @@ impl Encoder {
             positions: get(layout.positions)?,
             token_type,
             embed_norm: Norm::read(layout.embed_norm, get)?,
+            embed_proj: layout.embed_proj.map(dense).transpose()?,
             blocks,
             head_dense: dense(layout.head_dense)?,
             head_norm: Norm::read(layout.head_norm, get)?,
@@ -299,23 +365,30 @@ impl Encoder {
         weight: crate::compress::dynint8::Int8Weight,
     ) -> Result<Self> {
         let head = (name == self.layout.decoder).then_some(&mut self.decoder);
-        let id = self.layout.linear_id(&self.cfg, name);
+        // The store holds stored layers: a shared one is set once for every block running it.
+        let id = self
+            .layout
+            .linear_id(&self.cfg, name)
+            .map(|id| LinearId::new(stored(&self.cfg, id.layer), id.proj));
         self.blocks
             .set_dynamic_int8(head, id, name, weight, &self.device)?;
         Ok(self)
     }
 
     fn block(&self, layer: usize) -> Result<Arc<Block>> {
+        let path = self.layout.block_path(&self.cfg, layer);
         let linears = || {
             self.layout
                 .linears
                 .iter()
-                .map(|(p, _)| (*p, self.layout.weight_name_of(LinearId::new(layer, *p))))
+                .map(|(p, module)| (*p, format!("{path}.{module}.weight")))
                 .collect()
         };
+        let count = stored_count(&self.cfg);
+        let stored = stored(&self.cfg, layer);
         self.blocks
-            .block(layer, self.cfg.num_layers, &self.device, linears, |get| {
-                build_block(&self.layout, layer, get)
+            .block(stored, count, &self.device, linears, |get| {
+                build_block(&self.layout, &path, get)
             })
     }
 
@@ -329,7 +402,7 @@ impl Encoder {
                 self.cfg.max_position_embeddings
             )));
         }
-        let h = self.cfg.hidden_size;
+        let h = embedding_width(&self.cfg);
         let tok = self
             .word
             .index_select(&tokens.flatten_all()?, 0)?
@@ -352,7 +425,11 @@ impl Encoder {
         if let Some(t) = &self.token_type {
             x = x.broadcast_add(t)?;
         }
-        self.embed_norm.forward(&x, self.cfg.layer_norm_eps)
+        let x = self.embed_norm.forward(&x, self.cfg.layer_norm_eps)?;
+        match &self.embed_proj {
+            Some(proj) => Ok(proj.forward(&x)?),
+            None => Ok(x),
+        }
     }
 
     /// Runs block `layer` on `x` [batch, seq, hidden]; `mask` [batch, 1, 1, seq] (additive, 0 or
@@ -364,8 +441,8 @@ impl Encoder {
         mask: Option<&Tensor>,
         mut capture: Option<Capture<'_>>,
     ) -> Result<Tensor> {
-        let block = self.block(layer)?;
         let (b, s) = check_block_input(&self.cfg, layer, x, 0, None)?;
+        let block = self.block(layer)?;
         let mut apply =
             |p: Proj, input: &Tensor| apply_linear(&block.linears, layer, p, input, &mut capture);
         let (nh, hd) = (self.cfg.num_heads, self.cfg.head_dim);

@@ -71,6 +71,18 @@ pub enum StageError {
         method: &'static str,
         weight: String,
     },
+    /// Sequential calibration on a model whose blocks share weights (ALBERT).
+    #[error(
+        "{method} with `calibration_mode: sequential` cannot run on this model: `{weight}` is \
+         run by {blocks} blocks (its layers share weights), so it would be compressed once per \
+         block; use `calibration_mode: dense`, where a shared weight is compressed once from the \
+         inputs of every block that runs it"
+    )]
+    SharedSequential {
+        method: &'static str,
+        weight: String,
+        blocks: usize,
+    },
     #[error(
         "the model and its reference use different tokenizers; divergence compares next-token \
          distributions over one vocabulary"

@@ -1,5 +1,5 @@
-//! BERT-style masked-LM encoders: `BertForMaskedLM`, `RobertaForMaskedLM` and
-//! `DistilBertForMaskedLM`, run by [`crate::model::encoder::Encoder`].
+//! BERT-style masked-LM encoders: `BertForMaskedLM`, `RobertaForMaskedLM`,
+//! `DistilBertForMaskedLM` and `AlbertForMaskedLM`, run by [`crate::model::encoder::Encoder`].
 //!
 //! Names, as `save_pretrained` writes them:
 //! - BERT: `bert.embeddings.{word,position,token_type}_embeddings`, `bert.embeddings.LayerNorm`,
@@ -16,20 +16,37 @@
 //!   `distilbert.embeddings.LayerNorm`, blocks `distilbert.transformer.layer.N.` of
 //!   `attention.{q,k,v,out}_lin`, `sa_layer_norm`, `ffn.lin1`, `ffn.lin2`, `output_layer_norm`;
 //!   head `vocab_transform`, `vocab_layer_norm`, `vocab_projector` (tied, with its bias); config
-//!   keys `dim`, `n_layers`, `n_heads`, `hidden_dim`, `activation`; LayerNorm epsilon 1e-12.
+//!   keys `dim`, `n_layers`, `n_heads`, `hidden_dim`, `activation`; LayerNorm epsilon 1e-12;
+//! - ALBERT: `albert.embeddings.*` of width `embedding_size` and their LayerNorm, then
+//!   `albert.encoder.embedding_hidden_mapping_in` into the blocks' width (in no group, never
+//!   compressed); stored layers `albert.encoder.albert_layer_groups.G.albert_layers.I.` of
+//!   `attention.{query,key,value,dense}`, `attention.LayerNorm`, `ffn`, `ffn_output`,
+//!   `full_layer_layer_norm`; head `predictions.dense` (hidden → embedding width),
+//!   `predictions.LayerNorm`, `predictions.decoder` (tied) with bias `predictions.bias`.
+//!
+//! ALBERT's layers share weights: `num_hidden_layers` layers each run their group's
+//! `inner_group_num` stored layers (layer i runs group `int(i / (layers / groups))`, as
+//! transformers computes it), so the model runs `layers × inner` blocks from `groups × inner`
+//! stored layers (albert-base-v2: 12 blocks, one stored layer). A shared weight is one linear
+//! layer, listed once, at the first block that runs it: pruning or quantizing it changes it in
+//! every block that runs it, and the model's sparsity counts it once. Wanda, SparseGPT and GPTQ
+//! compress it from its inputs in every block that runs it (statistics summed over them, as a
+//! hook on the shared module collects them in PyTorch); `calibration_mode: sequential` is
+//! refused, since it would compress a shared weight once per block.
 //!
 //! Groups: `attention` is query, key and value, as Study K of REFERENCE.md prunes an encoder's
-//! attention; the attention output dense (`attention.output.dense`, `out_lin`) is its own group,
-//! `attention_output` (selectable on its own, and part of `all`); `mlp` is `intermediate.dense` + `output.dense` (`lin1`, `lin2`); `lm_head` is the MLM
-//! decoder; `all` is every block linear. The head's transform dense layer is in no group (it is
+//! attention; the attention output dense (`attention.output.dense`, `out_lin`, ALBERT's
+//! `attention.dense`) is its own group, `attention_output` (selectable on its own, and part of
+//! `all`); `mlp` is `intermediate.dense` + `output.dense` (`lin1`, `lin2`; ALBERT's `ffn`,
+//! `ffn_output`); `lm_head` is the MLM decoder; `all` is every block linear. The head's transform dense layer is in no group (it is
 //! neither a block linear nor the decoder) and is never compressed.
 //!
 //! A checkpoint that spells LayerNorm parameters `gamma` / `beta` (older BERT uploads) is read
 //! under `weight` / `bias`. Refused with the key that rules them out: relative position
 //! embeddings (`position_embedding_type`), decoder/cross-attention use (`is_decoder`,
-//! `add_cross_attention`), DistilBERT's sinusoidal positions (`sinusoidal_pos_embds`). ALBERT
-//! (shared layers, factorized embeddings) is not supported: its class is refused naming the
-//! supported ones. Blocks stream from disk as the decoders' do.
+//! `add_cross_attention`), DistilBERT's sinusoidal positions (`sinusoidal_pos_embds`). Blocks
+//! stream from disk as the decoders' do (a shared layer is read again for each block that runs
+//! it unless it is the one held).
 
 use crate::model::config::ConfigFile;
 use std::path::Path;
@@ -38,7 +55,9 @@ use serde::Deserialize;
 
 use super::{Architecture, ModuleGroup};
 use crate::compress::dynint8::Int8Weight;
-use crate::model::config::{token_ids, Activation, EncoderConfig, Family, ModelConfig, TokenIds};
+use crate::model::config::{
+    token_ids, Activation, EncoderConfig, Family, LayerSharing, ModelConfig, TokenIds,
+};
 use crate::model::encoder::{EncLayout, Encoder};
 use crate::model::error::Result;
 use crate::model::lm::LanguageModel;
@@ -63,7 +82,9 @@ pub const BERT: EncLayout = EncLayout {
     positions: "bert.embeddings.position_embeddings.weight",
     token_types: Some("bert.embeddings.token_type_embeddings.weight"),
     embed_norm: "bert.embeddings.LayerNorm",
+    embed_proj: None,
     blocks: "bert.encoder.layer",
+    inner: None,
     linears: &BERT_LINEARS,
     norms: BERT_NORMS,
     head_dense: "cls.predictions.transform.dense",
@@ -81,7 +102,9 @@ pub const ROBERTA: EncLayout = EncLayout {
     positions: "roberta.embeddings.position_embeddings.weight",
     token_types: Some("roberta.embeddings.token_type_embeddings.weight"),
     embed_norm: "roberta.embeddings.LayerNorm",
+    embed_proj: None,
     blocks: "roberta.encoder.layer",
+    inner: None,
     linears: &BERT_LINEARS,
     norms: BERT_NORMS,
     head_dense: "lm_head.dense",
@@ -108,7 +131,9 @@ pub const DISTILBERT: EncLayout = EncLayout {
     positions: "distilbert.embeddings.position_embeddings.weight",
     token_types: None,
     embed_norm: "distilbert.embeddings.LayerNorm",
+    embed_proj: None,
     blocks: "distilbert.transformer.layer",
+    inner: None,
     linears: &DISTILBERT_LINEARS,
     norms: ["sa_layer_norm", "output_layer_norm"],
     head_dense: "vocab_transform",
@@ -117,6 +142,35 @@ pub const DISTILBERT: EncLayout = EncLayout {
     decoder: "vocab_projector.weight",
     head_gelu: false,
     untied_extras: &[],
+};
+
+const ALBERT_LINEARS: [(Proj, &str); 6] = [
+    (Proj::Q, "attention.query"),
+    (Proj::K, "attention.key"),
+    (Proj::V, "attention.value"),
+    (Proj::O, "attention.dense"),
+    (Proj::Up, "ffn"),
+    (Proj::Down, "ffn_output"),
+];
+
+/// `AlbertForMaskedLM`.
+pub const ALBERT: EncLayout = EncLayout {
+    name: "albert",
+    word: "albert.embeddings.word_embeddings.weight",
+    positions: "albert.embeddings.position_embeddings.weight",
+    token_types: Some("albert.embeddings.token_type_embeddings.weight"),
+    embed_norm: "albert.embeddings.LayerNorm",
+    embed_proj: Some("albert.encoder.embedding_hidden_mapping_in"),
+    blocks: "albert.encoder.albert_layer_groups",
+    inner: Some("albert_layers"),
+    linears: &ALBERT_LINEARS,
+    norms: ["attention.LayerNorm", "full_layer_layer_norm"],
+    head_dense: "predictions.dense",
+    head_norm: "predictions.LayerNorm",
+    head_bias: "predictions.bias",
+    decoder: "predictions.decoder.weight",
+    head_gelu: false,
+    untied_extras: &[("predictions.decoder.bias", "predictions.bias")],
 };
 
 impl Architecture for EncLayout {
@@ -169,8 +223,8 @@ impl Architecture for EncLayout {
             .collect()
     }
 
-    fn weight_name(&self, _cfg: &ModelConfig, id: LinearId) -> String {
-        self.weight_name_of(id)
+    fn weight_name(&self, cfg: &ModelConfig, id: LinearId) -> String {
+        self.weight_name_of(cfg, id)
     }
 
     fn tensors(&self, cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
@@ -204,8 +258,8 @@ impl Architecture for EncLayout {
     }
 }
 
-/// The serde mirror of a BERT, RoBERTa or DistilBERT `config.json`; DistilBERT's own key
-/// names are aliases. Absent keys take the class's defaults.
+/// The serde mirror of a BERT, RoBERTa, DistilBERT or ALBERT `config.json`; DistilBERT's own
+/// key names are aliases. Absent keys take the class's defaults.
 #[derive(Debug, Deserialize)]
 struct RawEncoderConfig {
     vocab_size: Option<usize>,
@@ -230,17 +284,26 @@ struct RawEncoderConfig {
     tie_word_embeddings: Option<bool>,
     bos_token_id: Option<TokenIds>,
     eos_token_id: Option<TokenIds>,
+    embedding_size: Option<usize>,
+    num_hidden_groups: Option<usize>,
+    inner_group_num: Option<usize>,
 }
 
-/// A BERT, RoBERTa or DistilBERT `config.json` resolved; `path` is only for messages.
+/// A BERT, RoBERTa, DistilBERT or ALBERT `config.json` resolved; `path` is only for messages.
 pub(crate) fn resolve(family: Family, json: &str, path: &Path) -> Result<ModelConfig> {
     let file = ConfigFile(path);
     let raw: RawEncoderConfig = file.parse(json)?;
     let distil = family == Family::DistilBert;
+    let albert = family == Family::Albert;
     let key = |bert: &'static str, distil_key: &'static str| if distil { distil_key } else { bert };
-    let hidden = file.positive(key("hidden_size", "dim"), raw.hidden_size.unwrap_or(768))?;
+    // ALBERT's class defaults are those of albert-xxlarge.
+    let (hidden_default, heads_default) = if albert { (4096, 64) } else { (768, 12) };
+    let hidden = file.positive(
+        key("hidden_size", "dim"),
+        raw.hidden_size.unwrap_or(hidden_default),
+    )?;
     let heads_key = key("num_attention_heads", "n_heads");
-    let heads = file.positive(heads_key, raw.num_attention_heads.unwrap_or(12))?;
+    let heads = file.positive(heads_key, raw.num_attention_heads.unwrap_or(heads_default))?;
     if hidden % heads != 0 {
         return Err(file.err(
             heads_key,
@@ -248,7 +311,8 @@ pub(crate) fn resolve(family: Family, json: &str, path: &Path) -> Result<ModelCo
         ));
     }
     let act_key = key("hidden_act", "activation");
-    let activation = Activation::parse(raw.hidden_act.as_deref().unwrap_or("gelu"))
+    let act_default = if albert { "gelu_new" } else { "gelu" };
+    let activation = Activation::parse(raw.hidden_act.as_deref().unwrap_or(act_default))
         .map_err(|m| file.err(act_key, m))?;
     if let Some(t) = raw
         .position_embedding_type
@@ -279,6 +343,7 @@ pub(crate) fn resolve(family: Family, json: &str, path: &Path) -> Result<ModelCo
     }
     let (vocab_default, types_default, pad_default) = match family {
         Family::Roberta => (50265, 2, 1),
+        Family::Albert => (30000, 2, 0),
         _ => (30522, 2, 0),
     };
     let vocab_size = file.positive("vocab_size", raw.vocab_size.unwrap_or(vocab_default))?;
@@ -318,8 +383,33 @@ pub(crate) fn resolve(family: Family, json: &str, path: &Path) -> Result<ModelCo
             raw.type_vocab_size.unwrap_or(types_default),
         )?
     };
-    let (bos_token_id, eos_token_ids) =
-        token_ids(raw.bos_token_id, raw.eos_token_id, vocab_size, path)?;
+    let (bos_default, eos_default) = if albert {
+        (Some(TokenIds::One(2)), Some(TokenIds::One(3)))
+    } else {
+        (None, None)
+    };
+    let (bos_token_id, eos_token_ids) = token_ids(
+        raw.bos_token_id.or(bos_default),
+        raw.eos_token_id.or(eos_default),
+        vocab_size,
+        path,
+    )?;
+    let layers_key = key("num_hidden_layers", "n_layers");
+    let layers = file.positive(
+        layers_key,
+        raw.num_hidden_layers.unwrap_or(if distil { 6 } else { 12 }),
+    )?;
+    let (embedding_size, sharing) = if albert {
+        let sharing = LayerSharing {
+            layers,
+            groups: file.positive("num_hidden_groups", raw.num_hidden_groups.unwrap_or(1))?,
+            inner: file.positive("inner_group_num", raw.inner_group_num.unwrap_or(1))?,
+        };
+        let e = file.positive("embedding_size", raw.embedding_size.unwrap_or(128))?;
+        (Some(e), Some(sharing))
+    } else {
+        (None, None)
+    };
     Ok(ModelConfig {
         family,
         hidden_size: hidden,
@@ -327,10 +417,8 @@ pub(crate) fn resolve(family: Family, json: &str, path: &Path) -> Result<ModelCo
             key("intermediate_size", "hidden_dim"),
             raw.intermediate_size.unwrap_or(4 * hidden),
         )?,
-        num_layers: file.positive(
-            key("num_hidden_layers", "n_layers"),
-            raw.num_hidden_layers.unwrap_or(if distil { 6 } else { 12 }),
-        )?,
+        // The blocks that run: ALBERT's layers each run their group's inner layers.
+        num_layers: sharing.map_or(layers, |s| s.layers * s.inner),
         num_heads: heads,
         num_kv_heads: heads,
         head_dim: hidden / heads,
@@ -354,6 +442,8 @@ pub(crate) fn resolve(family: Family, json: &str, path: &Path) -> Result<ModelCo
         encoder: Some(EncoderConfig {
             type_vocab_size,
             padding_idx,
+            embedding_size,
+            sharing,
         }),
     })
 }
@@ -407,6 +497,53 @@ mod tests {
     }
 
     #[test]
+    fn albert_maps_layers_to_stored_groups_as_transformers() {
+        let c = cfg(r#"{"model_type": "albert"}"#);
+        assert_eq!(c.family, Family::Albert);
+        assert_eq!((c.hidden_size, c.num_heads, c.num_layers), (4096, 64, 12));
+        assert_eq!(c.activation, Activation::GeluTanh);
+        assert_eq!(
+            (c.bos_token_id, c.eos_token_ids.clone()),
+            (Some(2), vec![3])
+        );
+        let enc = c.encoder.clone().unwrap();
+        assert_eq!(enc.embedding_size, Some(128));
+        // One group: every block runs stored layer 0, whose tensors are listed once.
+        assert!((0..12).all(|l| enc.stored(l) == 0));
+        let shapes: std::collections::BTreeMap<_, _> = ALBERT.tensors(&c).into_iter().collect();
+        assert_eq!(shapes[ALBERT.word], [30000, 128]);
+        assert_eq!(
+            shapes["albert.encoder.embedding_hidden_mapping_in.weight"],
+            [4096, 128]
+        );
+        assert_eq!(shapes["predictions.dense.weight"], [128, 4096]);
+        assert_eq!(
+            shapes
+                .keys()
+                .filter(|n| n.contains("albert_layer_groups"))
+                .count(),
+            16
+        );
+        // int(i / (12 / 5)), with Python's float division.
+        let c = cfg(
+            r#"{"model_type": "albert", "num_hidden_groups": 5, "hidden_size": 64,
+                       "num_attention_heads": 4}"#,
+        );
+        let enc = c.encoder.unwrap();
+        let groups: Vec<usize> = (0..12).map(|l| enc.stored(l)).collect();
+        assert_eq!(groups, [0, 0, 0, 1, 1, 2, 2, 2, 3, 3, 4, 4]);
+        let c = cfg(
+            r#"{"model_type": "albert", "num_hidden_layers": 2, "inner_group_num": 3,
+                       "hidden_size": 64, "num_attention_heads": 4}"#,
+        );
+        assert_eq!(c.num_layers, 6);
+        let e = ModelConfig::from_json(r#"{"model_type": "albert", "num_hidden_groups": 0}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("num_hidden_groups"), "{e}");
+    }
+
+    #[test]
     fn unsupported_settings_name_their_key() {
         for (json, key) in [
             (
@@ -434,13 +571,14 @@ mod tests {
             let e = ModelConfig::from_json(json).unwrap_err().to_string();
             assert!(e.contains(key), "{json}: {e}");
         }
-        let e = ModelConfig::from_json(r#"{"architectures": ["AlbertForMaskedLM"]}"#)
+        let e = ModelConfig::from_json(r#"{"architectures": ["ElectraForMaskedLM"]}"#)
             .unwrap_err()
             .to_string();
         for class in [
             "BertForMaskedLM",
             "RobertaForMaskedLM",
             "DistilBertForMaskedLM",
+            "AlbertForMaskedLM",
         ] {
             assert!(e.contains(class), "{e}");
         }

@@ -4,8 +4,8 @@
 //! [`ModuleGroup`]s, counts its parameters and builds its runtime as a [`crate::model::LanguageModel`]. Selection,
 //! calibration, overlays, export and memory estimates ask it instead of spelling LLaMA's names.
 //! The families: LLaMA (with Mistral, Qwen2 and SmolLM, which share its layout), GPT-2 and OPT
-//! (causal), the BERT-style masked-LM encoders BERT, RoBERTa and DistilBERT (`bert`), and T5
-//! (an encoder-decoder).
+//! (causal), the BERT-style masked-LM encoders BERT, RoBERTa, DistilBERT and ALBERT (`bert`),
+//! and T5 (an encoder-decoder).
 //!
 //! Tensors keep their checkpoint's layout under their checkpoint's names everywhere (overlays,
 //! digests, export). GPT-2 stores its linear layers as `Conv1D`, weight `in × out`; the
@@ -27,7 +27,7 @@ use super::parts::LinearId;
 use super::weights::TensorMap;
 use crate::compress::dynint8::Int8Weight;
 
-pub use bert::{BERT, DISTILBERT, ROBERTA};
+pub use bert::{ALBERT, BERT, DISTILBERT, ROBERTA};
 pub use gpt2::GPT2;
 pub use llama::LLAMA;
 pub use opt::OPT;
@@ -132,7 +132,8 @@ pub trait Architecture: Sync {
         id.proj.group()
     }
 
-    /// The block linear layer whose weight is called `name`.
+    /// The block linear layer whose weight is called `name` (with shared layers, the first block
+    /// that runs it).
     fn linear_id(&self, cfg: &ModelConfig, name: &str) -> Option<LinearId> {
         (0..cfg.num_layers)
             .flat_map(|l| self.block_linears(cfg, l))
@@ -169,15 +170,18 @@ pub trait Architecture: Sync {
         None
     }
 
-    /// Every linear layer: block by block in run order, then the LM head.
+    /// Every linear layer: block by block in run order, then the LM head. A weight that several
+    /// blocks share (ALBERT) is listed once, at the first block that runs it.
     fn linears(&self, cfg: &ModelConfig) -> Vec<LinearLayer> {
         let blocks = (0..cfg.num_layers).flat_map(|l| self.block_linears(cfg, l));
+        let mut seen = std::collections::HashSet::new();
         let mut out: Vec<LinearLayer> = blocks
             .map(|id| LinearLayer {
                 name: self.weight_name(cfg, id),
                 group: self.group(id),
                 block: Some(id),
             })
+            .filter(|l| seen.insert(l.name.clone()))
             .collect();
         out.push(LinearLayer {
             name: self.head_name().to_string(),
@@ -198,7 +202,16 @@ pub trait Architecture: Sync {
 }
 
 /// Every family whittle knows.
-const FAMILIES: [&dyn Architecture; 7] = [&LLAMA, &GPT2, &OPT, &T5, &BERT, &ROBERTA, &DISTILBERT];
+const FAMILIES: [&dyn Architecture; 8] = [
+    &LLAMA,
+    &GPT2,
+    &OPT,
+    &T5,
+    &BERT,
+    &ROBERTA,
+    &DISTILBERT,
+    &ALBERT,
+];
 
 impl ModelConfig {
     /// The architecture of this config's family.
@@ -212,6 +225,7 @@ impl ModelConfig {
             Family::Bert => &BERT,
             Family::Roberta => &ROBERTA,
             Family::DistilBert => &DISTILBERT,
+            Family::Albert => &ALBERT,
         }
     }
 }

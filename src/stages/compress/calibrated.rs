@@ -40,18 +40,30 @@ pub fn compress_calibrated(
     per_matrix: &mut PerMatrix,
 ) -> Result<(), StageError> {
     let method = calibrated.method;
-    let arch = weights.config.architecture();
-    let ids: Vec<(String, LinearId)> = names
+    let cfg = &weights.config;
+    let arch = cfg.architecture();
+    // Every block that runs each weight, in run order: one, unless layers are shared.
+    let mut runs: std::collections::HashMap<String, Vec<LinearId>> = Default::default();
+    for id in (0..cfg.num_layers).flat_map(|l| arch.block_linears(cfg, l)) {
+        runs.entry(arch.weight_name(cfg, id)).or_default().push(id);
+    }
+    let runs: Vec<(String, Vec<LinearId>)> = names
         .iter()
         .map(|n| {
-            arch.linear_id(&weights.config, n)
-                .map(|id| (n.clone(), id))
+            runs.remove(n)
+                .map(|ids| (n.clone(), ids))
                 .ok_or_else(|| StageError::NotInBlocks {
                     method,
                     weight: n.clone(),
                 })
         })
         .collect::<Result<_, _>>()?;
+    let ids: Vec<(String, LinearId)> = runs.iter().map(|(n, ids)| (n.clone(), ids[0])).collect();
+    let shared: Vec<Vec<LinearId>> = runs
+        .into_iter()
+        .map(|(_, ids)| ids)
+        .filter(|ids| ids.len() > 1)
+        .collect();
     let node = ctx
         .dag
         .node_of(calibrated.calibration)
@@ -82,7 +94,8 @@ pub fn compress_calibrated(
     let layers = weights.config.num_layers;
     match calibrated.mode {
         CalibrationMode::Dense => {
-            let stats = read_stats(&entry, ctx.device, wanted.accumulation)?;
+            let mut stats = read_stats(&entry, ctx.device, wanted.accumulation)?;
+            stats.merge_shared(&shared)?;
             ctx.progress.start(layers as u64, method);
             (0..layers).try_for_each(|layer| {
                 ctx.check_cancel()?;
@@ -95,6 +108,13 @@ pub fn compress_calibrated(
             })
         }
         CalibrationMode::Sequential => {
+            if let Some(ids) = shared.first() {
+                return Err(StageError::SharedSequential {
+                    method,
+                    weight: arch.weight_name(cfg, ids[0]),
+                    blocks: ids.len(),
+                });
+            }
             let windows = read_windows(&entry)?;
             ctx.progress
                 .start(layers as u64, &format!("{method}, block by block"));
