@@ -253,3 +253,54 @@ stages:
         .expect("a Markdown table");
     assert!(md.contains("(transformers semantics)"), "{md}");
 }
+
+/// Without a `tokenizer_class`, transformers 5 takes the class it registers for `config.json`'s
+/// `model_type` (none for LLaMA: the file as written), and it loads a byte-level file declared
+/// as `LlamaTokenizer` as written. The ids are transformers 5.25.0's on these folders (SmolLM2's
+/// tokenizer.json under each config).
+#[test]
+fn tokenizer_semantics_transformers_takes_the_class_of_the_model_type() {
+    let smol = require_shared!("models/smollm2-135m/tokenizer.json");
+    let folder = |model_type: &str, tokenizer_config: Option<&str>| {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::copy(&smol, tmp.path().join("tokenizer.json")).unwrap();
+        std::fs::write(
+            tmp.path().join("config.json"),
+            format!(r#"{{"model_type": "{model_type}"}}"#),
+        )
+        .unwrap();
+        if let Some(c) = tokenizer_config {
+            std::fs::write(tmp.path().join("tokenizer_config.json"), c).unwrap();
+        }
+        tmp
+    };
+    let load =
+        |dir: &Path| Tokenizer::load(dir.join("tokenizer.json"), TokenizerSemantics::Transformers);
+    for (model_type, config, class, ids) in [
+        ("gpt2", None, Some("GPT2Tokenizer"), vec![198, 198, 33]),
+        ("llama", None, None, vec![1116, 33]),
+        (
+            "llama",
+            Some(r#"{"tokenizer_class": "LlamaTokenizerFast"}"#),
+            None,
+            vec![1116, 33],
+        ),
+    ] {
+        let dir = folder(model_type, config);
+        let t = load(dir.path()).unwrap();
+        assert_eq!(t.class(), class, "{model_type} {config:?}");
+        assert_eq!(
+            t.encode("\n\n1", true).unwrap(),
+            ids,
+            "{model_type} {config:?}"
+        );
+    }
+    let dir = folder("t5", Some("{}"));
+    let e = load(dir.path()).unwrap_err().to_string();
+    assert!(
+        e.contains("model_type `t5`")
+            && e.contains("T5Tokenizer")
+            && e.contains("tokenizer_semantics: tokenizers"),
+        "{e}"
+    );
+}

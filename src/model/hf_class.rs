@@ -6,8 +6,13 @@
 //! and decoder from the class. The rules here follow transformers 5.x
 //! (`models/llama/tokenization_llama.py`, `models/gpt2/tokenization_gpt2.py`,
 //! `tokenization_utils_tokenizers.py`):
-//! - no `tokenizer_config.json`, no `tokenizer_class`, or `PreTrainedTokenizerFast` /
-//!   `TokenizersBackend`: the file as written;
+//! - the class is `tokenizer_config.json`'s `tokenizer_class`; without one (or without the
+//!   file), the class transformers registers for `config.json`'s `model_type` (GPT-2 and OPT:
+//!   `GPT2Tokenizer`; BERT and DistilBERT: `BertTokenizer`; RoBERTa, ALBERT, T5 and Qwen2 their
+//!   own), and for LLaMA, Mistral or an unknown type the file as written;
+//! - `PreTrainedTokenizerFast` / `TokenizersBackend`, or `LlamaTokenizer(Fast)` over a
+//!   `tokenizer.json` that is byte-level (transformers' `"ByteLevel"` test on the file): the file
+//!   as written;
 //! - `LlamaTokenizer(Fast)`: no normalizer; a `Metaspace("▁")` pre-tokenizer that prepends `▁`
 //!   only where the text does not already start with one (`always` with `legacy: true`, `first`
 //!   otherwise, `never` with `add_prefix_space: false`); the BPE without an unknown token;
@@ -54,6 +59,19 @@ const NAMED_SPECIAL: [&str; 7] = [
 
 /// Classes transformers 5 loads `tokenizer.json` as written for.
 const AS_WRITTEN: [&str; 2] = ["PreTrainedTokenizerFast", "TokenizersBackend"];
+/// The classes transformers 5 registers for the model types whittle loads, used when
+/// `tokenizer_config.json` names none (`llama` and `mistral` register none: the file as written).
+const BY_MODEL_TYPE: [(&str, &str); 8] = [
+    ("gpt2", "GPT2Tokenizer"),
+    ("opt", "GPT2Tokenizer"),
+    ("qwen2", "Qwen2Tokenizer"),
+    ("t5", "T5Tokenizer"),
+    ("bert", "BertTokenizer"),
+    ("distilbert", "BertTokenizer"),
+    ("roberta", "RobertaTokenizer"),
+    ("albert", "AlbertTokenizer"),
+];
+
 /// Classes whose rebuilding rules are implemented here.
 const REBUILT: [&str; 4] = [
     "LlamaTokenizer",
@@ -65,25 +83,50 @@ const REBUILT: [&str; 4] = [
 /// The class transformers 5 would rebuild the tokenizer in `dir` as (`None`: the file as
 /// written); an error when its rules are not implemented. Reads only `tokenizer_config.json`.
 pub fn check(dir: &Path) -> Result<Option<String>, String> {
-    match read_object(&dir.join(CONFIG_FILE))? {
-        Some(config) => class_of(&config),
-        None => Ok(None),
-    }
+    let config = read_object(&dir.join(CONFIG_FILE))?.unwrap_or_default();
+    class_of(&config, dir)
 }
 
-fn class_of(config: &Map<String, Value>) -> Result<Option<String>, String> {
-    match config.get("tokenizer_class") {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(c)) if AS_WRITTEN.contains(&c.as_str()) => Ok(None),
-        Some(Value::String(c)) if REBUILT.contains(&c.as_str()) => Ok(Some(c.clone())),
-        Some(Value::String(c)) => Err(format!(
-            "{CONFIG_FILE} names `{c}`, whose transformers 5 rules are not implemented \
-             (known: LlamaTokenizer, GPT2Tokenizer, PreTrainedTokenizerFast); use \
-             `tokenizer_semantics: tokenizers`"
-        )),
-        Some(other) => Err(format!(
-            "{CONFIG_FILE}: `tokenizer_class` must be a string, found {other}"
-        )),
+fn class_of(config: &Map<String, Value>, dir: &Path) -> Result<Option<String>, String> {
+    let (class, from) = match config.get("tokenizer_class") {
+        None | Some(Value::Null) => {
+            let model = read_object(&dir.join("config.json"))?.unwrap_or_default();
+            let model_type = model.get("model_type").and_then(Value::as_str);
+            match BY_MODEL_TYPE.iter().find(|(t, _)| Some(*t) == model_type) {
+                Some((t, c)) => (*c, format!("config.json's model_type `{t}` registers")),
+                None => return Ok(None),
+            }
+        }
+        Some(Value::String(c)) => (c.as_str(), format!("{CONFIG_FILE} names")),
+        Some(other) => {
+            return Err(format!(
+                "{CONFIG_FILE}: `tokenizer_class` must be a string, found {other}"
+            ))
+        }
+    };
+    if AS_WRITTEN.contains(&class) {
+        return Ok(None);
+    }
+    if class.trim_end_matches("Fast") == "LlamaTokenizer" && byte_level(dir)? {
+        // transformers loads a byte-level file declared as LlamaTokenizer as written.
+        return Ok(None);
+    }
+    if REBUILT.contains(&class) {
+        return Ok(Some(class.to_string()));
+    }
+    Err(format!(
+        "{from} `{class}`, whose transformers 5 rules are not implemented (known: \
+         LlamaTokenizer, GPT2Tokenizer, PreTrainedTokenizerFast); use \
+         `tokenizer_semantics: tokenizers`"
+    ))
+}
+
+/// transformers' test for a byte-level `tokenizer.json`: the text `"ByteLevel"` in the file.
+fn byte_level(dir: &Path) -> Result<bool, String> {
+    match std::fs::read_to_string(dir.join("tokenizer.json")) {
+        Ok(text) => Ok(text.contains("\"ByteLevel\"")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(format!("cannot read tokenizer.json: {e}")),
     }
 }
 
@@ -91,10 +134,8 @@ fn class_of(config: &Map<String, Value>) -> Result<Option<String>, String> {
 /// whose rules applied (`None`: the file as written). Errors are messages about the files in
 /// `dir`.
 pub fn rebuild(mut tok: Tokenizer, dir: &Path) -> Result<(Tokenizer, Option<String>), String> {
-    let Some(config) = read_object(&dir.join(CONFIG_FILE))? else {
-        return Ok((tok, None));
-    };
-    let Some(class) = class_of(&config)? else {
+    let config = read_object(&dir.join(CONFIG_FILE))?.unwrap_or_default();
+    let Some(class) = class_of(&config, dir)? else {
         return Ok((tok, None));
     };
     let flag = |key: &str| -> Result<Option<bool>, String> {

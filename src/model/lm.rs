@@ -413,7 +413,7 @@ pub fn final_hidden<E: From<super::ModelError> + From<crate::cancel::Cancelled>>
 
 /// Room for the hidden states of every batch of `ids` [batch, seq], as `model`'s spill policy
 /// allows. An encoder-decoder's blocks run on [batch, 2·seq, hidden] (T5: the encoder's half and
-/// the decoder's, see [`T5`]), so its tokens count twice.
+/// the decoder's, see [`crate::model::T5`]), so its tokens count twice.
 pub fn hidden_for(model: &dyn Blocks, ids: &[Tensor], what: &str) -> Result<HiddenStates> {
     let tokens: usize = ids.iter().map(Tensor::elem_count).sum();
     let streams = match model.config().architecture().objective() {
