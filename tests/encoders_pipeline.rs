@@ -481,3 +481,108 @@ models:
         "{msg}"
     );
 }
+
+/// RoBERTa and DistilBERT, the other two classes of the BERT family module: compressed by a
+/// calibrated and an uncalibrated method and by head rows, probed with their own mask token,
+/// exported as their own class (an untied head with its own bias) and read back with the same
+/// scores.
+#[test]
+fn roberta_and_distilbert_compress_export_and_round_trip() {
+    for (family, class, mask, head, head_bias) in [
+        (
+            "roberta",
+            "RobertaForMaskedLM",
+            "<mask>",
+            "lm_head.decoder.weight",
+            Some("lm_head.decoder.bias"),
+        ),
+        (
+            "distilbert",
+            "DistilBertForMaskedLM",
+            "[MASK]",
+            "vocab_projector.weight",
+            None,
+        ),
+    ] {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/encoders")
+            .join(family);
+        let tmp = tempfile::tempdir().unwrap();
+        let world_dir = tmp.path().join("world");
+        world(&world_dir);
+        let cache = tmp.path().join("cache");
+        let file = tmp.path().join(format!("{family}.yaml"));
+        std::fs::write(
+            &file,
+            format!(
+                r#"version: 1
+models:
+  enc: {dir}
+{datasets}stages:
+  base: {{kind: load, model: enc, dtype: f32}}
+  calib: {{kind: calibrate, model: base, dataset: text, samples: 8, seqlen: 16}}
+  wanda: {{kind: prune, model: base, method: wanda, sparsity: 0.5, calibration: calib}}
+  head-rows: {{kind: prune, model: wanda, method: magnitude, pattern: rows, sparsity: 0.25, modules: lm_head}}
+  recall-base: {{kind: evaluate, model: base, task: knowledge, dataset: facts}}
+  recall-wanda: {{kind: evaluate, model: wanda, task: knowledge, dataset: facts}}
+  recall-head-rows: {{kind: evaluate, model: head-rows, task: knowledge, dataset: facts}}
+"#,
+                dir = dir.display(),
+                datasets = datasets(&world_dir),
+            ),
+        )
+        .unwrap();
+        let run = run_ok(&cache, &file);
+        let settings = &entry_meta(&cache, &run, "recall-base")["settings"];
+        assert_eq!(settings["mask_token"], mask, "{family}");
+        assert_eq!(
+            metric(&cache, &run, "recall-base", "facts"),
+            10.0,
+            "{family}"
+        );
+        let s = entry_meta(&cache, &run, "wanda")["actual_sparsity"]
+            .as_f64()
+            .unwrap();
+        assert!((s - 0.5).abs() < 0.01, "{family}: {s}");
+        assert_ne!(
+            metric(&cache, &run, "recall-wanda", "mrr"),
+            metric(&cache, &run, "recall-base", "mrr"),
+            "{family}"
+        );
+        for stage in ["wanda", "head-rows"] {
+            let hf = tmp.path().join(format!("hf-{stage}"));
+            let f = file.to_str().unwrap();
+            let out = whittle(&cache, &["export", f, stage, "--out", hf.to_str().unwrap()]);
+            assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+            let config: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(hf.join("config.json")).unwrap())
+                    .unwrap();
+            assert_eq!(config["architectures"][0], class);
+            let header = safetensors_header(&hf.join("model.safetensors"));
+            let untied = stage == "head-rows";
+            assert_eq!(header.get(head).is_some(), untied, "{family} {stage}");
+            if let Some(bias) = head_bias {
+                assert_eq!(header.get(bias).is_some(), untied, "{family} {stage}");
+            }
+            let again = tmp.path().join(format!("again-{stage}.yaml"));
+            std::fs::write(
+                &again,
+                format!(
+                    "version: 1\nmodels:\n  exported: {}\n{}stages:\n  m: {{kind: load, model: exported, dtype: f32}}\n  \
+                     recall: {{kind: evaluate, model: m, task: knowledge, dataset: facts}}\n",
+                    hf.display(),
+                    datasets(&world_dir)
+                ),
+            )
+            .unwrap();
+            let r2 = run_ok(&cache, &again);
+            for k in ["p@1", "p@5", "mrr"] {
+                assert_eq!(
+                    metric(&cache, &r2, "recall", k),
+                    metric(&cache, &run, &format!("recall-{stage}"), k),
+                    "{family} {stage} {k}"
+                );
+            }
+        }
+    }
+}
