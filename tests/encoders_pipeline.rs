@@ -5,7 +5,7 @@
 mod common;
 
 use common::{
-    entry, entry_meta, metric, run_ok, safetensors_header, sparsity_names, text, whittle,
+    entry, entry_meta, export, metric, run_loaded, run_ok, sparsity_names, text, whittle, Exported,
 };
 
 use std::path::{Path, PathBuf};
@@ -40,6 +40,26 @@ fn world(dir: &Path) {
             .map(|(s, o)| format!("{{\"sub_label\": \"w{s}\", \"obj_label\": \"w{o}\"}}\n"))
             .collect();
         std::fs::write(dir.join(format!("facts/TREx/{rel}.jsonl")), lines).unwrap();
+    }
+}
+
+/// The exported folder, loaded again and probed, scores as the stage it came from did.
+fn same_recall_when_loaded(
+    cache: &Path,
+    run: &whittle::cache::RunRecord,
+    stage: &str,
+    hf: &Exported,
+    world: &Path,
+    dir: &Path,
+) {
+    let stages = "  recall: {kind: evaluate, model: m, task: knowledge, dataset: facts}\n";
+    let again = run_loaded(cache, dir, stage, &hf.dir, &datasets(world), stages);
+    for k in ["p@1", "p@5", "mrr"] {
+        assert_eq!(
+            metric(cache, &again, "recall", k),
+            metric(cache, run, &format!("recall-{stage}"), k),
+            "{stage} {k}"
+        );
     }
 }
 
@@ -173,45 +193,24 @@ fn bert_compresses_evaluates_and_round_trips() {
     // Exported, the folder is BertForMaskedLM in the checkpoint's layout, and loaded again by
     // whittle it scores exactly the same.
     for stage in ["sparsegpt", "head-rows"] {
-        let hf = tmp.path().join(format!("hf-{stage}"));
-        let f = file.to_str().unwrap();
-        let out = whittle(&cache, &["export", f, stage, "--out", hf.to_str().unwrap()]);
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-        let config: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(hf.join("config.json")).unwrap())
-                .unwrap();
-        assert_eq!(config["architectures"][0], "BertForMaskedLM");
-        let header = safetensors_header(&hf.join("model.safetensors"));
+        let hf = export(&cache, &file, stage, tmp.path());
+        assert_eq!(hf.config["architectures"][0], "BertForMaskedLM");
         // An untied head carries its own bias too (transformers unties it with the weight).
         for name in [
             "cls.predictions.decoder.weight",
             "cls.predictions.decoder.bias",
         ] {
-            assert_eq!(header.get(name).is_some(), stage == "head-rows", "{name}");
-        }
-        assert_eq!(
-            config["tie_word_embeddings"],
-            serde_json::json!(stage != "head-rows")
-        );
-        let again = tmp.path().join(format!("again-{stage}.yaml"));
-        std::fs::write(
-            &again,
-            format!(
-                "version: 1\nmodels:\n  exported: {}\n{}stages:\n  m: {{kind: load, model: exported, dtype: f32}}\n  \
-                 recall: {{kind: evaluate, model: m, task: knowledge, dataset: facts}}\n",
-                hf.display(),
-                datasets(&world_dir)
-            ),
-        )
-        .unwrap();
-        let r2 = run_ok(&cache, &again);
-        for k in ["p@1", "p@5", "mrr"] {
             assert_eq!(
-                metric(&cache, &r2, "recall", k),
-                metric(&cache, &run, &format!("recall-{stage}"), k),
-                "{stage} {k}"
+                hf.header.get(name).is_some(),
+                stage == "head-rows",
+                "{name}"
             );
         }
+        assert_eq!(
+            hf.config["tie_word_embeddings"],
+            serde_json::json!(stage != "head-rows")
+        );
+        same_recall_when_loaded(&cache, &run, stage, &hf, &world_dir, tmp.path());
     }
 
     // Perplexity is a causal task: refused, naming what works.
@@ -426,37 +425,16 @@ models:
 
     // Exported as AlbertForMaskedLM in the checkpoint's layout; loaded again, the same scores.
     for stage in ["sparsegpt", "head-rows"] {
-        let hf = tmp.path().join(format!("hf-{stage}"));
-        let f = file.to_str().unwrap();
-        let out = whittle(&cache, &["export", f, stage, "--out", hf.to_str().unwrap()]);
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-        let config: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(hf.join("config.json")).unwrap())
-                .unwrap();
-        assert_eq!(config["architectures"][0], "AlbertForMaskedLM");
-        let header = safetensors_header(&hf.join("model.safetensors"));
+        let hf = export(&cache, &file, stage, tmp.path());
+        assert_eq!(hf.config["architectures"][0], "AlbertForMaskedLM");
         for name in ["predictions.decoder.weight", "predictions.decoder.bias"] {
-            assert_eq!(header.get(name).is_some(), stage == "head-rows", "{name}");
-        }
-        let again = tmp.path().join(format!("again-{stage}.yaml"));
-        std::fs::write(
-            &again,
-            format!(
-                "version: 1\nmodels:\n  exported: {}\n{}stages:\n  m: {{kind: load, model: exported, dtype: f32}}\n  \
-                 recall: {{kind: evaluate, model: m, task: knowledge, dataset: facts}}\n",
-                hf.display(),
-                datasets(&world_dir)
-            ),
-        )
-        .unwrap();
-        let r2 = run_ok(&cache, &again);
-        for k in ["p@1", "p@5", "mrr"] {
             assert_eq!(
-                metric(&cache, &r2, "recall", k),
-                metric(&cache, &run, &format!("recall-{stage}"), k),
-                "{stage} {k}"
+                hf.header.get(name).is_some(),
+                stage == "head-rows",
+                "{name}"
             );
         }
+        same_recall_when_loaded(&cache, &run, stage, &hf, &world_dir, tmp.path());
     }
 
     // Sequential calibration would compress a shared matrix once per block: refused, saying
@@ -550,39 +528,14 @@ models:
             "{family}"
         );
         for stage in ["wanda", "head-rows"] {
-            let hf = tmp.path().join(format!("hf-{stage}"));
-            let f = file.to_str().unwrap();
-            let out = whittle(&cache, &["export", f, stage, "--out", hf.to_str().unwrap()]);
-            assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-            let config: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(hf.join("config.json")).unwrap())
-                    .unwrap();
-            assert_eq!(config["architectures"][0], class);
-            let header = safetensors_header(&hf.join("model.safetensors"));
+            let hf = export(&cache, &file, stage, tmp.path());
+            assert_eq!(hf.config["architectures"][0], class);
             let untied = stage == "head-rows";
-            assert_eq!(header.get(head).is_some(), untied, "{family} {stage}");
+            assert_eq!(hf.header.get(head).is_some(), untied, "{family} {stage}");
             if let Some(bias) = head_bias {
-                assert_eq!(header.get(bias).is_some(), untied, "{family} {stage}");
+                assert_eq!(hf.header.get(bias).is_some(), untied, "{family} {stage}");
             }
-            let again = tmp.path().join(format!("again-{stage}.yaml"));
-            std::fs::write(
-                &again,
-                format!(
-                    "version: 1\nmodels:\n  exported: {}\n{}stages:\n  m: {{kind: load, model: exported, dtype: f32}}\n  \
-                     recall: {{kind: evaluate, model: m, task: knowledge, dataset: facts}}\n",
-                    hf.display(),
-                    datasets(&world_dir)
-                ),
-            )
-            .unwrap();
-            let r2 = run_ok(&cache, &again);
-            for k in ["p@1", "p@5", "mrr"] {
-                assert_eq!(
-                    metric(&cache, &r2, "recall", k),
-                    metric(&cache, &run, &format!("recall-{stage}"), k),
-                    "{family} {stage} {k}"
-                );
-            }
+            same_recall_when_loaded(&cache, &run, stage, &hf, &world_dir, tmp.path());
         }
     }
 }

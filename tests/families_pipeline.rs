@@ -5,7 +5,7 @@
 mod common;
 
 use common::{
-    entry_meta, log_of, metric, run_ok, safetensors_header, small_world, sparsity_records, text,
+    entry_meta, export, log_of, metric, run_loaded, run_ok, small_world, sparsity_records, text,
     whittle,
 };
 
@@ -183,15 +183,9 @@ fn family_compresses_evaluates_and_round_trips(arch: &str, class: &str) {
     // Exported, the folder is the same class in the checkpoint's layout, and loaded again by
     // whittle it scores the same.
     for stage in ["sparsegpt", "gptq", "head-rows"] {
-        let hf = tmp.path().join(format!("hf-{stage}"));
-        let f = file.to_str().unwrap();
-        let out = whittle(&cache, &["export", f, stage, "--out", hf.to_str().unwrap()]);
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-        let config: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(hf.join("config.json")).unwrap())
-                .unwrap();
+        let exported = export(&cache, &file, stage, tmp.path());
+        let (config, header) = (&exported.config, &exported.header);
         assert_eq!(config["architectures"][0], class);
-        let header = safetensors_header(&hf.join("model.safetensors"));
         if arch == "gpt2" {
             // Conv1D: in × out.
             assert_eq!(
@@ -209,20 +203,16 @@ fn family_compresses_evaluates_and_round_trips(arch: &str, class: &str) {
             config["tie_word_embeddings"],
             serde_json::json!(stage != "head-rows")
         );
-
-        let again = tmp.path().join(format!("again-{stage}.yaml"));
-        std::fs::write(
-            &again,
-            format!(
-                "version: 1\nmodels:\n  exported: {}\n{}stages:\n  m: {{kind: load, model: exported, dtype: f32}}\n  \
-                 recall: {{kind: evaluate, model: m, task: knowledge, dataset: facts}}\n  \
-                 ppl: {{kind: evaluate, model: m, task: perplexity, mode: documents, dataset: held, seqlen: 32}}\n",
-                hf.display(),
-                datasets(&world_dir)
-            ),
-        )
-        .unwrap();
-        let r2 = run_ok(&cache, &again);
+        let hf = exported.dir;
+        let r2 = run_loaded(
+            &cache,
+            tmp.path(),
+            stage,
+            &hf,
+            &datasets(&world_dir),
+            "  recall: {kind: evaluate, model: m, task: knowledge, dataset: facts}\n  \
+             ppl: {kind: evaluate, model: m, task: perplexity, mode: documents, dataset: held, seqlen: 32}\n",
+        );
         assert_eq!(
             metric(&cache, &r2, "recall", "p@1"),
             p1(stage),

@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{entry, entry_meta, metric, run_ok, sparsity_names, text, whittle};
+use common::{
+    entry, entry_meta, export, metric, run_loaded, run_ok, sparsity_names, text, whittle, Exported,
+};
 
 use std::path::{Path, PathBuf};
 
@@ -224,20 +226,9 @@ fn t5_tied_head_exports_with_its_scale() {
     let file = tmp.path().join("t5.yaml");
     std::fs::write(&file, yaml).unwrap();
     let run = run_ok(&cache, &file);
-    let hf = tmp.path().join("hf");
-    let out = whittle(
-        &cache,
-        &[
-            "export",
-            file.to_str().unwrap(),
-            "head-rows",
-            "--out",
-            hf.to_str().unwrap(),
-        ],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(hf.join("config.json")).unwrap()).unwrap();
+    let Exported {
+        dir: hf, config, ..
+    } = export(&cache, &file, "head-rows", tmp.path());
     assert_eq!(config["tie_word_embeddings"], false);
     // The written head is the pruned embedding times 32^-½.
     let exported =
@@ -264,19 +255,15 @@ fn t5_tied_head_exports_with_its_scale() {
             "{h} vs {s}"
         );
     }
-    let again = tmp.path().join("again.yaml");
-    std::fs::write(
-        &again,
-        format!(
-            "version: 1\nmodels:\n  exported: {}\n{}stages:\n  m: {{kind: load, model: exported, dtype: f32}}\n  \
-             recall: {{kind: evaluate, model: m, task: knowledge, dataset: facts}}\n  \
-             cands: {{kind: evaluate, model: m, task: knowledge, dataset: facts, ranking: candidates}}\n",
-            hf.display(),
-            datasets(&docs, &lama)
-        ),
-    )
-    .unwrap();
-    let r2 = run_ok(&cache, &again);
+    let r2 = run_loaded(
+        &cache,
+        tmp.path(),
+        "head-rows",
+        &hf,
+        &datasets(&docs, &lama),
+        "  recall: {kind: evaluate, model: m, task: knowledge, dataset: facts}\n  \
+         cands: {kind: evaluate, model: m, task: knowledge, dataset: facts, ranking: candidates}\n",
+    );
     for (task, m) in [("recall", "mrr"), ("cands", "mrr"), ("recall", "p@10")] {
         let (a, b) = (metric(&cache, &run, task, m), metric(&cache, &r2, task, m));
         assert_eq!(a, b, "{task} {m}");

@@ -264,6 +264,55 @@ pub fn safetensors_header(path: &std::path::Path) -> serde_json::Value {
     serde_json::from_slice(&st[8..8 + n]).unwrap()
 }
 
+/// An exported folder: where it is, its `config.json` and its safetensors header.
+pub struct Exported {
+    pub dir: PathBuf,
+    pub config: serde_json::Value,
+    pub header: serde_json::Value,
+}
+
+/// `whittle export FILE STAGE --out DIR/hf-STAGE`, which must succeed.
+pub fn export(
+    cache: &std::path::Path,
+    file: &std::path::Path,
+    stage: &str,
+    dir: &std::path::Path,
+) -> Exported {
+    let hf = dir.join(format!("hf-{stage}"));
+    let (f, out) = (file.to_str().unwrap(), hf.to_str().unwrap());
+    let o = whittle(cache, &["export", f, stage, "--out", out]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let config =
+        serde_json::from_str(&std::fs::read_to_string(hf.join("config.json")).unwrap()).unwrap();
+    let header = safetensors_header(&hf.join("model.safetensors"));
+    Exported {
+        dir: hf,
+        config,
+        header,
+    }
+}
+
+/// A second pipeline, `DIR/again-NAME.yaml`, that loads the folder `model` as `m` (f32) with the
+/// YAML `datasets:` section `datasets` and runs `stages` (YAML lines of the `stages:` section
+/// after `m`'s); it must succeed.
+pub fn run_loaded(
+    cache: &std::path::Path,
+    dir: &std::path::Path,
+    name: &str,
+    model: &std::path::Path,
+    datasets: &str,
+    stages: &str,
+) -> whittle::cache::RunRecord {
+    let file = dir.join(format!("again-{name}.yaml"));
+    let text = format!(
+        "version: 1\nmodels:\n  exported: {}\n{datasets}stages:\n  \
+         m: {{kind: load, model: exported, dtype: f32}}\n{stages}",
+        model.display()
+    );
+    std::fs::write(&file, text).unwrap();
+    run_ok(cache, &file)
+}
+
 /// A model trained by a pipeline on a small synthetic world, probed dense and after global
 /// magnitude pruning of every block matrix to 50% and 90%.
 pub struct TrainedRecall {
