@@ -304,3 +304,55 @@ fn tokenizer_semantics_transformers_takes_the_class_of_the_model_type() {
         "{e}"
     );
 }
+
+/// `BertTokenizer` as transformers 5 rebuilds it: a lowercasing WordPiece file under configs that
+/// change case, accents and CJK splitting, with the class given by the config or by the model
+/// type (BERT, DistilBERT); against the ids `tests/fixtures/tokenizer/make_bert.py` had
+/// transformers give. The file read as written gives the tokenizers library's ids whatever the
+/// config.
+#[test]
+fn bert_tokenizer_is_rebuilt_from_its_config_as_transformers_5_does() {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer");
+    let fx: Value =
+        serde_json::from_str(&std::fs::read_to_string(here.join("bert_ids.json")).unwrap())
+            .unwrap();
+    let texts: Vec<String> = serde_json::from_value(fx["texts"].clone()).unwrap();
+    let plain: Vec<Vec<u32>> = serde_json::from_value(fx["tokenizers_ids"].clone()).unwrap();
+    let variants = fx["variants"].as_array().unwrap();
+    assert_eq!(variants.len(), 6);
+    for v in variants {
+        let name = v["name"].as_str().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            here.join("bert/tokenizer.json"),
+            tmp.path().join("tokenizer.json"),
+        )
+        .unwrap();
+        let model_type = v["model_type"].as_str().unwrap();
+        std::fs::write(
+            tmp.path().join("config.json"),
+            format!(r#"{{"model_type": "{model_type}"}}"#),
+        )
+        .unwrap();
+        if !v["tokenizer_config"].is_null() {
+            std::fs::write(
+                tmp.path().join("tokenizer_config.json"),
+                v["tokenizer_config"].to_string(),
+            )
+            .unwrap();
+        }
+        let path = tmp.path().join("tokenizer.json");
+        let t = Tokenizer::load(&path, TokenizerSemantics::Transformers).unwrap();
+        assert_eq!(t.class(), v["class"].as_str(), "{name}");
+        let want: Vec<Vec<u32>> = serde_json::from_value(v["ids"].clone()).unwrap();
+        let as_written = Tokenizer::load(&path, TokenizerSemantics::Tokenizers).unwrap();
+        for (i, text) in texts.iter().enumerate() {
+            assert_eq!(t.encode(text, true).unwrap(), want[i], "{name}: {text:?}");
+            assert_eq!(
+                as_written.encode(text, true).unwrap(),
+                plain[i],
+                "{name}: {text:?}"
+            );
+        }
+    }
+}

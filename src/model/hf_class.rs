@@ -18,6 +18,11 @@
 //!   otherwise, `never` with `add_prefix_space: false`); the BPE without an unknown token;
 //! - `GPT2Tokenizer(Fast)`: no normalizer and a lone `ByteLevel` pre-tokenizer (a file's
 //!   `Digits` split goes), `add_prefix_space` from the config (false);
+//! - `BertTokenizer(Fast)`: the file's vocabulary as a WordPiece model with the config's
+//!   `unk_token`; a `BertNormalizer` from `do_lower_case` (true), `strip_accents` (unset: strip
+//!   when lowercasing) and `tokenize_chinese_chars` (true); `BertPreTokenizer`; a WordPiece
+//!   decoder; and the post-processor `cls $A sep` (pair `cls $A sep $B:1 sep:1`) of the config's
+//!   `cls_token` and `sep_token`, whatever the file's;
 //! - the post-processor is rebuilt from `bos_token` / `eos_token` when the config sets
 //!   `add_bos_token` or `add_eos_token`; the added tokens are the config's
 //!   `added_tokens_decoder` if it has one, else the file's; named special tokens missing from
@@ -30,13 +35,17 @@ use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::fuse::Fuse;
 use tokenizers::decoders::sequence::Sequence as DecoderSequence;
 use tokenizers::decoders::strip::Strip;
+use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
 use tokenizers::models::bpe::BPE;
+use tokenizers::models::wordpiece::WordPiece;
+use tokenizers::normalizers::bert::BertNormalizer;
 use tokenizers::normalizers::replace::Replace;
+use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{
-    AddedToken, AddedVocabulary, DecoderWrapper, ModelWrapper, NormalizerWrapper,
+    AddedToken, AddedVocabulary, DecoderWrapper, Model, ModelWrapper, NormalizerWrapper,
     PostProcessorWrapper, Tokenizer,
 };
 
@@ -73,11 +82,13 @@ const BY_MODEL_TYPE: [(&str, &str); 8] = [
 ];
 
 /// Classes whose rebuilding rules are implemented here.
-const REBUILT: [&str; 4] = [
+const REBUILT: [&str; 6] = [
     "LlamaTokenizer",
     "LlamaTokenizerFast",
     "GPT2Tokenizer",
     "GPT2TokenizerFast",
+    "BertTokenizer",
+    "BertTokenizerFast",
 ];
 
 /// The class transformers 5 would rebuild the tokenizer in `dir` as (`None`: the file as
@@ -116,7 +127,7 @@ fn class_of(config: &Map<String, Value>, dir: &Path) -> Result<Option<String>, S
     }
     Err(format!(
         "{from} `{class}`, whose transformers 5 rules are not implemented (known: \
-         LlamaTokenizer, GPT2Tokenizer, PreTrainedTokenizerFast); use \
+         LlamaTokenizer, GPT2Tokenizer, BertTokenizer, PreTrainedTokenizerFast); use \
          `tokenizer_semantics: tokenizers`"
     ))
 }
@@ -148,10 +159,11 @@ pub fn rebuild(mut tok: Tokenizer, dir: &Path) -> Result<(Tokenizer, Option<Stri
         }
     };
     // The class's defaults for the named special tokens the files leave out.
-    let defaults: [(&str, &str); 3];
+    let defaults: &[(&str, &str)];
+    let mut bert_template = false;
     match class.as_str() {
         "LlamaTokenizer" | "LlamaTokenizerFast" => {
-            defaults = [
+            defaults = &[
                 ("unk_token", "<unk>"),
                 ("bos_token", "<s>"),
                 ("eos_token", "</s>"),
@@ -184,7 +196,11 @@ pub fn rebuild(mut tok: Tokenizer, dir: &Path) -> Result<(Tokenizer, Option<Stri
             tok.with_decoder(Some(DecoderSequence::new(decoders)));
         }
         "GPT2Tokenizer" | "GPT2TokenizerFast" => {
-            defaults = ["unk_token", "bos_token", "eos_token"].map(|k| (k, "<|endoftext|>"));
+            defaults = &[
+                ("unk_token", "<|endoftext|>"),
+                ("bos_token", "<|endoftext|>"),
+                ("eos_token", "<|endoftext|>"),
+            ];
             let add_prefix_space = flag("add_prefix_space")?.unwrap_or(false);
             let mut bpe = bpe_of(&tok, &class)?;
             bpe.unk_token = None;
@@ -197,10 +213,68 @@ pub fn rebuild(mut tok: Tokenizer, dir: &Path) -> Result<(Tokenizer, Option<Stri
             tok.with_pre_tokenizer(Some(ByteLevel::new(add_prefix_space, true, true)));
             tok.with_decoder(Some(ByteLevel::default()));
         }
+        "BertTokenizer" | "BertTokenizerFast" => {
+            defaults = &[
+                ("unk_token", "[UNK]"),
+                ("sep_token", "[SEP]"),
+                ("pad_token", "[PAD]"),
+                ("cls_token", "[CLS]"),
+                ("mask_token", "[MASK]"),
+            ];
+            // The file's vocabulary in a WordPiece model of the class's settings.
+            let specials = named_specials(&config, dir, defaults)?;
+            let unk = specials
+                .iter()
+                .find(|(k, _)| k == "unk_token")
+                .map_or("[UNK]".to_string(), |(_, t)| t.content.clone());
+            // As `WordPiece(vocab, unk_token=...)` builds it: `##` and 100 characters a word.
+            let wordpiece: WordPiece = serde_json::from_value(serde_json::json!({
+                "unk_token": unk,
+                "continuing_subword_prefix": "##",
+                "max_input_chars_per_word": 100,
+                "vocab": tok.get_model().get_vocab(),
+            }))
+            .map_err(|e| format!("internal: {e}"))?;
+            tok.with_model(wordpiece);
+            tok.with_normalizer(Some(BertNormalizer::new(
+                true,
+                flag("tokenize_chinese_chars")?.unwrap_or(true),
+                flag("strip_accents")?,
+                flag("do_lower_case")?.unwrap_or(true),
+            )));
+            tok.with_pre_tokenizer(Some(BertPreTokenizer));
+            tok.with_decoder(Some(WordPieceDecoder::default()));
+            bert_template = true;
+        }
         other => return Err(format!("internal: no rules for `{other}`")),
     }
-    let specials = named_specials(&config, dir, &defaults)?;
+    let specials = named_specials(&config, dir, defaults)?;
     added_tokens(&mut tok, &config, &specials)?;
+    if bert_template {
+        // The class's `[CLS] $A [SEP]`, whatever the file's post-processor says.
+        let id = |key: &str, fallback: u32| {
+            specials
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, t)| {
+                    (
+                        t.content.clone(),
+                        tok.token_to_id(&t.content).unwrap_or(fallback),
+                    )
+                })
+                .ok_or_else(|| format!("internal: no `{key}`"))
+        };
+        let (cls, sep) = (id("cls_token", 2)?, id("sep_token", 3)?);
+        let t = TemplateProcessing::builder()
+            .try_single(format!("{}:0 $A:0 {}:0", cls.0, sep.0))
+            .and_then(|b| b.try_pair(format!("{0}:0 $A:0 {1}:0 $B:1 {1}:1", cls.0, sep.0)))
+            .map_err(|e| format!("internal: {e}"))?
+            .special_tokens(vec![cls, sep])
+            .build()
+            .map_err(|e| format!("internal: {e}"))?;
+        tok.with_post_processor(Some(t));
+        return Ok((tok, Some(class)));
+    }
     if flag("add_bos_token")?.is_some() || flag("add_eos_token")?.is_some() {
         let bos = flag("add_bos_token")?
             .unwrap_or(false)
