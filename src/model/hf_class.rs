@@ -92,7 +92,8 @@ const REBUILT: [&str; 6] = [
 ];
 
 /// The class transformers 5 would rebuild the tokenizer in `dir` as (`None`: the file as
-/// written); an error when its rules are not implemented. Reads only `tokenizer_config.json`.
+/// written); an error when its rules are not implemented. Reads `tokenizer_config.json`, and
+/// `config.json` (for its `model_type`) or `tokenizer.json` (is it byte-level?) when they decide.
 pub fn check(dir: &Path) -> Result<Option<String>, String> {
     let config = read_object(&dir.join(CONFIG_FILE))?.unwrap_or_default();
     class_of(&config, dir)
@@ -132,6 +133,30 @@ fn class_of(config: &Map<String, Value>, dir: &Path) -> Result<Option<String>, S
     ))
 }
 
+/// The class's defaults for the named special tokens the files leave out.
+fn special_defaults(class: &str) -> &'static [(&'static str, &'static str)] {
+    match class.trim_end_matches("Fast") {
+        "LlamaTokenizer" => &[
+            ("unk_token", "<unk>"),
+            ("bos_token", "<s>"),
+            ("eos_token", "</s>"),
+        ],
+        "BertTokenizer" => &[
+            ("unk_token", "[UNK]"),
+            ("sep_token", "[SEP]"),
+            ("pad_token", "[PAD]"),
+            ("cls_token", "[CLS]"),
+            ("mask_token", "[MASK]"),
+        ],
+        // GPT2Tokenizer
+        _ => &[
+            ("unk_token", "<|endoftext|>"),
+            ("bos_token", "<|endoftext|>"),
+            ("eos_token", "<|endoftext|>"),
+        ],
+    }
+}
+
 /// transformers' test for a byte-level `tokenizer.json`: the text `"ByteLevel"` in the file.
 fn byte_level(dir: &Path) -> Result<bool, String> {
     match std::fs::read_to_string(dir.join("tokenizer.json")) {
@@ -158,16 +183,10 @@ pub fn rebuild(mut tok: Tokenizer, dir: &Path) -> Result<(Tokenizer, Option<Stri
             )),
         }
     };
-    // The class's defaults for the named special tokens the files leave out.
-    let defaults: &[(&str, &str)];
-    let mut bert_template = false;
+    let bert = matches!(class.as_str(), "BertTokenizer" | "BertTokenizerFast");
+    let specials = named_specials(&config, dir, special_defaults(&class))?;
     match class.as_str() {
         "LlamaTokenizer" | "LlamaTokenizerFast" => {
-            defaults = &[
-                ("unk_token", "<unk>"),
-                ("bos_token", "<s>"),
-                ("eos_token", "</s>"),
-            ];
             let add_prefix_space = flag("add_prefix_space")?.unwrap_or(true);
             let legacy = flag("legacy")?.unwrap_or(false);
             let scheme = match (add_prefix_space, legacy) {
@@ -196,11 +215,6 @@ pub fn rebuild(mut tok: Tokenizer, dir: &Path) -> Result<(Tokenizer, Option<Stri
             tok.with_decoder(Some(DecoderSequence::new(decoders)));
         }
         "GPT2Tokenizer" | "GPT2TokenizerFast" => {
-            defaults = &[
-                ("unk_token", "<|endoftext|>"),
-                ("bos_token", "<|endoftext|>"),
-                ("eos_token", "<|endoftext|>"),
-            ];
             let add_prefix_space = flag("add_prefix_space")?.unwrap_or(false);
             let mut bpe = bpe_of(&tok, &class)?;
             bpe.unk_token = None;
@@ -213,16 +227,8 @@ pub fn rebuild(mut tok: Tokenizer, dir: &Path) -> Result<(Tokenizer, Option<Stri
             tok.with_pre_tokenizer(Some(ByteLevel::new(add_prefix_space, true, true)));
             tok.with_decoder(Some(ByteLevel::default()));
         }
-        "BertTokenizer" | "BertTokenizerFast" => {
-            defaults = &[
-                ("unk_token", "[UNK]"),
-                ("sep_token", "[SEP]"),
-                ("pad_token", "[PAD]"),
-                ("cls_token", "[CLS]"),
-                ("mask_token", "[MASK]"),
-            ];
+        _ if bert => {
             // The file's vocabulary in a WordPiece model of the class's settings.
-            let specials = named_specials(&config, dir, defaults)?;
             let unk = specials
                 .iter()
                 .find(|(k, _)| k == "unk_token")
@@ -244,13 +250,11 @@ pub fn rebuild(mut tok: Tokenizer, dir: &Path) -> Result<(Tokenizer, Option<Stri
             )));
             tok.with_pre_tokenizer(Some(BertPreTokenizer));
             tok.with_decoder(Some(WordPieceDecoder::default()));
-            bert_template = true;
         }
         other => return Err(format!("internal: no rules for `{other}`")),
     }
-    let specials = named_specials(&config, dir, defaults)?;
     added_tokens(&mut tok, &config, &specials)?;
-    if bert_template {
+    if bert {
         // The class's `[CLS] $A [SEP]`, whatever the file's post-processor says.
         let id = |key: &str, fallback: u32| {
             specials
