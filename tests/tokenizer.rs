@@ -138,7 +138,7 @@ fn tokenizer_semantics_transformers_names_a_class_it_cannot_rebuild() {
     std::fs::copy(&src, tmp.path().join("tokenizer.json")).unwrap();
     std::fs::write(
         tmp.path().join("tokenizer_config.json"),
-        r#"{"tokenizer_class": "T5Tokenizer"}"#,
+        r#"{"tokenizer_class": "GemmaTokenizer"}"#,
     )
     .unwrap();
     let path = tmp.path().join("tokenizer.json");
@@ -146,7 +146,7 @@ fn tokenizer_semantics_transformers_names_a_class_it_cannot_rebuild() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("T5Tokenizer") && e.contains("tokenizer_semantics: tokenizers"),
+        e.contains("GemmaTokenizer") && e.contains("tokenizer_semantics: tokenizers"),
         "{e}"
     );
     assert!(Tokenizer::load(&path, TokenizerSemantics::Tokenizers).is_ok());
@@ -278,6 +278,13 @@ fn tokenizer_semantics_transformers_takes_the_class_of_the_model_type() {
         |dir: &Path| Tokenizer::load(dir.join("tokenizer.json"), TokenizerSemantics::Transformers);
     for (model_type, config, class, ids) in [
         ("gpt2", None, Some("GPT2Tokenizer"), vec![198, 198, 33]),
+        // Qwen2's folders are not trusted to name their class.
+        (
+            "qwen2",
+            Some(r#"{"tokenizer_class": "GPT2Tokenizer"}"#),
+            Some("Qwen2Tokenizer"),
+            vec![1116, 33],
+        ),
         ("llama", None, None, vec![1116, 33]),
         (
             "llama",
@@ -295,14 +302,48 @@ fn tokenizer_semantics_transformers_takes_the_class_of_the_model_type() {
             "{model_type} {config:?}"
         );
     }
+    // Mistral registers the generic backend, which overrules a LlamaTokenizer the folder names
+    // (stories260K's Metaspace file, which LlamaTokenizer would rebuild: `[1, 270, 417]`).
+    let stories = require_shared!("models/stories260K/tokenizer.json");
+    for (model_type, class, ids) in [
+        ("mistral", None, [1, 410, 270, 417].as_slice()),
+        ("llama", Some("LlamaTokenizer"), &[1, 270, 417]),
+    ] {
+        let dir = folder(model_type, Some(r#"{"tokenizer_class": "LlamaTokenizer"}"#));
+        std::fs::copy(&stories, dir.path().join("tokenizer.json")).unwrap();
+        let t = load(dir.path()).unwrap();
+        assert_eq!(t.class(), class, "{model_type}");
+        assert_eq!(t.encode(" hi", true).unwrap(), ids, "{model_type}");
+    }
     let dir = folder("t5", Some("{}"));
     let e = load(dir.path()).unwrap_err().to_string();
     assert!(
-        e.contains("model_type `t5`")
-            && e.contains("T5Tokenizer")
+        e.contains("T5Tokenizer")
+            && e.contains("Unigram")
             && e.contains("tokenizer_semantics: tokenizers"),
         "{e}"
     );
+}
+
+/// A folder of a fixture variant: `tokenizer` as its tokenizer.json, a config.json of the
+/// variant's `model_type`, and its `tokenizer_config` unless null. Returns the tokenizer's path.
+fn variant_folder(tokenizer: &str, v: &Value) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("tokenizer.json");
+    std::fs::write(&path, tokenizer).unwrap();
+    std::fs::write(
+        tmp.path().join("config.json"),
+        serde_json::json!({"model_type": v["model_type"]}).to_string(),
+    )
+    .unwrap();
+    if !v["tokenizer_config"].is_null() {
+        std::fs::write(
+            tmp.path().join("tokenizer_config.json"),
+            v["tokenizer_config"].to_string(),
+        )
+        .unwrap();
+    }
+    (tmp, path)
 }
 
 /// `BertTokenizer` as transformers 5 rebuilds it: a lowercasing WordPiece file under configs that
@@ -322,26 +363,8 @@ fn bert_tokenizer_is_rebuilt_from_its_config_as_transformers_5_does() {
     assert_eq!(variants.len(), 6);
     for v in variants {
         let name = v["name"].as_str().unwrap();
-        let tmp = tempfile::tempdir().unwrap();
-        std::fs::copy(
-            here.join("bert/tokenizer.json"),
-            tmp.path().join("tokenizer.json"),
-        )
-        .unwrap();
-        let model_type = v["model_type"].as_str().unwrap();
-        std::fs::write(
-            tmp.path().join("config.json"),
-            format!(r#"{{"model_type": "{model_type}"}}"#),
-        )
-        .unwrap();
-        if !v["tokenizer_config"].is_null() {
-            std::fs::write(
-                tmp.path().join("tokenizer_config.json"),
-                v["tokenizer_config"].to_string(),
-            )
-            .unwrap();
-        }
-        let path = tmp.path().join("tokenizer.json");
+        let file = std::fs::read_to_string(here.join("bert/tokenizer.json")).unwrap();
+        let (_tmp, path) = variant_folder(&file, v);
         let t = Tokenizer::load(&path, TokenizerSemantics::Transformers).unwrap();
         assert_eq!(t.class(), v["class"].as_str(), "{name}");
         let want: Vec<Vec<u32>> = serde_json::from_value(v["ids"].clone()).unwrap();
@@ -353,6 +376,64 @@ fn bert_tokenizer_is_rebuilt_from_its_config_as_transformers_5_does() {
                 plain[i],
                 "{name}: {text:?}"
             );
+        }
+    }
+}
+
+/// `RobertaTokenizer`, `AlbertTokenizer`, `T5Tokenizer` and `Qwen2Tokenizer` as transformers 5
+/// rebuilds them, on small files shaped like the published ones (byte-level BPE; SentencePiece
+/// Unigram with a precompiled normalization map) under configs and patched files that change
+/// what the classes rebuild; against the ids and decoded texts (special tokens skipped)
+/// `tests/fixtures/tokenizer/make_classes.py` had transformers give, and the tokenizers library's
+/// ids for each file as written.
+#[test]
+fn roberta_albert_t5_and_qwen2_tokenizers_are_rebuilt_as_transformers_5_does() {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer");
+    let fx: Value =
+        serde_json::from_str(&std::fs::read_to_string(here.join("classes_ids.json")).unwrap())
+            .unwrap();
+    let texts: Vec<String> = serde_json::from_value(fx["texts"].clone()).unwrap();
+    let variants = fx["variants"].as_array().unwrap();
+    assert_eq!(variants.len(), 18);
+    for v in variants {
+        let name = v["name"].as_str().unwrap();
+        let family = v["file"].as_str().unwrap();
+        let mut texts = texts.clone();
+        texts.push(fx["masked"][family].as_str().unwrap().to_string());
+        let mut file: Value = serde_json::from_str(
+            &std::fs::read_to_string(here.join(format!("classes/{family}.json"))).unwrap(),
+        )
+        .unwrap();
+        for (key, value) in v["patch"].as_object().unwrap() {
+            file[key] = value.clone();
+        }
+        let (_tmp, path) = variant_folder(&file.to_string(), v);
+        let t = Tokenizer::load(&path, TokenizerSemantics::Transformers).unwrap();
+        assert_eq!(
+            t.class().map(|c| c.trim_end_matches("Fast")),
+            v["class"].as_str(),
+            "{name}"
+        );
+        let want: Vec<Vec<u32>> = serde_json::from_value(v["ids"].clone()).unwrap();
+        let decoded: Vec<String> = serde_json::from_value(v["decoded"].clone()).unwrap();
+        for ((text, want), back) in texts.iter().zip(&want).zip(&decoded) {
+            assert_eq!(&t.encode(text, true).unwrap(), want, "{name}: {text:?}");
+            assert_eq!(
+                &t.decode_skip_special(want).unwrap(),
+                back,
+                "{name}: {text:?}"
+            );
+        }
+        if v["patch"].as_object().unwrap().is_empty() {
+            let plain: Vec<Vec<u32>> = serde_json::from_value(fx["files"][family].clone()).unwrap();
+            let as_written = Tokenizer::load(&path, TokenizerSemantics::Tokenizers).unwrap();
+            for (text, want) in texts.iter().zip(&plain) {
+                assert_eq!(
+                    &as_written.encode(text, true).unwrap(),
+                    want,
+                    "{name} as written: {text:?}"
+                );
+            }
         }
     }
 }

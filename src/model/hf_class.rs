@@ -1,32 +1,43 @@
 //! A `tokenizer.json` rebuilt as transformers 5 rebuilds it.
 //!
-//! transformers 5's `AutoTokenizer` does not apply `tokenizer.json` as written when
-//! `tokenizer_config.json` names a class with a constructor of its own: it keeps the file's
-//! vocabulary, merges, added tokens and post-processor, and takes the normalizer, pre-tokenizer
-//! and decoder from the class. The rules here follow transformers 5.x
-//! (`models/llama/tokenization_llama.py`, `models/gpt2/tokenization_gpt2.py`,
-//! `tokenization_utils_tokenizers.py`):
-//! - the class is `tokenizer_config.json`'s `tokenizer_class`; without one (or without the
-//!   file), the class transformers registers for `config.json`'s `model_type` (GPT-2 and OPT:
-//!   `GPT2Tokenizer`; BERT and DistilBERT: `BertTokenizer`; RoBERTa, ALBERT, T5 and Qwen2 their
-//!   own), and for LLaMA, Mistral or an unknown type the file as written;
+//! transformers 5's `AutoTokenizer` does not apply `tokenizer.json` as written when the class it
+//! picks has a constructor of its own: it keeps the file's vocabulary, merges (or Unigram scores
+//! and SentencePiece normalization map) and added tokens, and takes the normalizer,
+//! pre-tokenizer, decoder and sometimes the post-processor from the class. The rules here follow
+//! transformers 5.25 (`models/auto/tokenization_auto.py`, `tokenization_utils_tokenizers.py` and
+//! each class's `tokenization_*.py`):
+//! - the class: the one the folder names (`tokenizer_config.json`'s `tokenizer_class`, else
+//!   `config.json`'s); for a Qwen2 model the registered `Qwen2Tokenizer` whatever the folder
+//!   names, for a Mistral model the file as written; with no class named, the one registered
+//!   for `config.json`'s `model_type` (GPT-2 and OPT: `GPT2Tokenizer`; BERT and DistilBERT:
+//!   `BertTokenizer`; RoBERTa, ALBERT, T5 and Qwen2 their own; LLaMA: the file as written);
 //! - `PreTrainedTokenizerFast` / `TokenizersBackend`, or `LlamaTokenizer(Fast)` over a
 //!   `tokenizer.json` that is byte-level (transformers' `"ByteLevel"` test on the file): the file
 //!   as written;
-//! - `LlamaTokenizer(Fast)`: no normalizer; a `Metaspace("▁")` pre-tokenizer that prepends `▁`
-//!   only where the text does not already start with one (`always` with `legacy: true`, `first`
+//! - `LlamaTokenizer`: no normalizer; a `Metaspace("▁")` pre-tokenizer that prepends `▁` only
+//!   where the text does not already start with one (`always` with `legacy: true`, `first`
 //!   otherwise, `never` with `add_prefix_space: false`); the BPE without an unknown token;
-//! - `GPT2Tokenizer(Fast)`: no normalizer and a lone `ByteLevel` pre-tokenizer (a file's
-//!   `Digits` split goes), `add_prefix_space` from the config (false);
-//! - `BertTokenizer(Fast)`: the file's vocabulary as a WordPiece model with the config's
-//!   `unk_token`; a `BertNormalizer` from `do_lower_case` (true), `strip_accents` (unset: strip
-//!   when lowercasing) and `tokenize_chinese_chars` (true); `BertPreTokenizer`; a WordPiece
-//!   decoder; and the post-processor `cls $A sep` (pair `cls $A sep $B:1 sep:1`) of the config's
-//!   `cls_token` and `sep_token`, whatever the file's;
-//! - the post-processor is rebuilt from `bos_token` / `eos_token` when the config sets
-//!   `add_bos_token` or `add_eos_token`; the added tokens are the config's
-//!   `added_tokens_decoder` if it has one, else the file's; named special tokens missing from
-//!   them are added.
+//! - `GPT2Tokenizer`, `RobertaTokenizer`: no normalizer and a lone `ByteLevel` pre-tokenizer (a
+//!   file's `Digits` split goes), `add_prefix_space` from the config (false); RoBERTa's
+//!   post-processor is always `RobertaProcessing` of the config's `cls_token` and `sep_token`;
+//! - `Qwen2Tokenizer`: NFC, then Qwen2's split pattern and a `ByteLevel` without its own
+//!   pattern;
+//! - `BertTokenizer`: the file's vocabulary as a WordPiece model with the config's `unk_token`;
+//!   a `BertNormalizer` from `do_lower_case` (true), `strip_accents` (unset: strip when
+//!   lowercasing) and `tokenize_chinese_chars` (true); `BertPreTokenizer`; a WordPiece decoder;
+//!   and always the post-processor `cls $A sep` (pair `cls $A sep $B:1 sep:1`);
+//! - `AlbertTokenizer`: the Unigram with unknown id 1; the normalizers ``` `` ``` and `''` → `"`,
+//!   NFKD and accent stripping unless `keep_accents`, lowercasing with `do_lower_case` (true),
+//!   then the file's precompiled map; whitespace split and `Metaspace` (`always`, or `never`
+//!   with `add_prefix_space: false`); the file's post-processor, else `[CLS] $A [SEP]`;
+//! - `T5Tokenizer`: the Unigram with unknown id 2; only the file's precompiled map as
+//!   normalizer; whitespace split and `Metaspace` (`always`); always `$A </s>`; the sentinels
+//!   `<extra_id_0>`… (`extra_ids`, 100, or the config's `additional_special_tokens`) added as
+//!   special tokens where missing;
+//! - every class: the post-processor is the file's unless the class sets its own (above);
+//!   `add_bos_token` / `add_eos_token` are ignored, as transformers 5 drops them whenever there is
+//!   a `tokenizer.json`; the added tokens are the config's `added_tokens_decoder` if it has one,
+//!   else the file's; named special tokens missing from them are added.
 
 use std::path::Path;
 
@@ -37,16 +48,24 @@ use tokenizers::decoders::sequence::Sequence as DecoderSequence;
 use tokenizers::decoders::strip::Strip;
 use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
 use tokenizers::models::bpe::BPE;
+use tokenizers::models::unigram::Unigram;
 use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::normalizers::bert::BertNormalizer;
 use tokenizers::normalizers::replace::Replace;
+use tokenizers::normalizers::strip::StripAccents;
+use tokenizers::normalizers::unicode::{NFC, NFKD};
+use tokenizers::normalizers::utils::{Lowercase, Sequence as NormalizerSequence};
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
+use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizerSequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::pre_tokenizers::whitespace::WhitespaceSplit;
+use tokenizers::processors::roberta::RobertaProcessing;
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{
     AddedToken, AddedVocabulary, DecoderWrapper, Model, ModelWrapper, NormalizerWrapper,
-    PostProcessorWrapper, Tokenizer,
+    PostProcessorWrapper, SplitDelimiterBehavior, Tokenizer,
 };
 
 /// Beside `tokenizer.json`: the class and its settings.
@@ -68,92 +87,179 @@ const NAMED_SPECIAL: [&str; 7] = [
 
 /// Classes transformers 5 loads `tokenizer.json` as written for.
 const AS_WRITTEN: [&str; 2] = ["PreTrainedTokenizerFast", "TokenizersBackend"];
-/// The classes transformers 5 registers for the model types whittle loads, used when
-/// `tokenizer_config.json` names none (`llama` and `mistral` register none: the file as written).
-const BY_MODEL_TYPE: [(&str, &str); 8] = [
-    ("gpt2", "GPT2Tokenizer"),
-    ("opt", "GPT2Tokenizer"),
-    ("qwen2", "Qwen2Tokenizer"),
-    ("t5", "T5Tokenizer"),
-    ("bert", "BertTokenizer"),
-    ("distilbert", "BertTokenizer"),
-    ("roberta", "RobertaTokenizer"),
-    ("albert", "AlbertTokenizer"),
+
+/// What transformers 5 registers for a model type: a class of its own, or its generic backend.
+#[derive(Clone, Copy)]
+enum Registered {
+    Class(&'static str),
+    Backend,
+}
+
+/// transformers 5's registrations for the model types whittle loads (`llama` registers nothing).
+const REGISTERED: [(&str, Registered); 9] = [
+    ("gpt2", Registered::Class("GPT2Tokenizer")),
+    ("opt", Registered::Class("GPT2Tokenizer")),
+    ("qwen2", Registered::Class("Qwen2Tokenizer")),
+    ("t5", Registered::Class("T5Tokenizer")),
+    ("bert", Registered::Class("BertTokenizer")),
+    ("distilbert", Registered::Class("BertTokenizer")),
+    ("roberta", Registered::Class("RobertaTokenizer")),
+    ("albert", Registered::Class("AlbertTokenizer")),
+    ("mistral", Registered::Backend),
 ];
 
-/// Classes whose rebuilding rules are implemented here.
-const REBUILT: [&str; 6] = [
-    "LlamaTokenizer",
-    "LlamaTokenizerFast",
-    "GPT2Tokenizer",
-    "GPT2TokenizerFast",
-    "BertTokenizer",
-    "BertTokenizerFast",
-];
+/// Model types whose folders transformers 5 holds to name a wrong class: it takes the registered
+/// one whatever the folder names (`MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS`).
+const HUB_CLASS_IGNORED: [&str; 1] = ["qwen2"];
+
+/// The classes whose transformers 5 rules are implemented here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Class {
+    Llama,
+    Gpt2,
+    Bert,
+    Roberta,
+    Albert,
+    T5,
+    Qwen2,
+}
+
+impl Class {
+    /// `XTokenizerFast` is an alias of `XTokenizer` in transformers 5.
+    fn from_name(name: &str) -> Option<Class> {
+        Some(match name.trim_end_matches("Fast") {
+            "LlamaTokenizer" => Class::Llama,
+            "GPT2Tokenizer" => Class::Gpt2,
+            "BertTokenizer" => Class::Bert,
+            "RobertaTokenizer" => Class::Roberta,
+            "AlbertTokenizer" => Class::Albert,
+            "T5Tokenizer" => Class::T5,
+            "Qwen2Tokenizer" => Class::Qwen2,
+            _ => return None,
+        })
+    }
+
+    /// The class's defaults for the named special tokens the files leave out.
+    fn special_defaults(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Class::Llama => &[
+                ("unk_token", "<unk>"),
+                ("bos_token", "<s>"),
+                ("eos_token", "</s>"),
+            ],
+            Class::Gpt2 => &[
+                ("unk_token", "<|endoftext|>"),
+                ("bos_token", "<|endoftext|>"),
+                ("eos_token", "<|endoftext|>"),
+            ],
+            Class::Bert => &[
+                ("unk_token", "[UNK]"),
+                ("sep_token", "[SEP]"),
+                ("pad_token", "[PAD]"),
+                ("cls_token", "[CLS]"),
+                ("mask_token", "[MASK]"),
+            ],
+            Class::Roberta => &[
+                ("bos_token", "<s>"),
+                ("eos_token", "</s>"),
+                ("sep_token", "</s>"),
+                ("cls_token", "<s>"),
+                ("unk_token", "<unk>"),
+                ("pad_token", "<pad>"),
+                ("mask_token", "<mask>"),
+            ],
+            Class::Albert => &[
+                ("bos_token", "[CLS]"),
+                ("eos_token", "[SEP]"),
+                ("unk_token", "<unk>"),
+                ("sep_token", "[SEP]"),
+                ("pad_token", "<pad>"),
+                ("cls_token", "[CLS]"),
+                ("mask_token", "[MASK]"),
+            ],
+            Class::T5 => &[
+                ("eos_token", "</s>"),
+                ("unk_token", "<unk>"),
+                ("pad_token", "<pad>"),
+            ],
+            Class::Qwen2 => &[
+                ("unk_token", "<|endoftext|>"),
+                ("eos_token", "<|endoftext|>"),
+                ("pad_token", "<|endoftext|>"),
+            ],
+        }
+    }
+}
 
 /// The class transformers 5 would rebuild the tokenizer in `dir` as (`None`: the file as
 /// written); an error when its rules are not implemented. Reads `tokenizer_config.json`, and
 /// `config.json` (for its `model_type`) or `tokenizer.json` (is it byte-level?) when they decide.
 pub fn check(dir: &Path) -> Result<Option<String>, String> {
     let config = read_object(&dir.join(CONFIG_FILE))?.unwrap_or_default();
-    class_of(&config, dir)
+    Ok(class_of(&config, dir)?.map(|(name, _)| name))
 }
 
-fn class_of(config: &Map<String, Value>, dir: &Path) -> Result<Option<String>, String> {
-    let (class, from) = match config.get("tokenizer_class") {
-        None | Some(Value::Null) => {
-            let model = read_object(&dir.join("config.json"))?.unwrap_or_default();
-            let model_type = model.get("model_type").and_then(Value::as_str);
-            match BY_MODEL_TYPE.iter().find(|(t, _)| Some(*t) == model_type) {
-                Some((t, c)) => (*c, format!("config.json's model_type `{t}` registers")),
-                None => return Ok(None),
-            }
+/// The class `AutoTokenizer.from_pretrained` of transformers 5.25 picks, by its own steps: the
+/// class the folder names (`tokenizer_config.json`'s `tokenizer_class`, else `config.json`'s),
+/// overruled by the one registered for `config.json`'s `model_type` where they differ and that
+/// type is one whose folders it distrusts, or by the generic backend where the type registers
+/// that; with no class named, the registered one.
+fn class_of(config: &Map<String, Value>, dir: &Path) -> Result<Option<(String, Class)>, String> {
+    let model = read_object(&dir.join("config.json"))?.unwrap_or_default();
+    let model_type = model.get("model_type").and_then(Value::as_str);
+    let registered = REGISTERED
+        .iter()
+        .find(|(t, _)| Some(*t) == model_type)
+        .map(|(_, r)| *r);
+    let named = match (config.get("tokenizer_class"), model.get("tokenizer_class")) {
+        (Some(Value::String(c)), _) => Some((c.as_str(), format!("{CONFIG_FILE} names"))),
+        (None | Some(Value::Null), Some(Value::String(c))) => {
+            Some((c.as_str(), "config.json names".to_string()))
         }
-        Some(Value::String(c)) => (c.as_str(), format!("{CONFIG_FILE} names")),
-        Some(other) => {
+        (None | Some(Value::Null), None | Some(Value::Null)) => None,
+        (Some(other), _) | (_, Some(other)) => {
             return Err(format!(
-                "{CONFIG_FILE}: `tokenizer_class` must be a string, found {other}"
+                "`tokenizer_class` must be a string, found {other} ({CONFIG_FILE} or config.json)"
             ))
         }
     };
-    if AS_WRITTEN.contains(&class) {
+    let type_registers = || {
+        format!(
+            "config.json's model_type `{}` registers",
+            model_type.unwrap_or_default()
+        )
+    };
+    let distrusted = model_type.is_some_and(|t| HUB_CLASS_IGNORED.contains(&t));
+    let (name, from) = match (named, registered) {
+        (Some((c, _)), _)
+            if c.trim_end_matches("Fast") == "LlamaTokenizer"
+                && !distrusted
+                && byte_level(dir)? =>
+        {
+            // transformers loads a byte-level file declared as LlamaTokenizer as written.
+            return Ok(None);
+        }
+        (Some((c, from)), Some(r)) => match r {
+            Registered::Class(r) if r == c.trim_end_matches("Fast") => (c, from),
+            Registered::Class(r) if distrusted => (r, type_registers()),
+            Registered::Class(_) => (c, from),
+            Registered::Backend => return Ok(None),
+        },
+        (Some((c, from)), None) => (c, from),
+        (None, Some(Registered::Class(r))) => (r, type_registers()),
+        (None, Some(Registered::Backend) | None) => return Ok(None),
+    };
+    if AS_WRITTEN.contains(&name) {
         return Ok(None);
     }
-    if class.trim_end_matches("Fast") == "LlamaTokenizer" && byte_level(dir)? {
-        // transformers loads a byte-level file declared as LlamaTokenizer as written.
-        return Ok(None);
-    }
-    if REBUILT.contains(&class) {
-        return Ok(Some(class.to_string()));
-    }
-    Err(format!(
-        "{from} `{class}`, whose transformers 5 rules are not implemented (known: \
-         LlamaTokenizer, GPT2Tokenizer, BertTokenizer, PreTrainedTokenizerFast); use \
-         `tokenizer_semantics: tokenizers`"
-    ))
-}
-
-/// The class's defaults for the named special tokens the files leave out.
-fn special_defaults(class: &str) -> &'static [(&'static str, &'static str)] {
-    match class.trim_end_matches("Fast") {
-        "LlamaTokenizer" => &[
-            ("unk_token", "<unk>"),
-            ("bos_token", "<s>"),
-            ("eos_token", "</s>"),
-        ],
-        "BertTokenizer" => &[
-            ("unk_token", "[UNK]"),
-            ("sep_token", "[SEP]"),
-            ("pad_token", "[PAD]"),
-            ("cls_token", "[CLS]"),
-            ("mask_token", "[MASK]"),
-        ],
-        // GPT2Tokenizer
-        _ => &[
-            ("unk_token", "<|endoftext|>"),
-            ("bos_token", "<|endoftext|>"),
-            ("eos_token", "<|endoftext|>"),
-        ],
+    match Class::from_name(name) {
+        Some(class) => Ok(Some((name.to_string(), class))),
+        None => Err(format!(
+            "{from} `{name}`, whose transformers 5 rules are not implemented (known: \
+             LlamaTokenizer, GPT2Tokenizer, BertTokenizer, RobertaTokenizer, AlbertTokenizer, \
+             T5Tokenizer, Qwen2Tokenizer, PreTrainedTokenizerFast); use \
+             `tokenizer_semantics: tokenizers`"
+        )),
     }
 }
 
@@ -166,35 +272,47 @@ fn byte_level(dir: &Path) -> Result<bool, String> {
     }
 }
 
+/// Qwen2Tokenizer's pre-tokenizing pattern.
+const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
 /// `tok` (loaded from `dir/tokenizer.json`) as transformers 5 rebuilds it; also returns the class
 /// whose rules applied (`None`: the file as written). Errors are messages about the files in
 /// `dir`.
 pub fn rebuild(mut tok: Tokenizer, dir: &Path) -> Result<(Tokenizer, Option<String>), String> {
     let config = read_object(&dir.join(CONFIG_FILE))?.unwrap_or_default();
-    let Some(class) = class_of(&config, dir)? else {
+    let Some((name, class)) = class_of(&config, dir)? else {
         return Ok((tok, None));
     };
-    let flag = |key: &str| -> Result<Option<bool>, String> {
+    let flag = |key: &str, default: bool| -> Result<bool, String> {
         match config.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Bool(b)) => Ok(Some(*b)),
+            None | Some(Value::Null) => Ok(default),
+            Some(Value::Bool(b)) => Ok(*b),
             Some(other) => Err(format!(
                 "{CONFIG_FILE}: `{key}` must be true or false, found {other}"
             )),
         }
     };
-    let bert = matches!(class.as_str(), "BertTokenizer" | "BertTokenizerFast");
-    let specials = named_specials(&config, dir, special_defaults(&class))?;
-    match class.as_str() {
-        "LlamaTokenizer" | "LlamaTokenizerFast" => {
-            let add_prefix_space = flag("add_prefix_space")?.unwrap_or(true);
-            let legacy = flag("legacy")?.unwrap_or(false);
-            let scheme = match (add_prefix_space, legacy) {
+    let specials = named_specials(&config, dir, class.special_defaults())?;
+    let charsmap = precompiled(&tok)?;
+    let file_post = tok.get_post_processor().cloned();
+    let metaspace = |always: bool| {
+        let scheme = if always {
+            PrependScheme::Always
+        } else {
+            PrependScheme::Never
+        };
+        Metaspace::new('▁', scheme, true)
+    };
+    let mut sentinels = Vec::new();
+    match class {
+        Class::Llama => {
+            let add_prefix_space = flag("add_prefix_space", true)?;
+            let scheme = match (add_prefix_space, flag("legacy", false)?) {
                 (false, _) => PrependScheme::Never,
                 (true, true) => PrependScheme::Always,
                 (true, false) => PrependScheme::First,
             };
-            let mut bpe = bpe_of(&tok, &class)?;
+            let mut bpe = bpe_of(&tok, &name)?;
             bpe.unk_token = None;
             bpe.fuse_unk = true;
             bpe.byte_fallback = true;
@@ -203,9 +321,7 @@ pub fn rebuild(mut tok: Tokenizer, dir: &Path) -> Result<(Tokenizer, Option<Stri
             tok.with_normalizer(None::<NormalizerWrapper>);
             tok.with_pre_tokenizer(Some(Metaspace::new('▁', scheme, false)));
             let mut decoders: Vec<DecoderWrapper> = vec![
-                Replace::new("▁", " ")
-                    .map_err(|e| format!("internal: {e}"))?
-                    .into(),
+                replace("▁", " ")?.into(),
                 ByteFallback::new().into(),
                 Fuse::new().into(),
             ];
@@ -214,20 +330,32 @@ pub fn rebuild(mut tok: Tokenizer, dir: &Path) -> Result<(Tokenizer, Option<Stri
             }
             tok.with_decoder(Some(DecoderSequence::new(decoders)));
         }
-        "GPT2Tokenizer" | "GPT2TokenizerFast" => {
-            let add_prefix_space = flag("add_prefix_space")?.unwrap_or(false);
-            let mut bpe = bpe_of(&tok, &class)?;
-            bpe.unk_token = None;
-            bpe.continuing_subword_prefix = Some(String::new());
-            bpe.end_of_word_suffix = Some(String::new());
-            bpe.fuse_unk = false;
-            bpe.dropout = None;
-            tok.with_model(bpe);
+        Class::Gpt2 | Class::Roberta => {
+            let model = byte_level_bpe(&tok, &name)?;
+            tok.with_model(model);
             tok.with_normalizer(None::<NormalizerWrapper>);
+            let add_prefix_space = flag("add_prefix_space", false)?;
             tok.with_pre_tokenizer(Some(ByteLevel::new(add_prefix_space, true, true)));
             tok.with_decoder(Some(ByteLevel::default()));
         }
-        _ if bert => {
+        Class::Qwen2 => {
+            let model = byte_level_bpe(&tok, &name)?;
+            tok.with_model(model);
+            tok.with_normalizer(Some(NFC));
+            let split = Split::new(
+                SplitPattern::Regex(QWEN2_PATTERN.into()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(|e| format!("internal: {e}"))?;
+            let add_prefix_space = flag("add_prefix_space", false)?;
+            tok.with_pre_tokenizer(Some(PreTokenizerSequence::new(vec![
+                split.into(),
+                ByteLevel::new(add_prefix_space, true, false).into(),
+            ])));
+            tok.with_decoder(Some(ByteLevel::default()));
+        }
+        Class::Bert => {
             // The file's vocabulary in a WordPiece model of the class's settings.
             let unk = specials
                 .iter()
@@ -242,55 +370,207 @@ pub fn rebuild(mut tok: Tokenizer, dir: &Path) -> Result<(Tokenizer, Option<Stri
             }))
             .map_err(|e| format!("internal: {e}"))?;
             tok.with_model(wordpiece);
+            let strip_accents = match config.get("strip_accents") {
+                None | Some(Value::Null) => None,
+                Some(_) => Some(flag("strip_accents", false)?),
+            };
             tok.with_normalizer(Some(BertNormalizer::new(
                 true,
-                flag("tokenize_chinese_chars")?.unwrap_or(true),
-                flag("strip_accents")?,
-                flag("do_lower_case")?.unwrap_or(true),
+                flag("tokenize_chinese_chars", true)?,
+                strip_accents,
+                flag("do_lower_case", true)?,
             )));
             tok.with_pre_tokenizer(Some(BertPreTokenizer));
             tok.with_decoder(Some(WordPieceDecoder::default()));
         }
-        other => return Err(format!("internal: no rules for `{other}`")),
+        Class::Albert => {
+            let model = unigram_of(&tok, &name, 1)?;
+            tok.with_model(model);
+            let mut normalizers: Vec<NormalizerWrapper> =
+                vec![replace("``", "\"")?.into(), replace("''", "\"")?.into()];
+            if !flag("keep_accents", false)? {
+                normalizers.push(NFKD.into());
+                normalizers.push(StripAccents.into());
+            }
+            if flag("do_lower_case", true)? {
+                normalizers.push(Lowercase.into());
+            }
+            normalizers.extend(charsmap);
+            tok.with_normalizer(Some(NormalizerSequence::new(normalizers)));
+            let add_prefix_space = flag("add_prefix_space", true)?;
+            tok.with_pre_tokenizer(Some(PreTokenizerSequence::new(vec![
+                WhitespaceSplit.into(),
+                metaspace(add_prefix_space).into(),
+            ])));
+            tok.with_decoder(Some(metaspace(add_prefix_space)));
+        }
+        Class::T5 => {
+            let model = unigram_of(&tok, &name, 2)?;
+            tok.with_model(model);
+            tok.with_normalizer(charsmap);
+            tok.with_pre_tokenizer(Some(PreTokenizerSequence::new(vec![
+                WhitespaceSplit.into(),
+                metaspace(true).into(),
+            ])));
+            tok.with_decoder(Some(metaspace(true)));
+            sentinels = t5_sentinels(&config)?;
+        }
     }
-    added_tokens(&mut tok, &config, &specials)?;
-    if bert {
-        // The class's `[CLS] $A [SEP]`, whatever the file's post-processor says.
-        let id = |key: &str, fallback: u32| {
-            specials
-                .iter()
-                .find(|(k, _)| k == key)
-                .map(|(_, t)| {
-                    (
-                        t.content.clone(),
-                        tok.token_to_id(&t.content).unwrap_or(fallback),
-                    )
-                })
-                .ok_or_else(|| format!("internal: no `{key}`"))
-        };
-        let (cls, sep) = (id("cls_token", 2)?, id("sep_token", 3)?);
-        let t = TemplateProcessing::builder()
-            .try_single(format!("{}:0 $A:0 {}:0", cls.0, sep.0))
-            .and_then(|b| b.try_pair(format!("{0}:0 $A:0 {1}:0 $B:1 {1}:1", cls.0, sep.0)))
-            .map_err(|e| format!("internal: {e}"))?
-            .special_tokens(vec![cls, sep])
-            .build()
-            .map_err(|e| format!("internal: {e}"))?;
-        tok.with_post_processor(Some(t));
-        return Ok((tok, Some(class)));
+    added_tokens(&mut tok, &config, &specials, &sentinels)?;
+    let id = |key: &str| -> Result<u32, String> {
+        let (_, t) = specials
+            .iter()
+            .find(|(k, _)| k == key)
+            .ok_or_else(|| format!("{CONFIG_FILE} names no `{key}`, which `{name}` needs"))?;
+        tok.token_to_id(&t.content).ok_or_else(|| {
+            format!(
+                "`{key}` `{}` is not in the vocabulary, and `{name}` needs it",
+                t.content
+            )
+        })
+    };
+    let content = |key: &str| {
+        specials
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, t)| t.content.clone())
+            .unwrap_or_default()
+    };
+    // The post-processor: the file's unless the class sets its own after loading it (transformers
+    // 5 drops `add_bos_token` / `add_eos_token` whenever there is a tokenizer.json).
+    let post: Option<PostProcessorWrapper> = match class {
+        Class::Llama | Class::Gpt2 | Class::Qwen2 => file_post,
+        Class::Bert => {
+            let (cls, sep) = (content("cls_token"), content("sep_token"));
+            Some(template(
+                &format!("{cls}:0 $A:0 {sep}:0"),
+                &format!("{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1"),
+                vec![(cls, id("cls_token")?), (sep, id("sep_token")?)],
+            )?)
+        }
+        Class::Roberta => Some(
+            RobertaProcessing::new(
+                (content("sep_token"), id("sep_token")?),
+                (content("cls_token"), id("cls_token")?),
+            )
+            .trim_offsets(flag("trim_offsets", true)?)
+            .add_prefix_space(flag("add_prefix_space", false)?)
+            .into(),
+        ),
+        // The class writes `[CLS]` and `[SEP]` by name, with the ids of its cls and sep tokens.
+        Class::Albert => match file_post {
+            Some(p) => Some(p),
+            None => Some(template(
+                "[CLS]:0 $A:0 [SEP]:0",
+                "[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+                vec![
+                    ("[CLS]".into(), id("cls_token")?),
+                    ("[SEP]".into(), id("sep_token")?),
+                ],
+            )?),
+        },
+        // Likewise `</s>`, with the id of its eos token.
+        Class::T5 => Some(template(
+            "$A:0 </s>:0",
+            "$A:0 </s>:0 $B:0 </s>:0",
+            vec![("</s>".into(), id("eos_token")?)],
+        )?),
+    };
+    tok.with_post_processor(post);
+    Ok((tok, Some(name)))
+}
+
+/// The BPE of GPT2Tokenizer, RobertaTokenizer and Qwen2Tokenizer: the file's vocabulary and
+/// merges, no unknown token, no prefix or suffix, no byte fallback.
+fn byte_level_bpe(tok: &Tokenizer, class: &str) -> Result<BPE, String> {
+    let mut bpe = bpe_of(tok, class)?;
+    bpe.unk_token = None;
+    bpe.continuing_subword_prefix = Some(String::new());
+    bpe.end_of_word_suffix = Some(String::new());
+    bpe.fuse_unk = false;
+    bpe.byte_fallback = false;
+    bpe.dropout = None;
+    Ok(bpe)
+}
+
+/// The file's Unigram vocabulary and scores, with the class's fixed unknown id.
+fn unigram_of(tok: &Tokenizer, class: &str, unk_id: usize) -> Result<Unigram, String> {
+    let ModelWrapper::Unigram(u) = tok.get_model() else {
+        return Err(format!(
+            "the class is `{class}`, which transformers 5 builds as a Unigram model, but \
+             tokenizer.json holds another kind; use `tokenizer_semantics: tokenizers`"
+        ));
+    };
+    let vocab: Vec<(String, f64)> = u.iter().cloned().collect();
+    Unigram::from(vocab, Some(unk_id), false)
+        .map_err(|e| format!("the class is `{class}`, whose unknown token is id {unk_id}: {e}"))
+}
+
+/// The file's SentencePiece normalization map (a `Precompiled` normalizer, alone or in a
+/// sequence), which the SentencePiece classes keep.
+fn precompiled(tok: &Tokenizer) -> Result<Option<NormalizerWrapper>, String> {
+    let Some(n) = tok.get_normalizer() else {
+        return Ok(None);
+    };
+    let v = serde_json::to_value(n).map_err(|e| format!("internal: {e}"))?;
+    let list = match v.get("type").and_then(Value::as_str) {
+        Some("Sequence") => v["normalizers"].as_array().cloned().unwrap_or_default(),
+        _ => vec![v],
+    };
+    list.into_iter()
+        .find(|n| n["type"] == "Precompiled" && n.get("precompiled_charsmap").is_some())
+        .map(|n| serde_json::from_value(n).map_err(|e| format!("internal: {e}")))
+        .transpose()
+}
+
+/// T5Tokenizer's sentinels: the config's `additional_special_tokens` (with `<extra_id_0>`…
+/// appended when it lists none), else `extra_ids` (100) of them.
+fn t5_sentinels(config: &Map<String, Value>) -> Result<Vec<AddedToken>, String> {
+    let extra_ids = match config.get("extra_ids") {
+        None | Some(Value::Null) => 100,
+        Some(v) => v
+            .as_u64()
+            .ok_or_else(|| format!("{CONFIG_FILE}: `extra_ids` must be a count, found {v}"))?,
+    };
+    let numbered = (0..extra_ids).map(|i| AddedToken::from(format!("<extra_id_{i}>"), true));
+    let Some(listed) = config.get("additional_special_tokens") else {
+        return Ok(numbered.collect());
+    };
+    let mut listed: Vec<AddedToken> = listed
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|v| added_token(v, true))
+                .collect::<Option<Vec<_>>>()
+        })
+        .unwrap_or_default()
+        .ok_or_else(|| {
+            format!("{CONFIG_FILE}: `additional_special_tokens` must be a list of tokens")
+        })?;
+    let sentinels = listed
+        .iter()
+        .filter(|t| t.content.contains("<extra_id_"))
+        .count();
+    if sentinels == 0 {
+        listed.extend(numbered);
+    } else if extra_ids > 0 && extra_ids != sentinels as u64 {
+        return Err(format!(
+            "{CONFIG_FILE}: `extra_ids` is {extra_ids} but `additional_special_tokens` lists \
+             {sentinels} `<extra_id_…>` tokens; transformers refuses this folder too"
+        ));
     }
-    if flag("add_bos_token")?.is_some() || flag("add_eos_token")?.is_some() {
-        let bos = flag("add_bos_token")?
-            .unwrap_or(false)
-            .then(|| special(&specials, "bos_token", &tok))
-            .transpose()?;
-        let eos = flag("add_eos_token")?
-            .unwrap_or(false)
-            .then(|| special(&specials, "eos_token", &tok))
-            .transpose()?;
-        tok.with_post_processor(Some(template(bos, eos)?));
-    }
-    Ok((tok, Some(class)))
+    Ok(listed
+        .into_iter()
+        .map(|t| AddedToken {
+            special: true,
+            normalized: false,
+            ..t
+        })
+        .collect())
+}
+
+fn replace(pattern: &str, content: &str) -> Result<Replace, String> {
+    Replace::new(pattern, content).map_err(|e| format!("internal: {e}"))
 }
 
 fn read_object(path: &Path) -> Result<Option<Map<String, Value>>, String> {
@@ -311,7 +591,7 @@ fn bpe_of(tok: &Tokenizer, class: &str) -> Result<BPE, String> {
     match tok.get_model() {
         ModelWrapper::BPE(b) => Ok(b.clone()),
         _ => Err(format!(
-            "{CONFIG_FILE} names `{class}`, which transformers 5 builds as a BPE model, but \
+            "the class is `{class}`, which transformers 5 builds as a BPE model, but \
              tokenizer.json holds another kind; use `tokenizer_semantics: tokenizers`"
         )),
     }
@@ -364,29 +644,13 @@ fn named_specials(
         .collect())
 }
 
-fn special(
-    specials: &[(String, AddedToken)],
-    key: &str,
-    tok: &Tokenizer,
-) -> Result<(String, u32), String> {
-    let (_, t) = specials
-        .iter()
-        .find(|(k, _)| k == key)
-        .ok_or_else(|| format!("{CONFIG_FILE} asks for `add_{key}` but names no `{key}`"))?;
-    let id = tok.token_to_id(&t.content).ok_or_else(|| {
-        format!(
-            "{CONFIG_FILE}: `{key}` `{}` is not in the vocabulary",
-            t.content
-        )
-    })?;
-    Ok((t.content.clone(), id))
-}
-
-/// The added tokens, in id order, rebuilt against the new normalizer.
+/// The added tokens, in id order, rebuilt against the new normalizer: the config's or the
+/// file's, then the named special tokens and the class's `extra` ones that are not among them.
 fn added_tokens(
     tok: &mut Tokenizer,
     config: &Map<String, Value>,
     specials: &[(String, AddedToken)],
+    extra: &[AddedToken],
 ) -> Result<(), String> {
     let mut tokens: Vec<(u32, AddedToken)> = match config.get("added_tokens_decoder") {
         Some(Value::Object(m)) => m
@@ -410,7 +674,7 @@ fn added_tokens(
     };
     tokens.sort_by_key(|(id, _)| *id);
     let mut list: Vec<AddedToken> = tokens.into_iter().map(|(_, t)| t).collect();
-    for (_, t) in specials {
+    for t in specials.iter().map(|(_, t)| t).chain(extra) {
         if !list.iter().any(|x| x.content == t.content) {
             list.push(AddedToken {
                 normalized: false,
@@ -423,30 +687,15 @@ fn added_tokens(
     Ok(())
 }
 
-/// transformers' `update_post_processor`: `bos $A eos` with the flags given.
+/// A `TemplateProcessing` of `single` and `pair` (the tokenizers library's template syntax).
 fn template(
-    bos: Option<(String, u32)>,
-    eos: Option<(String, u32)>,
+    single: &str,
+    pair: &str,
+    specials: Vec<(String, u32)>,
 ) -> Result<PostProcessorWrapper, String> {
-    let part =
-        |t: &Option<(String, u32)>, type_id: u32| t.as_ref().map(|(s, _)| format!("{s}:{type_id}"));
-    let single: Vec<String> = [part(&bos, 0), Some("$A:0".into()), part(&eos, 0)]
-        .into_iter()
-        .flatten()
-        .collect();
-    let pair: Vec<String> = single
-        .iter()
-        .cloned()
-        .chain(
-            [part(&bos, 1), Some("$B:1".into()), part(&eos, 1)]
-                .into_iter()
-                .flatten(),
-        )
-        .collect();
-    let specials: Vec<(String, u32)> = [bos, eos].into_iter().flatten().collect();
     let t = TemplateProcessing::builder()
-        .try_single(single.join(" "))
-        .and_then(|b| b.try_pair(pair.join(" ")))
+        .try_single(single)
+        .and_then(|b| b.try_pair(pair))
         .map_err(|e| format!("internal: {e}"))?
         .special_tokens(specials)
         .build()

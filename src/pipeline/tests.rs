@@ -1230,7 +1230,7 @@ fn tokenizer_semantics_transformers_on_a_class_it_cannot_rebuild_is_a_pipeline_e
     std::fs::write(m.join("model.safetensors"), "").expect("write");
     std::fs::write(
         m.join("tokenizer_config.json"),
-        r#"{"tokenizer_class": "T5Tokenizer"}"#,
+        r#"{"tokenizer_class": "GemmaTokenizer"}"#,
     )
     .expect("write");
     let path = dir.path().join("p.yaml");
@@ -1244,7 +1244,7 @@ fn tokenizer_semantics_transformers_on_a_class_it_cannot_rebuild_is_a_pipeline_e
         (5, "stages.hf.tokenizer_semantics")
     );
     assert!(
-        x.message.contains("T5Tokenizer") && x.message.contains("tokenizer_config.json"),
+        x.message.contains("GemmaTokenizer") && x.message.contains("tokenizer_config.json"),
         "{x}"
     );
 }
