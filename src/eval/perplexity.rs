@@ -85,6 +85,10 @@ pub fn nll_sum(logits: &Tensor, targets: &Tensor) -> candle_core::Result<f64> {
 
 /// Per-position −log p(target): `logits` \[b, t, vocab\], `targets` \[b, t\] → \[b\]\[t\] in f32.
 pub fn token_nlls(logits: &Tensor, targets: &Tensor) -> candle_core::Result<Vec<Vec<f32>>> {
+    let (b, t) = targets.dims2()?;
+    if let Some(flat) = crate::model::target_nlls(logits, &targets.flatten_all()?.to_vec1()?)? {
+        return Ok(flat.chunks(t.max(1)).take(b).map(<[f32]>::to_vec).collect());
+    }
     let logp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
     let picked = logp.gather(&targets.unsqueeze(D::Minus1)?, D::Minus1)?;
     picked.squeeze(D::Minus1)?.neg()?.to_vec2::<f32>()

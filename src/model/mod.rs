@@ -34,6 +34,7 @@ mod decoder;
 mod encoder;
 mod error;
 pub mod family;
+mod fused;
 mod generate;
 mod hf_class;
 mod hidden;
@@ -56,6 +57,7 @@ pub use error::{ModelError, Result};
 pub use family::{
     as_linear, as_stored, is_conv1d, tensor_or_tied, Architecture, LinearLayer, ModuleGroup,
 };
+pub(crate) use fused::target_nlls;
 pub use generate::{greedy, greedy_seq2seq_until, greedy_until, Decoded, Finish};
 pub use hf_class::check as check_transformers_class;
 pub use hidden::{HiddenStates, Note, SpillPolicy, Spilling};

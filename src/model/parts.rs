@@ -527,18 +527,29 @@ pub(crate) fn causal_attention(
     let q = q.to_dtype(acc)?.reshape((b, nkv, groups * s, hd))?;
     let k = k.to_dtype(acc)?;
     let v = v.to_dtype(acc)?.contiguous()?;
-    let scores = (q.matmul(&k.t()?)? / divisor)?;
-    let scores = scores.reshape((b, nkv, groups, s, kv_len))?;
-    let scores = match causal_mask(s, kv_len, window, q.device())? {
-        Some(mask) => scores.broadcast_add(&mask.to_dtype(acc)?)?,
-        None => scores,
+    let raw = q.matmul(&k.t()?)?;
+    // Inference on the CPU: scaling, mask and softmax in one pass, with the chain's numbers.
+    let fused = match raw.track_op() {
+        true => None,
+        false => super::fused::causal_softmax(&raw, divisor, s, window)?,
     };
-    // The fused softmax kernel has no backward: when gradients flow (training), the same
-    // function from differentiable ops. Inference keeps the kernel, and its numerics.
-    let probs = if scores.track_op() {
-        softmax_last_dim_differentiable(&scores)?
-    } else {
-        candle_nn::ops::softmax_last_dim(&scores)?
+    let probs = match fused {
+        Some(p) => p,
+        None => {
+            let scores = (raw / divisor)?.reshape((b, nkv, groups, s, kv_len))?;
+            let scores = match causal_mask(s, kv_len, window, q.device())? {
+                Some(mask) => scores.broadcast_add(&mask.to_dtype(acc)?)?,
+                None => scores,
+            };
+            // The fused softmax kernel has no backward: when gradients flow (training), the
+            // same function from differentiable ops. Inference keeps the kernel, and its
+            // numerics.
+            if scores.track_op() {
+                softmax_last_dim_differentiable(&scores)?
+            } else {
+                candle_nn::ops::softmax_last_dim(&scores)?
+            }
+        }
     };
     let out = probs.reshape((b, nkv, groups * s, kv_len))?.matmul(&v)?;
     Ok(out.reshape((b, nh, s, hd))?.to_dtype(dtype)?)
