@@ -17,6 +17,10 @@ use crate::stages::{StageCtx, StageError, StageOutput};
 pub const STATS_FILE: &str = "stats.safetensors";
 /// The sampled token windows, so that other stages (and other tools) can use exactly these.
 pub const TOKENS_FILE: &str = "tokens.safetensors";
+/// Written by a windows-only calibration with `accumulation: reference`: the sequential method
+/// that reads it accumulates its statistics that way, so the entry's content must differ from
+/// an `exact` one's, or a prune keyed on it would be served the other's result.
+const ACCUMULATION_FILE: &str = "accumulation.txt";
 /// Windows per forward pass. Fixed: the f32 partial sums depend (slightly) on it.
 pub const CALIBRATION_BATCH: usize = 8;
 
@@ -159,6 +163,13 @@ pub(super) fn run(ctx: &StageCtx, spec: &CalibrateSpec) -> Result<StageOutput, S
         out.insert(xtx_name(*layer, *group, acc), t.to_device(&Device::Cpu)?);
     }
     crate::stages::write_tensors(&out, &ctx.out_path(STATS_FILE))?;
+    // Statistics already name their accumulation; windows alone do not (the exact one writes
+    // nothing, so that existing entries keep their content).
+    if spec.statistics.is_empty() && acc != Accumulation::Exact {
+        let path = ctx.out_path(ACCUMULATION_FILE);
+        std::fs::write(&path, format!("{}\n", acc.as_str()))
+            .map_err(StageError::io(format!("writing {}", path.display())))?;
+    }
     let flat: Vec<u32> = windows.iter().flatten().copied().collect();
     let tokens = Tensor::from_vec(flat, (windows.len(), spec.seqlen), &Device::Cpu)?;
     crate::stages::write_tensors(
