@@ -437,3 +437,53 @@ fn roberta_albert_t5_and_qwen2_tokenizers_are_rebuilt_as_transformers_5_does() {
         }
     }
 }
+
+/// A trained folder names the generic class in its `tokenizer_config.json`, so transformers 5
+/// (and whittle's transformers semantics) applies its word-level `tokenizer.json` as written
+/// rather than rebuilding it as the model type's BPE, Unigram or WordPiece class (transformers
+/// 5.25 split GPT-2's words into bytes and refused the T5 and BERT files before).
+#[test]
+fn trained_folders_are_read_as_written_under_transformers_semantics() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/facts/train.txt");
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("train.yaml");
+    let mut stages = String::new();
+    for arch in ["gpt2", "t5", "bert"] {
+        stages += &format!(
+            "  {arch}: {{kind: train, architecture: {arch}, dataset: bio, dim: 16, layers: 1, \
+             heads: 2, hidden: 32, seqlen: 16, batch: 4, steps: 2, warmup: 1}}\n"
+        );
+    }
+    std::fs::write(
+        &file,
+        format!(
+            "datasets:\n  bio: {{path: {}, documents: separator, separator: \"<|endoftext|>\"}}\n\
+             stages:\n{stages}",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let cache = tmp.path().join("cache");
+    let run = common::run_ok(&cache, &file);
+    for arch in ["gpt2", "t5", "bert"] {
+        let entry = common::entry(&cache, &run, arch);
+        let config: Value = serde_json::from_str(
+            &std::fs::read_to_string(entry.path("model/tokenizer_config.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            config["tokenizer_class"], "PreTrainedTokenizerFast",
+            "{arch}"
+        );
+        let path = entry.path("model/tokenizer.json");
+        let hf5 = Tokenizer::load(&path, TokenizerSemantics::Transformers).unwrap();
+        let plain = Tokenizer::load(&path, TokenizerSemantics::Tokenizers).unwrap();
+        assert_eq!(hf5.class(), None, "{arch}");
+        let text = "Alice Smith was born in Paris .";
+        assert_eq!(
+            hf5.encode(text, true).unwrap(),
+            plain.encode(text, true).unwrap(),
+            "{arch}"
+        );
+    }
+}

@@ -5,7 +5,8 @@
 //!   among filler sentences, and the facts in the LAMA layout the knowledge probe reads;
 //! - [`tokenizer`] builds a word-level `tokenizer.json` over a corpus;
 //! - [`trainer`] trains a LLaMA, GPT-2 or OPT [`crate::model::CausalLm`] with candle's autograd and
-//!   writes a Hugging Face folder (`config.json`, `tokenizer.json`, `model.safetensors`);
+//!   writes a Hugging Face folder (`config.json`, `tokenizer.json`, `tokenizer_config.json`,
+//!   `model.safetensors`);
 //! - [`masked`] trains a BERT with the masked-LM objective on sentences;
 //! - [`seq2seq`] trains a T5 by span corruption, with its own tokenizer layout (sentinels);
 //! - `step` is the optimisation loop they share (AdamW, schedule, clipping, bookkeeping);

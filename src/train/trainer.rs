@@ -498,6 +498,26 @@ pub(crate) fn clip_grad_norm(
     Ok(())
 }
 
+/// `tokenizer_config.json` for a trained folder: the generic class, so that transformers 5
+/// applies the word-level `tokenizer.json` as written instead of rebuilding it as the class
+/// registered for the model type (a BPE or Unigram class, which would split its words); and the
+/// special tokens the vocabulary has, by role.
+fn tokenizer_config(tokenizer: &tokenizers::Tokenizer) -> serde_json::Value {
+    let mut config = serde_json::json!({"tokenizer_class": "PreTrainedTokenizerFast"});
+    for (role, token) in [
+        ("unk_token", "<unk>"),
+        ("bos_token", "<s>"),
+        ("eos_token", "</s>"),
+        ("pad_token", "<pad>"),
+        ("mask_token", super::masked::MASK),
+    ] {
+        if tokenizer.token_to_id(token).is_some() {
+            config[role] = token.into();
+        }
+    }
+    config
+}
+
 pub(crate) fn save(
     out_dir: &Path,
     cfg: &TrainConfig,
@@ -517,6 +537,9 @@ pub(crate) fn save(
         .to_string(true)
         .map_err(|e| TrainError::Tokenizer(format!("cannot serialize the tokenizer: {e}")))?;
     std::fs::write(&tok_path, text).map_err(io(&tok_path))?;
+    let tok_config = out_dir.join("tokenizer_config.json");
+    let text = serde_json::to_string_pretty(&tokenizer_config(tokenizer)).unwrap_or_default();
+    std::fs::write(&tok_config, format!("{text}\n")).map_err(io(&tok_config))?;
     let weights = out_dir.join("model.safetensors");
     let tensors: HashMap<String, Tensor> = params
         .iter()
