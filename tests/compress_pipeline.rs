@@ -194,40 +194,6 @@ stages:
     assert!(stored < dense_b / 4.0, "gptq stored {stored} of {dense_b}");
 }
 
-/// A windows-only calibration holds the same tokens either way; the sequential method that reads
-/// it sums as the calibration says, so the two prunes must be two entries, not one served twice.
-#[test]
-fn windows_only_calibrations_that_differ_in_accumulation_key_different_prunes() {
-    let shared = require_shared!("");
-    let tmp = tempfile::tempdir().unwrap();
-    let file = write(
-        tmp.path(),
-        "windows.yaml",
-        &shared,
-        r#"
-sweep:
-  grid:
-    acc: [exact, reference]
-stages:
-  base: {kind: load, model: stories}
-  calib: {kind: calibrate, model: base, dataset: stories, samples: 8, seqlen: 64, statistics: [], accumulation: "${acc}"}
-  wanda: {kind: prune, model: base, method: wanda, sparsity: 0.5, calibration: calib}
-"#,
-    );
-    let cache = tmp.path().join("cache");
-    let r = run_ok(&cache, &file);
-    let e = |i: &str| common::entry(&cache, &r, i);
-    let (exact, reference) = (e("calib[acc=exact]"), e("calib[acc=reference]"));
-    assert_ne!(exact.content(), reference.content());
-    assert!(!exact.path("accumulation.txt").exists());
-    assert_eq!(
-        std::fs::read_to_string(reference.path("accumulation.txt")).unwrap(),
-        "reference\n"
-    );
-    let key = |i: &str| e(i).manifest().key;
-    assert_ne!(key("wanda[acc=exact]"), key("wanda[acc=reference]"));
-}
-
 #[test]
 fn reference_accumulation_reaches_every_calibrated_method() {
     let shared = require_shared!("");
@@ -243,7 +209,9 @@ sweep:
 stages:
   base: {kind: load, model: stories}
   calib: {kind: calibrate, model: base, dataset: stories, samples: 20, seqlen: 64, statistics: [norms, hessian], accumulation: "${acc}"}
+  windows: {kind: calibrate, model: base, dataset: stories, samples: 8, seqlen: 64, statistics: [], accumulation: "${acc}"}
   wanda-seq: {kind: prune, model: base, method: wanda, sparsity: 0.5, calibration: calib}
+  wanda-windows: {kind: prune, model: base, method: wanda, sparsity: 0.5, calibration: windows}
   wanda-dense: {kind: prune, model: base, method: wanda, sparsity: 0.5, calibration: calib, calibration_mode: dense}
   sgpt-seq: {kind: prune, model: base, method: sparsegpt, sparsity: 0.5, calibration: calib}
   gptq: {kind: quantize, model: base, method: gptq, bits: 4, group_size: 32, calibration: calib}
@@ -266,6 +234,21 @@ stages:
     assert!(stats.contains_key("layers.0.q_proj.scaler_row"));
     assert!(stats.contains_key("layers.0.attn_in.hessian"));
     assert!(!stats.keys().any(|k| k.ends_with("_sum")));
+    // Windows alone hold the same tokens either way; the sequential prune reading them sums as
+    // the calibration says, so its two entries must differ, not one be served twice.
+    let e = |i: &str| common::entry(&cache, &r, i);
+    let (exact, reference) = (e("windows[acc=exact]"), e("windows[acc=reference]"));
+    assert_ne!(exact.content(), reference.content());
+    assert!(!exact.path("accumulation.txt").exists());
+    assert_eq!(
+        std::fs::read_to_string(reference.path("accumulation.txt")).unwrap(),
+        "reference\n"
+    );
+    let key = |i: &str| e(i).manifest().key;
+    assert_ne!(
+        key("wanda-windows[acc=exact]"),
+        key("wanda-windows[acc=reference]")
+    );
     // Both modes prune as asked; the numbers differ by f32 rounding only.
     let digest = |i: &str| entry_meta(&cache, &r, i)["weights"].clone();
     for m in ["wanda-seq", "wanda-dense", "sgpt-seq"] {
