@@ -325,6 +325,13 @@ fn tokenizer_semantics_transformers_takes_the_class_of_the_model_type() {
     );
 }
 
+/// The folder of the class fixtures, and the ids file `name` there.
+fn class_fixture(name: &str) -> (PathBuf, Value) {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer");
+    let fx = serde_json::from_str(&std::fs::read_to_string(here.join(name)).unwrap()).unwrap();
+    (here, fx)
+}
+
 /// A folder of a fixture variant: `tokenizer` as its tokenizer.json, a config.json of the
 /// variant's `model_type`, and its `tokenizer_config` unless null. Returns the tokenizer's path.
 fn variant_folder(tokenizer: &str, v: &Value) -> (tempfile::TempDir, PathBuf) {
@@ -353,10 +360,7 @@ fn variant_folder(tokenizer: &str, v: &Value) -> (tempfile::TempDir, PathBuf) {
 /// config.
 #[test]
 fn bert_tokenizer_is_rebuilt_from_its_config_as_transformers_5_does() {
-    let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer");
-    let fx: Value =
-        serde_json::from_str(&std::fs::read_to_string(here.join("bert_ids.json")).unwrap())
-            .unwrap();
+    let (here, fx) = class_fixture("bert_ids.json");
     let texts: Vec<String> = serde_json::from_value(fx["texts"].clone()).unwrap();
     let plain: Vec<Vec<u32>> = serde_json::from_value(fx["tokenizers_ids"].clone()).unwrap();
     let variants = fx["variants"].as_array().unwrap();
@@ -388,10 +392,7 @@ fn bert_tokenizer_is_rebuilt_from_its_config_as_transformers_5_does() {
 /// ids for each file as written.
 #[test]
 fn roberta_albert_t5_and_qwen2_tokenizers_are_rebuilt_as_transformers_5_does() {
-    let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer");
-    let fx: Value =
-        serde_json::from_str(&std::fs::read_to_string(here.join("classes_ids.json")).unwrap())
-            .unwrap();
+    let (here, fx) = class_fixture("classes_ids.json");
     let texts: Vec<String> = serde_json::from_value(fx["texts"].clone()).unwrap();
     let variants = fx["variants"].as_array().unwrap();
     assert_eq!(variants.len(), 18);

@@ -10,9 +10,15 @@
 use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 
-/// The contiguous f32 data of a CPU tensor, or `None` when it is elsewhere or of another dtype.
+/// The contiguous f32 data of a CPU tensor, or `None` where a kernel here does not apply: another
+/// device or dtype, a tensor that gradients flow through (the kernels have no backward), or a CPU
+/// whose candle sums in an order [`row_sum`] does not redo.
 fn cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<Option<R>> {
-    if !t.device().is_cpu() || t.dtype() != DType::F32 || row_sum(&[]).is_none() {
+    if !t.device().is_cpu()
+        || t.dtype() != DType::F32
+        || t.track_op()
+        || !cfg!(target_arch = "x86_64")
+    {
         return Ok(None);
     }
     let t = t.contiguous()?;
@@ -28,13 +34,10 @@ fn cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<Op
 
 /// Σ of a row as candle's f32 `vec_reduce_sum` adds it up on x86-64 (its AVX2 path: four
 /// 8-lane accumulators over blocks of 32, a fixed reduction tree, then the tail one by one; else
-/// one by one), re-done here in safe code; `None` where candle sums another way.
-fn row_sum(row: &[f32]) -> Option<f32> {
-    if !cfg!(target_arch = "x86_64") {
-        return None;
-    }
+/// one by one), re-done here in safe code.
+fn row_sum(row: &[f32]) -> f32 {
     if !avx2() {
-        return Some(row.iter().fold(0f32, |s, &x| s + x));
+        return row.iter().fold(0f32, |s, &x| s + x);
     }
     let blocks = row.len() / 32 * 32;
     let mut acc = [[0f32; 8]; 4];
@@ -52,7 +55,7 @@ fn row_sum(row: &[f32]) -> Option<f32> {
     for &x in &row[blocks..] {
         sum += x;
     }
-    Some(sum)
+    sum
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -100,7 +103,7 @@ pub(crate) fn causal_softmax(
                     *d = (scaled(x) - max).exp();
                 }
                 // Masked entries are exp(−∞) = 0, already there.
-                let sum = row_sum(dst).unwrap_or(f32::NAN);
+                let sum = row_sum(dst);
                 for d in dst.iter_mut() {
                     *d /= sum;
                 }
@@ -137,7 +140,7 @@ pub(crate) fn target_nlls(
                     for (e, &x) in exps.iter_mut().zip(row) {
                         *e = (x - max).exp();
                     }
-                    let log_sum = row_sum(exps).unwrap_or(f32::NAN).ln();
+                    let log_sum = row_sum(exps).ln();
                     *nll = -((row[t as usize] - max) - log_sum);
                 },
             );

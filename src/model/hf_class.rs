@@ -417,45 +417,38 @@ pub fn rebuild(mut tok: Tokenizer, dir: &Path) -> Result<(Tokenizer, Option<Stri
         }
     }
     added_tokens(&mut tok, &config, &specials, &sentinels)?;
-    let id = |key: &str| -> Result<u32, String> {
+    // A named special token and its id, for the post-processors the classes build.
+    let special = |key: &str| -> Result<(String, u32), String> {
         let (_, t) = specials
             .iter()
             .find(|(k, _)| k == key)
             .ok_or_else(|| format!("{CONFIG_FILE} names no `{key}`, which `{name}` needs"))?;
-        tok.token_to_id(&t.content).ok_or_else(|| {
+        let id = tok.token_to_id(&t.content).ok_or_else(|| {
             format!(
                 "`{key}` `{}` is not in the vocabulary, and `{name}` needs it",
                 t.content
             )
-        })
+        })?;
+        Ok((t.content.clone(), id))
     };
-    let content = |key: &str| {
-        specials
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, t)| t.content.clone())
-            .unwrap_or_default()
-    };
+    let id = |key: &str| special(key).map(|(_, id)| id);
     // The post-processor: the file's unless the class sets its own after loading it (transformers
     // 5 drops `add_bos_token` / `add_eos_token` whenever there is a tokenizer.json).
     let post: Option<PostProcessorWrapper> = match class {
         Class::Llama | Class::Gpt2 | Class::Qwen2 => file_post,
         Class::Bert => {
-            let (cls, sep) = (content("cls_token"), content("sep_token"));
+            let (cls, sep) = (special("cls_token")?, special("sep_token")?);
             Some(template(
-                &format!("{cls}:0 $A:0 {sep}:0"),
-                &format!("{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1"),
-                vec![(cls, id("cls_token")?), (sep, id("sep_token")?)],
+                &format!("{0}:0 $A:0 {1}:0", cls.0, sep.0),
+                &format!("{0}:0 $A:0 {1}:0 $B:1 {1}:1", cls.0, sep.0),
+                vec![cls, sep],
             )?)
         }
         Class::Roberta => Some(
-            RobertaProcessing::new(
-                (content("sep_token"), id("sep_token")?),
-                (content("cls_token"), id("cls_token")?),
-            )
-            .trim_offsets(flag("trim_offsets", true)?)
-            .add_prefix_space(flag("add_prefix_space", false)?)
-            .into(),
+            RobertaProcessing::new(special("sep_token")?, special("cls_token")?)
+                .trim_offsets(flag("trim_offsets", true)?)
+                .add_prefix_space(flag("add_prefix_space", false)?)
+                .into(),
         ),
         // The class writes `[CLS]` and `[SEP]` by name, with the ids of its cls and sep tokens.
         Class::Albert => match file_post {

@@ -205,11 +205,7 @@ impl Llama {
         let normed = rms_norm(&x, &block.post_norm, self.cfg.rms_norm_eps)?;
         let gate = apply(Proj::Gate, &normed)?;
         let up = apply(Proj::Up, &normed)?;
-        let act = match gate.track_op() || up.track_op() {
-            false => super::fused::silu_mul(&gate, &up)?,
-            true => None,
-        };
-        let act = match act {
+        let act = match super::fused::silu_mul(&gate, &up)? {
             Some(a) => a,
             None => (candle_nn::ops::silu(&gate)? * up)?,
         };

@@ -529,11 +529,7 @@ pub(crate) fn causal_attention(
     let v = v.to_dtype(acc)?.contiguous()?;
     let raw = q.matmul(&k.t()?)?;
     // Inference on the CPU: scaling, mask and softmax in one pass, with the chain's numbers.
-    let fused = match raw.track_op() {
-        true => None,
-        false => super::fused::causal_softmax(&raw, divisor, s, window)?,
-    };
-    let probs = match fused {
+    let probs = match super::fused::causal_softmax(&raw, divisor, s, window)? {
         Some(p) => p,
         None => {
             let scores = (raw / divisor)?.reshape((b, nkv, groups, s, kv_len))?;

@@ -504,11 +504,12 @@ pub(crate) fn clip_grad_norm(
 /// special tokens the vocabulary has, by role.
 fn tokenizer_config(tokenizer: &tokenizers::Tokenizer) -> serde_json::Value {
     let mut config = serde_json::json!({"tokenizer_class": "PreTrainedTokenizerFast"});
+    use super::tokenizer::{BOS, EOS, UNK};
     for (role, token) in [
-        ("unk_token", "<unk>"),
-        ("bos_token", "<s>"),
-        ("eos_token", "</s>"),
-        ("pad_token", "<pad>"),
+        ("unk_token", UNK),
+        ("bos_token", BOS),
+        ("eos_token", EOS),
+        ("pad_token", super::seq2seq::PAD),
         ("mask_token", super::masked::MASK),
     ] {
         if tokenizer.token_to_id(token).is_some() {
