@@ -33,6 +33,7 @@ pub mod wanda;
 
 pub use error::CompressError;
 pub use hessian::HessianOpts;
+pub(crate) use hessian::FACTORIZATION;
 pub use mask::Mask;
 pub use matrix::Matrix;
 pub use rtn::{Grouping, QuantConfig, QuantParams, QuantizedMatrix};

@@ -179,9 +179,9 @@ fn prune_row_block(
         loss += f64::from((w - q) * (w - q) / (d * d));
         let err = (w - q) / d;
         if err != 0.0 {
-            let h = hinv.row(i1 + i, i1, i2);
-            for j in i + 1..count {
-                w1[j] -= err * h[j];
+            let h = hinv.row(i1 + i, i1 + i + 1, i2);
+            for (v, hv) in w1[i + 1..].iter_mut().zip(h) {
+                *v -= err * hv;
             }
         }
         row[i1 + i] = q;

@@ -66,23 +66,81 @@ pub fn tensor_digest(t: &Tensor) -> Result<Digest> {
     for &d in t.dims() {
         h.update(&(d as u64).to_le_bytes());
     }
-    let flat = t.flatten_all()?;
-    // `write_bytes` emits little-endian values in logical (row-major) order, whatever the layout.
-    let mut bytes = Vec::with_capacity(t.elem_count() * t.dtype().size_in_bytes());
-    flat.write_bytes(&mut bytes)?;
-    if bytes.len() > 1 << 20 {
-        h.update_rayon(&bytes);
-    } else {
-        h.write_all(&bytes)
-            .expect("hashing into memory cannot fail");
+    let hash = |h: &mut blake3::Hasher, bytes: &[u8]| {
+        if bytes.len() > 1 << 20 {
+            h.update_rayon(bytes);
+        } else {
+            h.write_all(bytes).expect("hashing into memory cannot fail");
+        }
+    };
+    if with_le_bytes(t, |bytes| hash(&mut h, bytes)).is_none() {
+        // `write_bytes` emits little-endian values in logical (row-major) order, whatever the
+        // layout.
+        let mut bytes = Vec::with_capacity(t.elem_count() * t.dtype().size_in_bytes());
+        t.flatten_all()?.write_bytes(&mut bytes)?;
+        hash(&mut h, &bytes);
     }
     Ok(h.finalize().into())
+}
+
+/// Calls `f` on the little-endian bytes of a contiguous tensor in memory, in row-major order,
+/// without copying them; `None` where they are not at hand (another device or layout, a
+/// big-endian host, a dtype without a plain byte view).
+fn with_le_bytes<R>(t: &Tensor, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+    use candle_core::{CpuStorage, Storage};
+    if cfg!(target_endian = "big") {
+        return None;
+    }
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        return None;
+    };
+    let (a, b) = layout.contiguous_offsets()?;
+    let bytes: &[u8] = match cpu {
+        CpuStorage::F32(v) => bytemuck::cast_slice(&v[a..b]),
+        CpuStorage::F64(v) => bytemuck::cast_slice(&v[a..b]),
+        CpuStorage::BF16(v) => bytemuck::cast_slice(&v[a..b]),
+        CpuStorage::F16(v) => bytemuck::cast_slice(&v[a..b]),
+        CpuStorage::U8(v) => &v[a..b],
+        CpuStorage::U32(v) => bytemuck::cast_slice(&v[a..b]),
+        CpuStorage::I64(v) => bytemuck::cast_slice(&v[a..b]),
+        _ => return None,
+    };
+    Some(f(bytes))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::family::{Architecture, LLAMA};
+
+    #[test]
+    fn digest_of_bytes_in_place_equals_digest_of_written_bytes() {
+        // The transposed view of a transposed copy holds the same values in a layout that is not
+        // contiguous, so its digest goes through `write_bytes`.
+        let t = Tensor::arange(0f32, 12.0, &Device::Cpu)
+            .unwrap()
+            .reshape((3, 4))
+            .unwrap();
+        for dtype in [
+            DType::F32,
+            DType::BF16,
+            DType::F16,
+            DType::F64,
+            DType::U8,
+            DType::I64,
+        ] {
+            let t = t.to_dtype(dtype).unwrap();
+            let strided = t.t().unwrap().contiguous().unwrap().t().unwrap();
+            assert!(!strided.is_contiguous());
+            assert!(with_le_bytes(&t, |_| ()).is_some(), "{dtype:?}");
+            assert_eq!(
+                tensor_digest(&t).unwrap(),
+                tensor_digest(&strided).unwrap(),
+                "{dtype:?}"
+            );
+        }
+    }
 
     #[test]
     fn gguf_names_follow_llama_cpp() {

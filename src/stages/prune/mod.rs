@@ -171,7 +171,8 @@ impl CacheKey for PruneSpec {
             } => {
                 key.put("calibration_mode", mode.as_str())
                     .put("percdamp", *percdamp)
-                    .put("blocksize", *blocksize);
+                    .put("blocksize", *blocksize)
+                    .put("factorization", crate::compress::FACTORIZATION);
             }
         }
         if self.pattern == Pattern::Rows && !key.has("count") {

@@ -80,7 +80,8 @@ impl CacheKey for QuantizeSpec {
                 key.put("act_order", *act_order)
                     .put("percdamp", *percdamp)
                     .put("blocksize", *blocksize)
-                    .put("calibration_mode", *mode);
+                    .put("calibration_mode", *mode)
+                    .put("factorization", crate::compress::FACTORIZATION);
             }
             QuantMethod::DynamicInt8 => {}
         }
