@@ -309,32 +309,6 @@ mod tests {
         (0..n * n).map(|k| inv[(k % n) * n + k / n]).collect()
     }
 
-    #[test]
-    fn upper_factor_of_inverse_matches_three_step_route() {
-        let n = 7;
-        // A = B Bᵀ + I with a fixed pseudo-random B.
-        let b: Vec<f64> = (0..n * n)
-            .map(|k| ((k * 37 + 11) % 17) as f64 / 8.0 - 1.0)
-            .collect();
-        let h: Vec<f32> = (0..n * n)
-            .map(|k| {
-                let (i, j) = (k / n, k % n);
-                let s: f64 = (0..n).map(|t| b[i * n + t] * b[j * n + t]).sum();
-                (s + if i == j { 1.0 } else { 0.0 }) as f32
-            })
-            .collect();
-        let hm = Matrix::new(n, n, h.clone()).unwrap();
-        let opts = HessianOpts {
-            blocksize: 128,
-            percdamp: 0.0,
-        };
-        let p = prepare(&hm, n, &opts, None).unwrap();
-        let want = three_step(&h.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(), n);
-        for (k, (got, want)) in p.u.iter().zip(&want).enumerate() {
-            assert!((f64::from(*got) - want).abs() < 1e-5, "{k}");
-        }
-    }
-
     /// A pseudo-random symmetric positive definite matrix: `B Bᵀ / n + I`.
     fn spd(n: usize, seed: usize) -> Vec<f32> {
         let b: Vec<f64> = (0..n * n)
@@ -349,11 +323,9 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn blocked_factor_matches_three_step_route_across_blocks() {
-        // Three blocks, the last one partial; the trailing updates span several row chunks.
-        let n = 2 * BLOCK + 43;
-        let h = spd(n, 3);
+    /// `prepare`'s factor of `spd(n, seed)` against the reference's three-step route.
+    fn assert_matches_three_step(n: usize, seed: usize) {
+        let h = spd(n, seed);
         let hm = Matrix::new(n, n, h.clone()).unwrap();
         let opts = HessianOpts {
             blocksize: 128,
@@ -366,7 +338,19 @@ mod tests {
                 .zip(&want)
                 .map(|(got, want)| (f64::from(*got) - want).abs())
                 .fold(0.0, f64::max);
-        assert!(worst < 1e-6, "largest difference {worst}");
+        assert!(worst < 1e-6, "n = {n}: largest difference {worst}");
+    }
+
+    #[test]
+    fn upper_factor_of_inverse_matches_three_step_route() {
+        assert_matches_three_step(7, 0);
+    }
+
+    #[test]
+    fn blocked_factor_matches_three_step_route_across_blocks() {
+        // Four blocks, the last one partial; the first trailing update spans two row chunks.
+        const { assert!(3 * BLOCK + 43 - BLOCK > UPDATE_ROWS) };
+        assert_matches_three_step(3 * BLOCK + 43, 3);
     }
 
     #[test]
