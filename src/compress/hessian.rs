@@ -5,9 +5,9 @@
 //! factor is computed in `f64` with one factorisation and one triangular inverse: with J the
 //! reversal permutation and `J H J = L Lᵀ`, `U = J L⁻¹ J` is upper triangular with a positive
 //! diagonal and `Uᵀ U = H⁻¹`, so it is the factor the reference computes (tested against the
-//! three-step route). Both steps are blocked so that their n³ work runs as matrix products: a
-//! 7B model's 11008-column Hessian is factored in seconds, not the quarter hour a scalar loop
-//! takes.
+//! three-step route). Both steps are blocked so that their n³ work runs as matrix products: on two
+//! cores a 4096-column Hessian takes 1.1 s instead of the 15.6 s of row-by-row loops, an
+//! 11008-column one (LLaMA-2-7B's `down_proj`) 20 s.
 
 use std::ops::Range;
 
