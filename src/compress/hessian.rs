@@ -130,22 +130,21 @@ pub(crate) fn cholesky_lower(a: &mut [f64], n: usize) -> Result<Vec<Vec<f64>>> {
         let b = k1 - k0;
         let mut d = block(a, n, k0..k1, k0..k1);
         cholesky_small(&mut d, b, k0)?;
-        put(a, n, k0..k1, k0, &d);
+        put(a, n, k0..k1, k0..k1, &d);
         let d_inv = invert_small_lower(&d, b);
         if k1 < n {
             let m = n - k1;
             let a21 = Tensor::from_vec(block(a, n, k1..n, k0..k1), (m, b), &Device::Cpu)?;
             let l21 = a21.matmul(&Tensor::from_slice(&d_inv, (b, b), &Device::Cpu)?.t()?)?;
-            put(a, n, k1..n, k0, &l21.flatten_all()?.to_vec1()?);
+            put(a, n, k1..n, k0..k1, &values(&l21)?);
             // Only the lower triangle of the trailing matrix is read again: each product covers
             // its rows up to their last diagonal column.
             for r0 in (0..m).step_by(UPDATE_ROWS) {
                 let r1 = (r0 + UPDATE_ROWS).min(m);
-                let outer = l21
-                    .narrow(0, r0, r1 - r0)?
-                    .matmul(&l21.narrow(0, 0, r1)?.t()?)?
-                    .flatten_all()?
-                    .to_vec1::<f64>()?;
+                let outer = values(
+                    &l21.narrow(0, r0, r1 - r0)?
+                        .matmul(&l21.narrow(0, 0, r1)?.t()?)?,
+                )?;
                 for (i, row) in outer.chunks_exact(r1).enumerate() {
                     let dst = &mut a[(k1 + r0 + i) * n + k1..][..r1];
                     for (v, p) in dst.iter_mut().zip(row) {
@@ -170,7 +169,7 @@ fn invert_lower(l: &[f64], n: usize, inverses: &[Vec<f64>]) -> Result<Vec<f64>> 
     for (i0, d_inv) in (0..n).step_by(BLOCK).zip(inverses) {
         let i1 = (i0 + BLOCK).min(n);
         let b = i1 - i0;
-        put(&mut x, n, i0..i1, i0, d_inv);
+        put(&mut x, n, i0..i1, i0..i1, d_inv);
         if i0 == 0 {
             continue;
         }
@@ -183,11 +182,7 @@ fn invert_lower(l: &[f64], n: usize, inverses: &[Vec<f64>]) -> Result<Vec<f64>> 
                 (i0 - j0, j1 - j0),
                 &Device::Cpu,
             )?;
-            let p = row
-                .narrow(1, j0, i0 - j0)?
-                .matmul(&xj)?
-                .flatten_all()?
-                .to_vec1::<f64>()?;
+            let p = values(&row.narrow(1, j0, i0 - j0)?.matmul(&xj)?)?;
             for (dst, src) in inner.chunks_exact_mut(i0).zip(p.chunks_exact(j1 - j0)) {
                 dst[j0..j1].copy_from_slice(src);
             }
@@ -198,8 +193,8 @@ fn invert_lower(l: &[f64], n: usize, inverses: &[Vec<f64>]) -> Result<Vec<f64>> 
             &mut x,
             n,
             i0..i1,
-            0,
-            &d_inv.matmul(&inner)?.neg()?.flatten_all()?.to_vec1()?,
+            0..i0,
+            &values(&d_inv.matmul(&inner)?.neg()?)?,
         );
     }
     Ok(x)
@@ -245,6 +240,11 @@ fn invert_small_lower(l: &[f64], b: usize) -> Vec<f64> {
     x
 }
 
+/// A matrix product's values, row-major.
+fn values(t: &Tensor) -> Result<Vec<f64>> {
+    Ok(t.flatten_all()?.to_vec1()?)
+}
+
 /// A copy of `m[rows, cols]` (row-major, `n` columns) as a contiguous row-major block.
 fn block(m: &[f64], n: usize, rows: Range<usize>, cols: Range<usize>) -> Vec<f64> {
     rows.flat_map(|r| &m[r * n + cols.start..r * n + cols.end])
@@ -252,11 +252,10 @@ fn block(m: &[f64], n: usize, rows: Range<usize>, cols: Range<usize>) -> Vec<f64
         .collect()
 }
 
-/// Writes the contiguous block `src` (rows `rows`, starting at column `col`) into `m`.
-fn put(m: &mut [f64], n: usize, rows: Range<usize>, col: usize, src: &[f64]) {
-    let width = src.len() / rows.len().max(1);
-    for (r, s) in rows.zip(src.chunks_exact(width.max(1))) {
-        m[r * n + col..r * n + col + width].copy_from_slice(s);
+/// Writes the contiguous row-major block `src` into `m[rows, cols]` (`n` columns).
+fn put(m: &mut [f64], n: usize, rows: Range<usize>, cols: Range<usize>, src: &[f64]) {
+    for (r, s) in rows.zip(src.chunks_exact(cols.len())) {
+        m[r * n + cols.start..r * n + cols.end].copy_from_slice(s);
     }
 }
 

@@ -168,17 +168,35 @@ impl CheckpointReader {
                     origin: "not in the checkpoint".into(),
                 })?;
                 let (path, file) = &files[slot.file];
-                let t = match slot.dtype {
-                    DType::F32 => read_values::<f32>(file, slot, &self.device),
-                    DType::BF16 => read_values::<half::bf16>(file, slot, &self.device),
-                    DType::F16 => read_values::<half::f16>(file, slot, &self.device),
-                    _ => read_raw(file, slot, &self.device),
-                };
-                t.map_err(|source| ModelError::Io {
+                let io = |source| ModelError::Io {
                     path: path.clone(),
                     source,
-                })?
-                .map_err(|e| ModelError::Weights {
+                };
+                // Safetensors stores little-endian values: on such a host they are read straight
+                // into the buffer the tensor keeps (one pass over fresh memory, not three:
+                // zeroed bytes, the read, a copy into the values).
+                let le = cfg!(target_endian = "little");
+                let (shape, dev) = (slot.shape.as_slice(), &self.device);
+                let t = match slot.dtype {
+                    DType::F32 if le => {
+                        Tensor::from_vec(read_values::<f32>(file, slot).map_err(io)?, shape, dev)
+                    }
+                    DType::BF16 if le => Tensor::from_vec(
+                        read_values::<half::bf16>(file, slot).map_err(io)?,
+                        shape,
+                        dev,
+                    ),
+                    DType::F16 if le => Tensor::from_vec(
+                        read_values::<half::f16>(file, slot).map_err(io)?,
+                        shape,
+                        dev,
+                    ),
+                    _ => {
+                        let bytes = read_values::<u8>(file, slot).map_err(io)?;
+                        Tensor::from_raw_buffer(&bytes, slot.dtype, shape, dev)
+                    }
+                };
+                t.map_err(|e| ModelError::Weights {
                     path: path.clone(),
                     message: format!("tensor `{name}`: {e}"),
                 })
@@ -318,35 +336,12 @@ fn open_safetensors(paths: &[PathBuf]) -> Result<Files> {
     Ok(Files::Safetensors { files, slots })
 }
 
-/// A tensor read straight into the buffer it keeps: one pass over fresh memory, not three
-/// (zeroed bytes, the read, a copy into the values). Safetensors stores little-endian values.
-fn read_values<T: candle_core::WithDType + bytemuck::Pod>(
-    file: &File,
-    slot: &Slot,
-    device: &Device,
-) -> std::io::Result<candle_core::Result<Tensor>> {
-    if cfg!(target_endian = "big") {
-        return read_raw(file, slot, device);
-    }
-    let mut values = vec![T::zeroed(); slot.shape.iter().product()];
+/// A tensor's stored bytes, read into a buffer of its value type.
+fn read_values<T: bytemuck::Pod>(file: &File, slot: &Slot) -> std::io::Result<Vec<T>> {
+    let bytes = (slot.end - slot.start) as usize;
+    let mut values = vec![T::zeroed(); bytes / std::mem::size_of::<T>()];
     file.read_exact_at(bytemuck::cast_slice_mut(&mut values), slot.start)?;
-    Ok(Tensor::from_vec(values, slot.shape.as_slice(), device))
-}
-
-/// A tensor of any stored dtype, through its bytes.
-fn read_raw(
-    file: &File,
-    slot: &Slot,
-    device: &Device,
-) -> std::io::Result<candle_core::Result<Tensor>> {
-    let mut bytes = vec![0u8; (slot.end - slot.start) as usize];
-    file.read_exact_at(&mut bytes, slot.start)?;
-    Ok(Tensor::from_raw_buffer(
-        &bytes,
-        slot.dtype,
-        &slot.shape,
-        device,
-    ))
+    Ok(values)
 }
 
 fn st_dtype(s: &str) -> Option<DType> {
